@@ -1,0 +1,217 @@
+"""Keycloak access-token verification and the platform's role table.
+
+Tokens are verified with pyjwt against the realm's JWKS: the signing key is looked up by
+``kid`` in a cached key set that is refreshed when an unknown ``kid`` appears (key rotation),
+at most once per :attr:`JwksCache.min_refresh_interval`. Only RS256 and ES256 are accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+import jwt
+import msgspec
+
+from .errors import AuthenticationFailed, AuthorizationFailed
+
+__all__ = [
+    "ALLOWED_ALGORITHMS",
+    "JwksCache",
+    "Permission",
+    "Principal",
+    "TokenVerifier",
+    "permissions_for",
+    "require",
+]
+
+ALLOWED_ALGORITHMS = ("RS256", "ES256")
+
+
+class Permission(enum.Enum):
+    READ = "read"
+    RUNS_WRITE = "runs:write"  # create and cancel runs
+    RELEASES_CREATE = "releases:create"
+    RELEASES_ALIAS = "releases:alias"
+    DEPLOYMENTS_CREATE = "deployments:create"
+    APPROVALS_WRITE = "approvals:write"  # create and revoke approvals
+    INTERNAL_STATUS = "internal:status"  # worker status callbacks
+
+
+_USER_ROLES: dict[str, frozenset[Permission]] = {
+    "viewer": frozenset({Permission.READ}),
+    "developer": frozenset(
+        {
+            Permission.READ,
+            Permission.RUNS_WRITE,
+            Permission.RELEASES_CREATE,
+            Permission.RELEASES_ALIAS,
+            Permission.DEPLOYMENTS_CREATE,
+        }
+    ),
+    "approver": frozenset({Permission.READ, Permission.APPROVALS_WRITE}),
+}
+_USER_ROLES["admin"] = frozenset().union(*_USER_ROLES.values())
+_WORKER = frozenset({Permission.READ, Permission.INTERNAL_STATUS, Permission.RELEASES_CREATE})
+
+
+def permissions_for(roles: Iterable[str], service_account: bool) -> frozenset[Permission]:
+    """Service accounts may only act as workers; users never get worker permissions."""
+    roles = set(roles)
+    if service_account:
+        return _WORKER if "worker" in roles else frozenset()
+    perms: frozenset[Permission] = frozenset()
+    for role in roles:
+        perms = perms | _USER_ROLES.get(role, frozenset())
+    return perms
+
+
+class Principal(msgspec.Struct, frozen=True):
+    subject: str
+    identity: str  # what the platform records as "who": email, else username, else sub
+    roles: frozenset[str]
+    service_account: bool
+    permissions: frozenset[Permission]
+    expires_at: float
+    token: str
+
+    def can(self, permission: Permission) -> bool:
+        return permission in self.permissions
+
+
+def require(principal: Principal, permission: Permission) -> None:
+    if not principal.can(permission):
+        kind = "service-account" if principal.service_account else "user"
+        raise AuthorizationFailed(
+            f"this {kind} token may not perform this action",
+            {"required_permission": permission.value, "roles": sorted(principal.roles)},
+        )
+
+
+class JwksCache:
+    min_refresh_interval = 5.0
+
+    def __init__(self, jwks_url: str, session_factory: Any = None) -> None:
+        self.jwks_url = jwks_url
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def get(self, kid: str) -> jwt.PyJWK:
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        async with self._lock:
+            key = self._keys.get(kid)
+            if key is None and time.monotonic() - self._fetched_at >= self.min_refresh_interval:
+                await self._refresh()
+                key = self._keys.get(kid)
+        if key is None:
+            raise AuthenticationFailed("token signed with an unknown key", {"kid": kid})
+        return key
+
+    async def _refresh(self) -> None:
+        self._fetched_at = time.monotonic()
+        try:
+            timeout = aiohttp.ClientTimeout(total=5)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                async with session.get(self.jwks_url) as resp:
+                    resp.raise_for_status()
+                    data = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AuthenticationFailed("identity provider key set is unreachable") from exc
+        keys: dict[str, jwt.PyJWK] = {}
+        for jwk in data.get("keys", []):
+            if jwk.get("use", "sig") != "sig" or "kid" not in jwk:
+                continue
+            try:
+                keys[jwk["kid"]] = jwt.PyJWK(jwk)
+            except jwt.PyJWTError:
+                continue
+        self._keys = keys
+
+
+class TokenVerifier:
+    """Verifies bearer tokens; remembers verified tokens until they expire."""
+
+    def __init__(self, issuer: str, audience: str, jwks: JwksCache, leeway: float = 10.0) -> None:
+        self.issuer = issuer.rstrip("/")
+        self.audience = audience
+        self.jwks = jwks
+        self.leeway = leeway
+        self._verified: dict[str, Principal] = {}
+
+    async def verify_header(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise AuthenticationFailed("missing bearer token")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationFailed("authorization header must be 'Bearer <token>'")
+        return await self.verify(token.strip())
+
+    async def verify(self, token: str) -> Principal:
+        cached = self._verified.get(token)
+        now = time.time()
+        if cached is not None and cached.expires_at + self.leeway > now:
+            return cached
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthenticationFailed("malformed token") from exc
+        alg = header.get("alg")
+        if alg not in ALLOWED_ALGORITHMS:
+            raise AuthenticationFailed(f"token algorithm {alg!r} is not accepted", {"allowed": list(ALLOWED_ALGORITHMS)})
+        kid = header.get("kid")
+        if not kid:
+            raise AuthenticationFailed("token has no key id")
+        key = await self.jwks.get(kid)
+        if key.algorithm_name != alg:
+            raise AuthenticationFailed("token algorithm does not match its key")
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=[alg],
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "iat", "iss", "sub"], "verify_aud": False},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthenticationFailed("token has expired") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise AuthenticationFailed("token was issued by another issuer") from exc
+        except jwt.PyJWTError as exc:
+            raise AuthenticationFailed(f"invalid token: {exc}") from exc
+        aud = claims.get("aud")
+        auds = {aud} if isinstance(aud, str) else set(aud or [])
+        if self.audience not in auds and claims.get("azp") != self.audience:
+            raise AuthenticationFailed("token is not meant for this platform", {"audience": self.audience})
+        principal = _principal(claims, token)
+        if len(self._verified) > 10_000:
+            self._verified = {t: p for t, p in self._verified.items() if p.expires_at > now}
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+        self._verified[token] = principal
+        return principal
+
+
+def _principal(claims: dict[str, Any], token: str) -> Principal:
+    roles = frozenset(str(r) for r in (claims.get("realm_access") or {}).get("roles", []))
+    username = str(claims.get("preferred_username") or "")
+    service_account = username.startswith("service-account-") or bool(
+        claims.get("client_id") or claims.get("clientId")
+    )
+    identity = str(claims.get("email") or username or claims["sub"])
+    return Principal(
+        subject=str(claims["sub"]),
+        identity=identity,
+        roles=roles,
+        service_account=service_account,
+        permissions=permissions_for(roles, service_account),
+        expires_at=float(claims["exp"]),
+        token=token,
+    )

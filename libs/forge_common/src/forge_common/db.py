@@ -1,0 +1,97 @@
+"""Postgres pools and the migration runner.
+
+Migrations are ordered ``NNNN_name.sql`` files per service schema. Each file runs in its own
+transaction and is recorded with a checksum in ``<schema>.schema_migrations``; a Postgres
+advisory lock per schema makes concurrent start-ups of several replicas safe (the second
+waits, then finds nothing left to do). An applied file that changed is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from importlib import resources
+from importlib.resources.abc import Traversable
+
+import psycopg
+import structlog
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from .outbox import outbox_ddl
+
+__all__ = ["MigrationError", "create_pool", "migrate", "migration_files"]
+
+log = structlog.get_logger(__name__)
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def migration_files(package: str) -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` for every migration file in ``package``, in order."""
+    root: Traversable = resources.files(package)
+    found: list[tuple[int, str, str]] = []
+    for entry in root.iterdir():
+        m = _FILE.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"duplicate migration versions in {package}")
+    return found
+
+
+async def migrate(database_url: str, schema: str, package: str) -> list[int]:
+    """Apply pending migrations of ``package`` to ``schema``; return the versions applied."""
+    files = migration_files(package)
+    lock_key = int.from_bytes(hashlib.sha256(f"forge-migrate:{schema}".encode()).digest()[:8], "big", signed=True)
+    applied_now: list[int] = []
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (lock_key,))
+        try:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(
+                f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
+                " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            await conn.execute(outbox_ddl(schema).encode())
+            cur = await conn.execute(f'SELECT version, checksum FROM "{schema}".schema_migrations')
+            done = {row[0]: row[1] for row in await cur.fetchall()}
+            for version, name, sql in files:
+                checksum = hashlib.sha256(sql.encode()).hexdigest()
+                if version in done:
+                    if done[version] != checksum:
+                        raise MigrationError(
+                            f"migration {schema}/{version:04d}_{name}.sql changed after it was applied"
+                        )
+                    continue
+                async with conn.transaction():
+                    await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
+                    await conn.execute(sql.encode())
+                    await conn.execute(
+                        f'INSERT INTO "{schema}".schema_migrations (version, name, checksum) VALUES (%s, %s, %s)',
+                        (version, name, checksum),
+                    )
+                applied_now.append(version)
+                log.info("db.migration_applied", schema=schema, version=version, name=name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key,))
+    return applied_now
+
+
+async def create_pool(database_url: str, min_size: int, max_size: int, name: str) -> AsyncConnectionPool:
+    pool = AsyncConnectionPool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        name=name,
+        open=False,
+        kwargs={"row_factory": dict_row, "autocommit": False},
+    )
+    await pool.open(wait=True, timeout=30)
+    return pool

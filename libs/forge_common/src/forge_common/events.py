@@ -1,0 +1,158 @@
+"""Event schemas of the platform, encoded exactly as the spec shows them.
+
+Every event travels as an envelope ``{"event_id", "event_type", "timestamp", "data"}`` on
+JetStream stream ``FORGE_EVENTS`` under subject ``events.<event_type>``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+__all__ = [
+    "EVENT_TYPES",
+    "ApprovalCreated",
+    "ApprovalRevoked",
+    "DeploymentCompleted",
+    "DeploymentCreated",
+    "DeploymentFailed",
+    "Envelope",
+    "EventData",
+    "PipelineRunCompleted",
+    "PipelineRunCreated",
+    "PipelineRunFailed",
+    "ReleaseCreated",
+    "envelope",
+    "isoformat",
+    "utcnow",
+]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def isoformat(value: dt.datetime) -> str:
+    """RFC 3339 UTC timestamp with a ``Z`` suffix, as every timestamp the platform emits."""
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+class EventData(msgspec.Struct, kw_only=True):
+    event_type: ClassVar[str]
+
+
+class PipelineRunCreated(EventData):
+    event_type: ClassVar[str] = "pipeline.run.created"
+    run_id: str
+    repository: str
+    branch: str
+    commit_sha: str
+    triggered_by: str
+
+
+class PipelineRunCompleted(EventData):
+    event_type: ClassVar[str] = "pipeline.run.completed"
+    run_id: str
+    repository: str
+    commit_sha: str
+    status: Literal["success", "failed"]
+    duration_seconds: int
+
+
+class PipelineRunFailed(EventData):
+    event_type: ClassVar[str] = "pipeline.run.failed"
+    run_id: str
+    repository: str
+    commit_sha: str
+    failed_phase: str
+    error_message: str
+
+
+class ReleaseCreated(EventData):
+    event_type: ClassVar[str] = "release.created"
+    release_id: str
+    repository: str
+    project: str
+    commit_sha: str
+    release_number: int
+    trigger_type: Literal["branch_push", "tag", "manual"]
+
+
+class DeploymentCreated(EventData):
+    event_type: ClassVar[str] = "deployment.created"
+    deployment_id: str
+    release_id: str
+    environment: str
+    deployed_by: str
+    gitops_commit_sha: str
+
+
+class DeploymentCompleted(EventData):
+    event_type: ClassVar[str] = "deployment.completed"
+    deployment_id: str
+    environment: str
+    status: Literal["active", "failed"]
+    reconciliation_duration_seconds: int
+
+
+class DeploymentFailed(EventData):
+    """Not in the spec's list; emitted when a deployment does not reconcile in time."""
+
+    event_type: ClassVar[str] = "deployment.failed"
+    deployment_id: str
+    environment: str
+    status: Literal["failed"]
+    error_message: str
+
+
+class ApprovalCreated(EventData):
+    event_type: ClassVar[str] = "approval.created"
+    approval_id: str
+    release_id: str
+    environment: str
+    approver: str
+    expires_at: str
+
+
+class ApprovalRevoked(EventData):
+    event_type: ClassVar[str] = "approval.revoked"
+    approval_id: str
+    release_id: str
+    environment: str
+    revoked_by: str
+    reason: str
+
+
+EVENT_TYPES: dict[str, type[EventData]] = {
+    cls.event_type: cls
+    for cls in (
+        PipelineRunCreated,
+        PipelineRunCompleted,
+        PipelineRunFailed,
+        ReleaseCreated,
+        DeploymentCreated,
+        DeploymentCompleted,
+        DeploymentFailed,
+        ApprovalCreated,
+        ApprovalRevoked,
+    )
+}
+
+
+class Envelope(msgspec.Struct, kw_only=True):
+    event_id: str
+    event_type: str
+    timestamp: str
+    data: dict[str, Any]
+
+
+def envelope(data: EventData, at: dt.datetime | None = None) -> Envelope:
+    return Envelope(
+        event_id=str(uuid.uuid4()),
+        event_type=data.event_type,
+        timestamp=isoformat(at or utcnow()),
+        data=msgspec.to_builtins(data),
+    )

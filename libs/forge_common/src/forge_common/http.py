@@ -1,0 +1,271 @@
+"""The Litestar application shell every service shares.
+
+:func:`build_app` wires the error envelope, authentication and role guards, request ids,
+tracing, metrics, health endpoints and the runtime lifecycle around a service's own routes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from litestar import Litestar, MediaType, Request, Response, Router, get
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from . import metrics
+from .auth import Permission, Principal
+from .errors import ForgeError, error_body
+from .runtime import Runtime
+from .tracing import configure_tracing, extract
+
+__all__ = ["AppSpec", "build_app", "principal_of", "runtime_of"]
+
+log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer("forge.http")
+
+_STATUS_CODES = {
+    400: "invalid_request",
+    401: "authentication_failed",
+    403: "authorization_failed",
+    404: "resource_not_found",
+    405: "method_not_allowed",
+    409: "resource_conflict",
+    413: "payload_too_large",
+    429: "rate_limited",
+}
+
+
+def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def _forge_error(_: Request[Any, Any, Any], exc: ForgeError) -> Response[bytes]:
+    return _json(exc.status, exc.body(), exc.headers)
+
+
+def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    details: dict[str, Any] = {}
+    if errors:
+        first = errors[0] if isinstance(errors[0], dict) else {}
+        if first.get("key"):
+            details["field"] = first["key"]
+        details["errors"] = errors
+    message = exc.detail or "invalid request"
+    if errors and isinstance(errors[0], dict) and errors[0].get("message"):
+        message = f"{errors[0]['message']}"
+    return _json(400, error_body("invalid_request", message, details))
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    status = exc.status_code
+    if status >= 500:
+        log.error("http.server_error", status=status, detail=exc.detail)
+        return _json(status, error_body("internal_error", "internal platform error"))
+    code = _STATUS_CODES.get(status, "invalid_request")
+    message = exc.detail
+    if isinstance(exc, NotFoundException):
+        message = "resource not found" if exc.detail in ("", "Not Found") else exc.detail
+    if isinstance(exc, MethodNotAllowedException):
+        message = "method not allowed on this resource"
+    headers = dict(exc.headers or {})
+    return _json(status, error_body(code, message or code.replace("_", " ")), headers)
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.exception("http.unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+    return _json(500, error_body("internal_error", "internal platform error"))
+
+
+EXCEPTION_HANDLERS: dict[Any, Callable[..., Response[bytes]]] = {
+    ForgeError: _forge_error,
+    ValidationException: _validation_error,
+    HTTPException: _http_error,
+    Exception: _internal_error,
+}
+
+
+def runtime_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Runtime:
+    rt: Runtime = connection.app.state.runtime
+    return rt
+
+
+def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    principal: Principal | None = connection.scope.get("state", {}).get("principal")
+    if principal is None:
+        raise RuntimeError("route has no authentication guard")
+    return principal
+
+
+async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Authenticate the bearer token, then check the route's required permission.
+
+    Every route under /v1 declares ``opt={"permission": Permission.X}``, or ``{"public": True}``
+    when another mechanism protects it (the GitHub webhook's HMAC).
+    """
+    if handler.opt.get("public"):
+        return
+    permission = handler.opt.get("permission")
+    if not isinstance(permission, Permission):
+        raise RuntimeError(f"route {handler} declares no permission")
+    rt = runtime_of(connection)
+    principal = await rt.verifier.verify_header(connection.headers.get("authorization"))
+    from .auth import require
+
+    require(principal, permission)
+    connection.scope.setdefault("state", {})["principal"] = principal
+
+
+async def _provide_principal(request: Request[Any, Any, Any]) -> Principal:
+    return principal_of(request)
+
+
+async def _provide_runtime(request: Request[Any, Any, Any]) -> Runtime:
+    return runtime_of(request)
+
+
+@get("/healthz", include_in_schema=False, sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", include_in_schema=False)
+async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    checks = await runtime_of(request).readiness()
+    ok = all(v == "ok" for v in checks.values())
+    return Response({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+
+@get("/metrics", include_in_schema=False, sync_to_thread=False)
+def metrics_endpoint() -> Response[bytes]:
+    return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
+
+
+class ObservabilityMiddleware:
+    """Request id, server span, access log and metrics around every HTTP request."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        method = scope["method"]
+        path = scope["path"]
+        status_holder = [500]
+        started = time.perf_counter()
+        ctx = extract(headers)
+        token = otel_context.attach(ctx)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        rid = request_id.encode("latin-1")
+
+        async def _send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+            await send(message)
+
+        try:
+            with _tracer.start_as_current_span(f"{method} {path}", kind=SpanKind.SERVER) as span:
+                span.set_attribute("http.request.method", method)
+                span.set_attribute("url.path", path)
+                await self.app(scope, receive, _send)
+                span.set_attribute("http.response.status_code", status_holder[0])
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("path_template") or ("unmatched" if status_holder[0] == 404 else path)
+            status = str(status_holder[0])
+            metrics.REQUESTS.labels(self.service, method, route, status).inc()
+            metrics.REQUEST_LATENCY.labels(self.service, method, route).observe(elapsed)
+            if status_holder[0] >= 400:
+                metrics.REQUEST_ERRORS.labels(self.service, method, route, status).inc()
+            if path not in ("/healthz", "/readyz", "/metrics"):
+                log.info("http.request", method=method, path=path, status=status_holder[0], duration_ms=round(elapsed * 1000, 2))
+            structlog.contextvars.unbind_contextvars("request_id")
+            otel_context.detach(token)
+
+
+class AppSpec:
+    def __init__(
+        self,
+        *,
+        service: str,
+        settings: Any,
+        routes: Sequence[Any],
+        schema: str | None = None,
+        migrations: str | None = None,
+        on_startup: Sequence[Callable[[Runtime], Awaitable[None]]] = (),
+        on_shutdown: Sequence[Callable[[Runtime], Awaitable[None]]] = (),
+        description: str = "",
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.routes = routes
+        self.schema = schema
+        self.migrations = migrations
+        self.on_startup = on_startup
+        self.on_shutdown = on_shutdown
+        self.description = description
+
+
+def build_app(spec: AppSpec) -> Litestar:
+    configure_tracing(spec.service, spec.settings.otel_exporter)
+    runtime = Runtime(spec.service, spec.settings, spec.schema, spec.migrations)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> Any:
+        app.state.runtime = runtime
+        await runtime.start()
+        for hook in spec.on_startup:
+            await hook(runtime)
+        try:
+            yield
+        finally:
+            for hook in reversed(spec.on_shutdown):
+                try:
+                    await hook(runtime)
+                except Exception:  # noqa: BLE001
+                    log.exception("service.shutdown_hook_failed")
+            await runtime.stop()
+
+    v1 = Router(path="/", route_handlers=list(spec.routes), guards=[auth_guard])
+    app = Litestar(
+        route_handlers=[healthz, readyz, metrics_endpoint, v1],
+        exception_handlers=EXCEPTION_HANDLERS,
+        dependencies={"principal": Provide(_provide_principal), "runtime": Provide(_provide_runtime)},
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title=f"Forge {spec.service} service",
+            version="1.0.0",
+            description=spec.description or None,
+            path="/schema",
+            render_plugins=[JsonRenderPlugin()],
+        ),
+        logging_config=None,
+        debug=False,
+    )
+    app.state.runtime = runtime
+    app.asgi_handler = ObservabilityMiddleware(app.asgi_handler, spec.service)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,105 @@
+"""NATS connection and naming helpers.
+
+All stream names and subjects go through :class:`Names` so that one prefix (empty in
+production, one per test session in tests) isolates deployments sharing a NATS server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+__all__ = ["EVENTS_STREAM", "Names", "connect", "ensure_stream"]
+
+EVENTS_STREAM = "FORGE_EVENTS"
+log = structlog.get_logger(__name__)
+
+
+class Names:
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix.strip(".")
+
+    def subject(self, subject: str) -> str:
+        return f"{self.prefix}.{subject}" if self.prefix else subject
+
+    def stream(self, name: str) -> str:
+        return f"{self.prefix.upper().replace('.', '_')}_{name}" if self.prefix else name
+
+    def durable(self, name: str) -> str:
+        return self.stream(name)
+
+    def strip(self, subject: str) -> str:
+        p = self.prefix + "."
+        return subject[len(p):] if self.prefix and subject.startswith(p) else subject
+
+    @property
+    def events_stream(self) -> str:
+        return self.stream(EVENTS_STREAM)
+
+    def event_subject(self, event_type: str) -> str:
+        return self.subject(f"events.{event_type}")
+
+
+async def connect(url: str, name: str, **kwargs: Any) -> NATS:
+    """Connect, retrying until the server answers; reconnects forever afterwards."""
+
+    async def _disconnected() -> None:
+        log.warning("nats.disconnected", client=name)
+
+    async def _reconnected() -> None:
+        log.info("nats.reconnected", client=name)
+
+    async def _error(exc: Exception) -> None:
+        log.debug("nats.error", client=name, error=str(exc))
+
+    options: dict[str, Any] = {
+        "servers": [url],
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 2,
+        "allow_reconnect": True,
+        "disconnected_cb": _disconnected,
+        "reconnected_cb": _reconnected,
+        "error_cb": _error,
+    }
+    options.update(kwargs)
+    delay = 0.2
+    for attempt in range(30):
+        try:
+            return await nats.connect(**options)
+        except Exception as exc:  # noqa: BLE001 - the server may still be starting
+            if attempt == 29:
+                raise
+            log.warning("nats.connect_retry", client=name, error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    raise RuntimeError("unreachable")
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or update it to ``config``; safe when replicas race."""
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        try:
+            await js.update_stream(config)
+        except (BadRequestError, NotFoundError) as exc:
+            log.warning("nats.stream_update_failed", stream=config.name, error=str(exc))
+
+
+def events_stream_config(names: Names) -> StreamConfig:
+    return StreamConfig(
+        name=names.events_stream,
+        subjects=[names.subject("events.>")],
+        storage=StorageType.FILE,
+        duplicate_window=600.0,  # seconds; dedup window for outbox re-publishes
+        max_age=7 * 24 * 3600.0,
+    )

@@ -1,0 +1,45 @@
+"""Size-based routing of job results.
+
+Results under 1 MB travel inline in the NATS reply. Larger ones are stored at
+``pipeline-runs/{run_id}/results/{job_type}/{job_id}.json`` and the reply carries a reference
+``{"$result_ref": {"bucket", "key", "size"}}`` that :func:`resolve_result` fetches back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .s3 import S3
+
+__all__ = ["INLINE_LIMIT", "encode_result", "result_key", "resolve_result"]
+
+INLINE_LIMIT = 1024 * 1024
+_REF = "$result_ref"
+
+
+def result_key(run_id: str, job_type: str, job_id: str) -> str:
+    return f"pipeline-runs/{run_id}/results/{job_type}/{job_id}.json"
+
+
+async def encode_result(s3: S3, run_id: str, job_type: str, job_id: str, result: Any) -> bytes:
+    body = msgspec.json.encode(result)
+    if len(body) < INLINE_LIMIT:
+        return body
+    key = result_key(run_id, job_type, job_id)
+    async with s3.client() as client:
+        await client.put_object(Bucket=s3.bucket, Key=key, Body=body, ContentType="application/json")
+    return msgspec.json.encode({_REF: {"bucket": s3.bucket, "key": key, "size": len(body)}})
+
+
+async def resolve_result(s3: S3, payload: bytes) -> Any:
+    value = msgspec.json.decode(payload)
+    if isinstance(value, dict) and set(value) == {_REF}:
+        ref = value[_REF]
+        async with s3.client() as client:
+            obj = await client.get_object(Bucket=ref["bucket"], Key=ref["key"])
+            async with obj["Body"] as stream:
+                body = await stream.read()
+        return msgspec.json.decode(body)
+    return value

@@ -1,0 +1,44 @@
+"""S3 access through aioboto3, pointed at any S3-compatible endpoint."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import aioboto3
+from botocore.config import Config
+
+__all__ = ["S3"]
+
+
+class S3:
+    def __init__(self, endpoint_url: str, bucket: str, access_key: str, secret_key: str, region: str) -> None:
+        self.endpoint_url = endpoint_url or None
+        self.bucket = bucket
+        self._session = aioboto3.Session(
+            aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region
+        )
+        self._config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> S3:
+        return cls(settings.s3_url, settings.s3_bucket, settings.s3_access_key, settings.s3_secret_key, settings.s3_region)
+
+    def client(self) -> AbstractAsyncContextManager[Any]:
+        return self._session.client("s3", endpoint_url=self.endpoint_url, config=self._config)
+
+    async def ensure_bucket(self) -> None:
+        async with self.client() as s3:
+            try:
+                await s3.head_bucket(Bucket=self.bucket)
+            except Exception:  # noqa: BLE001 - any miss means create it
+                try:
+                    await s3.create_bucket(Bucket=self.bucket)
+                except s3.exceptions.BucketAlreadyOwnedByYou:
+                    pass

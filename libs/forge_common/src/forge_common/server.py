@@ -1,0 +1,38 @@
+"""Run a service's ASGI app with uvicorn after validating its settings."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import uvicorn
+
+from .logging import configure_logging
+from .settings import CommonSettings, SettingsError, load
+
+__all__ = ["serve"]
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def serve(service: str, settings_cls: type[S], create_app: Callable[[S], Any]) -> None:
+    try:
+        settings = load(settings_cls)
+    except SettingsError as exc:
+        print(f"forge-{service}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(service, settings.log_level, settings.log_format)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        backlog=2048,
+    )

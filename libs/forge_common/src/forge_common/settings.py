@@ -1,0 +1,132 @@
+"""Typed ``FORGE_*`` settings read from the environment and validated at start-up.
+
+A service declares a :class:`msgspec.Struct` whose fields are its settings; :func:`load`
+reads ``FORGE_<FIELD>`` for every field, converts each value, and reports *every* bad value
+at once in a :class:`SettingsError` so an operator fixes them in one go.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+
+__all__ = ["CommonSettings", "SettingsError", "load", "parse_duration"]
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go-style duration (``90s``, ``10m``, ``1h30m``, ``250ms``) into seconds."""
+    s = text.strip()
+    if not s:
+        raise ValueError("empty duration")
+    total = 0.0
+    i = 0
+    while i < len(s):
+        j = i
+        while j < len(s) and (s[j].isdigit() or s[j] == "."):
+            j += 1
+        if j == i:
+            raise ValueError(f"invalid duration {text!r}: expected a number at {s[i:]!r}")
+        number = float(s[i:j])
+        k = j
+        while k < len(s) and s[k].isalpha():
+            k += 1
+        unit = s[j:k]
+        if unit not in _UNITS:
+            raise ValueError(f"invalid duration {text!r}: unknown unit {unit!r} (use ms, s, m, h)")
+        total += number * _UNITS[unit]
+        i = k
+    return total
+
+
+class SettingsError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def load(cls: type[T], environ: Mapping[str, str] | None = None, prefix: str = "FORGE_") -> T:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for field in msgspec.structs.fields(cls):
+        name = prefix + field.name.upper()
+        raw = env.get(name)
+        if raw is None or raw == "":
+            if field.required:
+                problems.append(f"{name} is required")
+            continue
+        try:
+            values[field.name] = _convert(raw, field.type)
+        except (msgspec.ValidationError, ValueError) as exc:
+            problems.append(f"{name}={raw!r}: {exc}")
+    if problems:
+        raise SettingsError(problems)
+    try:
+        settings = msgspec.convert(values, cls)
+    except msgspec.ValidationError as exc:
+        raise SettingsError([str(exc)]) from exc
+    post = getattr(settings, "validate", None)
+    if callable(post):
+        more = post()
+        if more:
+            raise SettingsError(list(more))
+    return settings
+
+
+def _convert(raw: str, typ: Any) -> Any:
+    if typ is float and raw[-1:].isalpha():
+        return parse_duration(raw)
+    return msgspec.convert(raw, typ, strict=False)
+
+
+class CommonSettings(msgspec.Struct, kw_only=True):
+    """Settings every service shares. Services subclass this and add their own fields."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/forge"
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    nats_url: str = "nats://127.0.0.1:4222"
+    # Prefix for every stream name and subject; empty in production. Tests use one per session
+    # so several suites can share one NATS server.
+    nats_prefix: str = ""
+    s3_url: str = ""
+    s3_bucket: str = "forge"
+    s3_region: str = "us-east-1"
+    s3_access_key: str = "forge"
+    s3_secret_key: str = "forge-secret"
+    oidc_issuer: str = "http://127.0.0.1:8180/realms/forge"
+    oidc_audience: str = "forge"
+    oidc_jwks_url: str = ""
+    log_level: str = "info"
+    log_format: str = "json"
+    environment: str = "dev"
+    otel_exporter: str = "none"
+
+    def validate(self) -> list[str]:
+        problems: list[str] = []
+        if not (0 < self.port < 65536):
+            problems.append(f"FORGE_PORT={self.port}: must be between 1 and 65535")
+        if self.log_level.lower() not in {"debug", "info", "warning", "warn", "error"}:
+            problems.append(f"FORGE_LOG_LEVEL={self.log_level!r}: use debug, info, warning or error")
+        if self.environment not in {"dev", "staging", "production"}:
+            problems.append(f"FORGE_ENVIRONMENT={self.environment!r}: use dev, staging or production")
+        if not self.database_url.startswith(("postgresql://", "postgres://")):
+            problems.append("FORGE_DATABASE_URL must be a postgresql:// URL")
+        if not self.nats_url.startswith(("nats://", "tls://")):
+            problems.append("FORGE_NATS_URL must be a nats:// URL")
+        if self.db_pool_min < 1 or self.db_pool_max < self.db_pool_min:
+            problems.append("FORGE_DB_POOL_MIN must be >= 1 and <= FORGE_DB_POOL_MAX")
+        return problems
+
+    @property
+    def jwks_url(self) -> str:
+        return self.oidc_jwks_url or f"{self.oidc_issuer.rstrip('/')}/protocol/openid-connect/certs"

@@ -1,0 +1,1 @@
+"""Developer tooling for Forge: CLI, dev token issuer, embedded stack."""

@@ -1,0 +1,104 @@
+"""``make run``: the whole platform on embedded defaults, in the foreground."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .keys import default_data_dir
+from .stack import Stack, StackConfig
+
+
+def main() -> int:
+    data_dir = Path(os.environ.get("FORGE_DATA_DIR") or default_data_dir()).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = data_dir / "run.lock"
+    lock = lock_path.open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "another process"
+        print(
+            f"Forge is already running from {data_dir} ({owner}); gateway at http://127.0.0.1:8080.\n"
+            "Stop it with Ctrl-C in its terminal, or use another FORGE_DATA_DIR.",
+            file=sys.stderr,
+        )
+        return 1
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}")
+    lock.flush()
+
+    config = StackConfig(
+        data_dir=data_dir,
+        database_url=os.environ.get("FORGE_DATABASE_URL") or None,
+        nats_url=os.environ.get("FORGE_NATS_URL") or None,
+        s3_url=os.environ.get("FORGE_S3_URL") or None,
+        workers=int(os.environ.get("FORGE_WORKERS", "2")),
+        env={k: v for k, v in os.environ.items() if k.startswith("FORGE_") and k not in _STACK_KEYS},
+    )
+    stack = Stack(config)
+    stopping = False
+
+    def _stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    print(f"Starting Forge (state in {data_dir}) ...", flush=True)
+    try:
+        stack.start()
+        _banner(stack)
+        while True:
+            dead = stack.dead()
+            if dead:
+                print(f"process(es) exited unexpectedly: {', '.join(dead)}; stopping (logs above)", file=sys.stderr)
+                return 1
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("\nStopping Forge ...", flush=True)
+        return 0
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"make run failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stack.stop()
+        print("Forge stopped.", flush=True)
+
+
+_STACK_KEYS = {"FORGE_DATABASE_URL", "FORGE_NATS_URL", "FORGE_S3_URL", "FORGE_DATA_DIR", "FORGE_WORKERS"}
+
+
+def _banner(stack: Stack) -> None:
+    infra = stack.infra
+    lines = [
+        "",
+        "Forge is up.",
+        f"  gateway      {stack.gateway_url}   (REST API under /v1)",
+        *(f"  {name:<12} {stack.service_url(name)}" for name in ("pipeline", "release", "deployment", "approval")),
+        f"  workers      {len(stack.workers)}",
+        f"  issuer       {infra.issuer_url}",
+        f"  postgres     {infra.database_url}",
+        f"  nats         {infra.nats_url}",
+        f"  s3           {infra.s3_url}  (bucket {stack.config.s3_bucket})",
+        "",
+        "Get a token and call the API:",
+        '  TOKEN=$(.venv/bin/forge dev token --sub you@example.com --role developer)',
+        '  curl -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:8080/v1/runs?repository=owner/repo"',
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

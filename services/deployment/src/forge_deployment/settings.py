@@ -1,0 +1,5 @@
+from forge_common.settings import CommonSettings
+
+
+class Settings(CommonSettings, kw_only=True):
+    """Settings of the deployment service (FORGE_* environment variables)."""
