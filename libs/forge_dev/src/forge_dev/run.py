@@ -90,6 +90,7 @@ def _banner(stack: Stack) -> None:
         f"  postgres     {infra.database_url}",
         f"  nats         {infra.nats_url}",
         f"  s3           {infra.s3_url}  (bucket {stack.config.s3_bucket})",
+        f"  logs         {stack.config.data_dir / 'logs'} (nats, s3, issuer); services log here",
         "",
         "Get a token and call the API:",
         '  TOKEN=$(.venv/bin/forge dev token --sub you@example.com --role developer)',

@@ -129,7 +129,9 @@ class Infra:
         self.keys: IssuerKeys | None = None
 
     def _log(self, name: str) -> IO[bytes] | int | None:
-        if not self.config.log_to_files:
+        # Infrastructure servers always log to files; Forge processes log to the terminal under
+        # `make run` and to files in tests.
+        if not self.config.log_to_files and name not in ("nats", "s3", "issuer"):
             return None
         path = self.config.data_dir / "logs" / f"{name}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
