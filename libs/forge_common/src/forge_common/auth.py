@@ -164,7 +164,9 @@ class TokenVerifier:
             raise AuthenticationFailed("malformed token") from exc
         alg = header.get("alg")
         if alg not in ALLOWED_ALGORITHMS:
-            raise AuthenticationFailed(f"token algorithm {alg!r} is not accepted", {"allowed": list(ALLOWED_ALGORITHMS)})
+            raise AuthenticationFailed(
+                f"token algorithm {alg!r} is not accepted", {"allowed": list(ALLOWED_ALGORITHMS)}
+            )
         kid = header.get("kid")
         if not kid:
             raise AuthenticationFailed("token has no key id")
@@ -202,9 +204,7 @@ class TokenVerifier:
 def _principal(claims: dict[str, Any], token: str) -> Principal:
     roles = frozenset(str(r) for r in (claims.get("realm_access") or {}).get("roles", []))
     username = str(claims.get("preferred_username") or "")
-    service_account = username.startswith("service-account-") or bool(
-        claims.get("client_id") or claims.get("clientId")
-    )
+    service_account = username.startswith("service-account-") or bool(claims.get("client_id") or claims.get("clientId"))
     identity = str(claims.get("email") or username or claims["sub"])
     return Principal(
         subject=str(claims["sub"]),

@@ -79,7 +79,9 @@ class ServiceClient:
             data = msgspec.json.encode(json)
             hdrs["Content-Type"] = "application/json"
         try:
-            async with self.session().request(method, self.base_url + path, data=data, params=params, headers=hdrs) as resp:
+            async with self.session().request(
+                method, self.base_url + path, data=data, params=params, headers=hdrs
+            ) as resp:
                 raw = await resp.read()
                 body = msgspec.json.decode(raw) if raw else None
                 return ServiceResponse(resp.status, body)
@@ -117,7 +119,11 @@ class ClientCredentials:
         async with self._lock:
             if self._token and time.monotonic() < self._expires - 60:
                 return self._token
-            form = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret}
+            form = {
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self.client_secret,
+            }
             try:
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
                     async with session.post(self.token_url, data=form) as resp:

@@ -15,12 +15,12 @@ from importlib.resources.abc import Traversable
 
 import psycopg
 import structlog
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from .outbox import outbox_ddl
 
-__all__ = ["MigrationError", "create_pool", "migrate", "migration_files"]
+__all__ = ["MigrationError", "Pool", "create_pool", "migrate", "migration_files"]
 
 log = structlog.get_logger(__name__)
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -84,9 +84,13 @@ async def migrate(database_url: str, schema: str, package: str) -> list[int]:
     return applied_now
 
 
-async def create_pool(database_url: str, min_size: int, max_size: int, name: str) -> AsyncConnectionPool:
-    pool = AsyncConnectionPool(
+Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+
+
+async def create_pool(database_url: str, min_size: int, max_size: int, name: str) -> Pool:
+    pool: Pool = AsyncConnectionPool(
         database_url,
+        connection_class=psycopg.AsyncConnection[DictRow],
         min_size=min_size,
         max_size=max_size,
         name=name,

@@ -167,12 +167,12 @@ class ObservabilityMiddleware:
         self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http":  # type: ignore[comparison-overlap]
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
-        method = scope["method"]
+        method: str = scope["method"]  # type: ignore[typeddict-item]
         path = scope["path"]
         status_holder = [500]
         started = time.perf_counter()
@@ -202,7 +202,13 @@ class ObservabilityMiddleware:
             if status_holder[0] >= 400:
                 metrics.REQUEST_ERRORS.labels(self.service, method, route, status).inc()
             if path not in ("/healthz", "/readyz", "/metrics"):
-                log.info("http.request", method=method, path=path, status=status_holder[0], duration_ms=round(elapsed * 1000, 2))
+                log.info(
+                    "http.request",
+                    method=method,
+                    path=path,
+                    status=status_holder[0],
+                    duration_ms=round(elapsed * 1000, 2),
+                )
             structlog.contextvars.unbind_contextvars("request_id")
             otel_context.detach(token)
 
@@ -246,7 +252,7 @@ def build_app(spec: AppSpec) -> Litestar:
             for hook in reversed(spec.on_shutdown):
                 try:
                     await hook(runtime)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("service.shutdown_hook_failed")
             await runtime.stop()
 
@@ -267,5 +273,5 @@ def build_app(spec: AppSpec) -> Litestar:
         debug=False,
     )
     app.state.runtime = runtime
-    app.asgi_handler = ObservabilityMiddleware(app.asgi_handler, spec.service)  # type: ignore[method-assign]
+    app.asgi_handler = ObservabilityMiddleware(app.asgi_handler, spec.service)
     return app

@@ -37,7 +37,7 @@ class Names:
 
     def strip(self, subject: str) -> str:
         p = self.prefix + "."
-        return subject[len(p):] if self.prefix and subject.startswith(p) else subject
+        return subject[len(p) :] if self.prefix and subject.startswith(p) else subject
 
     @property
     def events_stream(self) -> str:
@@ -75,7 +75,7 @@ async def connect(url: str, name: str, **kwargs: Any) -> NATS:
     for attempt in range(30):
         try:
             return await nats.connect(**options)
-        except Exception as exc:  # noqa: BLE001 - the server may still be starting
+        except Exception as exc:
             if attempt == 29:
                 raise
             log.warning("nats.connect_retry", client=name, error=str(exc))

@@ -19,8 +19,8 @@ import msgspec
 import psycopg
 import structlog
 from nats.js import JetStreamContext
-from psycopg_pool import AsyncConnectionPool
 
+from .db import Pool
 from .events import Envelope, EventData, envelope
 from .nats import Names
 
@@ -86,7 +86,7 @@ class OutboxRelay:
 
     def __init__(
         self,
-        pool: AsyncConnectionPool,
+        pool: Pool,
         database_url: str,
         schema: str,
         js: JetStreamContext,
@@ -171,7 +171,9 @@ class OutboxRelay:
             for row in rows:
                 headers = {"Nats-Msg-Id": str(row["message_id"]), **(row["headers"] or {})}
                 try:
-                    await self.js.publish(self.names.subject(row["subject"]), bytes(row["payload"]), headers=headers, timeout=2.0)
+                    await self.js.publish(
+                        self.names.subject(row["subject"]), bytes(row["payload"]), headers=headers, timeout=2.0
+                    )
                 except Exception as exc:  # noqa: BLE001 - stop at the first failure, keep order
                     error = exc
                     break

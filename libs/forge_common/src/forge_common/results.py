@@ -13,7 +13,7 @@ import msgspec
 
 from .s3 import S3
 
-__all__ = ["INLINE_LIMIT", "encode_result", "result_key", "resolve_result"]
+__all__ = ["INLINE_LIMIT", "encode_result", "resolve_result", "result_key"]
 
 INLINE_LIMIT = 1024 * 1024
 _REF = "$result_ref"

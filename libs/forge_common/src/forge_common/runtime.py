@@ -7,10 +7,9 @@ from typing import Any
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from psycopg_pool import AsyncConnectionPool
 
 from .auth import JwksCache, TokenVerifier
-from .db import create_pool, migrate
+from .db import Pool, create_pool, migrate
 from .nats import Names, connect, ensure_stream, events_stream_config
 from .outbox import OutboxRelay
 from .s3 import S3
@@ -32,14 +31,14 @@ class Runtime:
         self.names = Names(settings.nats_prefix)
         self.verifier = TokenVerifier(settings.oidc_issuer, settings.oidc_audience, JwksCache(settings.jwks_url))
         self.s3 = S3.from_settings(settings)
-        self._pool: AsyncConnectionPool | None = None
+        self._pool: Pool | None = None
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self.relay: OutboxRelay | None = None
         self.extras: dict[str, Any] = {}
 
     @property
-    def pool(self) -> AsyncConnectionPool:
+    def pool(self) -> Pool:
         assert self._pool is not None, "runtime not started"
         return self._pool
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -28,17 +30,20 @@ class S3:
 
     @classmethod
     def from_settings(cls, settings: Any) -> S3:
-        return cls(settings.s3_url, settings.s3_bucket, settings.s3_access_key, settings.s3_secret_key, settings.s3_region)
+        return cls(
+            settings.s3_url, settings.s3_bucket, settings.s3_access_key, settings.s3_secret_key, settings.s3_region
+        )
 
     def client(self) -> AbstractAsyncContextManager[Any]:
-        return self._session.client("s3", endpoint_url=self.endpoint_url, config=self._config)
+        client: AbstractAsyncContextManager[Any] = self._session.client(
+            "s3", endpoint_url=self.endpoint_url, config=self._config
+        )
+        return client
 
     async def ensure_bucket(self) -> None:
         async with self.client() as s3:
             try:
                 await s3.head_bucket(Bucket=self.bucket)
             except Exception:  # noqa: BLE001 - any miss means create it
-                try:
+                with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
                     await s3.create_bucket(Bucket=self.bucket)
-                except s3.exceptions.BucketAlreadyOwnedByYou:
-                    pass

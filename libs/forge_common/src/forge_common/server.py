@@ -20,7 +20,7 @@ def serve(service: str, settings_cls: type[S], create_app: Callable[[S], Any]) -
     try:
         settings = load(settings_cls)
     except SettingsError as exc:
-        print(f"forge-{service}: {exc}", file=sys.stderr)
+        print(f"forge-{service}: {exc}", file=sys.stderr)  # noqa: T201 - before logging exists
         raise SystemExit(2) from None
     configure_logging(service, settings.log_level, settings.log_format)
     app = create_app(settings)

@@ -17,8 +17,7 @@ def _dev_token(args: argparse.Namespace) -> int:
     if not path.exists():
         if args.issuer is None:
             print(
-                f"no issuer key at {path}: start the platform with `make run` first "
-                "(or pass --issuer to create one)",
+                f"no issuer key at {path}: start the platform with `make run` first (or pass --issuer to create one)",
                 file=sys.stderr,
             )
             return 1

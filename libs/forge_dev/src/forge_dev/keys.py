@@ -13,7 +13,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-__all__ = ["IssuerKeys", "default_data_dir", "DEFAULT_ISSUER", "AUDIENCE"]
+__all__ = ["AUDIENCE", "DEFAULT_ISSUER", "IssuerKeys", "default_data_dir"]
 
 DEFAULT_ISSUER = "http://127.0.0.1:8180/realms/forge"
 AUDIENCE = "forge"

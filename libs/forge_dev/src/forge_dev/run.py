@@ -93,7 +93,7 @@ def _banner(stack: Stack) -> None:
         f"  logs         {stack.config.data_dir / 'logs'} (nats, s3, issuer); services log here",
         "",
         "Get a token and call the API:",
-        '  TOKEN=$(.venv/bin/forge dev token --sub you@example.com --role developer)',
+        "  TOKEN=$(.venv/bin/forge dev token --sub you@example.com --role developer)",
         '  curl -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:8080/v1/runs?repository=owner/repo"',
         "",
         "Ctrl-C stops everything.",

@@ -139,7 +139,7 @@ class Infra:
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None, url: str = "") -> Process:
         out = self._log(name)
-        popen = subprocess.Popen(  # noqa: S603 - our own binaries
+        popen = subprocess.Popen(
             argv,
             env={**os.environ, **(env or {})},
             stdout=out,
@@ -163,7 +163,7 @@ class Infra:
 
             pgdata = cfg.data_dir / "postgres"
             pgdata.mkdir(parents=True, exist_ok=True)
-            server = pgserver.get_server(pgdata, cleanup_mode="stop")
+            server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
             self._pg = server
             self.admin_database_url = server.get_uri()
         with psycopg.connect(self.admin_database_url, autocommit=True) as conn:
@@ -292,7 +292,9 @@ class Stack:
             full["FORGE_PORT"] = str(port)
         full.update(env or {})
         url = f"http://127.0.0.1:{port}" if port else ""
-        label = name if port in (None, self.config.service_ports.get(name), self.config.gateway_port) else f"{name}-{port}"
+        label = (
+            name if port in (None, self.config.service_ports.get(name), self.config.gateway_port) else f"{name}-{port}"
+        )
         return self.infra._spawn(label, [sys.executable, "-m", f"forge_{name}"], env=full, url=url)
 
     def start_services(self, timeout: float = 60.0) -> None:
