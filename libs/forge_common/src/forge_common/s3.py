@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
