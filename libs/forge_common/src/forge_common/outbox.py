@@ -13,16 +13,18 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import psycopg
 import structlog
 from nats.js import JetStreamContext
 
-from .db import Pool
 from .events import Envelope, EventData, envelope
 from .nats import Names
+
+if TYPE_CHECKING:  # db imports this module (outbox_ddl): a runtime import would be circular
+    from .db import Pool
 
 __all__ = ["OutboxRelay", "add_event", "add_message", "outbox_ddl"]
 
