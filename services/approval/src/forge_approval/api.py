@@ -1,5 +1,93 @@
 """HTTP routes of the approval service: decode, one call into service.py, encode."""
 
+from __future__ import annotations
+
 from typing import Any
 
-ROUTES: list[Any] = []
+import msgspec
+from litestar import Request, delete, get, post
+
+from forge_common.auth import Permission, Principal
+from forge_common.errors import InvalidRequest
+from forge_common.events import isoformat
+from forge_common.runtime import Runtime
+
+from .schemas import ApprovalCheck, ApprovalCreate, ApprovalCreated, ApprovalRevoke, ApprovalView
+from .service import ApprovalService, CreateApproval, RevokeApproval
+
+__all__ = ["ROUTES"]
+
+SERVICE_KEY = "approval_service"
+
+
+def _service(runtime: Runtime) -> ApprovalService:
+    service: ApprovalService = runtime.extras[SERVICE_KEY]
+    return service
+
+
+@post("/v1/approvals", status_code=201, opt={"permission": Permission.APPROVALS_WRITE})
+async def create_approval(data: ApprovalCreate, principal: Principal, runtime: Runtime) -> ApprovalCreated:
+    """Approve a release for an environment (approver or admin; never the release's creator)."""
+    approval, status = await _service(runtime).create(
+        CreateApproval(
+            release_id=data.release_id,
+            environment=data.environment,
+            justification=data.justification,
+            approver=principal.identity,
+            token=principal.token,
+            expires_at=data.expires_at,
+        )
+    )
+    return ApprovalCreated.of(approval, status)
+
+
+@get("/v1/approvals/check", opt={"permission": Permission.READ})
+async def check_approval(
+    runtime: Runtime,
+    approval_id: str | None = None,
+    release_id: str | None = None,
+    environment: str | None = None,
+) -> ApprovalCheck:
+    """Is approval X active for release R in environment E right now? (used by deployments)"""
+    answer = await _service(runtime).check(approval_id, release_id, environment)
+    return ApprovalCheck(
+        result=answer.result,
+        approval_id=answer.approval_id,
+        expires_at=isoformat(answer.expires_at) if answer.expires_at else None,
+        checked_at=isoformat(answer.checked_at),
+    )
+
+
+@get("/v1/approvals/{release_id:str}/{environment:str}", opt={"permission": Permission.READ})
+async def get_approval(release_id: str, environment: str, runtime: Runtime) -> ApprovalView:
+    """The active approval of the release for the environment, else the most recent one."""
+    approval, status = await _service(runtime).current(release_id, environment)
+    return ApprovalView.of(approval, status)
+
+
+@delete("/v1/approvals/{approval_id:str}", status_code=200, opt={"permission": Permission.APPROVALS_WRITE})
+async def revoke_approval(
+    approval_id: str,
+    request: Request[Any, Any, Any],
+    principal: Principal,
+    runtime: Runtime,
+    reason: str | None = None,
+) -> ApprovalView:
+    """Revoke an active approval; the reason comes from a JSON body or the ``reason`` query."""
+    raw = await request.body()
+    if raw.strip():
+        try:
+            body = msgspec.json.decode(raw, type=ApprovalRevoke)
+        except msgspec.ValidationError as exc:
+            raise InvalidRequest(f"invalid revocation body: {exc}", {"field": "reason"}) from None
+        except msgspec.DecodeError:
+            raise InvalidRequest('the revocation body must be JSON such as {"reason": "..."}') from None
+        if body.reason is not None:
+            reason = body.reason
+    approval, status = await _service(runtime).revoke(
+        RevokeApproval(approval_id=approval_id, revoked_by=principal.identity, reason=reason)
+    )
+    return ApprovalView.of(approval, status)
+
+
+ROUTES: list[Any] = [create_approval, check_approval, get_approval, revoke_approval]

@@ -1,0 +1,66 @@
+"""The one seam to the release service: does a release exist, and who created it?"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from forge_common.client import ServiceClient
+from forge_common.errors import BadGateway, NotFound
+
+from .domain import ReleaseFacts
+
+__all__ = ["HttpReleases", "InMemoryReleases", "Releases"]
+
+
+class Releases(Protocol):
+    async def facts(self, release_id: str, token: str) -> ReleaseFacts:
+        """The release's creator; raises NotFound when the release does not exist."""
+        ...
+
+
+def _not_found(release_id: str) -> NotFound:
+    return NotFound(f"release {release_id} does not exist", {"release_id": release_id, "field": "release_id"})
+
+
+class HttpReleases:
+    """Asks ``GET /v1/releases/{release_uuid}`` of the release service with the caller's token."""
+
+    def __init__(self, client: ServiceClient) -> None:
+        self.client = client
+
+    async def facts(self, release_id: str, token: str) -> ReleaseFacts:
+        resp = await self.client.get(f"/v1/releases/{release_id}", token=token)
+        if resp.status == 404:
+            raise _not_found(release_id)
+        if resp.status != 200 or not isinstance(resp.body, dict):
+            raise BadGateway(
+                "the release service could not confirm the release",
+                {"release_id": release_id, "upstream_status": resp.status, "upstream_error": resp.error_code()},
+            )
+        body: dict[str, Any] = resp.body
+        trigger = body.get("trigger") if isinstance(body.get("trigger"), dict) else {}
+        created_by = body.get("created_by")
+        if not isinstance(created_by, str):
+            raise BadGateway("the release service sent a release without created_by", {"release_id": release_id})
+        triggered_by = trigger.get("triggered_by") if isinstance(trigger, dict) else None
+        return ReleaseFacts(
+            release_id=release_id,
+            created_by=created_by,
+            triggered_by=triggered_by if isinstance(triggered_by, str) else None,
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class InMemoryReleases:
+    """For tests of the service layer without a release service."""
+
+    def __init__(self, *releases: ReleaseFacts) -> None:
+        self.releases = {r.release_id: r for r in releases}
+
+    async def facts(self, release_id: str, token: str) -> ReleaseFacts:
+        try:
+            return self.releases[release_id]
+        except KeyError:
+            raise _not_found(release_id) from None

@@ -1,0 +1,95 @@
+"""The HTTP contract of the approval service (msgspec Structs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from forge_common.events import isoformat
+
+from .domain import Approval, CheckResult
+
+__all__ = ["ApprovalCheck", "ApprovalCreate", "ApprovalCreated", "ApprovalRevoke", "ApprovalView"]
+
+
+class ApprovalCreate(msgspec.Struct, kw_only=True):
+    """Body of ``POST /v1/approvals``; ``expires_at`` (ISO-8601) asks for an earlier expiry."""
+
+    release_id: str
+    environment: str
+    justification: str
+    expires_at: str | None = None
+
+
+class ApprovalRevoke(msgspec.Struct, kw_only=True):
+    """Optional body of ``DELETE /v1/approvals/{approval_id}``."""
+
+    reason: str | None = None
+
+
+class ApprovalCreated(msgspec.Struct, kw_only=True):
+    """``201`` answer of ``POST /v1/approvals``: the spec's fields plus what was approved."""
+
+    approval_id: str
+    approver: str
+    approved_at: str
+    expires_at: str
+    status: Literal["active", "expired", "revoked"]
+    release_id: str
+    environment: str
+    justification: str
+
+    @classmethod
+    def of(cls, approval: Approval, status: Literal["active", "expired", "revoked"]) -> ApprovalCreated:
+        return cls(
+            approval_id=approval.id,
+            approver=approval.approver,
+            approved_at=isoformat(approval.approved_at),
+            expires_at=isoformat(approval.expires_at),
+            status=status,
+            release_id=approval.release_id,
+            environment=approval.environment,
+            justification=approval.justification,
+        )
+
+
+class ApprovalView(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An approval as ``GET`` and ``DELETE`` show it; ``revoked_*`` only once revoked."""
+
+    approval_id: str
+    approver: str
+    approved_at: str
+    expires_at: str
+    status: Literal["active", "expired", "revoked"]
+    justification: str
+    release_id: str
+    environment: str
+    revoked_by: str | None = None
+    revoked_at: str | None = None
+    revocation_reason: str | None = None
+
+    @classmethod
+    def of(cls, approval: Approval, status: Literal["active", "expired", "revoked"]) -> ApprovalView:
+        return cls(
+            approval_id=approval.id,
+            approver=approval.approver,
+            approved_at=isoformat(approval.approved_at),
+            expires_at=isoformat(approval.expires_at),
+            status=status,
+            justification=approval.justification,
+            release_id=approval.release_id,
+            environment=approval.environment,
+            revoked_by=approval.revoked_by,
+            revoked_at=isoformat(approval.revoked_at) if approval.revoked_at else None,
+            revocation_reason=approval.revocation_reason,
+        )
+
+
+class ApprovalCheck(msgspec.Struct, kw_only=True):
+    """Answer of ``GET /v1/approvals/check`` (cross-service contract #3)."""
+
+    result: CheckResult
+    approval_id: str
+    expires_at: str | None
+    checked_at: str
