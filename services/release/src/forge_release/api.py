@@ -1,5 +1,174 @@
-"""HTTP routes of the release service: decode, one call into service.py, encode."""
+"""HTTP routes of the release service: decode, one call into service.py, encode.
 
-from typing import Any
+``{repo}`` is ``owner/name`` and so contains a slash. It is accepted both as two path segments
+(``/v1/releases/owner/name/project``) and percent-encoded as one (``/v1/releases/owner%2Fname/project``).
+Servers decode ``%2F`` in the ASGI ``path``, which would make the two forms (and an encoded
+slash inside a branch alias) indistinguishable, so everything below ``/v1/releases/`` is one
+catch-all route per method that splits the undecoded ``raw_path`` itself and percent-decodes
+each segment:
 
-ROUTES: list[Any] = []
+* ``GET  /v1/releases/{release_uuid}``                      (contract #1, one segment)
+* ``GET  /v1/releases/{repo}/{project}``                    list, newest first
+* ``GET  /v1/releases/{repo}/{project}/{release-id}``       one release
+* ``POST /v1/releases/{repo}/{project}/{release-id}/aliases``
+* ``DELETE /v1/releases/{repo}/{project}/{release-id}/aliases/{alias}``
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+import msgspec
+from litestar import Request, Response, delete, get, post
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from forge_common.auth import Permission, Principal
+from forge_common.errors import InvalidRequest, NotFound
+from forge_common.events import utcnow
+from forge_common.runtime import Runtime
+
+from .domain import NewRelease
+from .schemas import AliasCreate, ReleaseCreate
+from .service import ReleaseService
+
+__all__ = ["ROUTES"]
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+_PREFIX = b"/v1/releases/"
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
+
+
+def _service(runtime: Runtime) -> ReleaseService:
+    svc: ReleaseService = runtime.extras["releases"]
+    return svc
+
+
+def _decode(body: bytes, typ: type[T]) -> T:
+    if not body.strip():
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        return msgspec.json.decode(body, type=typ)
+    except msgspec.ValidationError as exc:
+        m = _AT.match(str(exc))
+        msg = m.group("msg") if m else str(exc)
+        path = (m.group("path") or "") if m else ""
+        missing = _MISSING.search(msg)
+        if missing:
+            path = f"{path}.{missing.group('name')}"
+        field = path.lstrip(".")
+        details = {"field": field} if field else {}
+        raise InvalidRequest(f"{msg}{f' at {field}' if field else ''}", details) from None
+    except msgspec.DecodeError:
+        raise InvalidRequest("request body is not valid JSON") from None
+
+
+def _segments(request: Request[Any, Any, Any]) -> list[str]:
+    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    raw = raw.split(b"?", 1)[0]
+    if not raw.startswith(_PREFIX):
+        raise NotFound("resource not found")
+    try:
+        parts = [unquote(p.decode("ascii"), errors="strict") for p in raw[len(_PREFIX) :].split(b"/")]
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("path is not valid percent-encoded UTF-8") from None
+    if parts and parts[-1] == "":
+        parts.pop()  # one trailing slash is tolerated
+    if not parts or any(p == "" for p in parts):
+        raise NotFound("resource not found")
+    return parts
+
+
+def _split_repo(parts: list[str]) -> tuple[str, list[str]]:
+    """``owner%2Fname`` (one segment holding a slash) or ``owner/name`` (two segments)."""
+    if "/" in parts[0]:
+        return parts[0], parts[1:]
+    if len(parts) < 2:
+        raise NotFound("resource not found: use /v1/releases/{owner}/{name}/{project}[/{release-id}]")
+    return f"{parts[0]}/{parts[1]}", parts[2:]
+
+
+def _int_param(request: Request[Any, Any, Any], name: str, default: int, low: int, high: int | None) -> int:
+    values = request.query_params.getall(name, [])
+    if not values:
+        return default
+    raw = values[-1]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer, got {raw!r}", {"field": name}) from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise InvalidRequest(f"{name} must be {bound}, got {value}", {"field": name, "min": low, "max": high})
+    return value
+
+
+@post("/v1/releases", opt={"permission": Permission.RELEASES_CREATE}, status_code=HTTP_201_CREATED)
+async def create_release(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> dict[str, Any]:
+    """Create a release (spec: Create Release; optional ``trigger``, contract #2)."""
+    data = _decode(await request.body(), ReleaseCreate)
+    release = NewRelease.parse(
+        repository=data.repository,
+        project=data.project,
+        commit_sha=data.commit_sha,
+        pipeline_run_id=data.pipeline_run_id,
+        artifacts=[(a.name, a.type, a.tracking_oci_uri, a.primary_published_uri) for a in data.artifacts],
+        trigger=(data.trigger.trigger_type, data.trigger.branch, data.trigger.tag) if data.trigger else None,
+        created_by=principal.identity,
+        now=utcnow(),
+    )
+    return await _service(runtime).create_release(release)
+
+
+@get("/v1/releases/{rest:path}", opt={"permission": Permission.READ})
+async def read_releases(request: Request[Any, Any, Any], runtime: Runtime, rest: str) -> dict[str, Any]:
+    """Get a release by UUID, list a project's releases, or get one by ``{release-id}``."""
+    parts = _segments(request)
+    svc = _service(runtime)
+    if len(parts) == 1 and "/" not in parts[0]:
+        try:
+            release_id = str(uuid.UUID(parts[0]))
+        except ValueError:
+            raise NotFound(
+                "resource not found: use /v1/releases/{release_uuid} or /v1/releases/{repo}/{project}[/{release-id}]"
+            ) from None
+        return await svc.get_by_id(release_id)
+    repo, rest_parts = _split_repo(parts)
+    if len(rest_parts) == 1:
+        limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        offset = _int_param(request, "offset", 0, 0, None)
+        return await svc.list_releases(repo, rest_parts[0], limit, offset)
+    if len(rest_parts) == 2:
+        return await svc.get(repo, rest_parts[0], rest_parts[1])
+    raise NotFound("resource not found")
+
+
+@post("/v1/releases/{rest:path}", opt={"permission": Permission.RELEASES_ALIAS})
+async def add_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: str) -> Response[dict[str, Any]]:
+    """Add a ``tag``, ``branch`` or ``custom`` alias to a release."""
+    parts = _segments(request)
+    repo, rest_parts = _split_repo(parts)
+    if len(rest_parts) != 3 or rest_parts[2] != "aliases":
+        raise NotFound("resource not found: POST /v1/releases/{repo}/{project}/{release-id}/aliases")
+    data = _decode(await request.body(), AliasCreate)
+    status, body = await _service(runtime).add_alias(repo, rest_parts[0], rest_parts[1], data.alias, data.alias_type)
+    return Response(body, status_code=status)
+
+
+@delete("/v1/releases/{rest:path}", opt={"permission": Permission.RELEASES_ALIAS}, status_code=HTTP_204_NO_CONTENT)
+async def remove_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: str) -> None:
+    """Remove a ``branch`` or ``custom`` alias (numeric and tag aliases are permanent)."""
+    parts = _segments(request)
+    repo, rest_parts = _split_repo(parts)
+    if len(rest_parts) != 4 or rest_parts[2] != "aliases":
+        raise NotFound("resource not found: DELETE /v1/releases/{repo}/{project}/{release-id}/aliases/{alias}")
+    await _service(runtime).remove_alias(repo, rest_parts[0], rest_parts[1], rest_parts[3])
+
+
+ROUTES: list[Any] = [create_release, read_releases, add_alias, remove_alias]

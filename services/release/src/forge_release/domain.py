@@ -1,0 +1,359 @@
+"""Pure rules of releases: what is valid, how identifiers resolve, how aliases may change.
+
+Nothing here does I/O. Every rule violation is a :class:`ForgeError` carrying the offending
+field in ``details.field`` so a client can point at it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlsplit
+
+from forge_common.errors import Conflict, InvalidRequest, NotFound
+
+__all__ = [
+    "MAX_ARTIFACTS",
+    "AliasAction",
+    "AliasRow",
+    "Artifact",
+    "Identifier",
+    "NewRelease",
+    "Trigger",
+    "classify_identifier",
+    "creation_aliases",
+    "decide_alias",
+    "decide_alias_removal",
+    "validate_alias_name",
+    "validate_commit_sha",
+    "validate_project",
+    "validate_repository",
+]
+
+TriggerType = Literal["branch_push", "tag", "manual"]
+ArtifactType = Literal["container", "binary", "archive"]
+AliasType = Literal["numeric", "tag", "branch", "custom"]
+
+ARTIFACT_TYPES = ("container", "binary", "archive")
+TRIGGER_TYPES = ("branch_push", "tag", "manual")
+USER_ALIAS_TYPES = ("tag", "branch", "custom")
+MAX_ARTIFACTS = 256
+
+# One path component of an OCI repository name (distribution spec), case-insensitive here
+# because GitHub names are; the OCI path uses the lower-cased form.
+_OCI_COMPONENT = r"[A-Za-z0-9]+(?:(?:[._]|__|-+)[A-Za-z0-9]+)*"
+_COMPONENT = re.compile(rf"^{_OCI_COMPONENT}$")
+_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_HEX_PREFIX = re.compile(r"^[0-9a-f]{7,64}$")
+_DIGITS = re.compile(r"^[0-9]+$")
+# Git ref-like names: tags (v1.2.3, api@1.0), branches (feature/login), custom names.
+_ALIAS = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/@+-]*$")
+_ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_OCI_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_OCI_REF = re.compile(
+    r"^(?:oci://)?"
+    r"(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|[A-Za-z0-9-]+(?=:[0-9])|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?"
+    rf"/{_OCI_PATH_COMPONENT}(?:/{_OCI_PATH_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?"
+    r"(?:@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[A-Fa-f0-9]{32,})?$"
+)
+_URI_SCHEMES = ("https", "http", "oci", "s3", "gs", "file")
+
+
+def _bad(field_name: str, message: str, **extra: object) -> InvalidRequest:
+    return InvalidRequest(message, {"field": field_name, **extra})
+
+
+def validate_repository(value: str, field_name: str = "repository") -> str:
+    parts = value.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise _bad(field_name, f"{field_name} must be 'owner/name', got {value!r}")
+    owner, name = parts
+    if len(owner) > 39 or len(name) > 100 or not _COMPONENT.match(owner) or not _COMPONENT.match(name):
+        raise _bad(
+            field_name,
+            f"{field_name} {value!r} is not a valid 'owner/name' (letters, digits and single '.', '_', '-' between them; "
+            "owner at most 39 characters, name at most 100)",
+        )
+    return value
+
+
+def validate_project(value: str, field_name: str = "project") -> str:
+    if not value or len(value) > 100 or not _COMPONENT.match(value):
+        raise _bad(
+            field_name,
+            f"{field_name} {value!r} is not a valid project name (1-100 letters and digits, "
+            "separated by single '.', '_' or '-')",
+        )
+    return value
+
+
+def validate_commit_sha(value: str) -> str:
+    sha = value.lower()
+    if not _SHA.match(sha):
+        raise _bad("commit_sha", "commit_sha must be a full 40-character (or 64-character) hexadecimal commit SHA")
+    return sha
+
+
+def validate_alias_name(value: str, field_name: str = "alias") -> str:
+    """Names of tag, branch and custom aliases.
+
+    All-digit names are the release numbers' own namespace, and hexadecimal names of 7+
+    characters would be shadowed by commit-SHA lookup, so both are refused.
+    """
+    if not value or len(value) > 128 or not _ALIAS.match(value):
+        raise _bad(
+            field_name,
+            f"{field_name} {value!r} is invalid: 1-128 characters, letters, digits and '._/@+-', "
+            "starting with a letter, digit or '_'",
+        )
+    if ".." in value or "//" in value or value.endswith(("/", ".", ".lock")):
+        raise _bad(
+            field_name,
+            f"{field_name} {value!r} is not a valid ref-like name ('..', '//', trailing '/', '.' or '.lock')",
+        )
+    if _DIGITS.match(value):
+        raise _bad(
+            field_name, f"{field_name} {value!r} is all digits: numeric aliases are the release numbers themselves"
+        )
+    if _HEX_PREFIX.match(value):
+        raise _bad(
+            field_name,
+            f"{field_name} {value!r} looks like an abbreviated commit SHA, which lookups resolve first; choose another name",
+        )
+    return value
+
+
+def _alias_ok(value: str) -> bool:
+    try:
+        validate_alias_name(value)
+    except InvalidRequest:
+        return False
+    return True
+
+
+def validate_oci_reference(value: str, field_name: str) -> str:
+    if not _OCI_REF.match(value):
+        raise _bad(
+            field_name,
+            f"{field_name} {value!r} is not a fully qualified OCI reference "
+            "(registry/repository[:tag][@sha256:digest], registry with a '.' or a port, lower-case path)",
+        )
+    return value
+
+
+def validate_published_uri(value: str, field_name: str) -> str:
+    if _OCI_REF.match(value):
+        return value
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in _URI_SCHEMES or not (parts.netloc or parts.scheme == "file"):
+        raise _bad(
+            field_name,
+            f"{field_name} {value!r} must be a URL ({', '.join(s + '://' for s in _URI_SCHEMES)}) or a fully qualified OCI reference",
+        )
+    return value
+
+
+def _clean_text(value: str, field_name: str, limit: int = 2048) -> str:
+    if not value or len(value) > limit or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise _bad(field_name, f"{field_name} must be 1-{limit} characters without whitespace or control characters")
+    return value
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    type: ArtifactType
+    tracking_oci_uri: str
+    primary_published_uri: str
+
+    @classmethod
+    def parse(cls, index: int, name: str, type_: str, tracking: str, published: str) -> Artifact:
+        prefix = f"artifacts[{index}]"
+        if not name or len(name) > 128 or not _ARTIFACT_NAME.match(name):
+            raise _bad(f"{prefix}.name", f"{prefix}.name {name!r} is invalid: 1-128 letters, digits, '.', '_' or '-'")
+        if type_ not in ARTIFACT_TYPES:
+            raise _bad(f"{prefix}.type", f"{prefix}.type must be one of {', '.join(ARTIFACT_TYPES)}; got {type_!r}")
+        _clean_text(tracking, f"{prefix}.tracking_oci_uri")
+        validate_oci_reference(tracking, f"{prefix}.tracking_oci_uri")
+        _clean_text(published, f"{prefix}.primary_published_uri")
+        validate_published_uri(published, f"{prefix}.primary_published_uri")
+        return cls(name, type_, tracking, published)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Trigger:
+    trigger_type: TriggerType
+    triggered_by: str
+    branch: str | None = None
+    tag: str | None = None
+
+    @classmethod
+    def parse(cls, trigger_type: str, branch: str | None, tag: str | None, triggered_by: str) -> Trigger:
+        if trigger_type not in TRIGGER_TYPES:
+            raise _bad(
+                "trigger.trigger_type",
+                f"trigger.trigger_type must be one of {', '.join(TRIGGER_TYPES)}; got {trigger_type!r}",
+            )
+        for name, value in (("branch", branch), ("tag", tag)):
+            if value is not None:
+                _clean_text(value, f"trigger.{name}", 255)
+                if not _ALIAS.match(value) or ".." in value:
+                    raise _bad(f"trigger.{name}", f"trigger.{name} {value!r} is not a valid git ref name")
+        if trigger_type == "branch_push" and not branch:
+            raise _bad("trigger.branch", "a branch_push trigger needs trigger.branch")
+        if trigger_type == "tag" and not tag:
+            raise _bad("trigger.tag", "a tag trigger needs trigger.tag")
+        return cls(trigger_type, triggered_by, branch, tag)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class NewRelease:
+    """A release about to be created: everything but its number, which the store assigns."""
+
+    id: str
+    repository: str
+    project: str
+    commit_sha: str
+    pipeline_run_id: str | None
+    created_by: str
+    created_at: dt.datetime
+    trigger: Trigger
+    artifacts: tuple[Artifact, ...] = field(default_factory=tuple)
+
+    @property
+    def canonical_id(self) -> str:
+        return f"{self.repository}/{self.project}/{self.commit_sha}"
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        repository: str,
+        project: str,
+        commit_sha: str,
+        pipeline_run_id: str | None,
+        artifacts: list[tuple[str, str, str, str]],
+        trigger: tuple[str, str | None, str | None] | None,
+        created_by: str,
+        now: dt.datetime,
+    ) -> NewRelease:
+        validate_repository(repository)
+        validate_project(project)
+        sha = validate_commit_sha(commit_sha)
+        run_id: str | None = None
+        if pipeline_run_id is not None:
+            try:
+                run_id = str(uuid.UUID(pipeline_run_id))
+            except ValueError:
+                raise _bad("pipeline_run_id", f"pipeline_run_id {pipeline_run_id!r} is not a UUID") from None
+        if len(artifacts) > MAX_ARTIFACTS:
+            raise _bad("artifacts", f"at most {MAX_ARTIFACTS} artifacts per release")
+        parsed = tuple(Artifact.parse(i, *a) for i, a in enumerate(artifacts))
+        seen: set[str] = set()
+        for i, art in enumerate(parsed):
+            if art.name in seen:
+                raise _bad(f"artifacts[{i}].name", f"artifact name {art.name!r} appears twice")
+            seen.add(art.name)
+        trig = Trigger.parse(*trigger, created_by) if trigger is not None else Trigger("manual", created_by)
+        return cls(str(uuid.uuid4()), repository, project, sha, run_id, created_by, now, trig, parsed)
+
+
+# --- identifiers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identifier:
+    """How a ``{release-id}`` path segment may resolve, in the documented order:
+    commit SHA (full or >= 7 hex characters), then release number, then alias (tag or any other;
+    one alias name names one release of a project, whatever its type)."""
+
+    raw: str
+    sha_prefix: str | None
+    number: int | None
+
+
+def classify_identifier(raw: str) -> Identifier:
+    if not raw or len(raw) > 255:
+        raise _bad("release-id", "release id must be 1-255 characters")
+    lowered = raw.lower()
+    sha = lowered if _HEX_PREFIX.match(lowered) else None
+    number = int(raw) if _DIGITS.match(raw) and len(raw) <= 18 else None
+    return Identifier(raw, sha, number)
+
+
+# --- aliases ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AliasRow:
+    alias: str
+    alias_type: AliasType
+    release_id: str
+    release_number: int
+
+
+AliasAction = Literal["create", "noop", "move"]
+
+
+def decide_alias(existing: AliasRow | None, release_id: str, release_number: int, alias_type: str) -> AliasAction:
+    """Whether ``alias`` of ``alias_type`` may point at the release.
+
+    Tag and numeric aliases never move. A branch alias follows the newest release of its
+    branch: it moves forward to a newer release, never back. Custom aliases don't move either
+    (delete, then add); re-adding the same alias to the same release is a no-op.
+    """
+    if alias_type not in USER_ALIAS_TYPES:
+        raise _bad("alias_type", f"alias_type must be one of {', '.join(USER_ALIAS_TYPES)}; got {alias_type!r}")
+    if existing is None:
+        return "create"
+    if existing.release_id == release_id:
+        if existing.alias_type == alias_type:
+            return "noop"
+        raise Conflict(
+            f"alias {existing.alias!r} already names this release as a {existing.alias_type} alias",
+            {"alias": existing.alias, "alias_type": existing.alias_type, "release_id": existing.release_id},
+        )
+    details = {
+        "alias": existing.alias,
+        "alias_type": existing.alias_type,
+        "release_id": existing.release_id,
+        "release_number": existing.release_number,
+    }
+    if existing.alias_type == "branch" and alias_type == "branch":
+        if existing.release_number > release_number:
+            raise Conflict(
+                f"branch alias {existing.alias!r} points to the newer release {existing.release_number}; "
+                "a branch alias only moves forward to the newest release of its branch",
+                details,
+            )
+        return "move"
+    if existing.alias_type in ("tag", "numeric"):
+        raise Conflict(f"{existing.alias_type} alias {existing.alias!r} names another release and never moves", details)
+    raise Conflict(f"alias {existing.alias!r} already names another release of this project", details)
+
+
+def decide_alias_removal(existing: AliasRow | None, release_id: str, alias: str) -> None:
+    if existing is None or existing.release_id != release_id:
+        raise NotFound(f"release has no alias {alias!r}", {"alias": alias})
+    if existing.alias_type in ("numeric", "tag"):
+        raise Conflict(
+            f"{existing.alias_type} alias {alias!r} is permanent and cannot be removed",
+            {"alias": alias, "alias_type": existing.alias_type},
+        )
+
+
+def creation_aliases(trigger: Trigger, release_number: int) -> list[tuple[str, AliasType]]:
+    """Aliases a new release gets: its number, its tag, and its branch (as the branch's newest)."""
+    aliases: list[tuple[str, AliasType]] = [(str(release_number), "numeric")]
+    if trigger.trigger_type == "tag" and trigger.tag and _alias_ok(trigger.tag):
+        aliases.append((trigger.tag, "tag"))
+    if trigger.trigger_type == "branch_push" and trigger.branch and _alias_ok(trigger.branch):
+        aliases.append((trigger.branch, "branch"))
+    return aliases

@@ -1,0 +1,362 @@
+"""Publishing a release as an OCI artifact.
+
+A release becomes one OCI image manifest (``artifactType`` :data:`ARTIFACT_TYPE`) whose config
+blob carries the release metadata and trigger, and whose single layer, ``release.json``,
+carries the whole release document with its artifact references. It is stored at
+``{registry}/{repository}/{project}:{commit-sha}`` (repository and project lower-cased, as OCI
+names must be). ``oci_digest`` is the ``sha256:`` digest of the exact manifest bytes pushed.
+
+Two publishers share that content:
+
+* :class:`RegistryPublisher` (``FORGE_OCI_REGISTRY`` set) pushes with oras-py over the OCI
+  distribution API.
+* :class:`LayoutPublisher` (the embedded default) writes a standard OCI image layout per
+  ``{repository}/{project}`` under ``FORGE_OCI_LAYOUT_DIR``; the commit SHA is the ref name in
+  ``index.json``. oras (``--oci-layout``), skopeo (``oci:``) and crane read it.
+
+Both are idempotent for a tag: publishing again replaces what the tag points to, which is what
+makes a retry after a crash converge (see the service's README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import requests
+import structlog
+from requests.adapters import HTTPAdapter
+
+from forge_common.errors import BadGateway
+from forge_common.events import isoformat
+
+from .domain import NewRelease
+from .settings import Settings
+
+__all__ = [
+    "ARTIFACT_TYPE",
+    "CONFIG_MEDIA_TYPE",
+    "LAYER_MEDIA_TYPE",
+    "MANIFEST_MEDIA_TYPE",
+    "Blob",
+    "LayoutPublisher",
+    "OciArtifact",
+    "Publisher",
+    "RegistryPublisher",
+    "build_artifact",
+    "make_publisher",
+]
+
+log = structlog.get_logger(__name__)
+
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+ARTIFACT_TYPE = "application/vnd.forge.release.v1"
+CONFIG_MEDIA_TYPE = "application/vnd.forge.release.config.v1+json"
+LAYER_MEDIA_TYPE = "application/vnd.forge.release.v1+json"
+REF_NAME = "org.opencontainers.image.ref.name"
+TITLE = "org.opencontainers.image.title"
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class Blob:
+    media_type: str
+    data: bytes
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.data).hexdigest()
+
+    def descriptor(self, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        desc: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": len(self.data)}
+        if annotations:
+            desc["annotations"] = annotations
+        return desc
+
+
+@dataclass(frozen=True)
+class OciArtifact:
+    repository: str  # OCI repository path below the registry: owner/name/project, lower-case
+    tag: str
+    config: Blob
+    layer: Blob
+    manifest: Blob
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.digest
+
+
+def oci_path(repository: str, project: str) -> str:
+    return f"{repository}/{project}".lower()
+
+
+def build_artifact(release: NewRelease, release_number: int) -> OciArtifact:
+    """The manifest and blobs of a release; deterministic for the same release."""
+    trigger = {
+        "trigger_type": release.trigger.trigger_type,
+        "branch": release.trigger.branch,
+        "tag": release.trigger.tag,
+        "triggered_by": release.trigger.triggered_by,
+    }
+    meta = {
+        "id": release.id,
+        "repository": release.repository,
+        "project": release.project,
+        "commit_sha": release.commit_sha,
+        "canonical_id": release.canonical_id,
+        "release_number": release_number,
+        "pipeline_run_id": release.pipeline_run_id,
+        "created_at": isoformat(release.created_at),
+        "created_by": release.created_by,
+        "trigger": trigger,
+    }
+    document = {
+        **meta,
+        "artifacts": [
+            {
+                "name": a.name,
+                "type": a.type,
+                "tracking_oci_uri": a.tracking_oci_uri,
+                "primary_published_uri": a.primary_published_uri,
+            }
+            for a in release.artifacts
+        ],
+    }
+    config = Blob(CONFIG_MEDIA_TYPE, _canonical(meta))
+    layer = Blob(LAYER_MEDIA_TYPE, _canonical(document))
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "artifactType": ARTIFACT_TYPE,
+        "config": config.descriptor(),
+        "layers": [layer.descriptor({TITLE: "release.json"})],
+        "annotations": {
+            "org.opencontainers.image.created": isoformat(release.created_at),
+            "org.opencontainers.image.revision": release.commit_sha,
+            "org.opencontainers.image.version": str(release_number),
+            "org.opencontainers.image.title": f"{release.repository}/{release.project} release {release_number}",
+            "dev.forge.release.id": release.id,
+        },
+    }
+    return OciArtifact(
+        oci_path(release.repository, release.project),
+        release.commit_sha,
+        config,
+        layer,
+        Blob(MANIFEST_MEDIA_TYPE, _canonical(manifest)),
+    )
+
+
+class Publisher(Protocol):
+    def uri(self, repository: str, project: str, commit_sha: str) -> str: ...
+
+    async def publish(self, artifact: OciArtifact) -> str:
+        """Store the artifact under its tag; return the manifest digest."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# --- embedded: OCI image layout on disk ------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock shared by every thread and process writing this layout."""
+    with path.open("a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+class LayoutPublisher:
+    """One OCI image layout per ``{repository}/{project}``; the commit SHA is the ref name."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def layout_dir(self, repository_path: str) -> Path:
+        return self.root / repository_path
+
+    def uri(self, repository: str, project: str, commit_sha: str) -> str:
+        return f"oci-layout://{self.layout_dir(oci_path(repository, project))}:{commit_sha}"
+
+    async def publish(self, artifact: OciArtifact) -> str:
+        return await asyncio.to_thread(self._publish, artifact)
+
+    async def close(self) -> None:
+        return None
+
+    def _publish(self, artifact: OciArtifact) -> str:
+        layout = self.layout_dir(artifact.repository)
+        blobs = layout / "blobs" / "sha256"
+        blobs.mkdir(parents=True, exist_ok=True)
+        marker = layout / "oci-layout"
+        if not marker.exists():
+            _atomic_write(marker, _canonical({"imageLayoutVersion": "1.0.0"}))
+        for blob in (artifact.config, artifact.layer, artifact.manifest):
+            target = blobs / blob.digest.removeprefix("sha256:")
+            if not target.exists():
+                _atomic_write(target, blob.data)
+        with _locked(layout / ".index.lock"):
+            index_path = layout / "index.json"
+            index: dict[str, Any] = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}
+            if index_path.exists():
+                index = json.loads(index_path.read_bytes())
+            entries = [
+                m for m in index.get("manifests", []) if (m.get("annotations") or {}).get(REF_NAME) != artifact.tag
+            ]
+            entry = artifact.manifest.descriptor({REF_NAME: artifact.tag})
+            entry["artifactType"] = ARTIFACT_TYPE
+            entries.append(entry)
+            index["manifests"] = entries
+            _atomic_write(index_path, _canonical(index))
+            _fsync_dir(layout)
+        return artifact.digest
+
+
+# --- a registry, through oras ----------------------------------------------------------------
+
+
+class _TimeoutAdapter(HTTPAdapter):
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.timeout = timeout
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().send(request, **kwargs)
+
+
+def _registry_class() -> type[Any]:
+    import oras.provider
+
+    class _Registry(oras.provider.Registry):  # type: ignore[misc]
+        # oras retries failed requests for minutes with sleeps in between; a release create
+        # waits on the publish, so fail fast here and let the caller retry the whole create.
+        do_request = oras.provider.Registry.do_request.__wrapped__
+
+    return _Registry
+
+
+class RegistryPublisher:
+    def __init__(
+        self, registry: str, insecure: bool, username: str = "", password: str = "", timeout: float = 10.0
+    ) -> None:
+        self.registry = registry
+        host = registry.split("/", 1)[0]
+        hostname = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+        self.insecure = insecure or hostname in ("localhost", "127.0.0.1", "[::1]")
+        self.username = username
+        self.password = password
+        self.timeout = timeout
+        self._local = threading.local()
+        self._cls = _registry_class()
+
+    def uri(self, repository: str, project: str, commit_sha: str) -> str:
+        return f"{self.registry}/{oci_path(repository, project)}:{commit_sha}"
+
+    async def publish(self, artifact: OciArtifact) -> str:
+        try:
+            return await asyncio.to_thread(self._publish, artifact)
+        except BadGateway:
+            raise
+        except Exception as exc:
+            log.warning("oci.publish_failed", registry=self.registry, error=str(exc))
+            raise BadGateway(
+                "the OCI registry is unavailable; the release was not created", {"registry": self.registry}
+            ) from exc
+
+    async def close(self) -> None:
+        return None
+
+    def _client(self) -> Any:
+        reg = getattr(self._local, "registry", None)
+        if reg is None:
+            reg = self._cls(hostname=self.registry.split("/", 1)[0], insecure=self.insecure)
+            adapter = _TimeoutAdapter(self.timeout)
+            reg.session.mount("http://", adapter)
+            reg.session.mount("https://", adapter)
+            if self.username:
+                reg.auth.set_basic_auth(self.username, self.password)
+            self._local.registry = reg
+        return reg
+
+    def _publish(self, artifact: OciArtifact) -> str:
+        import oras.container
+
+        reg = self._client()
+        container = oras.container.Container(f"{self.registry}/{artifact.repository}:{artifact.tag}")
+        with tempfile.TemporaryDirectory(prefix="forge-oci-") as tmp:
+            for blob in (artifact.config, artifact.layer):
+                path = Path(tmp) / blob.digest.removeprefix("sha256:")
+                path.write_bytes(blob.data)
+                resp = reg.upload_blob(str(path), container, blob.descriptor())
+                if resp.status_code not in (200, 201, 202):
+                    raise BadGateway(
+                        f"the OCI registry refused a blob ({resp.status_code})",
+                        {"registry": self.registry, "digest": blob.digest},
+                    )
+        # The manifest goes up as our exact bytes, so its digest is the one we computed.
+        resp = reg.do_request(
+            f"{reg.prefix}://{container.manifest_url()}",
+            "PUT",
+            data=artifact.manifest.data,
+            headers={"Content-Type": MANIFEST_MEDIA_TYPE},
+        )
+        if resp.status_code not in (200, 201):
+            raise BadGateway(f"the OCI registry refused the manifest ({resp.status_code})", {"registry": self.registry})
+        pushed = resp.headers.get("Docker-Content-Digest")
+        if pushed and pushed != artifact.digest:
+            raise BadGateway(
+                "the OCI registry stored a different manifest digest", {"expected": artifact.digest, "got": pushed}
+            )
+        return artifact.digest
+
+
+def make_publisher(settings: Settings) -> Publisher:
+    if settings.oci_registry:
+        return RegistryPublisher(
+            settings.oci_registry, settings.oci_insecure, settings.oci_username, settings.oci_password
+        )
+    return LayoutPublisher(settings.layout_root)

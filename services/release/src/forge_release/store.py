@@ -1,0 +1,222 @@
+"""SQL of the release service. Every function takes the caller's connection; the caller owns
+the transaction (see :mod:`forge_release.service`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+
+from .domain import AliasRow, NewRelease
+
+__all__ = [
+    "bump_counter",
+    "count_and_page",
+    "delete_alias",
+    "find_by_commit",
+    "get_aliases",
+    "insert_release",
+    "lock_project",
+    "move_alias",
+    "put_alias",
+    "release_by_alias",
+    "release_by_id",
+    "release_by_number",
+    "release_by_sha_prefix",
+    "releases_by_sha_prefix",
+]
+
+Conn = AsyncConnection[DictRow]
+
+# The Get Release shape in one statement: trigger joined, artifacts and aliases aggregated
+# (no N+1). Aliases: tags, branches, custom, then the numeric one.
+_FULL = """
+SELECT r.id::text AS id, r.repository, r.project, r.commit_sha, r.release_number,
+       r.pipeline_run_id::text AS pipeline_run_id, r.oci_uri, r.oci_digest, r.created_at, r.created_by,
+       t.trigger_type::text AS trigger_type, t.branch, t.tag, t.triggered_by,
+       COALESCE((SELECT json_agg(json_build_object(
+                    'name', a.name, 'type', a.artifact_type, 'tracking_oci_uri', a.tracking_oci_uri,
+                    'primary_published_uri', a.primary_published_uri) ORDER BY a.position)
+                 FROM release.artifacts a WHERE a.release_id = r.id), '[]'::json) AS artifacts,
+       COALESCE((SELECT json_agg(json_build_object('alias', l.alias, 'alias_type', l.alias_type)
+                    ORDER BY (l.alias_type = 'numeric'), l.alias_type, l.alias)
+                 FROM release.aliases l WHERE l.release_id = r.id), '[]'::json) AS aliases
+FROM release.releases r
+JOIN release.triggers t ON t.release_id = r.id
+"""
+
+
+async def bump_counter(conn: Conn, repository: str, project: str) -> int:
+    """Next release number of the project. The row lock taken here is held until the
+    transaction ends: creates (and alias changes) of one project run one at a time."""
+    cur = await conn.execute(
+        "INSERT INTO release.project_counters AS c (repository, project, last_number) VALUES (%s, %s, 1) "
+        "ON CONFLICT (repository, project) DO UPDATE SET last_number = c.last_number + 1 "
+        "RETURNING last_number",
+        (repository, project),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["last_number"])
+
+
+async def lock_project(conn: Conn, repository: str, project: str) -> bool:
+    """Take the project's lock without numbering anything; False when it has no release."""
+    cur = await conn.execute(
+        "SELECT last_number FROM release.project_counters WHERE repository = %s AND project = %s FOR UPDATE",
+        (repository, project),
+    )
+    return await cur.fetchone() is not None
+
+
+async def find_by_commit(conn: Conn, repository: str, project: str, commit_sha: str) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        "SELECT id::text AS id, release_number FROM release.releases "
+        "WHERE repository = %s AND project = %s AND commit_sha = %s",
+        (repository, project, commit_sha),
+    )
+    return await cur.fetchone()
+
+
+async def get_aliases(conn: Conn, repository: str, project: str, aliases: list[str]) -> dict[str, AliasRow]:
+    cur = await conn.execute(
+        "SELECT l.alias, l.alias_type::text AS alias_type, l.release_id::text AS release_id, r.release_number "
+        "FROM release.aliases l JOIN release.releases r ON r.id = l.release_id "
+        "WHERE l.repository = %s AND l.project = %s AND l.alias = ANY(%s)",
+        (repository, project, aliases),
+    )
+    return {
+        row["alias"]: AliasRow(row["alias"], row["alias_type"], row["release_id"], int(row["release_number"]))
+        for row in await cur.fetchall()
+    }
+
+
+async def insert_release(
+    conn: Conn,
+    release: NewRelease,
+    number: int,
+    oci_uri: str,
+    oci_digest: str,
+    aliases: list[tuple[str, str]],
+) -> None:
+    await conn.execute(
+        "INSERT INTO release.releases (id, repository, project, commit_sha, release_number, pipeline_run_id, "
+        "oci_uri, oci_digest, created_by, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            release.id,
+            release.repository,
+            release.project,
+            release.commit_sha,
+            number,
+            release.pipeline_run_id,
+            oci_uri,
+            oci_digest,
+            release.created_by,
+            release.created_at,
+        ),
+    )
+    t = release.trigger
+    await conn.execute(
+        "INSERT INTO release.triggers (release_id, trigger_type, branch, tag, triggered_by) VALUES (%s, %s, %s, %s, %s)",
+        (release.id, t.trigger_type, t.branch, t.tag, t.triggered_by),
+    )
+    if release.artifacts:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO release.artifacts (release_id, name, position, artifact_type, tracking_oci_uri, "
+                "primary_published_uri) VALUES (%s, %s, %s, %s, %s, %s)",
+                [
+                    (release.id, a.name, i, a.type, a.tracking_oci_uri, a.primary_published_uri)
+                    for i, a in enumerate(release.artifacts)
+                ],
+            )
+    for alias, alias_type in aliases:
+        await put_alias(conn, release.repository, release.project, alias, release.id, alias_type)
+
+
+async def put_alias(conn: Conn, repository: str, project: str, alias: str, release_id: str, alias_type: str) -> None:
+    """Insert the alias, or (for a branch alias, already decided by the domain) move it here."""
+    await conn.execute(
+        "INSERT INTO release.aliases AS l (repository, project, alias, release_id, alias_type, created_at) "
+        "VALUES (%s, %s, %s, %s, %s, now()) "
+        "ON CONFLICT (repository, project, alias) DO UPDATE SET release_id = EXCLUDED.release_id, created_at = now() "
+        "WHERE l.alias_type = 'branch' AND EXCLUDED.alias_type = 'branch'",
+        (repository, project, alias, release_id, alias_type),
+    )
+
+
+async def move_alias(conn: Conn, repository: str, project: str, alias: str, release_id: str) -> None:
+    await conn.execute(
+        "UPDATE release.aliases SET release_id = %s, created_at = now() WHERE repository = %s AND project = %s AND alias = %s",
+        (release_id, repository, project, alias),
+    )
+
+
+async def delete_alias(conn: Conn, repository: str, project: str, alias: str) -> None:
+    await conn.execute(
+        "DELETE FROM release.aliases WHERE repository = %s AND project = %s AND alias = %s",
+        (repository, project, alias),
+    )
+
+
+async def release_by_id(conn: Conn, release_id: str) -> dict[str, Any] | None:
+    cur = await conn.execute(_FULL + "WHERE r.id = %s", (release_id,))
+    return await cur.fetchone()
+
+
+async def release_by_number(conn: Conn, repository: str, project: str, number: int) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        _FULL + "WHERE r.repository = %s AND r.project = %s AND r.release_number = %s", (repository, project, number)
+    )
+    return await cur.fetchone()
+
+
+async def releases_by_sha_prefix(
+    conn: Conn, repository: str, project: str, prefix: str, limit: int
+) -> list[dict[str, Any]]:
+    """Releases whose commit SHA starts with ``prefix`` (hex, lower-case): an index range scan,
+    since hex digits sort below 'g' in the column's "C" collation."""
+    cur = await conn.execute(
+        "SELECT id::text AS id, commit_sha, release_number FROM release.releases "
+        "WHERE repository = %s AND project = %s AND commit_sha >= %s AND commit_sha < %s "
+        "ORDER BY commit_sha LIMIT %s",
+        (repository, project, prefix, prefix + "g", limit),
+    )
+    return await cur.fetchall()
+
+
+async def release_by_sha_prefix(conn: Conn, repository: str, project: str, prefix: str) -> list[dict[str, Any]]:
+    """Full rows of at most two releases matching the prefix: one is the answer, two mean ambiguous."""
+    cur = await conn.execute(
+        _FULL + "WHERE r.repository = %s AND r.project = %s AND r.commit_sha >= %s AND r.commit_sha < %s "
+        "ORDER BY r.commit_sha LIMIT 2",
+        (repository, project, prefix, prefix + "g"),
+    )
+    return await cur.fetchall()
+
+
+async def release_by_alias(conn: Conn, repository: str, project: str, alias: str) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        _FULL
+        + "WHERE r.id = (SELECT release_id FROM release.aliases WHERE repository = %s AND project = %s AND alias = %s)",
+        (repository, project, alias),
+    )
+    return await cur.fetchone()
+
+
+async def count_and_page(
+    conn: Conn, repository: str, project: str, limit: int, offset: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """Total and one page, newest first, in one round trip (both served by releases_number_key)."""
+    cur = await conn.execute(
+        "SELECT c.total, p.id, p.commit_sha, p.release_number, p.created_at "
+        "FROM (SELECT count(*) AS total FROM release.releases WHERE repository = %(r)s AND project = %(p)s) c "
+        "LEFT JOIN LATERAL (SELECT id::text AS id, commit_sha, release_number, created_at FROM release.releases "
+        "  WHERE repository = %(r)s AND project = %(p)s ORDER BY release_number DESC LIMIT %(l)s OFFSET %(o)s) p ON true "
+        "ORDER BY p.release_number DESC",
+        {"r": repository, "p": project, "l": limit, "o": offset},
+    )
+    rows = await cur.fetchall()
+    total = int(rows[0]["total"]) if rows else 0
+    return total, [row for row in rows if row["id"] is not None]

@@ -1,0 +1,59 @@
+"""Helpers of the release tests: a small API client and valid request bodies with unique names."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from typing import Any
+
+import httpx
+
+
+class Api:
+    """A thin client of the release API with one identity."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, headers: dict[str, str]) -> None:
+        self.http = http
+        self.base = base_url
+        self.headers = headers
+
+    async def create(self, body: dict[str, Any]) -> httpx.Response:
+        return await self.http.post(f"{self.base}/v1/releases", json=body, headers=self.headers)
+
+    async def get(self, path: str, **params: Any) -> httpx.Response:
+        return await self.http.get(f"{self.base}{path}", params=params or None, headers=self.headers)
+
+    async def post(self, path: str, body: Any) -> httpx.Response:
+        return await self.http.post(f"{self.base}{path}", json=body, headers=self.headers)
+
+    async def delete(self, path: str) -> httpx.Response:
+        return await self.http.delete(f"{self.base}{path}", headers=self.headers)
+
+
+def sha() -> str:
+    return secrets.token_hex(20)
+
+
+def names() -> tuple[str, str]:
+    """A fresh (repository, project): the platform is shared by the whole session."""
+    tag = uuid.uuid4().hex[:10]
+    return f"acme-{tag}/repo-{tag}", f"svc-{tag}"
+
+
+def artifact(name: str = "api-image", type_: str = "container") -> dict[str, str]:
+    return {
+        "name": name,
+        "type": type_,
+        "tracking_oci_uri": f"registry.example.com/acme/{name}:tracking",
+        "primary_published_uri": f"ghcr.io/acme/{name}:1.0.0",
+    }
+
+
+def release_body(repository: str, project: str, commit: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "repository": repository,
+        "project": project,
+        "commit_sha": commit or sha(),
+        "artifacts": [artifact()],
+        **extra,
+    }
