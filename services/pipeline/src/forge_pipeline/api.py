@@ -1,5 +1,154 @@
 """HTTP routes of the pipeline service: decode, one call into service.py, encode."""
 
-from typing import Any
+from __future__ import annotations
 
-ROUTES: list[Any] = []
+import re
+from typing import Any, TypeVar, cast
+
+import msgspec
+import structlog
+from litestar import Request, Response, delete, get, post, put
+from litestar.enums import MediaType
+
+from forge_common.auth import Permission, Principal
+from forge_common.errors import InvalidRequest
+from forge_common.events import isoformat
+from forge_common.runtime import Runtime
+
+from . import domain, service, webhooks
+from .presign import Presigner
+from .schemas import RunCreate, RunCreated, StepStatusUpdate, TaskStatusUpdate
+from .settings import settings_of
+
+__all__ = ["ROUTES", "decode_body", "presigner_of", "publish_cancel"]
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+_encoder = msgspec.json.Encoder()
+_FIELD = re.compile(r"at `\$\.([A-Za-z0-9_]+)")
+_MISSING = re.compile(r"field `([A-Za-z0-9_]+)`")
+
+
+def presigner_of(runtime: Runtime) -> Presigner:
+    presigner = runtime.extras.get("pipeline.presigner")
+    if presigner is None:
+        s = runtime.settings
+        presigner = Presigner(s.s3_url or None, s.s3_bucket, s.s3_access_key, s.s3_secret_key, s.s3_region)
+        runtime.extras["pipeline.presigner"] = presigner
+    return cast(Presigner, presigner)
+
+
+def decode_body(body: bytes, typ: type[T]) -> T:
+    """Decode a JSON body into ``typ``; every problem becomes a 400 naming the field."""
+    if not body.strip():
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        return msgspec.json.decode(body, type=typ)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        m = _FIELD.search(text) or _MISSING.search(text)
+        raise InvalidRequest(text, {"field": m.group(1)} if m else {}) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response[bytes]:
+    raw = body if isinstance(body, bytes) else _encoder.encode(body)
+    return Response(raw, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+@post("/v1/runs", opt={"permission": Permission.RUNS_WRITE}, status_code=201)
+async def create_run(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> Response[bytes]:
+    cmd = decode_body(await request.body(), RunCreate)
+    if cmd.triggered_by is not None:
+        domain.validate_identity(cmd.triggered_by)
+    run, created = await service.create_run_tx(
+        runtime.pool,
+        max_active=settings_of(runtime).max_active_runs_per_repository,
+        repository=cmd.repository,
+        branch=cmd.branch,
+        commit_sha=cmd.commit_sha,
+        trigger_type=cmd.trigger_type,
+        # The authenticated caller is who triggered the run, whatever the body claims.
+        triggered_by=principal.identity,
+        idempotency_key=request.headers.get("idempotency-key"),
+    )
+    body = RunCreated(id=run["id"], status=run["status"], started_at=isoformat(run["started_at"]))
+    headers = {"Location": f"/v1/runs/{run['id']}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return _json(201, body, headers)
+
+
+@get("/v1/runs", opt={"permission": Permission.READ})
+async def list_runs(request: Request[Any, Any, Any], runtime: Runtime) -> Response[bytes]:
+    q = request.query_params
+    query = domain.validate_list_query(
+        q.get("repository"), q.get("branch"), q.get("status"), q.get("limit"), q.get("offset")
+    )
+    async with runtime.pool.connection() as conn, conn.transaction():
+        result = await service.list_runs(conn, query)
+    return _json(200, result)
+
+
+@get("/v1/runs/{run_id:str}", opt={"permission": Permission.READ})
+async def get_run(run_id: str, runtime: Runtime) -> Response[bytes]:
+    rid = service.parse_uuid(run_id, "run")
+    ttl = int(settings_of(runtime).logs_url_ttl)
+    async with runtime.pool.connection() as conn, conn.transaction():
+        body = await service.run_tree_json(conn, rid, presigner_of(runtime), ttl)
+    return _json(200, body)
+
+
+async def publish_cancel(runtime: Runtime, run_id: str) -> None:
+    """Tell workers to kill the run's running steps (core NATS, fire and forget: a worker that
+    misses it finds its later status reports refused with 409)."""
+    try:
+        await runtime.nc.publish(
+            runtime.names.subject(f"pipeline.cancel.{run_id}"),
+            _encoder.encode({"run_id": run_id, "reason": "cancelled"}),
+        )
+        await runtime.nc.flush(timeout=2)
+    except Exception as exc:  # noqa: BLE001 - the cancellation itself is committed
+        log.warning("pipeline.cancel_publish_failed", run_id=run_id, error=str(exc))
+
+
+@delete("/v1/runs/{run_id:str}", opt={"permission": Permission.RUNS_WRITE}, status_code=204)
+async def cancel_run(run_id: str, runtime: Runtime) -> None:
+    rid = service.parse_uuid(run_id, "run")
+    async with runtime.pool.connection() as conn, conn.transaction():
+        await service.cancel_run(conn, rid)
+    await publish_cancel(runtime, rid)
+
+
+@put("/v1/tasks/{task_id:str}/status", opt={"permission": Permission.INTERNAL_STATUS})
+async def update_task_status(request: Request[Any, Any, Any], task_id: str, runtime: Runtime) -> Response[bytes]:
+    tid = service.parse_uuid(task_id, "task")
+    cmd = decode_body(await request.body(), TaskStatusUpdate)
+    if cmd.error is not None and len(cmd.error) > 65536:
+        raise InvalidRequest("error must be at most 65536 characters", {"field": "error"})
+    async with runtime.pool.connection() as conn, conn.transaction():
+        row = await service.mark_task(conn, tid, cmd.status, cmd.error, internal=False)
+    return _json(200, service.task_view(row))
+
+
+@put("/v1/steps/{step_id:str}/status", opt={"permission": Permission.INTERNAL_STATUS})
+async def update_step_status(request: Request[Any, Any, Any], step_id: str, runtime: Runtime) -> Response[bytes]:
+    sid = service.parse_uuid(step_id, "step")
+    cmd = decode_body(await request.body(), StepStatusUpdate)
+    if cmd.logs_s3_key is not None and not (1 <= len(cmd.logs_s3_key) <= 1024):
+        raise InvalidRequest("logs_s3_key must be 1 to 1024 characters", {"field": "logs_s3_key"})
+    if cmd.exit_code is not None and not (-(2**31) <= cmd.exit_code < 2**31):
+        raise InvalidRequest("exit_code must be a 32-bit integer", {"field": "exit_code"})
+    async with runtime.pool.connection() as conn, conn.transaction():
+        row = await service.mark_step(conn, sid, cmd.status, cmd.exit_code, cmd.logs_s3_key, internal=False)
+    return _json(200, service.step_view(row))
+
+
+@post("/v1/webhooks/github", opt={"public": True}, status_code=202)
+async def github_webhook(request: Request[Any, Any, Any], runtime: Runtime) -> Response[bytes]:
+    status, body = await webhooks.handle(runtime, dict(request.headers), await request.body())
+    return _json(status, body)
+
+
+ROUTES: list[Any] = [create_run, list_runs, get_run, cancel_run, update_task_status, update_step_status, github_webhook]

@@ -1,5 +1,42 @@
+from typing import cast
+
+from forge_common.runtime import Runtime
 from forge_common.settings import CommonSettings
 
 
 class Settings(CommonSettings, kw_only=True):
     """Settings of the pipeline service (FORGE_* environment variables)."""
+
+    # Run orchestration in this process (read by dispatcher.py). False gives an API-only
+    # instance: runs stay where the API and the internal status endpoints put them.
+    dispatcher_enabled: bool = True
+    # Public base URL of the platform; commit statuses link to {public_url}/v1/runs/{id}.
+    public_url: str = "http://127.0.0.1:8080"
+    # At most this many pending+running runs per repository (spec: 100).
+    max_active_runs_per_repository: int = 100
+    # Lifetime of the presigned logs_url of a step, in seconds (Go durations accepted).
+    logs_url_ttl: float = 3600.0
+    # GitHub: webhook HMAC secret, REST API for commit statuses, token (empty: statuses off).
+    github_webhook_secret: str = ""
+    github_api_url: str = "https://api.github.com"
+    github_token: str = ""
+    github_status_context: str = "forge/pipeline"
+    # How often the commit-status sender looks for due statuses, and when it gives up.
+    github_status_poll_interval: float = 0.5
+    github_status_max_attempts: int = 8
+
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        if self.max_active_runs_per_repository < 1:
+            problems.append("FORGE_MAX_ACTIVE_RUNS_PER_REPOSITORY must be >= 1")
+        if not (1 <= self.logs_url_ttl <= 7 * 24 * 3600):
+            problems.append("FORGE_LOGS_URL_TTL must be between 1s and 7 days")
+        if not self.github_api_url.startswith(("http://", "https://")):
+            problems.append("FORGE_GITHUB_API_URL must be an http(s) URL")
+        if self.github_status_max_attempts < 1:
+            problems.append("FORGE_GITHUB_STATUS_MAX_ATTEMPTS must be >= 1")
+        return problems
+
+
+def settings_of(runtime: Runtime) -> Settings:
+    return cast(Settings, runtime.settings)
