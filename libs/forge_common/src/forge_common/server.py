@@ -16,7 +16,8 @@ __all__ = ["serve"]
 S = TypeVar("S", bound=CommonSettings)
 
 
-def serve(service: str, settings_cls: type[S], create_app: Callable[[S], Any]) -> None:
+def serve(service: str, settings_cls: type[S], create_app: Callable[[S], Any], **uvicorn_options: Any) -> None:
+    """``uvicorn_options`` override the defaults below (the gateway turns ``proxy_headers`` off)."""
     try:
         settings = load(settings_cls)
     except SettingsError as exc:
@@ -24,15 +25,16 @@ def serve(service: str, settings_cls: type[S], create_app: Callable[[S], Any]) -
         raise SystemExit(2) from None
     configure_logging(service, settings.log_level, settings.log_format)
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-        backlog=2048,
-    )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,
+        "log_level": "warning",
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 10,
+        "backlog": 2048,
+    }
+    options.update(uvicorn_options)
+    uvicorn.run(app, **options)

@@ -1,23 +1,15 @@
-"""Placeholder until the gateway proxy lands: answers health checks only."""
+"""``python -m forge_gateway``: validate the settings, then serve the gateway with uvicorn."""
 
-import os
+from forge_common.server import serve
 
-import uvicorn
-from litestar import Litestar, get
-
-
-@get("/healthz", sync_to_thread=False)
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-@get("/readyz", sync_to_thread=False)
-def readyz() -> dict[str, str]:
-    return {"status": "ok"}
+from .app import create_app
+from .settings import Settings
 
 
 def main() -> None:
-    uvicorn.run(Litestar([healthz, readyz]), host="127.0.0.1", port=int(os.environ.get("FORGE_PORT", "8080")), log_level="warning")
+    # The gateway is the edge: the client address is the TCP peer, and X-Forwarded-For from a
+    # client is extended, never believed (uvicorn would otherwise trust it from loopback).
+    serve("gateway", Settings, create_app, proxy_headers=False)
 
 
 if __name__ == "__main__":

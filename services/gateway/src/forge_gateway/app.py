@@ -1,0 +1,83 @@
+"""Wiring of the gateway: the raw ``/v1`` proxy in front, a small Litestar app for the rest.
+
+``/v1/*`` never touches the framework (see :mod:`forge_gateway.proxy`); ``/healthz``,
+``/readyz``, ``/metrics``, ``/schema/openapi.json`` and every other path go to Litestar with the
+platform's exception handlers and observability middleware, so they answer like every service.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Litestar, MediaType, Request, Response, get
+
+from forge_common import metrics
+from forge_common.auth import JwksCache, TokenVerifier
+from forge_common.http import EXCEPTION_HANDLERS, ObservabilityMiddleware
+from forge_common.tracing import configure_tracing
+
+from .openapi import openapi_document
+from .proxy import Proxy
+from .settings import Settings
+
+__all__ = ["GatewayApp", "create_app"]
+
+
+class GatewayApp:
+    """The ASGI entry point: one prefix test decides between the proxy and Litestar."""
+
+    def __init__(self, proxy: Proxy, rest: Litestar) -> None:
+        self.proxy = proxy
+        self.rest = rest
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith("/v1/") or path == "/v1":
+                await self.proxy(scope, receive, send)
+                return
+        await self.rest(scope, receive, send)
+
+
+def create_app(settings: Settings) -> GatewayApp:
+    configure_tracing("gateway", settings.otel_exporter)
+    jwks = JwksCache(settings.jwks_url)
+    jwks.min_refresh_interval = settings.jwks_refresh_interval
+    proxy = Proxy(settings, TokenVerifier(settings.oidc_issuer, settings.oidc_audience, jwks))
+    document = openapi_document(settings)
+
+    @get("/healthz", sync_to_thread=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz")
+    async def readyz() -> Response[dict[str, Any]]:
+        checks = await proxy.readiness()
+        ok = all(v == "ok" for v in checks.values())
+        return Response({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+    @get("/metrics", sync_to_thread=False)
+    def metrics_endpoint() -> Response[bytes]:
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
+
+    @get("/schema/openapi.json", sync_to_thread=False, media_type=MediaType.JSON)
+    def openapi(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        return document
+
+    async def start(_: Litestar) -> None:
+        await proxy.start()
+
+    async def stop(_: Litestar) -> None:
+        await proxy.stop()
+
+    rest = Litestar(
+        route_handlers=[healthz, readyz, metrics_endpoint, openapi],
+        exception_handlers=EXCEPTION_HANDLERS,
+        on_startup=[start],
+        on_shutdown=[stop],
+        openapi_config=None,
+        logging_config=None,
+        debug=False,
+    )
+    rest.asgi_handler = ObservabilityMiddleware(rest.asgi_handler, "gateway")
+    return GatewayApp(proxy, rest)

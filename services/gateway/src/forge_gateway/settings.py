@@ -1,0 +1,51 @@
+"""Typed FORGE_* settings of the gateway, validated at start-up."""
+
+from __future__ import annotations
+
+from forge_common.settings import CommonSettings
+
+__all__ = ["Settings"]
+
+
+class Settings(CommonSettings, kw_only=True):
+    """The gateway holds nothing durable: no database, no NATS; only its upstreams and limits."""
+
+    port: int = 8080
+    pipeline_url: str = "http://127.0.0.1:8081"
+    release_url: str = "http://127.0.0.1:8082"
+    deployment_url: str = "http://127.0.0.1:8083"
+    approval_url: str = "http://127.0.0.1:8084"
+    # Time an upstream may take to send its response headers (and between two reads of a body).
+    upstream_timeout: float = 30.0
+    upstream_connect_timeout: float = 5.0
+    # Keep-alive connections per upstream; idle ones are dropped before uvicorn's own 5 s timeout.
+    upstream_pool_size: int = 512
+    upstream_keepalive: float = 4.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    rate_limit: int = 1000
+    rate_limit_window: float = 60.0
+    # Minimum interval between two JWKS fetches triggered by unknown key ids.
+    jwks_refresh_interval: float = 5.0
+    access_log: bool = True
+
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        for name in ("pipeline_url", "release_url", "deployment_url", "approval_url"):
+            value = getattr(self, name)
+            if not value.startswith(("http://", "https://")):
+                problems.append(f"FORGE_{name.upper()}={value!r}: must be an http:// or https:// URL")
+        if self.upstream_timeout <= 0:
+            problems.append("FORGE_UPSTREAM_TIMEOUT must be positive (seconds or a duration such as 30s)")
+        if self.upstream_connect_timeout <= 0:
+            problems.append("FORGE_UPSTREAM_CONNECT_TIMEOUT must be positive")
+        if self.upstream_pool_size < 1:
+            problems.append("FORGE_UPSTREAM_POOL_SIZE must be >= 1")
+        if self.max_body_bytes < 1:
+            problems.append("FORGE_MAX_BODY_BYTES must be >= 1")
+        if self.rate_limit < 1:
+            problems.append("FORGE_RATE_LIMIT must be >= 1")
+        if self.rate_limit_window <= 0:
+            problems.append("FORGE_RATE_LIMIT_WINDOW must be positive")
+        if self.jwks_refresh_interval < 0:
+            problems.append("FORGE_JWKS_REFRESH_INTERVAL must not be negative")
+        return problems
