@@ -1,0 +1,201 @@
+"""The reconciler: moves pending deployments to active (or superseded, or failed).
+
+Every replica may run it. Each target (environment + repository + project) is resolved in its
+own transaction under a transaction-scoped advisory lock that other replicas skip, and the rows
+are locked ``FOR UPDATE SKIP LOCKED``; the decision itself comes from the GitOps truth (which
+deployment's pointer the applied revision holds), so two replicas can never disagree.
+
+The applied revision is the GitOps branch head in the embedded default, or, with Argo CD,
+the application's ``status.sync.revision`` once it is Synced and Healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+
+import structlog
+from prometheus_client import Counter, Histogram
+
+from forge_common.db import Pool
+from forge_common.events import DeploymentCompleted, DeploymentFailed, utcnow
+
+from . import domain
+from .clients import ArgoCDClient
+from .domain import Target
+from .gitops import GitOpsRepository
+from .store import DeploymentStore, unit_of_work
+
+__all__ = ["Reconciler", "app_name"]
+
+log = structlog.get_logger(__name__)
+
+RECONCILED = Counter("forge_deployment_reconciled_total", "Deployments resolved by the reconciler", ["outcome"])
+RECONCILE_SECONDS = Histogram(
+    "forge_deployment_reconciliation_seconds",
+    "From GitOps commit to active",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
+
+
+def app_name(template: str, target: Target) -> str:
+    return template.format(
+        environment=target.environment, repository=target.repository.replace("/", "-"), project=target.project
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds % 3600 == 0 and seconds >= 3600:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0 and seconds >= 60:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+class Reconciler:
+    def __init__(
+        self,
+        pool: Pool,
+        gitops: GitOpsRepository,
+        *,
+        interval: float,
+        timeout: float,
+        argocd: ArgoCDClient | None = None,
+        app_template: str = "{environment}-{repository}-{project}",
+    ) -> None:
+        self.pool = pool
+        self.gitops = gitops
+        self.argocd = argocd
+        self.app_template = app_template
+        self.interval = interval
+        self.timeout = timeout
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # Last thing seen per target, so a timeout can say why it never became active.
+        self._observed: dict[str, str] = {}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="deployment-reconciler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconciler.tick_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+
+    async def tick(self) -> None:
+        await self._expire()
+        async with unit_of_work(self.pool) as store:
+            targets = await store.pending_targets()
+        if not targets:
+            return
+        head: str | None = None
+        if self.argocd is None:
+            head = await self.gitops.fetch()
+            if head is None:
+                return
+        for target in targets:
+            try:
+                await self._reconcile(target, head)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconciler.target_failed", target=target.key)
+
+    async def _expire(self) -> None:
+        cutoff = utcnow() - dt.timedelta(seconds=self.timeout)
+        async with unit_of_work(self.pool) as store:
+            for row in await store.expire_pending(cutoff):
+                target = Target(row["environment"], row["repository"], row["project"])
+                message = f"not reconciled within {_duration(self.timeout)}"
+                if seen := self._observed.get(target.key):
+                    message += f"; last seen: {seen}"
+                await store.set_error(str(row["id"]), message)
+                await store.add_event(
+                    DeploymentFailed(
+                        deployment_id=str(row["id"]),
+                        environment=row["environment"],
+                        status="failed",
+                        error_message=message,
+                    )
+                )
+                RECONCILED.labels("failed").inc()
+                log.warning("deployment.failed", deployment_id=str(row["id"]), target=target.key, error=message)
+
+    async def _applied_revision(self, target: Target, head: str | None) -> str | None:
+        if self.argocd is None:
+            return head
+        name = app_name(self.app_template, target)
+        app = await self.argocd.application(name)
+        self._observed[target.key] = f"Argo CD application {name}: {app.describe()}"
+        revision = app.applied_revision
+        if revision is None:
+            return None
+        if not await self.gitops.has_commit(revision):
+            await self.gitops.fetch()
+            if not await self.gitops.has_commit(revision):
+                self._observed[target.key] += " (revision not in the GitOps repository)"
+                return None
+        return revision
+
+    async def _reconcile(self, target: Target, head: str | None) -> None:
+        revision = await self._applied_revision(target, head)
+        if revision is None:
+            return
+        applied = domain.pointer_deployment_id(await self.gitops.read_file(revision, domain.gitops_path(target)))
+        async with unit_of_work(self.pool) as store:
+            if not await store.lock_target(target):
+                return  # another replica is on it
+            pending = await store.lock_pending(target)
+            if not pending:
+                return
+            landed = [
+                p.id
+                for p in pending
+                if p.id != applied and await self.gitops.is_ancestor(p.gitops_commit_sha, revision)
+            ]
+            resolution = domain.resolve(pending, applied, landed)
+            if resolution.activate is not None:
+                await self._activate(store, resolution.activate, target)
+            overtaken = await store.overtake(resolution.overtaken, applied)
+        for deployment_id in overtaken:
+            RECONCILED.labels("overtaken").inc()
+            log.info("deployment.overtaken", deployment_id=deployment_id, by=applied, target=target.key)
+        if resolution.activate is not None:
+            self._observed.pop(target.key, None)
+
+    async def _activate(self, store: DeploymentStore, deployment_id: str, target: Target) -> None:
+        row, superseded = await store.activate(deployment_id, target)
+        if row is None:
+            return
+        started = row["committed_at"] or row["deployed_at"]
+        seconds = max(0.0, (row["reconciled_at"] - started).total_seconds())
+        await store.add_event(
+            DeploymentCompleted(
+                deployment_id=deployment_id,
+                environment=row["environment"],
+                status="active",
+                reconciliation_duration_seconds=round(seconds),
+            )
+        )
+        RECONCILED.labels("active").inc()
+        RECONCILE_SECONDS.observe(seconds)
+        log.info("deployment.active", deployment_id=deployment_id, target=target.key, superseded=superseded)

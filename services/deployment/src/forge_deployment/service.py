@@ -1,0 +1,138 @@
+"""Use cases of the deployment service: create a deployment, read the current one and history."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from forge_common.db import Pool
+from forge_common.errors import BadGateway, LimitExceeded, NotFound
+from forge_common.events import DeploymentCreated, isoformat, utcnow
+
+from . import domain
+from .clients import ApprovalClient, ReleaseClient
+from .domain import NewDeployment, Target
+from .gitops import Author, GitError, GitOpsRepository
+from .schemas import CreateDeployment, CurrentDeployment, DeploymentAccepted, DeploymentHistory, HistoryEntry
+from .store import unit_of_work
+
+__all__ = ["DeploymentService"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class DeploymentService:
+    pool: Pool
+    releases: ReleaseClient
+    approvals: ApprovalClient
+    gitops: GitOpsRepository
+    max_pending: int
+    on_committed: Callable[[], None] = lambda: None
+
+    async def create(self, cmd: CreateDeployment, deployed_by: str, token: str) -> DeploymentAccepted:
+        release_id = str(cmd.release_id)
+        approval_id = str(cmd.approval_id) if cmd.approval_id else None
+        domain.require_approval_id(cmd.environment, approval_id)
+        release = await self.releases.get(release_id, token)
+        if cmd.environment in domain.APPROVAL_REQUIRED_ENVIRONMENTS:
+            assert approval_id is not None
+            verdict = await self.approvals.check(approval_id, release.id, cmd.environment, token)
+            domain.require_active_approval(verdict, approval_id, release.id, cmd.environment)
+        deployment = NewDeployment.create(release, cmd.environment, deployed_by, approval_id, utcnow())
+        async with unit_of_work(self.pool) as store:
+            pending = await store.reserve(deployment, self.max_pending)
+        if pending is not None:
+            raise LimitExceeded(
+                f"{pending} deployments are pending; at most {self.max_pending} may be pending at once",
+                {"limit": self.max_pending, "pending": pending},
+            )
+        # The slot is ours: finish even if the client goes away, or it would stay pending.
+        return await asyncio.shield(self._commit(deployment))
+
+    async def _commit(self, d: NewDeployment) -> DeploymentAccepted:
+        try:
+            sha = await self.gitops.commit_file(
+                d.path, domain.release_pointer(d), domain.commit_message(d), Author.of(d.deployed_by)
+            )
+        except GitError as exc:
+            log.error("deployment.gitops_commit_failed", deployment_id=d.id, error=str(exc))
+            async with unit_of_work(self.pool) as store:
+                await store.mark_failed(d.id, f"GitOps commit failed: {exc}")
+            raise BadGateway("the GitOps repository did not accept the commit", {"reason": str(exc)}) from exc
+        async with unit_of_work(self.pool) as store:
+            await store.record_commit(d.id, sha)
+            await store.add_event(
+                DeploymentCreated(
+                    deployment_id=d.id,
+                    release_id=d.release.id,
+                    environment=d.environment,
+                    deployed_by=d.deployed_by,
+                    gitops_commit_sha=sha,
+                )
+            )
+        log.info(
+            "deployment.created",
+            deployment_id=d.id,
+            environment=d.environment,
+            repository=d.release.repository,
+            project=d.release.project,
+            release_number=d.release.release_number,
+            gitops_commit_sha=sha,
+        )
+        self.on_committed()
+        return DeploymentAccepted(id=d.id, deployment_id=d.id, gitops_commit_sha=sha, status="pending")
+
+    async def current(self, target: Target) -> CurrentDeployment:
+        async with unit_of_work(self.pool) as store:
+            row = await store.current(target)
+        if row is None:
+            raise NotFound(
+                f"nothing is deployed to {target.environment} for {target.repository} {target.project}",
+                {"environment": target.environment, "repository": target.repository, "project": target.project},
+            )
+        return CurrentDeployment(
+            deployment_id=str(row["id"]),
+            release_id=str(row["release_id"]),
+            release_number=row["release_number"],
+            environment=row["environment"],
+            status=row["status"],
+            deployed_at=isoformat(row["deployed_at"]),
+            deployed_by=row["deployed_by"],
+            gitops_commit_sha=row["gitops_commit_sha"] or "",
+            repository=row["repository"],
+            project=row["project"],
+            reconciled_at=_iso(row["reconciled_at"]),
+            approval_id=str(row["approval_id"]) if row["approval_id"] else None,
+        )
+
+    async def history(self, target: Target, limit: int, offset: int) -> DeploymentHistory:
+        async with unit_of_work(self.pool) as store:
+            rows, total = await store.history(target, limit, offset)
+        return DeploymentHistory(
+            deployments=[
+                HistoryEntry(
+                    id=str(r["id"]),
+                    release_number=r["release_number"],
+                    status=r["status"],
+                    deployed_at=isoformat(r["deployed_at"]),
+                    deployed_by=r["deployed_by"],
+                    release_id=str(r["release_id"]),
+                    gitops_commit_sha=r["gitops_commit_sha"],
+                    reconciled_at=_iso(r["reconciled_at"]),
+                    error=r["error"],
+                )
+                for r in rows
+            ],
+            total=total,
+            limit=limit,
+            offset=offset,
+        )
+
+
+def _iso(value: Any) -> str | None:
+    return isoformat(value) if value is not None else None

@@ -1,0 +1,199 @@
+"""SQL of the ``deployment`` schema. The caller's unit of work owns the transaction; events go to
+the outbox on the same connection."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import DictRow
+
+from forge_common.db import Pool
+from forge_common.events import EventData
+from forge_common.outbox import add_event
+
+from .domain import NewDeployment, PendingDeployment, Target
+
+__all__ = ["DeploymentStore", "unit_of_work"]
+
+SCHEMA = "deployment"
+# pg_advisory_xact_lock key serializing "count pending, then insert" across replicas.
+_PENDING_LIMIT_LOCK = 0x6465706C6F79  # "deploy"
+
+Row = dict[str, Any]
+
+
+class DeploymentStore:
+    def __init__(self, conn: psycopg.AsyncConnection[DictRow]) -> None:
+        self.conn = conn
+
+    async def add_event(self, data: EventData) -> None:
+        await add_event(self.conn, SCHEMA, data)
+
+    async def reserve(self, d: NewDeployment, max_pending: int) -> int | None:
+        """Insert ``d`` as pending unless ``max_pending`` are pending already.
+
+        Returns None when reserved, else the number pending. The transaction-scoped advisory
+        lock makes count-then-insert atomic across every replica: the 51st waits for the 50th
+        to commit and then sees it.
+        """
+        await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PENDING_LIMIT_LOCK,))
+        cur = await self.conn.execute("SELECT count(*) AS n FROM deployment.deployments WHERE status = 'pending'")
+        row = await cur.fetchone()
+        pending = int(row["n"]) if row else 0
+        if pending >= max_pending:
+            return pending
+        r = d.release
+        await self.conn.execute(
+            """
+            INSERT INTO deployment.deployments (
+                id, release_id, repository, project, release_number, release_commit_sha, release_oci_uri,
+                environment, status, deployed_at, deployed_by, approval_id, gitops_path)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s, %s)
+            """,
+            (
+                d.id,
+                r.id,
+                r.repository,
+                r.project,
+                r.release_number,
+                r.commit_sha,
+                r.oci_uri,
+                d.environment,
+                d.deployed_at,
+                d.deployed_by,
+                d.approval_id,
+                d.path,
+            ),
+        )
+        return None
+
+    async def record_commit(self, deployment_id: str, sha: str) -> dt.datetime | None:
+        cur = await self.conn.execute(
+            "UPDATE deployment.deployments SET gitops_commit_sha = %s, committed_at = now() "
+            "WHERE id = %s AND status = 'pending' RETURNING committed_at",
+            (sha, deployment_id),
+        )
+        row = await cur.fetchone()
+        return row["committed_at"] if row else None
+
+    async def mark_failed(self, deployment_id: str, error: str) -> Row | None:
+        cur = await self.conn.execute(
+            "UPDATE deployment.deployments SET status = 'failed', error = %s "
+            "WHERE id = %s AND status = 'pending' RETURNING id, environment",
+            (error, deployment_id),
+        )
+        return await cur.fetchone()
+
+    async def current(self, target: Target) -> Row | None:
+        cur = await self.conn.execute(
+            "SELECT * FROM deployment.deployments "
+            "WHERE environment = %s AND repository = %s AND project = %s AND status = 'active'",
+            (target.environment, target.repository, target.project),
+        )
+        return await cur.fetchone()
+
+    async def history(self, target: Target, limit: int, offset: int) -> tuple[list[Row], int]:
+        args = (target.environment, target.repository, target.project)
+        cur = await self.conn.execute(
+            "SELECT count(*) AS n FROM deployment.deployments WHERE environment = %s AND repository = %s AND project = %s",
+            args,
+        )
+        row = await cur.fetchone()
+        total = int(row["n"]) if row else 0
+        cur = await self.conn.execute(
+            "SELECT id, release_id, release_number, status, deployed_at, deployed_by, gitops_commit_sha, "
+            "reconciled_at, error FROM deployment.deployments "
+            "WHERE environment = %s AND repository = %s AND project = %s "
+            "ORDER BY deployed_at DESC, id DESC LIMIT %s OFFSET %s",
+            (*args, limit, offset),
+        )
+        return list(await cur.fetchall()), total
+
+    async def get(self, deployment_id: str) -> Row | None:
+        cur = await self.conn.execute("SELECT * FROM deployment.deployments WHERE id = %s", (deployment_id,))
+        return await cur.fetchone()
+
+    # --- reconciler -------------------------------------------------------------------------
+
+    async def expire_pending(self, older_than: dt.datetime, limit: int = 500) -> list[Row]:
+        """Fail pending deployments created before ``older_than`` (skipping rows others hold)."""
+        cur = await self.conn.execute(
+            """
+            UPDATE deployment.deployments d SET status = 'failed', error = %s
+            WHERE d.id IN (
+                SELECT id FROM deployment.deployments
+                WHERE status = 'pending' AND deployed_at < %s
+                ORDER BY deployed_at LIMIT %s FOR UPDATE SKIP LOCKED)
+            RETURNING d.id, d.environment, d.repository, d.project, d.deployed_at
+            """,
+            ("not reconciled in time", older_than, limit),
+        )
+        return list(await cur.fetchall())
+
+    async def set_error(self, deployment_id: str, error: str) -> None:
+        await self.conn.execute("UPDATE deployment.deployments SET error = %s WHERE id = %s", (error, deployment_id))
+
+    async def pending_targets(self, limit: int = 500) -> list[Target]:
+        cur = await self.conn.execute(
+            "SELECT DISTINCT environment, repository, project FROM deployment.deployments "
+            "WHERE status = 'pending' AND gitops_commit_sha IS NOT NULL LIMIT %s",
+            (limit,),
+        )
+        return [Target(r["environment"], r["repository"], r["project"]) for r in await cur.fetchall()]
+
+    async def lock_target(self, target: Target) -> bool:
+        """Try to own ``target`` for this transaction; False when another replica does."""
+        cur = await self.conn.execute(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0)) AS ok", (f"forge-deployment:{target.key}",)
+        )
+        row = await cur.fetchone()
+        return bool(row and row["ok"])
+
+    async def lock_pending(self, target: Target) -> list[PendingDeployment]:
+        cur = await self.conn.execute(
+            "SELECT id, gitops_commit_sha FROM deployment.deployments "
+            "WHERE environment = %s AND repository = %s AND project = %s "
+            "AND status = 'pending' AND gitops_commit_sha IS NOT NULL "
+            "ORDER BY deployed_at FOR UPDATE SKIP LOCKED",
+            (target.environment, target.repository, target.project),
+        )
+        return [PendingDeployment(str(r["id"]), r["gitops_commit_sha"]) for r in await cur.fetchall()]
+
+    async def activate(self, deployment_id: str, target: Target) -> tuple[Row | None, list[str]]:
+        """Make ``deployment_id`` the active one; the previous active becomes superseded."""
+        cur = await self.conn.execute(
+            "UPDATE deployment.deployments SET status = 'superseded', superseded_at = now(), superseded_by = %s "
+            "WHERE environment = %s AND repository = %s AND project = %s AND status = 'active' AND id <> %s "
+            "RETURNING id",
+            (deployment_id, target.environment, target.repository, target.project, deployment_id),
+        )
+        superseded = [str(r["id"]) for r in await cur.fetchall()]
+        cur = await self.conn.execute(
+            "UPDATE deployment.deployments SET status = 'active', reconciled_at = now(), error = NULL "
+            "WHERE id = %s AND status = 'pending' "
+            "RETURNING id, environment, deployed_at, committed_at, reconciled_at",
+            (deployment_id,),
+        )
+        return await cur.fetchone(), superseded
+
+    async def overtake(self, deployment_ids: list[str], by: str | None) -> list[str]:
+        """Pending deployments overwritten in GitOps before they were applied: superseded."""
+        if not deployment_ids:
+            return []
+        cur = await self.conn.execute(
+            "UPDATE deployment.deployments SET status = 'superseded', superseded_at = now(), superseded_by = %s "
+            "WHERE id = ANY(%s) AND status = 'pending' RETURNING id",
+            (by, deployment_ids),
+        )
+        return [str(r["id"]) for r in await cur.fetchall()]
+
+
+@asynccontextmanager
+async def unit_of_work(pool: Pool) -> AsyncIterator[DeploymentStore]:
+    """One transaction: state changes and their outbox events commit together or not at all."""
+    async with pool.connection() as conn, conn.transaction():
+        yield DeploymentStore(conn)

@@ -1,0 +1,108 @@
+"""Pure deployment rules: approvals, the ReleasePointer, and resolving pending deployments."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import yaml
+
+from forge_common.errors import AuthorizationFailed, InvalidRequest
+from forge_deployment import domain
+from forge_deployment.domain import NewDeployment, PendingDeployment, Release, Target
+
+RELEASE = Release(
+    id="5b0c1c9e-8a4e-4a4e-9d55-0a4b3f1f2c10",
+    repository="acme/shop",
+    project="api",
+    commit_sha="0123456789abcdef0123456789abcdef01234567",
+    release_number=42,
+    oci_uri="oci://registry.local/acme/shop/api:42",
+    aliases=("42", 'v1.2.3: "quoted"'),
+)
+NOW = dt.datetime(2026, 11, 25, 19, 0, 0, 123456, tzinfo=dt.UTC)
+
+
+def _deployment(
+    environment: str = "production", approval: str | None = "a1b2c3d4-0000-4000-8000-000000000001"
+) -> NewDeployment:
+    return NewDeployment.create(RELEASE, environment, "alice@acme.io", approval, NOW)
+
+
+def test_production_requires_an_approval_id() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        domain.require_approval_id("production", None)
+    assert err.value.details["field"] == "approval_id"
+    domain.require_approval_id("dev", None)
+    domain.require_approval_id("staging", None)
+    domain.require_approval_id("production", "x")
+
+
+@pytest.mark.parametrize(
+    ("verdict", "words"),
+    [("expired", "expired"), ("revoked", "revoked"), ("mismatch", "not for release"), ("not_found", "does not exist")],
+)
+def test_an_approval_that_is_not_active_is_refused_with_its_reason(verdict: str, words: str) -> None:
+    with pytest.raises(AuthorizationFailed) as err:
+        domain.require_active_approval(verdict, "ap-1", RELEASE.id, "production")
+    assert err.value.details["reason"] == verdict
+    assert words in err.value.message
+    domain.require_active_approval("active", "ap-1", RELEASE.id, "production")
+
+
+def test_only_environments_that_need_an_approval_record_one() -> None:
+    assert _deployment("production").approval_id is not None
+    assert _deployment("dev").approval_id is None
+
+
+def test_gitops_path_keeps_the_repository_slash() -> None:
+    assert domain.gitops_path(Target("dev", "acme/shop", "api")) == "environments/dev/acme/shop-api/release.yaml"
+    assert domain.gitops_path(Target("staging", "mono", "web")) == "environments/staging/mono-web/release.yaml"
+
+
+def test_release_pointer_is_valid_yaml_with_everything_a_target_needs() -> None:
+    d = _deployment()
+    doc = yaml.safe_load(domain.release_pointer(d))
+    assert doc["apiVersion"] == "forge.dev/v1"
+    assert doc["kind"] == "ReleasePointer"
+    assert doc["metadata"]["name"] == "acme-shop-api"
+    annotations = doc["metadata"]["annotations"]
+    assert annotations["forge.dev/repository"] == "acme/shop"
+    assert annotations["forge.dev/project"] == "api"
+    assert annotations["forge.dev/environment"] == "production"
+    assert annotations["forge.dev/deployment-id"] == d.id
+    assert annotations["forge.dev/release-id"] == RELEASE.id
+    assert annotations["forge.dev/approval-id"] == d.approval_id
+    assert doc["spec"] == {
+        "release": RELEASE.commit_sha,
+        "releaseNumber": 42,
+        "aliases": ["42", 'v1.2.3: "quoted"'],
+        "ociUri": RELEASE.oci_uri,
+        "deployedBy": "alice@acme.io",
+        "deployedAt": "2026-11-25T19:00:00.123456Z",
+    }
+    assert domain.pointer_deployment_id(domain.release_pointer(d)) == d.id
+    assert domain.pointer_deployment_id(b"kind: Something\n") is None
+    assert domain.pointer_deployment_id(None) is None
+
+
+def test_commit_message_says_what_was_deployed_where() -> None:
+    message = domain.commit_message(_deployment("production"))
+    subject = message.splitlines()[0]
+    assert subject == "Deploy acme/shop api release 42 (0123456789ab) to production"
+    assert "Forge-Deployed-By: alice@acme.io" in message
+
+
+def test_resolve_activates_the_applied_one_and_supersedes_the_overtaken() -> None:
+    pending = [PendingDeployment("d1", "c1"), PendingDeployment("d2", "c2"), PendingDeployment("d3", "c3")]
+    result = domain.resolve(pending, "d2", landed=["d1"])
+    assert result.activate == "d2"
+    assert result.overtaken == ["d1"]  # d3 has not been applied yet: it waits
+
+
+def test_resolve_does_nothing_without_an_applied_pointer() -> None:
+    assert domain.resolve([PendingDeployment("d1", "c1")], None, ["d1"]).empty
+    # The applied pointer belongs to a deployment no longer pending: only the overtaken move.
+    result = domain.resolve([PendingDeployment("d1", "c1")], "d0", ["d1"])
+    assert result.activate is None
+    assert result.overtaken == ["d1"]

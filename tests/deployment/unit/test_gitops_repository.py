@@ -1,0 +1,85 @@
+"""GitOpsRepository against real git repositories on disk (no service, no database)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from forge_deployment.gitops import Author, GitError, GitOpsRepository, redact
+
+
+def _git(*args: str, cwd: Path | None = None) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+async def _open(remote: Path, workdir: Path, branch: str = "main") -> GitOpsRepository:
+    repo = GitOpsRepository(remote.as_uri(), branch, workdir, Author("Forge", "forge@forge.invalid"))
+    await repo.open()
+    return repo
+
+
+async def test_creates_missing_embedded_repository_and_lands_one_commit(tmp_path: Path) -> None:
+    remote = tmp_path / "gitops.git"
+    repo = await _open(remote, tmp_path / "w1")
+    assert (remote / "HEAD").exists()
+    assert await repo.fetch() is None  # empty repository: no branch yet
+
+    sha = await repo.commit_file(
+        "environments/dev/a/b-api/release.yaml", b"one\n", "Deploy one\n", Author.of("alice@x.io")
+    )
+
+    assert _git("--git-dir", str(remote), "rev-parse", "refs/heads/main").strip() == sha
+    assert _git("--git-dir", str(remote), "show", f"{sha}:environments/dev/a/b-api/release.yaml") == "one\n"
+    log = _git("--git-dir", str(remote), "log", "--format=%an <%ae>|%cn|%s", "main")
+    assert log.strip() == "alice@x.io <alice@x.io>|Forge|Deploy one"
+
+
+async def test_concurrent_writers_in_two_replicas_never_lose_a_commit(tmp_path: Path) -> None:
+    remote = tmp_path / "gitops.git"
+    replicas = [await _open(remote, tmp_path / f"w{i}") for i in range(3)]
+
+    async def deploy(i: int) -> str:
+        repo = replicas[i % len(replicas)]
+        return await repo.commit_file(
+            f"environments/dev/o/r-p{i}/release.yaml", f"{i}\n".encode(), f"Deploy {i}\n", Author.of("bob")
+        )
+
+    shas = await asyncio.gather(*(deploy(i) for i in range(30)))
+
+    assert len(set(shas)) == 30
+    history = _git("--git-dir", str(remote), "rev-list", "main").split()
+    assert set(shas) <= set(history)
+    assert len(history) == 30  # one commit per deployment, nothing else
+    tree = _git("--git-dir", str(remote), "ls-tree", "-r", "--name-only", "main").split()
+    assert sorted(tree) == sorted(f"environments/dev/o/r-p{i}/release.yaml" for i in range(30))
+    for i in (0, 17, 29):
+        content = _git("--git-dir", str(remote), "show", f"main:environments/dev/o/r-p{i}/release.yaml")
+        assert content == f"{i}\n"
+
+
+async def test_reads_files_and_ancestry(tmp_path: Path) -> None:
+    remote = tmp_path / "gitops.git"
+    repo = await _open(remote, tmp_path / "w")
+    first = await repo.commit_file("f.yaml", b"1\n", "one\n", Author.of("a"))
+    second = await repo.commit_file("f.yaml", b"2\n", "two\n", Author.of("a"))
+    assert await repo.read_file(first, "f.yaml") == b"1\n"
+    assert await repo.read_file(second, "f.yaml") == b"2\n"
+    assert await repo.read_file(second, "missing.yaml") is None
+    assert await repo.is_ancestor(first, second)
+    assert not await repo.is_ancestor(second, first)
+    assert await repo.has_commit(second)
+    assert not await repo.has_commit("0" * 40)
+
+
+async def test_unreachable_remote_is_a_git_error_without_credentials(tmp_path: Path) -> None:
+    repo = GitOpsRepository(
+        "https://user:s3cret@127.0.0.1:1/gitops.git", "main", tmp_path / "w", Author("F", "f@x"), push_attempts=2
+    )
+    await repo.open()
+    with pytest.raises(GitError) as err:
+        await repo.commit_file("f.yaml", b"1\n", "m\n", Author.of("a"))
+    assert "s3cret" not in str(err.value)
+    assert redact("https://user:s3cret@host:8443/x.git") == "https://***@host:8443/x.git"
