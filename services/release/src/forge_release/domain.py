@@ -284,7 +284,8 @@ def classify_identifier(raw: str) -> Identifier:
         raise _bad("release-id", "release id must be 1-255 characters")
     lowered = raw.lower()
     sha = lowered if _HEX_PREFIX.match(lowered) else None
-    number = int(raw) if _DIGITS.match(raw) and len(raw) <= 18 else None
+    # Canonical decimal only ("2", not "002"), as the numeric alias spells it.
+    number = int(raw) if _DIGITS.match(raw) and len(raw) <= 18 and raw == str(int(raw)) else None
     return Identifier(raw, sha, number)
 
 
