@@ -113,6 +113,10 @@ class ClientCredentials:
         self._expires = 0.0
         self._lock = asyncio.Lock()
 
+    def invalidate(self) -> None:
+        """Forget the cached token (e.g. after a 401) so the next call fetches a new one."""
+        self._expires = 0.0
+
     async def token(self) -> str:
         if self._token and time.monotonic() < self._expires - 60:
             return self._token

@@ -2,7 +2,7 @@ from litestar import Litestar
 
 from forge_common.http import AppSpec, build_app
 
-from . import github
+from . import dispatcher, github
 from .api import ROUTES
 from .settings import Settings
 
@@ -15,8 +15,8 @@ def create_app(settings: Settings) -> Litestar:
             routes=ROUTES,
             schema="pipeline",
             migrations="forge_pipeline.migrations",
-            on_startup=[github.start],
-            on_shutdown=[github.stop],
+            on_startup=[github.start, dispatcher.start],
+            on_shutdown=[dispatcher.stop, github.stop],
             description="Pipeline runs, their phases, tasks and steps; GitHub webhooks and commit statuses.",
         )
     )

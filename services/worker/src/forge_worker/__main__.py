@@ -1,13 +1,33 @@
-"""Placeholder until the worker lands: stays up so the stack can supervise it."""
+"""``python -m forge_worker``: pull jobs until SIGTERM."""
 
-import signal
-import time
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from forge_common.jobs import JobSettings
+from forge_common.logging import configure_logging
+from forge_common.settings import SettingsError, load
+
+from .settings import Settings
+from .worker import Worker
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(0)))
-    while True:
-        time.sleep(3600)
+    try:
+        settings = load(Settings)
+        job_settings = load(JobSettings)
+    except SettingsError as exc:
+        print(f"forge-worker: {exc}", file=sys.stderr)  # noqa: T201 - before logging exists
+        raise SystemExit(2) from None
+    configure_logging("worker", settings.log_level, settings.log_format)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(Worker(settings, job_settings).run_forever())
 
 
 if __name__ == "__main__":

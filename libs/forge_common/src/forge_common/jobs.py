@@ -1,0 +1,242 @@
+"""Jobs over JetStream: streams, consumers, request-reply headers and dead letters.
+
+The dispatcher (pipeline service) and the workers agree on everything here:
+
+* one work-queue stream ``PIPELINE_JOBS`` (file storage, max age 1h) holding the job subjects
+  ``pipeline.discovery.{run}``, ``pipeline.tasks.{run}.{task}``, ``pipeline.artifacts.{run}.{id}``
+  and ``pipeline.releases.{run}``;
+* one durable pull consumer per worker type (``discovery``, ``ci``, ``artifact``, ``release``),
+  explicit ack, ack wait = the job type's timeout, max deliver 3;
+* a dead-letter stream ``PIPELINE_DEAD_LETTERS`` (``pipeline.deadletter.{type}.{run}``) for jobs
+  that exhausted their deliveries, with the reason in the ``Forge-Dead-Reason`` header.
+
+Request-reply follows the spec: the dispatcher subscribes a unique inbox per job and publishes the
+job with that inbox as its reply subject. JetStream uses a message's own reply subject for acks,
+so the inbox travels in the ``Forge-Reply-To`` header; the worker publishes the reply there and
+acks the job only afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from .nats import Names, ensure_stream
+
+__all__ = [
+    "DEAD_LETTER_STREAM",
+    "HDR_DEAD_REASON",
+    "HDR_DELIVERIES",
+    "HDR_JOB_ID",
+    "HDR_JOB_TYPE",
+    "HDR_ORIGINAL_SUBJECT",
+    "HDR_REPLY_TO",
+    "JOBS_STREAM",
+    "JOB_TYPES",
+    "JobReply",
+    "JobSettings",
+    "JobType",
+    "consumer_config",
+    "consumer_name",
+    "dead_letter",
+    "dead_letter_stream_config",
+    "decode_headers",
+    "ensure_job_streams",
+    "inbox_subject",
+    "job_subject",
+    "job_type_of",
+    "jobs_stream_config",
+    "max_deliveries_advisory",
+    "publish_reply",
+]
+
+log = structlog.get_logger(__name__)
+
+JobType = Literal["discovery", "ci", "artifact", "release"]
+JOB_TYPES: tuple[JobType, ...] = ("discovery", "ci", "artifact", "release")
+JOBS_STREAM = "PIPELINE_JOBS"
+DEAD_LETTER_STREAM = "PIPELINE_DEAD_LETTERS"
+
+# Subject roots per job type (spec: "NATS Message Patterns").
+_ROOTS: dict[JobType, str] = {
+    "discovery": "pipeline.discovery",
+    "ci": "pipeline.tasks",
+    "artifact": "pipeline.artifacts",
+    "release": "pipeline.releases",
+}
+
+HDR_REPLY_TO = "Forge-Reply-To"
+HDR_JOB_ID = "Forge-Job-Id"
+HDR_JOB_TYPE = "Forge-Job-Type"
+HDR_DEAD_REASON = "Forge-Dead-Reason"
+HDR_ORIGINAL_SUBJECT = "Forge-Original-Subject"
+HDR_DELIVERIES = "Forge-Deliveries"
+
+
+class JobSettings(msgspec.Struct, kw_only=True):
+    """Per-job-type timeouts (``FORGE_JOB_TIMEOUT_*``, Go durations) and the delivery limit.
+
+    The dispatcher waits this long for a reply, and the consumer's ack wait is the same value.
+    A repository's phase ``timeout`` overrides ``job_timeout_ci`` for that phase's tasks.
+    """
+
+    job_timeout_discovery: float = 600.0
+    job_timeout_ci: float = 1800.0
+    job_timeout_artifact: float = 1200.0
+    job_timeout_release: float = 900.0
+    job_max_deliver: int = 3
+    job_max_age: float = 3600.0
+    # 0: a consumer's ack wait is its job type's timeout (the spec). Workers send in-progress
+    # heartbeats, so a shorter ack wait is safe and redelivers a crashed worker's job sooner.
+    job_ack_wait: float = 0.0
+
+    def ack_wait(self, job_type: JobType) -> float:
+        return self.job_ack_wait if self.job_ack_wait > 0 else self.timeout(job_type)
+
+    def timeout(self, job_type: JobType) -> float:
+        value: float = getattr(self, f"job_timeout_{job_type}")
+        return value
+
+    def validate(self) -> list[str]:
+        problems = []
+        for jt in JOB_TYPES:
+            if self.timeout(jt) <= 0:
+                problems.append(f"FORGE_JOB_TIMEOUT_{jt.upper()} must be a positive duration")
+        if self.job_max_deliver < 1:
+            problems.append("FORGE_JOB_MAX_DELIVER must be >= 1")
+        return problems
+
+
+class JobReply(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a worker answers for any job. ``result`` is job-type specific."""
+
+    status: Literal["success", "failed", "cancelled"]
+    error: str | None = None
+    result: Any = None
+
+
+def job_subject(names: Names, job_type: JobType, run_id: str, job_id: str | None = None) -> str:
+    root = _ROOTS[job_type]
+    if job_type in ("discovery", "release"):
+        return names.subject(f"{root}.{run_id}")
+    return names.subject(f"{root}.{run_id}.{job_id}")
+
+
+def job_type_of(names: Names, subject: str) -> JobType | None:
+    bare = names.strip(subject)
+    for jt, root in _ROOTS.items():
+        if bare.startswith(root + "."):
+            return jt
+    return None
+
+
+def inbox_subject(names: Names, run_id: str, job_id: str) -> str:
+    """The unique reply inbox of one job; derived from ids so a successor replica can listen."""
+    return names.subject(f"_INBOX.forge.{run_id}.{job_id}")
+
+
+def jobs_stream_config(names: Names, settings: JobSettings) -> StreamConfig:
+    return StreamConfig(
+        name=names.stream(JOBS_STREAM),
+        subjects=[names.subject(f"{root}.>") for root in _ROOTS.values()],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=settings.job_max_age,
+        # Re-publishing a job after a dispatcher takeover uses the same Nats-Msg-Id, so a job
+        # that was already published is not queued twice.
+        duplicate_window=min(settings.job_max_age, 3600.0),
+    )
+
+
+def dead_letter_stream_config(names: Names) -> StreamConfig:
+    return StreamConfig(
+        name=names.stream(DEAD_LETTER_STREAM),
+        subjects=[names.subject("pipeline.deadletter.>")],
+        storage=StorageType.FILE,
+        max_age=14 * 24 * 3600.0,
+    )
+
+
+def consumer_name(names: Names, job_type: JobType) -> str:
+    return names.durable(f"PIPELINE_{job_type.upper()}")
+
+
+def consumer_config(names: Names, job_type: JobType, settings: JobSettings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=consumer_name(names, job_type),
+        filter_subject=names.subject(f"{_ROOTS[job_type]}.>"),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=settings.ack_wait(job_type),
+        max_deliver=settings.job_max_deliver,
+        max_waiting=4096,
+        max_ack_pending=10_000,
+    )
+
+
+async def ensure_job_streams(js: JetStreamContext, names: Names, settings: JobSettings, update: bool = True) -> None:
+    """Create (or, with ``update``, reconcile) the job and dead-letter streams and consumers.
+
+    Safe to call from every replica and every worker at start-up. Workers pass
+    ``update=False`` so only the dispatcher's settings decide the consumers' ack wait.
+    """
+    if update:
+        await ensure_stream(js, jobs_stream_config(names, settings))
+        await ensure_stream(js, dead_letter_stream_config(names))
+    else:
+        for config in (jobs_stream_config(names, settings), dead_letter_stream_config(names)):
+            try:
+                await js.stream_info(config.name or "")
+            except NotFoundError:
+                await ensure_stream(js, config)
+    stream = names.stream(JOBS_STREAM)
+    for jt in JOB_TYPES:
+        if not update:
+            try:
+                await js.consumer_info(stream, consumer_name(names, jt))
+                continue
+            except NotFoundError:
+                pass
+        await js.add_consumer(stream, consumer_config(names, jt, settings))
+
+
+def max_deliveries_advisory(names: Names) -> str:
+    """Advisory subject JetStream publishes when a job exhausted its deliveries."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{names.stream(JOBS_STREAM)}.*"
+
+
+async def dead_letter(
+    js: JetStreamContext,
+    names: Names,
+    *,
+    job_type: JobType,
+    run_id: str,
+    original_subject: str,
+    payload: bytes,
+    headers: dict[str, str] | None,
+    reason: str,
+    deliveries: int,
+) -> None:
+    """Store a job that will not be retried on the dead-letter stream, with the reason."""
+    hdrs = {k: v for k, v in (headers or {}).items() if not k.startswith("Nats-")}
+    hdrs[HDR_DEAD_REASON] = reason[:2000]
+    hdrs[HDR_ORIGINAL_SUBJECT] = original_subject
+    hdrs[HDR_DELIVERIES] = str(deliveries)
+    job_id = hdrs.get(HDR_JOB_ID, run_id)
+    hdrs["Nats-Msg-Id"] = f"dead:{job_id}"
+    await js.publish(names.subject(f"pipeline.deadletter.{job_type}.{run_id}"), payload, headers=hdrs, timeout=5.0)
+
+
+async def publish_reply(nc: NATS, subject: str, body: bytes) -> None:
+    # Same connection as the later ack, so the server sees the reply first; no flush needed.
+    await nc.publish(subject, body)
+
+
+def decode_headers(raw: dict[str, Any] | None) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (raw or {}).items()}

@@ -1,0 +1,121 @@
+"""SQL of the dispatcher: run leases and dispatch bookkeeping. The caller owns the transaction.
+
+Status changes of runs, phases, tasks and steps go through ``service.py`` (the same use cases
+the HTTP API serves); only what is the dispatcher's own lives here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .store import Conn, Row
+
+__all__ = ["claim_runs", "mark_dispatched", "mark_release_evaluated", "renew_leases", "run_for_dispatch"]
+
+
+async def claim_runs(conn: Conn, owner: str, ttl: float, limit: int, exclude: list[str]) -> list[str]:
+    """Lease up to ``limit`` runs nobody drives: active runs with no or an expired lease, and
+    successful runs whose release triggers were not evaluated yet. ``SKIP LOCKED`` lets several
+    replicas claim at once without blocking or taking the same run."""
+    cur = await conn.execute(
+        """
+        WITH candidates AS (
+            (SELECT id, created_at FROM pipeline.runs
+             WHERE status IN ('pending', 'running')
+               AND (lease_expires_at IS NULL OR lease_expires_at < now())
+             ORDER BY lease_expires_at NULLS FIRST LIMIT %(limit)s)
+            UNION ALL
+            (SELECT id, created_at FROM pipeline.runs
+             WHERE status = 'success' AND release_evaluated_at IS NULL
+               AND (lease_expires_at IS NULL OR lease_expires_at < now())
+               AND completed_at > now() - interval '1 day'
+             ORDER BY completed_at LIMIT %(limit)s)
+        ),
+        claimable AS (
+            SELECT r.id FROM pipeline.runs r JOIN candidates c ON c.id = r.id
+            WHERE NOT (r.id = ANY(%(exclude)s::uuid[]))
+            ORDER BY c.created_at LIMIT %(limit)s
+            FOR UPDATE OF r SKIP LOCKED
+        )
+        UPDATE pipeline.runs r SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(ttl)s)
+        FROM claimable WHERE r.id = claimable.id
+          AND (r.lease_expires_at IS NULL OR r.lease_expires_at < now())
+        RETURNING r.id::text AS id
+        """,
+        {"owner": owner, "ttl": ttl, "limit": limit, "exclude": exclude},
+    )
+    return [r["id"] for r in await cur.fetchall()]
+
+
+async def renew_leases(conn: Conn, owner: str, ttl: float, run_ids: list[str]) -> dict[str, Row]:
+    """Extend this replica's leases; returns each run's owner and status as they were before,
+    so a driver whose run was taken over (owner changed) stops."""
+    cur = await conn.execute(
+        """
+        WITH renewed AS (
+            UPDATE pipeline.runs SET lease_expires_at = now() + make_interval(secs => %(ttl)s)
+            WHERE id = ANY(%(ids)s::uuid[]) AND lease_owner = %(owner)s
+              AND status IN ('pending', 'running', 'success')
+            RETURNING id
+        )
+        SELECT r.id::text AS id, r.lease_owner, r.status::text AS status
+        FROM pipeline.runs r WHERE r.id = ANY(%(ids)s::uuid[])
+        """,
+        {"owner": owner, "ttl": ttl, "ids": run_ids},
+    )
+    return {r["id"]: r for r in await cur.fetchall()}
+
+
+async def release_lease(conn: Conn, owner: str, run_id: str) -> None:
+    await conn.execute(
+        "UPDATE pipeline.runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = %s AND lease_owner = %s",
+        (run_id, owner),
+    )
+
+
+async def run_for_dispatch(conn: Conn, run_id: str) -> Row | None:
+    cur = await conn.execute(
+        """
+        SELECT id::text AS id, repository, branch, commit_sha, tag, status::text AS status, lease_owner,
+               discovered_at, release_triggers, release_evaluated_at
+        FROM pipeline.runs WHERE id = %s
+        """,
+        (run_id,),
+    )
+    return await cur.fetchone()
+
+
+async def mark_dispatched(conn: Conn, task_ids: list[str]) -> dict[str, Any]:
+    """Record the first dispatch of each task; returns task id -> dispatched_at."""
+    cur = await conn.execute(
+        """
+        UPDATE pipeline.tasks SET dispatched_at = coalesce(dispatched_at, now())
+        WHERE id = ANY(%s::uuid[]) RETURNING id::text AS id, dispatched_at, now() AS now
+        """,
+        (task_ids,),
+    )
+    return {r["id"]: (r["dispatched_at"], r["now"]) for r in await cur.fetchall()}
+
+
+async def task_states(conn: Conn, task_ids: list[str]) -> dict[str, Row]:
+    cur = await conn.execute(
+        "SELECT id::text AS id, status::text AS status, error FROM pipeline.tasks WHERE id = ANY(%s::uuid[])",
+        (task_ids,),
+    )
+    return {r["id"]: r for r in await cur.fetchall()}
+
+
+async def run_status(conn: Conn, run_id: str) -> str | None:
+    cur = await conn.execute("SELECT status::text AS status FROM pipeline.runs WHERE id = %s", (run_id,))
+    row = await cur.fetchone()
+    return row["status"] if row else None
+
+
+async def mark_release_evaluated(conn: Conn, run_id: str) -> bool:
+    """True for the one caller that evaluates this run's release triggers."""
+    cur = await conn.execute(
+        "UPDATE pipeline.runs SET release_evaluated_at = now() WHERE id = %s AND release_evaluated_at IS NULL"
+        " RETURNING id",
+        (run_id,),
+    )
+    return await cur.fetchone() is not None

@@ -1,0 +1,313 @@
+"""Repository configuration: read ``.forge/repo.toml`` and every ``<project>/.forge/project.toml``.
+
+The result is the run's plan (phases -> tasks -> steps) plus each project's release triggers.
+Every problem names the file, the field and what is wrong, e.g.
+``services/api/.forge/project.toml: phases.test.steps[0].action: must be "shell" or "earthly"``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from forge_common.settings import parse_duration
+
+__all__ = ["ConfigError", "Plan", "discover"]
+
+REPO_FILE = ".forge/repo"
+PROJECT_FILE = ".forge/project"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_NAME_RULE = "must be 1-100 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+class ConfigError(Exception):
+    """Invalid repository configuration; ``problems`` lists every finding, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid repository configuration: " + "; ".join(problems))
+
+
+class StepPlan(msgspec.Struct, kw_only=True):
+    name: str
+    action: str
+    command: str
+    timeout_seconds: int | None = None
+
+
+class TaskPlan(msgspec.Struct, kw_only=True):
+    project_name: str
+    project_path: str
+    steps: list[StepPlan]
+
+
+class PhasePlan(msgspec.Struct, kw_only=True):
+    name: str
+    group_number: int
+    timeout_seconds: int | None = None
+    tasks: list[TaskPlan] = msgspec.field(default_factory=list)
+
+
+class Plan(msgspec.Struct, kw_only=True):
+    phases: list[PhasePlan]
+    # project name -> list of trigger rules as written ({"branch": "main"}, {"tag": true}, ...)
+    release_triggers: dict[str, list[dict[str, Any]]]
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, file: str, field: str, problem: str) -> None:
+        self.items.append(f"{file}: {field}: {problem}" if field else f"{file}: {problem}")
+
+
+def _load(root: Path, stem: str, problems: _Problems) -> tuple[str, dict[str, Any]] | None:
+    """Load ``stem``.toml (or ``stem``.cue with the cue CLI); None when neither exists."""
+    toml_path = root / f"{stem}.toml"
+    cue_path = root / f"{stem}.cue"
+    if toml_path.is_file():
+        rel = f"{stem}.toml"
+        try:
+            with toml_path.open("rb") as fh:
+                return rel, tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            problems.add(rel, "", f"is not valid TOML: {exc}")
+        except UnicodeDecodeError:
+            problems.add(rel, "", "is not UTF-8 text")
+        return rel, {}
+    if cue_path.is_file():
+        rel = f"{stem}.cue"
+        cue = shutil.which("cue")
+        if cue is None:
+            problems.add(rel, "", "CUE configuration needs the cue CLI, which this worker does not have; use TOML")
+            return rel, {}
+        proc = subprocess.run(
+            [cue, "export", "--out", "json", str(cue_path)], capture_output=True, text=True, timeout=60, check=False
+        )
+        if proc.returncode != 0:
+            problems.add(rel, "", f"cue export failed: {proc.stderr.strip()[:500]}")
+            return rel, {}
+        try:
+            value = json.loads(proc.stdout)
+        except ValueError:
+            problems.add(rel, "", "cue export did not produce JSON")
+            return rel, {}
+        if not isinstance(value, dict):
+            problems.add(rel, "", "must define a struct at the top level")
+            return rel, {}
+        return rel, value
+    return None
+
+
+def _duration(value: Any, file: str, field: str, problems: _Problems) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        problems.add(file, field, f'must be a duration string like "90s", "10m" or "1h30m", got {value!r}')
+        return None
+    try:
+        seconds = float(value) if isinstance(value, int) else parse_duration(value)
+    except ValueError as exc:
+        problems.add(file, field, f"{exc}")
+        return None
+    if seconds < 1:
+        problems.add(file, field, f"must be at least 1s, got {value!r}")
+        return None
+    return max(1, round(seconds))
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], file: str, prefix: str, problems: _Problems) -> None:
+    for key in table:
+        if key not in allowed:
+            where = f"{prefix}.{key}" if prefix else key
+            problems.add(file, where, f"unknown field (allowed: {', '.join(sorted(allowed))})")
+
+
+def _repo_phases(file: str, data: dict[str, Any], problems: _Problems) -> dict[str, PhasePlan]:
+    _check_keys(data, {"forge_version", "phases"}, file, "", problems)
+    version = data.get("forge_version")
+    if version is not None and str(version) != "1":
+        problems.add(file, "forge_version", f'must be "1", got {version!r}')
+    phases_raw = data.get("phases")
+    if phases_raw is None:
+        problems.add(file, "phases", "is required: declare at least one phase, e.g. [phases.test] group = 1")
+        return {}
+    if not isinstance(phases_raw, dict) or not phases_raw:
+        problems.add(file, "phases", "must be a table of phases, e.g. [phases.test] group = 1")
+        return {}
+    phases: dict[str, PhasePlan] = {}
+    for name, spec in phases_raw.items():
+        field = f"phases.{name}"
+        if not _NAME.match(name):
+            problems.add(file, field, f"phase name {_NAME_RULE}")
+            continue
+        if not isinstance(spec, dict):
+            problems.add(file, field, "must be a table with a group number")
+            continue
+        _check_keys(spec, {"group", "timeout"}, file, field, problems)
+        group = spec.get("group")
+        if group is None:
+            problems.add(file, f"{field}.group", "is required (an integer >= 1)")
+            continue
+        if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+            problems.add(file, f"{field}.group", f"must be an integer >= 1, got {group!r}")
+            continue
+        timeout = _duration(spec.get("timeout"), file, f"{field}.timeout", problems)
+        phases[name] = PhasePlan(name=name, group_number=group, timeout_seconds=timeout)
+    return phases
+
+
+def _trigger_rules(file: str, release: Any, problems: _Problems) -> list[dict[str, Any]]:
+    if not isinstance(release, dict):
+        problems.add(file, "release", 'must be a table, e.g. [release] on = [{ branch = "main" }]')
+        return []
+    _check_keys(release, {"on"}, file, "release", problems)
+    rules = release.get("on", [])
+    if not isinstance(rules, list):
+        problems.add(file, "release.on", 'must be a list of rules like { branch = "main" } or { tag = true }')
+        return []
+    out: list[dict[str, Any]] = []
+    for i, rule in enumerate(rules):
+        field = f"release.on[{i}]"
+        if not isinstance(rule, dict) or len(rule) != 1 or next(iter(rule)) not in ("branch", "tag"):
+            problems.add(file, field, 'must be { branch = "<name or glob>" } or { tag = true | "<glob>" }')
+            continue
+        key, value = next(iter(rule.items()))
+        if key == "branch" and not (isinstance(value, str) and value):
+            problems.add(file, f"{field}.branch", f"must be a non-empty branch name or glob, got {value!r}")
+            continue
+        if key == "tag" and not (isinstance(value, bool) or (isinstance(value, str) and value)):
+            problems.add(file, f"{field}.tag", f"must be true, false or a tag glob, got {value!r}")
+            continue
+        out.append({key: value})
+    return out
+
+
+def _project(
+    file: str, directory: str, data: dict[str, Any], phases: dict[str, PhasePlan], problems: _Problems
+) -> tuple[str, dict[str, list[StepPlan]], list[dict[str, Any]]] | None:
+    _check_keys(data, {"name", "phases", "release"}, file, "", problems)
+    default_name = Path(directory).name if directory != "." else "root"
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not _NAME.match(name):
+        problems.add(file, "name", f"project name {_NAME_RULE}, got {name!r}")
+        return None
+    steps_by_phase: dict[str, list[StepPlan]] = {}
+    raw_phases = data.get("phases", {})
+    if not isinstance(raw_phases, dict):
+        problems.add(file, "phases", "must be a table of phases, e.g. [[phases.test.steps]]")
+        raw_phases = {}
+    for phase_name, spec in raw_phases.items():
+        field = f"phases.{phase_name}"
+        if phase_name not in phases:
+            declared = ", ".join(sorted(phases)) or "none"
+            problems.add(
+                file, field, f"phase {phase_name!r} is not declared in .forge/repo.toml (declared: {declared})"
+            )
+            continue
+        if not isinstance(spec, dict):
+            problems.add(file, field, "must be a table with a steps list")
+            continue
+        _check_keys(spec, {"steps"}, file, field, problems)
+        steps_raw = spec.get("steps")
+        if not isinstance(steps_raw, list) or not steps_raw:
+            problems.add(file, f"{field}.steps", "must be a non-empty list of steps ([[" + field + ".steps]])")
+            continue
+        steps: list[StepPlan] = []
+        seen: set[str] = set()
+        for i, step in enumerate(steps_raw):
+            sfield = f"{field}.steps[{i}]"
+            if not isinstance(step, dict):
+                problems.add(file, sfield, "must be a table with name, action and run (or target)")
+                continue
+            _check_keys(step, {"name", "action", "run", "target", "timeout"}, file, sfield, problems)
+            sname = step.get("name")
+            if not isinstance(sname, str) or not _NAME.match(sname):
+                problems.add(file, f"{sfield}.name", f"is required; a step name {_NAME_RULE}, got {sname!r}")
+                continue
+            if sname in seen:
+                problems.add(file, f"{sfield}.name", f"duplicate step name {sname!r} in phase {phase_name!r}")
+                continue
+            seen.add(sname)
+            action = step.get("action", "shell")
+            if action not in ("shell", "earthly"):
+                problems.add(file, f"{sfield}.action", f'must be "shell" or "earthly", got {action!r}')
+                continue
+            if action == "shell":
+                command = step.get("run")
+                if not isinstance(command, str) or not command.strip():
+                    problems.add(file, f"{sfield}.run", "is required for a shell step: the command to run")
+                    continue
+            else:
+                command = step.get("target")
+                if not isinstance(command, str) or not command.strip():
+                    problems.add(file, f"{sfield}.target", 'is required for an earthly step, e.g. "+build"')
+                    continue
+            timeout = _duration(step.get("timeout"), file, f"{sfield}.timeout", problems)
+            steps.append(StepPlan(name=sname, action=action, command=command, timeout_seconds=timeout))
+        if steps:
+            steps_by_phase[phase_name] = steps
+    rules: list[dict[str, Any]] = []
+    if "release" in data:
+        rules = _trigger_rules(file, data["release"], problems)
+    return name, steps_by_phase, rules
+
+
+def project_dirs(files: list[str]) -> list[str]:
+    """Directories holding ``.forge/project.(toml|cue)``, from a list of repository paths."""
+    dirs: set[str] = set()
+    for path in files:
+        for suffix in (f"{PROJECT_FILE}.toml", f"{PROJECT_FILE}.cue"):
+            if path == suffix:
+                dirs.add(".")
+            elif path.endswith("/" + suffix):
+                dirs.add(path[: -len(suffix) - 1])
+    return sorted(dirs)
+
+
+def discover(root: Path, files: list[str]) -> Plan:
+    """Build the plan from the checkout at ``root`` (``files``: every tracked path)."""
+    problems = _Problems()
+    repo = _load(root, REPO_FILE, problems)
+    if repo is None:
+        raise ConfigError([".forge/repo.toml: file not found: the repository has no Forge configuration"])
+    repo_file, repo_data = repo
+    if problems.items:
+        raise ConfigError(problems.items)
+    phases = _repo_phases(repo_file, repo_data, problems)
+    triggers: dict[str, list[dict[str, Any]]] = {}
+    names: dict[str, str] = {}
+    for directory in project_dirs(files):
+        stem = PROJECT_FILE if directory == "." else f"{directory}/{PROJECT_FILE}"
+        loaded = _load(root, stem, problems)
+        if loaded is None:
+            continue
+        file, data = loaded
+        if not data:
+            continue
+        found = _project(file, directory, data, phases, problems)
+        if found is None:
+            continue
+        name, steps_by_phase, rules = found
+        if name in names:
+            problems.add(file, "name", f"project name {name!r} is already used by {names[name]}")
+            continue
+        names[name] = file
+        for phase_name, steps in steps_by_phase.items():
+            phases[phase_name].tasks.append(TaskPlan(project_name=name, project_path=directory, steps=steps))
+        if rules:
+            triggers[name] = rules
+    if problems.items:
+        raise ConfigError(problems.items)
+    ordered = sorted(phases.values(), key=lambda p: (p.group_number, p.name))
+    for phase in ordered:
+        phase.tasks.sort(key=lambda t: t.project_name)
+    return Plan(phases=ordered, release_triggers=triggers)

@@ -1,0 +1,174 @@
+"""The worker's git cache: one bare mirror per repository, one worktree per commit.
+
+A commit already in the mirror costs one ``rev-parse``; otherwise the mirror is fetched (never
+re-cloned). Checkouts are git worktrees shared by every task of that commit on this machine and
+pruned when they have not been used for a while. Worker processes sharing the cache directory
+serialise on a per-repository ``flock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import structlog
+
+__all__ = ["GitCache", "GitError"]
+
+log = structlog.get_logger(__name__)
+_MARKER = ".forge-checkout-complete"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class GitError(Exception):
+    """The repository or commit could not be fetched; the message is shown on the run."""
+
+
+class GitCache:
+    def __init__(self, cache_dir: Path, url_template: str, max_idle_checkouts: float = 6 * 3600.0) -> None:
+        self.root = cache_dir
+        self.url_template = url_template
+        self.max_idle = max_idle_checkouts
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._known: dict[tuple[str, str], str] = {}  # (repository, sha) -> full sha
+        self._checkouts: dict[tuple[str, str], Path] = {}
+        self._last_prune = 0.0
+        self._env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
+
+    def url(self, repository: str) -> str:
+        return self.url_template.replace("{repository}", repository)
+
+    @staticmethod
+    def _key(repository: str) -> str:
+        return _SAFE.sub("_", repository.replace("/", "__"))
+
+    def mirror_path(self, repository: str) -> Path:
+        return self.root / "mirrors" / f"{self._key(repository)}.git"
+
+    async def _git(self, *args: str, cwd: Path | None = None, check: bool = True) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            "git",
+            *args,
+            cwd=str(cwd) if cwd else None,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self._env,
+        )
+        out, err = await proc.communicate()
+        code = proc.returncode or 0
+        if check and code != 0:
+            raise GitError(f"git {args[0]} failed: {err.decode(errors='replace').strip()[:500]}")
+        return code, out.decode(errors="replace"), err.decode(errors="replace")
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, repository: str) -> AsyncIterator[None]:
+        key = self._key(repository)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            lock_dir = self.root / "locks"
+            lock_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_dir / f"{key}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    async def _resolve(self, mirror: Path, sha: str) -> str | None:
+        code, out, _ = await self._git(
+            "--git-dir", str(mirror), "rev-parse", "--verify", "-q", f"{sha}^{{commit}}", check=False
+        )
+        return out.strip() if code == 0 and out.strip() else None
+
+    async def resolve(self, repository: str, sha: str) -> str:
+        """The full SHA of ``sha`` in ``repository``, fetching the mirror only when needed."""
+        cached = self._known.get((repository, sha))
+        if cached:
+            return cached
+        mirror = self.mirror_path(repository)
+        async with self._locked(repository):
+            full = await self._resolve(mirror, sha) if (mirror / "HEAD").exists() else None
+            if full is None:
+                await self._fetch(repository, mirror)
+                full = await self._resolve(mirror, sha)
+            if full is None:
+                raise GitError(f"commit {sha} not found in {repository} ({self.url(repository)})")
+        self._known[(repository, sha)] = full
+        return full
+
+    async def _fetch(self, repository: str, mirror: Path) -> None:
+        if not (mirror / "HEAD").exists():
+            mirror.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once per repository
+            await self._git("init", "--bare", "-q", str(mirror))
+            await self._git("--git-dir", str(mirror), "remote", "add", "origin", self.url(repository))
+        started = time.monotonic()
+        code, _, err = await self._git(
+            "--git-dir",
+            str(mirror),
+            "fetch",
+            "-q",
+            "--prune",
+            "--tags",
+            "--force",
+            "origin",
+            "+refs/heads/*:refs/heads/*",
+            check=False,
+        )
+        if code != 0:
+            raise GitError(f"cannot fetch {repository} from {self.url(repository)}: {err.strip()[:500]}")
+        log.info("git.fetched", repository=repository, duration_ms=round((time.monotonic() - started) * 1000, 1))
+
+    async def checkout(self, repository: str, sha: str) -> tuple[str, Path]:
+        """A worktree of ``sha`` (full sha, path); reused by every task of that commit."""
+        full = await self.resolve(repository, sha)
+        known = self._checkouts.get((repository, full))
+        if known is not None and (known / _MARKER).exists():
+            return full, known
+        path = self.root / "checkouts" / self._key(repository) / full
+        mirror = self.mirror_path(repository)
+        async with self._locked(repository):
+            if not (path / _MARKER).exists():
+                if path.exists():
+                    shutil.rmtree(path, ignore_errors=True)
+                    await self._git("--git-dir", str(mirror), "worktree", "prune", check=False)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                await self._git("--git-dir", str(mirror), "worktree", "add", "-f", "--detach", str(path), full)
+                (path / _MARKER).touch()
+        self._checkouts[(repository, full)] = path
+        await self._maybe_prune(repository)
+        return full, path
+
+    async def list_files(self, repository: str, full_sha: str) -> list[str]:
+        mirror = self.mirror_path(repository)
+        _, out, _ = await self._git("--git-dir", str(mirror), "ls-tree", "-r", "--name-only", "-z", full_sha)
+        return [p for p in out.split("\0") if p]
+
+    def touch(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(path / _MARKER)
+
+    async def _maybe_prune(self, repository: str) -> None:
+        now = time.time()
+        if now - self._last_prune < 600:
+            return
+        self._last_prune = now
+        base = self.root / "checkouts" / self._key(repository)
+        removed = False
+        for child in base.iterdir() if base.exists() else []:
+            marker = child / _MARKER
+            with contextlib.suppress(OSError):
+                if marker.exists() and now - marker.stat().st_mtime > self.max_idle:
+                    shutil.rmtree(child, ignore_errors=True)
+                    self._checkouts = {k: v for k, v in self._checkouts.items() if v != child}
+                    removed = True
+        if removed:
+            await self._git("--git-dir", str(self.mirror_path(repository)), "worktree", "prune", check=False)

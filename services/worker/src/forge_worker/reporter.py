@@ -1,0 +1,96 @@
+"""Status callbacks to the pipeline service with a client-credentials service-account token."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from forge_common.client import ClientCredentials, ServiceClient, ServiceResponse
+from forge_common.errors import BadGateway, GatewayTimeout
+
+__all__ = ["Conflict", "InfraError", "Reporter"]
+
+log = structlog.get_logger(__name__)
+
+
+class InfraError(Exception):
+    """The platform could not be reached or answered unexpectedly; the job will be retried."""
+
+
+class Conflict(Exception):
+    """The pipeline service refused a transition; ``current`` is the entity's status."""
+
+    def __init__(self, current: str | None, body: Any) -> None:
+        self.current = current
+        self.body = body
+        super().__init__(f"status conflict (current: {current})")
+
+
+class Reporter:
+    def __init__(self, base_url: str, credentials: ClientCredentials, name: str = "pipeline") -> None:
+        self.client = ServiceClient(base_url, name, timeout=10.0, limit=64)
+        self.credentials = credentials
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def call(self, method: str, path: str, body: Any = None, attempts: int = 4) -> ServiceResponse:
+        """One authenticated call, retried on transport errors, 5xx and an expired token."""
+        delay = 0.2
+        refreshed = False
+        last = ""
+        for attempt in range(attempts):
+            try:
+                token = await self.credentials.token()
+                resp = await self.client.request(method, path, token=token, json=body)
+            except (BadGateway, GatewayTimeout) as exc:
+                last = exc.message
+            else:
+                if resp.status == 401 and not refreshed:
+                    self.credentials.invalidate()
+                    refreshed = True
+                    continue
+                if resp.status < 500:
+                    return resp
+                last = f"HTTP {resp.status}: {resp.error_code() or resp.body}"
+            if attempt + 1 < attempts:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2.5, 3.0)
+        raise InfraError(f"{method} {self.client.base_url}{path} failed: {last}")
+
+    async def _status(self, kind: str, entity_id: str, body: dict[str, Any]) -> None:
+        resp = await self.call("PUT", f"/v1/{kind}/{entity_id}/status", body)
+        if resp.ok:
+            return
+        if resp.status == 409:
+            details = resp.body.get("error", {}).get("details", {}) if isinstance(resp.body, dict) else {}
+            raise Conflict(details.get("current_status"), resp.body)
+        if resp.status == 404:
+            raise Conflict("missing", resp.body)
+        raise InfraError(f"PUT /v1/{kind}/{entity_id}/status answered {resp.status}: {resp.body}")
+
+    async def task(self, task_id: str, status: str, error: str | None = None) -> None:
+        body: dict[str, Any] = {"status": status}
+        if error:
+            body["error"] = error[:4000]
+        await self._status("tasks", task_id, body)
+
+    async def step(
+        self, step_id: str, status: str, exit_code: int | None = None, logs_s3_key: str | None = None
+    ) -> None:
+        body: dict[str, Any] = {"status": status}
+        if exit_code is not None:
+            body["exit_code"] = exit_code
+        if logs_s3_key:
+            body["logs_s3_key"] = logs_s3_key
+        await self._status("steps", step_id, body)
+
+    async def run(self, run_id: str) -> dict[str, Any] | None:
+        resp = await self.call("GET", f"/v1/runs/{run_id}")
+        if resp.status == 404:
+            return None
+        if not resp.ok or not isinstance(resp.body, dict):
+            raise InfraError(f"GET /v1/runs/{run_id} answered {resp.status}")
+        return resp.body

@@ -1,0 +1,236 @@
+"""Running one step: ``bash -e`` in its own process group, its output streamed to S3.
+
+The log object at ``pipeline-runs/{run}/logs/{phase}/{project}/{step}.log`` is rewritten every
+``flush_interval`` while the step runs (so it is visible and growing) and once more at the end,
+when it holds the whole output. Timeouts and cancellation signal the whole process group
+(SIGTERM, then SIGKILL after a grace period); the group is also killed after a normal exit so a
+step never leaves background processes behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+__all__ = ["ProcessTable", "StepOutcome", "StepRunner", "log_key"]
+
+log = structlog.get_logger(__name__)
+
+
+def log_key(run_id: str, phase: str, project: str, step: str) -> str:
+    return f"pipeline-runs/{run_id}/logs/{phase}/{project}/{step}.log"
+
+
+class StepOutcome(msgspec.Struct, kw_only=True):
+    exit_code: int
+    timed_out: bool = False
+    cancelled: bool = False
+    duration: float = 0.0
+    log_bytes: int = 0
+
+
+class ProcessTable:
+    """Process groups of running steps, by run, with a pid file each for crash clean-up.
+
+    A worker killed with SIGKILL cannot kill its steps; the next worker to start (or to get
+    one of its jobs redelivered) kills groups recorded by worker processes that no longer exist.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.by_run: dict[str, dict[int, asyncio.Event]] = {}
+
+    def add(self, run_id: str, pgid: int, cancel: asyncio.Event) -> None:
+        self.by_run.setdefault(run_id, {})[pgid] = cancel
+        with contextlib.suppress(OSError):
+            (self.dir / f"{os.getpid()}-{pgid}").write_text(run_id)
+
+    def remove(self, run_id: str, pgid: int) -> None:
+        groups = self.by_run.get(run_id)
+        if groups is not None:
+            groups.pop(pgid, None)
+            if not groups:
+                self.by_run.pop(run_id, None)
+        with contextlib.suppress(OSError):
+            (self.dir / f"{os.getpid()}-{pgid}").unlink()
+
+    def cancel_run(self, run_id: str) -> int:
+        groups = self.by_run.get(run_id, {})
+        for event in groups.values():
+            event.set()
+        return len(groups)
+
+    def reap_orphans(self) -> int:
+        """Kill process groups left by dead worker processes sharing this state directory."""
+        killed = 0
+        for entry in list(self.dir.iterdir()):
+            owner, _, pgid_text = entry.name.partition("-")
+            try:
+                owner_pid, pgid = int(owner), int(pgid_text)
+            except ValueError:
+                continue
+            if owner_pid == os.getpid() or _alive(owner_pid):
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+                killed += 1
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        if killed:
+            log.warning("steps.reaped_orphans", groups=killed)
+        return killed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (or a recycled pid) still answers; check it is not a zombie.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+class StepRunner:
+    def __init__(
+        self,
+        s3: Any,
+        bucket: str,
+        table: ProcessTable,
+        flush_interval: float,
+        kill_grace: float,
+        max_bytes: int,
+    ) -> None:
+        self.s3 = s3  # a long-lived aiobotocore client
+        self.bucket = bucket
+        self.table = table
+        self.flush_interval = flush_interval
+        self.kill_grace = kill_grace
+        self.max_bytes = max_bytes
+
+    @staticmethod
+    def argv(action: str, command: str) -> list[str] | None:
+        if action == "shell":
+            return ["bash", "-e", "-c", command]
+        earthly = shutil.which("earthly")
+        if earthly is None:
+            return None
+        return [earthly, *command.split()]
+
+    async def upload(self, key: str, body: bytes) -> None:
+        await self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="text/plain; charset=utf-8")
+
+    async def run(
+        self,
+        *,
+        run_id: str,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        timeout: float | None,
+        key: str,
+        cancel: asyncio.Event,
+    ) -> StepOutcome:
+        started = time.monotonic()
+        buf = bytearray()
+        state = {"dirty": False, "truncated": False}
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=str(cwd),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        pgid = proc.pid
+        self.table.add(run_id, pgid, cancel)
+        assert proc.stdout is not None
+        stdout = proc.stdout
+
+        async def read() -> None:
+            while True:
+                chunk = await stdout.read(65536)
+                if not chunk:
+                    return
+                if len(buf) + len(chunk) > self.max_bytes:
+                    if not state["truncated"]:
+                        buf.extend(b"\n[forge: log truncated at %d bytes]\n" % self.max_bytes)
+                        state["truncated"] = True
+                    continue
+                buf.extend(chunk)
+                state["dirty"] = True
+
+        async def flush_periodically() -> None:
+            while True:
+                await asyncio.sleep(self.flush_interval)
+                if state["dirty"]:
+                    state["dirty"] = False
+                    try:
+                        await self.upload(key, bytes(buf))
+                    except Exception as exc:  # noqa: BLE001 - the final upload still happens
+                        log.warning("steps.log_flush_failed", key=key, error=str(exc))
+
+        reader = asyncio.create_task(read())
+        flusher = asyncio.create_task(flush_periodically())
+        waiter = asyncio.create_task(proc.wait())
+        canceller = asyncio.create_task(cancel.wait())
+        timed_out = cancelled = False
+        try:
+            done, _ = await asyncio.wait({waiter, canceller}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if waiter not in done:
+                if canceller in done:
+                    cancelled = True
+                    buf.extend(b"\n[forge: step cancelled]\n")
+                else:
+                    timed_out = True
+                    buf.extend(b"\n[forge: step timed out after %ds]\n" % int(timeout or 0))
+                _kill_group(pgid, signal.SIGTERM)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(waiter), self.kill_grace)
+            # Whatever is left of the group (background jobs, a process ignoring SIGTERM) goes.
+            _kill_group(pgid, signal.SIGKILL)
+            await waiter
+            try:
+                await asyncio.wait_for(reader, 2.0)
+            except TimeoutError:
+                reader.cancel()
+        finally:
+            canceller.cancel()
+            flusher.cancel()
+            if not waiter.done():
+                _kill_group(pgid, signal.SIGKILL)
+            self.table.remove(run_id, pgid)
+        await self.upload(key, bytes(buf))
+        code = proc.returncode if proc.returncode is not None else -9
+        if code < 0:
+            code = 128 - code
+        if timed_out:
+            code = 124
+        return StepOutcome(
+            exit_code=code,
+            timed_out=timed_out,
+            cancelled=cancelled,
+            duration=time.monotonic() - started,
+            log_bytes=len(buf),
+        )

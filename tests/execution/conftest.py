@@ -1,0 +1,243 @@
+"""Execution tests: isolated "cells" of pipeline instance(s) + workers on the shared servers.
+
+A cell has its own database, NATS prefix and git cache, so its dispatcher and workers never
+see the shared platform's jobs (whose workers fetch from github.com), and tests can kill its
+processes freely. Repositories are real local git repositories served through
+``FORGE_GIT_URL_TEMPLATE=file:///.../{repository}.git``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from forge_dev.stack import Process
+from forge_dev.testing import Platform, read_events, wait_for_event
+
+TERMINAL = ("success", "failed", "cancelled")
+
+
+class GitRepo:
+    """A bare repository ``{root}/{owner}/{name}.git`` plus a working clone to commit from."""
+
+    def __init__(self, root: Path, repository: str) -> None:
+        self.repository = repository
+        self.bare = root / f"{repository}.git"
+        self.work = root / "work" / repository
+        self.bare.parent.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self._git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=root)
+        self._git("init", "-q", "-b", "main", cwd=self.work)
+        self._git("remote", "add", "origin", str(self.bare), cwd=self.work)
+
+    @staticmethod
+    def _git(*args: str, cwd: Path) -> str:
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_NAME": "Forge Test",
+            "GIT_AUTHOR_EMAIL": "test@forge.local",
+            "GIT_COMMITTER_NAME": "Forge Test",
+            "GIT_COMMITTER_EMAIL": "test@forge.local",
+        }
+        return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+    def commit(self, files: dict[str, str | None], message: str = "change", branch: str = "main") -> str:
+        """Write (or with None delete) files, commit, push; returns the commit SHA."""
+        for path, content in files.items():
+            target = self.work / path
+            if content is None:
+                target.unlink(missing_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+        self._git("add", "-A", cwd=self.work)
+        self._git("commit", "-q", "--allow-empty", "-m", message, cwd=self.work)
+        self._git("push", "-q", "-f", "origin", f"HEAD:refs/heads/{branch}", cwd=self.work)
+        return self._git("rev-parse", "HEAD", cwd=self.work).strip()
+
+
+class Cell:
+    def __init__(self, platform: Platform, name: str, env: dict[str, str] | None = None) -> None:
+        self.platform = platform
+        self.tag = f"{name}{uuid.uuid4().hex[:6]}"
+        self.prefix = f"{platform.nats_prefix}x{self.tag}"
+        self.root = Path(tempfile.mkdtemp(prefix=f"forge-exec-{self.tag}-"))
+        self.repos = self.root / "repos"
+        self.cache = self.root / "git-cache"
+        self.database = f"forge_exec_{self.tag}"
+        admin = platform.stack.infra.admin_database_url
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.database}"')
+        from forge_dev.stack import _with_database
+
+        self.database_url = _with_database(admin, self.database)
+        self.env = {
+            "FORGE_DATABASE_URL": self.database_url,
+            "FORGE_NATS_PREFIX": self.prefix,
+            "FORGE_GIT_URL_TEMPLATE": self.repos.as_uri() + "/{repository}.git",
+            "FORGE_GIT_CACHE_DIR": str(self.cache),
+            "FORGE_LOG_FLUSH_INTERVAL": "0.3s",
+            "FORGE_STEP_KILL_GRACE": "0.5s",
+            "FORGE_DB_POOL_MIN": "1",
+            **(env or {}),
+        }
+        self.pipelines: list[Process] = []
+        self.workers: list[Process] = []
+
+    # processes
+
+    def start_pipeline(self, env: dict[str, str] | None = None) -> Process:
+        proc = self.platform.start_process("pipeline", env={**self.env, **(env or {})})
+        self.pipelines.append(proc)
+        return proc
+
+    def start_worker(self, env: dict[str, str] | None = None) -> Process:
+        assert self.pipelines, "start a pipeline instance first"
+        proc = self.platform.start_process(
+            "worker", env={**self.env, "FORGE_PIPELINE_URL": self.pipelines[0].url, **(env or {})}
+        )
+        self.workers.append(proc)
+        return proc
+
+    @property
+    def url(self) -> str:
+        alive = [p for p in self.pipelines if p.popen.poll() is None]
+        return alive[0].url
+
+    def close(self) -> None:
+        for proc in [*self.workers, *self.pipelines]:
+            with contextlib.suppress(Exception):
+                proc.stop(timeout=5)
+        with contextlib.suppress(Exception):
+            with psycopg.connect(self.platform.stack.infra.admin_database_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        with contextlib.suppress(Exception):
+            asyncio.run(_delete_streams(self.platform.nats_url, self.prefix))
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # repositories and runs
+
+    def repo(self, name: str | None = None) -> GitRepo:
+        return GitRepo(self.repos, f"exec-{self.tag}/{name or uuid.uuid4().hex[:8]}")
+
+    def headers(self, *roles: str) -> dict[str, str]:
+        return self.platform.headers("dev@forge.local", *(roles or ("developer",)))
+
+    async def create_run(self, client: httpx.AsyncClient, repo: GitRepo, sha: str, branch: str = "main") -> str:
+        resp = await client.post(
+            f"{self.url}/v1/runs",
+            json={"repository": repo.repository, "branch": branch, "commit_sha": sha, "trigger_type": "push"},
+            headers=self.headers(),
+        )
+        assert resp.status_code == 201, resp.text
+        return str(resp.json()["id"])
+
+    async def get_run(self, client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+        resp = await client.get(f"{self.url}/v1/runs/{run_id}", headers=self.headers("viewer"))
+        assert resp.status_code == 200, resp.text
+        body: dict[str, Any] = resp.json()
+        return body
+
+    async def wait_run(
+        self,
+        client: httpx.AsyncClient,
+        run_id: str,
+        until: Callable[[dict[str, Any]], bool] | None = None,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        """Poll the run until ``until`` holds (default: a terminal status)."""
+        check = until or (lambda r: r["status"] in TERMINAL)
+        deadline = time.monotonic() + timeout
+        while True:
+            run = await self.get_run(client, run_id)
+            if check(run):
+                return run
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run {run_id} did not reach the expected state in {timeout}s: {run}")
+            await asyncio.sleep(0.05)
+
+    @property
+    def events_view(self) -> Any:
+        return SimpleNamespace(nats_url=self.platform.nats_url, nats_prefix=self.prefix)
+
+    async def events(self, event_type: str, run_id: str) -> list[dict[str, Any]]:
+        return await read_events(self.events_view, event_type, lambda e: e["data"].get("run_id") == run_id)  # type: ignore[arg-type]
+
+    async def wait_event(self, event_type: str, run_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        return await wait_for_event(
+            self.events_view,  # type: ignore[arg-type]
+            event_type,
+            lambda e: e["data"].get("run_id") == run_id,
+            timeout=timeout,
+        )
+
+
+async def _delete_streams(url: str, prefix: str) -> None:
+    import nats
+
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            if info.config.name and info.config.name.startswith(prefix.upper() + "_"):
+                with contextlib.suppress(Exception):
+                    await js.delete_stream(info.config.name)
+    finally:
+        await nc.close()
+
+
+def steps_of(run: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(phase, project, step) -> step, for assertions."""
+    out = {}
+    for phase in run["phases"]:
+        for task in phase["tasks"]:
+            for step in task["steps"]:
+                out[(phase["name"], task["project_name"], step["name"])] = step
+    return out
+
+
+def pids_running(pattern: str) -> list[int]:
+    """Processes whose command line contains ``pattern``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (entry / "stat").read_text()
+            if pattern in cmd and stat.split(") ", 1)[1][:1] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30.0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def cell(platform: Platform) -> Iterator[Cell]:
+    """One pipeline instance and two workers, for the tests that do not kill anything."""
+    c = Cell(platform, "main")
+    try:
+        c.start_pipeline()
+        c.start_worker()
+        c.start_worker()
+        yield c
+    finally:
+        c.close()
