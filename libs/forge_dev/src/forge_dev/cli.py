@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
 
 from .keys import DEFAULT_ISSUER, IssuerKeys, default_data_dir
 
@@ -35,9 +41,226 @@ def _dev_token(args: argparse.Namespace) -> int:
     return 0
 
 
+class ApiError(Exception):
+    pass
+
+
+def _call(
+    args: argparse.Namespace, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None
+) -> Any:
+    token = args.token or os.environ.get("FORGE_TOKEN")
+    if not token:
+        raise ApiError("no token: pass --token or set FORGE_TOKEN (e.g. FORGE_TOKEN=$(forge dev token ...))")
+    clean = {k: v for k, v in (params or {}).items() if v is not None}
+    try:
+        resp = httpx.request(
+            method,
+            args.api.rstrip("/") + path,
+            json=body,
+            params=clean,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        raise ApiError(f"cannot reach {args.api}: {exc}") from exc
+    if resp.status_code >= 400:
+        try:
+            err = resp.json()["error"]
+            detail = f" {json.dumps(err['details'])}" if err.get("details") else ""
+            raise ApiError(f"{resp.status_code} {err['code']}: {err['message']}{detail}")
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(f"{resp.status_code}: {resp.text[:500]}") from None
+    return resp.json() if resp.content else {"status": resp.status_code}
+
+
+def _repo(repo: str) -> str:
+    return quote(repo, safe="")
+
+
+def _api_command(handler: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            result = handler(args)
+        except ApiError as exc:
+            print(f"forge: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(result, indent=2))
+        return 0
+
+    return run
+
+
+def _add_api_commands(sub: Any) -> None:
+    runs = sub.add_parser("runs", help="pipeline runs").add_subparsers(dest="runs_command", required=True)
+    p = runs.add_parser("create", help="start a run for a commit")
+    p.add_argument("--repository", required=True)
+    p.add_argument("--branch", required=True)
+    p.add_argument("--commit", required=True, dest="commit_sha")
+    p.add_argument("--trigger", default="manual", choices=["push", "pull_request", "manual"])
+    p.set_defaults(
+        func=_api_command(
+            lambda a: _call(
+                a,
+                "POST",
+                "/v1/runs",
+                {
+                    "repository": a.repository,
+                    "branch": a.branch,
+                    "commit_sha": a.commit_sha,
+                    "trigger_type": a.trigger,
+                },
+            )
+        )
+    )
+    p = runs.add_parser("list", help="runs of a repository, newest first")
+    p.add_argument("--repository", required=True)
+    p.add_argument("--branch")
+    p.add_argument("--status")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--offset", type=int)
+    p.set_defaults(
+        func=_api_command(
+            lambda a: _call(
+                a,
+                "GET",
+                "/v1/runs",
+                params={
+                    "repository": a.repository,
+                    "branch": a.branch,
+                    "status": a.status,
+                    "limit": a.limit,
+                    "offset": a.offset,
+                },
+            )
+        )
+    )
+    p = runs.add_parser("get", help="a run with its phases, tasks and steps")
+    p.add_argument("run_id")
+    p.set_defaults(func=_api_command(lambda a: _call(a, "GET", f"/v1/runs/{a.run_id}")))
+    p = runs.add_parser("cancel", help="cancel a pending or running run")
+    p.add_argument("run_id")
+    p.set_defaults(func=_api_command(lambda a: _call(a, "DELETE", f"/v1/runs/{a.run_id}")))
+
+    rel = sub.add_parser("releases", help="releases").add_subparsers(dest="releases_command", required=True)
+    p = rel.add_parser("create", help="release a project at a commit")
+    p.add_argument("--repository", required=True)
+    p.add_argument("--project", required=True)
+    p.add_argument("--commit", required=True, dest="commit_sha")
+    p.add_argument(
+        "--artifact",
+        action="append",
+        default=[],
+        metavar="NAME:TYPE:TRACKING_URI:PUBLISHED_URI",
+        help="repeat for several; TYPE is container, binary or archive",
+    )
+    p.set_defaults(func=_api_command(_create_release))
+    p = rel.add_parser("get", help="a release by commit SHA, number, tag or alias")
+    p.add_argument("repository")
+    p.add_argument("project")
+    p.add_argument("release_id")
+    p.set_defaults(
+        func=_api_command(
+            lambda a: _call(a, "GET", f"/v1/releases/{_repo(a.repository)}/{a.project}/{quote(a.release_id, safe='')}")
+        )
+    )
+    p = rel.add_parser("list", help="releases of a project, newest first")
+    p.add_argument("repository")
+    p.add_argument("project")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--offset", type=int)
+    p.set_defaults(
+        func=_api_command(
+            lambda a: _call(
+                a,
+                "GET",
+                f"/v1/releases/{_repo(a.repository)}/{a.project}",
+                params={"limit": a.limit, "offset": a.offset},
+            )
+        )
+    )
+
+    dep = sub.add_parser("deployments", help="deployments").add_subparsers(dest="deployments_command", required=True)
+    p = dep.add_parser("create", help="deploy a release to an environment")
+    p.add_argument("--release", required=True, dest="release_id")
+    p.add_argument("--environment", required=True, choices=["dev", "staging", "production"])
+    p.add_argument("--approval", dest="approval_id")
+    p.set_defaults(
+        func=_api_command(
+            lambda a: _call(
+                a,
+                "POST",
+                "/v1/deployments",
+                {
+                    "release_id": a.release_id,
+                    "environment": a.environment,
+                    **({"approval_id": a.approval_id} if a.approval_id else {}),
+                },
+            )
+        )
+    )
+    for name, suffix, helptext in (
+        ("current", "", "the active deployment"),
+        ("history", "/history", "past deployments"),
+    ):
+        p = dep.add_parser(name, help=helptext)
+        p.add_argument("environment", choices=["dev", "staging", "production"])
+        p.add_argument("repository")
+        p.add_argument("project")
+        p.set_defaults(
+            func=_api_command(
+                lambda a, suffix=suffix: _call(
+                    a, "GET", f"/v1/deployments/{a.environment}/{_repo(a.repository)}/{a.project}{suffix}"
+                )
+            )
+        )
+
+    apr = sub.add_parser("approvals", help="approvals").add_subparsers(dest="approvals_command", required=True)
+    p = apr.add_parser("create", help="approve a release for an environment")
+    p.add_argument("--release", required=True, dest="release_id")
+    p.add_argument("--environment", required=True, choices=["dev", "staging", "production"])
+    p.add_argument("--justification", required=True)
+    p.set_defaults(
+        func=_api_command(
+            lambda a: _call(
+                a,
+                "POST",
+                "/v1/approvals",
+                {"release_id": a.release_id, "environment": a.environment, "justification": a.justification},
+            )
+        )
+    )
+    p = apr.add_parser("get", help="the approval status of a release in an environment")
+    p.add_argument("release_id")
+    p.add_argument("environment", choices=["dev", "staging", "production"])
+    p.set_defaults(func=_api_command(lambda a: _call(a, "GET", f"/v1/approvals/{a.release_id}/{a.environment}")))
+    p = apr.add_parser("revoke", help="revoke an approval")
+    p.add_argument("approval_id")
+    p.set_defaults(func=_api_command(lambda a: _call(a, "DELETE", f"/v1/approvals/{a.approval_id}")))
+
+
+def _create_release(args: argparse.Namespace) -> Any:
+    artifacts = []
+    for spec in args.artifact:
+        parts = spec.split(":", 3)
+        if len(parts) != 4:
+            raise ApiError(f"--artifact {spec!r}: expected NAME:TYPE:TRACKING_URI:PUBLISHED_URI")
+        name, kind, tracking, published = parts
+        artifacts.append({"name": name, "type": kind, "tracking_oci_uri": tracking, "primary_published_uri": published})
+    body = {
+        "repository": args.repository,
+        "project": args.project,
+        "commit_sha": args.commit_sha,
+        "artifacts": artifacts,
+    }
+    return _call(args, "POST", "/v1/releases", body)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forge", description="Forge CI/CD platform command line")
+    parser.add_argument("--api", default=os.environ.get("FORGE_API_URL", "http://127.0.0.1:8080"), help="gateway URL")
+    parser.add_argument("--token", default=None, help="bearer token (default: $FORGE_TOKEN)")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_api_commands(sub)
     dev = sub.add_parser("dev", help="local development helpers").add_subparsers(dest="dev_command", required=True)
     tok = dev.add_parser("token", help="print an access token the local dev platform accepts")
     tok.add_argument("--sub", required=True, help="subject (an e-mail for users)")
