@@ -288,7 +288,7 @@ class Proxy:
                 except ValueError:
                     raise InvalidRequest("Content-Length is not a number", {"field": "Content-Length"}) from None
                 if size > self.max_body:
-                    raise _too_large(self.max_body)
+                    raise _too_large(self.max_body, close=size > 4 * self.max_body)
                 if 0 < size <= _BUFFER_BELOW:
                     data = await _read_body(receive)
                     if data is None:
@@ -413,9 +413,12 @@ class Proxy:
         return resp.status
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
+def _too_large(limit: int, close: bool = False) -> PayloadTooLarge:
+    # The connection normally stays open: uvicorn reads and discards the rest of the body (never
+    # buffering it), so the client, still sending, gets to read the 413 instead of a reset.
+    # Only absurd declared sizes are cut off at once.
     return PayloadTooLarge(
-        f"request body exceeds the limit of {limit} bytes", {"limit": limit}, {"Connection": "close"}
+        f"request body exceeds the limit of {limit} bytes", {"limit": limit}, {"Connection": "close"} if close else None
     )
 
 
