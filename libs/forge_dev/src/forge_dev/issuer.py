@@ -89,7 +89,9 @@ def main() -> None:
     issuer = os.environ.get("FORGE_OIDC_ISSUER", f"http://127.0.0.1:{port}/realms/forge")
     data_dir = Path(os.environ.get("FORGE_DATA_DIR") or default_data_dir())
     keys = IssuerKeys.load_or_create(data_dir / "issuer" / "keys.json", issuer)
-    uvicorn.run(create_issuer_app(keys), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    # FORGE_ISSUER_HOST=0.0.0.0 lets other containers reach it (docker-compose.yml); loopback otherwise.
+    host = os.environ.get("FORGE_ISSUER_HOST", "127.0.0.1")
+    uvicorn.run(create_issuer_app(keys), host=host, port=port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":
