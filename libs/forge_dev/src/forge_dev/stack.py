@@ -76,8 +76,10 @@ class Process:
     url: str = ""
     log_path: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    stopped: bool = False  # stopped on purpose (by a test), not died
 
     def stop(self, timeout: float = 10.0) -> None:
+        self.stopped = True
         if self.popen.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -88,6 +90,7 @@ class Process:
             self.kill()
 
     def kill(self) -> None:
+        self.stopped = True
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait(10)
@@ -323,4 +326,4 @@ class Stack:
         self.workers.clear()
 
     def dead(self) -> list[str]:
-        return [p.name for p in self.infra.processes if p.popen.poll() is not None]
+        return [p.name for p in self.infra.processes if p.popen.poll() is not None and not p.stopped]

@@ -87,7 +87,7 @@ async def handle(runtime: Runtime, headers: dict[str, str], body: bytes) -> tupl
     async with runtime.pool.connection() as conn, conn.transaction():
         if not await store.record_delivery(conn, delivery_id, event, "processing"):
             previous = await store.delivery(conn, delivery_id)
-            log.info("github.webhook_redelivery", delivery_id=delivery_id, event=event)
+            log.info("github.webhook_redelivery", delivery_id=delivery_id, webhook_event=event)
             return 200, {
                 "status": "duplicate",
                 "delivery_id": delivery_id,
