@@ -12,10 +12,11 @@ import httpx
 class Api:
     """A thin client of the release API with one identity."""
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, headers: dict[str, str]) -> None:
+    def __init__(self, http: httpx.AsyncClient, base_url: str, headers: dict[str, str], identity: str = "") -> None:
         self.http = http
         self.base = base_url
         self.headers = headers
+        self.identity = identity  # what the platform records as created_by / triggered_by
 
     async def create(self, body: dict[str, Any]) -> httpx.Response:
         return await self.http.post(f"{self.base}/v1/releases", json=body, headers=self.headers)

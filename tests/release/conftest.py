@@ -3,6 +3,7 @@ HTTP clients per role, and helpers that build valid requests with unique names."
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -16,7 +17,7 @@ from ._support import Api
 @pytest.fixture(scope="session")
 def base_url(platform: Platform) -> str:
     """Where the tests send requests: the gateway, as a client would."""
-    return platform.service_url("release")
+    return platform.gateway_url
 
 
 @pytest.fixture(scope="session")
@@ -25,16 +26,25 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.fixture(scope="session")
+# A fresh identity per test: the gateway rate-limits per user (1000 requests per minute), and
+# the whole session shares one platform.
+def _user(http: httpx.AsyncClient, base_url: str, platform: Platform, role: str) -> Api:
+    email = f"{role}-{uuid.uuid4().hex[:8]}@example.com"
+    return Api(http, base_url, platform.headers(email, role), email)
+
+
+@pytest.fixture
 def developer(http: httpx.AsyncClient, base_url: str, platform: Platform) -> Api:
-    return Api(http, base_url, platform.headers("dev@example.com", "developer"))
+    return _user(http, base_url, platform, "developer")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def viewer(http: httpx.AsyncClient, base_url: str, platform: Platform) -> Api:
-    return Api(http, base_url, platform.headers("viewer@example.com", "viewer"))
+    return _user(http, base_url, platform, "viewer")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def worker(http: httpx.AsyncClient, base_url: str, platform: Platform) -> Api:
-    return Api(http, base_url, platform.headers("service-account-forge-worker", "worker", service_account=True))
+    sub = f"worker-{uuid.uuid4().hex[:8]}"
+    headers = platform.headers(sub, "worker", service_account=True)
+    return Api(http, base_url, headers, "service-account-forge-worker")

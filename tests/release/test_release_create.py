@@ -56,11 +56,11 @@ async def test_get_by_uuid_returns_every_field_of_the_spec(developer: Api) -> No
         "oci_uri": created["oci_uri"],
         "oci_digest": created["oci_digest"],
         "created_at": created["created_at"],
-        "created_by": "dev@example.com",
+        "created_by": developer.identity,
         "pipeline_run_id": None,
         "artifacts": arts,
         "aliases": [{"alias": "1", "alias_type": "numeric"}],
-        "trigger": {"trigger_type": "manual", "branch": None, "tag": None, "triggered_by": "dev@example.com"},
+        "trigger": {"trigger_type": "manual", "branch": None, "tag": None, "triggered_by": developer.identity},
     }
 
 
@@ -227,12 +227,12 @@ async def test_worker_creates_with_run_and_trigger(worker: Api, viewer: Api) -> 
     assert resp.status_code == 201, resp.text
     got = (await viewer.get(f"/v1/releases/{resp.json()['id']}")).json()
     assert got["pipeline_run_id"] == run_id
-    assert got["created_by"] == "service-account-forge-worker"
+    assert got["created_by"] == worker.identity
     assert got["trigger"] == {
         "trigger_type": "branch_push",
         "branch": "main",
         "tag": None,
-        "triggered_by": "service-account-forge-worker",
+        "triggered_by": worker.identity,
     }
     assert {"alias": "main", "alias_type": "branch"} in got["aliases"]
     # Workers create releases but do not manage aliases.

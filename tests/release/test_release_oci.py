@@ -92,7 +92,7 @@ async def test_embedded_layout_holds_the_release_with_its_digest(developer: Api,
         "trigger_type": "tag",
         "branch": None,
         "tag": "v1.4.0",
-        "triggered_by": "dev@example.com",
+        "triggered_by": developer.identity,
     }
 
 
