@@ -113,12 +113,42 @@ class Cell:
         self.workers.append(proc)
         return proc
 
+    def wait_workers(self, count: int, timeout: float = 30.0) -> None:
+        """Until ``count`` workers pull (each keeps 8 pull requests open on the ci consumer)."""
+        asyncio.run(self._wait_workers(count * 8, timeout))
+
+    async def _wait_workers(self, waiting: int, timeout: float) -> None:
+        import nats
+
+        from forge_common import jobs
+        from forge_common.nats import Names
+
+        names = Names(self.prefix)
+        nc = await nats.connect(self.platform.nats_url)
+        try:
+            js = nc.jetstream()
+            deadline = time.monotonic() + timeout
+            while True:
+                with contextlib.suppress(Exception):
+                    info = await js.consumer_info(names.stream(jobs.JOBS_STREAM), jobs.consumer_name(names, "ci"))
+                    if (info.num_waiting or 0) >= waiting:
+                        return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{waiting // 8} workers did not start pulling in {timeout}s")
+                await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+
     @property
     def url(self) -> str:
         alive = [p for p in self.pipelines if p.popen.poll() is None]
         return alive[0].url
 
     def close(self) -> None:
+        if os.environ.get("FORGE_EXEC_DUMP_LOGS"):
+            for proc in [*self.pipelines, *self.workers]:
+                if proc.log_path and proc.log_path.exists():
+                    print(f"----- {proc.name} -----\n{proc.log_path.read_text(errors='replace')[-20000:]}")  # noqa: T201
         for proc in [*self.workers, *self.pipelines]:
             with contextlib.suppress(Exception):
                 proc.stop(timeout=5)
@@ -238,6 +268,7 @@ def cell(platform: Platform) -> Iterator[Cell]:
         c.start_pipeline()
         c.start_worker()
         c.start_worker()
+        c.wait_workers(2)
         yield c
     finally:
         c.close()

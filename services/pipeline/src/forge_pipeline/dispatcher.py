@@ -38,7 +38,7 @@ from nats.js.errors import NotFoundError
 from forge_common import jobs
 from forge_common.jobs import JobSettings
 from forge_common.outbox import add_message
-from forge_common.results import resolve_result
+from forge_common.results import encode_result, resolve_result
 from forge_common.runtime import Runtime
 from forge_common.settings import load
 
@@ -348,7 +348,9 @@ class RunDriver:
             "Nats-Msg-Id": msg_id,
         }
         subject = jobs.job_subject(self.names, job_type, self.run_id, job_id)
-        await self.rt.js.publish(subject, _encode(payload), headers=headers, timeout=5.0)
+        # A job over 1 MB (huge step commands) travels through S3 like a large result.
+        body = await encode_result(self.rt.s3, self.run_id, f"{job_type}-job", job_id, payload)
+        await self.rt.js.publish(subject, body, headers=headers, timeout=5.0)
 
     async def _reply(self, raw: bytes) -> jobs.JobReply:
         value = await resolve_result(self.rt.s3, raw)

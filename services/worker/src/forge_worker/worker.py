@@ -29,7 +29,7 @@ from forge_common import jobs
 from forge_common.client import ClientCredentials, ServiceClient
 from forge_common.jobs import JobReply, JobSettings, JobType
 from forge_common.nats import Names, connect
-from forge_common.results import encode_result
+from forge_common.results import encode_result, resolve_result
 from forge_common.s3 import S3
 
 from .discovery import ConfigError, discover
@@ -41,7 +41,6 @@ from .steps import ProcessTable, StepRunner, log_key
 __all__ = ["Worker"]
 
 log = structlog.get_logger(__name__)
-_decode = msgspec.json.decode
 
 
 class StepJob(msgspec.Struct, kw_only=True):
@@ -156,19 +155,25 @@ class Worker:
         log.info("worker.started", types=self.settings.job_types(), concurrency=self.settings.worker_concurrency)
 
     async def stop(self) -> None:
+        """Stop pulling; let running jobs finish for ``shutdown_grace``, then kill their steps
+        (the jobs are naked and redelivered elsewhere)."""
         self._stopping.set()
+        busy = set(self._inflight)
         for task in self._loops:
-            task.cancel()
+            if task not in busy:
+                task.cancel()
+        if busy:
+            log.info("worker.draining", jobs=len(busy))
+            _, pending = await asyncio.wait(busy, timeout=self.settings.shutdown_grace)
+            if pending:
+                for run_id in list(self.table.by_run):
+                    self.table.cancel_run(run_id)
+                _, pending = await asyncio.wait(pending, timeout=self.settings.step_kill_grace + 2)
+            for task in pending:
+                task.cancel()
         for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._inflight:
-            log.info("worker.draining", jobs=len(self._inflight))
-            _, pending = await asyncio.wait(self._inflight, timeout=self.settings.shutdown_grace)
-            for run_id in list(self.table.by_run):
-                self.table.cancel_run(run_id)
-            if pending:
-                await asyncio.wait(pending, timeout=self.settings.step_kill_grace + 5)
         await self.reporter.close()
         await self.releases.close()
         if self._s3_cm is not None:
@@ -224,7 +229,7 @@ class Worker:
         beat = asyncio.create_task(self._heartbeat(msg, job_type))
         payload: dict[str, Any] = {}
         try:
-            payload = _decode(msg.data)
+            payload = await resolve_result(self.s3, msg.data)
             run_id = str(payload.get("run_id", ""))
             job_id = str(payload.get("job_id", ""))
             if run_id in self._cancelled:
