@@ -379,6 +379,12 @@ async def test_revocation_is_immediately_visible_to_the_check(
         "reason": "incident INC-7",
     }
 
+    by_id = await approvals.http.get(
+        f"{approvals.base}/v1/approvals/{aid}", headers=approvals.headers("v@example.com", "viewer")
+    )
+    assert by_id.status_code == 200, by_id.text
+    assert by_id.json() == current
+
     again = await approvals.revoke(aid, unique_user("security"))
     err = error(again, 409, "resource_conflict")
     assert err["details"]["status"] == "revoked"
@@ -417,6 +423,11 @@ async def test_a_revoked_approval_can_be_replaced(approvals: Approvals, create_r
 
 async def test_revocation_errors(approvals: Approvals) -> None:
     missing = str(uuid.uuid4())
+    viewer = approvals.headers("v@example.com", "viewer")
+    error(
+        await approvals.http.get(f"{approvals.base}/v1/approvals/{missing}", headers=viewer), 404, "resource_not_found"
+    )
+    error(await approvals.http.get(f"{approvals.base}/v1/approvals/nope", headers=viewer), 400, "invalid_request")
     err = error(await approvals.revoke(missing, unique_user("approver")), 404, "resource_not_found")
     assert missing in err["message"]
     err = error(await approvals.revoke("nope", unique_user("approver")), 400, "invalid_request")

@@ -65,6 +65,13 @@ async def get_approval(release_id: str, environment: str, runtime: Runtime) -> A
     return ApprovalView.of(approval, status)
 
 
+@get("/v1/approvals/{approval_id:str}", opt={"permission": Permission.READ})
+async def get_approval_by_id(approval_id: str, runtime: Runtime) -> ApprovalView:
+    """One approval by its id, whatever its status (extension)."""
+    approval, status = await _service(runtime).get(approval_id)
+    return ApprovalView.of(approval, status)
+
+
 @delete("/v1/approvals/{approval_id:str}", status_code=200, opt={"permission": Permission.APPROVALS_WRITE})
 async def revoke_approval(
     approval_id: str,
@@ -90,4 +97,4 @@ async def revoke_approval(
     return ApprovalView.of(approval, status)
 
 
-ROUTES: list[Any] = [create_approval, check_approval, get_approval, revoke_approval]
+ROUTES: list[Any] = [create_approval, check_approval, get_approval, get_approval_by_id, revoke_approval]

@@ -104,6 +104,14 @@ class ApprovalService:
             raise NotFound(f"release {rid} has no approval for {env}", {"release_id": rid, "environment": env})
         return approval, approval.status_at(self.clock())
 
+    async def get(self, approval_id: str) -> tuple[Approval, ApprovalStatus]:
+        aid = domain.parse_uuid(approval_id, "approval_id")
+        async with self.uow.read() as approvals:
+            approval = await approvals.get(aid)
+        if approval is None:
+            raise NotFound(f"approval {aid} does not exist", {"approval_id": aid})
+        return approval, approval.status_at(self.clock())
+
     async def revoke(self, cmd: RevokeApproval) -> tuple[Approval, ApprovalStatus]:
         approval_id = domain.parse_uuid(cmd.approval_id, "approval_id")
         reason = domain.normalize_reason(cmd.reason)
