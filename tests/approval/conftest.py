@@ -11,17 +11,13 @@ import pytest
 
 from forge_dev.testing import Platform
 
-# Every request goes where a client's would: the gateway. (Before the gateway proxied /v1 the
-# tests talked to the services directly; only this fixture knew.)
-THROUGH_GATEWAY = True
-
 
 @pytest.fixture(scope="session")
 def api_url(platform: Platform) -> Callable[[str], str]:
-    """Base URL that serves the routes of ``service``."""
+    """Base URL that serves the routes of ``service`` for a client: always the gateway."""
 
     def url(service: str) -> str:
-        return platform.gateway_url if THROUGH_GATEWAY else platform.service_url(service)
+        return platform.gateway_url
 
     return url
 
