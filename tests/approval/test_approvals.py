@@ -300,7 +300,9 @@ async def test_a_second_active_approval_conflicts(approvals: Approvals, create_r
     assert err["details"]["expires_at"] == first["expires_at"]
 
 
-async def test_concurrent_approvals_store_exactly_one(approvals: Approvals, create_release: CreateRelease) -> None:
+async def test_concurrent_approvals_store_exactly_one(
+    platform: Platform, approvals: Approvals, create_release: CreateRelease
+) -> None:
     release = await create_release()
     responses = await asyncio.gather(
         *(approvals.create(unique_user("approver"), body(release["id"])) for _ in range(8))
@@ -314,6 +316,9 @@ async def test_concurrent_approvals_store_exactly_one(approvals: Approvals, crea
         if r.status_code == 409
     )
     assert (await approvals.get(release["id"], "production")).json()["approval_id"] == winner["approval_id"]
+    await wait_for_event(platform, "approval.created", lambda e: e["data"]["approval_id"] == winner["approval_id"])
+    events = await read_events(platform, "approval.created", lambda e: e["data"]["release_id"] == release["id"])
+    assert [e["data"]["approval_id"] for e in events] == [winner["approval_id"]]
 
 
 # --- read errors ------------------------------------------------------------------------------------
