@@ -183,18 +183,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def _write_temp(target: Path, data: bytes) -> Path:
+    """Write ``data`` next to ``target`` under a temporary name (not yet durable)."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return Path(tmp)
+
+
+def _fsync_files(paths: list[Path]) -> None:
+    # All data is written before the first fsync: one journal commit then carries most of it,
+    # and the following fsyncs find little left to do.
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -211,8 +216,9 @@ def _locked(path: Path) -> Iterator[None]:
 class LayoutPublisher:
     """One OCI image layout per ``{repository}/{project}``; the commit SHA is the ref name."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, fsync: bool = True) -> None:
         self.root = root
+        self.fsync = fsync
 
     def layout_dir(self, repository_path: str) -> Path:
         return self.root / repository_path
@@ -227,30 +233,49 @@ class LayoutPublisher:
         return None
 
     def _publish(self, artifact: OciArtifact) -> str:
+        """Crash-safe: blobs become visible (rename) only once durable, and index.json, which
+        makes the tag point at the manifest, is replaced last, atomically."""
         layout = self.layout_dir(artifact.repository)
         blobs = layout / "blobs" / "sha256"
         blobs.mkdir(parents=True, exist_ok=True)
-        marker = layout / "oci-layout"
-        if not marker.exists():
-            _atomic_write(marker, _canonical({"imageLayoutVersion": "1.0.0"}))
-        for blob in (artifact.config, artifact.layer, artifact.manifest):
-            target = blobs / blob.digest.removeprefix("sha256:")
-            if not target.exists():
-                _atomic_write(target, blob.data)
-        with _locked(layout / ".index.lock"):
-            index_path = layout / "index.json"
-            index: dict[str, Any] = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}
-            if index_path.exists():
-                index = json.loads(index_path.read_bytes())
-            entries = [
-                m for m in index.get("manifests", []) if (m.get("annotations") or {}).get(REF_NAME) != artifact.tag
-            ]
-            entry = artifact.manifest.descriptor({REF_NAME: artifact.tag})
-            entry["artifactType"] = ARTIFACT_TYPE
-            entries.append(entry)
-            index["manifests"] = entries
-            _atomic_write(index_path, _canonical(index))
-            _fsync_dir(layout)
+        temps: list[Path] = []
+        try:
+            pending: list[tuple[Path, Path]] = []
+            marker = layout / "oci-layout"
+            if not marker.exists():
+                pending.append((_write_temp(marker, _canonical({"imageLayoutVersion": "1.0.0"})), marker))
+            for blob in (artifact.config, artifact.layer, artifact.manifest):
+                target = blobs / blob.digest.removeprefix("sha256:")
+                if not target.exists():
+                    pending.append((_write_temp(target, blob.data), target))
+            temps = [tmp for tmp, _ in pending]
+            with _locked(layout / ".index.lock"):
+                index_path = layout / "index.json"
+                index: dict[str, Any] = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}
+                if index_path.exists():
+                    index = json.loads(index_path.read_bytes())
+                entries = [
+                    m for m in index.get("manifests", []) if (m.get("annotations") or {}).get(REF_NAME) != artifact.tag
+                ]
+                entry = artifact.manifest.descriptor({REF_NAME: artifact.tag})
+                entry["artifactType"] = ARTIFACT_TYPE
+                entries.append(entry)
+                index["manifests"] = entries
+                index_tmp = _write_temp(index_path, _canonical(index))
+                temps.append(index_tmp)
+                if self.fsync:
+                    _fsync_files(temps)
+                for tmp, target in pending:
+                    os.replace(tmp, target)
+                if self.fsync and pending:
+                    _fsync_dir(blobs)
+                os.replace(index_tmp, index_path)
+                if self.fsync:
+                    _fsync_dir(layout)
+        finally:
+            for tmp in temps:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
         return artifact.digest
 
 
@@ -359,4 +384,4 @@ def make_publisher(settings: Settings) -> Publisher:
         return RegistryPublisher(
             settings.oci_registry, settings.oci_insecure, settings.oci_username, settings.oci_password
         )
-    return LayoutPublisher(settings.layout_root)
+    return LayoutPublisher(settings.layout_root, settings.oci_layout_fsync)

@@ -17,6 +17,7 @@ the manifest whose digest the release records.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -95,13 +96,16 @@ class ReleaseService:
     async def _create(self, release: NewRelease) -> dict[str, Any]:
         async with self.pool.connection() as conn, conn.transaction():
             number = await store.bump_counter(conn, release.repository, release.project)
-            existing = await store.find_by_commit(conn, release.repository, release.project, release.commit_sha)
+            wanted = creation_aliases(release.trigger, number)
+            existing, held = await store.existing_and_aliases(
+                conn, release.repository, release.project, release.commit_sha, [a for a, _ in wanted]
+            )
             if existing is not None:
                 raise Conflict(
                     f"a release of {release.repository}/{release.project} at commit {release.commit_sha} already exists",
                     {"existing_id": existing["id"], "release_number": int(existing["release_number"])},
                 )
-            aliases = await self._creation_aliases(conn, release, number)
+            aliases = self._creation_aliases(release, wanted, held)
             artifact = build_artifact(release, number)
             oci_uri = self.publisher.uri(release.repository, release.project, release.commit_sha)
             await store.insert_release(conn, release, number, oci_uri, artifact.digest, aliases)
@@ -136,9 +140,10 @@ class ReleaseService:
             "created_at": isoformat(release.created_at),
         }
 
-    async def _creation_aliases(self, conn: store.Conn, release: NewRelease, number: int) -> list[tuple[str, str]]:
-        wanted = creation_aliases(release.trigger, number)
-        current = await store.get_aliases(conn, release.repository, release.project, [a for a, _ in wanted])
+    @staticmethod
+    def _creation_aliases(
+        release: NewRelease, wanted: Sequence[tuple[str, str]], current: dict[str, AliasRow]
+    ) -> list[tuple[str, str]]:
         result: list[tuple[str, str]] = []
         for alias, alias_type in wanted:
             held = current.get(alias)

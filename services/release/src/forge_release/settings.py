@@ -16,6 +16,9 @@ class Settings(CommonSettings, kw_only=True):
     oci_password: str = ""
     # Embedded layout root; default ``<data_dir>/oci``.
     oci_layout_dir: str = ""
+    # fsync the layout before the release commits, so a power loss cannot leave a committed
+    # release whose artifact is gone. Turning it off keeps process-crash safety only.
+    oci_layout_fsync: bool = True
     data_dir: str = ".forge-data"
 
     @property

@@ -14,6 +14,7 @@ __all__ = [
     "bump_counter",
     "count_and_page",
     "delete_alias",
+    "existing_and_aliases",
     "find_by_commit",
     "get_aliases",
     "insert_release",
@@ -100,39 +101,78 @@ async def insert_release(
     oci_digest: str,
     aliases: list[tuple[str, str]],
 ) -> None:
-    await conn.execute(
-        "INSERT INTO release.releases (id, repository, project, commit_sha, release_number, pipeline_run_id, "
-        "oci_uri, oci_digest, created_by, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (
-            release.id,
-            release.repository,
-            release.project,
-            release.commit_sha,
-            number,
-            release.pipeline_run_id,
-            oci_uri,
-            oci_digest,
-            release.created_by,
-            release.created_at,
-        ),
-    )
+    """Release, trigger, artifacts and aliases in one statement (one round trip while the
+    project's lock is held). A branch alias already held by an older release moves here."""
     t = release.trigger
+    arts = release.artifacts
     await conn.execute(
-        "INSERT INTO release.triggers (release_id, trigger_type, branch, tag, triggered_by) VALUES (%s, %s, %s, %s, %s)",
-        (release.id, t.trigger_type, t.branch, t.tag, t.triggered_by),
+        """
+WITH r AS (
+    INSERT INTO release.releases (id, repository, project, commit_sha, release_number, pipeline_run_id,
+                                  oci_uri, oci_digest, created_by, created_at)
+    VALUES (%(id)s, %(repository)s, %(project)s, %(sha)s, %(number)s, %(run)s, %(uri)s, %(digest)s, %(by)s, %(at)s)
+    RETURNING id
+), t AS (
+    INSERT INTO release.triggers (release_id, trigger_type, branch, tag, triggered_by)
+    SELECT r.id, %(ttype)s::release.trigger_type, %(branch)s, %(tag)s, %(tby)s FROM r
+), a AS (
+    INSERT INTO release.artifacts (release_id, name, position, artifact_type, tracking_oci_uri, primary_published_uri)
+    SELECT r.id, x.name, x.position, x.type::release.artifact_type, x.tracking, x.published
+    FROM r, unnest(%(a_name)s::text[], %(a_pos)s::int[], %(a_type)s::text[], %(a_track)s::text[], %(a_pub)s::text[])
+         AS x(name, position, type, tracking, published)
+)
+INSERT INTO release.aliases AS l (repository, project, alias, release_id, alias_type, created_at)
+SELECT %(repository)s, %(project)s, y.alias, r.id, y.type::release.alias_type, now()
+FROM r, unnest(%(l_alias)s::text[], %(l_type)s::text[]) AS y(alias, type)
+ON CONFLICT (repository, project, alias) DO UPDATE SET release_id = EXCLUDED.release_id, created_at = now()
+WHERE l.alias_type = 'branch' AND EXCLUDED.alias_type = 'branch'
+""",
+        {
+            "id": release.id,
+            "repository": release.repository,
+            "project": release.project,
+            "sha": release.commit_sha,
+            "number": number,
+            "run": release.pipeline_run_id,
+            "uri": oci_uri,
+            "digest": oci_digest,
+            "by": release.created_by,
+            "at": release.created_at,
+            "ttype": t.trigger_type,
+            "branch": t.branch,
+            "tag": t.tag,
+            "tby": t.triggered_by,
+            "a_name": [a.name for a in arts],
+            "a_pos": list(range(len(arts))),
+            "a_type": [a.type for a in arts],
+            "a_track": [a.tracking_oci_uri for a in arts],
+            "a_pub": [a.primary_published_uri for a in arts],
+            "l_alias": [alias for alias, _ in aliases],
+            "l_type": [alias_type for _, alias_type in aliases],
+        },
     )
-    if release.artifacts:
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO release.artifacts (release_id, name, position, artifact_type, tracking_oci_uri, "
-                "primary_published_uri) VALUES (%s, %s, %s, %s, %s, %s)",
-                [
-                    (release.id, a.name, i, a.type, a.tracking_oci_uri, a.primary_published_uri)
-                    for i, a in enumerate(release.artifacts)
-                ],
-            )
-    for alias, alias_type in aliases:
-        await put_alias(conn, release.repository, release.project, alias, release.id, alias_type)
+
+
+async def existing_and_aliases(
+    conn: Conn, repository: str, project: str, commit_sha: str, aliases: list[str]
+) -> tuple[dict[str, Any] | None, dict[str, AliasRow]]:
+    """The release of this commit, if any, and who holds the given alias names: one round trip."""
+    cur = await conn.execute(
+        "SELECT (SELECT json_build_object('id', id, 'release_number', release_number) FROM release.releases "
+        "        WHERE repository = %(r)s AND project = %(p)s AND commit_sha = %(sha)s) AS existing, "
+        "       COALESCE((SELECT json_agg(json_build_object('alias', l.alias, 'alias_type', l.alias_type, "
+        "                 'release_id', l.release_id, 'release_number', x.release_number)) "
+        "        FROM release.aliases l JOIN release.releases x ON x.id = l.release_id "
+        "        WHERE l.repository = %(r)s AND l.project = %(p)s AND l.alias = ANY(%(aliases)s)), '[]'::json) AS aliases",
+        {"r": repository, "p": project, "sha": commit_sha, "aliases": aliases},
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    held = {
+        a["alias"]: AliasRow(a["alias"], a["alias_type"], str(a["release_id"]), int(a["release_number"]))
+        for a in row["aliases"]
+    }
+    return row["existing"], held
 
 
 async def put_alias(conn: Conn, repository: str, project: str, alias: str, release_id: str, alias_type: str) -> None:
