@@ -15,15 +15,16 @@ def _git(*args: str, cwd: Path | None = None) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-async def _open(remote: Path, workdir: Path, branch: str = "main") -> GitOpsRepository:
-    repo = GitOpsRepository(remote.as_uri(), branch, workdir, Author("Forge", "forge@forge.invalid"))
+async def _open(remote: Path, workdir: Path, use_cli: bool = False) -> GitOpsRepository:
+    repo = GitOpsRepository(remote.as_uri(), "main", workdir, Author("Forge", "forge@forge.invalid"), use_cli=use_cli)
     await repo.open()
     return repo
 
 
-async def test_creates_missing_embedded_repository_and_lands_one_commit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_cli", [False, True], ids=["local", "cli"])
+async def test_creates_missing_embedded_repository_and_lands_one_commit(tmp_path: Path, use_cli: bool) -> None:
     remote = tmp_path / "gitops.git"
-    repo = await _open(remote, tmp_path / "w1")
+    repo = await _open(remote, tmp_path / "w1", use_cli)
     assert (remote / "HEAD").exists()
     assert await repo.fetch() is None  # empty repository: no branch yet
 
@@ -37,9 +38,10 @@ async def test_creates_missing_embedded_repository_and_lands_one_commit(tmp_path
     assert log.strip() == "alice@x.io <alice@x.io>|Forge|Deploy one"
 
 
-async def test_concurrent_writers_in_two_replicas_never_lose_a_commit(tmp_path: Path) -> None:
+async def test_concurrent_writers_in_several_replicas_never_lose_a_commit(tmp_path: Path) -> None:
     remote = tmp_path / "gitops.git"
-    replicas = [await _open(remote, tmp_path / f"w{i}") for i in range(3)]
+    # Two in-process writers and one pushing with the git CLI, all racing on one branch.
+    replicas = [await _open(remote, tmp_path / f"w{i}", use_cli=i == 2) for i in range(3)]
 
     async def deploy(i: int) -> str:
         repo = replicas[i % len(replicas)]
@@ -60,14 +62,17 @@ async def test_concurrent_writers_in_two_replicas_never_lose_a_commit(tmp_path: 
         assert content == f"{i}\n"
 
 
-async def test_reads_files_and_ancestry(tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_cli", [False, True], ids=["local", "cli"])
+async def test_reads_files_and_ancestry(tmp_path: Path, use_cli: bool) -> None:
     remote = tmp_path / "gitops.git"
-    repo = await _open(remote, tmp_path / "w")
+    repo = await _open(remote, tmp_path / "w", use_cli)
     first = await repo.commit_file("f.yaml", b"1\n", "one\n", Author.of("a"))
     second = await repo.commit_file("f.yaml", b"2\n", "two\n", Author.of("a"))
     assert await repo.read_file(first, "f.yaml") == b"1\n"
     assert await repo.read_file(second, "f.yaml") == b"2\n"
     assert await repo.read_file(second, "missing.yaml") is None
+    assert await repo.read_file(second, "f.yaml/below") is None
+    assert await repo.fetch() == second
     assert await repo.is_ancestor(first, second)
     assert not await repo.is_ancestor(second, first)
     assert await repo.has_commit(second)

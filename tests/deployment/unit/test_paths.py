@@ -6,11 +6,11 @@ import pytest
 
 from forge_common.errors import InvalidRequest, NotFound
 from forge_deployment.domain import Target
-from forge_deployment.paths import parse_target_path, raw_path_segments
+from forge_deployment.paths import PREFIX, parse_target_path, raw_path_segments
 
 
 def _parse(raw: str) -> tuple[Target, bool]:
-    parsed = parse_target_path(raw_path_segments({"raw_path": raw.encode(), "path": "ignored"}))
+    parsed = parse_target_path(raw_path_segments({"raw_path": raw.encode(), "path": "ignored"}, PREFIX))
     return parsed.target, parsed.history
 
 
@@ -22,9 +22,9 @@ def _parse(raw: str) -> tuple[Target, bool]:
         ("/v1/deployments/dev/acme%2fshop/api/", Target("dev", "acme/shop", "api"), False),
         ("/v1/deployments/production/acme/shop/api/history", Target("production", "acme/shop", "api"), True),
         ("/v1/deployments/staging/acme%2Fshop/api/history", Target("staging", "acme/shop", "api"), True),
-        ("/v1/deployments/dev/mono/web", Target("dev", "mono", "web"), False),
-        ("/v1/deployments/dev/mono/web/history", Target("dev", "mono", "web"), True),
         ("/v1/deployments/dev/acme%2Fshop/history", Target("dev", "acme/shop", "history"), False),
+        ("/v1/deployments/dev/acme/shop/history", Target("dev", "acme/shop", "history"), False),
+        ("/v1/deployments/dev/acme/shop/history/history", Target("dev", "acme/shop", "history"), True),
         ("/v1/deployments/dev/acme/shop/my%20api", Target("dev", "acme/shop", "my api"), False),
     ],
 )
@@ -34,7 +34,15 @@ def test_parses_both_repo_forms(raw: str, target: Target, history: bool) -> None
 
 @pytest.mark.parametrize(
     "raw",
-    ["/v1/deployments/dev", "/v1/deployments/dev/a", "/v1/deployments/dev/a/b/c/d/e", "/v1/deployments/dev//api"],
+    [
+        "/v1/deployments/dev",
+        "/v1/deployments/dev/a",
+        "/v1/deployments/dev/mono/web",
+        "/v1/deployments/dev/a/b/c/d",
+        "/v1/deployments/dev/a%2Fb/c/d",
+        "/v1/deployments/dev/a/b/c/history/x",
+        "/v1/deployments/dev//api",
+    ],
 )
 def test_other_shapes_are_not_found(raw: str) -> None:
     with pytest.raises(NotFound):
@@ -48,5 +56,10 @@ def test_unknown_environment_is_a_bad_request() -> None:
 
 
 def test_falls_back_to_the_decoded_path() -> None:
-    parsed = parse_target_path(raw_path_segments({"path": "/v1/deployments/dev/acme/shop/api"}))
+    parsed = parse_target_path(raw_path_segments({"path": "/v1/deployments/dev/acme/shop/api"}, PREFIX))
     assert parsed.target == Target("dev", "acme/shop", "api")
+
+
+def test_badly_encoded_path_is_a_bad_request() -> None:
+    with pytest.raises(InvalidRequest):
+        _parse("/v1/deployments/dev/acme%ff/api")

@@ -1,18 +1,22 @@
-"""The GitOps repository, through the git CLI.
+"""The GitOps repository.
 
-Each process keeps a private *bare* clone and builds commits with plumbing (a temporary index,
-``commit-tree``) on top of the freshly fetched branch head, then pushes ``sha:refs/heads/branch``.
-No working tree means no checkout cost and nothing to clean up after a failed attempt.
+A commit's objects (blob, trees, commit) are written in-process with dulwich on top of the
+branch head; nothing is checked out. Two ways to land it:
+
+* **local** (a ``file://`` URL or a path, the embedded default): the objects go straight into the
+  bare repository and the branch moves by compare-and-swap on the ref (git's own ``.lock``
+  protocol, so it is safe next to ``git push`` from anyone else). No git process at all.
+* **remote** (any other URL): each process keeps a private bare clone; the git CLI fetches and
+  pushes ``sha:refs/heads/branch``, so every URL and credential helper git supports works.
 
 Concurrent writers never lose a commit: within a process an asyncio lock serializes commits;
-across replicas (or humans) a push rejected because the branch moved is retried from a new
-fetch, re-applying the file on the new head. The sha returned is the commit that landed.
+across replicas (or humans) a lost race (CAS mismatch, non-fast-forward push) re-reads the head,
+re-applies the file on it and tries again. The sha returned is the commit that landed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import re
@@ -24,6 +28,12 @@ from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 import structlog
+from dulwich.errors import NotTreeError
+from dulwich.file import FileLocked
+from dulwich.object_store import BaseObjectStore, commit_tree_changes, tree_lookup_path
+from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree
+from dulwich.refs import Ref
+from dulwich.repo import Repo
 from prometheus_client import Counter, Histogram
 
 __all__ = ["Author", "GitError", "GitOpsRepository", "redact"]
@@ -31,12 +41,12 @@ __all__ = ["Author", "GitError", "GitOpsRepository", "redact"]
 log = structlog.get_logger(__name__)
 
 PUSH_RETRIES = Counter(
-    "forge_deployment_gitops_push_retries_total", "GitOps pushes re-applied because the branch moved"
+    "forge_deployment_gitops_push_retries_total", "GitOps commits re-applied because the branch moved"
 )
 COMMIT_SECONDS = Histogram(
     "forge_deployment_gitops_commit_seconds",
     "Time to land one GitOps commit, retries included",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 
 # What a push says when another writer got there first: fetch, re-apply, push again.
@@ -49,7 +59,7 @@ _MISSING_BRANCH = re.compile(r"couldn't find remote ref|could not find remote re
 
 
 class GitError(Exception):
-    """A git command failed for a reason retrying does not fix."""
+    """A git operation failed for a reason retrying does not fix."""
 
 
 @dataclass(frozen=True)
@@ -57,12 +67,18 @@ class Author:
     name: str
     email: str
 
+    def ident(self) -> bytes:
+        """``Name <email>`` with the characters git's ident format cannot hold removed."""
+        name = re.sub(r"[<>\n\r\0]+", "", self.name).strip() or "unknown"
+        email = re.sub(r"[<>\s\0]+", "", self.email) or "unknown@forge.invalid"
+        return f"{name} <{email}>".encode()
+
     @classmethod
     def of(cls, identity: str) -> Author:
-        email = (
-            identity if "@" in identity else f"{re.sub(r'[^A-Za-z0-9._-]+', '-', identity) or 'unknown'}@forge.invalid"
-        )
-        return cls(name=identity or "unknown", email=email)
+        if "@" in identity:
+            return cls(name=identity, email=identity)
+        local = re.sub(r"[^A-Za-z0-9._-]+", "-", identity) or "unknown"
+        return cls(name=identity or "unknown", email=f"{local}@forge.invalid")
 
 
 def redact(url: str) -> str:
@@ -76,7 +92,8 @@ def redact(url: str) -> str:
     return url
 
 
-def _local_path(url: str) -> Path | None:
+def local_path(url: str) -> Path | None:
+    """The directory of a local repository URL (``file://`` or a plain path), else None."""
     if url.startswith("file://"):
         return Path(url2pathname(urlsplit(url).path))
     if "://" not in url and not re.match(r"^[\w.-]+@[\w.-]+:", url):
@@ -93,159 +110,219 @@ class GitOpsRepository:
         committer: Author,
         push_attempts: int = 50,
         remove_workdir: bool = False,
+        use_cli: bool = False,
     ) -> None:
+        """``use_cli`` forces the fetch/push path even for a local repository (tests, hooks)."""
         self.url = url
         self.branch = branch
-        self.workdir = workdir
         self.committer = committer
         self.push_attempts = push_attempts
+        self.workdir = workdir
         self.remove_workdir = remove_workdir
+        local = local_path(url)
+        self.local = local if local is not None and not use_cli else None
+        # Where objects are written and read: the repository itself, or this process's clone.
+        self.store_dir = self.local or workdir
+        self._ref = f"refs/heads/{branch}" if self.local else f"refs/remotes/origin/{branch}"
         self._lock = asyncio.Lock()
         self._head: str | None = None  # the branch head as this process last saw it
-        self._remote_ref = f"refs/remotes/origin/{branch}"
-        self._env = {
-            **os.environ,
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_DIR": str(workdir),
-            "LC_ALL": "C",
-        }
+        self._env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
+
+    @property
+    def mode(self) -> str:
+        return "local" if self.local else "remote"
 
     async def open(self) -> None:
-        """Create the embedded repository if it is a missing local path, and this process's clone."""
-        local = _local_path(self.url)
-        if local is not None and not (local / "HEAD").exists():
-            local.parent.mkdir(parents=True, exist_ok=True)
+        """Create the repository if it is a missing local path; for a remote, this process's clone."""
+        target = local_path(self.url)
+        if target is not None and not (target / "HEAD").exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
             # Two replicas starting at once both init: the second one only re-initializes.
-            await self._run(
-                ["git", "init", "--bare", "-q", f"--initial-branch={self.branch}", str(local)], git_dir=False
-            )
-            log.info("gitops.repository_created", path=str(local))
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if not (self.workdir / "HEAD").exists():
-            await self._run(["git", "init", "--bare", "-q", str(self.workdir)], git_dir=False)
-            await self._git("remote", "add", "origin", self.url)
-            await self._git("config", "gc.auto", "0")
-        log.info("gitops.opened", url=redact(self.url), branch=self.branch, workdir=str(self.workdir))
+            await self._run(["git", "init", "--bare", "-q", f"--initial-branch={self.branch}", str(target)])
+            log.info("gitops.repository_created", path=str(target))
+        if self.local is None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if not (self.workdir / "HEAD").exists():
+                await self._run(["git", "init", "--bare", "-q", str(self.workdir)])
+                await self._git("remote", "add", "origin", self.url)
+                await self._git("config", "gc.auto", "0")
+        log.info("gitops.opened", url=redact(self.url), branch=self.branch, mode=self.mode)
 
     async def close(self) -> None:
         if self.remove_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     async def fetch(self) -> str | None:
-        """Fetch the branch; its head sha, or None while the repository has no such branch."""
+        """The branch head now (fetched first for a remote); None while there is no such branch."""
         async with self._lock:
             return await self._fetch()
 
     async def _fetch(self) -> str | None:
-        rc, _, err = await self._run(
-            ["git", "-c", "maintenance.auto=false", "fetch", "-q", "--no-tags", "origin", f"+refs/heads/{self.branch}:{self._remote_ref}"], check=False
-        )
-        if rc != 0:
-            text = err.decode(errors="replace")
-            if _MISSING_BRANCH.search(text):
-                self._head = None
-                return None
-            raise GitError(f"fetching {redact(self.url)} failed: {_last_line(text)}")
-        _, out, _ = await self._git("rev-parse", "--verify", self._remote_ref)
-        self._head = out.decode().strip()
+        if self.local is None:
+            rc, _, err = await self._git(
+                "-c",
+                "maintenance.auto=false",
+                "fetch",
+                "-q",
+                "--no-tags",
+                "origin",
+                f"+refs/heads/{self.branch}:{self._ref}",
+                check=False,
+            )
+            if rc != 0:
+                text = err.decode(errors="replace")
+                if _MISSING_BRANCH.search(text):
+                    self._head = None
+                    return None
+                raise GitError(f"fetching {redact(self.url)} failed: {_last_line(text)}")
+        self._head = await asyncio.to_thread(self._read_ref)
         return self._head
+
+    def _read_ref(self) -> str | None:
+        try:
+            return Repo(str(self.store_dir)).refs[Ref(self._ref.encode())].decode()
+        except KeyError:
+            return None
 
     async def commit_file(self, path: str, content: bytes, message: str, author: Author) -> str:
         """Land ``content`` at ``path`` on the branch as exactly one commit; the sha that landed."""
         started = time.perf_counter()
-        _, out, _ = await self._git("hash-object", "-w", "--stdin", stdin=content)
-        blob = out.decode().strip()
         async with self._lock:
             for attempt in range(1, self.push_attempts + 1):
-                # Optimistic: build on the head this process last saw (usually its own previous
-                # commit, so no fetch); a rejected push means someone moved it: fetch then.
+                # Optimistic first attempt: build on the head this process last saw (usually its
+                # own previous commit); a lost race means someone moved it: read it again.
                 parent = self._head if self._head is not None and attempt == 1 else await self._fetch()
-                sha = await self._build_commit(parent, path, blob, message, author)
-                rc, pout, err = await self._run(
-                    ["git", "push", "-q", "--porcelain", "origin", f"{sha}:refs/heads/{self.branch}"], check=False
-                )
-                if rc == 0:
+                sha = await asyncio.to_thread(self._build_commit, parent, path, content, message, author)
+                if await self._publish(sha, parent):
                     self._head = sha
                     COMMIT_SECONDS.observe(time.perf_counter() - started)
                     if attempt > 1:
                         log.info("gitops.commit_landed_after_retries", sha=sha, attempts=attempt, path=path)
                     return sha
-                text = err.decode(errors="replace") + pout.decode(errors="replace")
-                if not _RACE.search(text):
-                    raise GitError(f"pushing to {redact(self.url)} failed: {_last_line(text)}")
                 PUSH_RETRIES.inc()
                 # Another writer moved the branch: back off a little (jittered) and re-apply.
-                await asyncio.sleep(random.uniform(0.005, 0.02) * min(attempt, 10))  # noqa: S311
-        raise GitError(f"pushing to {redact(self.url)} kept losing races after {self.push_attempts} attempts")
+                await asyncio.sleep(random.uniform(0.002, 0.01) * min(attempt, 10))  # noqa: S311
+        raise GitError(f"landing a commit on {redact(self.url)} kept losing races after {self.push_attempts} attempts")
 
-    async def _build_commit(self, parent: str | None, path: str, blob: str, message: str, author: Author) -> str:
-        index = self.workdir / f"index-{os.getpid()}"
-        env = {"GIT_INDEX_FILE": str(index)}
+    async def _publish(self, sha: str, parent: str | None) -> bool:
+        """Move the branch from ``parent`` to ``sha``; False when another writer moved it first."""
+        if self.local is not None:
+            return await asyncio.to_thread(self._compare_and_swap, sha, parent)
+        rc, out, err = await self._git(
+            "push", "-q", "--porcelain", "origin", f"{sha}:refs/heads/{self.branch}", check=False
+        )
+        if rc == 0:
+            return True
+        text = err.decode(errors="replace") + out.decode(errors="replace")
+        if _RACE.search(text):
+            return False
+        raise GitError(f"pushing to {redact(self.url)} failed: {_last_line(text)}")
+
+    def _compare_and_swap(self, sha: str, parent: str | None) -> bool:
+        refs = Repo(str(self.store_dir)).refs
+        ref = Ref(self._ref.encode())
         try:
             if parent is None:
-                await self._git("read-tree", "--empty", env=env)
-            else:
-                await self._git("read-tree", parent, env=env)
-            await self._git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
-            _, out, _ = await self._git("write-tree", env=env)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                index.unlink()
-        tree = out.decode().strip()
-        ident = {
-            "GIT_AUTHOR_NAME": author.name,
-            "GIT_AUTHOR_EMAIL": author.email,
-            "GIT_COMMITTER_NAME": self.committer.name,
-            "GIT_COMMITTER_EMAIL": self.committer.email,
-        }
-        args = ["commit-tree", tree, "-F", "-"]
-        if parent is not None:
-            args[2:2] = ["-p", parent]
-        _, out, _ = await self._git(*args, stdin=message.encode(), env=ident)
-        return out.decode().strip()
+                return bool(refs.add_if_new(ref, ObjectID(sha.encode())))
+            return bool(refs.set_if_equals(ref, ObjectID(parent.encode()), ObjectID(sha.encode())))
+        except FileLocked:
+            return False  # another writer holds the ref's lock right now
+
+    def _build_commit(self, parent: str | None, path: str, content: bytes, message: str, author: Author) -> str:
+        store = _SharedStore(Repo(str(self.store_dir)).object_store)
+        blob = Blob.from_string(content)
+        store.add_object(blob)
+        if parent is None:
+            empty = Tree()
+            store.add_object(empty)
+            base_tree = empty.id
+        else:
+            parent_commit = store[ObjectID(parent.encode())]
+            if not isinstance(parent_commit, Commit):
+                raise GitError(f"{parent} is not a commit")
+            base_tree = parent_commit.tree
+        commit = Commit()
+        changes = [(path.encode(), 0o100644, blob.id)]
+        commit.tree = commit_tree_changes(store, base_tree, changes)  # type: ignore[arg-type]
+        commit.parents = [ObjectID(parent.encode())] if parent else []
+        commit.author = author.ident()
+        commit.committer = self.committer.ident()
+        commit.author_time = commit.commit_time = int(time.time())
+        commit.author_timezone = commit.commit_timezone = 0
+        commit.encoding = b"UTF-8"
+        commit.message = message.encode()
+        store.add_object(commit)
+        return commit.id.decode()
 
     async def read_file(self, revision: str, path: str) -> bytes | None:
-        rc, out, _ = await self._run(["git", "cat-file", "blob", f"{revision}:{path}"], check=False)
-        return out if rc == 0 else None
+        return await asyncio.to_thread(self._read_file, revision, path)
+
+    def _read_file(self, revision: str, path: str) -> bytes | None:
+        store = Repo(str(self.store_dir)).object_store
+        try:
+            commit = store[ObjectID(revision.encode())]
+            if not isinstance(commit, Commit):
+                return None
+            _, blob_id = tree_lookup_path(store.__getitem__, commit.tree, path.encode())
+            blob = store[blob_id]
+        except (KeyError, NotTreeError, ValueError):
+            return None
+        return blob.as_raw_string() if isinstance(blob, Blob) else None
 
     async def has_commit(self, sha: str) -> bool:
-        rc, _, _ = await self._run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], check=False)
-        return rc == 0
+        def check() -> bool:
+            try:
+                return ObjectID(sha.encode()) in Repo(str(self.store_dir)).object_store
+            except ValueError:
+                return False
+
+        return await asyncio.to_thread(check)
 
     async def is_ancestor(self, ancestor: str, descendant: str) -> bool:
-        rc, _, _ = await self._run(["git", "merge-base", "--is-ancestor", ancestor, descendant], check=False)
+        rc, _, _ = await self._git("merge-base", "--is-ancestor", ancestor, descendant, check=False)
         return rc == 0
 
-    async def _git(
-        self, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
-    ) -> tuple[int, bytes, bytes]:
-        return await self._run(["git", *args], stdin=stdin, env=env)
+    async def _git(self, *args: str, check: bool = True) -> tuple[int, bytes, bytes]:
+        return await self._run(["git", "--git-dir", str(self.store_dir), *args], check=check)
 
-    async def _run(
-        self,
-        argv: list[str],
-        *,
-        stdin: bytes | None = None,
-        env: dict[str, str] | None = None,
-        check: bool = True,
-        git_dir: bool = True,
-    ) -> tuple[int, bytes, bytes]:
-        full = {**self._env, **(env or {})}
-        if not git_dir:
-            full.pop("GIT_DIR", None)
+    async def _run(self, argv: list[str], *, check: bool = True) -> tuple[int, bytes, bytes]:
         proc = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=full,
+            env=self._env,
         )
-        out, err = await proc.communicate(stdin)
+        out, err = await proc.communicate()
         rc = proc.returncode if proc.returncode is not None else -1
         if check and rc != 0:
             raise GitError(f"git {argv[1]} failed: {_last_line(err.decode(errors='replace'))}")
         return rc, out, err
+
+
+class _SharedStore:
+    """An object store several writers add to at once: an object another writer is adding
+    (its loose file locked) or has added is simply there; git objects are immutable."""
+
+    def __init__(self, store: BaseObjectStore) -> None:
+        self.store = store
+
+    def __getitem__(self, sha: ObjectID) -> ShaFile:
+        return self.store[sha]
+
+    def __contains__(self, sha: ObjectID) -> bool:
+        return sha in self.store
+
+    def add_object(self, obj: ShaFile) -> None:
+        for _ in range(200):
+            if obj.id in self.store:
+                return
+            try:
+                self.store.add_object(obj)
+                return
+            except FileLocked:
+                time.sleep(0.001)
+        raise GitError(f"object {obj.id.decode()} stayed locked")
 
 
 def _last_line(text: str) -> str:
