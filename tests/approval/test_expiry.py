@@ -80,9 +80,17 @@ async def test_an_approval_expires_the_instant_expires_at_passes(
     assert revoke.json()["error"]["details"]["status"] == "expired"
 
     # ...and no longer blocks a new approval of the same release and environment, although its
-    # row was still stored as active until this write.
-    renewed = await http.post(f"{base}/v1/approvals", json=payload, headers=approver)
-    assert renewed.status_code == 201, renewed.text
+    # row was still stored as active until this write. Racing writers still store exactly one.
+    attempts = await asyncio.gather(
+        *(
+            http.post(
+                f"{base}/v1/approvals", json=payload, headers=platform.headers(unique_user("approver"), "approver")
+            )
+            for _ in range(5)
+        )
+    )
+    assert sorted(a.status_code for a in attempts) == [201, 409, 409, 409, 409], [a.text for a in attempts]
+    renewed = next(a for a in attempts if a.status_code == 201)
     current = await http.get(f"{base}/v1/approvals/{rid}/production", headers=reader)
     assert current.json()["approval_id"] == renewed.json()["approval_id"]
     assert current.json()["status"] == "active"
