@@ -17,10 +17,15 @@ import yaml
 from helm_python import chart as helm
 
 HERE = Path(__file__).resolve().parent
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - what a container must listen on
 OPTIONAL_ON: dict[str, dict[str, Any]] = {
     "forge-gateway": {"ingress": {"enabled": True, "tlsSecretName": "forge-tls"}, "autoscaling": {"enabled": True}},
     "forge-worker": {"keda": {"enabled": True}},
 }
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
 
 
 def render(path: Path, values: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -41,7 +46,10 @@ def check(name: str, docs: list[dict[str, Any]], values: dict[str, Any]) -> list
     pod = dep["spec"]["template"]
     container = pod["spec"]["containers"][0]
     config = kinds.get("ConfigMap", {}).get("data", {})
-    if not any(ref.get("configMapRef", {}).get("name") == kinds["ConfigMap"]["metadata"]["name"] for ref in container["envFrom"]):
+    if not any(
+        ref.get("configMapRef", {}).get("name") == kinds["ConfigMap"]["metadata"]["name"]
+        for ref in container["envFrom"]
+    ):
         problems.append(f"{name}: container does not load its ConfigMap")
     if values["service"]["enabled"]:
         if "Service" not in kinds:
@@ -52,7 +60,7 @@ def check(name: str, docs: list[dict[str, Any]], values: dict[str, Any]) -> list
         notes = pod["metadata"].get("annotations", {})
         if notes.get("prometheus.io/scrape") != "true" or notes.get("prometheus.io/path") != "/metrics":
             problems.append(f"{name}: no Prometheus scrape annotations")
-        if config.get("FORGE_HOST") != "0.0.0.0" or config.get("FORGE_PORT") != str(values["service"]["port"]):
+        if config.get("FORGE_HOST") != ALL_INTERFACES or config.get("FORGE_PORT") != str(values["service"]["port"]):
             problems.append(f"{name}: FORGE_HOST/FORGE_PORT not set for the container")
     for key in config:
         if not key.startswith("FORGE_"):
@@ -80,10 +88,10 @@ def main() -> int:
                 problems.append(f"{path.name} ({label}): render failed: {exc}")
                 continue
             problems.extend(check(f"{path.name} ({label})", docs, values))
-            print(f"{path.name} ({label}): {', '.join(sorted(d['kind'] for d in docs))}")
+            say(f"{path.name} ({label}): {', '.join(sorted(d['kind'] for d in docs))}")
     for problem in problems:
-        print("PROBLEM", problem)
-    print(f"{len(charts)} charts, {len(problems)} problems")
+        say(f"PROBLEM {problem}")
+    say(f"{len(charts)} charts, {len(problems)} problems")
     return 1 if problems else 0
 
 
