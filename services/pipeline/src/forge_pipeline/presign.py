@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import time
 from urllib.parse import quote, urlsplit
 
 __all__ = ["Presigner"]
@@ -31,6 +32,7 @@ class Presigner:
         self._secret_key = secret_key
         self._region = region
         self._keys: dict[str, bytes] = {}
+        self._shared: _Batch | None = None
 
     def _signing_key(self, datestamp: str) -> bytes:
         key = self._keys.get(datestamp)
@@ -46,12 +48,29 @@ class Presigner:
         """A signer for many URLs sharing one timestamp (one response's worth)."""
         return _Batch(self, expires_in, now or dt.datetime.now(dt.UTC))
 
+    def shared(self, expires_in: int) -> _Batch:
+        """A memoising signer whose timestamp steps every ``window`` seconds: a tree polled
+        again and again gets its URLs from memory. Each URL stays valid for at least
+        ``expires_in - window`` seconds (window: 5 minutes, or a quarter of a short TTL)."""
+        window = max(1, min(300, expires_in // 4))
+        start = int(time.time()) // window * window
+        batch = self._shared
+        if batch is None or batch.start != start or batch.expires_in != expires_in:
+            batch = _Batch(self, expires_in, dt.datetime.fromtimestamp(start, dt.UTC), memo=True)
+            self._shared = batch
+        return batch
+
     def url(self, key: str, expires_in: int, now: dt.datetime | None = None) -> str:
         return self.batch(expires_in, now).url(key)
 
 
 class _Batch:
-    def __init__(self, owner: Presigner, expires_in: int, now: dt.datetime) -> None:
+    _MEMO_LIMIT = 50_000
+
+    def __init__(self, owner: Presigner, expires_in: int, now: dt.datetime, memo: bool = False) -> None:
+        self.start = int(now.timestamp())
+        self.expires_in = expires_in
+        self._memo: dict[str, str] | None = {} if memo else None
         amz_date = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         datestamp = amz_date[:8]
         scope = f"{datestamp}/{owner._region}/s3/aws4_request"
@@ -71,6 +90,17 @@ class _Batch:
         self._canon_tail = f"\nhost:{owner._host}\n\nhost\nUNSIGNED-PAYLOAD"
 
     def url(self, key: str) -> str:
+        memo = self._memo
+        if memo is not None:
+            found = memo.get(key)
+            if found is None:
+                if len(memo) >= self._MEMO_LIMIT:
+                    memo.clear()
+                found = memo[key] = self._sign(key)
+            return found
+        return self._sign(key)
+
+    def _sign(self, key: str) -> str:
         path = self._path_head + quote(key, safe="/-_.~")
         canonical = f"GET\n{path}\n{self._query}{self._canon_tail}"
         sts = self._sts_head + hashlib.sha256(canonical.encode()).hexdigest()

@@ -118,52 +118,52 @@ async def create_run(
     # One creation at a time per repository: the active-run count and the duplicate check
     # below cannot be raced past (150 concurrent creates leave exactly 100 runs).
     await store.lock_repository(conn, repository)
-    if idempotency_key is not None:
-        existing = await store.run_by_idempotency_key(conn, triggered_by, idempotency_key)
-        if existing is not None:
-            if existing["request_fingerprint"] != fingerprint:
-                raise Conflict(
-                    "this Idempotency-Key was already used for a different request",
-                    {"existing_id": existing["id"], "idempotency_key": idempotency_key},
-                )
-            return existing, False
-    existing = await store.run_by_commit(conn, repository, commit_sha)
+    by_key, existing, active = await store.creation_checks(conn, repository, commit_sha, triggered_by, idempotency_key)
+    if by_key is not None:
+        if by_key["request_fingerprint"] != fingerprint:
+            raise Conflict(
+                "this Idempotency-Key was already used for a different request",
+                {"existing_id": by_key["id"], "idempotency_key": idempotency_key},
+            )
+        return by_key, False
     if existing is not None:
         raise Conflict(
             f"a run already exists for {repository} at {commit_sha}",
             {"existing_id": existing["id"], "repository": repository, "commit_sha": commit_sha},
         )
-    active = await store.count_active_runs(conn, repository)
     if active >= max_active:
         raise LimitExceeded(
             f"{repository} already has {active} pending or running runs (limit {max_active})",
             {"repository": repository, "limit": max_active, "active": active},
         )
-    run = await store.insert_run(
-        conn,
-        repository=repository,
-        branch=branch,
-        commit_sha=commit_sha,
-        triggered_by=triggered_by,
-        trigger_type=trigger_type,
-        tag=tag,
-        pull_request_number=pull_request_number,
-        idempotency_key=idempotency_key,
-        request_fingerprint=fingerprint,
-    )
-    await add_event(
-        conn,
-        SCHEMA,
-        PipelineRunCreated(
-            run_id=run["id"],
+    # Run, event and commit status: one round trip.
+    run_id = str(uuid.uuid4())
+    state, description = domain.commit_state_for("pending")
+    async with conn.pipeline():
+        cur = await store.insert_run(
+            conn,
+            run_id=run_id,
             repository=repository,
             branch=branch,
             commit_sha=commit_sha,
             triggered_by=triggered_by,
-        ),
-    )
-    await _commit_status(conn, run, "pending")
-    log.info("pipeline.run_created", run_id=run["id"], repository=repository, commit_sha=commit_sha)
+            trigger_type=trigger_type,
+            tag=tag,
+            pull_request_number=pull_request_number,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+        )
+        await add_event(
+            conn,
+            SCHEMA,
+            PipelineRunCreated(
+                run_id=run_id, repository=repository, branch=branch, commit_sha=commit_sha, triggered_by=triggered_by
+            ),
+        )
+        await store.add_commit_status(conn, run_id, repository, commit_sha, state, description)
+    run = await cur.fetchone()
+    assert run is not None
+    log.info("pipeline.run_created", run_id=run_id, repository=repository, commit_sha=commit_sha)
     return run, True
 
 
@@ -193,36 +193,31 @@ async def list_runs(conn: Conn, query: domain.ListQuery) -> dict[str, Any]:
     }
 
 
-_phases_decoder = msgspec.json.Decoder(list[tuple[str, str, int, str, str | None, str | None]])
-_tasks_decoder = msgspec.json.Decoder(list[tuple[str, str, str, str]])
-_steps_decoder = msgspec.json.Decoder(list[tuple[str, str, str, str, int | None, str | None]])
 _encoder = msgspec.json.Encoder()
 
 
-def _pg_ts(value: str | None) -> str | None:
-    return isoformat(dt.datetime.fromisoformat(value)) if value is not None else None
-
-
 async def run_tree_json(conn: Conn, run_id: str, presigner: Presigner | None, logs_url_ttl: int) -> bytes:
-    """The spec's Get Pipeline Run body: two queries whatever the size of the tree."""
-    run = await get_run(conn, run_id)
-    phases_raw, tasks_raw, steps_raw = await store.tree_rows(conn, run_id)
-    signer = presigner.batch(logs_url_ttl) if presigner is not None else None
+    """The spec's Get Pipeline Run body, from one database round trip whatever the tree size."""
+    run, phase_rows, task_rows, step_rows = await store.tree_rows(conn, run_id)
+    if run is None:
+        raise NotFound(f"pipeline run {run_id} not found", {"id": run_id})
+    signer = presigner.shared(logs_url_ttl) if presigner is not None else None
 
-    steps_by_task: dict[str, list[dict[str, Any]]] = {}
-    for sid, task_id, name, status, exit_code, logs_key in _steps_decoder.decode(steps_raw):
+    steps_by_task: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for task_id, position, sid, name, status, exit_code, logs_key in step_rows:
         step: dict[str, Any] = {"id": sid, "name": name, "status": status, "exit_code": exit_code}
         if logs_key and signer is not None:
             step["logs_url"] = signer.url(logs_key)
         bucket = steps_by_task.get(task_id)
         if bucket is None:
-            steps_by_task[task_id] = [step]
+            steps_by_task[task_id] = [(position, step)]
         else:
-            bucket.append(step)
+            bucket.append((position, step))
 
     tasks_by_phase: dict[str, list[dict[str, Any]]] = {}
-    for tid, phase_id, project, status in _tasks_decoder.decode(tasks_raw):
-        task = {"id": tid, "project_name": project, "status": status, "steps": steps_by_task.get(tid, [])}
+    for tid, phase_id, project, status in task_rows:
+        ordered = sorted(steps_by_task.get(tid, ()), key=_first)
+        task = {"id": tid, "project_name": project, "status": status, "steps": [s for _, s in ordered]}
         tasks_by_phase.setdefault(phase_id, []).append(task)
 
     phases = [
@@ -231,11 +226,11 @@ async def run_tree_json(conn: Conn, run_id: str, presigner: Presigner | None, lo
             "name": name,
             "group_number": group,
             "status": status,
-            "started_at": _pg_ts(started),
-            "completed_at": _pg_ts(completed),
+            "started_at": _iso(started),
+            "completed_at": _iso(completed),
             "tasks": tasks_by_phase.get(pid, []),
         }
-        for pid, name, group, status, started, completed in _phases_decoder.decode(phases_raw)
+        for pid, name, group, status, started, completed in phase_rows
     ]
     body = {
         "id": run["id"],
@@ -250,6 +245,10 @@ async def run_tree_json(conn: Conn, run_id: str, presigner: Presigner | None, lo
         "phases": phases,
     }
     return _encoder.encode(body)
+
+
+def _first(item: tuple[int, Any]) -> int:
+    return item[0]
 
 
 async def _lock_active_run(conn: Conn, run_id: str) -> Row | None:

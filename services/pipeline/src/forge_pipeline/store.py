@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.types.json import Jsonb
 
 __all__ = ["Conn"]
@@ -42,6 +42,32 @@ async def lock_repository(conn: Conn, repository: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"forge.pipeline.runs:{repository}",))
 
 
+async def creation_checks(
+    conn: Conn, repository: str, commit_sha: str, triggered_by: str, idempotency_key: str | None
+) -> tuple[Row | None, Row | None, int]:
+    """(run with this Idempotency-Key, run for this commit, active runs of the repository),
+    three queries in one round trip."""
+    async with conn.pipeline():
+        by_key = None
+        if idempotency_key is not None:
+            by_key = await conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.triggered_by = %s AND r.idempotency_key = %s",
+                (triggered_by, idempotency_key),
+            )
+        by_commit = await conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.repository = %s AND r.commit_sha = %s",
+            (repository, commit_sha),
+        )
+        active = await conn.execute(
+            "SELECT count(*) AS n FROM pipeline.runs WHERE repository = %s AND status IN ('pending', 'running')",
+            (repository,),
+        )
+    key_row = await by_key.fetchone() if by_key is not None else None
+    commit_row = await by_commit.fetchone()
+    count_row = await active.fetchone()
+    return key_row, commit_row, int(count_row["n"]) if count_row else 0
+
+
 async def run_by_idempotency_key(conn: Conn, triggered_by: str, key: str) -> Row | None:
     return await _one(
         conn,
@@ -70,6 +96,7 @@ async def count_active_runs(conn: Conn, repository: str) -> int:
 async def insert_run(
     conn: Conn,
     *,
+    run_id: str,
     repository: str,
     branch: str,
     commit_sha: str,
@@ -79,9 +106,10 @@ async def insert_run(
     pull_request_number: int | None = None,
     idempotency_key: str | None = None,
     request_fingerprint: str | None = None,
-) -> Row:
-    row = await _one(
-        conn,
+) -> psycopg.AsyncCursor[DictRow]:
+    """Send the insert; the stored row is read from the returned cursor (so that the caller can
+    pipeline the insert with the event and the commit status)."""
+    return await conn.execute(
         f"""
         INSERT INTO pipeline.runs AS r (id, repository, branch, commit_sha, tag, pull_request_number,
             triggered_by, trigger_type, idempotency_key, request_fingerprint)
@@ -89,7 +117,7 @@ async def insert_run(
         RETURNING {_RUN_COLUMNS}
         """,
         (
-            uuid.uuid4(),
+            run_id,
             repository,
             branch,
             commit_sha,
@@ -101,8 +129,6 @@ async def insert_run(
             request_fingerprint,
         ),
     )
-    assert row is not None
-    return row
 
 
 async def get_run(conn: Conn, run_id: str) -> Row | None:
@@ -214,33 +240,36 @@ async def list_runs(
 
 # --- the tree -----------------------------------------------------------------------------------
 
-TREE_SQL = """
-SELECT
-    (SELECT coalesce(json_agg(json_build_array(p.id, p.name, p.group_number, p.status, p.started_at,
-                                               p.completed_at) ORDER BY p.group_number, p.name), '[]')
-     FROM pipeline.phases p WHERE p.run_id = %(id)s) AS phases,
-    (SELECT coalesce(json_agg(json_build_array(t.id, t.phase_id, t.project_name, t.status)
-                              ORDER BY t.project_name), '[]')
-     FROM pipeline.tasks t WHERE t.run_id = %(id)s) AS tasks,
-    (SELECT coalesce(json_agg(json_build_array(s.id, s.task_id, s.name, s.status, s.exit_code, s.logs_s3_key)
-                              ORDER BY s.task_id, s.position), '[]')
-     FROM pipeline.steps s WHERE s.run_id = %(id)s) AS steps
+_TREE_PHASES = """
+SELECT p.id::text, p.name, p.group_number, p.status::text, p.started_at, p.completed_at
+FROM pipeline.phases p WHERE p.run_id = %s ORDER BY p.group_number, p.name
+"""
+_TREE_TASKS = """
+SELECT t.id::text, t.phase_id::text, t.project_name, t.status::text
+FROM pipeline.tasks t WHERE t.run_id = %s ORDER BY t.project_name
+"""
+# Unordered: sorting 1,000 rows by (task, position) costs Postgres more than Python.
+_TREE_STEPS = """
+SELECT s.task_id::text, s.position, s.id::text, s.name, s.status::text, s.exit_code, s.logs_s3_key
+FROM pipeline.steps s WHERE s.run_id = %s
 """
 
 
-async def tree_rows(conn: Conn, run_id: str) -> tuple[bytes, bytes, bytes]:
-    """Phases, tasks and steps of a run as compact JSON arrays, in one query whatever the size.
-
-    The arrays travel as text (``::text``) so the caller decodes them with msgspec, far cheaper
-    than building a Python row per step.
-    """
-    cur = await conn.execute(
-        f"SELECT phases::text AS phases, tasks::text AS tasks, steps::text AS steps FROM ({TREE_SQL}) x",
-        {"id": run_id},
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    return row["phases"].encode(), row["tasks"].encode(), row["steps"].encode()
+async def tree_rows(
+    conn: Conn, run_id: str
+) -> tuple[Row | None, list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The run and its phases, tasks and steps: four queries sent in one round trip, whatever
+    the size of the tree; plain tuples (no per-row dict) for the thousand-step case."""
+    async with conn.pipeline():
+        run_cur = await conn.execute(f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.id = %s", (run_id,))
+        cursors = []
+        for sql in (_TREE_PHASES, _TREE_TASKS, _TREE_STEPS):
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(sql, (run_id,))
+            cursors.append(cur)
+    run = await run_cur.fetchone()
+    phases, tasks, steps = [await c.fetchall() for c in cursors]
+    return run, phases, tasks, steps
 
 
 # --- discovery ----------------------------------------------------------------------------------
@@ -427,7 +456,6 @@ async def add_commit_status(
            VALUES (%s, %s, %s, %s, %s)""",
         (run_id, repository, commit_sha, state, description),
     )
-    await conn.execute("SELECT pg_notify('forge_pipeline_commit_statuses', '')")
 
 
 async def claim_commit_statuses(conn: Conn, limit: int, lease_seconds: float) -> list[Row]:
