@@ -97,7 +97,8 @@ async def test_tag_trigger_adds_a_tag_alias_and_a_second_release_cannot_take_it(
     assert {"alias": "v3.1.0", "alias_type": "tag"} in await _aliases(developer, r1["id"])
     again = await developer.create(release_body(repo, project, trigger={"trigger_type": "tag", "tag": "v3.1.0"}))
     assert again.status_code == 409
-    assert again.json()["error"]["details"]["existing_id"] == r1["id"]
+    assert again.json()["error"]["details"]["release_id"] == r1["id"]
+    assert "existing_id" not in again.json()["error"]["details"]  # that key means "same commit"
     # Refused: no number used.
     assert (await _make(developer, repo, project))["release_number"] == 2
 

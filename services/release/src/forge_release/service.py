@@ -153,7 +153,13 @@ class ReleaseService:
                 raise Conflict(
                     f"tag {alias!r} already names release {held.release_number} of {release.repository}/{release.project}; "
                     "tags never move",
-                    {"alias": alias, "existing_id": held.release_id, "release_number": held.release_number},
+                    # Not "existing_id": that names the release of the same commit (a duplicate).
+                    {
+                        "alias": alias,
+                        "alias_type": "tag",
+                        "release_id": held.release_id,
+                        "release_number": held.release_number,
+                    },
                 )
             elif alias_type == "branch" and held.alias_type == "branch":
                 result.append((alias, alias_type))  # the branch's newest release is this one
