@@ -63,7 +63,10 @@ class ApprovalService:
         release_id = domain.parse_uuid(cmd.release_id, "release_id")
         environment = domain.parse_environment(cmd.environment)
         requested = domain.parse_timestamp(cmd.expires_at, "expires_at") if cmd.expires_at is not None else None
-        domain.parse_justification(cmd.justification)  # bad input fails before any I/O
+        # Bad input fails before any I/O (the expiry is decided again, at the write's instant).
+        domain.parse_justification(cmd.justification)
+        if requested is not None:
+            domain.decide_expiry(self.clock(), self.ttl, requested)
         release = await self.releases.facts(release_id, cmd.token)
         now = self.clock()
         approval, event = domain.new_approval(
