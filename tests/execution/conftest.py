@@ -9,6 +9,7 @@ processes freely. Repositories are real local git repositories served through
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -115,7 +116,7 @@ class Cell:
 
     def wait_workers(self, count: int, timeout: float = 30.0) -> None:
         """Until ``count`` workers pull (each keeps 8 pull requests open on the ci consumer)."""
-        asyncio.run(self._wait_workers(count * 8, timeout))
+        _run_sync(self._wait_workers(count * 8, timeout))
 
     async def _wait_workers(self, waiting: int, timeout: float) -> None:
         import nats
@@ -148,7 +149,7 @@ class Cell:
         if os.environ.get("FORGE_EXEC_DUMP_LOGS"):
             for proc in [*self.pipelines, *self.workers]:
                 if proc.log_path and proc.log_path.exists():
-                    print(f"----- {proc.name} -----\n{proc.log_path.read_text(errors='replace')[-20000:]}")  # noqa: T201
+                    print(f"----- {proc.name} -----\n{proc.log_path.read_text(errors='replace')[-20000:]}")
         for proc in [*self.workers, *self.pipelines]:
             with contextlib.suppress(Exception):
                 proc.stop(timeout=5)
@@ -156,7 +157,7 @@ class Cell:
             with psycopg.connect(self.platform.stack.infra.admin_database_url, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         with contextlib.suppress(Exception):
-            asyncio.run(_delete_streams(self.platform.nats_url, self.prefix))
+            _run_sync(_delete_streams(self.platform.nats_url, self.prefix))
         shutil.rmtree(self.root, ignore_errors=True)
 
     # repositories and runs
@@ -214,6 +215,12 @@ class Cell:
             lambda e: e["data"].get("run_id") == run_id,
             timeout=timeout,
         )
+
+
+def _run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 async def _delete_streams(url: str, prefix: str) -> None:

@@ -29,15 +29,19 @@ class Conflict(Exception):
 
 
 class Reporter:
-    def __init__(self, base_url: str, credentials: ClientCredentials, name: str = "pipeline") -> None:
+    def __init__(
+        self, base_url: str, credentials: ClientCredentials, name: str = "pipeline", attempts: int = 4
+    ) -> None:
         self.client = ServiceClient(base_url, name, timeout=10.0, limit=64)
         self.credentials = credentials
+        self.attempts = attempts
 
     async def close(self) -> None:
         await self.client.close()
 
-    async def call(self, method: str, path: str, body: Any = None, attempts: int = 4) -> ServiceResponse:
+    async def call(self, method: str, path: str, body: Any = None) -> ServiceResponse:
         """One authenticated call, retried on transport errors, 5xx and an expired token."""
+        attempts = self.attempts
         delay = 0.2
         refreshed = False
         last = ""

@@ -18,6 +18,8 @@ class Settings(CommonSettings, kw_only=True):
     pipeline_url: str = ""
     gateway_url: str = ""
     release_url: str = ""
+    # Attempts per status callback before the job counts as failed (and is retried).
+    status_attempts: int = 4
     # Client-credentials service account at the issuer (FORGE_OIDC_ISSUER).
     worker_client_id: str = "forge-worker"
     worker_client_secret: str = "forge-worker-secret"  # noqa: S105 - the dev issuer's client

@@ -101,7 +101,7 @@ class Worker:
         self.credentials = ClientCredentials(
             settings.oidc_issuer, settings.worker_client_id, settings.worker_client_secret
         )
-        self.reporter = Reporter(settings.callback_url, self.credentials)
+        self.reporter = Reporter(settings.callback_url, self.credentials, attempts=settings.status_attempts)
         self.releases = ServiceClient(
             (settings.release_url or settings.gateway_url or "http://invalid").rstrip("/"), "release"
         )
@@ -117,6 +117,8 @@ class Worker:
         self._cancelled: OrderedDict[str, float] = OrderedDict()
         self._step_env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
         self.jobs_done = 0
+        # Stream sequence -> newest delivery of each job this process is running.
+        self._deliveries: dict[int, Msg] = {}
 
     @property
     def nc(self) -> NATS:
@@ -214,19 +216,28 @@ class Worker:
                 finally:
                     self._inflight.discard(task)
 
-    async def _heartbeat(self, msg: Msg, job_type: JobType) -> None:
-        interval = max(0.5, min(self.job_settings.ack_wait(job_type) / 3, 30.0))
+    async def _heartbeat(self, seq: int, job_type: JobType) -> None:
+        interval = max(0.25, min(self.job_settings.ack_wait(job_type) / 4, 30.0))
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(Exception):
-                await msg.in_progress()
+                await self._deliveries[seq].in_progress()
 
     async def _handle(self, job_type: JobType, msg: Msg) -> None:
         headers = jobs.decode_headers(msg.headers)
         reply_to = headers.get(jobs.HDR_REPLY_TO, "")
         deliveries = msg.metadata.num_delivered or 1
+        seq = msg.metadata.sequence.stream
+        if seq in self._deliveries:
+            # Redelivered to us while we still run it (a heartbeat came late): keep running the
+            # first copy, and from now on heartbeat and ack through the newest delivery.
+            self._deliveries[seq] = msg
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+            return
+        self._deliveries[seq] = msg
         started = time.perf_counter()
-        beat = asyncio.create_task(self._heartbeat(msg, job_type))
+        beat = asyncio.create_task(self._heartbeat(seq, job_type))
         payload: dict[str, Any] = {}
         try:
             payload = await resolve_result(self.s3, msg.data)
@@ -245,7 +256,7 @@ class Worker:
             if reply_to:
                 body = await encode_result(self.s3, run_id, job_type, job_id or run_id, reply)
                 await jobs.publish_reply(self.nc, reply_to, body)
-            await msg.ack()
+            await self._deliveries[seq].ack()
             self.jobs_done += 1
             log.info(
                 "worker.job_done",
@@ -261,9 +272,10 @@ class Worker:
                 await msg.nak()
             raise
         except Exception as exc:  # noqa: BLE001 - infrastructure failure: retry, then dead-letter
-            await self._failed_delivery(job_type, msg, headers, payload, deliveries, exc)
+            await self._failed_delivery(job_type, self._deliveries.get(seq, msg), headers, payload, deliveries, exc)
         finally:
             beat.cancel()
+            self._deliveries.pop(seq, None)
 
     async def _failed_delivery(
         self,

@@ -1,0 +1,198 @@
+"""Crashes: a worker killed mid-job, a job that never succeeds, a pipeline replica killed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import httpx
+import msgspec
+import nats
+import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from forge_common import jobs
+from forge_common.nats import Names
+from forge_dev.stack import free_port
+from forge_dev.testing import Platform
+
+from .conftest import Cell, steps_of
+
+REPO_TOML = """
+forge_version = "1"
+[phases.test]
+group = 1
+timeout = "60s"
+[phases.build]
+group = 2
+"""
+
+
+@pytest.fixture
+def crash_cell(platform: Platform) -> Iterator[Cell]:
+    # A short ack wait: a crashed worker's job comes back after 2s (heartbeats keep live ones).
+    c = Cell(platform, "crash", env={"FORGE_JOB_ACK_WAIT": "2s", "FORGE_DISPATCHER_CHECK_INTERVAL": "0.5s"})
+    try:
+        c.start_pipeline()
+        yield c
+    finally:
+        c.close()
+
+
+async def test_worker_killed_mid_job_is_redelivered(crash_cell: Cell, client: httpx.AsyncClient) -> None:
+    cell = crash_cell
+    first = cell.start_worker()
+    cell.wait_workers(1)
+    counter = cell.root / "attempts"
+    repo = cell.repo()
+    sha = repo.commit(
+        {
+            ".forge/repo.toml": REPO_TOML,
+            "app/.forge/project.toml": f"""
+name = "app"
+[[phases.test.steps]]
+name = "slow"
+run = "echo attempt >> {counter}; sleep 2; echo finished"
+[[phases.build.steps]]
+name = "package"
+run = "echo packaged"
+""",
+        }
+    )
+    run_id = await cell.create_run(client, repo, sha)
+    await cell.wait_run(
+        client, run_id, until=lambda r: steps_of(r).get(("test", "app", "slow"), {}).get("status") == "running"
+    )
+    deadline = time.monotonic() + 5
+    while not counter.exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    first.kill()  # SIGKILL: no chance to nak, reply or clean up
+    cell.start_worker()
+    run = await cell.wait_run(client, run_id, timeout=40)
+    assert run["status"] == "success", run
+    steps = steps_of(run)
+    assert steps[("test", "app", "slow")]["status"] == "success"
+    assert steps[("build", "app", "package")]["status"] == "success"
+    # Killed once, redelivered (at least) once; a duplicate delivery never runs in parallel.
+    assert counter.read_text().count("attempt") >= 2
+    log = (await client.get(steps[("test", "app", "slow")]["logs_url"])).text
+    assert log == "finished\n"
+
+
+async def test_job_failing_every_delivery_is_dead_lettered(crash_cell: Cell, client: httpx.AsyncClient) -> None:
+    cell = crash_cell
+    # This worker cannot reach the pipeline service: every delivery fails before running.
+    dead_port = free_port()
+    cell.start_worker(
+        env={
+            "FORGE_PIPELINE_URL": f"http://127.0.0.1:{dead_port}",
+            "FORGE_WORKER_TYPES": "ci",
+            "FORGE_STATUS_ATTEMPTS": "1",
+        }
+    )
+    helper = cell.start_worker(env={"FORGE_WORKER_TYPES": "discovery"})
+    repo = cell.repo()
+    sha = repo.commit(
+        {
+            ".forge/repo.toml": REPO_TOML,
+            "app/.forge/project.toml": 'name = "app"\n[[phases.test.steps]]\nname = "unit"\nrun = "true"\n',
+        }
+    )
+    run_id = await cell.create_run(client, repo, sha)
+    run = await cell.wait_run(client, run_id, timeout=40)
+    assert run["status"] == "failed", run
+    failed = await cell.wait_event("pipeline.run.failed", run_id)
+    message = failed["data"]["error_message"]
+    assert failed["data"]["failed_phase"] == "test"
+    assert "failed on all 3 deliveries" in message
+    assert f"127.0.0.1:{dead_port}" in message
+    # The job itself waits on the dead-letter stream with the reason.
+    names = Names(cell.prefix)
+    nc = await nats.connect(cell.platform.nats_url)
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(
+            names.subject(f"pipeline.deadletter.ci.{run_id}"),
+            stream=names.stream(jobs.DEAD_LETTER_STREAM),
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0),
+        )
+        [msg] = await sub.fetch(1, timeout=5)
+        assert msg.headers is not None
+        assert "failed on all 3 deliveries" in msg.headers[jobs.HDR_DEAD_REASON]
+        assert msg.headers[jobs.HDR_DELIVERIES] == "3"
+        assert msgspec.json.decode(msg.data)["run_id"] == run_id
+    finally:
+        await nc.close()
+    helper.stop()
+
+
+async def test_replicas_share_runs_and_take_over(platform: Platform, client: httpx.AsyncClient) -> None:
+    # At most 3 runs per replica: with 6 runs both replicas must drive some.
+    cell = Cell(
+        platform,
+        "repl",
+        env={
+            "FORGE_DISPATCHER_LEASE_TTL": "2s",
+            "FORGE_DISPATCHER_CHECK_INTERVAL": "0.5s",
+            "FORGE_DISPATCHER_MAX_RUNS": "3",
+        },
+    )
+    try:
+        a = cell.start_pipeline()
+        b = cell.start_pipeline()
+        cell.start_worker()
+        cell.start_worker()
+        cell.wait_workers(2)
+        marks = cell.root / "marks"
+        marks.mkdir()
+        runs: list[str] = []
+        for i in range(6):
+            repo = cell.repo(f"r{i}")
+            sha = repo.commit(
+                {
+                    ".forge/repo.toml": REPO_TOML,
+                    "app/.forge/project.toml": f"""
+name = "app"
+[[phases.test.steps]]
+name = "unit"
+run = "echo x >> {marks}/$FORGE_TASK_ID; sleep 1"
+[[phases.build.steps]]
+name = "package"
+run = "echo x >> {marks}/$FORGE_TASK_ID; sleep 1"
+""",
+                }
+            )
+            runs.append(await cell.create_run(client, repo, sha))
+        # Both replicas drive runs, each run by exactly one of them.
+        owners = await _owners(cell, runs)
+        assert set(owners.values()) <= {a.popen.pid, b.popen.pid}
+        b.kill()  # SIGKILL one replica while its runs are mid-flight
+        for run_id in runs:
+            run = await cell.wait_run(client, run_id, timeout=60)
+            assert run["status"] == "success", run
+        # No task ran twice, none was lost: one mark per task.
+        files = list(marks.iterdir())
+        assert len(files) == 12
+        assert all(f.read_text() == "x\n" for f in files)
+        assert len(set(owners.values())) == 2, f"expected both replicas to drive runs: {owners}"
+    finally:
+        cell.close()
+
+
+async def _owners(cell: Cell, runs: list[str], timeout: float = 20.0) -> dict[str, int]:
+    """run id -> pid of the replica holding its lease, once every run is leased."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        async with await psycopg.AsyncConnection.connect(cell.database_url) as conn:
+            cur = await conn.execute(
+                "SELECT id::text, lease_owner FROM pipeline.runs WHERE id = ANY(%s::uuid[])", (runs,)
+            )
+            rows = dict(await cur.fetchall())
+        if all(rows.get(r) for r in runs):
+            return {r: int(str(owner).split(":")[1]) for r, owner in rows.items()}
+        if time.monotonic() > deadline:
+            raise AssertionError(f"runs not all leased: {rows}")
+        await asyncio.sleep(0.05)
