@@ -27,7 +27,7 @@ async def gw(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
 def dedicated_deployment(platform: Platform, tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Dedicated]]:
     """Start deployment instances whose pending count and reconciler see only their own rows."""
     started: list[tuple[Process, str]] = []
-    admin = database_url(platform.database_url, "postgres")
+    admin = platform.stack.infra.admin_database_url
 
     def start(env: dict[str, str]) -> Dedicated:
         name = f"forge_deploy_{uuid.uuid4().hex[:10]}"

@@ -256,7 +256,7 @@ async def test_twenty_concurrent_deployments_from_two_replicas_land_as_twenty_co
     platform: Platform, gw: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     repository = unique_repository()
-    releases = [await create_release(gw, platform, repository, f"svc{i}") for i in range(20)]
+    releases = await asyncio.gather(*(create_release(gw, platform, repository, f"svc{i}") for i in range(20)))
     replica = platform.start_process("deployment")
     try:
         async with httpx.AsyncClient(base_url=replica.url, timeout=60.0) as direct:
