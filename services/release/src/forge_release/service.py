@@ -17,6 +17,8 @@ the manifest whose digest the release records.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,16 +76,39 @@ def release_body(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class _ProjectLocks:
+    """In-process queue per project in front of the database row lock.
+
+    Creates of one project are serialised by the counter row lock anyway; queueing them here
+    first means a burst for one hot project waits without holding pooled connections, so
+    requests for everything else still find a free connection. (Across replicas the row lock
+    alone does the job.)
+    """
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def __call__(self, repository: str, project: str) -> asyncio.Lock:
+        key = (repository, project)
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
+
+
 class ReleaseService:
     def __init__(self, pool: Pool, publisher: Publisher) -> None:
         self.pool = pool
         self.publisher = publisher
+        self._project_lock = _ProjectLocks()
 
     # --- create --------------------------------------------------------------------------------
 
     async def create_release(self, release: NewRelease) -> dict[str, Any]:
         try:
-            return await self._create(release)
+            async with self._project_lock(release.repository, release.project):
+                return await self._create(release)
         except psycopg.errors.UniqueViolation:
             # Only reachable if the project lock were bypassed; report it as the duplicate it is.
             async with self.pool.connection() as conn:
@@ -248,7 +273,7 @@ class ReleaseService:
         validate_repository(repository)
         validate_project(project)
         validate_alias_name(alias)
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._project_lock(repository, project), self.pool.connection() as conn, conn.transaction():
             await self._lock_or_404(conn, repository, project, raw_id)
             target = await self._resolve(conn, repository, project, raw_id)
             held: AliasRow | None = (await store.get_aliases(conn, repository, project, [alias])).get(alias)
@@ -270,7 +295,7 @@ class ReleaseService:
     async def remove_alias(self, repository: str, project: str, raw_id: str, alias: str) -> None:
         validate_repository(repository)
         validate_project(project)
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._project_lock(repository, project), self.pool.connection() as conn, conn.transaction():
             await self._lock_or_404(conn, repository, project, raw_id)
             target = await self._resolve(conn, repository, project, raw_id)
             held = (await store.get_aliases(conn, repository, project, [alias])).get(alias)
