@@ -300,3 +300,20 @@ async def test_unknown_route_and_method_use_the_envelope(client: httpx.AsyncClie
     resp = await client.patch("/v1/runs", headers=dev(platform))
     assert resp.status_code == 405
     assert resp.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_shared_platform_gateway_serves_the_runs_api(platform: Platform) -> None:
+    """The platform's own gateway and pipeline (dispatcher on): create, read and list."""
+    req = body()
+    async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30.0) as gw:
+        created = await gw.post("/v1/runs", json=req, headers=dev(platform))
+        assert created.status_code == 201, created.text
+        run_id = created.json()["id"]
+        got = await gw.get(f"/v1/runs/{run_id}", headers=dev(platform))
+        assert got.status_code == 200
+        assert got.json()["commit_sha"] == req["commit_sha"]
+        # The dispatcher may already be working on it.
+        assert got.json()["status"] in ("pending", "running", "failed")
+        listed = (await gw.get("/v1/runs", params={"repository": req["repository"]}, headers=dev(platform))).json()
+        assert [r["id"] for r in listed["runs"]] == [run_id]
+        assert listed["total"] == 1

@@ -117,7 +117,6 @@ async def create_run(
 
     # One creation at a time per repository: the active-run count and the duplicate check
     # below cannot be raced past (150 concurrent creates leave exactly 100 runs).
-    await store.lock_repository(conn, repository)
     by_key, existing, active = await store.creation_checks(conn, repository, commit_sha, triggered_by, idempotency_key)
     if by_key is not None:
         if by_key["request_fingerprint"] != fingerprint:

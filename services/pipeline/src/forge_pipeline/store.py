@@ -45,9 +45,11 @@ async def lock_repository(conn: Conn, repository: str) -> None:
 async def creation_checks(
     conn: Conn, repository: str, commit_sha: str, triggered_by: str, idempotency_key: str | None
 ) -> tuple[Row | None, Row | None, int]:
-    """(run with this Idempotency-Key, run for this commit, active runs of the repository),
-    three queries in one round trip."""
+    """Take the repository's creation lock, then read (run with this Idempotency-Key, run for
+    this commit, active runs of the repository): four statements in one round trip. The
+    server runs them in order, and each read takes its snapshot after the lock is granted."""
     async with conn.pipeline():
+        await lock_repository(conn, repository)
         by_key = None
         if idempotency_key is not None:
             by_key = await conn.execute(
@@ -286,29 +288,23 @@ async def has_phases(conn: Conn, run_id: str) -> bool:
     return await _one(conn, "SELECT 1 FROM pipeline.phases WHERE run_id = %s LIMIT 1", (run_id,)) is not None
 
 
+async def _copy(conn: Conn, table: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
+    # COPY: a 1,000-step tree is stored in a few milliseconds instead of 1,000 INSERTs.
+    async with conn.cursor() as cur, cur.copy(f"COPY pipeline.{table} ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            await copy.write_row(row)
+
+
 async def insert_phases(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO pipeline.phases (id, run_id, name, group_number, timeout_seconds) VALUES (%s, %s, %s, %s, %s)",
-            rows,
-        )
+    await _copy(conn, "phases", "id, run_id, name, group_number, timeout_seconds", rows)
 
 
 async def insert_tasks(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO pipeline.tasks (id, run_id, phase_id, project_name, project_path) VALUES (%s, %s, %s, %s, %s)",
-            rows,
-        )
+    await _copy(conn, "tasks", "id, run_id, phase_id, project_name, project_path", rows)
 
 
 async def insert_steps(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            """INSERT INTO pipeline.steps (id, task_id, run_id, position, name, action, command, timeout_seconds)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
-            rows,
-        )
+    await _copy(conn, "steps", "id, task_id, run_id, position, name, action, command, timeout_seconds", rows)
 
 
 # --- tasks and steps ----------------------------------------------------------------------------
