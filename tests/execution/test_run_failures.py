@@ -52,7 +52,8 @@ async def test_step_timeout_fails_the_run(cell: Cell, client: httpx.AsyncClient)
     assert slow["exit_code"] == 124
     assert steps[("test", "app", "after")]["status"] == "skipped"
     log = (await client.get(slow["logs_url"])).text
-    assert log.startswith("start\n") and "timed out after 1s" in log
+    assert log.startswith("start\n")
+    assert "timed out after 1s" in log
     failed = await cell.wait_event("pipeline.run.failed", run_id)
     assert failed["data"]["failed_phase"] == "test"
     assert "timed out after 1s" in failed["data"]["error_message"]

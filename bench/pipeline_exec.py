@@ -1,0 +1,202 @@
+"""Orchestration overhead: 100 no-op steps (``true``) across 5 phases x 20 projects, from
+``POST /v1/runs`` to ``success``, with 1 and with 4 workers.
+
+    .venv/bin/python -m bench.pipeline_exec [--runs 5] [--workers 1,4]
+
+Starts a test platform per worker count (FORGE_TEST_* servers when set, else embedded ones)
+with ``FORGE_GIT_URL_TEMPLATE`` pointing at a local repository. Every measured run is a new
+commit (runs are unique per commit), so each run pays discovery, one fetch and one worktree
+checkout, as a real push would. The clock stops when ``pipeline.run.completed`` reaches the
+event stream. Per-step overhead = total / 100 (the steps themselves do nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import nats
+from nats.js.api import DeliverPolicy
+
+from forge_common.nats import Names
+from forge_dev.testing import Platform, session_platform
+
+PHASES = 5
+PROJECTS = 20
+
+
+def _git(*args: str, cwd: Path) -> str:
+    env = {
+        "GIT_AUTHOR_NAME": "b",
+        "GIT_AUTHOR_EMAIL": "b@b",
+        "GIT_COMMITTER_NAME": "b",
+        "GIT_COMMITTER_EMAIL": "b@b",
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def make_repo(root: Path, repository: str) -> Path:
+    bare = root / f"{repository}.git"
+    work = root / "work"
+    bare.parent.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True)
+    _git("init", "-q", "--bare", "-b", "main", str(bare), cwd=root)
+    _git("init", "-q", "-b", "main", cwd=work)
+    _git("remote", "add", "origin", str(bare), cwd=work)
+    repo = ['forge_version = "1"']
+    for p in range(PHASES):
+        repo += [f"[phases.p{p}]", f"group = {p + 1}"]
+    (work / ".forge").mkdir()
+    (work / ".forge/repo.toml").write_text("\n".join(repo) + "\n")
+    for i in range(PROJECTS):
+        d = work / f"projects/proj{i:02d}/.forge"
+        d.mkdir(parents=True)
+        steps = "".join(f'[[phases.p{p}.steps]]\nname = "noop"\nrun = "true"\n' for p in range(PHASES))
+        (d / "project.toml").write_text(f'name = "proj{i:02d}"\n{steps}')
+    return work
+
+
+def new_commit(work: Path) -> str:
+    (work / "stamp").write_text(uuid.uuid4().hex)
+    _git("add", "-A", cwd=work)
+    _git("commit", "-q", "-m", "bench", cwd=work)
+    _git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=work)
+    return _git("rev-parse", "HEAD", cwd=work).strip()
+
+
+async def one_run(
+    session: aiohttp.ClientSession,
+    platform: Platform,
+    work: Path,
+    repository: str,
+    completions: dict[str, asyncio.Future[dict[str, Any]]],
+) -> tuple[float, dict[str, Any]]:
+    sha = new_commit(work)
+    headers = platform.headers("bench@forge.local", "developer")
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    async with session.post(
+        f"{platform.service_url('pipeline')}/v1/runs",
+        json={"repository": repository, "branch": "main", "commit_sha": sha, "trigger_type": "push"},
+        headers=headers,
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == 201, body
+    run_id = body["id"]
+    fut = completions.setdefault(run_id, loop.create_future())
+    event = await asyncio.wait_for(fut, 120)
+    elapsed = time.perf_counter() - started
+    async with session.get(f"{platform.service_url('pipeline')}/v1/runs/{run_id}", headers=headers) as resp:
+        run = await resp.json()
+    assert event["data"]["status"] == "success", run
+    steps = sum(len(t["steps"]) for p in run["phases"] for t in p["tasks"])
+    assert steps == PHASES * PROJECTS, steps
+    return elapsed, run
+
+
+async def bench(workers: int, runs: int) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="forge-bench-exec-"))
+    env = {
+        "FORGE_GIT_URL_TEMPLATE": (root / "repos").as_uri() + "/{repository}.git",
+        "FORGE_LOG_LEVEL": "info" if VERBOSE else "warning",
+    }
+    with session_platform(env=env, workers=workers) as platform:
+        repository = f"bench/exec-{uuid.uuid4().hex[:6]}"
+        work = make_repo(root / "repos", repository)
+        names = Names(platform.nats_prefix)
+        nc = await nats.connect(platform.nats_url)
+        completions: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        loop = asyncio.get_running_loop()
+
+        async def on_event(msg: Any) -> None:
+            data = msgspec.json.decode(msg.data)
+            rid = data["data"]["run_id"]
+            fut = completions.setdefault(rid, loop.create_future())
+            if not fut.done():
+                fut.set_result(data)
+
+        js = nc.jetstream()
+        await js.subscribe(
+            names.event_subject("pipeline.run.completed"),
+            stream=names.events_stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+            cb=on_event,
+        )
+        await asyncio.sleep(3.0)  # every worker connected and pulling
+        async with aiohttp.ClientSession() as session:
+            warm, _ = await one_run(session, platform, work, repository, completions)
+            times = []
+            for _ in range(runs):
+                elapsed, _run = await one_run(session, platform, work, repository, completions)
+                times.append(elapsed)
+        await nc.close()
+        if VERBOSE:
+            _profile(platform)
+    return {
+        "workers": workers,
+        "warmup_s": warm,
+        "runs": times,
+        "median_s": statistics.median(times),
+        "best_s": min(times),
+        "per_step_ms": statistics.median(times) / (PHASES * PROJECTS) * 1000,
+    }
+
+
+VERBOSE = False
+
+
+def _profile(platform: Platform) -> None:
+    """Where the time went, from the processes' JSON logs (with FORGE_LOG_LEVEL=info)."""
+    import collections
+    import json
+
+    jobs: dict[str, list[float]] = collections.defaultdict(list)
+    http: dict[str, list[float]] = collections.defaultdict(list)
+    for name in ("worker", "pipeline"):
+        for line in platform.logs(name).splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("message") == "worker.job_done":
+                jobs[rec["job_type"]].append(rec["duration_ms"])
+            elif rec.get("message") == "http.request":
+                key = rec["method"] + " " + "/".join(rec["path"].split("/")[:3])
+                http[key].append(rec["duration_ms"])
+    for label, values in [*jobs.items(), *http.items()]:
+        values.sort()
+        print(
+            f"  {label}: n={len(values)} p50={statistics.median(values):.1f} ms p90={values[int(len(values) * 0.9)]:.1f} ms"
+        )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--workers", default="1,4")
+    parser.add_argument("--verbose", action="store_true", help="print job and HTTP latencies (info logs)")
+    args = parser.parse_args()
+    global VERBOSE
+    VERBOSE = args.verbose
+    for count in (int(w) for w in args.workers.split(",")):
+        result = await bench(count, args.runs)
+        print(
+            f"workers={result['workers']}: median {result['median_s'] * 1000:.0f} ms, best {result['best_s'] * 1000:.0f} ms, "
+            f"per step {result['per_step_ms']:.1f} ms (warm-up {result['warmup_s'] * 1000:.0f} ms; "
+            f"runs {', '.join(f'{t * 1000:.0f}' for t in result['runs'])} ms)"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
