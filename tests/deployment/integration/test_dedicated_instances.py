@@ -194,3 +194,32 @@ async def test_argocd_path_activates_once_synced_and_healthy_and_fails_after_the
         page = (await direct.get(f"/v1/deployments/staging/{repository}/worker/history", headers=headers)).json()
         assert page["deployments"][0]["status"] == "failed"
         assert "Degraded" in page["deployments"][0]["error"]
+
+
+async def test_an_unreachable_gitops_repository_fails_the_deployment_and_frees_its_slot(
+    platform: Platform,
+    gw: httpx.AsyncClient,
+    dedicated_deployment: Callable[[dict[str, str]], Dedicated],
+) -> None:
+    repository = unique_repository()
+    release = await create_release(gw, platform, repository, "api")
+    instance = dedicated_deployment(
+        {
+            "FORGE_GITOPS_URL": f"http://forge:s3cret@127.0.0.1:{free_port()}/gitops.git",
+            "FORGE_MAX_PENDING_DEPLOYMENTS": "1",
+        }
+    )
+    headers = platform.headers("viewer@acme.io", "viewer")
+    async with httpx.AsyncClient(base_url=instance.url, timeout=60.0) as direct:
+        # Twice: with a limit of one, a slot kept by the first failure would make the second a 429.
+        for _ in range(2):
+            resp = await deploy(direct, platform, release["id"], "dev")
+            assert resp.status_code == 502, resp.text
+            error = resp.json()["error"]
+            assert error["code"] == "bad_gateway"
+            assert "GitOps" in error["message"]
+            assert "s3cret" not in resp.text
+        history = (await direct.get(f"/v1/deployments/dev/{repository}/api/history", headers=headers)).json()
+        assert [d["status"] for d in history["deployments"]] == ["failed", "failed"]
+        assert all(d["error"].startswith("GitOps commit failed") for d in history["deployments"])
+        assert all(d["gitops_commit_sha"] is None for d in history["deployments"])

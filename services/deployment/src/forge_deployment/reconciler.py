@@ -122,6 +122,7 @@ class Reconciler:
 
     async def _expire(self) -> None:
         cutoff = utcnow() - dt.timedelta(seconds=self.timeout)
+        expired: set[str] = set()
         async with unit_of_work(self.pool) as store:
             for row in await store.expire_pending(cutoff):
                 target = Target(row["environment"], row["repository"], row["project"])
@@ -138,7 +139,10 @@ class Reconciler:
                     )
                 )
                 RECONCILED.labels("failed").inc()
+                expired.add(target.key)
                 log.warning("deployment.failed", deployment_id=str(row["id"]), target=target.key, error=message)
+        for key in expired:
+            self._observed.pop(key, None)
 
     async def _applied_revision(self, target: Target, head: str | None) -> str | None:
         if self.argocd is None:
