@@ -261,3 +261,17 @@ async def test_release_created_event_payload(platform: Platform, developer: Api)
     assert (await developer.create(body)).status_code == 409
     matching = await read_events(platform, "release.created", lambda e: e["data"]["repository"] == repo)
     assert len(matching) == 1
+
+
+async def test_openapi_documents_the_contract(platform: Platform, developer: Api) -> None:
+    resp = await developer.http.get(f"{platform.service_url('release')}/schema/openapi.json")
+    assert resp.status_code == 200
+    doc = resp.json()
+    create = doc["paths"]["/v1/releases"]["post"]
+    body = create["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["repository", "project", "commit_sha"]
+    assert set(body["properties"]) == {"repository", "project", "commit_sha", "pipeline_run_id", "artifacts", "trigger"}
+    assert "201" in create["responses"]
+    release = doc["components"]["schemas"]["Release"]
+    assert {"id", "oci_digest", "artifacts", "aliases", "trigger"} <= set(release["properties"])
+    assert set(doc["paths"]["/v1/releases/{rest}"]) == {"get", "post", "delete"}

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote
 
 import msgspec
 from litestar import Request, Response, delete, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from forge_common.auth import Permission, Principal
@@ -31,7 +33,8 @@ from forge_common.events import utcnow
 from forge_common.runtime import Runtime
 
 from .domain import NewRelease
-from .schemas import AliasCreate, ReleaseCreate
+from .openapi import body_operation
+from .schemas import AliasCreate, AliasResult, Release, ReleaseCreate, ReleaseCreated
 from .service import ReleaseService
 
 __all__ = ["ROUTES"]
@@ -109,7 +112,23 @@ def _int_param(request: Request[Any, Any, Any], name: str, default: int, low: in
     return value
 
 
-@post("/v1/releases", opt={"permission": Permission.RELEASES_CREATE}, status_code=HTTP_201_CREATED)
+_REST = Annotated[
+    str,
+    Parameter(
+        description="`{release_uuid}` | `{repo}/{project}` | `{repo}/{project}/{release-id}` "
+        "(`/aliases`, `/aliases/{alias}` for POST/DELETE); `{repo}` as `owner/name` or `owner%2Fname`; "
+        "`{release-id}`: commit SHA (full or >= 7 hex), release number, tag or alias, in that order"
+    ),
+]
+
+
+@post(
+    "/v1/releases",
+    opt={"permission": Permission.RELEASES_CREATE},
+    status_code=HTTP_201_CREATED,
+    operation_class=body_operation(ReleaseCreate, "the release; `trigger` is optional (absent: manual)"),
+    responses={201: ResponseSpec(ReleaseCreated, description="created")},
+)
 async def create_release(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> dict[str, Any]:
     """Create a release (spec: Create Release; optional ``trigger``, contract #2)."""
     data = _decode(await request.body(), ReleaseCreate)
@@ -126,8 +145,20 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
     return await _service(runtime).create_release(release)
 
 
-@get("/v1/releases/{rest:path}", opt={"permission": Permission.READ})
-async def read_releases(request: Request[Any, Any, Any], runtime: Runtime, rest: str) -> dict[str, Any]:
+@get(
+    "/v1/releases/{rest:path}",
+    opt={"permission": Permission.READ},
+    responses={
+        200: ResponseSpec(
+            Release,
+            description="`{release_uuid}` and `{repo}/{project}/{release-id}`: one release (Get Release). "
+            "`{repo}/{project}?limit=&offset=`: a page `{releases: [{id, commit_sha, release_number, created_at}], "
+            "total, limit, offset}`, newest first (limit 1..100, default 20).",
+            generate_examples=False,
+        )
+    },
+)
+async def read_releases(request: Request[Any, Any, Any], runtime: Runtime, rest: _REST) -> dict[str, Any]:
     """Get a release by UUID, list a project's releases, or get one by ``{release-id}``."""
     parts = _segments(request)
     svc = _service(runtime)
@@ -149,8 +180,16 @@ async def read_releases(request: Request[Any, Any, Any], runtime: Runtime, rest:
     raise NotFound("resource not found")
 
 
-@post("/v1/releases/{rest:path}", opt={"permission": Permission.RELEASES_ALIAS})
-async def add_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: str) -> Response[dict[str, Any]]:
+@post(
+    "/v1/releases/{rest:path}",
+    opt={"permission": Permission.RELEASES_ALIAS},
+    operation_class=body_operation(AliasCreate, "`alias_type`: tag, branch or custom"),
+    responses={
+        201: ResponseSpec(AliasResult, description="alias created or moved"),
+        200: ResponseSpec(AliasResult, description="already there"),
+    },
+)
+async def add_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _REST) -> Response[dict[str, Any]]:
     """Add a ``tag``, ``branch`` or ``custom`` alias to a release."""
     parts = _segments(request)
     repo, rest_parts = _split_repo(parts)
@@ -162,7 +201,7 @@ async def add_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: str
 
 
 @delete("/v1/releases/{rest:path}", opt={"permission": Permission.RELEASES_ALIAS}, status_code=HTTP_204_NO_CONTENT)
-async def remove_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: str) -> None:
+async def remove_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _REST) -> None:
     """Remove a ``branch`` or ``custom`` alias (numeric and tag aliases are permanent)."""
     parts = _segments(request)
     repo, rest_parts = _split_repo(parts)

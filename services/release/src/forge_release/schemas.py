@@ -8,7 +8,20 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["AliasCreate", "ArtifactIn", "ReleaseCreate", "TriggerIn"]
+__all__ = [
+    "AliasCreate",
+    "AliasOut",
+    "AliasResult",
+    "ArtifactIn",
+    "ArtifactOut",
+    "Release",
+    "ReleaseCreate",
+    "ReleaseCreated",
+    "ReleaseList",
+    "ReleaseSummary",
+    "TriggerIn",
+    "TriggerOut",
+]
 
 
 class ArtifactIn(msgspec.Struct, kw_only=True):
@@ -38,3 +51,72 @@ class ReleaseCreate(msgspec.Struct, kw_only=True):
 class AliasCreate(msgspec.Struct, kw_only=True):
     alias: str
     alias_type: str
+
+
+# --- responses (documentation of the contract; the service builds the same shapes) ---------
+
+
+class ReleaseCreated(msgspec.Struct, kw_only=True):
+    id: str
+    release_number: int
+    oci_uri: str
+    oci_digest: str
+    canonical_id: str
+    created_at: str
+
+
+class ArtifactOut(msgspec.Struct, kw_only=True):
+    name: str
+    type: str
+    tracking_oci_uri: str
+    primary_published_uri: str
+
+
+class AliasOut(msgspec.Struct, kw_only=True):
+    alias: str
+    alias_type: str
+
+
+class TriggerOut(msgspec.Struct, kw_only=True):
+    trigger_type: str
+    branch: str | None
+    tag: str | None
+    triggered_by: str
+
+
+class Release(msgspec.Struct, kw_only=True):
+    id: str
+    repository: str
+    project: str
+    commit_sha: str
+    release_number: int
+    oci_uri: str
+    oci_digest: str
+    created_at: str
+    created_by: str
+    pipeline_run_id: str | None
+    artifacts: list[ArtifactOut]
+    aliases: list[AliasOut]
+    trigger: TriggerOut
+
+
+class ReleaseSummary(msgspec.Struct, kw_only=True):
+    id: str
+    commit_sha: str
+    release_number: int
+    created_at: str
+
+
+class ReleaseList(msgspec.Struct, kw_only=True):
+    releases: list[ReleaseSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class AliasResult(msgspec.Struct, kw_only=True):
+    alias: str
+    alias_type: str
+    release_id: str
+    release_number: int
+    moved_from: str | None
