@@ -4,22 +4,11 @@ from the gateway and from the services alike, and a 500 leaks nothing."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 
 from forge_dev.testing import Platform
-
-from .servers import ThreadedServer, widget_app
-
-
-@pytest.fixture(scope="module")
-async def widgets(platform: Platform) -> AsyncIterator[str]:
-    server = await ThreadedServer(widget_app(platform.env())).start()
-    yield server.url
-    await server.stop()
 
 
 def envelope(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
