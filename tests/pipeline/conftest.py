@@ -143,7 +143,7 @@ async def client(pipeline_url: str) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 async def db(pipeline_database: str, api_pipeline: Process) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """A connection to the API-only instance's database, for building run trees through the
     service functions the dispatcher uses (autocommit off: wrap calls in ``transaction()``)."""

@@ -9,6 +9,7 @@ import msgspec
 import structlog
 from litestar import Request, Response, delete, get, post, put
 from litestar.enums import MediaType
+from litestar.openapi import ResponseSpec
 
 from forge_common.auth import Permission, Principal
 from forge_common.errors import InvalidRequest
@@ -17,7 +18,18 @@ from forge_common.runtime import Runtime
 
 from . import domain, service, webhooks
 from .presign import Presigner
-from .schemas import RunCreate, RunCreated, StepStatusUpdate, TaskStatusUpdate
+from .schemas import (
+    ErrorBody,
+    RunCreate,
+    RunCreated,
+    RunDetail,
+    RunList,
+    StepStatusUpdate,
+    StepStatusView,
+    TaskStatusUpdate,
+    TaskStatusView,
+    WebhookResult,
+)
 from .settings import settings_of
 
 __all__ = ["ROUTES", "decode_body", "presigner_of", "publish_cancel"]
@@ -52,12 +64,26 @@ def decode_body(body: bytes, typ: type[T]) -> T:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
 
 
+def _doc(status: int, model: Any, description: str, *errors: int) -> dict[int, ResponseSpec]:
+    """OpenAPI responses of a route whose handler returns pre-encoded JSON bytes."""
+    spec = {status: ResponseSpec(data_container=model, description=description, generate_examples=False)}
+    for code in errors:
+        spec[code] = ResponseSpec(data_container=ErrorBody, description="error envelope", generate_examples=False)
+    return spec
+
+
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response[bytes]:
     raw = body if isinstance(body, bytes) else _encoder.encode(body)
     return Response(raw, status_code=status, media_type=MediaType.JSON, headers=headers)
 
 
-@post("/v1/runs", opt={"permission": Permission.RUNS_WRITE}, status_code=201)
+@post(
+    "/v1/runs",
+    opt={"permission": Permission.RUNS_WRITE},
+    status_code=201,
+    summary="Create a pipeline run",
+    responses=_doc(201, RunCreated, "the run, pending", 400, 401, 403, 409, 429),
+)
 async def create_run(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> Response[bytes]:
     cmd = decode_body(await request.body(), RunCreate)
     if cmd.triggered_by is not None:
@@ -80,7 +106,12 @@ async def create_run(request: Request[Any, Any, Any], principal: Principal, runt
     return _json(201, body, headers)
 
 
-@get("/v1/runs", opt={"permission": Permission.READ})
+@get(
+    "/v1/runs",
+    opt={"permission": Permission.READ},
+    summary="List a repository's runs, newest first",
+    responses=_doc(200, RunList, "one page of runs", 400, 401, 403),
+)
 async def list_runs(request: Request[Any, Any, Any], runtime: Runtime) -> Response[bytes]:
     q = request.query_params
     query = domain.validate_list_query(
@@ -91,7 +122,12 @@ async def list_runs(request: Request[Any, Any, Any], runtime: Runtime) -> Respon
     return _json(200, result)
 
 
-@get("/v1/runs/{run_id:str}", opt={"permission": Permission.READ})
+@get(
+    "/v1/runs/{run_id:str}",
+    opt={"permission": Permission.READ},
+    summary="A run with its phases, tasks and steps",
+    responses=_doc(200, RunDetail, "the run tree", 400, 401, 403, 404),
+)
 async def get_run(run_id: str, runtime: Runtime) -> Response[bytes]:
     rid = service.parse_uuid(run_id, "run")
     ttl = int(settings_of(runtime).logs_url_ttl)
@@ -113,7 +149,13 @@ async def publish_cancel(runtime: Runtime, run_id: str) -> None:
         log.warning("pipeline.cancel_publish_failed", run_id=run_id, error=str(exc))
 
 
-@delete("/v1/runs/{run_id:str}", opt={"permission": Permission.RUNS_WRITE}, status_code=204)
+@delete(
+    "/v1/runs/{run_id:str}",
+    opt={"permission": Permission.RUNS_WRITE},
+    status_code=204,
+    summary="Cancel a pending or running run",
+    responses={k: v for k, v in _doc(204, None, "cancelled", 400, 401, 403, 404, 409).items() if k != 204},
+)
 async def cancel_run(run_id: str, runtime: Runtime) -> None:
     rid = service.parse_uuid(run_id, "run")
     async with runtime.pool.connection() as conn, conn.transaction():
@@ -121,7 +163,12 @@ async def cancel_run(run_id: str, runtime: Runtime) -> None:
     await publish_cancel(runtime, rid)
 
 
-@put("/v1/tasks/{task_id:str}/status", opt={"permission": Permission.INTERNAL_STATUS})
+@put(
+    "/v1/tasks/{task_id:str}/status",
+    opt={"permission": Permission.INTERNAL_STATUS},
+    summary="Worker report of a task's status",
+    responses=_doc(200, TaskStatusView, "the task after the report", 400, 401, 403, 404, 409),
+)
 async def update_task_status(request: Request[Any, Any, Any], task_id: str, runtime: Runtime) -> Response[bytes]:
     tid = service.parse_uuid(task_id, "task")
     cmd = decode_body(await request.body(), TaskStatusUpdate)
@@ -132,7 +179,12 @@ async def update_task_status(request: Request[Any, Any, Any], task_id: str, runt
     return _json(200, service.task_view(row))
 
 
-@put("/v1/steps/{step_id:str}/status", opt={"permission": Permission.INTERNAL_STATUS})
+@put(
+    "/v1/steps/{step_id:str}/status",
+    opt={"permission": Permission.INTERNAL_STATUS},
+    summary="Worker report of a step's status",
+    responses=_doc(200, StepStatusView, "the step after the report", 400, 401, 403, 404, 409),
+)
 async def update_step_status(request: Request[Any, Any, Any], step_id: str, runtime: Runtime) -> Response[bytes]:
     sid = service.parse_uuid(step_id, "step")
     cmd = decode_body(await request.body(), StepStatusUpdate)
@@ -145,7 +197,14 @@ async def update_step_status(request: Request[Any, Any, Any], step_id: str, runt
     return _json(200, service.step_view(row))
 
 
-@post("/v1/webhooks/github", opt={"public": True}, status_code=202)
+@post(
+    "/v1/webhooks/github",
+    opt={"public": True},
+    status_code=202,
+    summary="GitHub webhook (HMAC X-Hub-Signature-256)",
+    responses=_doc(201, WebhookResult, "run created", 400, 401, 429)
+    | {200: ResponseSpec(WebhookResult, description="ping, duplicate delivery, existing run or tag recorded")},
+)
 async def github_webhook(request: Request[Any, Any, Any], runtime: Runtime) -> Response[bytes]:
     status, body = await webhooks.handle(runtime, dict(request.headers), await request.body())
     return _json(status, body)

@@ -7,14 +7,20 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "ErrorBody",
+    "PhaseView",
     "RunCreate",
     "RunCreated",
+    "RunDetail",
     "RunList",
     "RunSummary",
     "StepStatusUpdate",
     "StepStatusView",
+    "StepView",
     "TaskStatusUpdate",
     "TaskStatusView",
+    "TaskView",
+    "WebhookResult",
 ]
 
 TriggerType = Literal["push", "pull_request", "manual"]
@@ -80,3 +86,60 @@ class StepStatusView(msgspec.Struct, kw_only=True):
     logs_s3_key: str | None
     started_at: str | None
     completed_at: str | None
+
+
+class StepView(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    status: str
+    exit_code: int | None
+    # Present only once the step has a log: a presigned S3 GET URL.
+    logs_url: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class TaskView(msgspec.Struct, kw_only=True):
+    id: str
+    project_name: str
+    status: str
+    steps: list[StepView]
+
+
+class PhaseView(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    group_number: int
+    status: str
+    started_at: str | None
+    completed_at: str | None
+    tasks: list[TaskView]
+
+
+class RunDetail(msgspec.Struct, kw_only=True):
+    id: str
+    repository: str
+    branch: str
+    commit_sha: str
+    status: str
+    triggered_by: str
+    trigger_type: TriggerType
+    started_at: str
+    completed_at: str | None
+    phases: list[PhaseView]
+
+
+class WebhookResult(msgspec.Struct, kw_only=True):
+    status: str
+    delivery_id: str
+    run_id: str | None = None
+    tag: str | None = None
+    reason: str | None = None
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+    details: dict[str, object]
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    error: ErrorDetail
