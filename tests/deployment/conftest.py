@@ -37,7 +37,14 @@ def dedicated_deployment(platform: Platform, tmp_path: Path) -> Iterator[Callabl
         gitops_url = (tmp_path / f"{name}-gitops.git").as_uri()
         proc = platform.start_process(
             "deployment",
-            env={"FORGE_DATABASE_URL": db_url, "FORGE_GITOPS_URL": gitops_url, **env},
+            # Small pools: the test server's connections are shared by every suite on the machine.
+            env={
+                "FORGE_DATABASE_URL": db_url,
+                "FORGE_GITOPS_URL": gitops_url,
+                "FORGE_DB_POOL_MIN": "1",
+                "FORGE_DB_POOL_MAX": "5",
+                **env,
+            },
         )
         started.append((proc, name))
         return Dedicated(proc, gitops_url, db_url)

@@ -257,7 +257,7 @@ async def test_twenty_concurrent_deployments_from_two_replicas_land_as_twenty_co
 ) -> None:
     repository = unique_repository()
     releases = await asyncio.gather(*(create_release(gw, platform, repository, f"svc{i}") for i in range(20)))
-    replica = platform.start_process("deployment")
+    replica = platform.start_process("deployment", env={"FORGE_DB_POOL_MIN": "1", "FORGE_DB_POOL_MAX": "5"})
     try:
         async with httpx.AsyncClient(base_url=replica.url, timeout=60.0) as direct:
 
