@@ -87,6 +87,7 @@ async def schema(platform: Platform, scratch_package: str) -> AsyncIterator[str]
     await migrate(platform.database_url, name, scratch_package)
     yield name
     async with await psycopg.AsyncConnection.connect(platform.database_url, autocommit=True) as conn:
+        await conn.execute("SET lock_timeout = '10s'")
         await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
@@ -188,9 +189,10 @@ async def test_events_written_while_nats_is_down_arrive_exactly_once(
             "the relay to catch up after NATS came back",
         )
     finally:
-        await relay.stop()
-        await pool.close()
-        await nc.close()
+        # Bounded, so a failure above is reported instead of hanging the session.
+        await asyncio.wait_for(relay.stop(), 15)
+        await pool.close(timeout=5)
+        await asyncio.wait_for(nc.close(), 10)
 
     messages = await stream_messages(nats_server.url, names)
     ids = [msg_id for msg_id, _ in messages]
