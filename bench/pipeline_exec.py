@@ -108,7 +108,7 @@ async def bench(workers: int, runs: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="forge-bench-exec-"))
     env = {
         "FORGE_GIT_URL_TEMPLATE": (root / "repos").as_uri() + "/{repository}.git",
-        "FORGE_LOG_LEVEL": "info" if VERBOSE else "warning",
+        "FORGE_LOG_LEVEL": "debug" if VERBOSE else "warning",
     }
     with session_platform(env=env, workers=workers) as platform:
         repository = f"bench/exec-{uuid.uuid4().hex[:6]}"
@@ -169,7 +169,10 @@ def _profile(platform: Platform) -> None:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if rec.get("message") == "worker.job_done":
+            if rec.get("message") == "worker.step_timing":
+                for k in ("run_ms", "upload_ms", "report_ms"):
+                    jobs["step." + k].append(rec[k])
+            elif rec.get("message") == "worker.job_done":
                 jobs[rec["job_type"]].append(rec["duration_ms"])
             elif rec.get("message") == "http.request":
                 key = rec["method"] + " " + "/".join(rec["path"].split("/")[:3])

@@ -94,6 +94,7 @@ class Cell:
             "FORGE_LOG_FLUSH_INTERVAL": "0.3s",
             "FORGE_STEP_KILL_GRACE": "0.5s",
             "FORGE_DB_POOL_MIN": "1",
+            "FORGE_DB_POOL_MAX": "4",
             **(env or {}),
         }
         self.pipelines: list[Process] = []

@@ -2,7 +2,7 @@ from litestar import Litestar
 
 from forge_common.http import AppSpec, build_app
 
-from . import dispatcher, github
+from . import dispatcher, execution_api, github
 from .api import ROUTES
 from .settings import Settings
 
@@ -12,7 +12,7 @@ def create_app(settings: Settings) -> Litestar:
         AppSpec(
             service="pipeline",
             settings=settings,
-            routes=ROUTES,
+            routes=[*ROUTES, *execution_api.ROUTES],
             schema="pipeline",
             migrations="forge_pipeline.migrations",
             on_startup=[github.start, dispatcher.start],

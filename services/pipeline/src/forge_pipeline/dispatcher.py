@@ -552,13 +552,19 @@ class RunDriver:
             for task_id, error in failed:
                 if states.get(task_id, {}).get("status") not in FINISHED:
                     await service.mark_task(conn, task_id, "failed", error)
-        # The run is over (the roll-up failed it); make sure of it and stop running work.
+        # The run is over (the roll-up failed it); make sure of it, then stop what still runs:
+        # the failing phase is failed, tasks of the group still running are cancelled.
         phase, task = tasks[failed[0][0]]
         async with self.rt.pool.connection() as conn, conn.transaction():
             status = await xstore.run_status(conn, self.run_id)
             if status in ("pending", "running"):
                 message = f"task {task.project_name} of phase {phase.name} failed: {failed[0][1]}"
                 await service.fail_run(conn, self.run_id, message, phase.name)
+            await store.lock_run(conn, self.run_id)
+            for phase_id in {tasks[task_id][0].id for task_id, _ in failed}:
+                if phase_id is not None:
+                    await xstore.fail_phase_if_open(conn, phase_id)
+            await store.close_open_work(conn, self.run_id)
         await self._cancel_workers()
         log.info("dispatcher.run_failed", run_id=self.run_id, phase=phase.name, timed_out=timed_out)
 

@@ -119,3 +119,12 @@ async def mark_release_evaluated(conn: Conn, run_id: str) -> bool:
         (run_id,),
     )
     return await cur.fetchone() is not None
+
+
+async def fail_phase_if_open(conn: Conn, phase_id: str) -> None:
+    await conn.execute(
+        """UPDATE pipeline.phases SET status = 'failed', started_at = coalesce(started_at, now()),
+               completed_at = now()
+           WHERE id = %s AND status IN ('pending', 'running')""",
+        (phase_id,),
+    )

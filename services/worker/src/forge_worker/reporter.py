@@ -64,8 +64,8 @@ class Reporter:
                 delay = min(delay * 2.5, 3.0)
         raise InfraError(f"{method} {self.client.base_url}{path} failed: {last}")
 
-    async def _status(self, kind: str, entity_id: str, body: dict[str, Any]) -> None:
-        resp = await self.call("PUT", f"/v1/{kind}/{entity_id}/status", body)
+    async def _status(self, kind: str, entity_id: str, body: dict[str, Any], action: str = "status") -> None:
+        resp = await self.call("PUT", f"/v1/{kind}/{entity_id}/{action}", body)
         if resp.ok:
             return
         if resp.status == 409:
@@ -73,7 +73,7 @@ class Reporter:
             raise Conflict(details.get("current_status"), resp.body)
         if resp.status == 404:
             raise Conflict("missing", resp.body)
-        raise InfraError(f"PUT /v1/{kind}/{entity_id}/status answered {resp.status}: {resp.body}")
+        raise InfraError(f"PUT /v1/{kind}/{entity_id}/{action} answered {resp.status}: {resp.body}")
 
     async def task(self, task_id: str, status: str, error: str | None = None) -> None:
         body: dict[str, Any] = {"status": status}
@@ -90,6 +90,17 @@ class Reporter:
         if logs_s3_key:
             body["logs_s3_key"] = logs_s3_key
         await self._status("steps", step_id, body)
+
+    async def report(
+        self, task_id: str, steps: list[dict[str, Any]], status: str | None = None, error: str | None = None
+    ) -> None:
+        """Steps' and (optionally) the task's status in one request (``PUT /v1/tasks/{id}/report``)."""
+        body: dict[str, Any] = {"steps": steps}
+        if status is not None:
+            body["status"] = status
+        if error:
+            body["error"] = error[:4000]
+        await self._status("tasks", task_id, body, "report")
 
     async def run(self, run_id: str) -> dict[str, Any] | None:
         resp = await self.call("GET", f"/v1/runs/{run_id}")

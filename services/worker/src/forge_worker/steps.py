@@ -36,6 +36,7 @@ class StepOutcome(msgspec.Struct, kw_only=True):
     cancelled: bool = False
     duration: float = 0.0
     log_bytes: int = 0
+    upload_ms: float = 0.0
 
 
 class ProcessTable:
@@ -221,7 +222,9 @@ class StepRunner:
             if not waiter.done():
                 _kill_group(pgid, signal.SIGKILL)
             self.table.remove(run_id, pgid)
+        uploaded = time.monotonic()
         await self.upload(key, bytes(buf))
+        upload_ms = (time.monotonic() - uploaded) * 1000
         code = proc.returncode if proc.returncode is not None else -9
         if code < 0:
             code = 128 - code
@@ -233,4 +236,5 @@ class StepRunner:
             cancelled=cancelled,
             duration=time.monotonic() - started,
             log_bytes=len(buf),
+            upload_ms=upload_ms,
         )

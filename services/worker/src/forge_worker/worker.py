@@ -381,6 +381,8 @@ class Worker:
         results: list[dict[str, Any]] = []
         error: str | None = None
         status = "success"
+        task_reported = False
+        todo = [s for s in job.steps if s.id not in done]
         for step in job.steps:
             if step.id in done:
                 prev = done[step.id]
@@ -389,7 +391,7 @@ class Worker:
                 )
                 continue
             try:
-                outcome = await self._step(job, step, workdir, env)
+                outcome, task_reported = await self._step(job, step, workdir, env, last=step is todo[-1])
             except _Cancelled:
                 return JobReply(status="cancelled", error="the run was cancelled", result={"steps": results})
             results.append(outcome)
@@ -397,35 +399,62 @@ class Worker:
                 status = "failed"
                 error = outcome["error"]
                 break
-        await self._finish_task(job.task_id, status, error)
+        if not task_reported:
+            await self._finish_task(job.task_id, status, error)
         return JobReply(status="success" if status == "success" else "failed", error=error, result={"steps": results})
 
     async def _finish_task(self, task_id: str, status: str, error: str | None) -> None:
         try:
+            if status != "running":
+                # No step report started the task (it failed before its first step, or every
+                # step had already run): a worker reports running before the outcome.
+                await self.reporter.task(task_id, "running")
             await self.reporter.task(task_id, status, error)
         except Conflict as exc:
             log.info("worker.task_final_conflict", task_id=task_id, current=exc.current)
 
-    async def _step(self, job: CiJob, step: StepJob, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+    async def _report_running_later(self, step_id: str, delay: float, cancel: asyncio.Event) -> bool:
+        """Report the step ``running`` once it has run for ``delay`` (quick steps skip this call:
+        their final report carries both transitions). False when the service refuses (the run
+        was cancelled or the step already finished elsewhere): the step is stopped."""
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            await self.reporter.step(step_id, "running")
+        except Conflict:
+            cancel.set()
+            return False
+        return True
+
+    async def _final_report(
+        self, job: CiJob, step_report: dict[str, Any], task_status: str | None, error: str | None
+    ) -> bool:
+        """The step's outcome, with the task's when it is the task's last word; True when the
+        task status went with it."""
+        try:
+            await self.reporter.report(job.task_id, [step_report], task_status, error)
+        except Conflict as exc:
+            log.info("worker.final_report_conflict", task_id=job.task_id, current=exc.current)
+            return False
+        return task_status is not None
+
+    async def _step(
+        self, job: CiJob, step: StepJob, workdir: Path, env: dict[str, str], last: bool
+    ) -> tuple[dict[str, Any], bool]:
         assert self.runner is not None
         if job.run_id in self._cancelled:
             raise _Cancelled
-        try:
-            await self.reporter.step(step.id, "running")
-        except Conflict as exc:
-            if exc.current == "success":
-                return {"id": step.id, "name": step.name, "status": "success", "exit_code": 0}
-            raise _Cancelled from exc
         key = log_key(job.run_id, job.phase, job.project, step.name)
         argv = self.runner.argv(step.action, step.command)
         if argv is None:
             message = f"step {step.name}: earthly is not installed on this worker (target {step.command})"
             await self.runner.upload(key, (message + "\n").encode())
-            await self._report_step(step.id, "failed", 127, key)
-            return {"id": step.id, "name": step.name, "status": "failed", "exit_code": 127, "error": message}
+            report = {"id": step.id, "status": "failed", "exit_code": 127, "logs_s3_key": key}
+            reported = await self._final_report(job, report, "failed", message)
+            return {"id": step.id, "name": step.name, "status": "failed", "exit_code": 127, "error": message}, reported
         cancel = asyncio.Event()
-        if job.run_id in self._cancelled:
-            raise _Cancelled
+        t0 = time.perf_counter()
+        running = asyncio.create_task(self._report_running_later(step.id, self.settings.running_report_delay, cancel))
         outcome = await self.runner.run(
             run_id=job.run_id,
             argv=argv,
@@ -435,10 +464,17 @@ class Worker:
             key=key,
             cancel=cancel,
         )
-        ok = outcome.exit_code == 0 and not outcome.cancelled
-        await self._report_step(step.id, "success" if ok else "failed", outcome.exit_code, key)
+        t1 = time.perf_counter()
+        if not running.done():
+            running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            if not await running:
+                raise _Cancelled
         if outcome.cancelled:
+            with contextlib.suppress(Exception):
+                await self.reporter.step(step.id, "failed", outcome.exit_code, key)
             raise _Cancelled
+        ok = outcome.exit_code == 0
         result: dict[str, Any] = {
             "id": step.id,
             "name": step.name,
@@ -450,7 +486,16 @@ class Worker:
             result["error"] = f"step {step.name} timed out after {step.timeout_seconds}s"
         elif not ok:
             result["error"] = f"step {step.name} failed with exit code {outcome.exit_code}"
-        return result
+        report = {"id": step.id, "status": result["status"], "exit_code": outcome.exit_code, "logs_s3_key": key}
+        task_status = "failed" if not ok else ("success" if last else None)
+        reported = await self._final_report(job, report, task_status, result.get("error"))
+        log.debug(
+            "worker.step_timing",
+            run_ms=round((t1 - t0) * 1000 - outcome.upload_ms, 1),
+            upload_ms=round(outcome.upload_ms, 1),
+            report_ms=round((time.perf_counter() - t1) * 1000, 1),
+        )
+        return result, reported
 
     async def _report_step(self, step_id: str, status: str, exit_code: int, key: str) -> None:
         try:
