@@ -279,3 +279,25 @@ async def test_commit_statuses_follow_the_run(
         ("pending", "Forge pipeline run is queued"),
         ("error", "Forge pipeline run was cancelled"),
     ]
+
+
+async def test_tag_pushed_after_a_successful_run_reopens_release_evaluation(
+    client: httpx.AsyncClient, db: psycopg.AsyncConnection[Any]
+) -> None:
+    from forge_pipeline import service
+
+    repo, after = unique_repo(), sha40()
+    run_id = (await deliver(client, "push", push_payload(repo, "refs/heads/main", after))).json()["run_id"]
+    async with db.transaction():
+        await service.store_discovery(db, run_id, [])
+        assert await service.complete_run(db, run_id)
+        # As the dispatcher records once it evaluated the branch's release triggers.
+        await db.execute("UPDATE pipeline.runs SET release_evaluated_at = now() WHERE id = %s", (run_id,))
+    resp = await deliver(client, "push", push_payload(repo, "refs/tags/v3.0.0", after, base_ref="refs/heads/main"))
+    assert resp.json()["status"] == "tag_recorded"
+    cur = await db.execute(
+        "SELECT tag, release_evaluated_at, status::text AS status FROM pipeline.runs WHERE id = %s", (run_id,)
+    )
+    row = await cur.fetchone()
+    await db.rollback()
+    assert row == {"tag": "v3.0.0", "release_evaluated_at": None, "status": "success"}

@@ -168,8 +168,14 @@ async def finish_run(
 
 
 async def set_run_tag(conn: Conn, run_id: str, tag: str) -> None:
+    """Attach a pushed tag to the commit's run. A run that already succeeded has its release
+    triggers evaluated again (``release_evaluated_at``, the dispatcher's column) so that
+    ``{ tag = ... }`` rules fire for a tag pushed after the run finished."""
     await conn.execute(
-        "UPDATE pipeline.runs SET tag = %s, updated_at = now() WHERE id = %s AND tag IS NULL", (tag, run_id)
+        """UPDATE pipeline.runs SET tag = %s, updated_at = now(),
+               release_evaluated_at = CASE WHEN status = 'success' THEN NULL ELSE release_evaluated_at END
+           WHERE id = %s AND status IN ('pending', 'running', 'success')""",
+        (tag, run_id),
     )
 
 

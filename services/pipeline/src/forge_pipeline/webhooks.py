@@ -155,11 +155,11 @@ async def _tag_push(
     conn: Conn, payload: dict[str, Any], repository: str, tag: str, commit_sha: str, actor: str, max_active: int
 ) -> tuple[int, dict[str, Any]]:
     """A tag push is recorded (release triggers ``{ tag = true }``). When the commit already has
-    a run, the tag is attached to it; otherwise a run is started for the tagged commit."""
+    a run, the tag is attached to it (a successful run gets its release triggers evaluated
+    again, for the tag); otherwise a run is started for the tagged commit."""
     existing = await store.run_by_commit(conn, repository, commit_sha)
     if existing is not None:
-        if existing["status"] in domain.ACTIVE_RUN_STATUSES:
-            await store.set_run_tag(conn, existing["id"], tag)
+        await store.set_run_tag(conn, existing["id"], tag)
         await store.record_tag_push(conn, repository, tag, commit_sha, actor, existing["id"])
         return 200, {"status": "tag_recorded", "run_id": existing["id"], "tag": tag}
     base_ref = _get(payload, "base_ref")
