@@ -115,6 +115,14 @@ class Lane:
         self.processes.append(gateway)
         return gateway.url
 
+    def log_tails(self, chars: int = 6000) -> str:
+        """The end of each process's log, to say why a step of the lifecycle did not happen."""
+        parts = []
+        for proc in self.processes:
+            if proc.log_path and proc.log_path.exists():
+                parts.append(f"----- {proc.name} -----\n{proc.log_path.read_text(errors='replace')[-chars:]}")
+        return "\n".join(parts)
+
     def close(self) -> None:
         for proc in reversed(self.processes):
             with contextlib.suppress(Exception):
@@ -171,14 +179,17 @@ async def test_push_run_release_deploy_approve_promote(platform: Platform, lane:
         )
         assert resp.status_code == 201, resp.text
         run_id = resp.json()["id"]
-        run = await _poll(client, f"/v1/runs/{run_id}", viewer, lambda r: r["status"] in ("success", "failed"), 120)
-        assert run["status"] == "success", run
+        run = await _poll(client, f"/v1/runs/{run_id}", viewer, lambda r: r["status"] in ("success", "failed"), 180)
+        assert run["status"] == "success", f"{run}\n{lane.log_tails()}"
         assert [(p["name"], p["status"]) for p in run["phases"]] == [("test", "success"), ("build", "success")]
 
         # run -> release, created by the worker's release job
-        created = await wait_for_event(
-            platform, "release.created", lambda e: e["data"]["repository"] == repository, timeout=60
-        )
+        try:
+            created = await wait_for_event(
+                platform, "release.created", lambda e: e["data"]["repository"] == repository, timeout=120
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{lane.log_tails()}") from None
         assert created["data"]["project"] == "api"
         assert created["data"]["commit_sha"] == sha
         assert created["data"]["trigger_type"] == "branch_push"
