@@ -142,7 +142,7 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
         created_by=principal.identity,
         now=utcnow(),
     )
-    return await _service(runtime).create_release(release)
+    return await _service(runtime).create_release(release, principal.token)
 
 
 @get(

@@ -5,18 +5,21 @@ from forge_common.runtime import Runtime
 
 from .api import ROUTES
 from .oci import make_publisher
+from .runs import PipelineRuns, SkipRunCheck
 from .service import ReleaseService
 from .settings import Settings
 
 
 def create_app(settings: Settings) -> Litestar:
     async def start(runtime: Runtime) -> None:
-        runtime.extras["releases"] = ReleaseService(runtime.pool, make_publisher(settings))
+        runs = PipelineRuns(settings.pipeline_url) if settings.verify_pipeline_runs else SkipRunCheck()
+        runtime.extras["releases"] = ReleaseService(runtime.pool, make_publisher(settings), runs)
 
     async def stop(runtime: Runtime) -> None:
         svc = runtime.extras.get("releases")
         if isinstance(svc, ReleaseService):
             await svc.publisher.close()
+            await svc.runs.close()
 
     return build_app(
         AppSpec(

@@ -43,6 +43,7 @@ from .domain import (
     validate_repository,
 )
 from .oci import Publisher, build_artifact
+from .runs import RunChecker, SkipRunCheck
 
 __all__ = ["ReleaseService"]
 
@@ -98,14 +99,18 @@ class _ProjectLocks:
 
 
 class ReleaseService:
-    def __init__(self, pool: Pool, publisher: Publisher) -> None:
+    def __init__(self, pool: Pool, publisher: Publisher, runs: RunChecker | None = None) -> None:
         self.pool = pool
         self.publisher = publisher
+        self.runs: RunChecker = runs or SkipRunCheck()
         self._project_lock = _ProjectLocks()
 
     # --- create --------------------------------------------------------------------------------
 
-    async def create_release(self, release: NewRelease) -> dict[str, Any]:
+    async def create_release(self, release: NewRelease, token: str = "") -> dict[str, Any]:
+        if release.pipeline_run_id is not None:
+            # Before the project lock: a slow pipeline service must not hold up other creates.
+            await self.runs.check(release.pipeline_run_id, release.repository, release.commit_sha, token)
         try:
             async with self._project_lock(release.repository, release.project):
                 return await self._create(release)
