@@ -77,6 +77,11 @@ def _repo(repo: str) -> str:
     return quote(repo, safe="")
 
 
+def _seg(value: str) -> str:
+    """One path segment: whatever the user typed cannot add or remove segments."""
+    return quote(value, safe="")
+
+
 def _api_command(handler: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -136,10 +141,10 @@ def _add_api_commands(sub: Any) -> None:
     )
     p = runs.add_parser("get", help="a run with its phases, tasks and steps")
     p.add_argument("run_id")
-    p.set_defaults(func=_api_command(lambda a: _call(a, "GET", f"/v1/runs/{a.run_id}")))
+    p.set_defaults(func=_api_command(lambda a: _call(a, "GET", f"/v1/runs/{_seg(a.run_id)}")))
     p = runs.add_parser("cancel", help="cancel a pending or running run")
     p.add_argument("run_id")
-    p.set_defaults(func=_api_command(lambda a: _call(a, "DELETE", f"/v1/runs/{a.run_id}")))
+    p.set_defaults(func=_api_command(lambda a: _call(a, "DELETE", f"/v1/runs/{_seg(a.run_id)}")))
 
     rel = sub.add_parser("releases", help="releases").add_subparsers(dest="releases_command", required=True)
     p = rel.add_parser("create", help="release a project at a commit")
@@ -150,8 +155,10 @@ def _add_api_commands(sub: Any) -> None:
         "--artifact",
         action="append",
         default=[],
-        metavar="NAME:TYPE:TRACKING_URI:PUBLISHED_URI",
-        help="repeat for several; TYPE is container, binary or archive",
+        nargs=4,
+        metavar=("NAME", "TYPE", "TRACKING_URI", "PUBLISHED_URI"),
+        help="an artifact (four values: OCI references contain ':', so they are separate arguments); "
+        "repeat for several; TYPE is container, binary or archive",
     )
     p.set_defaults(func=_api_command(_create_release))
     p = rel.add_parser("get", help="a release by commit SHA, number, tag or alias")
@@ -160,7 +167,7 @@ def _add_api_commands(sub: Any) -> None:
     p.add_argument("release_id")
     p.set_defaults(
         func=_api_command(
-            lambda a: _call(a, "GET", f"/v1/releases/{_repo(a.repository)}/{a.project}/{quote(a.release_id, safe='')}")
+            lambda a: _call(a, "GET", f"/v1/releases/{_repo(a.repository)}/{_seg(a.project)}/{_seg(a.release_id)}")
         )
     )
     p = rel.add_parser("list", help="releases of a project, newest first")
@@ -173,7 +180,7 @@ def _add_api_commands(sub: Any) -> None:
             lambda a: _call(
                 a,
                 "GET",
-                f"/v1/releases/{_repo(a.repository)}/{a.project}",
+                f"/v1/releases/{_repo(a.repository)}/{_seg(a.project)}",
                 params={"limit": a.limit, "offset": a.offset},
             )
         )
@@ -198,21 +205,31 @@ def _add_api_commands(sub: Any) -> None:
             )
         )
     )
-    for name, suffix, helptext in (
-        ("current", "", "the active deployment"),
-        ("history", "/history", "past deployments"),
-    ):
-        p = dep.add_parser(name, help=helptext)
-        p.add_argument("environment", choices=["dev", "staging", "production"])
-        p.add_argument("repository")
-        p.add_argument("project")
-        p.set_defaults(
-            func=_api_command(
-                lambda a, suffix=suffix: _call(
-                    a, "GET", f"/v1/deployments/{a.environment}/{_repo(a.repository)}/{a.project}{suffix}"
-                )
+    p = dep.add_parser("current", help="the active deployment of a project in an environment")
+    p.add_argument("environment", choices=["dev", "staging", "production"])
+    p.add_argument("repository")
+    p.add_argument("project")
+    p.set_defaults(
+        func=_api_command(
+            lambda a: _call(a, "GET", f"/v1/deployments/{a.environment}/{_repo(a.repository)}/{_seg(a.project)}")
+        )
+    )
+    p = dep.add_parser("history", help="deployments of a project in an environment, newest first")
+    p.add_argument("environment", choices=["dev", "staging", "production"])
+    p.add_argument("repository")
+    p.add_argument("project")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--offset", type=int)
+    p.set_defaults(
+        func=_api_command(
+            lambda a: _call(
+                a,
+                "GET",
+                f"/v1/deployments/{a.environment}/{_repo(a.repository)}/{_seg(a.project)}/history",
+                params={"limit": a.limit, "offset": a.offset},
             )
         )
+    )
 
     apr = sub.add_parser("approvals", help="approvals").add_subparsers(dest="approvals_command", required=True)
     p = apr.add_parser("create", help="approve a release for an environment")
@@ -229,23 +246,34 @@ def _add_api_commands(sub: Any) -> None:
             )
         )
     )
-    p = apr.add_parser("get", help="the approval status of a release in an environment")
-    p.add_argument("release_id")
-    p.add_argument("environment", choices=["dev", "staging", "production"])
-    p.set_defaults(func=_api_command(lambda a: _call(a, "GET", f"/v1/approvals/{a.release_id}/{a.environment}")))
-    p = apr.add_parser("revoke", help="revoke an approval")
+    p = apr.add_parser(
+        "get",
+        help="the approval status of a release in an environment (RELEASE_ID ENVIRONMENT), or one approval (APPROVAL_ID)",
+    )
+    p.add_argument("id", metavar="RELEASE_ID|APPROVAL_ID")
+    p.add_argument("environment", nargs="?", choices=["dev", "staging", "production"])
+    p.set_defaults(
+        func=_api_command(
+            lambda a: _call(a, "GET", f"/v1/approvals/{_seg(a.id)}" + (f"/{a.environment}" if a.environment else ""))
+        )
+    )
+    p = apr.add_parser("revoke", help="revoke an active approval")
     p.add_argument("approval_id")
-    p.set_defaults(func=_api_command(lambda a: _call(a, "DELETE", f"/v1/approvals/{a.approval_id}")))
+    p.add_argument("--reason", help="recorded with the revocation")
+    p.set_defaults(
+        func=_api_command(
+            lambda a: _call(
+                a, "DELETE", f"/v1/approvals/{_seg(a.approval_id)}", {"reason": a.reason} if a.reason else None
+            )
+        )
+    )
 
 
 def _create_release(args: argparse.Namespace) -> Any:
-    artifacts = []
-    for spec in args.artifact:
-        parts = spec.split(":", 3)
-        if len(parts) != 4:
-            raise ApiError(f"--artifact {spec!r}: expected NAME:TYPE:TRACKING_URI:PUBLISHED_URI")
-        name, kind, tracking, published = parts
-        artifacts.append({"name": name, "type": kind, "tracking_oci_uri": tracking, "primary_published_uri": published})
+    artifacts = [
+        {"name": name, "type": kind, "tracking_oci_uri": tracking, "primary_published_uri": published}
+        for name, kind, tracking, published in args.artifact
+    ]
     body = {
         "repository": args.repository,
         "project": args.project,
