@@ -157,7 +157,7 @@ async def finish_run(
         conn,
         f"""
         UPDATE pipeline.runs AS r SET status = %s::pipeline.run_status, error = %s, failed_phase = %s,
-            completed_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
+            completed_at = now(), updated_at = now()
         WHERE r.id = %s
         RETURNING {_RUN_COLUMNS}
         """,
