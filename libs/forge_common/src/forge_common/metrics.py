@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST as _PROMETHEUS_CONTENT_TYPE
+from prometheus_client import Counter, Histogram, generate_latest
 
 __all__ = ["CONTENT_TYPE_LATEST", "REQUESTS", "REQUEST_ERRORS", "REQUEST_LATENCY", "render"]
+
+# Litestar appends "; charset=utf-8" to text/* media types itself; prometheus_client's constant
+# already carries it, and a duplicated parameter makes the header unparsable (Go's
+# mime.ParseMediaType, i.e. Prometheus 3, refuses "duplicate parameter name").
+CONTENT_TYPE_LATEST = _PROMETHEUS_CONTENT_TYPE.replace("; charset=utf-8", "")
 
 REQUESTS = Counter("forge_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
 REQUEST_ERRORS = Counter(
