@@ -137,6 +137,9 @@ async def test_list_of_unknown_project_is_empty(viewer: Api) -> None:
         ({"limit": "ten"}, "limit"),
         ({"offset": -1}, "offset"),
         ({"offset": "1.5"}, "offset"),
+        ({"offset": "5_0"}, "offset"),
+        ({"offset": "9" * 30}, "offset"),
+        ({"limit": " 5"}, "limit"),
     ],
 )
 async def test_list_rejects_bad_paging(viewer: Api, params: dict[str, Any], field: str) -> None:

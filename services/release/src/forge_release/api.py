@@ -45,6 +45,7 @@ DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 _PREFIX = b"/v1/releases/"
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_INT = re.compile(r"-?[0-9]{1,18}")  # fits a bigint
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
 
 
@@ -102,10 +103,9 @@ def _int_param(request: Request[Any, Any, Any], name: str, default: int, low: in
     if not values:
         return default
     raw = values[-1]
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer, got {raw!r}", {"field": name}) from None
+    if not _INT.fullmatch(raw):
+        raise InvalidRequest(f"{name} must be an integer, got {raw!r}", {"field": name})
+    value = int(raw)
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise InvalidRequest(f"{name} must be {bound}, got {value}", {"field": name, "min": low, "max": high})
