@@ -152,3 +152,57 @@ async def test_list_rejects_bad_paging(viewer: Api, params: dict[str, Any], fiel
 async def test_list_accepts_the_cap(viewer: Api) -> None:
     repo, project = names()
     assert (await viewer.get(f"/v1/releases/{repo}/{project}", limit=100)).json()["limit"] == 100
+
+
+async def test_odd_inputs_never_make_a_5xx(developer: Api) -> None:
+    repo, project = names()
+    await _make(developer, repo, project)
+    base = f"/v1/releases/{repo}/{project}"
+    paths = [
+        f"{base}/{'f' * 64}",
+        f"{base}/{'9' * 19}",
+        f"{base}/{'x' * 300}",
+        f"{base}/%ff%fe",
+        f"{base}/%E2%82%AC",
+        f"{base}/..",
+        f"/v1/releases/{repo}/{'p' * 200}",
+        f"/v1/releases/{repo}/%00/1",
+        "/v1/releases/%2F/x/1",
+        "/v1/releases/%2F%2F%2F",
+        f"{base}?limit=&offset=",
+        f"{base}/1/aliases",
+    ]
+    for path in paths:
+        resp = await developer.get(path)
+        assert resp.status_code < 500, (path, resp.status_code, resp.text)
+        assert "error" in resp.json() or resp.status_code == 200, path
+    bodies: list[object] = [
+        None,
+        {"alias": None, "alias_type": "tag"},
+        {"alias": "x" * 10_000, "alias_type": "tag"},
+        {"alias": "ok", "alias_type": ["tag"]},
+        ["alias"],
+        "alias",
+    ]
+    for body in bodies:
+        resp = await developer.post(f"{base}/1/aliases", body)
+        assert resp.status_code == 400, (body, resp.text)
+    for alias in ("%ff", "x" * 300, "%2F"):
+        resp = await developer.delete(f"{base}/1/aliases/{alias}")
+        assert resp.status_code < 500, (alias, resp.text)
+    creates: list[object] = [
+        {"repository": "a/b", "project": "p", "commit_sha": "a" * 40, "artifacts": [None]},
+        {"repository": "a/b", "project": "p", "commit_sha": "a" * 40, "artifacts": [{"name": "n", "type": 1}]},
+        {"repository": "a/b", "project": "p" * 500, "commit_sha": "a" * 40},
+        {"repository": "\u00e9/b", "project": "p", "commit_sha": "a" * 40},
+        {"repository": "a/b", "project": "p", "commit_sha": "a" * 40, "pipeline_run_id": 5},
+        {
+            "repository": "a/b",
+            "project": "p",
+            "commit_sha": "a" * 40,
+            "trigger": {"trigger_type": "tag", "tag": "\x00"},
+        },
+    ]
+    for body in creates:
+        resp = await developer.create(body)  # type: ignore[arg-type]
+        assert resp.status_code == 400, (body, resp.text)
