@@ -1,21 +1,23 @@
 """Behaviour that needs a deployment instance of its own (its own database, so its pending
 count and reconciler see only its rows, and its own GitOps repository): the pending limit, the
-Argo CD reconciliation path and the reconciliation timeout."""
+Argo CD reconciliation path, adopting a commit whose process died, and the timeout."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from aiohttp import web
 
-from deployment.support import Dedicated, clone, create_release, deploy, git, unique_repository
+from deployment.support import DEVELOPER, Dedicated, clone, create_release, deploy, git, unique_repository
 from forge_dev.stack import free_port
 from forge_dev.testing import Platform, wait_for_event
 
@@ -125,17 +127,20 @@ async def _status(
     return status
 
 
-async def test_argocd_path_activates_once_synced_and_healthy_and_fails_after_the_timeout(
+async def test_argocd_path_activates_when_synced_and_healthy_adopts_orphans_and_times_out(
     platform: Platform,
     gw: httpx.AsyncClient,
     argocd: tuple[FakeArgoCD, str],
     dedicated_deployment: Callable[[dict[str, str]], Dedicated],
+    tmp_path: Path,
 ) -> None:
     fake, url = argocd
     repository = unique_repository()
     r1 = await create_release(gw, platform, repository, "api")
     r2 = await create_release(gw, platform, repository, "api")
     stuck = await create_release(gw, platform, repository, "worker")
+    orphan = await create_release(gw, platform, repository, "orphan")
+    orphan_path = f"environments/staging/{repository}-orphan/release.yaml"
     instance = dedicated_deployment(
         {
             "FORGE_ARGOCD_URL": url,
@@ -143,6 +148,7 @@ async def test_argocd_path_activates_once_synced_and_healthy_and_fails_after_the
             "FORGE_ARGOCD_APP_TEMPLATE": "forge-{environment}-{repository}-{project}",
             "FORGE_RECONCILE_INTERVAL": "100ms",
             "FORGE_RECONCILE_TIMEOUT": "8s",
+            "FORGE_RECONCILE_ORPHAN_GRACE": "1s",
         }
     )
     owner, name = repository.split("/")
@@ -179,6 +185,41 @@ async def test_argocd_path_activates_once_synced_and_healthy_and_fails_after_the
             (second["id"], "active"),
             (first["id"], "superseded"),
         ]
+
+        # A process that died between its push and recording the commit: the pointer is in
+        # GitOps, the row is pending without a sha. The reconciler adopts the commit it finds.
+        orphan_id = str(uuid.uuid4())
+        with psycopg.connect(instance.database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO deployment.deployments (id, release_id, repository, project, release_number, "
+                "release_commit_sha, environment, status, deployed_at, deployed_by, gitops_path) "
+                "VALUES (%s, %s, %s, 'orphan', 1, %s, 'staging', 'pending', now() - interval '1.5 seconds', "
+                "%s, %s)",
+                (orphan_id, orphan["id"], repository, orphan["commit_sha"], DEVELOPER, orphan_path),
+            )
+        checkout = clone(instance.gitops_url, tmp_path / "operator")
+        pointer = checkout / orphan_path
+        pointer.parent.mkdir(parents=True)
+        pointer.write_text(
+            "apiVersion: forge.dev/v1\nkind: ReleasePointer\nmetadata:\n  annotations:\n"
+            f'    forge.dev/deployment-id: "{orphan_id}"\n'
+            f'spec:\n  release: "{orphan["commit_sha"]}"\n'
+        )
+        git("add", "-A", cwd=checkout)
+        git("-c", "user.name=Forge", "-c", "user.email=forge@acme.io", "commit", "-q", "-m", "orphan", cwd=checkout)
+        git("push", "-q", "origin", "HEAD:main", cwd=checkout)
+        orphan_sha = git("rev-parse", "HEAD", cwd=checkout).strip()
+        fake.set(f"forge-staging-{owner}-{name}-orphan", orphan_sha, "Synced", "Healthy")
+        adopted = await wait_for_event(
+            platform, "deployment.created", lambda e: e["data"]["deployment_id"] == orphan_id, timeout=30
+        )
+        assert adopted["data"]["gitops_commit_sha"] == orphan_sha
+        assert adopted["data"]["release_id"] == orphan["id"]
+        await wait_for_event(
+            platform, "deployment.completed", lambda e: e["data"]["deployment_id"] == orphan_id, timeout=30
+        )
+        current = (await direct.get(f"/v1/deployments/staging/{repository}/orphan", headers=headers)).json()
+        assert (current["deployment_id"], current["gitops_commit_sha"]) == (orphan_id, orphan_sha)
 
         # An application that never becomes Healthy: failed after the timeout, with the reason.
         stuck_app = f"forge-staging-{owner}-{name}-worker"

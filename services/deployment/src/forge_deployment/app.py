@@ -55,6 +55,7 @@ def create_app(settings: Settings) -> Litestar:
                 timeout=settings.reconcile_timeout,
                 argocd=argocd,
                 app_template=settings.argocd_app_template,
+                orphan_grace=settings.reconcile_orphan_grace,
             )
             service.on_committed = reconciler.wake
             runtime.extras.update(reconciler=reconciler, argocd=argocd)

@@ -215,7 +215,9 @@ def commit_message(d: NewDeployment) -> str:
 @dataclass(frozen=True)
 class PendingDeployment:
     id: str
-    gitops_commit_sha: str
+    # None while the commit is being pushed, or forever if the process died right after the
+    # push (an "orphan": the reconciler recovers its sha from the GitOps history).
+    gitops_commit_sha: str | None
 
 
 @dataclass

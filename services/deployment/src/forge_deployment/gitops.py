@@ -278,6 +278,12 @@ class GitOpsRepository:
 
         return await asyncio.to_thread(check)
 
+    async def last_change(self, revision: str, path: str) -> str | None:
+        """The newest commit up to ``revision`` that changed ``path``."""
+        rc, out, _ = await self._git("log", "-1", "--format=%H", revision, "--", path, check=False)
+        sha = out.decode().strip()
+        return sha if rc == 0 and sha else None
+
     async def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         rc, _, _ = await self._git("merge-base", "--is-ancestor", ancestor, descendant, check=False)
         return rc == 0

@@ -19,7 +19,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from forge_common.db import Pool
-from forge_common.events import DeploymentCompleted, DeploymentFailed, utcnow
+from forge_common.events import DeploymentCompleted, DeploymentCreated, DeploymentFailed, utcnow
 
 from . import domain
 from .clients import ArgoCDClient
@@ -64,6 +64,7 @@ class Reconciler:
         timeout: float,
         argocd: ArgoCDClient | None = None,
         app_template: str = "{environment}-{repository}-{project}",
+        orphan_grace: float = 60.0,
     ) -> None:
         self.pool = pool
         self.gitops = gitops
@@ -71,6 +72,8 @@ class Reconciler:
         self.app_template = app_template
         self.interval = interval
         self.timeout = timeout
+        # A pending row without a commit sha for this long is an orphan the reconciler may adopt.
+        self.orphan_grace = orphan_grace
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Last thing seen per target, so a timeout can say why it never became active.
@@ -104,7 +107,7 @@ class Reconciler:
     async def tick(self) -> None:
         await self._expire()
         async with unit_of_work(self.pool) as store:
-            targets = await store.pending_targets()
+            targets = await store.pending_targets(self._orphaned_before())
         if not targets:
             return
         head: str | None = None
@@ -168,13 +171,16 @@ class Reconciler:
         async with unit_of_work(self.pool) as store:
             if not await store.lock_target(target):
                 return  # another replica is on it
-            pending = await store.lock_pending(target)
+            pending = await store.lock_pending(target, self._orphaned_before())
             if not pending:
                 return
+            pending = [await self._adopt(store, p, revision, target) if p.id == applied else p for p in pending]
             landed = [
                 p.id
                 for p in pending
-                if p.id != applied and await self.gitops.is_ancestor(p.gitops_commit_sha, revision)
+                if p.id != applied
+                and p.gitops_commit_sha is not None
+                and await self.gitops.is_ancestor(p.gitops_commit_sha, revision)
             ]
             resolution = domain.resolve(pending, applied, landed)
             if resolution.activate is not None:
@@ -185,6 +191,33 @@ class Reconciler:
             log.info("deployment.overtaken", deployment_id=deployment_id, by=applied, target=target.key)
         if resolution.activate is not None:
             self._observed.pop(target.key, None)
+
+    def _orphaned_before(self) -> dt.datetime:
+        return utcnow() - dt.timedelta(seconds=self.orphan_grace)
+
+    async def _adopt(
+        self, store: DeploymentStore, p: domain.PendingDeployment, revision: str, target: Target
+    ) -> domain.PendingDeployment:
+        """A deployment whose pointer is applied but whose sha was never recorded (its process
+        died between the push and the database): take the sha from the GitOps history."""
+        if p.gitops_commit_sha is not None:
+            return p
+        sha = await self.gitops.last_change(revision, domain.gitops_path(target))
+        if sha is None:
+            return p
+        row = await store.record_commit(p.id, sha)
+        if row is not None:
+            await store.add_event(
+                DeploymentCreated(
+                    deployment_id=p.id,
+                    release_id=str(row["release_id"]),
+                    environment=row["environment"],
+                    deployed_by=row["deployed_by"],
+                    gitops_commit_sha=sha,
+                )
+            )
+            log.warning("deployment.commit_recovered", deployment_id=p.id, gitops_commit_sha=sha, target=target.key)
+        return domain.PendingDeployment(p.id, sha)
 
     async def _activate(self, store: DeploymentStore, deployment_id: str, target: Target) -> None:
         row, superseded = await store.activate(deployment_id, target)

@@ -65,16 +65,16 @@ class DeploymentService:
                 await store.mark_failed(d.id, f"GitOps commit failed: {exc}")
             raise BadGateway("the GitOps repository did not accept the commit", {"reason": str(exc)}) from exc
         async with unit_of_work(self.pool) as store:
-            await store.record_commit(d.id, sha)
-            await store.add_event(
-                DeploymentCreated(
-                    deployment_id=d.id,
-                    release_id=d.release.id,
-                    environment=d.environment,
-                    deployed_by=d.deployed_by,
-                    gitops_commit_sha=sha,
+            if await store.record_commit(d.id, sha) is not None:
+                await store.add_event(
+                    DeploymentCreated(
+                        deployment_id=d.id,
+                        release_id=d.release.id,
+                        environment=d.environment,
+                        deployed_by=d.deployed_by,
+                        gitops_commit_sha=sha,
+                    )
                 )
-            )
         log.info(
             "deployment.created",
             deployment_id=d.id,

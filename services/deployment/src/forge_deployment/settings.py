@@ -43,6 +43,9 @@ class Settings(CommonSettings, kw_only=True):
     reconcile_interval: float = 2.0
     # A deployment not reconciled within this time becomes failed (a Go duration).
     reconcile_timeout: float = 600.0
+    # A pending deployment without a recorded commit for this long is looked up in the GitOps
+    # history (its process died between the push and the database) (a Go duration).
+    reconcile_orphan_grace: float = 60.0
     # Pending deployments allowed at once across all environments (the spec's 50).
     max_pending_deployments: int = 50
 
@@ -53,7 +56,7 @@ class Settings(CommonSettings, kw_only=True):
                 problems.append(f"FORGE_{name.upper()} must be an http:// or https:// URL")
         if self.argocd_url and not self.argocd_url.startswith(("http://", "https://")):
             problems.append("FORGE_ARGOCD_URL must be an http:// or https:// URL")
-        for name in ("service_timeout", "reconcile_interval", "reconcile_timeout"):
+        for name in ("service_timeout", "reconcile_interval", "reconcile_timeout", "reconcile_orphan_grace"):
             if getattr(self, name) <= 0:
                 problems.append(f"FORGE_{name.upper()} must be a positive duration")
         if self.max_pending_deployments < 1:

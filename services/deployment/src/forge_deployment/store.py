@@ -71,14 +71,15 @@ class DeploymentStore:
         )
         return None
 
-    async def record_commit(self, deployment_id: str, sha: str) -> dt.datetime | None:
+    async def record_commit(self, deployment_id: str, sha: str) -> Row | None:
+        """Record the landed commit once; None when it was recorded already (by the reconciler)."""
         cur = await self.conn.execute(
             "UPDATE deployment.deployments SET gitops_commit_sha = %s, committed_at = now() "
-            "WHERE id = %s AND status = 'pending' RETURNING committed_at",
+            "WHERE id = %s AND gitops_commit_sha IS NULL "
+            "RETURNING id, release_id, environment, deployed_by, committed_at",
             (sha, deployment_id),
         )
-        row = await cur.fetchone()
-        return row["committed_at"] if row else None
+        return await cur.fetchone()
 
     async def mark_failed(self, deployment_id: str, error: str) -> Row | None:
         cur = await self.conn.execute(
@@ -137,11 +138,12 @@ class DeploymentStore:
     async def set_error(self, deployment_id: str, error: str) -> None:
         await self.conn.execute("UPDATE deployment.deployments SET error = %s WHERE id = %s", (error, deployment_id))
 
-    async def pending_targets(self, limit: int = 500) -> list[Target]:
+    async def pending_targets(self, orphaned_before: dt.datetime, limit: int = 500) -> list[Target]:
+        """Targets with pending deployments that have a commit, or have lacked one for too long."""
         cur = await self.conn.execute(
             "SELECT DISTINCT environment, repository, project FROM deployment.deployments "
-            "WHERE status = 'pending' AND gitops_commit_sha IS NOT NULL LIMIT %s",
-            (limit,),
+            "WHERE status = 'pending' AND (gitops_commit_sha IS NOT NULL OR deployed_at < %s) LIMIT %s",
+            (orphaned_before, limit),
         )
         return [Target(r["environment"], r["repository"], r["project"]) for r in await cur.fetchall()]
 
@@ -153,13 +155,13 @@ class DeploymentStore:
         row = await cur.fetchone()
         return bool(row and row["ok"])
 
-    async def lock_pending(self, target: Target) -> list[PendingDeployment]:
+    async def lock_pending(self, target: Target, orphaned_before: dt.datetime) -> list[PendingDeployment]:
         cur = await self.conn.execute(
             "SELECT id, gitops_commit_sha FROM deployment.deployments "
             "WHERE environment = %s AND repository = %s AND project = %s "
-            "AND status = 'pending' AND gitops_commit_sha IS NOT NULL "
+            "AND status = 'pending' AND (gitops_commit_sha IS NOT NULL OR deployed_at < %s) "
             "ORDER BY deployed_at FOR UPDATE SKIP LOCKED",
-            (target.environment, target.repository, target.project),
+            (target.environment, target.repository, target.project, orphaned_before),
         )
         return [PendingDeployment(str(r["id"]), r["gitops_commit_sha"]) for r in await cur.fetchall()]
 
