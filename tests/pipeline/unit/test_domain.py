@@ -167,3 +167,21 @@ def test_shared_signer_memoises_within_its_window() -> None:
     stamp = parse_qs(urlsplit(first.url("a/b.log")).query)["X-Amz-Date"][0]
     signed_at = dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
     assert dt.datetime.now(dt.UTC) - signed_at < dt.timedelta(seconds=300)
+
+
+def test_tree_cache_is_keyed_by_version_and_window_and_bounded() -> None:
+    from forge_pipeline.service import TreeCache
+
+    cache = TreeCache(max_bytes=100)
+    cache.put("a", 1, 10, b"x" * 20)
+    assert cache.get("a", 1, 10) == b"x" * 20
+    assert cache.get("a", 2, 10) is None  # the run changed
+    assert cache.get("a", 1, 11) is None  # new presigning window
+    cache.put("b", 1, 10, b"y" * 20)
+    cache.get("a", 1, 10)  # a is now the most recently used
+    for name in "cdef":
+        cache.put(name, 1, 10, b"z" * 20)
+    assert cache.get("b", 1, 10) is None  # least recently used went first
+    assert cache.get("a", 1, 10) is not None
+    cache.put("huge", 1, 10, b"h" * 30)  # over a quarter of the budget: not kept
+    assert cache.get("huge", 1, 10) is None

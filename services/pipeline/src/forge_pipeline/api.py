@@ -50,6 +50,13 @@ def presigner_of(runtime: Runtime) -> Presigner:
     return cast(Presigner, presigner)
 
 
+def tree_cache_of(runtime: Runtime) -> service.TreeCache:
+    cache = runtime.extras.get("pipeline.tree_cache")
+    if cache is None:
+        cache = runtime.extras["pipeline.tree_cache"] = service.TreeCache()
+    return cast(service.TreeCache, cache)
+
+
 def decode_body(body: bytes, typ: type[T]) -> T:
     """Decode a JSON body into ``typ``; every problem becomes a 400 naming the field."""
     if not body.strip():
@@ -132,7 +139,7 @@ async def get_run(run_id: str, runtime: Runtime) -> Response[bytes]:
     rid = service.parse_uuid(run_id, "run")
     ttl = int(settings_of(runtime).logs_url_ttl)
     async with runtime.pool.connection() as conn, conn.transaction():
-        body = await service.run_tree_json(conn, rid, presigner_of(runtime), ttl)
+        body = await service.run_tree_json(conn, rid, presigner_of(runtime), ttl, tree_cache_of(runtime))
     return _json(200, body)
 
 

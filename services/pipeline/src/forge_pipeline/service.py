@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 import msgspec
@@ -32,6 +33,7 @@ from .presign import Presigner
 from .store import Conn, Row
 
 __all__ = [
+    "TreeCache",
     "cancel_run",
     "complete_run",
     "create_run",
@@ -195,12 +197,52 @@ async def list_runs(conn: Conn, query: domain.ListQuery) -> dict[str, Any]:
 _encoder = msgspec.json.Encoder()
 
 
-async def run_tree_json(conn: Conn, run_id: str, presigner: Presigner | None, logs_url_ttl: int) -> bytes:
-    """The spec's Get Pipeline Run body, from one database round trip whatever the tree size."""
+class TreeCache:
+    """Recently served run trees by ``(run id)``, valid while the run's ``tree_version`` and
+    the presigning window are unchanged; bounded in bytes, least recently used out first."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[int, int, bytes]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, run_id: str, version: int, window: int) -> bytes | None:
+        entry = self._entries.get(run_id)
+        if entry is None or entry[0] != version or entry[1] != window:
+            return None
+        self._entries.move_to_end(run_id)
+        return entry[2]
+
+    def put(self, run_id: str, version: int, window: int, body: bytes) -> None:
+        old = self._entries.pop(run_id, None)
+        if old is not None:
+            self._bytes -= len(old[2])
+        if len(body) > self.max_bytes // 4:
+            return
+        self._entries[run_id] = (version, window, body)
+        self._bytes += len(body)
+        while self._bytes > self.max_bytes:
+            _, (_, _, evicted) = self._entries.popitem(last=False)
+            self._bytes -= len(evicted)
+
+
+async def run_tree_json(
+    conn: Conn, run_id: str, presigner: Presigner | None, logs_url_ttl: int, cache: TreeCache | None = None
+) -> bytes:
+    """The spec's Get Pipeline Run body: a version check (one indexed lookup), then, unless
+    the cached body is current, the tree from one database round trip whatever its size."""
+    signer = presigner.shared(logs_url_ttl) if presigner is not None else None
+    window = signer.start if signer is not None else 0
+    if cache is not None:
+        version = await store.tree_version(conn, run_id)
+        if version is None:
+            raise NotFound(f"pipeline run {run_id} not found", {"id": run_id})
+        cached = cache.get(run_id, version, window)
+        if cached is not None:
+            return cached
     run, phase_rows, task_rows, step_rows = await store.tree_rows(conn, run_id)
     if run is None:
         raise NotFound(f"pipeline run {run_id} not found", {"id": run_id})
-    signer = presigner.shared(logs_url_ttl) if presigner is not None else None
 
     steps_by_task: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for task_id, position, sid, name, status, exit_code, logs_key in step_rows:
@@ -243,7 +285,11 @@ async def run_tree_json(conn: Conn, run_id: str, presigner: Presigner | None, lo
         "completed_at": _iso(run["completed_at"]),
         "phases": phases,
     }
-    return _encoder.encode(body)
+    encoded = _encoder.encode(body)
+    if cache is not None:
+        # Under the version read with the tree: the tree rows are at least that new.
+        cache.put(run_id, run["tree_version"], window, encoded)
+    return encoded
 
 
 def _first(item: tuple[int, Any]) -> int:

@@ -20,7 +20,7 @@ _RUN_COLUMNS = """
     r.id::text AS id, r.repository, r.branch, r.commit_sha, r.tag, r.pull_request_number,
     r.triggered_by, r.trigger_type::text AS trigger_type, r.status::text AS status, r.error,
     r.failed_phase, r.idempotency_key, r.request_fingerprint, r.created_at, r.started_at,
-    r.completed_at, r.discovered_at, r.release_triggers, r.lease_owner, r.lease_expires_at
+    r.completed_at, r.discovered_at, r.release_triggers, r.lease_owner, r.lease_expires_at, r.tree_version
 """
 
 
@@ -138,9 +138,23 @@ async def get_run(conn: Conn, run_id: str) -> Row | None:
 
 
 async def lock_run(conn: Conn, run_id: str) -> Row | None:
-    """The run row, locked: every status change of a run's tree takes this lock first, so
-    concurrent reports of one run serialise and roll-ups see a consistent tree."""
-    return await _one(conn, f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.id = %s FOR NO KEY UPDATE", (run_id,))
+    """The run row, locked, with its ``tree_version`` bumped.
+
+    Every change to a run or its tree takes this first: concurrent reports of one run
+    serialise, roll-ups see a consistent tree, and the version tells ``GET /v1/runs/{id}``
+    that its cached body is stale. Code that changes phases/tasks/steps without calling this
+    would leave stale trees in that cache.
+    """
+    return await _one(
+        conn,
+        f"UPDATE pipeline.runs AS r SET tree_version = r.tree_version + 1 WHERE r.id = %s RETURNING {_RUN_COLUMNS}",
+        (run_id,),
+    )
+
+
+async def tree_version(conn: Conn, run_id: str) -> int | None:
+    row = await _one(conn, "SELECT tree_version FROM pipeline.runs WHERE id = %s", (run_id,))
+    return int(row["tree_version"]) if row else None
 
 
 async def set_run_running(conn: Conn, run_id: str) -> None:
