@@ -9,6 +9,8 @@ answer the gateway makes itself is the platform's error envelope.
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -33,6 +35,7 @@ from forge_common.errors import (
 )
 from forge_common.tracing import extract, inject
 
+from .accesslog import AccessLog
 from .ratelimit import Decision, SlidingWindowLimiter
 from .settings import Settings
 
@@ -86,6 +89,24 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # larger ones stream through while being counted.
 _BUFFER_BELOW = 256 * 1024
 _JSON = (b"content-type", b"application/json")
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_NO_TRACE = "0" * 32
+_NO_SPAN = "0" * 16
+
+
+def child_traceparent(incoming: str | None) -> tuple[str, str, bool]:
+    """``(trace_id, traceparent for the upstream, whether the incoming one was valid)``.
+
+    The W3C rules without the SDK: continue a valid incoming trace with a new span id of the
+    gateway's hop, else start a trace. (With an exporter configured, real SDK spans are used.)
+    """
+    if incoming:
+        m = _TRACEPARENT.match(incoming.strip().lower())
+        if m and m[1] != _NO_TRACE and m[2] != _NO_SPAN:
+            span = f"{random.getrandbits(64) or 1:016x}"
+            return m[1], f"00-{m[1]}-{span}-{m[3]}", True
+    trace_id = f"{random.getrandbits(128) or 1:032x}"
+    return trace_id, f"00-{trace_id}-{random.getrandbits(64) or 1:016x}-01", False
 
 
 class _BodyTooLarge(Exception):
@@ -201,7 +222,10 @@ class Proxy:
         }
         self.routes = {segment: self.upstreams[name] for segment, name in ROUTES.items()}
         self.max_body = settings.max_body_bytes
-        self.access_log = settings.access_log
+        self.access_log = AccessLog(
+            settings.access_log and settings.log_level.lower() in ("debug", "info"), settings.log_format
+        )
+        self.sdk_spans = settings.otel_exporter != "none"
         self._metrics = _Metrics()
 
     async def start(self) -> None:
@@ -209,6 +233,7 @@ class Proxy:
             upstream.open(self.settings)
 
     async def stop(self) -> None:
+        self.access_log.flush()
         for upstream in self.upstreams.values():
             await upstream.close()
 
@@ -257,14 +282,24 @@ class Proxy:
         upstream = self.routes.get(segment)
         route = f"/v1/{segment}" if upstream is not None else "unmatched"
 
-        carrier: dict[str, str] = {}
-        if traceparent:
-            carrier["traceparent"] = traceparent
-            if tracestate:
-                carrier["tracestate"] = tracestate
-        span = _tracer.start_span(
-            f"{method} {route}", context=extract(carrier) if carrier else None, kind=SpanKind.SERVER
-        )
+        span: trace.Span | None = None
+        if self.sdk_spans:
+            carrier: dict[str, str] = {}
+            if traceparent:
+                carrier["traceparent"] = traceparent
+                if tracestate:
+                    carrier["tracestate"] = tracestate
+            span = _tracer.start_span(
+                f"{method} {route}", context=extract(carrier) if carrier else None, kind=SpanKind.SERVER
+            )
+            trace_headers: dict[str, str] = {}
+            inject(trace_headers, trace.set_span_in_context(span))
+            trace_id = format(span.get_span_context().trace_id, "032x")
+        else:
+            trace_id, upstream_traceparent, continued = child_traceparent(traceparent)
+            trace_headers = {"traceparent": upstream_traceparent}
+            if continued and tracestate:
+                trace_headers["tracestate"] = tracestate
         status = 500
         principal: Principal | None = None
         decision: Decision | None = None
@@ -309,8 +344,6 @@ class Proxy:
                     headers.append(("X-Forwarded-Host", value.decode("latin-1")))
                     break
             headers.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
-            trace_headers: dict[str, str] = {}
-            inject(trace_headers, trace.set_span_in_context(span))
             headers.extend(trace_headers.items())
 
             raw_path = scope.get("raw_path")
@@ -328,21 +361,19 @@ class Proxy:
         finally:
             elapsed = time.perf_counter() - started
             self._metrics.observe(method, route, status, elapsed)
-            span.set_attribute("http.response.status_code", status)
-            span.end()
-            if self.access_log:
-                ctx = span.get_span_context()
-                log.info(
-                    "http.request",
-                    method=method,
-                    path=path,
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 3),
-                    upstream=upstream.name if upstream is not None else None,
-                    user=principal.identity if principal is not None else None,
-                    request_id=request_id,
-                    trace_id=format(ctx.trace_id, "032x"),
-                )
+            if span is not None:
+                span.set_attribute("http.response.status_code", status)
+                span.end()
+            self.access_log.request(
+                method=method,
+                path=path,
+                status=status,
+                duration_ms=round(elapsed * 1000, 3),
+                upstream=upstream.name if upstream is not None else None,
+                user=principal.identity if principal is not None else None,
+                request_id=request_id,
+                trace_id=trace_id,
+            )
 
     async def _forward(
         self,
