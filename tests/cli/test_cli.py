@@ -453,3 +453,12 @@ def test_approval_errors(cli: Any) -> None:
         "--justification", "x", sub=APPROVER, roles=("approver",),
     )  # fmt: skip
     assert "release_id" in _refused(bad, 400, "invalid_request")
+
+
+def test_an_answer_that_is_not_forge_json_is_reported_not_crashed_on(platform: Platform) -> None:
+    # the S3 server is no Forge gateway: it answers XML
+    res = forge("runs", "list", "--repository", "a/b", api=platform.s3_url, token=platform.token(VIEWER))
+    assert res.code == 1, res
+    assert res.stdout == ""
+    assert res.stderr.startswith("forge: "), res
+    assert "Traceback" not in res.stderr

@@ -70,7 +70,14 @@ def _call(
             raise ApiError(f"{resp.status_code} {err['code']}: {err['message']}{detail}")
         except (ValueError, KeyError, TypeError):
             raise ApiError(f"{resp.status_code}: {resp.text[:500]}") from None
-    return resp.json() if resp.content else {"status": resp.status_code}
+    if not resp.content:
+        return {"status": resp.status_code}
+    try:
+        return resp.json()
+    except ValueError:
+        raise ApiError(
+            f"{resp.status_code}: {args.api} answered something that is not JSON: {resp.text[:200]!r}"
+        ) from None
 
 
 def _repo(repo: str) -> str:
