@@ -212,8 +212,10 @@ async def test_bad_requests_get_clear_4xx_envelopes(platform: Platform, gw: http
         assert resp.status_code == status, resp.text
         assert resp.json()["error"]["code"] == "invalid_request"
         assert resp.json()["error"]["details"].get("field") == field, resp.text
-    resp = await gw.post("/v1/deployments", content=b"{not json", headers={**dev, "Content-Type": "application/json"})
-    assert resp.status_code == 400
+    for raw in (b"{not json", b"", b"[]"):
+        resp = await gw.post("/v1/deployments", content=raw, headers={**dev, "Content-Type": "application/json"})
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["code"] == "invalid_request"
 
     missing = await deploy(gw, platform, str(uuid.uuid4()), "dev")
     assert missing.status_code == 404, missing.text
