@@ -157,7 +157,8 @@ def session_platform(env: dict[str, str] | None = None, workers: int = 1) -> Ite
         service_ports={n: free_port() for n in ("pipeline", "release", "deployment", "approval")},
         nats_port=free_port(),
         s3_port=free_port(),
-        env={"FORGE_LOG_LEVEL": "info", **(env or {})},
+        # Small pools: a session runs many processes against one shared server (max_connections).
+        env={"FORGE_LOG_LEVEL": "info", "FORGE_DB_POOL_MAX": "6", **(env or {})},
         log_to_files=True,
         workers=workers,
     )
