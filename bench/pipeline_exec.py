@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import tempfile
@@ -32,6 +33,7 @@ from forge_dev.testing import Platform, session_platform
 
 PHASES = 5
 PROJECTS = 20
+STEP = "true"
 
 
 def _git(*args: str, cwd: Path) -> str:
@@ -61,7 +63,7 @@ def make_repo(root: Path, repository: str) -> Path:
     for i in range(PROJECTS):
         d = work / f"projects/proj{i:02d}/.forge"
         d.mkdir(parents=True)
-        steps = "".join(f'[[phases.p{p}.steps]]\nname = "noop"\nrun = "true"\n' for p in range(PHASES))
+        steps = "".join(f'[[phases.p{p}.steps]]\nname = "noop"\nrun = "{STEP}"\n' for p in range(PHASES))
         (d / "project.toml").write_text(f'name = "proj{i:02d}"\n{steps}')
     return work
 
@@ -72,6 +74,43 @@ def new_commit(work: Path) -> str:
     _git("commit", "-q", "-m", "bench", cwd=work)
     _git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=work)
     return _git("rev-parse", "HEAD", cwd=work).strip()
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds of a process and its reaped children (steps, for a worker)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / _TICK
+
+
+def _children(ppid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1]) == ppid:
+                    out.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def cpu_by_role(platform: Platform) -> dict[str, float]:
+    """CPU seconds so far per role: pipeline, worker, s3 (moto), postgres (embedded only)."""
+    roles: dict[str, float] = {}
+    for proc in platform.stack.infra.processes:
+        role = proc.name.split("-")[0]
+        roles[role] = roles.get(role, 0.0) + _cpu(proc.popen.pid)
+    pidfile = platform.data_dir / "postgres" / "postmaster.pid"
+    if pidfile.exists():
+        master = int(pidfile.read_text().split()[0])
+        roles["postgres"] = _cpu(master) + sum(_cpu(p) for p in _children(master))
+    return roles
 
 
 async def one_run(
@@ -137,9 +176,14 @@ async def bench(workers: int, runs: int) -> dict[str, Any]:
         async with aiohttp.ClientSession() as session:
             warm, _ = await one_run(session, platform, work, repository, completions)
             times = []
+            cpu: dict[str, list[float]] = {}
             for _ in range(runs):
+                before = cpu_by_role(platform)
                 elapsed, _run = await one_run(session, platform, work, repository, completions)
+                after = cpu_by_role(platform)
                 times.append(elapsed)
+                for role, value in after.items():
+                    cpu.setdefault(role, []).append(value - before.get(role, 0.0))
         await nc.close()
         if VERBOSE:
             _profile(platform)
@@ -150,6 +194,11 @@ async def bench(workers: int, runs: int) -> dict[str, Any]:
         "median_s": statistics.median(times),
         "best_s": min(times),
         "per_step_ms": statistics.median(times) / (PHASES * PROJECTS) * 1000,
+        "cpu_ms_per_step": {
+            role: statistics.median(v) / (PHASES * PROJECTS) * 1000
+            for role, v in cpu.items()
+            if statistics.median(v) > 0
+        },
     }
 
 
@@ -188,16 +237,23 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--workers", default="1,4")
+    parser.add_argument("--step", default="true", help='the command of every step (e.g. "echo ok" to upload logs)')
     parser.add_argument("--verbose", action="store_true", help="print job and HTTP latencies (info logs)")
     args = parser.parse_args()
-    global VERBOSE
+    global VERBOSE, STEP
     VERBOSE = args.verbose
+    STEP = args.step
     for count in (int(w) for w in args.workers.split(",")):
         result = await bench(count, args.runs)
         print(
             f"workers={result['workers']}: median {result['median_s'] * 1000:.0f} ms, best {result['best_s'] * 1000:.0f} ms, "
             f"per step {result['per_step_ms']:.1f} ms (warm-up {result['warmup_s'] * 1000:.0f} ms; "
             f"runs {', '.join(f'{t * 1000:.0f}' for t in result['runs'])} ms)"
+        )
+        cpu = result["cpu_ms_per_step"]
+        print(
+            f"  CPU per step: {sum(cpu.values()):.1f} ms in total; "
+            + ", ".join(f"{role} {ms:.1f} ms" for role, ms in sorted(cpu.items(), key=lambda kv: -kv[1]))
         )
 
 

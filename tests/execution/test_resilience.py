@@ -156,10 +156,10 @@ async def test_replicas_share_runs_and_take_over(platform: Platform, client: htt
 name = "app"
 [[phases.test.steps]]
 name = "unit"
-run = "echo x >> {marks}/$FORGE_TASK_ID; sleep 1"
+run = "echo x >> {marks}/$FORGE_TASK_ID; sleep 2"
 [[phases.build.steps]]
 name = "package"
-run = "echo x >> {marks}/$FORGE_TASK_ID; sleep 1"
+run = "echo x >> {marks}/$FORGE_TASK_ID; sleep 2"
 """,
                 }
             )
@@ -168,6 +168,8 @@ run = "echo x >> {marks}/$FORGE_TASK_ID; sleep 1"
         owners = await _owners(cell, runs)
         assert set(owners.values()) <= {a.popen.pid, b.popen.pid}
         b.kill()  # SIGKILL one replica while its runs are mid-flight
+        orphaned = await _active(cell, [r for r, pid in owners.items() if pid == b.popen.pid])
+        assert orphaned, "the killed replica had no run in flight; nothing was taken over"
         for run_id in runs:
             run = await cell.wait_run(client, run_id, timeout=60)
             assert run["status"] == "success", run
@@ -181,18 +183,32 @@ run = "echo x >> {marks}/$FORGE_TASK_ID; sleep 1"
 
 
 async def _owners(cell: Cell, runs: list[str], timeout: float = 20.0) -> dict[str, int]:
-    """run id -> pid of the replica holding its lease, once every run is leased."""
+    """run id -> pid of the first replica seen holding its lease."""
     import psycopg
 
+    seen: dict[str, int] = {}
     deadline = time.monotonic() + timeout
-    while True:
-        async with await psycopg.AsyncConnection.connect(cell.database_url) as conn:
+    async with await psycopg.AsyncConnection.connect(cell.database_url, autocommit=True) as conn:
+        while True:
             cur = await conn.execute(
                 "SELECT id::text, lease_owner FROM pipeline.runs WHERE id = ANY(%s::uuid[])", (runs,)
             )
-            rows = dict(await cur.fetchall())
-        if all(rows.get(r) for r in runs):
-            return {r: int(str(owner).split(":")[1]) for r, owner in rows.items()}
-        if time.monotonic() > deadline:
-            raise AssertionError(f"runs not all leased: {rows}")
-        await asyncio.sleep(0.05)
+            for run_id, owner in await cur.fetchall():
+                if owner and run_id not in seen:
+                    seen[run_id] = int(str(owner).split(":")[1])
+            if len(seen) == len(runs):
+                return seen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"runs never leased: {set(runs) - set(seen)}")
+            await asyncio.sleep(0.02)
+
+
+async def _active(cell: Cell, runs: list[str]) -> list[str]:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(cell.database_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT id::text FROM pipeline.runs WHERE id = ANY(%s::uuid[]) AND status IN ('pending', 'running')",
+            (runs,),
+        )
+        return [r[0] for r in await cur.fetchall()]

@@ -20,7 +20,7 @@ class Settings(CommonSettings, kw_only=True):
     release_url: str = ""
     # A step is reported "running" once it has run this long; quicker steps send one report
     # with both transitions when they finish (0: report at once).
-    running_report_delay: float = 0.2
+    running_report_delay: float = 0.5
     # Attempts per status callback before the job counts as failed (and is retried).
     status_attempts: int = 4
     # Client-credentials service account at the issuer (FORGE_OIDC_ISSUER).

@@ -37,6 +37,7 @@ class StepOutcome(msgspec.Struct, kw_only=True):
     duration: float = 0.0
     log_bytes: int = 0
     upload_ms: float = 0.0
+    has_log: bool = True
 
 
 class ProcessTable:
@@ -154,7 +155,7 @@ class StepRunner:
     ) -> StepOutcome:
         started = time.monotonic()
         buf = bytearray()
-        state = {"dirty": False, "truncated": False}
+        state = {"dirty": False, "truncated": False, "uploaded": False}
         proc = await asyncio.create_subprocess_exec(
             *argv,
             cwd=str(cwd),
@@ -189,6 +190,7 @@ class StepRunner:
                     state["dirty"] = False
                     try:
                         await self.upload(key, bytes(buf))
+                        state["uploaded"] = True
                     except Exception as exc:  # noqa: BLE001 - the final upload still happens
                         log.warning("steps.log_flush_failed", key=key, error=str(exc))
 
@@ -223,7 +225,11 @@ class StepRunner:
                 _kill_group(pgid, signal.SIGKILL)
             self.table.remove(run_id, pgid)
         uploaded = time.monotonic()
-        await self.upload(key, bytes(buf))
+        # A step that printed nothing has no log object (and so no logs_url): one S3 write
+        # (client and server CPU) less per silent step.
+        has_log = bool(buf) or state["uploaded"]
+        if has_log:
+            await self.upload(key, bytes(buf))
         upload_ms = (time.monotonic() - uploaded) * 1000
         code = proc.returncode if proc.returncode is not None else -9
         if code < 0:
@@ -237,4 +243,5 @@ class StepRunner:
             duration=time.monotonic() - started,
             log_bytes=len(buf),
             upload_ms=upload_ms,
+            has_log=has_log,
         )

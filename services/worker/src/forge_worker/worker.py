@@ -472,21 +472,22 @@ class Worker:
                 raise _Cancelled
         if outcome.cancelled:
             with contextlib.suppress(Exception):
-                await self.reporter.step(step.id, "failed", outcome.exit_code, key)
+                await self.reporter.step(step.id, "failed", outcome.exit_code, key if outcome.has_log else None)
             raise _Cancelled
         ok = outcome.exit_code == 0
+        logs = key if outcome.has_log else None
         result: dict[str, Any] = {
             "id": step.id,
             "name": step.name,
             "status": "success" if ok else "failed",
             "exit_code": outcome.exit_code,
-            "logs_s3_key": key,
+            "logs_s3_key": logs,
         }
         if outcome.timed_out:
             result["error"] = f"step {step.name} timed out after {step.timeout_seconds}s"
         elif not ok:
             result["error"] = f"step {step.name} failed with exit code {outcome.exit_code}"
-        report = {"id": step.id, "status": result["status"], "exit_code": outcome.exit_code, "logs_s3_key": key}
+        report = {"id": step.id, "status": result["status"], "exit_code": outcome.exit_code, "logs_s3_key": logs}
         task_status = "failed" if not ok else ("success" if last else None)
         reported = await self._final_report(job, report, task_status, result.get("error"))
         log.debug(
