@@ -1,8 +1,8 @@
 """The whole lifecycle, only through a gateway, as a client would drive it:
 
-push (a commit in a real git repository, run created through the API) -> run succeeds -> the
-worker's release job creates the release -> deploy to dev -> an approver (not the release's
-creator) approves -> deploy to production -> current deployments and history.
+push (a commit in a real git repository, announced by a signed GitHub push webhook) -> the run
+succeeds -> the worker's release job creates the release -> deploy to dev -> an approver (not
+the release's creator) approves -> deploy to production -> current deployments and history.
 
 The run executes on a pipeline instance + worker of this test (own database and NATS prefix)
 that fetch from a local repository (``FORGE_GIT_URL_TEMPLATE=file://...``); the gateway in
@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 import os
 import subprocess
 import uuid
@@ -31,6 +34,7 @@ from forge_dev.testing import Platform, wait_for_event
 DEVELOPER = "dana.dev@acme.io"
 APPROVER = "alex.approver@acme.io"
 VIEWER = "vic.viewer@acme.io"
+WEBHOOK_SECRET = "e2e-webhook-secret"
 
 REPO_TOML = """
 forge_version = "1"
@@ -102,6 +106,7 @@ class Lane:
             "FORGE_GIT_URL_TEMPLATE": self.repos.as_uri() + "/{repository}.git",
             "FORGE_GIT_CACHE_DIR": str(root / "git-cache"),
             "FORGE_DB_POOL_MIN": "1",
+            "FORGE_GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
         }
         self.processes: list[Process] = []
 
@@ -140,6 +145,32 @@ def lane(platform: Platform, tmp_path: Path) -> Iterator[Lane]:
         lane.close()
 
 
+async def _deliver_push(client: httpx.AsyncClient, repository: str, sha: str) -> httpx.Response:
+    owner, name = repository.split("/")
+    payload = {
+        "ref": "refs/heads/main",
+        "before": "0" * 40,
+        "after": sha,
+        "created": True,
+        "deleted": False,
+        "forced": False,
+        "head_commit": {"id": sha, "message": "api: first version", "timestamp": "2026-11-25T19:00:00Z"},
+        "commits": [{"id": sha, "message": "api: first version", "author": {"name": "Dana Dev", "email": DEVELOPER}}],
+        "repository": {"name": name, "full_name": repository, "owner": {"login": owner}, "default_branch": "main"},
+        "pusher": {"name": "dana", "email": DEVELOPER},
+        "sender": {"login": "dana", "type": "User"},
+    }
+    raw = json.dumps(payload).encode()
+    signature = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), raw, hashlib.sha256).hexdigest()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": signature,
+    }
+    return await client.post("/v1/webhooks/github", content=raw, headers=headers)
+
+
 async def _poll(client: httpx.AsyncClient, path: str, headers: dict[str, str], until: Any, timeout: float) -> Any:
     """GET ``path`` until ``until(body)`` holds (there is no event for this client to wait on)."""
     loop = asyncio.get_running_loop()
@@ -171,14 +202,11 @@ async def test_push_run_release_deploy_approve_promote(platform: Platform, lane:
     viewer = platform.headers(VIEWER, "viewer")
 
     async with httpx.AsyncClient(base_url=gateway, timeout=60.0) as client:
-        # push -> run
-        resp = await client.post(
-            "/v1/runs",
-            json={"repository": repository, "branch": "main", "commit_sha": sha, "trigger_type": "push"},
-            headers=developer,
-        )
+        # push -> run: GitHub delivers the signed push event
+        resp = await _deliver_push(client, repository, sha)
         assert resp.status_code == 201, resp.text
-        run_id = resp.json()["id"]
+        assert resp.json()["status"] == "created"
+        run_id = resp.json()["run_id"]
         run = await _poll(client, f"/v1/runs/{run_id}", viewer, lambda r: r["status"] in ("success", "failed"), 180)
         assert run["status"] == "success", f"{run}\n{lane.log_tails()}"
         assert [(p["name"], p["status"]) for p in run["phases"]] == [("test", "success"), ("build", "success")]
