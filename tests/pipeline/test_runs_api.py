@@ -174,6 +174,9 @@ async def test_idempotency_key_returns_the_same_run(client: httpx.AsyncClient, p
     results = await asyncio.gather(*(client.post("/v1/runs", json=req2, headers=headers2) for _ in range(5)))
     assert {r.status_code for r in results} == {201}
     assert len({r.json()["id"] for r in results}) == 1
+    # Wait until both runs' events were relayed, then count them all.
+    for sha in (req["commit_sha"], req2["commit_sha"]):
+        await wait_for_event(platform, "pipeline.run.created", lambda e, sha=sha: e["data"]["commit_sha"] == sha)
     events = await read_events(
         platform, "pipeline.run.created", lambda e: e["data"]["commit_sha"] in (req["commit_sha"], req2["commit_sha"])
     )

@@ -10,7 +10,7 @@ import httpx
 import psycopg
 import pytest
 
-from forge_dev.testing import Platform, read_events
+from forge_dev.testing import Platform, read_events, wait_for_event
 from forge_pipeline.webhooks import sign
 
 from .conftest import GITHUB_TOKEN, WEBHOOK_SECRET, FakeGitHub, unique_repo
@@ -123,6 +123,7 @@ async def test_branch_push_creates_a_run_once_and_posts_pending_status(
     assert again.status_code == 200
     assert again.json() == {"status": "duplicate", "delivery_id": delivery, "run_id": run_id}
     assert [r["id"] for r in await runs_of(client, platform, repo)] == [run_id]
+    await wait_for_event(platform, "pipeline.run.created", lambda e: e["data"]["run_id"] == run_id)
     assert len(await read_events(platform, "pipeline.run.created", lambda e: e["data"]["run_id"] == run_id)) == 1
     # A new delivery for the same commit (another branch) finds the run.
     other = await deliver(client, "push", push_payload(repo, "refs/heads/release", after))
