@@ -70,29 +70,12 @@ async def creation_checks(
     return key_row, commit_row, int(count_row["n"]) if count_row else 0
 
 
-async def run_by_idempotency_key(conn: Conn, triggered_by: str, key: str) -> Row | None:
-    return await _one(
-        conn,
-        f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.triggered_by = %s AND r.idempotency_key = %s",
-        (triggered_by, key),
-    )
-
-
 async def run_by_commit(conn: Conn, repository: str, commit_sha: str) -> Row | None:
     return await _one(
         conn,
         f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.repository = %s AND r.commit_sha = %s",
         (repository, commit_sha),
     )
-
-
-async def count_active_runs(conn: Conn, repository: str) -> int:
-    row = await _one(
-        conn,
-        "SELECT count(*) AS n FROM pipeline.runs WHERE repository = %s AND status IN ('pending', 'running')",
-        (repository,),
-    )
-    return int(row["n"]) if row else 0
 
 
 async def insert_run(
