@@ -13,7 +13,7 @@ from forge_common.runtime import Runtime
 
 from .api import ROUTES
 from .clients import ApprovalClient, ArgoCDClient, ReleaseClient
-from .gitops import Author, GitOpsRepository
+from .gitops import Author, GitOpsRepository, local_path
 from .reconciler import Reconciler
 from .service import DeploymentService
 from .settings import Settings
@@ -26,6 +26,8 @@ def _workdir(settings: Settings) -> tuple[Path, bool]:
     if settings.gitops_workdir:
         return Path(settings.gitops_workdir), False
     base = Path(settings.data_dir).resolve() / "deployment"
+    if local_path(settings.gitops_remote) is not None:
+        return base / "unused", False  # a local repository is written directly: no clone
     base.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f"gitops-{os.getpid()}-", dir=base)), True
 

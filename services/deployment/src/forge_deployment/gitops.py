@@ -36,7 +36,7 @@ from dulwich.refs import Ref
 from dulwich.repo import Repo
 from prometheus_client import Counter, Histogram
 
-__all__ = ["Author", "GitError", "GitOpsRepository", "redact"]
+__all__ = ["Author", "GitError", "GitOpsRepository", "local_path", "redact"]
 
 log = structlog.get_logger(__name__)
 
