@@ -272,8 +272,14 @@ def test_releases_create_get_list(cli: Any) -> None:
     assert first["release_number"] == 1
     assert first["canonical_id"] == f"{repo}/api/{sha1}"
     assert first["oci_uri"]
-    second = _create_release(cli, repo, "api", sha2)
+    second = _create_release(cli, repo, "api", sha2, "--tag", "v2.0.0")
     assert second["release_number"] == 2
+    by_tag = cli("releases", "get", repo, "api", "v2.0.0")
+    assert by_tag.code == 0, by_tag
+    assert by_tag.json["id"] == second["id"]
+    assert {"alias": "v2.0.0", "alias_type": "tag"} in by_tag.json["aliases"]
+    assert by_tag.json["trigger"]["trigger_type"] == "tag"
+    assert by_tag.json["trigger"]["triggered_by"] == DEVELOPER
 
     for ident in ("1", sha1, sha1[:12]):
         got = cli("releases", "get", repo, "api", ident, sub=VIEWER, roles=("viewer",))

@@ -165,6 +165,10 @@ def _add_api_commands(sub: Any) -> None:
     p.add_argument("--repository", required=True)
     p.add_argument("--project", required=True)
     p.add_argument("--commit", required=True, dest="commit_sha")
+    trigger = p.add_mutually_exclusive_group()
+    trigger.add_argument("--branch", help="record the release as triggered by a push to BRANCH (adds the branch alias)")
+    trigger.add_argument("--tag", help="record the release as triggered by TAG (adds the tag alias)")
+    p.add_argument("--pipeline-run", dest="pipeline_run_id", help="the run that produced it")
     p.add_argument(
         "--artifact",
         action="append",
@@ -288,12 +292,18 @@ def _create_release(args: argparse.Namespace) -> Any:
         {"name": name, "type": kind, "tracking_oci_uri": tracking, "primary_published_uri": published}
         for name, kind, tracking, published in args.artifact
     ]
-    body = {
+    body: dict[str, Any] = {
         "repository": args.repository,
         "project": args.project,
         "commit_sha": args.commit_sha,
         "artifacts": artifacts,
     }
+    if args.branch:
+        body["trigger"] = {"trigger_type": "branch_push", "branch": args.branch}
+    elif args.tag:
+        body["trigger"] = {"trigger_type": "tag", "tag": args.tag}
+    if args.pipeline_run_id:
+        body["pipeline_run_id"] = args.pipeline_run_id
     return _call(args, "POST", "/v1/releases", body)
 
 
