@@ -327,7 +327,8 @@ class Proxy:
                 if 0 < size <= _BUFFER_BELOW:
                     data = await _read_body(receive)
                     if data is None:
-                        return  # the client went away
+                        status = 499  # the client went away; nothing to answer
+                        return
                 elif size > _BUFFER_BELOW:
                     data = _BodyStream(receive, self.max_body)
                     headers.append(("Content-Length", str(size)))
