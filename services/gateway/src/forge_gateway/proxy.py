@@ -87,6 +87,9 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # Bodies up to this size are read whole before forwarding (one write upstream, lowest latency);
 # larger ones stream through while being counted.
 _BUFFER_BELOW = 256 * 1024
+# Responses of known length up to this size are relayed in one write; larger ones in chunks of
+# this size; responses of unknown length (a streamed log) as the bytes arrive.
+_RESPONSE_CHUNK = 1024 * 1024
 _JSON = (b"content-type", b"application/json")
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _NO_TRACE = "0" * 32
@@ -427,14 +430,15 @@ class Proxy:
         out = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in _RESPONSE_DROP]
         out.extend(extra)
         length = resp.content_length
-        if method == "HEAD" or (length is not None and length <= _BUFFER_BELOW):
+        if method == "HEAD" or (length is not None and length <= _RESPONSE_CHUNK):
             body = await resp.read()
             await send({"type": "http.response.start", "status": resp.status, "headers": out})
             await send({"type": "http.response.body", "body": body})
             return resp.status
         await send({"type": "http.response.start", "status": resp.status, "headers": out})
+        chunks = resp.content.iter_any() if length is None else resp.content.iter_chunked(_RESPONSE_CHUNK)
         try:
-            async for chunk in resp.content.iter_any():
+            async for chunk in chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Headers are out: the client learns of the failure from the cut connection (uvicorn
