@@ -1,0 +1,85 @@
+"""Release triggers: a successful run on a matching branch releases the project, once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import psycopg
+
+from .conftest import Cell
+
+REPO_TOML = "[phases.build]\ngroup = 1\n"
+
+
+def project(name: str, release: str) -> str:
+    return f'name = "{name}"\n[[phases.build.steps]]\nname = "make"\nrun = "echo built"\n{release}'
+
+
+async def _evaluated(cell: Cell, run_id: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with await psycopg.AsyncConnection.connect(cell.database_url, autocommit=True) as conn:
+        while True:
+            cur = await conn.execute("SELECT release_evaluated_at FROM pipeline.runs WHERE id = %s", (run_id,))
+            row = await cur.fetchone()
+            if row and row[0] is not None:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("release triggers were not evaluated")
+            await asyncio.sleep(0.05)
+
+
+async def test_branch_push_releases_matching_projects(cell: Cell, client: httpx.AsyncClient) -> None:
+    repo = cell.repo("rel")
+    sha = repo.commit(
+        {
+            ".forge/repo.toml": REPO_TOML,
+            "api/.forge/project.toml": project("api", '[release]\non = [{ branch = "main" }, { tag = true }]\n'),
+            "web/.forge/project.toml": project("web", '[release]\non = [{ branch = "release/*" }]\n'),
+            "docs/.forge/project.toml": project("docs", ""),
+        }
+    )
+    run_id = await cell.create_run(client, repo, sha)
+    run = await cell.wait_run(client, run_id, timeout=60)
+    assert run["status"] == "success", run
+    release_url = cell.platform.service_url("release")
+    headers = cell.headers("viewer")
+    deadline = time.monotonic() + 30
+    while True:
+        resp = await client.get(f"{release_url}/v1/releases/{repo.repository}/api/{sha}", headers=headers)
+        if resp.status_code == 200 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert resp.status_code == 200, resp.text
+    release = resp.json()
+    assert release["pipeline_run_id"] == run_id
+    assert release["commit_sha"] == sha
+    assert release["release_number"] == 1
+    assert release["trigger"]["trigger_type"] == "branch_push"
+    assert release["trigger"]["branch"] == "main"
+    await _evaluated(cell, run_id)
+    # web's rule does not match main; docs has none.
+    for name in ("web", "docs"):
+        resp = await client.get(f"{release_url}/v1/releases/{repo.repository}/{name}/{sha}", headers=headers)
+        assert resp.status_code == 404, resp.text
+
+
+async def test_feature_branch_releases_nothing(cell: Cell, client: httpx.AsyncClient) -> None:
+    repo = cell.repo("feat")
+    sha = repo.commit(
+        {
+            ".forge/repo.toml": REPO_TOML,
+            "api/.forge/project.toml": project("api", '[release]\non = [{ branch = "main" }]\n'),
+        },
+        branch="feature/x",
+    )
+    run_id = await cell.create_run(client, repo, sha, branch="feature/x")
+    run = await cell.wait_run(client, run_id, timeout=60)
+    assert run["status"] == "success"
+    await _evaluated(cell, run_id)
+    resp = await client.get(
+        f"{cell.platform.service_url('release')}/v1/releases/{repo.repository}/api/{sha}",
+        headers=cell.headers("viewer"),
+    )
+    assert resp.status_code == 404
