@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -91,11 +92,12 @@ async def fake_github() -> AsyncIterator[FakeGitHub]:
 @pytest.fixture(scope="session")
 def pipeline_database(platform: Platform) -> Iterator[str]:
     """A database of its own for the API-only pipeline instance."""
-    base, _, _ = platform.database_url.rpartition("/")
+    # Replace the URL's path only: the embedded server's URL carries a socket directory in its
+    # query (postgresql://postgres:@/forge_test_x?host=/tmp/.../postgres).
     name = f"forge_pipeline_api_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(platform.database_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"{base}/{name}"
+    yield urlsplit(platform.database_url)._replace(path=f"/{name}").geturl()
     with psycopg.connect(platform.database_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
