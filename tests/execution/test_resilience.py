@@ -212,3 +212,42 @@ async def _active(cell: Cell, runs: list[str]) -> list[str]:
             (runs,),
         )
         return [r[0] for r in await cur.fetchall()]
+
+
+async def test_job_never_acknowledged_is_dead_lettered_by_the_dispatcher(
+    crash_cell: Cell, client: httpx.AsyncClient
+) -> None:
+    """Every delivery kills the worker running it (SIGKILL to the step's parent): no worker
+    ever answers, JetStream gives up after 3 deliveries and the dispatcher dead-letters it."""
+    cell = crash_cell
+    for _ in range(3):
+        cell.start_worker()
+    cell.wait_workers(3)
+    repo = cell.repo()
+    sha = repo.commit(
+        {
+            ".forge/repo.toml": REPO_TOML,
+            "app/.forge/project.toml": 'name = "app"\n[[phases.test.steps]]\nname = "crash"\nrun = "kill -9 $PPID"\n',
+        }
+    )
+    run_id = await cell.create_run(client, repo, sha)
+    run = await cell.wait_run(client, run_id, timeout=45)
+    assert run["status"] == "failed", run
+    failed = await cell.wait_event("pipeline.run.failed", run_id)
+    assert failed["data"]["failed_phase"] == "test"
+    assert "not acknowledged after 3 deliveries" in failed["data"]["error_message"]
+    assert all(w.popen.poll() is not None for w in cell.workers), "each delivery should have killed a worker"
+    names = Names(cell.prefix)
+    nc = await nats.connect(cell.platform.nats_url)
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(
+            names.subject(f"pipeline.deadletter.ci.{run_id}"),
+            stream=names.stream(jobs.DEAD_LETTER_STREAM),
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0),
+        )
+        [msg] = await sub.fetch(1, timeout=5)
+        assert msg.headers is not None
+        assert "not acknowledged after 3 deliveries" in msg.headers[jobs.HDR_DEAD_REASON]
+    finally:
+        await nc.close()

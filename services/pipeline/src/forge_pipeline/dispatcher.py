@@ -36,6 +36,7 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 
 from forge_common import jobs
+from forge_common.errors import InvalidRequest
 from forge_common.jobs import JobSettings
 from forge_common.outbox import add_message
 from forge_common.results import encode_result, resolve_result
@@ -396,9 +397,14 @@ class RunDriver:
             await self._fail(f"discovery failed: {error}", "discovery")
             raise _RunEnded
         result = reply.result or {}
-        phases = msgspec.convert(result.get("phases", []), list[PhasePlan])
-        async with self.rt.pool.connection() as conn, conn.transaction():
-            await service.store_discovery(conn, self.run_id, phases, result.get("release_triggers") or {})
+        try:
+            phases = msgspec.convert(result.get("phases", []), list[PhasePlan])
+            async with self.rt.pool.connection() as conn, conn.transaction():
+                await service.store_discovery(conn, self.run_id, phases, result.get("release_triggers") or {})
+        except (msgspec.ValidationError, InvalidRequest) as exc:
+            # A plan the service refuses would fail the same way on every retry.
+            await self._fail(f"discovery returned an unusable plan: {exc}", "discovery")
+            raise _RunEnded from exc
         log.info("dispatcher.discovered", run_id=self.run_id, phases=len(phases))
 
     async def _fail(self, message: str, phase: str | None) -> None:
