@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 
 from forge_dev.testing import Platform
@@ -340,18 +341,28 @@ def test_release_errors(cli: Any) -> None:
     assert "artifacts[0].type" in line
 
 
-def _wait_active(cli: Any, environment: str, repo: str, project: str, deployment_id: str) -> dict[str, Any]:
+def _wait_active(
+    platform: Platform, cli: Any, environment: str, repo: str, project: str, deployment_id: str
+) -> dict[str, Any]:
+    """Poll (in-process, cheaply) until the reconciler activated the deployment; then ask the CLI."""
+    url = f"{platform.gateway_url}/v1/deployments/{environment}/{repo}/{project}"
     deadline = time.monotonic() + 60
-    while True:
-        res = cli("deployments", "current", environment, repo, project, sub=VIEWER, roles=("viewer",))
-        if res.code == 0 and res.json["deployment_id"] == deployment_id and res.json["status"] == "active":
-            out: dict[str, Any] = res.json
-            return out
-        assert time.monotonic() < deadline, f"deployment {deployment_id} never became active: {res}"
-        time.sleep(0.3)
+    with httpx.Client(headers=platform.headers(VIEWER, "viewer"), timeout=10) as http:
+        while True:
+            body = http.get(url).json()
+            if body.get("deployment_id") == deployment_id and body.get("status") == "active":
+                break
+            assert time.monotonic() < deadline, f"deployment {deployment_id} never became active: {body}"
+            time.sleep(0.1)
+    res = cli("deployments", "current", environment, repo, project, sub=VIEWER, roles=("viewer",))
+    assert res.code == 0, res
+    out: dict[str, Any] = res.json
+    assert out["deployment_id"] == deployment_id
+    assert out["status"] == "active"
+    return out
 
 
-def test_release_approve_deploy_from_the_command_line(cli: Any) -> None:
+def test_release_approve_deploy_from_the_command_line(platform: Platform, cli: Any) -> None:
     repo, sha = _repo(), _sha()
     release = _create_release(cli, repo, "web", sha)
 
@@ -362,7 +373,7 @@ def test_release_approve_deploy_from_the_command_line(cli: Any) -> None:
     assert dev.code == 0, dev
     assert dev.json["status"] == "pending"
     assert dev.json["gitops_commit_sha"]
-    current = _wait_active(cli, "dev", repo, "web", dev.json["id"])
+    current = _wait_active(platform, cli, "dev", repo, "web", dev.json["id"])
     assert current["release_id"] == release["id"]
     assert current["release_number"] == 1
     assert current["environment"] == "dev"
@@ -409,13 +420,13 @@ def test_release_approve_deploy_from_the_command_line(cli: Any) -> None:
         "--approval", approval["approval_id"],
     )  # fmt: skip
     assert prod.code == 0, prod
-    _wait_active(cli, "production", repo, "web", prod.json["id"])
+    _wait_active(platform, cli, "production", repo, "web", prod.json["id"])
 
     # a second release to dev supersedes the first in history
     second = _create_release(cli, repo, "web", _sha())
     dev2 = cli("deployments", "create", "--release", second["id"], "--environment", "dev")
     assert dev2.code == 0, dev2
-    _wait_active(cli, "dev", repo, "web", dev2.json["id"])
+    _wait_active(platform, cli, "dev", repo, "web", dev2.json["id"])
     history = cli("deployments", "history", "dev", repo, "web", sub=VIEWER, roles=("viewer",))
     assert history.code == 0, history
     page = history.json
