@@ -26,7 +26,7 @@ import httpx
 import psycopg
 import pytest
 
-from forge_dev.stack import Process
+from forge_dev.stack import Process, free_port
 from forge_dev.testing import Platform, read_events, wait_for_event
 
 TERMINAL = ("success", "failed", "cancelled")
@@ -97,6 +97,7 @@ class Cell:
             "FORGE_DB_POOL_MAX": "4",
             **(env or {}),
         }
+        self.metrics_port = 0
         self.pipelines: list[Process] = []
         self.workers: list[Process] = []
 
@@ -275,7 +276,8 @@ def cell(platform: Platform) -> Iterator[Cell]:
     try:
         c.start_pipeline()
         c.start_worker()
-        c.start_worker()
+        c.metrics_port = free_port()
+        c.start_worker(env={"FORGE_WORKER_HTTP_PORT": str(c.metrics_port)})
         c.wait_workers(2)
         yield c
     finally:

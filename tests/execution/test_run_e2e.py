@@ -99,7 +99,16 @@ async def test_good_then_bad_commit(cell: Cell, client: httpx.AsyncClient) -> No
         }
     )
     run_id = await cell.create_run(client, repo, bad)
-    run = await cell.wait_run(client, run_id, timeout=60)
+    # The run fails at the first failed task; the sibling task still running in that phase is
+    # stopped right after (fail fast), which settles the phase.
+    run = await cell.wait_run(
+        client,
+        run_id,
+        until=lambda r: (
+            r["status"] in ("success", "failed", "cancelled") and all(p["status"] != "running" for p in r["phases"])
+        ),
+        timeout=60,
+    )
     assert run["status"] == "failed", run
     statuses = {p["name"]: p["status"] for p in run["phases"]}
     assert statuses == {"lint": "success", "test": "failed", "build": "skipped"}

@@ -34,6 +34,8 @@ class Settings(CommonSettings, kw_only=True):
     log_max_bytes: int = 256 * 1024 * 1024
     # SIGTERM grace for a cancelled or timed-out step before SIGKILL of its process group.
     step_kill_grace: float = 1.0
+    # Port of the optional /healthz, /readyz, /metrics listener (0: none).
+    worker_http_port: int = 0
     # On SIGTERM the worker stops pulling and lets running jobs finish for this long.
     shutdown_grace: float = 20.0
 

@@ -21,6 +21,8 @@ from typing import Any
 import msgspec
 import structlog
 
+from .health import STEPS_RUNNING
+
 __all__ = ["ProcessTable", "StepOutcome", "StepRunner", "log_key"]
 
 log = structlog.get_logger(__name__)
@@ -167,6 +169,7 @@ class StepRunner:
         )
         pgid = proc.pid
         self.table.add(run_id, pgid, cancel)
+        STEPS_RUNNING.inc()
         assert proc.stdout is not None
         stdout = proc.stdout
 
@@ -224,6 +227,7 @@ class StepRunner:
             if not waiter.done():
                 _kill_group(pgid, signal.SIGKILL)
             self.table.remove(run_id, pgid)
+            STEPS_RUNNING.dec()
         uploaded = time.monotonic()
         # A step that printed nothing has no log object (and so no logs_url): one S3 write
         # (client and server CPU) less per silent step.

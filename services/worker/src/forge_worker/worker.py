@@ -32,6 +32,7 @@ from forge_common.nats import Names, connect
 from forge_common.results import encode_result, resolve_result
 from forge_common.s3 import S3
 
+from . import health
 from .discovery import ConfigError, discover
 from .git import GitCache, GitError
 from .reporter import Conflict, InfraError, Reporter
@@ -119,6 +120,7 @@ class Worker:
         self.jobs_done = 0
         # Stream sequence -> newest delivery of each job this process is running.
         self._deliveries: dict[int, Msg] = {}
+        self._http: Any = None
 
     @property
     def nc(self) -> NATS:
@@ -148,6 +150,10 @@ class Worker:
             self.settings.log_max_bytes,
         )
         await self.nc.subscribe(self.names.subject("pipeline.cancel.*"), cb=self._on_cancel)
+        if self.settings.worker_http_port:
+            self._http = await health.start_health_server(
+                self.settings.host, self.settings.worker_http_port, lambda: self.nc.is_connected
+            )
         stream = self.names.stream(jobs.JOBS_STREAM)
         for jt in self.settings.job_types():
             slots = self.settings.worker_concurrency if jt == "ci" else max(2, self.settings.worker_concurrency // 4)
@@ -178,6 +184,8 @@ class Worker:
                 await task
         await self.reporter.close()
         await self.releases.close()
+        if self._http is not None:
+            await self._http.cleanup()
         if self._s3_cm is not None:
             await self._s3_cm.__aexit__(None, None, None)
         if self._nc is not None and not self._nc.is_closed:
@@ -261,6 +269,8 @@ class Worker:
                 await jobs.publish_reply(self.nc, reply_to, body)
             await self._deliveries[seq].ack()
             self.jobs_done += 1
+            health.JOBS.labels(job_type, reply.status).inc()
+            health.JOB_DURATION.labels(job_type).observe(time.perf_counter() - started)
             log.info(
                 "worker.job_done",
                 job_type=job_type,

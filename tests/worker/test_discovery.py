@@ -1,0 +1,133 @@
+"""Repository configuration parsing and validation (no I/O beyond a temporary directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from forge_worker.discovery import ConfigError, discover
+
+REPO = """
+forge_version = "1"
+[phases.lint]
+group = 1
+[phases.test]
+group = 1
+timeout = "10m"
+[phases.build]
+group = 2
+"""
+
+
+def _tree(root: Path, files: dict[str, str]) -> list[str]:
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return list(files)
+
+
+def _problems(root: Path, files: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        discover(root, _tree(root, files))
+    return info.value.problems
+
+
+def test_plan_from_the_documented_example(tmp_path: Path) -> None:
+    files = _tree(
+        tmp_path,
+        {
+            ".forge/repo.toml": REPO,
+            "services/api/.forge/project.toml": """
+name = "api"
+[[phases.test.steps]]
+name = "unit"
+action = "shell"
+run = "python -m pytest -q"
+timeout = "5m"
+[[phases.build.steps]]
+name = "package"
+action = "shell"
+run = "make dist"
+[release]
+on = [{ branch = "main" }, { tag = true }]
+""",
+            "web/.forge/project.toml": '[[phases.build.steps]]\nname = "image"\naction = "earthly"\ntarget = "+image"\n',
+        },
+    )
+    plan = discover(tmp_path, files)
+    assert [(p.name, p.group_number, p.timeout_seconds) for p in plan.phases] == [
+        ("lint", 1, None),
+        ("test", 1, 600),
+        ("build", 2, None),
+    ]
+    by_phase = {p.name: p for p in plan.phases}
+    assert by_phase["lint"].tasks == []
+    [api_test] = by_phase["test"].tasks
+    assert (api_test.project_name, api_test.project_path) == ("api", "services/api")
+    assert [(s.name, s.action, s.command, s.timeout_seconds) for s in api_test.steps] == [
+        ("unit", "shell", "python -m pytest -q", 300)
+    ]
+    assert [t.project_name for t in by_phase["build"].tasks] == ["api", "web"]  # web: the directory name
+    assert by_phase["build"].tasks[1].steps[0].command == "+image"
+    assert plan.release_triggers == {"api": [{"branch": "main"}, {"tag": True}]}
+
+
+@pytest.mark.parametrize(
+    ("project", "expected"),
+    [
+        (
+            '[[phases.test.steps]]\nname = "u"\naction = "docker"\nrun = "x"\n',
+            'app/.forge/project.toml: phases.test.steps[0].action: must be "shell" or "earthly", got \'docker\'',
+        ),
+        (
+            '[[phases.test.steps]]\nname = "u"\n',
+            "app/.forge/project.toml: phases.test.steps[0].run: is required for a shell step",
+        ),
+        (
+            '[[phases.test.steps]]\nname = "u"\nrun = "x"\ntimeout = "5 minutes"\n',
+            "app/.forge/project.toml: phases.test.steps[0].timeout: invalid duration '5 minutes'",
+        ),
+        (
+            '[[phases.deploy.steps]]\nname = "u"\nrun = "x"\n',
+            "app/.forge/project.toml: phases.deploy: phase 'deploy' is not declared in .forge/repo.toml",
+        ),
+        (
+            '[[phases.test.steps]]\nname = "u"\nrun = "x"\n[[phases.test.steps]]\nname = "u"\nrun = "y"\n',
+            "app/.forge/project.toml: phases.test.steps[1].name: duplicate step name 'u'",
+        ),
+        ('nam = "x"\n', "app/.forge/project.toml: nam: unknown field"),
+        (
+            "[release]\non = [{ branch = 3 }]\n",
+            "app/.forge/project.toml: release.on[0].branch: must be a non-empty branch name or glob, got 3",
+        ),
+        ("[[phases.test.steps]\n", "app/.forge/project.toml: is not valid TOML"),
+    ],
+)
+def test_problems_name_file_and_field(tmp_path: Path, project: str, expected: str) -> None:
+    problems = _problems(tmp_path, {".forge/repo.toml": REPO, "app/.forge/project.toml": project})
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_repo_file_problems(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, {".forge/repo.toml": '[phases.test]\ngroup = 0\n[phases.x]\ntimeout = "1m"\n'})
+    assert ".forge/repo.toml: phases.test.group: must be an integer >= 1, got 0" in problems
+    assert ".forge/repo.toml: phases.x.group: is required (an integer >= 1)" in problems
+
+
+def test_missing_repository_configuration(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, {"README.md": "hi"})
+    assert problems == [".forge/repo.toml: file not found: the repository has no Forge configuration"]
+
+
+def test_duplicate_project_names(tmp_path: Path) -> None:
+    step = '[[phases.test.steps]]\nname = "u"\nrun = "x"\n'
+    problems = _problems(
+        tmp_path,
+        {
+            ".forge/repo.toml": REPO,
+            "a/.forge/project.toml": 'name = "same"\n' + step,
+            "b/.forge/project.toml": 'name = "same"\n' + step,
+        },
+    )
+    assert problems == ["b/.forge/project.toml: name: project name 'same' is already used by a/.forge/project.toml"]
