@@ -269,9 +269,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cell(platform: Platform) -> Iterator[Cell]:
-    """One pipeline instance and two workers, for the tests that do not kill anything."""
+    """One pipeline instance and two workers, shared by the tests that do not kill anything."""
     c = Cell(platform, "main")
     try:
         c.start_pipeline()
