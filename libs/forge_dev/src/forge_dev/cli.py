@@ -159,6 +159,12 @@ def _add_api_commands(sub: Any) -> None:
     p = runs.add_parser("cancel", help="cancel a pending or running run")
     p.add_argument("run_id")
     p.set_defaults(func=_api_command(lambda a: _call(a, "DELETE", f"/v1/runs/{_seg(a.run_id)}")))
+    p = runs.add_parser("logs", help="print the logs of a run's steps (all, or those matching the filters)")
+    p.add_argument("run_id")
+    p.add_argument("--phase")
+    p.add_argument("--project")
+    p.add_argument("--step")
+    p.set_defaults(func=_run_logs)
 
     rel = sub.add_parser("releases", help="releases").add_subparsers(dest="releases_command", required=True)
     p = rel.add_parser("create", help="release a project at a commit")
@@ -285,6 +291,55 @@ def _add_api_commands(sub: Any) -> None:
             )
         )
     )
+
+
+def _run_logs(args: argparse.Namespace) -> int:
+    """Each matching step's log (fetched from its presigned ``logs_url``) under a header line."""
+    try:
+        run = _call(args, "GET", f"/v1/runs/{_seg(args.run_id)}")
+    except ApiError as exc:
+        print(f"forge: {exc}", file=sys.stderr)
+        return 1
+    found = failed = 0
+    for phase in run.get("phases", []):
+        if args.phase and phase["name"] != args.phase:
+            continue
+        for task in phase.get("tasks", []):
+            if args.project and task["project_name"] != args.project:
+                continue
+            for step in task.get("steps", []):
+                if args.step and step["name"] != args.step:
+                    continue
+                found += 1
+                where = f"{phase['name']}/{task['project_name']}/{step['name']}"
+                print(f"==> {where} ({step['status']}, exit code {step.get('exit_code')}) <==", flush=True)
+                if not step.get("logs_url"):
+                    print("(no log)", flush=True)
+                    continue
+                try:
+                    sys.stdout.write(_fetch_log(step["logs_url"]))
+                except ApiError as exc:
+                    failed += 1
+                    print(f"forge: {where}: {exc}", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+    if not found:
+        what = "matching the filters" if (args.phase or args.project or args.step) else "at all"
+        print(f"forge: run {args.run_id} ({run.get('status')}) has no step {what}", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+def _fetch_log(url: str) -> str:
+    # A presigned URL carries its own credentials: no Authorization header (S3 refuses two).
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - the API's presigned URL
+            data: bytes = resp.read()
+    except urllib.error.HTTPError as exc:
+        raise ApiError(f"log download failed: {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ApiError(f"log download failed: {getattr(exc, 'reason', exc)}") from None
+    text = data.decode("utf-8", "replace")
+    return text if text.endswith("\n") or not text else text + "\n"
 
 
 def _create_release(args: argparse.Namespace) -> Any:
