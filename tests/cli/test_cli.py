@@ -195,6 +195,14 @@ def test_runs_errors_reach_the_user_as_one_line(cli: Any) -> None:
 
     _refused(cli("runs", "list", "--repository", _repo(), "--limit", "0"), 400, "invalid_request")
 
+    _refused(cli("runs", "logs", missing), 404, "resource_not_found")
+    # nobody serves this repository: the run never gets steps, and `logs` says so
+    run = cli("runs", "create", "--repository", _repo(), "--branch", "main", "--commit", _sha()).json
+    res = cli("runs", "logs", run["id"])
+    assert res.code == 1, res
+    assert res.stdout == ""
+    assert "has no step at all" in res.stderr
+
 
 def test_runs_list_pages(cli: Any) -> None:
     repo = _repo()
