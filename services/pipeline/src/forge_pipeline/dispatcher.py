@@ -61,7 +61,7 @@ class DispatcherSettings(msgspec.Struct, kw_only=True):
     dispatcher_poll_interval: float = 1.0
     dispatcher_max_runs: int = 500
     # How often a waiting driver re-reads its tasks' status (replies are the fast path).
-    dispatcher_check_interval: float = 2.0
+    dispatcher_check_interval: float = 5.0
 
     def validate(self) -> list[str]:
         problems = []
