@@ -127,6 +127,8 @@ class CommitStatusSender:
                 return outcome, f"HTTP {resp.status}: {text}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             return "retry", f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - counted as an attempt, so it ends in give-up
+            return "retry", f"{type(exc).__name__}: {exc}"
 
 
 async def start(runtime: Runtime) -> None:
