@@ -2,7 +2,8 @@
 
 Per request: authenticate the bearer token (cached verification), count it against the user's
 sliding window, pick the upstream by the first path segment, enforce the body limit while
-streaming, forward over a pooled keep-alive aiohttp session, stream the answer back. Every
+streaming, forward over a pooled keep-alive connection (:mod:`forge_gateway.upstream`), stream
+the answer back. Every
 answer the gateway makes itself is the platform's error envelope.
 """
 
@@ -15,11 +16,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import structlog
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from yarl import URL
 
 from forge_common import metrics
 from forge_common.auth import Principal, TokenVerifier
@@ -37,8 +36,9 @@ from forge_common.tracing import extract, inject
 from .accesslog import AccessLog
 from .ratelimit import Decision, SlidingWindowLimiter
 from .settings import Settings
+from .upstream import Connection, Upstream, UpstreamError, UpstreamProtocolError, UpstreamUnavailable
 
-__all__ = ["ROUTES", "WEBHOOK_PATH", "Proxy", "Upstream"]
+__all__ = ["ROUTES", "WEBHOOK_PATH", "Proxy"]
 
 log = structlog.get_logger("forge_gateway")
 _tracer = trace.get_tracer("forge.gateway")
@@ -70,7 +70,7 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Request headers the gateway rewrites itself (or lets aiohttp set) instead of copying.
+# Request headers the gateway rewrites or sets itself instead of copying them.
 _REQUEST_SPECIAL = _HOP_BY_HOP | {
     b"host",
     b"content-length",
@@ -80,10 +80,12 @@ _REQUEST_SPECIAL = _HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"traceparent",
     b"tracestate",
+    b"expect",  # the gateway has accepted the body already; 100-continue is between it and the client
 }
 # Response headers not copied back: hop-by-hop, and what uvicorn / the gateway add itself.
 _RESPONSE_DROP = _HOP_BY_HOP | {b"server", b"date", b"x-request-id"}
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_CRLF = b"\r\n"
 # Bodies up to this size are read whole before forwarding (one write upstream, lowest latency);
 # larger ones stream through while being counted.
 _BUFFER_BELOW = 256 * 1024
@@ -120,10 +122,11 @@ class _ClientGone(Exception):
 
 
 class _BodyStream:
-    """The request body as an async iterator for aiohttp, counted against the limit as it flows."""
+    """The request body as an async iterator, counted against the limit as it flows."""
 
-    def __init__(self, receive: Any, limit: int) -> None:
+    def __init__(self, receive: Any, limit: int, chunked: bool = False) -> None:
         self.receive = receive
+        self.chunked = chunked
         self.limit = limit
         self.received = 0
         self.exceeded = False
@@ -144,46 +147,6 @@ class _BodyStream:
                     self.exceeded = True
                     raise _BodyTooLarge
                 yield chunk
-
-
-class Upstream:
-    def __init__(self, name: str, base_url: str) -> None:
-        self.name = name
-        self.base_url = base_url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
-
-    def open(self, settings: Settings) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=settings.upstream_pool_size,
-            keepalive_timeout=settings.upstream_keepalive,
-            ttl_dns_cache=300,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=settings.upstream_connect_timeout, sock_read=settings.upstream_timeout
-            ),
-            auto_decompress=False,  # bytes pass through untouched, Content-Encoding stays true
-            cookie_jar=aiohttp.DummyCookieJar(),  # never remember one user's cookies for another
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
-        )
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "gateway not started"
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    async def healthy(self) -> str:
-        try:
-            async with self.session.get(self.base_url + "/healthz", timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
-                await resp.read()
-                return "ok" if resp.status == 200 else f"unavailable: status {resp.status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return f"unavailable: {type(exc).__name__}"
 
 
 class _Metrics:
@@ -231,8 +194,9 @@ class Proxy:
         self._metrics = _Metrics()
 
     async def start(self) -> None:
+        s = self.settings
         for upstream in self.upstreams.values():
-            upstream.open(self.settings)
+            upstream.open(s.upstream_pool_size, s.upstream_connect_timeout, s.upstream_keepalive)
 
     async def stop(self) -> None:
         self.access_log.flush()
@@ -250,14 +214,16 @@ class Proxy:
         path: str = scope["path"]
 
         authorization = content_length = connection = request_id = None
-        forwarded_for = traceparent = tracestate = None
+        forwarded_for = traceparent = tracestate = host = None
         chunked = False
-        headers: list[tuple[str, str]] = []
+        # The upstream request head is built as bytes straight from the client's (already
+        # validated) header bytes: no decoding and re-encoding per header.
+        lines: list[bytes] = []
         for name, value in scope["headers"]:
             if name not in _REQUEST_SPECIAL:
                 if name == b"authorization":
                     authorization = value.decode("latin-1")
-                headers.append((name.decode("latin-1"), value.decode("latin-1")))
+                lines.append(name + b": " + value + _CRLF)
             elif name == b"content-length":
                 content_length = value
             elif name == b"x-request-id":
@@ -267,15 +233,17 @@ class Proxy:
             elif name == b"tracestate":
                 tracestate = value.decode("latin-1")
             elif name == b"x-forwarded-for":
-                forwarded_for = value.decode("latin-1")
+                forwarded_for = value
+            elif name == b"host":
+                host = value
             elif name == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
             elif name == b"connection":
                 connection = value
         if connection is not None:
             # Headers named in Connection are hop-by-hop for this one hop.
-            named = {token.strip().lower().decode("latin-1") for token in connection.split(b",")}
-            headers = [(k, v) for k, v in headers if k not in named]
+            named = {token.strip().lower() for token in connection.split(b",")}
+            lines = [line for line in lines if line.partition(b":")[0] not in named]
         if not request_id or len(request_id) > 200:
             # Not a secret, just unique: no getrandom() syscall per request as uuid4() makes.
             request_id = f"{random.getrandbits(128):032x}"
@@ -332,33 +300,48 @@ class Proxy:
                     if data is None:
                         status = 499  # the client went away; nothing to answer
                         return
+                    lines.append(b"content-length: " + content_length + _CRLF)
                 elif size > _BUFFER_BELOW:
                     data = _BodyStream(receive, self.max_body)
-                    headers.append(("Content-Length", str(size)))
+                    lines.append(b"content-length: " + content_length + _CRLF)
+                elif method in ("POST", "PUT", "PATCH"):
+                    lines.append(b"content-length: 0\r\n")
             elif chunked:
-                data = _BodyStream(receive, self.max_body)
+                data = _BodyStream(receive, self.max_body, chunked=True)
+                lines.append(b"transfer-encoding: chunked\r\n")
+            elif method in ("POST", "PUT", "PATCH"):
+                lines.append(b"content-length: 0\r\n")
 
             client = scope.get("client")
-            client_ip = client[0] if client else ""
-            headers.append(("X-Request-Id", request_id))
+            client_ip = client[0].encode("latin-1") if client else b""
+            lines.append(b"x-request-id: " + rid + _CRLF)
             if client_ip:
-                headers.append(("X-Forwarded-For", f"{forwarded_for}, {client_ip}" if forwarded_for else client_ip))
-            for name, value in scope["headers"]:
-                if name == b"host":
-                    headers.append(("X-Forwarded-Host", value.decode("latin-1")))
-                    break
-            headers.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
-            headers.extend(trace_headers.items())
+                xff = forwarded_for + b", " + client_ip if forwarded_for else client_ip
+                lines.append(b"x-forwarded-for: " + xff + _CRLF)
+            if host is not None:
+                lines.append(b"x-forwarded-host: " + host + _CRLF)
+            lines.append(b"x-forwarded-proto: " + scope.get("scheme", "http").encode("latin-1") + _CRLF)
+            for name_s, value_s in trace_headers.items():
+                lines.append(f"{name_s}: {value_s}\r\n".encode("latin-1"))
 
-            raw_path = scope.get("raw_path")
-            target = raw_path.decode("latin-1") if raw_path else path
+            raw_path = scope.get("raw_path") or path.encode("utf-8")
             query = scope.get("query_string")
-            if query:
-                target = f"{target}?{query.decode('latin-1')}"
-            url = URL(upstream.base_url + target, encoded=True)
+            target = upstream.prefix + raw_path + (b"?" + query if query else b"")
+            head = b"".join(
+                [
+                    method.encode("latin-1"),
+                    b" ",
+                    target,
+                    b" HTTP/1.1\r\nhost: ",
+                    upstream.host_header,
+                    _CRLF,
+                    *lines,
+                    _CRLF,
+                ]
+            )
             extra = decision.headers() if decision is not None else []
             extra.append((b"x-request-id", rid))
-            status = await self._forward(upstream, method, url, headers, data, send, extra)
+            status = await self._forward(upstream, method, head, data, send, extra)
         except ForgeError as exc:
             status = exc.status
             await _send_error(send, exc, rid, decision)
@@ -383,70 +366,108 @@ class Proxy:
         self,
         upstream: Upstream,
         method: str,
-        url: URL,
-        headers: list[tuple[str, str]],
+        head: bytes,
         data: bytes | _BodyStream | None,
         send: Any,
         extra: list[tuple[bytes, bytes]],
     ) -> int:
+        timeout = self.settings.upstream_timeout
         retry = method in _IDEMPOTENT and not isinstance(data, _BodyStream)
+        fresh = False
         while True:
             try:
-                async with upstream.session.request(
-                    method, url, headers=headers, data=data, allow_redirects=False
-                ) as resp:
-                    return await self._relay(resp, method, send, extra)
+                conn = await upstream.acquire(fresh=fresh)
             except TimeoutError:
                 raise GatewayTimeout(
-                    f"the {upstream.name} service did not answer within {self.settings.upstream_timeout:g} seconds",
+                    f"the {upstream.name} service did not accept a connection in time", {"service": upstream.name}
+                ) from None
+            except UpstreamUnavailable as exc:
+                raise _bad_gateway(upstream, exc) from None
+            try:
+                conn.begin(head_only=method == "HEAD")
+                if isinstance(data, _BodyStream):
+                    await self._send_streamed(conn, head, data, timeout)
+                else:
+                    conn.write(head + data if data else head)
+                await conn.response_head(timeout)
+                return await self._relay(conn, send, extra, timeout)
+            except UpstreamUnavailable as exc:
+                conn.abort()
+                if exc.stale and retry:
+                    # A keep-alive connection the upstream had closed while idle: nothing reached
+                    # it, so one retry on a fresh connection is safe.
+                    retry = False
+                    fresh = True
+                    continue
+                raise _bad_gateway(upstream, exc) from None
+            except UpstreamProtocolError as exc:
+                conn.abort()
+                raise _bad_gateway(upstream, exc, "sent an invalid answer") from None
+            except TimeoutError:
+                conn.abort()
+                raise GatewayTimeout(
+                    f"the {upstream.name} service did not answer within {timeout:g} seconds",
                     {"service": upstream.name},
                 ) from None
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if isinstance(data, _BodyStream):
-                    if data.exceeded:
-                        raise _too_large(self.max_body) from None
-                    if data.client_gone:
-                        return 499
-                # A pooled keep-alive connection the upstream had just closed: one retry is safe
-                # for idempotent requests; a refused connection is not retried.
-                if retry and not isinstance(exc, aiohttp.ClientConnectorError):
-                    retry = False
-                    continue
-                raise BadGateway(
-                    f"the {upstream.name} service is unavailable",
-                    {"service": upstream.name, "reason": type(exc).__name__},
-                ) from None
-            except aiohttp.ClientError as exc:
-                if isinstance(data, _BodyStream) and data.exceeded:
-                    raise _too_large(self.max_body) from None
-                raise BadGateway(
-                    f"the {upstream.name} service sent an invalid answer",
-                    {"service": upstream.name, "reason": type(exc).__name__},
-                ) from None
+            except _BodyTooLarge:
+                conn.abort()
+                raise _too_large(self.max_body) from None
+            except _ClientGone:
+                conn.abort()
+                return 499
+            except BaseException:
+                conn.abort()
+                raise
+            finally:
+                upstream.release(conn)
 
-    async def _relay(
-        self, resp: aiohttp.ClientResponse, method: str, send: Any, extra: list[tuple[bytes, bytes]]
-    ) -> int:
-        out = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in _RESPONSE_DROP]
+    @staticmethod
+    async def _send_streamed(conn: Connection, head: bytes, data: _BodyStream, timeout: float) -> None:
+        chunked = data.chunked
+        conn.write(head)
+        async for chunk in data:
+            conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            async with asyncio.timeout(timeout):  # an upstream that stops reading -> 504
+                await conn.drain()
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+
+    async def _relay(self, conn: Connection, send: Any, extra: list[tuple[bytes, bytes]], timeout: float) -> int:
+        out: list[tuple[bytes, bytes]] = []
+        length: int | None = None
+        for name, value in conn.headers:
+            lname = name.lower()
+            if lname in _RESPONSE_DROP:
+                continue
+            if lname == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise UpstreamProtocolError("invalid Content-Length") from None
+            out.append((lname, value))
         out.extend(extra)
-        length = resp.content_length
-        if method == "HEAD" or (length is not None and length <= _RESPONSE_CHUNK):
-            body = await resp.read()
-            await send({"type": "http.response.start", "status": resp.status, "headers": out})
+        status = conn.status
+        if conn.head_only or (length is not None and length <= _RESPONSE_CHUNK):
+            body = b"" if conn.head_only else await conn.read(timeout)
+            await send({"type": "http.response.start", "status": status, "headers": out})
             await send({"type": "http.response.body", "body": body})
-            return resp.status
-        await send({"type": "http.response.start", "status": resp.status, "headers": out})
-        chunks = resp.content.iter_any() if length is None else resp.content.iter_chunked(_RESPONSE_CHUNK)
+            return status
+        await send({"type": "http.response.start", "status": status, "headers": out})
         try:
-            async for chunk in chunks:
+            async for chunk in conn.body(timeout):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamError, TimeoutError) as exc:
             # Headers are out: the client learns of the failure from the cut connection (uvicorn
             # closes it because the response was never completed).
-            log.warning("gateway.upstream_stream_broken", status=resp.status, error=type(exc).__name__)
-            return resp.status
+            conn.abort()
+            log.warning("gateway.upstream_stream_broken", status=status, error=type(exc).__name__)
+            return status
         await send({"type": "http.response.body", "body": b""})
-        return resp.status
+        return status
+
+
+def _bad_gateway(upstream: Upstream, exc: Exception, what: str = "is unavailable") -> BadGateway:
+    return BadGateway(f"the {upstream.name} service {what}", {"service": upstream.name, "reason": str(exc)})
 
 
 def _too_large(limit: int, close: bool = False) -> PayloadTooLarge:
