@@ -119,11 +119,16 @@ async def create_run(request: Request[Any, Any, Any], principal: Principal, runt
     summary="List a repository's runs, newest first",
     responses=_doc(200, RunList, "one page of runs", 400, 401, 403),
 )
-async def list_runs(request: Request[Any, Any, Any], runtime: Runtime) -> Response[bytes]:
-    q = request.query_params
-    query = domain.validate_list_query(
-        q.get("repository"), q.get("branch"), q.get("status"), q.get("limit"), q.get("offset")
-    )
+async def list_runs(
+    runtime: Runtime,
+    repository: str | None = None,
+    branch: str | None = None,
+    status: str | None = None,
+    limit: str | None = None,
+    offset: str | None = None,
+) -> Response[bytes]:
+    # Declared as strings (documented in the OpenAPI); domain.py validates with clear messages.
+    query = domain.validate_list_query(repository, branch, status, limit, offset)
     async with runtime.pool.connection() as conn, conn.transaction():
         result = await service.list_runs(conn, query)
     return _json(200, result)
