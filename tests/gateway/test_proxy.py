@@ -12,6 +12,7 @@ from forge_dev.stack import Process
 from forge_dev.testing import Platform
 
 from .conftest import start_gateway
+from .upstreams import garbage_server
 
 
 def user(prefix: str = "user") -> str:
@@ -132,6 +133,33 @@ async def test_streams_responses_and_passes_large_ones_through(platform: Platfor
         assert resp.content == b"x" * (3 * 1024 * 1024)
 
 
+async def test_head_requests_and_keep_alive_reuse(platform: Platform, echo_gateway: Process) -> None:
+    headers = platform.headers(user(), "viewer")
+    async with httpx.AsyncClient(base_url=echo_gateway.url) as client:
+        for _ in range(3):  # a HEAD must not leave the pooled upstream connection confused
+            resp = await client.head("/v1/runs/big", params={"bytes": "5000"}, headers=headers)
+            assert resp.status_code == 200
+            assert resp.headers["content-length"] == "5000"
+            assert resp.content == b""
+            resp = await client.get("/v1/runs/big", params={"bytes": "5000"}, headers=headers)
+            assert resp.content == b"x" * 5000
+
+
+async def test_upstream_dying_mid_body(platform: Platform, echo_gateway: Process) -> None:
+    headers = platform.headers(user(), "viewer")
+    async with httpx.AsyncClient(base_url=echo_gateway.url) as client:
+        # Up to 1 MiB the gateway reads the whole body before answering: a clean 502.
+        resp = await client.get("/v1/runs/truncated", params={"length": "100000"}, headers=headers)
+        assert resp.status_code == 502
+        assert resp.json()["error"]["code"] == "bad_gateway"
+        # Larger bodies stream through: headers are out, so the client sees the connection cut.
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            await client.get("/v1/runs/truncated", params={"length": str(5 * 1024 * 1024)}, headers=headers)
+        # The gateway itself is fine afterwards.
+        resp = await client.get("/v1/runs", headers=platform.headers(user(), "viewer"))
+        assert resp.status_code == 200
+
+
 async def test_upstream_status_and_body_are_passed_unchanged(platform: Platform, echo_gateway: Process) -> None:
     headers = {**platform.headers(user(), "viewer"), "X-Echo-Status": "409"}
     async with httpx.AsyncClient(base_url=echo_gateway.url) as client:
@@ -154,11 +182,13 @@ async def test_slow_upstream_gets_504_envelope(platform: Platform, echo_gateway:
         assert "x-request-id" in resp.headers
 
 
-async def test_upstream_down_gives_502_envelope_and_not_ready(platform: Platform) -> None:
+async def test_upstream_down_or_not_http_gives_502_envelope_and_not_ready(platform: Platform) -> None:
     from forge_dev.stack import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
-    env = {f"FORGE_{n}_URL": dead for n in ("PIPELINE", "RELEASE", "DEPLOYMENT", "APPROVAL")}
+    garbage, garbage_url = await garbage_server()
+    env = {f"FORGE_{n}_URL": dead for n in ("PIPELINE", "RELEASE", "APPROVAL")}
+    env["FORGE_DEPLOYMENT_URL"] = garbage_url
     proc = await start_gateway(platform, env, wait=False)
     try:
         async with httpx.AsyncClient(base_url=proc.url) as client:
@@ -179,8 +209,12 @@ async def test_upstream_down_gives_502_envelope_and_not_ready(platform: Platform
             error = resp.json()["error"]
             assert error["code"] == "bad_gateway"
             assert error["details"]["service"] == "release"
+            resp = await client.get("/v1/deployments/x", headers=platform.headers(user(), "viewer"))
+            assert resp.status_code == 502
+            assert resp.json()["error"]["message"] == "the deployment service sent an invalid answer"
     finally:
         proc.stop()
+        garbage.close()
 
 
 async def test_webhook_path_needs_no_bearer_token(echo_gateway: Process) -> None:

@@ -61,6 +61,15 @@ def echo_app(name: str) -> web.Application:
         resp.headers["Keep-Alive"] = "timeout=5"
         return resp
 
+    async def truncated(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"Content-Length": request.query.get("length", "100000")})
+        await resp.prepare(request)
+        await resp.write(b"only the start")
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.close()  # dies in the middle of its body
+        return resp
+
     async def echo(request: web.Request) -> web.Response:
         hasher = hashlib.sha256()
         size = 0
@@ -87,8 +96,23 @@ def echo_app(name: str) -> web.Application:
     app.router.add_get("/v1/{seg}/stream", stream)
     app.router.add_get("/v1/{seg}/big", big)
     app.router.add_get("/v1/{seg}/cookie", cookie)
+    app.router.add_get("/v1/{seg}/truncated", truncated)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
+
+
+async def garbage_server() -> tuple[asyncio.Server, str]:
+    """Answers every connection with bytes that are not HTTP."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"SSH-2.0-OpenSSH_9.0 not http at all\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    return server, f"http://127.0.0.1:{port}"
 
 
 class JwksServer:
