@@ -167,3 +167,22 @@ async def test_result_over_1mb_travels_through_s3(cell: Cell, client: httpx.Asyn
     assert len(objects) == 1
     assert objects[0]["Key"].endswith(".json")
     assert objects[0]["Size"] > 1024 * 1024
+
+
+async def test_earthly_step_without_earthly_fails_clearly(cell: Cell, client: httpx.AsyncClient) -> None:
+    repo = cell.repo()
+    sha = repo.commit(
+        {
+            ".forge/repo.toml": ONE_PHASE.format(extra=""),
+            "app/.forge/project.toml": project(
+                "app", '[[phases.test.steps]]\nname = "image"\naction = "earthly"\ntarget = "+image"\n'
+            ),
+        }
+    )
+    run_id = await cell.create_run(client, repo, sha)
+    run = await cell.wait_run(client, run_id, timeout=30)
+    assert run["status"] == "failed"
+    step = steps_of(run)[("test", "app", "image")]
+    assert step["status"] == "failed"
+    assert step["exit_code"] == 127
+    assert "earthly is not installed on this worker (target +image)" in (await client.get(step["logs_url"])).text
