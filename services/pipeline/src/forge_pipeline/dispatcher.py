@@ -502,12 +502,32 @@ class RunDriver:
                 errors = []
                 for task_id in overdue:
                     phase = tasks[task_id][0]
-                    errors.append((task_id, f"timed out after {_fmt(timeouts[task_id])} (phase {phase.name} timeout)"))
+                    which = f"phase {phase.name} timeout" if phase.timeout_seconds else "CI job timeout"
+                    errors.append((task_id, f"timed out after {_fmt(timeouts[task_id])} ({which})"))
                     await self._purge_subject(jobs.job_subject(self.names, "ci", self.run_id, task_id))
                 await self._task_failures(errors, tasks, timed_out=True)
                 raise _RunEnded
             if not done:
                 await self._reconcile(pending)
+        await self._settle(list(tasks))
+
+    async def _settle(self, task_ids: list[str]) -> None:
+        """Every task of the group answered success. One whose report did not land (the worker
+        replied but its status call was refused or lost) is recorded from the reply, so the
+        roll-up finishes its phase before the next group starts."""
+        async with self.rt.pool.connection() as conn:
+            states = await xstore.task_states(conn, task_ids)
+        missing = [t for t, s in states.items() if s["status"] not in FINISHED]
+        if not missing:
+            return
+        async with self.rt.pool.connection() as conn, conn.transaction():
+            for task_id in missing:
+                current = (await xstore.task_states(conn, [task_id]))[task_id]["status"]
+                if current == "pending":
+                    await service.mark_task(conn, task_id, "running")
+                if current in ("pending", "running"):
+                    await service.mark_task(conn, task_id, "success")
+        log.warning("dispatcher.settled_from_replies", run_id=self.run_id, tasks=len(missing))
 
     def _ci_payload(self, run: dict[str, Any], phase: PhasePlan, task: Any) -> dict[str, Any]:
         return {
