@@ -6,6 +6,7 @@ import fcntl
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from .stack import Stack, StackConfig
 
 
 def main() -> int:
+    # pgserver's platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); give it one.
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     data_dir = Path(os.environ.get("FORGE_DATA_DIR") or default_data_dir()).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     lock_path = data_dir / "run.lock"
@@ -25,7 +28,7 @@ def main() -> int:
         owner = lock.read().strip() or "another process"
         print(
             f"Forge is already running from {data_dir} ({owner}); gateway at http://127.0.0.1:8080.\n"
-            "Stop it with Ctrl-C in its terminal, or use another FORGE_DATA_DIR.",
+            "Use that one, or stop it first (Ctrl-C in its terminal, or kill -TERM the pid above).",
             file=sys.stderr,
         )
         return 1
@@ -53,6 +56,9 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
+    # A shell starting `make run` as a background job sets SIGINT to "ignore"; restore it so
+    # Ctrl-C / kill -INT stops the platform however it was started.
+    signal.signal(signal.SIGINT, _stop)
     print(f"Starting Forge (state in {data_dir}) ...", flush=True)
     try:
         stack.start()
