@@ -12,7 +12,7 @@ from forge_dev.stack import Process
 from forge_dev.testing import Platform
 
 from .conftest import start_gateway
-from .upstreams import garbage_server
+from .upstreams import close_delimited_server, garbage_server
 
 
 def user(prefix: str = "user") -> str:
@@ -187,8 +187,10 @@ async def test_upstream_down_or_not_http_gives_502_envelope_and_not_ready(platfo
 
     dead = f"http://127.0.0.1:{free_port()}"
     garbage, garbage_url = await garbage_server()
-    env = {f"FORGE_{n}_URL": dead for n in ("PIPELINE", "RELEASE", "APPROVAL")}
+    old_style, old_style_url = await close_delimited_server()
+    env = {f"FORGE_{n}_URL": dead for n in ("PIPELINE", "RELEASE")}
     env["FORGE_DEPLOYMENT_URL"] = garbage_url
+    env["FORGE_APPROVAL_URL"] = old_style_url
     proc = await start_gateway(platform, env, wait=False)
     try:
         async with httpx.AsyncClient(base_url=proc.url) as client:
@@ -212,9 +214,14 @@ async def test_upstream_down_or_not_http_gives_502_envelope_and_not_ready(platfo
             resp = await client.get("/v1/deployments/x", headers=platform.headers(user(), "viewer"))
             assert resp.status_code == 502
             assert resp.json()["error"]["message"] == "the deployment service sent an invalid answer"
+            # A body delimited by the end of the connection is complete, not an error.
+            resp = await client.get("/v1/approvals/x", headers=platform.headers(user(), "viewer"))
+            assert resp.status_code == 200
+            assert resp.text == "hello until close"
     finally:
         proc.stop()
         garbage.close()
+        old_style.close()
 
 
 async def test_webhook_path_needs_no_bearer_token(echo_gateway: Process) -> None:

@@ -115,6 +115,22 @@ async def garbage_server() -> tuple[asyncio.Server, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
+async def close_delimited_server() -> tuple[asyncio.Server, str]:
+    """HTTP/1.0 style: no Content-Length, no chunking; the body ends when the connection does."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
+        for part in (b"hello ", b"until ", b"close"):
+            writer.write(part)
+            await writer.drain()
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    return server, f"http://127.0.0.1:{port}"
+
+
 class JwksServer:
     """A JWKS endpoint whose key set the test replaces (key rotation at the identity provider)."""
 

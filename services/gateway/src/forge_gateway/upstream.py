@@ -63,6 +63,7 @@ class Connection(asyncio.Protocol):
         self.buffered = 0
         self.complete = False
         self.keep_alive = False
+        self.delimited = False  # the body's end is known from Content-Length or chunked framing
         self.received = False
         self.error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -89,7 +90,12 @@ class Connection(asyncio.Protocol):
                 UpstreamUnavailable("connection closed before a response", stale=self.reused and not self.received)
             )
         elif not self.complete:
-            self._fail(UpstreamUnavailable("connection closed in the middle of the response body"))
+            if self.delimited:
+                self._fail(UpstreamUnavailable("connection closed in the middle of the response body"))
+            else:  # HTTP/1.0 style: the body ends where the connection does
+                self.complete = True
+                self.keep_alive = False
+                self._wake()
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -111,6 +117,9 @@ class Connection(asyncio.Protocol):
         if self.status < 200:  # 1xx interim response: wait for the real one
             self.headers = []
             return
+        self.delimited = any(
+            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers
+        ) or self.status in (204, 304)
         if not self.head.done():
             self.head.set_result(None)
         if self.head_only:
