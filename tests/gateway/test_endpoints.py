@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
+
 import httpx
 
 from forge_dev.testing import Platform
@@ -41,3 +45,33 @@ async def test_unknown_routes_and_methods_are_envelopes(platform: Platform) -> N
         resp = await client.post("/healthz")
         assert resp.status_code == 405
         assert resp.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_access_log_line_per_request_with_ids(platform: Platform) -> None:
+    rid = f"log-{uuid.uuid4().hex}"
+    trace_id = uuid.uuid4().hex
+    headers = {
+        **platform.headers("logged@example.com", "viewer"),
+        "X-Request-Id": rid,
+        "traceparent": f"00-{trace_id}-{'2' * 16}-01",
+    }
+    async with httpx.AsyncClient(base_url=platform.gateway_url) as client:
+        resp = await client.get("/v1/releases/nothing-here", headers=headers)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:  # lines are flushed in batches, within 50 ms
+        lines = [json.loads(line) for line in platform.logs("gateway").splitlines() if rid in line]
+        if lines or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["message"] == "http.request"
+    assert line["service"] == "gateway"
+    assert line["level"] == "info"
+    assert line["trace_id"] == trace_id
+    assert line["user"] == "logged@example.com"
+    assert line["upstream"] == "release"
+    assert line["status"] == resp.status_code
+    assert line["path"] == "/v1/releases/nothing-here"
+    assert line["duration_ms"] > 0
