@@ -136,6 +136,9 @@ async def test_invalid_configuration_names_file_and_field(cell: Cell, client: ht
         in message
     )
     assert "web/.forge/project.toml: phases.deploy: phase 'deploy' is not declared in .forge/repo.toml" in message
+    # The same message is on the run itself, for whoever reads it through the API.
+    assert run["error"] == message
+    assert run["failed_phase"] == "discovery"
 
 
 async def test_missing_repository_configuration(cell: Cell, client: httpx.AsyncClient) -> None:

@@ -87,6 +87,8 @@ async def test_create_run_returns_spec_shape_and_emits_created_event(
         "trigger_type": "push",
         "started_at": data["started_at"],
         "completed_at": None,
+        "error": None,
+        "failed_phase": None,
         "phases": [],
     }
 

@@ -124,6 +124,8 @@ class RunDetail(msgspec.Struct, kw_only=True):
     trigger_type: TriggerType
     started_at: str
     completed_at: str | None
+    error: str | None = None
+    failed_phase: str | None = None
     phases: list[PhaseView]
 
 

@@ -283,6 +283,9 @@ async def run_tree_json(
         "trigger_type": run["trigger_type"],
         "started_at": isoformat(run["started_at"]),
         "completed_at": _iso(run["completed_at"]),
+        # Beyond the spec: why a run failed (discovery/validation message, timeout, dead letter).
+        "error": run["error"],
+        "failed_phase": run["failed_phase"],
         "phases": phases,
     }
     encoded = _encoder.encode(body)
