@@ -275,3 +275,24 @@ async def test_openapi_documents_the_contract(platform: Platform, developer: Api
     release = doc["components"]["schemas"]["Release"]
     assert {"id", "oci_digest", "artifacts", "aliases", "trigger"} <= set(release["properties"])
     assert set(doc["paths"]["/v1/releases/{rest}"]) == {"get", "post", "delete"}
+
+
+async def test_worker_records_who_triggered_the_run(worker: Api, developer: Api, viewer: Api) -> None:
+    """A release made by a worker's release job is attributed to the run's author, so that
+    person cannot approve it (separation of duties); a user cannot claim someone else did it."""
+    repo, project = names()
+    body = release_body(
+        repo, project, trigger={"trigger_type": "branch_push", "branch": "main", "triggered_by": "dana@example.com"}
+    )
+    resp = await worker.create(body)
+    assert resp.status_code == 201, resp.text
+    got = (await viewer.get(f"/v1/releases/{resp.json()['id']}")).json()
+    assert got["created_by"] == worker.identity
+    assert got["trigger"]["triggered_by"] == "dana@example.com"
+
+    repo2, project2 = names()
+    body = release_body(repo2, project2, trigger={"trigger_type": "manual", "triggered_by": "someone-else@example.com"})
+    resp = await developer.create(body)
+    assert resp.status_code == 201, resp.text
+    got = (await viewer.get(f"/v1/releases/{resp.json()['id']}")).json()
+    assert got["trigger"]["triggered_by"] == developer.identity

@@ -141,8 +141,18 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
         trigger=(data.trigger.trigger_type, data.trigger.branch, data.trigger.tag) if data.trigger else None,
         created_by=principal.identity,
         now=utcnow(),
+        triggered_by=_on_behalf_of(data, principal),
     )
     return await _service(runtime).create_release(release, principal.token)
+
+
+def _on_behalf_of(data: ReleaseCreate, principal: Principal) -> str | None:
+    if not principal.service_account or data.trigger is None or not data.trigger.triggered_by:
+        return None
+    who = data.trigger.triggered_by.strip()
+    if not who or len(who) > 255:
+        raise InvalidRequest("trigger.triggered_by must be 1..255 characters", {"field": "trigger.triggered_by"})
+    return who
 
 
 @get(

@@ -243,6 +243,7 @@ class NewRelease:
         trigger: tuple[str, str | None, str | None] | None,
         created_by: str,
         now: dt.datetime,
+        triggered_by: str | None = None,
     ) -> NewRelease:
         validate_repository(repository)
         validate_project(project)
@@ -261,7 +262,8 @@ class NewRelease:
             if art.name in seen:
                 raise _bad(f"artifacts[{i}].name", f"artifact name {art.name!r} appears twice")
             seen.add(art.name)
-        trig = Trigger.parse(*trigger, created_by) if trigger is not None else Trigger("manual", created_by)
+        who = triggered_by or created_by
+        trig = Trigger.parse(*trigger, who) if trigger is not None else Trigger("manual", who)
         return cls(str(uuid.uuid4()), repository, project, sha, run_id, created_by, now, trig, parsed)
 
 

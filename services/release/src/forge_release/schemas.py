@@ -37,6 +37,9 @@ class TriggerIn(msgspec.Struct, kw_only=True):
     trigger_type: str
     branch: str | None = None
     tag: str | None = None
+    # Who caused the release (the run's author); honoured from service accounts only, since a
+    # worker creates releases on behalf of whoever pushed. Users are always their own trigger.
+    triggered_by: str | None = None
 
 
 class ReleaseCreate(msgspec.Struct, kw_only=True):
