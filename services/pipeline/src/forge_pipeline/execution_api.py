@@ -72,10 +72,14 @@ async def report_task(request: Request[Any, Any, Any], task_id: str, runtime: Ru
             if current is None or current["task_id"] != tid:
                 raise InvalidRequest(f"step {sid} is not a step of task {tid}", {"field": "steps", "id": sid})
             if report.status != "running" and current["status"] == "pending":
+                # pending -> running with every check and roll-up of the worker's own report,
+                # then running -> outcome under the run lock this transaction already holds.
                 await service.mark_step(conn, sid, "running", internal=False)
-            row = await service.mark_step(
-                conn, sid, report.status, report.exit_code, report.logs_s3_key, internal=False
-            )
+                row = await store.update_step(conn, sid, report.status, report.exit_code, report.logs_s3_key)
+            else:
+                row = await service.mark_step(
+                    conn, sid, report.status, report.exit_code, report.logs_s3_key, internal=False
+                )
             steps.append(service.step_view(row))
         task = None
         if cmd.status is not None:
