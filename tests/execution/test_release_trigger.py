@@ -58,6 +58,7 @@ async def test_branch_push_releases_matching_projects(cell: Cell, client: httpx.
     assert release["release_number"] == 1
     assert release["trigger"]["trigger_type"] == "branch_push"
     assert release["trigger"]["branch"] == "main"
+    assert release["trigger"]["triggered_by"] == "dev@forge.local"  # the run's author, not the worker
     await _evaluated(cell, run_id)
     # web's rule does not match main; docs has none.
     for name in ("web", "docs"):

@@ -604,6 +604,9 @@ class RunDriver:
             if not await xstore.mark_release_evaluated(conn, self.run_id):
                 return
             projects = evaluate_release_triggers(fresh["release_triggers"], fresh["branch"], fresh["tag"])
+            for project in projects:
+                # The release service records the run's author (not the worker) as the trigger.
+                project["trigger"]["triggered_by"] = fresh["triggered_by"]
             if not projects:
                 await xstore.release_lease(conn, self.d.owner, self.run_id)
                 return

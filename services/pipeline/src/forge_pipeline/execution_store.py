@@ -76,7 +76,7 @@ async def release_lease(conn: Conn, owner: str, run_id: str) -> None:
 async def run_for_dispatch(conn: Conn, run_id: str) -> Row | None:
     cur = await conn.execute(
         """
-        SELECT id::text AS id, repository, branch, commit_sha, tag, status::text AS status, lease_owner,
+        SELECT id::text AS id, repository, branch, commit_sha, tag, triggered_by, status::text AS status, lease_owner,
                discovered_at, release_triggers, release_evaluated_at
         FROM pipeline.runs WHERE id = %s
         """,
