@@ -13,8 +13,9 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,19 @@ class Platform:
         return ""
 
 
+def _run_coroutine(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a clean-up coroutine from sync code, also when an event loop is already running
+    (benchmarks use ``session_platform`` from async code): then it runs on its own thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(make())
+        return
+    worker = threading.Thread(target=lambda: asyncio.run(make()), name="forge-test-cleanup")
+    worker.start()
+    worker.join(60)
+
+
 def _drop_database(admin_url: str, name: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -178,13 +192,13 @@ def session_platform(env: dict[str, str] | None = None, workers: int = 1) -> Ite
         external_s3 = bool(config.s3_url)
         if external_s3 and stack.infra.s3_url:
             with contextlib.suppress(Exception):
-                asyncio.run(_delete_bucket(stack))
+                _run_coroutine(lambda: _delete_bucket(stack))
         for proc in list(stack.infra.processes):
             if proc.name not in ("nats", "s3"):
                 proc.stop()
         if external_nats and nats_url:
             with contextlib.suppress(Exception):
-                asyncio.run(_delete_streams(nats_url, config.nats_prefix))
+                _run_coroutine(lambda: _delete_streams(nats_url, config.nats_prefix))
         if admin and config.database_url:
             with contextlib.suppress(Exception):
                 _drop_database(admin, config.database_name)
