@@ -2,7 +2,8 @@
 
 ``PUT /v1/tasks/{id}/report`` is the batched form of ``PUT /v1/steps/{id}/status`` (each step,
 in order) followed by ``PUT /v1/tasks/{id}/status``: the same transitions (``service.mark_step``
-and ``service.mark_task`` with worker rules), the same roll-ups, one request and one commit. A
+and ``service.mark_task`` with worker rules), the same roll-ups, one request and one commit (``service.report_task``: two round trips under
+the run lock plus a roll-up when one is due). A
 step reported ``success``/``failed`` while still ``pending`` (it finished before its ``running``
 report was due) goes through ``running`` first, so it gets both timestamps. Any refused
 transition (409) rolls the whole report back.
@@ -20,7 +21,7 @@ from forge_common.auth import Permission
 from forge_common.errors import InvalidRequest
 from forge_common.runtime import Runtime
 
-from . import service, store
+from . import service
 from .api import decode_body
 
 __all__ = ["ROUTES", "StepReport", "TaskReport"]
@@ -65,25 +66,11 @@ async def report_task(request: Request[Any, Any, Any], task_id: str, runtime: Ru
     cmd = decode_body(await request.body(), TaskReport)
     _validate(cmd)
     step_ids = [service.parse_uuid(s.id, "step") for s in cmd.steps]
+    reports = [(sid, s.status, s.exit_code, s.logs_s3_key) for sid, s in zip(step_ids, cmd.steps, strict=True)]
     async with runtime.pool.connection() as conn, conn.transaction():
-        steps: list[dict[str, Any]] = []
-        for sid, report in zip(step_ids, cmd.steps, strict=True):
-            current = await store.get_step(conn, sid)
-            if current is None or current["task_id"] != tid:
-                raise InvalidRequest(f"step {sid} is not a step of task {tid}", {"field": "steps", "id": sid})
-            if report.status != "running" and current["status"] == "pending":
-                # pending -> running with every check and roll-up of the worker's own report,
-                # then running -> outcome under the run lock this transaction already holds.
-                await service.mark_step(conn, sid, "running", internal=False)
-                row = await store.update_step(conn, sid, report.status, report.exit_code, report.logs_s3_key)
-            else:
-                row = await service.mark_step(
-                    conn, sid, report.status, report.exit_code, report.logs_s3_key, internal=False
-                )
-            steps.append(service.step_view(row))
-        task = None
-        if cmd.status is not None:
-            task = service.task_view(await service.mark_task(conn, tid, cmd.status, cmd.error, internal=False))
+        task_row, step_rows = await service.report_task(conn, tid, reports, cmd.status, cmd.error)
+    task = service.task_view(task_row) if task_row is not None else None
+    steps = [service.step_view(row) for row in step_rows]
     body = {"task": task, "steps": steps}
     return Response(_encoder.encode(body), status_code=200, media_type=MediaType.JSON)
 

@@ -545,3 +545,95 @@ async def record_tag_push(
            ON CONFLICT (repository, tag, commit_sha) DO UPDATE SET run_id = coalesce(EXCLUDED.run_id, pipeline.tag_pushes.run_id)""",
         (uuid.uuid4(), repository, tag, commit_sha, pushed_by, run_id),
     )
+
+
+# --- batched task report (service.report_task) --------------------------------------------------
+# These send a statement and return its cursor without reading it, so that a caller inside
+# ``conn.pipeline()`` can queue several and read them all after one round trip.
+
+
+async def lock_run_of_task(conn: Conn, task_id: str) -> psycopg.AsyncCursor[DictRow]:
+    """``lock_run`` for the run of a task (no row when the task does not exist)."""
+    return await conn.execute(
+        f"""UPDATE pipeline.runs AS r SET tree_version = r.tree_version + 1
+            FROM pipeline.tasks t WHERE t.id = %s AND r.id = t.run_id RETURNING {_RUN_COLUMNS}""",
+        (task_id,),
+    )
+
+
+async def task_with_phase_status(conn: Conn, task_id: str) -> psycopg.AsyncCursor[DictRow]:
+    return await conn.execute(
+        f"""SELECT {_TASK_COLUMNS}, p.status::text AS phase_status
+            FROM pipeline.tasks t JOIN pipeline.phases p ON p.id = t.phase_id WHERE t.id = %s""",
+        (task_id,),
+    )
+
+
+async def steps_of_task(conn: Conn, task_id: str) -> psycopg.AsyncCursor[DictRow]:
+    return await conn.execute(f"SELECT {_STEP_COLUMNS} FROM pipeline.steps s WHERE s.task_id = %s", (task_id,))
+
+
+async def send_update_step(
+    conn: Conn, step_id: str, status: str, exit_code: int | None, logs_s3_key: str | None, *, started: bool = False
+) -> psycopg.AsyncCursor[DictRow]:
+    """``update_step``; ``started`` also records the start of a step that goes from pending
+    straight to its outcome (``pending -> running -> outcome`` in one statement)."""
+    return await conn.execute(
+        f"""
+        UPDATE pipeline.steps AS s SET status = %(status)s::pipeline.step_status,
+            exit_code = coalesce(%(exit_code)s, s.exit_code),
+            logs_s3_key = coalesce(%(logs)s, s.logs_s3_key),
+            started_at = CASE WHEN %(status)s = 'running' OR %(started)s THEN coalesce(s.started_at, now())
+                              ELSE s.started_at END,
+            completed_at = CASE WHEN %(status)s IN ('success', 'failed', 'cancelled') THEN now() ELSE s.completed_at END
+        WHERE s.id = %(id)s
+        RETURNING {_STEP_COLUMNS}
+        """,
+        {"id": step_id, "status": status, "exit_code": exit_code, "logs": logs_s3_key, "started": started},
+    )
+
+
+async def send_step_details(
+    conn: Conn, step_id: str, exit_code: int | None, logs_s3_key: str | None
+) -> psycopg.AsyncCursor[DictRow]:
+    return await conn.execute(
+        f"""
+        UPDATE pipeline.steps AS s SET exit_code = coalesce(%s, s.exit_code), logs_s3_key = coalesce(%s, s.logs_s3_key)
+        WHERE s.id = %s RETURNING {_STEP_COLUMNS}
+        """,
+        (exit_code, logs_s3_key, step_id),
+    )
+
+
+async def send_get_step(conn: Conn, step_id: str) -> psycopg.AsyncCursor[DictRow]:
+    return await conn.execute(f"SELECT {_STEP_COLUMNS} FROM pipeline.steps s WHERE s.id = %s", (step_id,))
+
+
+async def send_get_task(conn: Conn, task_id: str) -> psycopg.AsyncCursor[DictRow]:
+    return await conn.execute(f"SELECT {_TASK_COLUMNS} FROM pipeline.tasks t WHERE t.id = %s", (task_id,))
+
+
+async def send_update_task(conn: Conn, task_id: str, status: str, error: str | None) -> psycopg.AsyncCursor[DictRow]:
+    return await conn.execute(
+        f"""
+        UPDATE pipeline.tasks AS t SET status = %(status)s::pipeline.task_status,
+            error = coalesce(%(error)s, t.error),
+            started_at = CASE WHEN %(status)s = 'running' THEN coalesce(t.started_at, now()) ELSE t.started_at END,
+            completed_at = CASE WHEN %(status)s IN ('success', 'failed', 'cancelled') THEN now() ELSE t.completed_at END
+        WHERE t.id = %(id)s
+        RETURNING {_TASK_COLUMNS}
+        """,
+        {"id": task_id, "status": status, "error": error},
+    )
+
+
+async def send_phase_of_task(conn: Conn, task_id: str) -> psycopg.AsyncCursor[DictRow]:
+    return await conn.execute(
+        """
+        SELECT p.id::text AS id, p.name, p.status::text AS status, array_agg(t2.status::text) AS task_statuses
+        FROM pipeline.tasks t JOIN pipeline.phases p ON p.id = t.phase_id
+        JOIN pipeline.tasks t2 ON t2.phase_id = p.id
+        WHERE t.id = %s GROUP BY p.id
+        """,
+        (task_id,),
+    )
