@@ -43,30 +43,61 @@ class StepOutcome(msgspec.Struct, kw_only=True):
 
 
 class ProcessTable:
-    """Process groups of running steps, by run, with a pid file each for crash clean-up.
+    """Process groups of running steps, by run, recorded for crash clean-up.
 
     A worker killed with SIGKILL cannot kill its steps; the next worker to start (or to get
     one of its jobs redelivered) kills groups recorded by worker processes that no longer exist.
+    Each worker process appends ``+<pgid> <run id>`` / ``-<pgid>`` lines to its own journal
+    ``<pid>.log`` (one ``write`` per step start or end, no file created or deleted per step:
+    a create + unlink per step blocked the event loop on the file system's journal under
+    load), truncated whenever no step runs. A journal whose owner is dead lists the groups to
+    kill: those added and not removed. ``<pid>-<pgid>`` files (one per group, the earlier
+    format) are still reaped.
     """
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.by_run: dict[str, dict[int, asyncio.Event]] = {}
+        self._fd: int | None = None
+        self._pid = -1
+        self._running = 0
+
+    def _journal(self) -> int | None:
+        pid = os.getpid()
+        if self._fd is None or self._pid != pid:
+            path = self.dir / f"{pid}.log"
+            if path.exists():
+                # Left by a dead process whose pid this one reuses.
+                self._reap_journal(path)
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+            except OSError:
+                return None
+            self._pid = pid
+        return self._fd
+
+    def _append(self, line: str) -> None:
+        fd = self._journal()
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(fd, line.encode())
 
     def add(self, run_id: str, pgid: int, cancel: asyncio.Event) -> None:
         self.by_run.setdefault(run_id, {})[pgid] = cancel
-        with contextlib.suppress(OSError):
-            (self.dir / f"{os.getpid()}-{pgid}").write_text(run_id)
+        self._running += 1
+        self._append(f"+{pgid} {run_id}\n")
 
     def remove(self, run_id: str, pgid: int) -> None:
         groups = self.by_run.get(run_id)
-        if groups is not None:
-            groups.pop(pgid, None)
+        if groups is not None and groups.pop(pgid, None) is not None:
+            self._running -= 1
             if not groups:
                 self.by_run.pop(run_id, None)
-        with contextlib.suppress(OSError):
-            (self.dir / f"{os.getpid()}-{pgid}").unlink()
+        self._append(f"-{pgid}\n")
+        if self._running <= 0 and self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
 
     def cancel_run(self, run_id: str) -> int:
         groups = self.by_run.get(run_id, {})
@@ -78,20 +109,53 @@ class ProcessTable:
         """Kill process groups left by dead worker processes sharing this state directory."""
         killed = 0
         for entry in list(self.dir.iterdir()):
-            owner, _, pgid_text = entry.name.partition("-")
+            if entry.suffix == ".log":
+                owner_text, groups = entry.stem, None
+            else:
+                owner_text, _, pgid_text = entry.name.partition("-")
+                try:
+                    groups = [int(pgid_text)]
+                except ValueError:
+                    continue
             try:
-                owner_pid, pgid = int(owner), int(pgid_text)
+                owner_pid = int(owner_text)
             except ValueError:
                 continue
             if owner_pid == os.getpid() or _alive(owner_pid):
                 continue
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-                killed += 1
+            if groups is None:
+                killed += self._reap_journal(entry)
+                continue
+            for pgid in groups:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+                    killed += 1
             with contextlib.suppress(OSError):
                 entry.unlink()
         if killed:
             log.warning("steps.reaped_orphans", groups=killed)
+        return killed
+
+    @staticmethod
+    def _reap_journal(path: Path) -> int:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            return 0
+        live: set[int] = set()
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                if line.startswith("+"):
+                    live.add(int(line[1:].split(" ", 1)[0]))
+                elif line.startswith("-"):
+                    live.discard(int(line[1:]))
+        killed = 0
+        for pgid in live:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+                killed += 1
+        with contextlib.suppress(OSError):
+            path.unlink()
         return killed
 
 
