@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 import uuid
 from typing import Annotated, Any, TypeVar
-from urllib.parse import unquote
 
 import msgspec
 from litestar import Request, Response, delete, get, post
@@ -30,6 +29,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from forge_common.auth import Permission, Principal
 from forge_common.errors import InvalidRequest, NotFound
 from forge_common.events import utcnow
+from forge_common.paths import raw_path_segments
 from forge_common.runtime import Runtime
 
 from .domain import NewRelease
@@ -43,7 +43,7 @@ T = TypeVar("T")
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
-_PREFIX = b"/v1/releases/"
+_PREFIX = "/v1/releases/"
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _INT = re.compile(r"-?[0-9]{1,18}")  # fits a bigint
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
@@ -74,16 +74,7 @@ def _decode(body: bytes, typ: type[T]) -> T:
 
 
 def _segments(request: Request[Any, Any, Any]) -> list[str]:
-    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
-    raw = raw.split(b"?", 1)[0]
-    if not raw.startswith(_PREFIX):
-        raise NotFound("resource not found")
-    try:
-        parts = [unquote(p.decode("ascii"), errors="strict") for p in raw[len(_PREFIX) :].split(b"/")]
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidRequest("path is not valid percent-encoded UTF-8") from None
-    if parts and parts[-1] == "":
-        parts.pop()  # one trailing slash is tolerated
+    parts = raw_path_segments(request.scope, _PREFIX)
     if not parts or any(p == "" for p in parts):
         raise NotFound("resource not found")
     return parts
