@@ -17,7 +17,7 @@ import hashlib
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import psycopg
@@ -314,23 +314,23 @@ def _duration_seconds(run: Row) -> int:
     return max(0, round(seconds))
 
 
+def _run_completed(run: Row, status: Literal["success", "failed"]) -> PipelineRunCompleted:
+    return PipelineRunCompleted(
+        run_id=run["id"],
+        repository=run["repository"],
+        commit_sha=run["commit_sha"],
+        status=status,
+        duration_seconds=_duration_seconds(run),
+    )
+
+
 async def complete_run(conn: Conn, run_id: str) -> bool:
     """Mark an active run ``success`` (event ``pipeline.run.completed``). False when the run was
     already finished (idempotent: a second call emits nothing)."""
     if await _lock_active_run(conn, run_id) is None:
         return False
     run = await store.finish_run(conn, run_id, "success")
-    await add_event(
-        conn,
-        SCHEMA,
-        PipelineRunCompleted(
-            run_id=run_id,
-            repository=run["repository"],
-            commit_sha=run["commit_sha"],
-            status="success",
-            duration_seconds=_duration_seconds(run),
-        ),
-    )
+    await add_event(conn, SCHEMA, _run_completed(run, "success"))
     await _commit_status(conn, run, "success")
     log.info("pipeline.run_succeeded", run_id=run_id)
     return True
@@ -355,17 +355,7 @@ async def fail_run(conn: Conn, run_id: str, error_message: str, failed_phase: st
             error_message=error_message,
         ),
     )
-    await add_event(
-        conn,
-        SCHEMA,
-        PipelineRunCompleted(
-            run_id=run_id,
-            repository=run["repository"],
-            commit_sha=run["commit_sha"],
-            status="failed",
-            duration_seconds=_duration_seconds(run),
-        ),
-    )
+    await add_event(conn, SCHEMA, _run_completed(run, "failed"))
     await _commit_status(conn, run, "failed")
     log.info("pipeline.run_failed", run_id=run_id, failed_phase=failed_phase, error=error_message[:200])
     return True
