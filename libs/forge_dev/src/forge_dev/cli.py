@@ -109,6 +109,14 @@ def _api_command(handler: Any) -> Any:
     return run
 
 
+ENVIRONMENTS = ("dev", "staging", "production")
+
+
+def _paging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=int, help="page size (the API's default is 20, at most 100)")
+    parser.add_argument("--offset", type=int, help="items to skip")
+
+
 def _add_api_commands(sub: Any) -> None:
     runs = sub.add_parser("runs", help="pipeline runs").add_subparsers(dest="runs_command", required=True)
     p = runs.add_parser("create", help="start a run for a commit")
@@ -135,8 +143,7 @@ def _add_api_commands(sub: Any) -> None:
     p.add_argument("--repository", required=True)
     p.add_argument("--branch")
     p.add_argument("--status")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--offset", type=int)
+    _paging(p)
     p.set_defaults(
         func=_api_command(
             lambda a: _call(
@@ -197,8 +204,7 @@ def _add_api_commands(sub: Any) -> None:
     p = rel.add_parser("list", help="releases of a project, newest first")
     p.add_argument("repository")
     p.add_argument("project")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--offset", type=int)
+    _paging(p)
     p.set_defaults(
         func=_api_command(
             lambda a: _call(
@@ -213,7 +219,7 @@ def _add_api_commands(sub: Any) -> None:
     dep = sub.add_parser("deployments", help="deployments").add_subparsers(dest="deployments_command", required=True)
     p = dep.add_parser("create", help="deploy a release to an environment")
     p.add_argument("--release", required=True, dest="release_id")
-    p.add_argument("--environment", required=True, choices=["dev", "staging", "production"])
+    p.add_argument("--environment", required=True, choices=ENVIRONMENTS)
     p.add_argument("--approval", dest="approval_id")
     p.set_defaults(
         func=_api_command(
@@ -230,7 +236,7 @@ def _add_api_commands(sub: Any) -> None:
         )
     )
     p = dep.add_parser("current", help="the active deployment of a project in an environment")
-    p.add_argument("environment", choices=["dev", "staging", "production"])
+    p.add_argument("environment", choices=ENVIRONMENTS)
     p.add_argument("repository")
     p.add_argument("project")
     p.set_defaults(
@@ -239,11 +245,10 @@ def _add_api_commands(sub: Any) -> None:
         )
     )
     p = dep.add_parser("history", help="deployments of a project in an environment, newest first")
-    p.add_argument("environment", choices=["dev", "staging", "production"])
+    p.add_argument("environment", choices=ENVIRONMENTS)
     p.add_argument("repository")
     p.add_argument("project")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--offset", type=int)
+    _paging(p)
     p.set_defaults(
         func=_api_command(
             lambda a: _call(
@@ -258,7 +263,7 @@ def _add_api_commands(sub: Any) -> None:
     apr = sub.add_parser("approvals", help="approvals").add_subparsers(dest="approvals_command", required=True)
     p = apr.add_parser("create", help="approve a release for an environment")
     p.add_argument("--release", required=True, dest="release_id")
-    p.add_argument("--environment", required=True, choices=["dev", "staging", "production"])
+    p.add_argument("--environment", required=True, choices=ENVIRONMENTS)
     p.add_argument("--justification", required=True)
     p.set_defaults(
         func=_api_command(
@@ -275,7 +280,7 @@ def _add_api_commands(sub: Any) -> None:
         help="the approval status of a release in an environment (RELEASE_ID ENVIRONMENT), or one approval (APPROVAL_ID)",
     )
     p.add_argument("id", metavar="RELEASE_ID|APPROVAL_ID")
-    p.add_argument("environment", nargs="?", choices=["dev", "staging", "production"])
+    p.add_argument("environment", nargs="?", choices=ENVIRONMENTS)
     p.set_defaults(
         func=_api_command(
             lambda a: _call(a, "GET", f"/v1/approvals/{_seg(a.id)}" + (f"/{a.environment}" if a.environment else ""))
