@@ -36,6 +36,8 @@ async def create_approval(data: ApprovalCreate, principal: Principal, runtime: R
             approver=principal.identity,
             token=principal.token,
             expires_at=data.expires_at,
+            approver_subject=principal.subject,
+            approver_claims=principal.claims,
         )
     )
     return ApprovalCreated.of(approval, status)

@@ -32,7 +32,7 @@ from forge_common.events import utcnow
 from forge_common.paths import raw_path_segments
 from forge_common.runtime import Runtime
 
-from .domain import NewRelease
+from .domain import NewRelease, subject_id
 from .openapi import body_operation
 from .schemas import AliasCreate, AliasResult, Release, ReleaseCreate, ReleaseCreated
 from .service import ReleaseService
@@ -133,6 +133,8 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
         created_by=principal.identity,
         now=utcnow(),
         triggered_by=_on_behalf_of(data, principal),
+        created_by_id=subject_id(principal.subject),
+        triggered_by_id=data.trigger.triggered_by_id if data.trigger and principal.service_account else None,
     )
     return await _service(runtime).create_release(release, principal.token)
 
