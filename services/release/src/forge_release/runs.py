@@ -6,8 +6,8 @@ forwarded: whoever may create a release may read runs (developers, admins and wo
 ``read``).
 
 "Succeeded" needs no grace for a run that is still finishing: the dispatcher commits the run's
-``success`` before it queues the release job (``complete_run``, then ``_release`` in a later
-transaction), so by the time a worker's release job reaches this service the run reads
+``success`` before it queues the release job (``service.complete_run`` commits, then
+``forge_pipeline.dispatch.releases`` queues the job in a later transaction), so by the time a worker's release job reaches this service the run reads
 ``success``. Any other status (pending, running, failed, cancelled) is refused.
 """
 
