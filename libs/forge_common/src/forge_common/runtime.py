@@ -61,7 +61,9 @@ class Runtime:
         self._js = self._nc.jetstream(timeout=5.0)
         await ensure_stream(self._js, events_stream_config(self.names))
         if self._pool is not None and self.schema:
-            self.relay = OutboxRelay(self._pool, s.database_url, self.schema, self._js, self.names)
+            self.relay = OutboxRelay(
+                self._pool, s.database_url, self.schema, self._js, self.names, retention=s.outbox_retention
+            )
             self.relay.start()
         log.info("service.started", host=s.host, port=s.port)
 
