@@ -18,6 +18,9 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import msgspec
+import nats.errors
+import nats.js.errors
+import psycopg
 import structlog
 from litestar import Litestar, MediaType, Request, Response, Router, get
 from litestar.connection import ASGIConnection
@@ -39,7 +42,7 @@ from opentelemetry.trace import SpanKind
 
 from . import metrics
 from .auth import Permission, Principal
-from .errors import ForgeError, InvalidRequest, error_body
+from .errors import ForgeError, InvalidRequest, error_body, unavailable
 from .runtime import Runtime
 from .tracing import configure_tracing, extract
 
@@ -58,6 +61,17 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer("forge.http")
+
+# NATS errors that mean "the server cannot be reached or did not answer", not a bad request.
+_NATS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.TimeoutError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
 
 _STATUS_CODES = {
     400: "invalid_request",
@@ -187,6 +201,15 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
     return _json(status, error_body(code, message or code.replace("_", " "), details), headers)
 
 
+def _dependency_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """A database or NATS outage (refused or dropped connection, pool wait exhausted): the
+    caller gets a fast 503 with Retry-After, the operator a log line naming the dependency."""
+    dependency = "database" if isinstance(exc, psycopg.OperationalError) else "NATS"
+    log.warning("http.dependency_unavailable", path=request.url.path, dependency=dependency, error=str(exc)[:300])
+    error = unavailable(dependency)
+    return _json(error.status, error.body(), error.headers)
+
+
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("http.unhandled_error", path=request.url.path, error_type=type(exc).__name__)
     return _json(500, error_body("internal_error", "internal platform error"))
@@ -196,6 +219,9 @@ EXCEPTION_HANDLERS: dict[Any, Callable[..., Response[bytes]]] = {
     ForgeError: _forge_error,
     ValidationException: _validation_error,
     HTTPException: _http_error,
+    # PoolTimeout and the errors of a connection that breaks mid-query are OperationalErrors.
+    psycopg.OperationalError: _dependency_error,
+    **dict.fromkeys(_NATS_UNAVAILABLE, _dependency_error),
     Exception: _internal_error,
 }
 
@@ -224,7 +250,7 @@ async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
     if not isinstance(permission, Permission):
         raise RuntimeError(f"route {handler} declares no permission")
     rt = runtime_of(connection)
-    principal = await rt.verifier.verify_header(connection.headers.get("authorization"))
+    principal = await rt.verifier.verify_headers(connection.headers.getall("authorization", []))
     from .auth import require
 
     require(principal, permission)
