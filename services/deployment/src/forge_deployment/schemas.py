@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from forge_common.events import isoformat
+from forge_common.events import isoformat, isoformat_or_none
 
 __all__ = ["CurrentDeployment", "DeploymentAccepted", "DeploymentCreate", "DeploymentHistory", "HistoryEntry"]
 
@@ -61,7 +61,7 @@ class CurrentDeployment(msgspec.Struct, kw_only=True):
             gitops_commit_sha=row["gitops_commit_sha"] or "",
             repository=row["repository"],
             project=row["project"],
-            reconciled_at=_isoformat_or_none(row["reconciled_at"]),
+            reconciled_at=isoformat_or_none(row["reconciled_at"]),
             approval_id=str(row["approval_id"]) if row["approval_id"] else None,
         )
 
@@ -87,7 +87,7 @@ class HistoryEntry(msgspec.Struct, kw_only=True):
             deployed_by=row["deployed_by"],
             release_id=str(row["release_id"]),
             gitops_commit_sha=row["gitops_commit_sha"],
-            reconciled_at=_isoformat_or_none(row["reconciled_at"]),
+            reconciled_at=isoformat_or_none(row["reconciled_at"]),
             error=row["error"],
         )
 
@@ -97,7 +97,3 @@ class DeploymentHistory(msgspec.Struct, kw_only=True):
     total: int
     limit: int
     offset: int
-
-
-def _isoformat_or_none(value: Any) -> str | None:
-    return isoformat(value) if value is not None else None
