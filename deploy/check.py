@@ -131,7 +131,9 @@ def check_workload(name: str, docs: list[dict[str, Any]], values: dict[str, Any]
         return [f"{name}: {len(deployments)} Deployments"]
     pod = deployments[0]["spec"]["template"]
     container = pod["spec"]["containers"][0]
-    configmap = next(c for c in by_kind.get("ConfigMap", []) if c["metadata"]["name"] == deployments[0]["metadata"]["name"])
+    configmap = next(
+        c for c in by_kind.get("ConfigMap", []) if c["metadata"]["name"] == deployments[0]["metadata"]["name"]
+    )
     config = configmap.get("data", {})
     if {"configMapRef": {"name": configmap["metadata"]["name"]}} not in container["envFrom"]:
         problems.append(f"{name}: container does not load its ConfigMap")
@@ -146,7 +148,9 @@ def check_workload(name: str, docs: list[dict[str, Any]], values: dict[str, Any]
             problems.append(f"{name}: no Prometheus scrape annotations")
         if config.get("FORGE_HOST") != ALL_INTERFACES or config.get("FORGE_PORT") != str(values["service"]["port"]):
             problems.append(f"{name}: FORGE_HOST/FORGE_PORT not set for the container")
-    problems.extend(f"{name}: ConfigMap key {key} is not a FORGE_* setting" for key in config if not key.startswith("FORGE_"))
+    problems.extend(
+        f"{name}: ConfigMap key {key} is not a FORGE_* setting" for key in config if not key.startswith("FORGE_")
+    )
     env_names = [e["name"] for e in container.get("env", [])]
     if len(env_names) != len(set(env_names)) or set(env_names) & set(config):
         problems.append(f"{name}: a setting is defined twice (ConfigMap and Secret)")
@@ -209,9 +213,8 @@ def check_switches(name: str, docs: list[dict[str, Any]], label: str) -> list[st
         for kind in ("ServiceMonitor", "NetworkPolicy")
         if kinds.count(kind) != deployments
     ]
-    if name.startswith("forge ") or name.startswith("forge-worker"):
-        if "ScaledObject" not in kinds:
-            problems.append(f"{name}: no KEDA ScaledObject for the worker")
+    if name.startswith(("forge ", "forge-worker")) and "ScaledObject" not in kinds:
+        problems.append(f"{name}: no KEDA ScaledObject for the worker")
     if name.startswith("forge "):
         rule = next((d for d in docs if d["kind"] == "PrometheusRule"), None)
         if rule is None or rule["spec"] != yaml.safe_load(ALERTS.read_text()):
@@ -268,14 +271,23 @@ def service_schema(name: str, defaults: dict[str, Any]) -> dict[str, Any]:
         "fullnameOverride": STR,
         "serviceAccountName": STR,
         "service": obj(
-            {"enabled": BOOL, "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]}, "port": {"type": "integer", "minimum": 1, "maximum": 65535}},
+            {
+                "enabled": BOOL,
+                "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            },
             ("enabled", "port"),
         ),
         "config": SETTINGS,
         "secretEnv": {
             "type": "array",
             "items": obj(
-                {"name": {"type": "string", "pattern": "^FORGE_[A-Z0-9_]+$"}, "secretName": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1}, "optional": BOOL},
+                {
+                    "name": {"type": "string", "pattern": "^FORGE_[A-Z0-9_]+$"},
+                    "secretName": {"type": "string", "minLength": 1},
+                    "key": {"type": "string", "minLength": 1},
+                    "optional": BOOL,
+                },
                 ("name", "secretName", "key"),
             ),
         },
@@ -284,7 +296,9 @@ def service_schema(name: str, defaults: dict[str, Any]) -> dict[str, Any]:
         "probes": obj({"enabled": BOOL, "startup": PROBE, "liveness": PROBE, "readiness": PROBE}),
         "metrics": obj({"enabled": BOOL, "path": STR}),
         "resources": FREE,
-        "autoscaling": obj({"enabled": BOOL, "minReplicas": INT, "maxReplicas": INT, "targetCPUUtilizationPercentage": INT}),
+        "autoscaling": obj(
+            {"enabled": BOOL, "minReplicas": INT, "maxReplicas": INT, "targetCPUUtilizationPercentage": INT}
+        ),
         "migration": obj({"enabled": BOOL, "backoffLimit": INT, "activeDeadlineSeconds": INT, "resources": FREE}),
         "serviceMonitor": obj({"enabled": BOOL, "interval": STR, "scrapeTimeout": STR, "labels": STRMAP}),
         "networkPolicy": obj(
@@ -312,7 +326,9 @@ def service_schema(name: str, defaults: dict[str, Any]) -> dict[str, Any]:
         "securityContext": FREE,
         "dataVolumes": {
             "type": "array",
-            "items": obj({"name": STR, "mountPath": STR, "sizeLimit": STR, "persistentVolumeClaim": STR}, ("name", "mountPath")),
+            "items": obj(
+                {"name": STR, "mountPath": STR, "sizeLimit": STR, "persistentVolumeClaim": STR}, ("name", "mountPath")
+            ),
         },
         "args": {"type": "array", "items": STR},
         "podAnnotations": STRMAP,
@@ -359,14 +375,18 @@ def umbrella_schema() -> dict[str, Any]:
             "forge-lib": FREE,
             "global": obj(
                 {
-                    "image": obj({"registry": STR, "tag": STR, "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]}}),
+                    "image": obj(
+                        {"registry": STR, "tag": STR, "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]}}
+                    ),
                     "config": SETTINGS,
                     "serviceMonitor": obj({"enabled": BOOL}),
                     "networkPolicy": obj({"enabled": BOOL}),
                 }
             ),
             "prometheusRule": obj({"enabled": BOOL, "labels": STRMAP}),
-            "dashboards": obj({"enabled": BOOL, "label": STR, "labelValue": STR, "folderAnnotation": STR, "folder": STR}),
+            "dashboards": obj(
+                {"enabled": BOOL, "label": STR, "labelValue": STR, "folderAnnotation": STR, "folder": STR}
+            ),
             **subcharts,
         },
         ("global", "prometheusRule", "dashboards"),
@@ -391,7 +411,10 @@ def check_values_schema(path: Path) -> list[str]:
     schema = json.loads(target.read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     defaults = yaml.safe_load((path / "values.yaml").read_text())
-    return [f"{path.name}: defaults: {e.json_path}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(defaults)]
+    return [
+        f"{path.name}: defaults: {e.json_path}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(defaults)
+    ]
 
 
 # --- Charts ----------------------------------------------------------------------------------
@@ -404,7 +427,9 @@ def chart_dirs() -> list[Path]:
 def check_chart(path: Path) -> list[str]:
     problems: list[str] = []
     report = helm.lint(str(path), strict=True)
-    problems.extend(f"{path.name}: lint: {m['path']}: {m['error']}" for m in report.get("messages", []) if m["severity"] >= 2)
+    problems.extend(
+        f"{path.name}: lint: {m['path']}: {m['error']}" for m in report.get("messages", []) if m["severity"] >= 2
+    )
     problems.extend(f"{path.name}: lint: {e}" for e in report.get("errors", []))
     if yaml.safe_load((path / "Chart.yaml").read_text()).get("type") == "library":
         return problems
@@ -487,7 +512,9 @@ def check_observability() -> list[str]:
         alert = rule["alert"]
         if f"### {alert.lower()}" not in runbooks:
             problems.append(f"alert {alert}: no runbook section '### {alert}' in docs/operations.md")
-        problems.extend(f"alert {alert}: {m} is not in the metric contract" for m in sorted(metric_names(rule["expr"]) - contract))
+        problems.extend(
+            f"alert {alert}: {m} is not in the metric contract" for m in sorted(metric_names(rule["expr"]) - contract)
+        )
     boards = dashboard_queries()
     if len(boards) < 4:
         problems.append(f"{len(boards)} dashboards under deploy/grafana (the spec names four)")
@@ -496,12 +523,14 @@ def check_observability() -> list[str]:
         if not board.get("uid") or not board.get("title") or not queries:
             problems.append(f"{name}: a dashboard needs a uid, a title and queries")
         for query in queries:
-            problems.extend(f"{name}: {m} is not in the metric contract" for m in sorted(metric_names(query) - contract))
+            problems.extend(
+                f"{name}: {m} is not in the metric contract" for m in sorted(metric_names(query) - contract)
+            )
     promtool = shutil.which("promtool")
     if promtool is None:
         say("promtool not installed (Debian package prometheus): alert rules not checked with promtool")
     else:
-        run = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False)  # noqa: S603
+        run = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False)
         if run.returncode != 0:
             problems.append(f"promtool check rules: {run.stdout}{run.stderr}")
         else:
@@ -531,7 +560,12 @@ def check_compose() -> list[str]:
         for service in document.get("services", {}).values()
         for port in service.get("ports", [])
     }
-    wanted = {"NATS": stack.nats_port, "S3": stack.s3_port, "issuer/Keycloak": stack.issuer_port, "gateway": stack.gateway_port}
+    wanted = {
+        "NATS": stack.nats_port,
+        "S3": stack.s3_port,
+        "issuer/Keycloak": stack.issuer_port,
+        "gateway": stack.gateway_port,
+    }
     problems.extend(
         f"docker-compose.yml: {what} is not published on host port {port} as in `make run`"
         for what, port in wanted.items()

@@ -110,6 +110,9 @@ class CommonSettings(msgspec.Struct, kw_only=True):
     log_format: str = "json"
     environment: str = "dev"
     otel_exporter: str = "none"
+    # Apply pending migrations when the service starts (`make run`, compose). The Helm charts
+    # turn it off and run `forge-<service> migrate` as a Job before the pods roll instead.
+    migrate_on_start: bool = True
 
     def validate(self) -> list[str]:
         problems: list[str] = []
