@@ -33,7 +33,7 @@ spec:
         {{- toYaml . | nindent 8 }}
         {{- end }}
     spec:
-      {{- include "forge.podCommon" . | nindent 6 }}
+      {{- include "forge.podCommon" . | trim | nindent 6 }}
       terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
       {{- if .Values.topologySpread.enabled }}
       # Replicas spread over zones and nodes: losing one takes out at most one replica each.
@@ -58,7 +58,10 @@ spec:
           envFrom:
             - configMapRef:
                 name: {{ include "forge.fullname" . }}
-            {{- include "forge.envFromSecret" . | nindent 12 }}
+            {{- with .Values.existingSecret }}
+            - secretRef:
+                name: {{ . }}
+            {{- end }}
           {{- $env := include "forge.secretEnv" . | trim }}
           {{- if $env }}
           env:
@@ -161,7 +164,7 @@ spec:
         app.kubernetes.io/component: {{ .Values.component }}-migrate
         app.kubernetes.io/part-of: forge
     spec:
-      {{- include "forge.podCommon" . | nindent 6 }}
+      {{- include "forge.podCommon" . | trim | nindent 6 }}
       restartPolicy: Never
       containers:
         - name: migrate

@@ -86,13 +86,6 @@ shared addresses); a per-service exception goes in the chart's extraEnv, which w
 {{- end }}
 {{- end -}}
 
-{{- define "forge.envFromSecret" -}}
-{{- with .Values.existingSecret }}
-- secretRef:
-    name: {{ . }}
-{{- end }}
-{{- end -}}
-
 {{- define "forge.httpProbe" -}}
 httpGet:
   path: {{ .probe.path }}
