@@ -10,7 +10,8 @@ Prometheus Operator kinds, against deploy/schemas/*.json; values.schema.json mus
 this file generates and accept the defaults; the alert rules go through `promtool check rules`
 when promtool is installed; dashboards and alerts may only use the metrics docs/operations.md
 lists as the contract; docker-compose.yml must satisfy the compose specification's schema and
-publish the ports `make run` uses.
+publish the ports `make run` uses; the Dockerfile must pin its base by digest, build every
+process and end as a non-root user with OCI labels.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ ALERTS = DEPLOY / "prometheus" / "forge-alerts.yaml"
 DASHBOARDS = DEPLOY / "grafana"
 OPERATIONS = ROOT / "docs" / "operations.md"
 COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
 KUBERNETES_VERSION = "1.30.0"
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - what a container must listen on
 SERVICES = ("gateway", "pipeline", "release", "deployment", "approval", "worker")
@@ -575,6 +577,34 @@ def check_compose() -> list[str]:
     return problems
 
 
+# --- Dockerfile -------------------------------------------------------------------------------
+
+
+def check_dockerfile() -> list[str]:
+    """What the one image recipe promises, read from its instructions (no image can be built here)."""
+    text = DOCKERFILE.read_text()
+    problems: list[str] = []
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.MULTILINE)
+    if base is None or not re.search(r"@sha256:[0-9a-f]{64}$", base.group(1)):
+        problems.append("Dockerfile: the base image (ARG PYTHON_IMAGE) is not pinned by digest")
+    stages = {m.group(1) for m in re.finditer(r"^FROM \S+ AS (\S+)$", text, re.MULTILINE)}
+    problems.extend(f"Dockerfile: no stage service-{s}" for s in SERVICES if f"service-{s}" not in stages)
+    final = text[text.rindex("\nFROM ") :]
+    users = re.findall(r"^USER (\S+)$", final, re.MULTILINE)
+    if not users or users[-1].split(":")[0] in {"0", "root"}:
+        problems.append("Dockerfile: the final stage does not end as a non-root user")
+    problems.extend(
+        f"Dockerfile: no OCI label org.opencontainers.image.{label}"
+        for label in ("title", "description", "version", "revision")
+        if f"org.opencontainers.image.{label}=" not in final
+    )
+    if re.search(r"^RUN .*\bpip\b", final, re.MULTILINE):
+        problems.append("Dockerfile: the final stage runs pip")
+    if not re.search(r"^ENTRYPOINT ", final, re.MULTILINE):
+        problems.append("Dockerfile: the final stage has no ENTRYPOINT")
+    return problems
+
+
 def main(argv: list[str]) -> int:
     if argv[1:] == ["--write-schemas"]:
         for path in chart_dirs():
@@ -587,6 +617,7 @@ def main(argv: list[str]) -> int:
         problems.extend(check_chart(path))
     problems.extend(check_observability())
     problems.extend(check_compose())
+    problems.extend(check_dockerfile())
     for problem in problems:
         say(f"PROBLEM {problem}")
     say(f"{len(charts)} charts, {len(problems)} problems")

@@ -105,3 +105,20 @@ def test_umbrella_migrates_before_pods_and_pods_do_not_migrate_at_start() -> Non
             assert "FORGE_MIGRATE_ON_START" not in configmap["data"]
         else:
             assert configmap["data"]["FORGE_MIGRATE_ON_START"] == "false", name
+
+
+def test_dockerfile_pins_its_base_builds_every_process_and_runs_as_non_root() -> None:
+    assert check.check_dockerfile() == []
+
+
+def test_a_setting_moved_to_a_secret_leaves_the_configmap() -> None:
+    secret = {"name": "FORGE_NATS_URL", "secretName": "forge-nats-pipeline", "key": "url"}
+    docs = check.render(check.HELM / "forge-pipeline", {"secretEnv": [secret]})
+    [configmap] = [d for d in docs if d["kind"] == "ConfigMap"]
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    assert "FORGE_NATS_URL" not in configmap["data"]
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {
+        "name": "FORGE_NATS_URL",
+        "valueFrom": {"secretKeyRef": {"name": "forge-nats-pipeline", "key": "url", "optional": False}},
+    } in [{k: e[k] for k in ("name", "valueFrom")} for e in env]

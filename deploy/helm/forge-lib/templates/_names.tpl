@@ -60,6 +60,10 @@ shared addresses); a per-service exception goes in the chart's extraEnv, which w
 {{- define "forge.config" -}}
 {{- $global := fromYaml (include "forge.global" .) -}}
 {{- $config := merge (deepCopy ($global.config | default dict)) (deepCopy (.Values.config | default dict)) -}}
+{{- /* A setting listed in secretEnv comes from its Secret only (e.g. a NATS URL with a password). */ -}}
+{{- range .Values.secretEnv -}}
+{{- $_ := unset $config .name -}}
+{{- end -}}
 {{- if .Values.service.enabled -}}
 {{- $_ := set $config "FORGE_HOST" "0.0.0.0" -}}
 {{- $_ := set $config "FORGE_PORT" (toString .Values.service.port) -}}
