@@ -181,7 +181,7 @@ spec:
             - name: {{ $name }}
               value: {{ $value | toString | quote }}
             {{- end }}
-            {{- include "forge.secretEnv" . | nindent 12 }}
+            {{- include "forge.secretEnv" . | trim | nindent 12 }}
           resources:
             {{- toYaml .Values.migration.resources | nindent 12 }}
           securityContext:
