@@ -6,7 +6,7 @@
 No cluster, no helm binary, no network: Helm's own engine as a library (helm-python-sdk) lints
 and renders each chart with its defaults and with every switch on; every rendered object is
 validated against the Kubernetes 1.30 schemas (kubernetes-validate) or, for the KEDA and
-Prometheus Operator kinds, against deploy/schemas/*.json; values.schema.json must match what
+Prometheus Operator kinds, against deploy/schemas/*.json (see deploy/schemas/generate.py); values.schema.json must match what
 this file generates and accept the defaults; the alert rules go through `promtool check rules`
 when promtool is installed; dashboards and alerts may only use the metrics docs/operations.md
 lists as the contract; docker-compose.yml must satisfy the compose specification's schema and
