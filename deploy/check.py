@@ -252,118 +252,121 @@ SETTINGS: dict[str, Any] = {
 PROBE = obj({"path": STR, "periodSeconds": INT, "timeoutSeconds": INT, "failureThreshold": INT}, ("path",))
 
 
+# Every key a service chart's values may have; a chart gets the ones its values.yaml uses.
+SERVICE_VALUES: dict[str, Any] = {
+    "global": FREE,
+    "enabled": BOOL,
+    "forge-lib": FREE,  # Helm's (empty) values of the library dependency
+    "replicaCount": INT,
+    "image": obj(
+        {
+            "registry": STR,
+            "name": STR,
+            "tag": STR,
+            "digest": {"type": "string", "pattern": "^(sha256:[a-f0-9]{64})?$"},
+            "pullPolicy": {"enum": ["", "Always", "IfNotPresent", "Never"]},
+        },
+        ("registry", "name"),
+    ),
+    "imagePullSecrets": {"type": "array", "items": obj({"name": STR}, ("name",))},
+    "fullnameOverride": STR,
+    "serviceAccountName": STR,
+    "service": obj(
+        {
+            "enabled": BOOL,
+            "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        },
+        ("enabled", "port"),
+    ),
+    "config": SETTINGS,
+    "secretEnv": {
+        "type": "array",
+        "items": obj(
+            {
+                "name": {"type": "string", "pattern": "^FORGE_[A-Z0-9_]+$"},
+                "secretName": {"type": "string", "minLength": 1},
+                "key": {"type": "string", "minLength": 1},
+                "optional": BOOL,
+            },
+            ("name", "secretName", "key"),
+        ),
+    },
+    "existingSecret": STR,
+    "extraEnv": LIST,
+    "probes": obj({"enabled": BOOL, "startup": PROBE, "liveness": PROBE, "readiness": PROBE}),
+    "metrics": obj({"enabled": BOOL, "path": STR}),
+    "resources": FREE,
+    "autoscaling": obj(
+        {"enabled": BOOL, "minReplicas": INT, "maxReplicas": INT, "targetCPUUtilizationPercentage": INT}
+    ),
+    "migration": obj({"enabled": BOOL, "backoffLimit": INT, "activeDeadlineSeconds": INT, "resources": FREE}),
+    "serviceMonitor": obj({"enabled": BOOL, "interval": STR, "scrapeTimeout": STR, "labels": STRMAP}),
+    "networkPolicy": obj(
+        {
+            "enabled": BOOL,
+            "allowFrom": {"type": "array", "items": COMPONENT},
+            "extraIngressFrom": LIST,
+            "metricsFrom": LIST,
+            "callsTo": {"type": "array", "items": COMPONENT},
+            "allowAllEgress": BOOL,
+            "egress": LIST,
+        }
+    ),
+    "topologySpread": obj(
+        {
+            "enabled": BOOL,
+            "maxSkew": {"type": "integer", "minimum": 1},
+            "whenUnsatisfiable": {"enum": ["ScheduleAnyway", "DoNotSchedule"]},
+            "topologyKeys": {"type": "array", "items": STR},
+        }
+    ),
+    "podDisruptionBudget": obj({"enabled": BOOL, "maxUnavailable": {"type": ["integer", "string"]}}),
+    "terminationGracePeriodSeconds": INT,
+    "podSecurityContext": FREE,
+    "securityContext": FREE,
+    "dataVolumes": {
+        "type": "array",
+        "items": obj(
+            {"name": STR, "mountPath": STR, "sizeLimit": STR, "persistentVolumeClaim": STR}, ("name", "mountPath")
+        ),
+    },
+    "args": {"type": "array", "items": STR},
+    "podAnnotations": STRMAP,
+    "nodeSelector": STRMAP,
+    "tolerations": LIST,
+    "affinity": FREE,
+    "ingress": obj(
+        {
+            "enabled": BOOL,
+            "className": STR,
+            "host": STR,
+            "tlsSecretName": STR,
+            "annotations": STRMAP,
+            # "/" as a prefix would publish /metrics, /healthz and /readyz.
+            "consolePaths": {"type": "array", "items": {"type": "string", "pattern": "^/[^/]+"}},
+        }
+    ),
+    "keda": obj(
+        {
+            "enabled": BOOL,
+            "minReplicas": INT,
+            "maxReplicas": INT,
+            "natsMonitoringEndpoint": STR,
+            "account": STR,
+            "stream": STR,
+            "consumers": {"type": "array", "items": STR, "minItems": 1},
+            "lagThreshold": STR,
+            "cooldownPeriod": INT,
+        }
+    ),
+}
+
+
 def service_schema(name: str, defaults: dict[str, Any]) -> dict[str, Any]:
-    props: dict[str, Any] = {
-        "global": FREE,
-        "enabled": BOOL,
-        "forge-lib": FREE,  # Helm's (empty) values of the library dependency
-        "component": {"const": name.removeprefix("forge-")},
-        "replicaCount": INT,
-        "image": obj(
-            {
-                "registry": STR,
-                "name": STR,
-                "tag": STR,
-                "digest": {"type": "string", "pattern": "^(sha256:[a-f0-9]{64})?$"},
-                "pullPolicy": {"enum": ["", "Always", "IfNotPresent", "Never"]},
-            },
-            ("registry", "name"),
-        ),
-        "imagePullSecrets": {"type": "array", "items": obj({"name": STR}, ("name",))},
-        "fullnameOverride": STR,
-        "serviceAccountName": STR,
-        "service": obj(
-            {
-                "enabled": BOOL,
-                "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
-                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-            },
-            ("enabled", "port"),
-        ),
-        "config": SETTINGS,
-        "secretEnv": {
-            "type": "array",
-            "items": obj(
-                {
-                    "name": {"type": "string", "pattern": "^FORGE_[A-Z0-9_]+$"},
-                    "secretName": {"type": "string", "minLength": 1},
-                    "key": {"type": "string", "minLength": 1},
-                    "optional": BOOL,
-                },
-                ("name", "secretName", "key"),
-            ),
-        },
-        "existingSecret": STR,
-        "extraEnv": LIST,
-        "probes": obj({"enabled": BOOL, "startup": PROBE, "liveness": PROBE, "readiness": PROBE}),
-        "metrics": obj({"enabled": BOOL, "path": STR}),
-        "resources": FREE,
-        "autoscaling": obj(
-            {"enabled": BOOL, "minReplicas": INT, "maxReplicas": INT, "targetCPUUtilizationPercentage": INT}
-        ),
-        "migration": obj({"enabled": BOOL, "backoffLimit": INT, "activeDeadlineSeconds": INT, "resources": FREE}),
-        "serviceMonitor": obj({"enabled": BOOL, "interval": STR, "scrapeTimeout": STR, "labels": STRMAP}),
-        "networkPolicy": obj(
-            {
-                "enabled": BOOL,
-                "allowFrom": {"type": "array", "items": COMPONENT},
-                "extraIngressFrom": LIST,
-                "metricsFrom": LIST,
-                "callsTo": {"type": "array", "items": COMPONENT},
-                "allowAllEgress": BOOL,
-                "egress": LIST,
-            }
-        ),
-        "topologySpread": obj(
-            {
-                "enabled": BOOL,
-                "maxSkew": {"type": "integer", "minimum": 1},
-                "whenUnsatisfiable": {"enum": ["ScheduleAnyway", "DoNotSchedule"]},
-                "topologyKeys": {"type": "array", "items": STR},
-            }
-        ),
-        "podDisruptionBudget": obj({"enabled": BOOL, "maxUnavailable": {"type": ["integer", "string"]}}),
-        "terminationGracePeriodSeconds": INT,
-        "podSecurityContext": FREE,
-        "securityContext": FREE,
-        "dataVolumes": {
-            "type": "array",
-            "items": obj(
-                {"name": STR, "mountPath": STR, "sizeLimit": STR, "persistentVolumeClaim": STR}, ("name", "mountPath")
-            ),
-        },
-        "args": {"type": "array", "items": STR},
-        "podAnnotations": STRMAP,
-        "nodeSelector": STRMAP,
-        "tolerations": LIST,
-        "affinity": FREE,
-        "ingress": obj(
-            {
-                "enabled": BOOL,
-                "className": STR,
-                "host": STR,
-                "tlsSecretName": STR,
-                "annotations": STRMAP,
-                # "/" as a prefix would publish /metrics, /healthz and /readyz.
-                "consolePaths": {"type": "array", "items": {"type": "string", "pattern": "^/[^/]+"}},
-            }
-        ),
-        "keda": obj(
-            {
-                "enabled": BOOL,
-                "minReplicas": INT,
-                "maxReplicas": INT,
-                "natsMonitoringEndpoint": STR,
-                "account": STR,
-                "stream": STR,
-                "consumers": {"type": "array", "items": STR, "minItems": 1},
-                "lagThreshold": STR,
-                "cooldownPeriod": INT,
-            }
-        ),
-    }
     optional = {"global", "enabled", "forge-lib", "migration", "ingress", "keda"}
-    props = {k: v for k, v in props.items() if k in defaults or k in optional - {"migration", "ingress", "keda"}}
+    props = {k: v for k, v in SERVICE_VALUES.items() if k in defaults or k in {"global", "enabled", "forge-lib"}}
+    props["component"] = {"const": name.removeprefix("forge-")}
     schema = obj(props, tuple(k for k in props if k not in optional))
     return {"$schema": "http://json-schema.org/draft-07/schema#", "title": f"{name} values", **schema}
 
