@@ -112,6 +112,9 @@ class CommonSettings(msgspec.Struct, kw_only=True):
     otel_exporter: str = "none"
     # How long published outbox rows are kept before the relay purges them (a duration).
     outbox_retention: float = 7 * 86400.0
+    # Apply pending migrations when the service starts (`make run`, compose). The Helm charts
+    # turn it off and run `forge-<service> migrate` as a Job before the pods roll instead.
+    migrate_on_start: bool = True
 
     def validate(self) -> list[str]:
         problems: list[str] = []
