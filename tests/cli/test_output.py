@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from forge_dev.stack import wait_http
 from forge_dev.testing import Platform
 
 from .test_cli import forge
@@ -144,3 +146,32 @@ def test_bash_completes_subcommands(tmp_path: Path) -> None:
     )
     res = subprocess.run([bash, "-c", probe], capture_output=True, text=True, check=False)
     assert res.stdout.split() == ["list", "logs"], res
+
+
+# ---------------------------------------------------------------------------------------------
+# exit status per error class (0 ok, 1 refused/unsent, 2 usage, 3 timeout, 4 auth, 5 server)
+
+
+def test_a_platform_failure_is_exit_status_5(platform: Platform) -> None:
+    # a gateway whose pipeline service is unreachable: the platform answers 502, fast
+    gateway = platform.start_process("gateway", env={"FORGE_PIPELINE_URL": "http://127.0.0.1:9"}, wait=False)
+    try:
+        wait_http(f"{gateway.url}/healthz", 60, gateway.popen, "gateway")
+        res = forge("runs", "list", "--repository", "a/b", api=gateway.url, token=platform.token(VIEWER))
+        assert res.code == 5, res
+        assert res.stdout == ""
+        assert res.stderr.startswith("forge: 502 bad_gateway: "), res
+    finally:
+        gateway.stop()
+
+
+def test_no_answer_in_time_is_exit_status_3(platform: Platform) -> None:
+    # a gateway that accepts the connection and never answers
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        api = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        res = forge("--timeout", "0.5", "runs", "list", "--repository", "a/b", api=api, token=platform.token(VIEWER))
+    assert res.code == 3, res
+    assert res.stdout == ""
+    assert "did not answer within 0.5 s" in res.stderr
