@@ -246,3 +246,25 @@ def test_login_with_an_unreachable_issuer_says_so(user: Forge) -> None:
     res = user("login", "--no-browser", "--issuer", "http://127.0.0.1:9/realms/forge")
     assert res.code == 1, res
     assert res.stderr.startswith("forge: cannot reach http://127.0.0.1:9"), res
+
+
+def test_concurrent_commands_refresh_once_and_all_succeed(user: Forge, platform: Platform) -> None:
+    res, _ = user.login(USER, ["viewer"])
+    assert res.code == 0, res
+    name = res.json["name"]
+    config = user.config()
+    config["contexts"][name]["access_token"] = platform.token(USER, "viewer", expires_in=-120)
+    config["contexts"][name]["expires_at"] = 1.0
+    user.write_config(config)
+
+    # each would refresh; a refresh token presented twice ends the session, so they must take turns
+    cmd = [sys.executable, "-m", "forge_cli", "--api", user.api, "runs", "list", "--repository", _repo()]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=user.env) for _ in range(4)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        results.append((proc.returncode, out, err))
+    assert [code for code, _, _ in results] == [0, 0, 0, 0], results
+    assert user("runs", "list", "--repository", _repo()).code == 0

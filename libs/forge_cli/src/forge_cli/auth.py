@@ -68,15 +68,25 @@ def access_token(config: Config, name: str, ctx: Context, timeout: float) -> str
     """The context's access token, refreshed (and the new tokens saved) when it has expired."""
     if ctx.access_valid():
         return str(ctx.access_token)
-    if not ctx.refreshable():
-        raise AuthError(f"the session of context {name} has expired: run `forge login`")
-    form = {"grant_type": "refresh_token", "refresh_token": str(ctx.refresh_token), "client_id": str(ctx.client_id)}
-    try:
-        answer = _token_request(str(ctx.token_endpoint), form, timeout)
-    except AuthError as exc:
-        raise AuthError(f"{exc}; run `forge login` for context {name}") from None
-    _apply_tokens(ctx, answer)
-    config.save()  # at once: the old refresh token is spent
+    with config.locked():
+        # another forge process may have refreshed while this one waited for the lock
+        config = Config.load(config.path)
+        ctx = config.contexts.get(name) or ctx
+        if ctx.access_valid():
+            return str(ctx.access_token)
+        if not ctx.refreshable():
+            raise AuthError(f"the session of context {name} has expired: run `forge login`")
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": str(ctx.refresh_token),
+            "client_id": str(ctx.client_id),
+        }
+        try:
+            answer = _token_request(str(ctx.token_endpoint), form, timeout)
+        except AuthError as exc:
+            raise AuthError(f"{exc}; run `forge login` for context {name}") from None
+        _apply_tokens(ctx, answer)
+        config.save()  # at once: the old refresh token is spent
     return str(ctx.access_token)
 
 

@@ -33,6 +33,14 @@ def _paging(parser: argparse.ArgumentParser) -> None:
 
 
 def add_api_commands(sub: Any, leaf: Any) -> None:
+    """``leaf(group, name, help=...)`` adds a command that takes the common options."""
+    _runs_commands(sub, leaf)
+    _release_commands(sub, leaf)
+    _deployment_commands(sub, leaf)
+    _approval_commands(sub, leaf)
+
+
+def _runs_commands(sub: Any, leaf: Any) -> None:
     runs = sub.add_parser("runs", help="pipeline runs").add_subparsers(dest="runs_command", required=True)
     p = leaf(runs, "create", help="start a run for a commit")
     p.add_argument("--repository", required=True)
@@ -84,6 +92,8 @@ def add_api_commands(sub: Any, leaf: Any) -> None:
     p.add_argument("--step")
     p.set_defaults(func=_run_logs)
 
+
+def _release_commands(sub: Any, leaf: Any) -> None:
     rel = sub.add_parser("releases", help="releases").add_subparsers(dest="releases_command", required=True)
     p = leaf(rel, "create", help="release a project at a commit")
     p.add_argument("--repository", required=True)
@@ -123,6 +133,8 @@ def add_api_commands(sub: Any, leaf: Any) -> None:
         )
     )
 
+
+def _deployment_commands(sub: Any, leaf: Any) -> None:
     dep = sub.add_parser("deployments", help="deployments").add_subparsers(dest="deployments_command", required=True)
     p = leaf(dep, "create", help="deploy a release to an environment")
     p.add_argument("--release", required=True, dest="release_id")
@@ -161,6 +173,8 @@ def add_api_commands(sub: Any, leaf: Any) -> None:
         )
     )
 
+
+def _approval_commands(sub: Any, leaf: Any) -> None:
     apr = sub.add_parser("approvals", help="approvals").add_subparsers(dest="approvals_command", required=True)
     p = leaf(apr, "create", help="approve a release for an environment")
     p.add_argument("--release", required=True, dest="release_id")

@@ -6,10 +6,12 @@ platform's place elsewhere), written atomically with mode 0600: it holds refresh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,24 @@ class Config:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialises token refreshes of concurrent ``forge`` processes: the issuer rotates
+        refresh tokens and ends the session when a spent one comes back, so two processes must
+        never both refresh with the same token."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            try:
+                import fcntl
+            except ImportError:  # Windows: no advisory locks; concurrent refreshes may race
+                yield
+                return
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def for_api(self, api: str, name: str | None = None) -> tuple[str, Context] | None:
         """The named context, else the current one if it is for this gateway."""
