@@ -83,9 +83,12 @@ def _login(args: argparse.Namespace) -> Any:
             wait=args.wait,
             timeout=args.timeout,
         )
-    config.contexts[name] = ctx
-    config.current = name
-    config.save()
+    with config.locked():
+        # re-read: another forge process may have refreshed a context during the sign-in
+        config = Config.load(config.path)
+        config.contexts[name] = ctx
+        config.current = name
+        config.save()
     return _summary(name, ctx, config.current)
 
 
