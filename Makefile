@@ -10,6 +10,9 @@ $(STAMP): requirements-dev.txt constraints.txt $(wildcard libs/*/pyproject.toml 
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	@# a .venv from before forge-cli existed: upgrading forge-dev removes the `forge` script it used
+	@# to own, after forge-cli installed its own; put it back
+	@test -x $(BIN)/forge || $(BIN)/python -m pip install --quiet --no-deps --force-reinstall -e ./libs/forge_cli
 	@touch $(STAMP)
 
 install: $(STAMP)
