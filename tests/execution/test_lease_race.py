@@ -92,52 +92,56 @@ async def test_run_claimed_during_renewal_is_not_lost(
     cell, dispatcher = lease_cell
     gates = {name: cell.root / f"gate-{name}-{uuid.uuid4().hex[:6]}" for name in ("held", "new")}
     held_repo, new_repo = cell.repo("held"), cell.repo("new")
-    held = await cell.create_run(
-        client,
-        held_repo,
-        held_repo.commit({".forge/repo.toml": REPO_TOML, ".forge/project.toml": project_toml(gates["held"])}),
-    )
-
-    async def driven(run_id: str) -> bool:
-        return run_id in dispatcher.drivers
-
-    await _until(lambda: driven(held), "the first run is claimed")
-    # Its step runs: its driver now only waits for the reply, holding no connection the row
-    # lock below could block.
-    step = ("first", "app", "wait")
-    await cell.wait_run(client, held, until=lambda r: steps_of(r).get(step, {}).get("status") == "running")
-
-    async with await psycopg.AsyncConnection.connect(cell.database_url) as locker:
-        # Held until the second run is claimed: the renewal of the first run's lease waits on it.
-        await locker.execute("SELECT 1 FROM pipeline.runs WHERE id = %s FOR UPDATE", (held,))
-        renewal = asyncio.create_task(dispatcher.leases.renew_once())
-
-        async def renewal_blocked() -> bool:
-            # From another connection: a transaction sees one snapshot of pg_stat_activity.
-            async with await psycopg.AsyncConnection.connect(cell.database_url, autocommit=True) as watcher:
-                cur = await watcher.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid)) AND query LIKE %s",
-                    (locker.info.backend_pid, "%WITH renewed%"),
-                )
-                row = await cur.fetchone()
-            return bool(row and row[0])
-
-        await _until(renewal_blocked, "the renewal query waits on the row lock")
-        new = await cell.create_run(
+    try:
+        held = await cell.create_run(
             client,
-            new_repo,
-            new_repo.commit({".forge/repo.toml": REPO_TOML, ".forge/project.toml": project_toml(gates["new"])}),
+            held_repo,
+            held_repo.commit({".forge/repo.toml": REPO_TOML, ".forge/project.toml": project_toml(gates["held"])}),
         )
-        await _until(lambda: driven(new), "the second run is claimed while the renewal is in flight")
-        assert not renewal.done()
-        await locker.rollback()
-    await renewal
 
-    # The renewal's answer did not cover the second run, so its driver was left alone.
-    assert dispatcher.drivers[new].cancelling() == 0
-    assert dispatcher.drivers[held].cancelling() == 0
-    for gate in gates.values():
-        gate.touch()
+        async def driven(run_id: str) -> bool:
+            return run_id in dispatcher.drivers
+
+        await _until(lambda: driven(held), "the first run is claimed")
+        # Its step runs: its driver now only waits for the reply, holding no connection the row
+        # lock below could block.
+        step = ("first", "app", "wait")
+        await cell.wait_run(client, held, until=lambda r: steps_of(r).get(step, {}).get("status") == "running")
+
+        async with await psycopg.AsyncConnection.connect(cell.database_url) as locker:
+            # Held until the second run is claimed: the renewal of the first run's lease waits on it.
+            await locker.execute("SELECT 1 FROM pipeline.runs WHERE id = %s FOR UPDATE", (held,))
+            renewal = asyncio.create_task(dispatcher.leases.renew_once())
+
+            async def renewal_blocked() -> bool:
+                # From another connection: a transaction sees one snapshot of pg_stat_activity.
+                async with await psycopg.AsyncConnection.connect(cell.database_url, autocommit=True) as watcher:
+                    cur = await watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid)) AND query LIKE %s",
+                        (locker.info.backend_pid, "%WITH renewed%"),
+                    )
+                    row = await cur.fetchone()
+                return bool(row and row[0])
+
+            await _until(renewal_blocked, "the renewal query waits on the row lock")
+            new = await cell.create_run(
+                client,
+                new_repo,
+                new_repo.commit({".forge/repo.toml": REPO_TOML, ".forge/project.toml": project_toml(gates["new"])}),
+            )
+            await _until(lambda: driven(new), "the second run is claimed while the renewal is in flight")
+            assert not renewal.done()
+            await locker.rollback()
+        await renewal
+
+        # The renewal's answer did not cover the second run, so its driver was left alone.
+        assert new in dispatcher.drivers, "the second run's driver stopped"
+        assert dispatcher.drivers[new].cancelling() == 0
+        assert dispatcher.drivers[held].cancelling() == 0
+    finally:
+        # Opened in any case, so a failing test leaves no step waiting.
+        for gate in gates.values():
+            gate.touch()
     for run_id in (new, held):
         run = await cell.wait_run(client, run_id, timeout=60)
         assert run["status"] == "success", run
