@@ -176,6 +176,8 @@ def _trigger_rules(file: str, release: Any, problems: _Problems) -> list[Release
     return out
 
 
+# Over 60 lines on purpose: one project file checked field by field, in the order a reader
+# of the error messages expects; each branch is a single check.
 def _project(
     file: str, directory: str, data: dict[str, Any], phases: dict[str, PlannedPhase], problems: _Problems
 ) -> tuple[str, dict[str, list[PlannedStep]], list[ReleaseRule]] | None:

@@ -43,6 +43,23 @@ class StepReport(msgspec.Struct, kw_only=True, omit_defaults=True):
     logs_s3_key: str | None = None
 
 
+class _TaskStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    status: str
+    error: str | None = None
+
+
+class _StepStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    status: str
+    exit_code: int | None = None
+    logs_s3_key: str | None = None
+
+
+class _TaskReport(msgspec.Struct, kw_only=True, omit_defaults=True):
+    steps: list[StepReport]
+    status: str | None = None
+    error: str | None = None
+
+
 class StepState(msgspec.Struct, kw_only=True):
     id: str
     status: str
@@ -84,7 +101,7 @@ class Reporter:
     async def close(self) -> None:
         await self.client.close()
 
-    async def call(self, method: str, path: str, body: Any = None) -> ServiceResponse:
+    async def call(self, method: str, path: str, body: msgspec.Struct | None = None) -> ServiceResponse:
         """One authenticated call, retried on transport errors, 5xx and an expired token."""
         attempts = self.attempts
         delay = 0.2
@@ -109,7 +126,7 @@ class Reporter:
                 delay = min(delay * 2.5, 3.0)
         raise InfraError(f"{method} {self.client.base_url}{path} failed: {last}")
 
-    async def _status(self, kind: str, entity_id: str, body: dict[str, Any], action: str = "status") -> None:
+    async def _status(self, kind: str, entity_id: str, body: msgspec.Struct, action: str = "status") -> None:
         resp = await self.call("PUT", f"/v1/{kind}/{entity_id}/{action}", body)
         if resp.ok:
             return
@@ -121,30 +138,19 @@ class Reporter:
         raise InfraError(f"PUT /v1/{kind}/{entity_id}/{action} answered {resp.status}: {resp.body}")
 
     async def task(self, task_id: str, status: str, error: str | None = None) -> None:
-        body: dict[str, Any] = {"status": status}
-        if error:
-            body["error"] = error[:4000]
-        await self._status("tasks", task_id, body)
+        await self._status("tasks", task_id, _TaskStatus(status=status, error=error[:4000] if error else None))
 
     async def step(
         self, step_id: str, status: str, exit_code: int | None = None, logs_s3_key: str | None = None
     ) -> None:
-        body: dict[str, Any] = {"status": status}
-        if exit_code is not None:
-            body["exit_code"] = exit_code
-        if logs_s3_key:
-            body["logs_s3_key"] = logs_s3_key
+        body = _StepStatus(status=status, exit_code=exit_code, logs_s3_key=logs_s3_key or None)
         await self._status("steps", step_id, body)
 
     async def report(
         self, task_id: str, steps: list[StepReport], status: str | None = None, error: str | None = None
     ) -> None:
         """Steps' and (optionally) the task's status in one request (``PUT /v1/tasks/{id}/report``)."""
-        body: dict[str, Any] = {"steps": steps}
-        if status is not None:
-            body["status"] = status
-        if error:
-            body["error"] = error[:4000]
+        body = _TaskReport(steps=steps, status=status, error=error[:4000] if error else None)
         await self._status("tasks", task_id, body, "report")
 
     async def run(self, run_id: str) -> RunState | None:
