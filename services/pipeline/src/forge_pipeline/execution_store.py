@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .store import Conn, Row
+from .store import Conn
+
+# Rows of the dispatcher's own tables, read by dispatcher.py (typed records once the dispatcher split lands).
+Row = dict[str, Any]
 
 __all__ = ["claim_runs", "mark_dispatched", "mark_release_evaluated", "renew_leases", "run_for_dispatch"]
 
