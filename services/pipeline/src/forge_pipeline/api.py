@@ -16,6 +16,7 @@ from forge_common.events import isoformat
 from forge_common.runtime import Runtime
 
 from . import domain, webhooks
+from .domain import StepReport, TaskReport
 from .schemas import (
     ErrorBody,
     RunCreate,
@@ -24,6 +25,8 @@ from .schemas import (
     RunList,
     StepStatusUpdate,
     StepStatusView,
+    TaskReportBody,
+    TaskReportResult,
     TaskStatusUpdate,
     TaskStatusView,
     WebhookResult,
@@ -184,4 +187,59 @@ async def github_webhook(request: Request[Any, Any, Any], runtime: Runtime) -> R
     return _json(status, body)
 
 
-ROUTES: list[Any] = [create_run, list_runs, get_run, cancel_run, update_task_status, update_step_status, github_webhook]
+# --- PUT /v1/tasks/{id}/report: the batched form of the two routes above ------------------------
+# Each step in order, then the task's status: the same state machine (``domain.apply_report``),
+# one request, one commit. A step reported success/failed while still pending (it finished
+# before its running report was due) goes through running first, so it gets both timestamps.
+# Any refused transition (409) rolls the whole report back.
+
+
+def _validate_report(body: TaskReportBody) -> None:
+    if not body.steps and body.status is None:
+        raise InvalidRequest("a report needs steps, a task status, or both", {"field": "steps"})
+    if len(body.steps) > 1000:
+        raise InvalidRequest("at most 1000 steps per report", {"field": "steps"})
+    if body.error is not None and len(body.error) > 65536:
+        raise InvalidRequest("error must be at most 65536 characters", {"field": "error"})
+    for i, step in enumerate(body.steps):
+        if step.logs_s3_key is not None and not (1 <= len(step.logs_s3_key) <= 1024):
+            raise InvalidRequest("logs_s3_key must be 1 to 1024 characters", {"field": f"steps[{i}].logs_s3_key"})
+        if step.exit_code is not None and not (-(2**31) <= step.exit_code < 2**31):
+            raise InvalidRequest("exit_code must be a 32-bit integer", {"field": f"steps[{i}].exit_code"})
+
+
+def _report_command(task_id: str, body: TaskReportBody) -> TaskReport:
+    steps = tuple(
+        StepReport(
+            id=domain.parse_uuid(s.id, "step"), status=s.status, exit_code=s.exit_code, logs_s3_key=s.logs_s3_key
+        )
+        for s in body.steps
+    )
+    return TaskReport(task_id=task_id, steps=steps, status=body.status, error=body.error, through_running=True)
+
+
+@put(
+    "/v1/tasks/{task_id:str}/report",
+    opt={"permission": Permission.INTERNAL_STATUS},
+    summary="Worker report of a task's steps and status in one transaction",
+    responses=_doc(
+        200, TaskReportResult, "the task (when reported) and the steps after the report", 400, 401, 403, 404, 409
+    ),
+)
+async def report_task(request: Request[Any, Any, Any], task_id: str, runtime: Runtime) -> Response[bytes]:
+    tid = domain.parse_uuid(task_id, "task")
+    body = decode_body(await request.body(), TaskReportBody)
+    _validate_report(body)
+    return _json(200, await _service(runtime).report(_report_command(tid, body)))
+
+
+ROUTES: list[Any] = [
+    create_run,
+    list_runs,
+    get_run,
+    cancel_run,
+    update_task_status,
+    update_step_status,
+    report_task,
+    github_webhook,
+]

@@ -5,7 +5,7 @@ from litestar import Litestar
 from forge_common.http import AppSpec, build_app
 from forge_common.runtime import Runtime
 
-from . import dispatcher, execution_api, webhooks
+from . import dispatcher, webhooks
 from .api import ROUTES, SERVICE_KEY
 from .cancel import CancelNotifier
 from .github import CommitStatusSender
@@ -47,7 +47,7 @@ def create_app(settings: Settings) -> Litestar:
         AppSpec(
             service="pipeline",
             settings=settings,
-            routes=[*ROUTES, *execution_api.ROUTES],
+            routes=ROUTES,
             schema="pipeline",
             migrations="forge_pipeline.migrations",
             on_startup=[start, dispatcher.start],
