@@ -3,11 +3,14 @@
 from litestar import Litestar
 
 from forge_common.http import AppSpec, build_app
+from forge_common.jobs import JobSettings
 from forge_common.runtime import Runtime
+from forge_common.settings import load
 
-from . import dispatcher, webhooks
+from . import webhooks
 from .api import ROUTES, SERVICE_KEY
 from .cancel import CancelNotifier
+from .dispatch import Dispatcher, DispatcherSettings, apply_log_lifecycle
 from .github import CommitStatusSender
 from .presign import Presigner
 from .service import PipelineService
@@ -15,10 +18,19 @@ from .settings import Settings
 from .store import UnitOfWork
 
 DESCRIPTION = "Pipeline runs, their phases, tasks and steps; GitHub webhooks and commit statuses."
+DISPATCHER_KEY = "dispatcher"
 _SENDER_KEY = "pipeline.commit_statuses"
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(
+    settings: Settings,
+    dispatcher_settings: DispatcherSettings | None = None,
+    job_settings: JobSettings | None = None,
+) -> Litestar:
+    """``dispatcher_settings`` and ``job_settings`` default to ``FORGE_DISPATCHER_*`` and
+    ``FORGE_JOB_*`` from the environment, read here so that an invalid value stops the start."""
+    dispatcher_settings = dispatcher_settings or load(DispatcherSettings)
+    job_settings = job_settings or load(JobSettings)
     presigner = Presigner(
         settings.s3_url or None, settings.s3_bucket, settings.s3_access_key, settings.s3_secret_key, settings.s3_region
     )
@@ -38,7 +50,18 @@ def create_app(settings: Settings) -> Litestar:
         sender = runtime.extras[_SENDER_KEY] = CommitStatusSender(uow, settings)
         sender.start()
 
+    async def start_dispatcher(runtime: Runtime) -> None:
+        await apply_log_lifecycle(runtime)
+        if not settings.dispatcher_enabled:
+            return
+        dispatcher = Dispatcher(runtime, dispatcher_settings, job_settings)
+        await dispatcher.start()
+        runtime.extras[DISPATCHER_KEY] = dispatcher
+
     async def stop(runtime: Runtime) -> None:
+        dispatcher = runtime.extras.pop(DISPATCHER_KEY, None)
+        if isinstance(dispatcher, Dispatcher):
+            await dispatcher.stop()
         sender = runtime.extras.pop(_SENDER_KEY, None)
         if isinstance(sender, CommitStatusSender):
             await sender.stop()
@@ -50,8 +73,8 @@ def create_app(settings: Settings) -> Litestar:
             routes=ROUTES,
             schema="pipeline",
             migrations="forge_pipeline.migrations",
-            on_startup=[start, dispatcher.start],
-            on_shutdown=[dispatcher.stop, stop],
+            on_startup=[start, start_dispatcher],
+            on_shutdown=[stop],
             description=DESCRIPTION,
         )
     )
