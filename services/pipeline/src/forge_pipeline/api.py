@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 from litestar import Request, Response, delete, get, post, put
@@ -13,6 +12,7 @@ from litestar.openapi import ResponseSpec
 from forge_common.auth import Permission, Principal
 from forge_common.errors import InvalidRequest
 from forge_common.events import isoformat
+from forge_common.http import decode_body
 from forge_common.runtime import Runtime
 
 from . import domain, webhooks
@@ -33,32 +33,15 @@ from .schemas import (
 )
 from .service import CreateRun, PipelineService
 
-__all__ = ["ROUTES", "SERVICE_KEY", "decode_body"]
+__all__ = ["ROUTES", "SERVICE_KEY"]
 
-T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
-_FIELD = re.compile(r"at `\$\.([A-Za-z0-9_]+)")
-_MISSING = re.compile(r"field `([A-Za-z0-9_]+)`")
 SERVICE_KEY = "pipeline.service"
 
 
 def _service(runtime: Runtime) -> PipelineService:
     service: PipelineService = runtime.extras[SERVICE_KEY]
     return service
-
-
-def decode_body(body: bytes, typ: type[T]) -> T:
-    """Decode a JSON body into ``typ``; every problem becomes a 400 naming the field."""
-    if not body.strip():
-        raise InvalidRequest("request body must be a JSON object")
-    try:
-        return msgspec.json.decode(body, type=typ)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        m = _FIELD.search(text) or _MISSING.search(text)
-        raise InvalidRequest(text, {"field": m.group(1)} if m else {}) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
 
 
 def _doc(status: int, model: Any, description: str, *errors: int) -> dict[int, ResponseSpec]:

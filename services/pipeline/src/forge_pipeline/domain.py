@@ -15,6 +15,7 @@ import msgspec
 
 from forge_common.errors import Conflict, InvalidRequest
 from forge_common.events import EventData, PipelineRunCompleted, PipelineRunFailed
+from forge_common.http import parse_page
 
 from .records import PhaseStatus, PhaseTally, Run, RunStatus, Task, TaskInPhase, WorkStatus
 
@@ -55,8 +56,6 @@ __all__ = [
 
 ACTIVE_RUN_STATUSES = ("pending", "running")
 FINISHED = frozenset({"success", "failed", "skipped", "cancelled"})
-MAX_LIST_LIMIT = 100
-DEFAULT_LIST_LIMIT = 20
 
 # GitHub's rules: owner 1-39 alphanumerics or single hyphens; repository name 1-100 of [A-Za-z0-9._-].
 _OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$")
@@ -137,19 +136,6 @@ def validate_idempotency_key(value: str | None) -> str | None:
     return value
 
 
-def _int_param(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _invalid(name, f"{name} must be an integer", raw) from None
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise _invalid(name, f"{name} must be {bound}", value)
-    return value
-
-
 RUN_STATUSES = ("pending", "running", "success", "failed", "cancelled")
 
 
@@ -171,12 +157,13 @@ def validate_list_query(
         validate_branch(branch)
     if status is not None and status not in RUN_STATUSES:
         raise InvalidRequest(f"status must be one of {', '.join(RUN_STATUSES)}", {"field": "status", "value": status})
+    page = parse_page(limit, offset)
     return ListQuery(
         repository=repository,
         branch=branch,
         status=status,
-        limit=_int_param(limit, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT),
-        offset=_int_param(offset, "offset", 0, 0, 10_000_000),
+        limit=page.limit,
+        offset=page.offset,
     )
 
 

@@ -20,11 +20,11 @@ deadlock.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import msgspec
 import psycopg
@@ -70,7 +70,7 @@ DEFAULT_MAX_ACTIVE_RUNS = 100
 _encoder = msgspec.json.Encoder()
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class CreateRun:
     repository: str
     branch: str
@@ -103,7 +103,7 @@ def _validated(cmd: CreateRun) -> CreateRun:
     if cmd.trigger_type not in ("push", "pull_request", "manual"):
         raise InvalidRequest("trigger_type must be one of push, pull_request, manual", {"field": "trigger_type"})
     domain.validate_idempotency_key(cmd.idempotency_key)
-    return CreateRun(**{**cmd.__dict__, "commit_sha": commit_sha})
+    return dataclasses.replace(cmd, commit_sha=commit_sha)
 
 
 async def create_run(conn: Conn, cmd: CreateRun, max_active: int = DEFAULT_MAX_ACTIVE_RUNS) -> tuple[Run, bool]:
