@@ -15,14 +15,19 @@ import msgspec
 __all__ = [
     "CommitStatusDue",
     "Delivery",
+    "DispatchRun",
+    "Dispatched",
+    "LeaseState",
     "PhaseStatus",
     "PhaseTally",
+    "ReleaseTriggers",
     "Run",
     "RunStatus",
     "RunSummary",
     "Step",
     "Task",
     "TaskInPhase",
+    "TaskState",
     "WorkStatus",
 ]
 
@@ -111,3 +116,44 @@ class Delivery(msgspec.Struct, kw_only=True):
     event: str
     outcome: str
     run_id: str | None
+
+
+# --- the dispatcher's reads (execution_store.py) ---------------------------------------------------
+
+# ``runs.release_triggers``: project -> its ``[[release.triggers]]`` rules, e.g.
+# ``{"api": [{"branch": "main"}, {"tag": true}]}`` (written by discovery, read once per run).
+ReleaseTriggers = dict[str, list[dict[str, str | bool]]]
+
+
+class DispatchRun(msgspec.Struct, kw_only=True):
+    id: str
+    repository: str
+    branch: str
+    commit_sha: str
+    tag: str | None
+    triggered_by: str
+    status: RunStatus
+    lease_owner: str | None
+    discovered_at: dt.datetime | None
+    release_triggers: ReleaseTriggers | None
+    release_evaluated_at: dt.datetime | None
+
+
+class LeaseState(msgspec.Struct, kw_only=True):
+    id: str
+    lease_owner: str | None
+    status: RunStatus
+
+
+class TaskState(msgspec.Struct, kw_only=True):
+    id: str
+    status: WorkStatus
+    error: str | None
+
+
+class Dispatched(msgspec.Struct, kw_only=True):
+    """When a task was first dispatched, and the database's clock at this dispatch."""
+
+    id: str
+    dispatched_at: dt.datetime
+    now: dt.datetime

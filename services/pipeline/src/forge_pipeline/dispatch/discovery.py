@@ -13,6 +13,7 @@ from forge_common import jobs
 from forge_common.errors import InvalidRequest
 from forge_pipeline import service, store
 from forge_pipeline.domain import PhasePlan
+from forge_pipeline.records import DispatchRun
 
 from .driver import RunDriver, RunEnded, format_seconds
 
@@ -21,7 +22,7 @@ __all__ = ["discover"]
 log = structlog.get_logger(__name__)
 
 
-async def discover(driver: RunDriver, run: dict[str, Any]) -> None:
+async def discover(driver: RunDriver, run: DispatchRun) -> None:
     run_id = driver.run_id
     job_id = str(uuid.uuid4())
     timeout = driver.job_settings.timeout("discovery")
@@ -31,9 +32,9 @@ async def discover(driver: RunDriver, run: dict[str, Any]) -> None:
     payload = {
         "job_id": job_id,
         "run_id": run_id,
-        "repository": run["repository"],
-        "commit_sha": run["commit_sha"],
-        "branch": run["branch"],
+        "repository": run.repository,
+        "commit_sha": run.commit_sha,
+        "branch": run.branch,
     }
     await driver.queue.publish(run_id, "discovery", job_id, f"discovery:{job_id}", payload)
     try:
