@@ -12,7 +12,7 @@ from forge_common import jobs
 from forge_common.errors import InvalidRequest
 from forge_pipeline import service, store
 from forge_pipeline.domain import PhasePlan
-from forge_pipeline.store import Row
+from forge_pipeline.records import DispatchRun
 
 from .driver import RunDriver, RunEnded, format_seconds
 
@@ -21,7 +21,7 @@ __all__ = ["discover"]
 log = structlog.get_logger(__name__)
 
 
-async def discover(driver: RunDriver, run: Row) -> None:
+async def discover(driver: RunDriver, run: DispatchRun) -> None:
     run_id = driver.run_id
     job_id = str(uuid.uuid4())
     timeout = driver.job_settings.timeout("discovery")
@@ -29,7 +29,7 @@ async def discover(driver: RunDriver, run: Row) -> None:
         await store.set_run_running(conn, run_id)
     waiter = driver.waiter(job_id)
     job = jobs.DiscoveryJob(
-        job_id=job_id, run_id=run_id, repository=run["repository"], commit_sha=run["commit_sha"], branch=run["branch"]
+        job_id=job_id, run_id=run_id, repository=run.repository, commit_sha=run.commit_sha, branch=run.branch
     )
     await driver.queue.publish("discovery", job, f"discovery:{job_id}")
     try:

@@ -110,8 +110,8 @@ class LeaseKeeper:
         for run_id, task in asked.items():
             state = states.get(run_id)
             # No row: the run is gone. Owner NULL: this replica handed it over itself (release).
-            if state is None or state["lease_owner"] not in (None, self.owner):
-                log.warning("dispatcher.lease_lost", run_id=run_id, owner=state and state["lease_owner"])
+            if state is None or state.lease_owner not in (None, self.owner):
+                log.warning("dispatcher.lease_lost", run_id=run_id, owner=state and state.lease_owner)
                 task.cancel()
 
     async def release(self, run_ids: list[str]) -> None:

@@ -76,22 +76,22 @@ async def _queue_release(driver: RunDriver, job_id: str) -> list[ReleaseProject]
     names = driver.runtime.names
     async with driver.pool.connection() as conn, conn.transaction():
         fresh = await execution_store.run_for_dispatch(conn, run_id)
-        if fresh is None or fresh["status"] != "success" or fresh["release_evaluated_at"] is not None:
+        if fresh is None or fresh.status != "success" or fresh.release_evaluated_at is not None:
             return None
         if not await execution_store.mark_release_evaluated(conn, run_id):
             return None
-        projects = evaluate_release_triggers(fresh["release_triggers"], fresh["branch"], fresh["tag"])
+        projects = evaluate_release_triggers(fresh.release_triggers, fresh.branch, fresh.tag)
         for project in projects:
             # The release service records the run's author (not the worker) as the trigger.
-            project.trigger.triggered_by = fresh["triggered_by"]
+            project.trigger.triggered_by = fresh.triggered_by
         if not projects:
             await execution_store.release_lease(conn, driver.owner, run_id)
             return None
         job = ReleaseJob(
             job_id=job_id,
             run_id=run_id,
-            repository=fresh["repository"],
-            commit_sha=fresh["commit_sha"],
+            repository=fresh.repository,
+            commit_sha=fresh.commit_sha,
             projects=projects,
         )
         headers = {
