@@ -79,11 +79,20 @@ async def lease_cell(platform: Platform) -> AsyncIterator[tuple[Cell, Dispatcher
         await dispatcher.start()
         yield cell, dispatcher
     finally:
+        # Bounded: a failed test must still end (and say which part would not stop).
         if dispatcher is not None:
-            await dispatcher.stop()
+            await _bounded(dispatcher.stop(), "dispatcher.stop")
         if runtime is not None:
-            await runtime.stop()
+            await _bounded(runtime.stop(), "runtime.stop")
         cell.close()
+
+
+async def _bounded(stopping: Awaitable[None], what: str) -> None:
+    try:
+        async with asyncio.timeout(30):
+            await stopping
+    except TimeoutError:
+        print(f"{what} did not finish within 30s")
 
 
 async def test_run_claimed_during_renewal_is_not_lost(

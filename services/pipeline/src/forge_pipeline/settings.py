@@ -4,7 +4,7 @@ from forge_common.settings import CommonSettings
 class Settings(CommonSettings, kw_only=True):
     """Settings of the pipeline service (FORGE_* environment variables)."""
 
-    # Run orchestration in this process (read by dispatcher.py). False gives an API-only
+    # Run orchestration in this process (read by create_app). False gives an API-only
     # instance: runs stay where the API and the internal status endpoints put them.
     dispatcher_enabled: bool = True
     # Public base URL of the platform; commit statuses link to {public_url}/v1/runs/{id}.
