@@ -81,6 +81,8 @@ class Principal(msgspec.Struct, frozen=True):
     permissions: frozenset[Permission]
     expires_at: float
     token: str
+    # The verified token's claims, for services that match a configured claim (e.g. a GitHub id).
+    claims: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def can(self, permission: Permission) -> bool:
         return permission in self.permissions
@@ -98,7 +100,7 @@ def require(principal: Principal, permission: Permission) -> None:
 class JwksCache:
     min_refresh_interval = 5.0
 
-    def __init__(self, jwks_url: str, session_factory: Any = None) -> None:
+    def __init__(self, jwks_url: str) -> None:
         self.jwks_url = jwks_url
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = 0.0
@@ -236,4 +238,5 @@ def _principal(claims: dict[str, Any], token: str) -> Principal:
         permissions=permissions_for(roles, service_account),
         expires_at=float(claims["exp"]),
         token=token,
+        claims=claims,
     )

@@ -9,7 +9,7 @@ from forge_common.errors import BadGateway, NotFound
 
 from .domain import ReleaseFacts
 
-__all__ = ["HttpReleases", "InMemoryReleases", "Releases"]
+__all__ = ["HttpReleases", "Releases"]
 
 
 class Releases(Protocol):
@@ -42,25 +42,18 @@ class HttpReleases:
         created_by = body.get("created_by")
         if not isinstance(created_by, str):
             raise BadGateway("the release service sent a release without created_by", {"release_id": release_id})
-        triggered_by = trigger.get("triggered_by") if isinstance(trigger, dict) else None
+        trigger = trigger if isinstance(trigger, dict) else {}
         return ReleaseFacts(
             release_id=release_id,
             created_by=created_by,
-            triggered_by=triggered_by if isinstance(triggered_by, str) else None,
+            triggered_by=_text(trigger.get("triggered_by")),
+            created_by_id=_text(body.get("created_by_id")),
+            triggered_by_id=_text(body.get("triggered_by_id")),
         )
 
     async def close(self) -> None:
         await self.client.close()
 
 
-class InMemoryReleases:
-    """For tests of the service layer without a release service."""
-
-    def __init__(self, *releases: ReleaseFacts) -> None:
-        self.releases = {r.release_id: r for r in releases}
-
-    async def facts(self, release_id: str, token: str) -> ReleaseFacts:
-        try:
-            return self.releases[release_id]
-        except KeyError:
-            raise _not_found(release_id) from None
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

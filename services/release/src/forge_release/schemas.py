@@ -17,8 +17,6 @@ __all__ = [
     "Release",
     "ReleaseCreate",
     "ReleaseCreated",
-    "ReleaseList",
-    "ReleaseSummary",
     "TriggerIn",
     "TriggerOut",
 ]
@@ -40,6 +38,10 @@ class TriggerIn(msgspec.Struct, kw_only=True):
     # Who caused the release (the run's author); honoured from service accounts only, since a
     # worker creates releases on behalf of whoever pushed. Users are always their own trigger.
     triggered_by: str | None = None
+    # The stable identity of triggered_by (service accounts only, with triggered_by):
+    # "sub:<token subject>" for a run created through the API, "github:<numeric user id>" for a
+    # webhook run. The approval service compares it, not the name, to refuse self-approval.
+    triggered_by_id: str | None = None
 
 
 class ReleaseCreate(msgspec.Struct, kw_only=True):
@@ -97,24 +99,12 @@ class Release(msgspec.Struct, kw_only=True):
     oci_digest: str
     created_at: str
     created_by: str
+    created_by_id: str | None
+    triggered_by_id: str | None
     pipeline_run_id: str | None
     artifacts: list[ArtifactOut]
     aliases: list[AliasOut]
     trigger: TriggerOut
-
-
-class ReleaseSummary(msgspec.Struct, kw_only=True):
-    id: str
-    commit_sha: str
-    release_number: int
-    created_at: str
-
-
-class ReleaseList(msgspec.Struct, kw_only=True):
-    releases: list[ReleaseSummary]
-    total: int
-    limit: int
-    offset: int
 
 
 class AliasResult(msgspec.Struct, kw_only=True):

@@ -18,16 +18,18 @@ the manifest whose digest the release records.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import structlog
 
 from forge_common.db import Pool
-from forge_common.errors import Conflict, NotFound
-from forge_common.events import ReleaseCreated, isoformat
+from forge_common.errors import Conflict, InvalidRequest, NotFound
+from forge_common.events import ReleaseCreated, isoformat, utcnow
 from forge_common.outbox import add_event
 
 from . import store
@@ -38,6 +40,7 @@ from .domain import (
     creation_aliases,
     decide_alias,
     decide_alias_removal,
+    subject_id,
     validate_alias_name,
     validate_project,
     validate_repository,
@@ -45,7 +48,7 @@ from .domain import (
 from .oci import Publisher, build_artifact
 from .runs import RunChecker, SkipRunCheck
 
-__all__ = ["ReleaseService"]
+__all__ = ["CreateRelease", "ReleaseService"]
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +57,9 @@ MAX_CANDIDATES = 10
 
 
 def release_body(row: dict[str, Any]) -> dict[str, Any]:
-    """The Get Release shape of the spec (plus ``pipeline_run_id`` and ``trigger.tag``)."""
+    """The Get Release shape of the spec (plus ``pipeline_run_id``, ``trigger.tag`` and the stable
+    identities ``created_by_id`` and ``triggered_by_id``, of ``created_by`` and
+    ``trigger.triggered_by``)."""
     return {
         "id": row["id"],
         "repository": row["repository"],
@@ -65,6 +70,8 @@ def release_body(row: dict[str, Any]) -> dict[str, Any]:
         "oci_digest": row["oci_digest"],
         "created_at": isoformat(row["created_at"]),
         "created_by": row["created_by"],
+        "created_by_id": row["created_by_id"],
+        "triggered_by_id": row["triggered_by_id"],
         "pipeline_run_id": row["pipeline_run_id"],
         "artifacts": row["artifacts"],
         "aliases": row["aliases"],
@@ -75,6 +82,26 @@ def release_body(row: dict[str, Any]) -> dict[str, Any]:
             "triggered_by": row["triggered_by"],
         },
     }
+
+
+@dataclass(frozen=True)
+class CreateRelease:
+    """``POST /v1/releases`` as the caller sent it; :meth:`ReleaseService.create` validates it."""
+
+    repository: str
+    project: str
+    commit_sha: str
+    pipeline_run_id: str | None
+    # (name, type, tracking_oci_uri, primary_published_uri) per artifact
+    artifacts: list[tuple[str, str, str, str]]
+    # (trigger_type, branch, tag); None is a manual release
+    trigger: tuple[str, str | None, str | None] | None
+    created_by: str
+    service_account: bool
+    token: str = field(repr=False)  # forwarded to the pipeline service
+    on_behalf_of: str | None = None  # trigger.triggered_by as sent
+    subject: str = ""  # the caller's token subject: created_by's stable identity
+    on_behalf_of_id: str | None = None  # trigger.triggered_by_id as sent (with on_behalf_of)
 
 
 class _ProjectLocks:
@@ -90,12 +117,23 @@ class _ProjectLocks:
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
 
     def __call__(self, repository: str, project: str) -> asyncio.Lock:
-        key = (repository, project)
+        key = (repository.lower(), project.lower())
         lock = self._locks.get(key)
         if lock is None:
             lock = asyncio.Lock()
             self._locks[key] = lock
         return lock
+
+
+def _triggered_by(cmd: CreateRelease) -> str | None:
+    """Whom the release is for: honoured from service accounts only (a worker creates releases
+    on behalf of whoever pushed); users are always their own trigger."""
+    if not cmd.service_account or cmd.trigger is None or not cmd.on_behalf_of:
+        return None
+    who = cmd.on_behalf_of.strip()
+    if not who or len(who) > 255:
+        raise InvalidRequest("trigger.triggered_by must be 1..255 characters", {"field": "trigger.triggered_by"})
+    return who
 
 
 class ReleaseService:
@@ -106,6 +144,22 @@ class ReleaseService:
         self._project_lock = _ProjectLocks()
 
     # --- create --------------------------------------------------------------------------------
+
+    async def create(self, cmd: CreateRelease) -> dict[str, Any]:
+        release = NewRelease.parse(
+            repository=cmd.repository,
+            project=cmd.project,
+            commit_sha=cmd.commit_sha,
+            pipeline_run_id=cmd.pipeline_run_id,
+            artifacts=cmd.artifacts,
+            trigger=cmd.trigger,
+            created_by=cmd.created_by,
+            now=utcnow(),
+            triggered_by=_triggered_by(cmd),
+            created_by_id=subject_id(cmd.subject) if cmd.subject else None,
+            triggered_by_id=cmd.on_behalf_of_id if cmd.service_account else None,
+        )
+        return await self.create_release(release, cmd.token)
 
     async def create_release(self, release: NewRelease, token: str = "") -> dict[str, Any]:
         if release.pipeline_run_id is not None:
@@ -125,7 +179,9 @@ class ReleaseService:
 
     async def _create(self, release: NewRelease) -> dict[str, Any]:
         async with self.pool.connection() as conn, conn.transaction():
-            number = await store.bump_counter(conn, release.repository, release.project)
+            number, repository, project = await store.bump_counter(conn, release.repository, release.project)
+            # Names are case-insensitive and shown as first given: this release uses that spelling.
+            release = dataclasses.replace(release, repository=repository, project=project)
             wanted = creation_aliases(release.trigger, number)
             existing, held = await store.existing_and_aliases(
                 conn, release.repository, release.project, release.commit_sha, [a for a, _ in wanted]

@@ -10,7 +10,6 @@ publish got through) and their original deadline.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import msgspec
 import structlog
@@ -59,7 +58,7 @@ async def _run_group(driver: RunDriver, run: DispatchRun, phases: list[PhasePlan
     replies = {task_id: driver.waiter(task_id) for task_id in tasks}
     await asyncio.gather(
         *(
-            driver.queue.publish(driver.run_id, "ci", task_id, f"ci:{task_id}", _ci_payload(driver, run, phase, task))
+            driver.queue.publish("ci", _ci_job(driver, run, phase, task), f"ci:{task_id}")
             for task_id, (phase, task) in tasks.items()
         )
     )
@@ -97,7 +96,7 @@ async def _await_replies(
         for fut in done:
             task_id = by_future[fut]
             del pending[task_id]
-            reply = await driver.queue.read_reply(fut.result())
+            reply = await driver.queue.read_reply(fut.result(), jobs.CiResult)
             if reply.status != "success":
                 failed.append((task_id, reply.error or f"task {reply.status}"))
         if failed:
@@ -136,28 +135,26 @@ async def _settle(driver: RunDriver, task_ids: list[str]) -> None:
     log.warning("dispatcher.settled_from_replies", run_id=driver.run_id, tasks=len(missing))
 
 
-def _ci_payload(driver: RunDriver, run: DispatchRun, phase: PhasePlan, task: TaskPlan) -> dict[str, Any]:
-    return {
-        "job_id": task.id,
-        "run_id": driver.run_id,
-        "task_id": task.id,
-        "repository": run.repository,
-        "commit_sha": run.commit_sha,
-        "branch": run.branch,
-        "phase": phase.name,
-        "project": task.project_name,
-        "project_path": task.project_path,
-        "steps": [
-            {
-                "id": s.id,
-                "name": s.name,
-                "action": s.action,
-                "command": s.command,
-                "timeout_seconds": s.timeout_seconds,
-            }
+def _ci_job(driver: RunDriver, run: DispatchRun, phase: PhasePlan, task: TaskPlan) -> jobs.CiJob:
+    # A plan loaded from the database has every id.
+    assert task.id is not None
+    return jobs.CiJob(
+        job_id=task.id,
+        run_id=driver.run_id,
+        task_id=task.id,
+        repository=run.repository,
+        commit_sha=run.commit_sha,
+        branch=run.branch,
+        phase=phase.name,
+        project=task.project_name,
+        project_path=task.project_path,
+        steps=[
+            jobs.StepJob(
+                id=s.id or "", name=s.name, action=s.action, command=s.command, timeout_seconds=s.timeout_seconds
+            )
             for s in task.steps
         ],
-    }
+    )
 
 
 async def _reconcile(driver: RunDriver, pending: dict[str, asyncio.Future[bytes]]) -> None:
@@ -170,7 +167,7 @@ async def _reconcile(driver: RunDriver, pending: dict[str, asyncio.Future[bytes]
         raise RunEnded
     for task_id, state in states.items():
         if state.status in FINISHED and not pending[task_id].done():
-            reply = jobs.JobReply(
+            reply = jobs.JobReply[jobs.CiResult](
                 status="success" if state.status in ("success", "skipped") else "failed",
                 error=state.error,
             )
