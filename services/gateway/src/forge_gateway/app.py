@@ -19,8 +19,13 @@ from forge_common.tracing import configure_tracing
 from .openapi import openapi_document
 from .proxy import Proxy
 from .settings import Settings
+from .versioning import API_VERSIONS
 
 __all__ = ["META_PATH", "GatewayApp", "create_app"]
+
+# Every API version's paths go to the proxy: /v1/..., and /v2/... once versioning.py lists it.
+_API_PREFIXES = tuple(f"/{version}/" for version in API_VERSIONS)
+_API_ROOTS = frozenset(f"/{version}" for version in API_VERSIONS)
 
 # Public (no token): what a client needs before it has a token, i.e. which issuer to log in at.
 META_PATH = "/v1/meta"
@@ -36,7 +41,7 @@ class GatewayApp:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if (path.startswith("/v1/") or path == "/v1") and path != META_PATH:
+            if (path.startswith(_API_PREFIXES) or path in _API_ROOTS) and path != META_PATH:
                 await self.proxy(scope, receive, send)
                 return
         await self.rest(scope, receive, send)

@@ -35,26 +35,20 @@ from forge_common.errors import (
 )
 from forge_common.tracing import extract, inject
 
+from . import response_limit
 from .accesslog import AccessLog
 from .ratelimit import Decision, SlidingWindowLimiter
 from .settings import Settings
 from .upstream import Connection, Upstream, UpstreamBusy, UpstreamError, UpstreamProtocolError, UpstreamUnavailable
+from .versioning import API_VERSIONS, load_deprecations
 
 __all__ = ["ROUTES", "WEBHOOK_PATH", "Proxy"]
 
 log = structlog.get_logger("forge_gateway")
 _tracer = trace.get_tracer("forge.gateway")
 
-# First path segment under /v1 -> upstream service.
-ROUTES: dict[str, str] = {
-    "runs": "pipeline",
-    "tasks": "pipeline",
-    "steps": "pipeline",
-    "webhooks": "pipeline",
-    "releases": "release",
-    "deployments": "deployment",
-    "approvals": "approval",
-}
+# First path segment under /v1 -> upstream service (every version's table: versioning.py).
+ROUTES: dict[str, str] = API_VERSIONS["v1"]
 # Authenticated by its HMAC signature in the pipeline service, not by a bearer token.
 WEBHOOK_PATH = "/v1/webhooks/github"
 
@@ -216,7 +210,11 @@ class Proxy:
             "deployment": Upstream("deployment", settings.deployment_url),
             "approval": Upstream("approval", settings.approval_url),
         }
-        self.routes = {segment: self.upstreams[name] for segment, name in ROUTES.items()}
+        self.routes = {
+            version: {segment: self.upstreams[name] for segment, name in table.items()}
+            for version, table in API_VERSIONS.items()
+        }
+        self.deprecations = load_deprecations(settings.deprecations)
         self.max_body = settings.max_body_bytes
         self.access_log = AccessLog(
             settings.access_log and settings.log_level.lower() in ("debug", "info"), settings.log_format
@@ -312,9 +310,11 @@ class Proxy:
             request_id = f"{random.getrandbits(128):032x}"
         rid = request_id.encode("latin-1")
 
-        segment = path[4:].partition("/")[0] if path.startswith("/v1/") else ""
-        upstream = self.routes.get(segment)
-        route = f"/v1/{segment}" if upstream is not None else "unmatched"
+        version, _, rest = path[1:].partition("/")
+        segment = rest.partition("/")[0]
+        routes = self.routes.get(version)
+        upstream = routes.get(segment) if routes is not None else None
+        route = f"/{version}/{segment}" if upstream is not None else "unmatched"
 
         span: trace.Span | None = None
         if self.sdk_spans:
@@ -407,7 +407,8 @@ class Proxy:
             )
             extra = decision.headers() if decision is not None else []
             extra.append((b"x-request-id", rid))
-            status = await self._forward(upstream, method, head, data, send, extra)
+            extra.extend(self.deprecations.headers(method, path))
+            status = await self._forward(upstream, method, head, data, send, extra, path)
         except _ClientTooSlow:
             error = reader.error()
             status = error.status
@@ -442,6 +443,7 @@ class Proxy:
         data: bytes | _BodyStream | None,
         send: Any,
         extra: list[tuple[bytes, bytes]],
+        path: str = "",
     ) -> int:
         timeout = self.settings.upstream_timeout
         retry = method in _IDEMPOTENT and not isinstance(data, _BodyStream)
@@ -469,7 +471,7 @@ class Proxy:
                 else:
                     conn.write(head + data if data else head)
                 await conn.response_head(timeout)
-                return await self._relay(conn, send, extra, timeout)
+                return await self._relay(conn, send, extra, timeout, upstream.name, path)
             except UpstreamUnavailable as exc:
                 conn.abort()
                 if exc.stale and retry:
@@ -514,9 +516,18 @@ class Proxy:
         if chunked:
             conn.write(b"0\r\n\r\n")
 
-    async def _relay(self, conn: Connection, send: Any, extra: list[tuple[bytes, bytes]], timeout: float) -> int:
+    async def _relay(
+        self,
+        conn: Connection,
+        send: Any,
+        extra: list[tuple[bytes, bytes]],
+        timeout: float,
+        service: str = "",
+        path: str = "",
+    ) -> int:
         out: list[tuple[bytes, bytes]] = []
         length: int | None = None
+        content_type: bytes | None = None
         for name, value in conn.headers:
             lname = name.lower()
             if lname in _RESPONSE_DROP:
@@ -526,17 +537,31 @@ class Proxy:
                     length = int(value)
                 except ValueError:
                     raise UpstreamProtocolError("invalid Content-Length") from None
+            elif lname == b"content-type":
+                content_type = value
             out.append((lname, value))
         out.extend(extra)
         status = conn.status
+        limit = None if response_limit.is_stream(path, content_type) else self.settings.max_response_bytes
+        if limit is not None and length is not None and length > limit and not conn.head_only:
+            conn.abort()  # the body is never read: refused from the head alone
+            raise response_limit.too_large(service, limit)
         if conn.head_only or (length is not None and length <= _RESPONSE_CHUNK):
             body = b"" if conn.head_only else await conn.read(timeout)
             await send({"type": "http.response.start", "status": status, "headers": out})
             await send({"type": "http.response.body", "body": body})
             return status
         await send({"type": "http.response.start", "status": status, "headers": out})
+        relayed = 0
         try:
             async for chunk in conn.body(timeout):
+                relayed += len(chunk)
+                if limit is not None and relayed > limit:
+                    # Headers are out (unknown length): cutting the connection is the only way
+                    # left to tell the client this answer is incomplete.
+                    conn.abort()
+                    log.warning("gateway.response_too_large", status=status, limit=limit, service=service)
+                    return 502
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (UpstreamError, TimeoutError) as exc:
             # Headers are out: the client learns of the failure from the cut connection (uvicorn

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from forge_common.settings import CommonSettings
 
+from .versioning import load_deprecations
+
 __all__ = ["Settings"]
 
 
@@ -34,6 +36,10 @@ class Settings(CommonSettings, kw_only=True):
     # run limit) still fit.
     user_max_concurrent: int = 256
     max_body_bytes: int = 10 * 1024 * 1024
+    # Largest non-streaming response relayed (see forge_gateway.response_limit).
+    max_response_bytes: int = 50 * 1024 * 1024
+    # TOML file of deprecated operations (forge_gateway.versioning); empty: none.
+    deprecations: str = ""
     rate_limit: int = 1000
     rate_limit_window: float = 60.0
     # Minimum interval between two JWKS fetches triggered by unknown key ids.
@@ -61,6 +67,12 @@ class Settings(CommonSettings, kw_only=True):
             problems.append("FORGE_USER_MAX_CONCURRENT must be >= 1")
         if self.max_body_bytes < 1:
             problems.append("FORGE_MAX_BODY_BYTES must be >= 1")
+        if self.max_response_bytes < 1:
+            problems.append("FORGE_MAX_RESPONSE_BYTES must be >= 1")
+        try:
+            load_deprecations(self.deprecations)
+        except (OSError, ValueError) as exc:
+            problems.append(f"FORGE_DEPRECATIONS={self.deprecations!r}: {exc}")
         if self.rate_limit < 1:
             problems.append("FORGE_RATE_LIMIT must be >= 1")
         if self.rate_limit_window <= 0:

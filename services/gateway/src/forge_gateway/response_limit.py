@@ -1,0 +1,31 @@
+"""The response size limit: no non-streaming answer over ``FORGE_MAX_RESPONSE_BYTES`` is relayed.
+
+List endpoints are paged (at most 100 items a page), so they cannot reach it; a response that
+does is a bug or a hostile upstream, and the client gets a 502 instead of 50 MB of it. Streams
+are the documented exception: ``text/event-stream`` answers and step logs
+(``GET /v1/steps/{id}/logs``) are relayed however long they run.
+"""
+
+from __future__ import annotations
+
+import re
+
+from forge_common.errors import BadGateway
+
+__all__ = ["is_stream", "too_large"]
+
+_STEP_LOGS = re.compile(r"^/v[0-9]+/steps/[^/]+/logs$")
+
+
+def is_stream(path: str, content_type: bytes | None) -> bool:
+    """Whether this answer is exempt from the limit."""
+    if content_type is not None and content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream":
+        return True
+    return _STEP_LOGS.match(path) is not None
+
+
+def too_large(service: str, limit: int) -> BadGateway:
+    return BadGateway(
+        f"the {service} service answered with more than the response limit of {limit} bytes",
+        {"service": service, "limit": limit},
+    )
