@@ -10,13 +10,14 @@ from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
 
 from forge_common.auth import Permission, Principal
-from forge_common.errors import InvalidRequest
+from forge_common.errors import InvalidRequest, NotFound
 from forge_common.events import isoformat
 from forge_common.http import decode_body
 from forge_common.runtime import Runtime
 
 from . import domain, webhooks
 from .domain import StepReport, TaskReport
+from .retention import find_tombstone
 from .schemas import (
     ErrorBody,
     RunCreate,
@@ -111,7 +112,15 @@ async def list_runs(
     responses=_doc(200, RunDetail, "the run tree", 400, 401, 403, 404),
 )
 async def get_run(run_id: str, runtime: Runtime) -> Response[bytes]:
-    return _json(200, await _service(runtime).run_tree(domain.parse_uuid(run_id, "run")))
+    rid = domain.parse_uuid(run_id, "run")
+    try:
+        return _json(200, await _service(runtime).run_tree(rid))
+    except NotFound:
+        # Deleted by retention: what is left of it (retention.py), so references still resolve.
+        tombstone = await find_tombstone(runtime.pool, rid)
+        if tombstone is None:
+            raise
+        return _json(200, tombstone)
 
 
 @delete(

@@ -13,6 +13,7 @@ from .cancel import CancelNotifier
 from .dispatch import Dispatcher, DispatcherSettings, apply_log_lifecycle
 from .github import CommitStatusSender
 from .presign import Presigner
+from .retention import RunRetention
 from .service import PipelineService
 from .settings import Settings
 from .store import UnitOfWork
@@ -20,6 +21,7 @@ from .store import UnitOfWork
 DESCRIPTION = "Pipeline runs, their phases, tasks and steps; GitHub webhooks and commit statuses."
 DISPATCHER_KEY = "dispatcher"
 _SENDER_KEY = "pipeline.commit_statuses"
+_RETENTION_KEY = "pipeline.retention"
 
 
 def create_app(
@@ -49,6 +51,14 @@ def create_app(
         )
         sender = runtime.extras[_SENDER_KEY] = CommitStatusSender(uow, settings)
         sender.start()
+        retention = runtime.extras[_RETENTION_KEY] = RunRetention(
+            runtime.pool,
+            runtime.s3,
+            settings.run_retention,
+            settings.run_retention_interval,
+            settings.run_retention_batch,
+        )
+        retention.start()
 
     async def start_dispatcher(runtime: Runtime) -> None:
         await apply_log_lifecycle(runtime)
@@ -62,6 +72,9 @@ def create_app(
         dispatcher = runtime.extras.pop(DISPATCHER_KEY, None)
         if isinstance(dispatcher, Dispatcher):
             await dispatcher.stop()
+        retention = runtime.extras.pop(_RETENTION_KEY, None)
+        if isinstance(retention, RunRetention):
+            await retention.stop()
         sender = runtime.extras.pop(_SENDER_KEY, None)
         if isinstance(sender, CommitStatusSender):
             await sender.stop()

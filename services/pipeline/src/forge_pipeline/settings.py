@@ -22,8 +22,18 @@ class Settings(CommonSettings, kw_only=True):
     github_status_poll_interval: float = 0.5
     github_status_max_attempts: int = 8
 
+    # Finished runs older than this are deleted (retention.py), checked every interval, in
+    # batches of at most run_retention_batch runs.
+    run_retention: float = 90 * 24 * 3600.0
+    run_retention_interval: float = 3600.0
+    run_retention_batch: int = 500
+
     def validate(self) -> list[str]:
         problems = super().validate()
+        if self.run_retention <= 0 or self.run_retention_interval <= 0:
+            problems.append("FORGE_RUN_RETENTION and FORGE_RUN_RETENTION_INTERVAL must be positive durations")
+        if not (1 <= self.run_retention_batch <= 10000):
+            problems.append("FORGE_RUN_RETENTION_BATCH must be between 1 and 10000")
         if self.max_active_runs_per_repository < 1:
             problems.append("FORGE_MAX_ACTIVE_RUNS_PER_REPOSITORY must be >= 1")
         if not (1 <= self.logs_url_ttl <= 7 * 24 * 3600):
