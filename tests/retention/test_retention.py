@@ -7,6 +7,7 @@ everything a user sees is checked through the gateway.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -129,3 +130,28 @@ async def test_pipeline_exports_the_deletion_metric(platform: Platform) -> None:
     async with httpx.AsyncClient(timeout=30) as http:
         text = (await http.get(f"{platform.service_url('pipeline')}/metrics")).text
     assert "forge_pipeline_runs_deleted_total" in text
+
+
+async def test_concurrent_sweeps_delete_each_run_once(platform: Platform, pool: Pool, s3: S3) -> None:
+    """Two replicas sweeping at once: SKIP LOCKED hands every run to exactly one of them."""
+    repo = f"acme-{uuid.uuid4().hex[:8]}/replicas"
+    base = platform.gateway_url
+    viewer = platform.headers(f"viewer-{uuid.uuid4().hex[:8]}@example.com", "viewer")
+    async with httpx.AsyncClient(timeout=30) as http:
+        runs = [await finished_run(http, base, platform, repo, sha()) for _ in range(6)]
+        for run in runs:
+            await _age(platform, run, 100)
+        async with await psycopg.AsyncConnection.connect(platform.database_url, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pipeline.runs WHERE status IN ('success', 'failed', 'cancelled')"
+                " AND completed_at < now() - interval '90 days'"
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            due = row[0]
+        first, second = (RunRetention(pool, s3, HORIZON, 3600.0, batch=2) for _ in range(2))
+        counts = await asyncio.gather(first.sweep(), second.sweep())
+        assert sum(counts) == due
+        for run in runs:
+            body = (await http.get(f"{base}/v1/runs/{run}", headers=viewer)).json()
+            assert body["deleted"] is True
