@@ -1,0 +1,237 @@
+"""The web console in headless Chromium against the real platform, as a person would use it:
+paste a token -> start a run -> watch it succeed without a reload -> read a step's log -> deploy
+the release to dev -> an approver approves it for production -> deploy to production -> the
+environments board shows it. Page load times with 10,000 runs are measured (not asserted)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from forge_dev.testing import Platform, wait_for_event
+
+from .conftest import Lane
+
+DEVELOPER = "dana.dev@acme.io"
+APPROVER = "alex.approver@acme.io"
+
+REPO_TOML = """
+forge_version = "1"
+[phases.test]
+group = 1
+[phases.build]
+group = 2
+"""
+
+PROJECT_TOML = """
+name = "api"
+[[phases.test.steps]]
+name = "unit"
+action = "shell"
+run = "test -f app.txt && echo tests ok"
+[[phases.build.steps]]
+name = "package"
+action = "shell"
+run = "echo built api at $FORGE_COMMIT_SHA"
+[release]
+on = [{ branch = "main" }]
+"""
+
+
+def _wait(driver: Any, condition: Callable[[Any], Any], timeout: float = 30.0, message: str = "") -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message)
+
+
+def _find(driver: Any, selector: str) -> Any:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, selector)
+
+
+def _shown(selector: str, text: str | None = None) -> Callable[[Any], Any]:
+    """A wait condition: an element matching ``selector`` (containing ``text``) is on the page."""
+
+    def check(driver: Any) -> Any:
+        from selenium.webdriver.common.by import By
+
+        for element in driver.find_elements(By.CSS_SELECTOR, selector):
+            if text is None or text in element.text:
+                return element
+        return False
+
+    return check
+
+
+def _paste_token(driver: Any, base: str, token: str, then: str) -> None:
+    driver.get(f"{base}/login")
+    box = _wait(driver, _shown("#token-input"))
+    box.clear()
+    box.send_keys(token)
+    _find(driver, "#token-form button[type=submit]").click()
+    _wait(driver, lambda d: "/login" not in d.current_url, message="the token was not accepted")
+    driver.get(f"{base}{then}")
+
+
+def _log_out(driver: Any) -> None:
+    _wait(driver, _shown("#who button", "Log out")).click()
+    _wait(driver, _shown("#token-input"))
+
+
+def _csp_violations(driver: Any) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
+@pytest.mark.slow
+def test_token_run_log_deploy_approve_production(
+    platform: Platform, lane: Lane, browser: Any, screenshots: Callable[[Any, str], Path]
+) -> None:
+    repository = f"acme{lane.tag}/storefront"
+    repo = lane.repo(repository, DEVELOPER)
+    sha = repo.commit(
+        {".forge/repo.toml": REPO_TOML, "services/api/.forge/project.toml": PROJECT_TOML, "services/api/app.txt": "hi\n"},
+        "api: first version",
+    )
+    base = lane.start()
+    developer = platform.token(DEVELOPER, "developer")
+    approver = platform.token(APPROVER, "approver")
+    driver = browser
+
+    # paste a token, start a run from the "Run" form
+    _paste_token(driver, base, developer, f"/runs?repository={repository}")
+    assert _find(driver, "#who .user").text == DEVELOPER
+    screenshots(driver, "01-runs-empty")
+    _find(driver, "details:has(#start-run) > summary").click()
+    form = _find(driver, "#start-run")
+    form.find_element("name", "branch").clear()
+    form.find_element("name", "branch").send_keys("main")
+    form.find_element("name", "commit_sha").send_keys(sha)
+    form.find_element("css selector", "button[type=submit]").click()
+    _wait(driver, lambda d: "/runs/" in d.current_url, message="the Run form did not open the run's page")
+    run_id = driver.current_url.rstrip("/").rsplit("/", 1)[1]
+    uuid.UUID(run_id)
+
+    # the page follows the run to success without a reload (a marker set now survives)
+    driver.execute_script("window.__sameDocument = true;")
+    try:
+        _wait(driver, _shown("main[data-run-status=success]"), timeout=120, message="the run page never showed success")
+    except Exception as exc:
+        raise AssertionError(f"{exc}\n{_find(driver, 'main').text}\n{lane.log_tails()}") from None
+    assert driver.execute_script("return window.__sameDocument === true;"), "the page was reloaded"
+    phases = [p.get_attribute("data-status") for p in driver.find_elements("css selector", "#run-tree .phase")]
+    assert phases == ["success", "success"]
+
+    # a step's log
+    step = _find(driver, '#run-tree .step[data-status="success"]')
+    step.find_element("css selector", ".log-panel summary").click()
+    log = step.find_element("css selector", "pre.log")
+    _wait(driver, lambda d: "tests ok" in log.text, message=f"the step's log did not show: {log.text!r}")
+    screenshots(driver, "02-run-success-log")
+
+    # the commit status's details link (the API URL of the run) opens the same page
+    driver.get(f"{base}/v1/runs/{run_id}")
+    _wait(driver, _shown("main[data-run-status=success]"))
+    assert driver.current_url.endswith(f"/runs/{run_id}")
+
+    # the worker's release job made release #1; deploy it to dev from the release page
+    asyncio.run(wait_for_event(platform, "release.created", lambda e: e["data"]["repository"] == repository, 120))
+    driver.get(f"{base}/releases?repository={repository}&project=api&release=1")
+    _wait(driver, _shown("#release h2", "release #1"))
+    assert run_id[:8] in _find(driver, "#release").text
+    screenshots(driver, "03-release")
+    _find(driver, "#release a.button[href^='/environments']").click()
+    _wait(driver, lambda d: _find(d, "#deploy").is_displayed())
+    assert _find(driver, "#deploy-form [name=release]").get_attribute("value") == "1"
+    _find(driver, "#deploy-form button[type=submit]").click()
+    _wait(driver, _shown('td[data-environment="dev"][data-release="1"] .badge', "active"), message="dev never showed #1")
+
+    # production without approval is refused with the API's message
+    production_cell = '#board td[data-environment="production"]'
+    _find(driver, f"{production_cell} button.small:nth-of-type(2)").click()
+    _find(driver, "#deploy-form [name=release]").send_keys("1")
+    _find(driver, "#deploy-form button[type=submit]").click()
+    _wait(driver, _shown("#deploy-status .error"), message="no error shown for production without approval")
+
+    # another user, an approver, approves release #1 for production
+    _log_out(driver)
+    _paste_token(driver, base, approver, f"/approvals?repository={repository}&project=api&release=1&environment=production")
+    justification = _wait(driver, _shown("#approve-form textarea"))
+    justification.send_keys("dev is green; CAB-42")
+    _find(driver, "#approve-form button[type=submit]").click()
+    _wait(driver, _shown('#approval-status[data-status="active"]'), message="the approval did not show as active")
+    assert APPROVER in _find(driver, "#approval-status").text
+    screenshots(driver, "04-approval")
+
+    # the developer deploys to production with that approval
+    _log_out(driver)
+    _paste_token(driver, base, developer, f"/environments?repository={repository}&projects=api")
+    _wait(driver, _shown(production_cell))
+    _find(driver, f"{production_cell} button.small:nth-of-type(2)").click()
+    _find(driver, "#deploy-form [name=release]").send_keys("1")
+    _find(driver, "#find-approval").click()
+    _wait(driver, lambda d: _find(d, "#deploy-form [name=approval_id]").get_attribute("value"), message="no approval found")
+    _find(driver, "#deploy-form button[type=submit]").click()
+    _wait(
+        driver,
+        _shown('td[data-environment="production"][data-release="1"] .badge', "active"),
+        message="the board never showed release #1 in production",
+    )
+    screenshots(driver, "05-environments")
+    assert _csp_violations(driver) == []
+
+    _measure_page_loads(driver, base, lane, repository, run_id, screenshots)
+
+
+def _seed_runs(lane: Lane, repository: str, count: int) -> None:
+    """``count`` finished runs, older than the test's own, in the list's repository."""
+    with psycopg.connect(lane.database_url, autocommit=True) as conn:
+        conn.execute(
+            """
+            INSERT INTO pipeline.runs (id, repository, branch, commit_sha, triggered_by, trigger_type, status,
+                                       created_at, started_at, completed_at)
+            SELECT gen_random_uuid(), %s, 'main', md5(i::text) || substr(md5((i + 1)::text), 1, 8),
+                   'seed@acme.io', 'push', 'success', now() - make_interval(mins => i),
+                   now() - make_interval(mins => i), now() - make_interval(mins => i) + interval '30 seconds'
+            FROM generate_series(1, %s) AS i
+            """,
+            (repository, count),
+        )
+
+
+def _measure_page_loads(
+    driver: Any, base: str, lane: Lane, repository: str, run_id: str, screenshots: Callable[[Any, str], Path]
+) -> None:
+    """Navigation start -> the page's content drawn, each page 5 times with 10,000 runs stored."""
+    _seed_runs(lane, repository, 10_000)
+    pages = {
+        "runs list": (f"/runs?repository={repository}", "#runs table tbody tr"),
+        "run page": (f"/runs/{run_id}", "#run-tree .phase"),
+        "releases": (f"/releases?repository={repository}&project=api", "#releases table tbody tr"),
+        "environments": (f"/environments?repository={repository}&projects=api", "#board table"),
+    }
+    figures: dict[str, float] = {}
+    for name, (path, selector) in pages.items():
+        samples = []
+        for _ in range(5):
+            driver.get(f"{base}{path}")
+            _wait(driver, _shown(selector))
+            samples.append(float(driver.execute_script("return performance.now();")))
+        figures[name] = round(statistics.median(samples), 1)
+    driver.get(f"{base}/runs?repository={repository}")
+    _wait(driver, _shown("#runs-title", "10001 runs"))
+    screenshots(driver, "00-runs-10000")
+    report = json.dumps({"page_load_ms_median_of_5": figures, "runs_in_database": 10_001}, indent=2)
+    print(f"\nconsole page loads: {report}")
+    target = os.environ.get("FORGE_CONSOLE_BENCH_OUT")
+    if target:
+        Path(target).write_text(report)
