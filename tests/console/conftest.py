@@ -176,4 +176,4 @@ def screenshots() -> Iterator[Callable[[Any, str], Path]]:
         driver.save_screenshot(str(path))
         return path
 
-    yield take
+    return take

@@ -57,7 +57,9 @@ class Settings(CommonSettings, kw_only=True):
         if self.jwks_refresh_interval < 0:
             problems.append("FORGE_JWKS_REFRESH_INTERVAL must not be negative")
         if self.console_oidc_issuer and not self.console_oidc_issuer.startswith(("http://", "https://")):
-            problems.append(f"FORGE_CONSOLE_OIDC_ISSUER={self.console_oidc_issuer!r}: must be an http:// or https:// URL")
+            problems.append(
+                f"FORGE_CONSOLE_OIDC_ISSUER={self.console_oidc_issuer!r}: must be an http:// or https:// URL"
+            )
         for origin in self.console_connect_src.split():
             if not origin.startswith(("http://", "https://")):
                 problems.append(f"FORGE_CONSOLE_CONNECT_SRC: {origin!r} is not an http:// or https:// origin")

@@ -10,6 +10,8 @@ other relatively, so they stay under the same versioned prefix without a build s
 from __future__ import annotations
 
 import hashlib
+import html
+import json
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -20,7 +22,7 @@ from litestar import MediaType, Request, Response, get
 from litestar.exceptions import NotFoundException
 from litestar.handlers import HTTPRouteHandler
 
-from ..settings import Settings
+from forge_gateway.settings import Settings
 
 __all__ = ["browser_run_redirect", "console_handlers"]
 
@@ -104,6 +106,21 @@ def _security_headers(csp: str) -> dict[str, str]:
     }
 
 
+def _render_shell(assets: dict[str, _Asset], prefix: str, config: dict[str, Any]) -> bytes:
+    """The page every console route answers: asset URLs versioned, the configuration inlined
+    (one request less before the first API call; the CSP forbids inline scripts, so it is a
+    meta tag's attribute) and every module preloaded, so the import graph loads in parallel
+    instead of one level at a time."""
+    preload = "\n".join(
+        f'  <link rel="modulepreload" href="{prefix}/{name}">'
+        for name in sorted(assets)
+        if name.endswith(".js") and name != "js/app.js"
+    )
+    text = assets["index.html"].body.decode()
+    text = text.replace("{{CONFIG}}", html.escape(json.dumps(config), quote=True)).replace("{{PRELOAD}}", preload)
+    return text.replace("{{PREFIX}}", prefix).encode()
+
+
 def console_handlers(settings: Settings) -> list[HTTPRouteHandler]:
     """The console's route handlers for the gateway's Litestar app (none when disabled)."""
     if not settings.console_enabled:
@@ -111,10 +128,8 @@ def console_handlers(settings: Settings) -> list[HTTPRouteHandler]:
     assets = _load_assets()
     version = hashlib.sha256(b"".join(a.etag.encode() for _, a in sorted(assets.items()))).hexdigest()[:12]
     prefix = f"/ui/{version}"
-    shell = assets["index.html"].body.replace(b"{{PREFIX}}", prefix.encode())
-    shell_etag = f'"{hashlib.sha256(shell).hexdigest()[:20]}"'
     headers = _security_headers(content_security_policy(settings))
-    config = {
+    config: dict[str, Any] = {
         "api": "/v1",
         "environments": ["dev", "staging", "production"],
         "oidc": {
@@ -123,6 +138,8 @@ def console_handlers(settings: Settings) -> list[HTTPRouteHandler]:
             "scope": "openid profile email",
         },
     }
+    shell = _render_shell(assets, prefix, config)
+    shell_etag = f'"{hashlib.sha256(shell).hexdigest()[:20]}"'
 
     @get(list(_PAGES), sync_to_thread=False, include_in_schema=False)
     def page(request: Request[Any, Any, Any]) -> Response[bytes]:

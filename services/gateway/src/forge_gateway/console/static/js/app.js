@@ -115,6 +115,16 @@ for (const kind of ['error', 'unhandledrejection']) {
 }
 
 async function start() {
+  const inline = document.querySelector('meta[name="forge-console-config"]')?.content;
+  if (inline) {
+    try {
+      config = JSON.parse(inline);
+      await render();
+      return;
+    } catch {
+      // fall back to the endpoint
+    }
+  }
   try {
     const resp = await fetch('/ui/config.json', { cache: 'no-store' });
     config = resp.ok ? await resp.json() : { oidc: {}, environments: ['dev', 'staging', 'production'] };

@@ -2,7 +2,7 @@
 // The approval service refuses self-approval; the page says so before anyone tries.
 import { api, repoPath } from '../api.js';
 import { hasRole, identity, roles } from '../auth.js';
-import { badge, copyable, errorBox, field, fmtRelative, h, select, time } from '../dom.js';
+import { append, badge, copyable, errorBox, field, fmtRelative, h, select, time } from '../dom.js';
 import { releaseByRef, remember, rememberedRepository } from './common.js';
 
 const RECENT = 10;
@@ -82,7 +82,8 @@ async function drawApproval(box, release, environment, signal) {
   }
   const reason = notApprovableReason(release);
   const redraw = () => { box.replaceChildren(); drawApproval(box, release, environment, signal); };
-  box.replaceChildren(
+  box.replaceChildren();
+  append(box, [
     h('h2', {}, `Release #${release.release_number} of ${release.repository} · ${release.project} for ${environment}`),
     h('dl', { class: 'facts' },
       h('dt', {}, 'Commit'), h('dd', {}, h('code', {}, release.commit_sha)),
@@ -90,7 +91,7 @@ async function drawApproval(box, release, environment, signal) {
       h('dt', {}, 'Triggered by'), h('dd', {}, release.trigger?.triggered_by || '—'),
       h('dt', {}, 'Run'), h('dd', {}, release.pipeline_run_id ? h('a', { href: `/runs/${release.pipeline_run_id}` }, release.pipeline_run_id) : '—')),
     readError ? errorBox(readError, 'Reading the approval') : approvalCard(approval, redraw),
-    approval?.status === 'active' ? null : approveForm(release, environment, reason, redraw));
+    approval?.status === 'active' ? null : approveForm(release, environment, reason, redraw)]);
 }
 
 function approvalCard(approval, redraw) {

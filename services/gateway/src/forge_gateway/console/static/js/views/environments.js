@@ -50,7 +50,7 @@ function pickForm(repository, projects, navigate) {
       if (proj.value.trim()) q.set('projects', proj.value.trim());
       navigate(`/environments?${q}`);
     },
-  }, field('Repository', repo), field('Projects', proj, 'comma-separated'), h('button', { type: 'submit' }, 'Show board'));
+  }, field('Repository', repo), field('Projects (comma-separated)', proj), h('button', { type: 'submit' }, 'Show board'));
 }
 
 async function loadBoard(repository, projects, environments, signal) {
