@@ -90,8 +90,12 @@ class GitRepo:
         }
         return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
-    def commit(self, files: dict[str, str], message: str = "change") -> str:
+    def commit(self, files: dict[str, str | None], message: str = "change") -> str:
+        """Writes (or, for None, deletes) files, commits and pushes to main; returns the SHA."""
         for path, content in files.items():
+            if content is None:
+                (self.work / path).unlink()
+                continue
             (self.work / path).parent.mkdir(parents=True, exist_ok=True)
             (self.work / path).write_text(content)
         self._git("add", "-A", cwd=self.work)

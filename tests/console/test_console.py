@@ -206,6 +206,19 @@ def test_token_run_log_deploy_approve_production(
         message="the board never showed release #1 in production",
     )
     screenshots(driver, "06-environments")
+
+    # a failing run puts the failing step, its exit code and its log first
+    broken = repo.commit({"services/api/app.txt": None}, "api: lose app.txt")
+    driver.get(f"{base}/runs?repository={repository}")
+    _wait(driver, _shown("details:has(#start-run) > summary")).click()
+    _find(driver, "#start-run [name=commit_sha]").send_keys(broken)
+    _find(driver, "#start-run button[type=submit]").click()
+    _wait(driver, _shown("main[data-run-status=failed]"), timeout=120, message="the run page never showed failed")
+    failure = _find(driver, "#run-failure .failed-step")
+    assert "test \u203a api \u203a unit" in failure.text
+    assert "exited with code 1" in failure.text
+    _wait(driver, lambda d: _find(d, "#run-failure pre.log").get_attribute("data-state") == "loaded")
+    screenshots(driver, "07-run-failed")
     assert _csp_violations(driver) == []
 
     _measure_page_loads(driver, base, lane, repository, run_id, screenshots)
