@@ -78,9 +78,9 @@ async function fromApi(entry, signal) {
 async function fromLogStore(entry, signal) {
   const { step, pre } = entry;
   if (!step.logs_url) {
-    pre.textContent = TERMINAL.has(step.status) || step.status === 'running'
-      ? 'No log yet: it appears once the worker has uploaded it.'
-      : 'The step has not started.';
+    if (TERMINAL.has(step.status)) pre.textContent = 'No log was stored for this step (it printed nothing, or it never ran).';
+    else if (step.status === 'running') pre.textContent = 'No log yet: it appears once the worker has uploaded it.';
+    else pre.textContent = 'The step has not started.';
     return;
   }
   let resp;
