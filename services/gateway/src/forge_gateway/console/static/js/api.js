@@ -1,5 +1,5 @@
 // The only way the console talks to Forge: the public /v1 API with the user's bearer token.
-import { getToken } from './auth.js';
+import { getToken, refreshToken } from './auth.js';
 
 export class ApiError extends Error {
   constructor(status, code, message, details) {
@@ -44,7 +44,7 @@ export function authHeaders(extra = {}) {
   return token ? { ...extra, Authorization: `Bearer ${token}` } : extra;
 }
 
-export async function api(path, { method = 'GET', body, signal, params } = {}) {
+export async function api(path, { method = 'GET', body, signal, params, retried = false } = {}) {
   const headers = authHeaders({ Accept: 'application/json' });
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   let resp;
@@ -59,6 +59,10 @@ export async function api(path, { method = 'GET', body, signal, params } = {}) {
   } catch (err) {
     if (err.name === 'AbortError') throw err;
     throw new ApiError(0, 'network_error', `The gateway cannot be reached (${err.message})`, {});
+  }
+  // An expired access token from an issuer login is renewed once with its refresh token.
+  if (resp.status === 401 && !retried && (await refreshToken())) {
+    return api(path, { method, body, signal, params, retried: true });
   }
   if (!resp.ok) {
     const err = await errorFrom(resp);

@@ -1,6 +1,6 @@
 // The console's shell: loads the configuration, routes the address bar to a view, keeps the
 // header's user box current, and turns any uncaught failure into a visible message.
-import { clearToken, claims, expired, getToken, identity, roles } from './auth.js';
+import { clearToken, claims, expired, getToken, identity, refreshToken, roles } from './auth.js';
 import { clear, errorBox, h } from './dom.js';
 import { approvalsView } from './views/approvals.js';
 import { environmentsView } from './views/environments.js';
@@ -78,6 +78,8 @@ async function render() {
     main.append(h('h1', {}, 'Page not found'), h('p', {}, h('a', { href: '/runs' }, 'Go to runs')));
     return;
   }
+  if (!PUBLIC_VIEWS.has(view) && getToken() && expired()) await refreshToken();
+  if (signal.aborted) return;
   if (!PUBLIC_VIEWS.has(view) && (!getToken() || expired())) {
     const returnTo = path + location.search;
     main.append(...loginView.notice(expired() ? 'Your token has expired: log in again.' : null));

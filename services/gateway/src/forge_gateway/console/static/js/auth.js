@@ -17,8 +17,7 @@ export function setToken(access, refresh) {
 }
 
 export function clearToken() {
-  sessionStorage.removeItem(TOKEN);
-  sessionStorage.removeItem(REFRESH);
+  for (const key of [TOKEN, REFRESH, 'forge.tokenEndpoint', 'forge.clientId']) sessionStorage.removeItem(key);
 }
 
 function base64UrlDecode(text) {
@@ -151,16 +150,18 @@ export async function finishLogin(oidc, params) {
   });
   setToken(body.access_token, body.refresh_token);
   sessionStorage.setItem('forge.tokenEndpoint', pending.tokenEndpoint);
+  sessionStorage.setItem('forge.clientId', oidc.client_id);
   return pending.returnTo || '/runs';
 }
 
 // One refresh with the refresh token of an issuer login; false when there is none.
-export async function refreshToken(oidc) {
+export async function refreshToken() {
   const refresh = sessionStorage.getItem(REFRESH);
   const endpoint = sessionStorage.getItem('forge.tokenEndpoint');
-  if (!refresh || !endpoint) return false;
+  const clientId = sessionStorage.getItem('forge.clientId');
+  if (!refresh || !endpoint || !clientId) return false;
   try {
-    const body = await tokenRequest(endpoint, { grant_type: 'refresh_token', refresh_token: refresh, client_id: oidc.client_id });
+    const body = await tokenRequest(endpoint, { grant_type: 'refresh_token', refresh_token: refresh, client_id: clientId });
     setToken(body.access_token, body.refresh_token || refresh);
     return true;
   } catch {
