@@ -141,3 +141,19 @@ async def test_jwks_rotation_new_kid_accepted_after_refresh(
             assert jwks.fetches - fetches <= 3
     finally:
         gateway.stop()
+
+
+async def test_id_and_refresh_tokens_are_not_access_tokens(platform: Platform) -> None:
+    # Same realm, same signing key, same audience: only `typ` tells Keycloak's token kinds apart.
+    id_token = platform.keys.sign("a@example.com", ["admin"], extra={"typ": "ID"})
+    refresh = platform.keys.sign("a@example.com", ["admin"], extra={"typ": "Refresh"})
+    untyped = platform.keys.sign("a@example.com", ["admin"], extra={"typ": None})
+    async with httpx.AsyncClient(base_url=platform.gateway_url) as client:
+        for token in (id_token, refresh, untyped):
+            assert_401(await client.get(PATH, headers={"Authorization": f"Bearer {token}"}), "not an access token")
+        # The services check on their own (the gateway is not trusted behind it).
+        resp = await client.get(
+            f"{platform.service_url('approval')}/v1/approvals/00000000-0000-0000-0000-000000000000",
+            headers={"Authorization": f"Bearer {id_token}"},
+        )
+        assert_401(resp, "not an access token")

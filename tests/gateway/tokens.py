@@ -28,6 +28,7 @@ def claims(issuer: str, sub: str = "mallory@example.com", roles: tuple[str, ...]
         "sub": sub,
         "aud": ["forge", "account"],
         "azp": "forge-cli",
+        "typ": "Bearer",  # what Keycloak puts in access tokens
         "iat": now,
         "exp": now + 600,
         "jti": uuid.uuid4().hex,

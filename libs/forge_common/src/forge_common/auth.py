@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import aiohttp
 import jwt
 import msgspec
 
-from .errors import AuthenticationFailed, AuthorizationFailed
+from .errors import AuthenticationFailed, AuthorizationFailed, InvalidRequest, unavailable
 
 __all__ = [
+    "ACCESS_TOKEN_TYPE",
     "ALLOWED_ALGORITHMS",
     "JwksCache",
     "Permission",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 ALLOWED_ALGORITHMS = ("RS256", "ES256")
+# Keycloak's ``typ`` claim of an access token; its ID tokens say "ID", refresh tokens "Refresh".
+ACCESS_TOKEN_TYPE = "Bearer"  # noqa: S105 - a token type, not a secret
 
 
 class Permission(enum.Enum):
@@ -99,6 +102,7 @@ class JwksCache:
         self.jwks_url = jwks_url
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = 0.0
+        self._unreachable = False  # the last fetch failed: unknown kids are the IdP's outage, not the token's fault
         self._lock = asyncio.Lock()
 
     async def get(self, kid: str) -> jwt.PyJWK:
@@ -111,6 +115,8 @@ class JwksCache:
                 await self._refresh()
                 key = self._keys.get(kid)
         if key is None:
+            if self._unreachable:
+                raise unavailable("identity provider", "its key set could not be fetched")
             raise AuthenticationFailed("token signed with an unknown key", {"kid": kid})
         return key
 
@@ -122,8 +128,11 @@ class JwksCache:
                 async with session.get(self.jwks_url) as resp:
                     resp.raise_for_status()
                     data = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AuthenticationFailed("identity provider key set is unreachable") from exc
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            # Keys already cached keep working; only tokens needing a new key wait for the IdP.
+            self._unreachable = True
+            raise unavailable("identity provider", f"key set fetch failed: {type(exc).__name__}") from exc
+        self._unreachable = False
         keys: dict[str, jwt.PyJWK] = {}
         for jwk in data.get("keys", []):
             if jwk.get("use", "sig") != "sig" or "kid" not in jwk:
@@ -144,6 +153,13 @@ class TokenVerifier:
         self.jwks = jwks
         self.leeway = leeway
         self._verified: dict[str, Principal] = {}
+
+    async def verify_headers(self, values: Sequence[str]) -> Principal:
+        """Every ``Authorization`` header of the request: proxies and services disagree on which
+        of several counts (first, last, joined), so a request carrying more than one is refused."""
+        if len(values) > 1:
+            raise InvalidRequest("more than one Authorization header", {"field": "Authorization", "count": len(values)})
+        return await self.verify_header(values[0] if values else None)
 
     async def verify_header(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -188,6 +204,12 @@ class TokenVerifier:
             raise AuthenticationFailed("token was issued by another issuer") from exc
         except jwt.PyJWTError as exc:
             raise AuthenticationFailed(f"invalid token: {exc}") from exc
+        if claims.get("typ") != ACCESS_TOKEN_TYPE:
+            # An ID or refresh token of the same realm is signed by the same key: only the type
+            # says it was not issued to call APIs.
+            raise AuthenticationFailed(
+                "token is not an access token", {"typ": str(claims.get("typ"))[:40], "expected": ACCESS_TOKEN_TYPE}
+            )
         aud = claims.get("aud")
         auds = {aud} if isinstance(aud, str) else set(aud or [])
         if self.audience not in auds and claims.get("azp") != self.audience:

@@ -87,6 +87,12 @@ async def migrate(database_url: str, schema: str, package: str) -> list[int]:
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
 
 
+# How long a request waits for a pooled connection, and for a new one to be established, before
+# the outage becomes a 503: a few seconds, well inside the gateway's upstream timeout.
+POOL_WAIT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 3
+
+
 async def create_pool(database_url: str, min_size: int, max_size: int, name: str) -> Pool:
     pool: Pool = AsyncConnectionPool(
         database_url,
@@ -95,7 +101,11 @@ async def create_pool(database_url: str, min_size: int, max_size: int, name: str
         max_size=max_size,
         name=name,
         open=False,
-        kwargs={"row_factory": dict_row, "autocommit": False},
+        # A connection is checked before it is handed out, so one that a Postgres restart cut is
+        # replaced instead of failing the request that drew it.
+        check=AsyncConnectionPool.check_connection,
+        timeout=POOL_WAIT_TIMEOUT,
+        kwargs={"row_factory": dict_row, "autocommit": False, "connect_timeout": CONNECT_TIMEOUT},
     )
     await pool.open(wait=True, timeout=30)
     return pool

@@ -25,8 +25,10 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "RequestTimeout",
     "ServiceUnavailable",
     "error_body",
+    "unavailable",
 ]
 
 
@@ -82,6 +84,17 @@ class Conflict(ForgeError):
     code = "resource_conflict"
 
 
+class RequestTimeout(ForgeError):
+    """The client did not send its request (body) in time."""
+
+    status = 408
+    code = "request_timeout"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        # The rest of the body may still be in flight: this connection cannot be reused.
+        super().__init__(message, details, {"Connection": "close"})
+
+
 class PayloadTooLarge(ForgeError):
     status = 413
     code = "payload_too_large"
@@ -112,6 +125,17 @@ class BadGateway(ForgeError):
 class ServiceUnavailable(ForgeError):
     status = 503
     code = "service_unavailable"
+
+
+def unavailable(dependency: str, reason: str = "", retry_after: int = 5) -> ServiceUnavailable:
+    """The 503 for a dependency (database, NATS, identity provider, a service) that cannot be
+    reached right now: the request did not complete; it may be sent again after ``retry_after``."""
+    details: dict[str, Any] = {"dependency": dependency, "retry_after": retry_after}
+    if reason:
+        details["reason"] = reason
+    return ServiceUnavailable(
+        f"{dependency} is unavailable; retry in {retry_after} seconds", details, {"Retry-After": str(retry_after)}
+    )
 
 
 class GatewayTimeout(ForgeError):

@@ -2,16 +2,25 @@
 
 :func:`build_app` wires the error envelope, authentication and role guards, request ids,
 tracing, metrics, health endpoints and the runtime lifecycle around a service's own routes.
+
+:func:`decode_body` and :func:`parse_page` are the one way a route reads a JSON body and
+``limit``/``offset``: every client mistake becomes the same ``400 invalid_request`` envelope
+whose ``details.field`` names what to fix (``body`` when the body as a whole is wrong).
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
+import nats.errors
+import nats.js.errors
+import psycopg
 import structlog
 from litestar import Litestar, MediaType, Request, Response, Router, get
 from litestar.connection import ASGIConnection
@@ -20,6 +29,7 @@ from litestar.exceptions import (
     HTTPException,
     MethodNotAllowedException,
     NotFoundException,
+    SerializationException,
     ValidationException,
 )
 from litestar.handlers.base import BaseRouteHandler
@@ -32,14 +42,36 @@ from opentelemetry.trace import SpanKind
 
 from . import metrics
 from .auth import Permission, Principal
-from .errors import ForgeError, error_body
+from .errors import ForgeError, InvalidRequest, error_body, unavailable
 from .runtime import Runtime
 from .tracing import configure_tracing, extract
 
-__all__ = ["AppSpec", "build_app", "principal_of", "runtime_of"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "MAX_OFFSET",
+    "AppSpec",
+    "Page",
+    "build_app",
+    "decode_body",
+    "parse_page",
+    "principal_of",
+    "runtime_of",
+]
 
 log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer("forge.http")
+
+# NATS errors that mean "the server cannot be reached or did not answer", not a bad request.
+_NATS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.TimeoutError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
 
 _STATUS_CODES = {
     400: "invalid_request",
@@ -53,6 +85,82 @@ _STATUS_CODES = {
 }
 
 
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+# Deep offsets make Postgres walk and discard every row before them; past ten million a client
+# is scanning, not paging, and should filter instead.
+MAX_OFFSET = 10_000_000
+_BODY = "body"
+# msgspec's ValidationError carries no structured path, only its documented message form
+# "<problem> - at `$.a.b[0].c`"; a missing field is named in the problem, under that path.
+_AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
+_DIGITS = re.compile(r"-?[0-9]{1,20}")
+
+
+class Page(msgspec.Struct, frozen=True, kw_only=True):
+    """A validated ``limit``/``offset`` pair."""
+
+    limit: int
+    offset: int
+
+
+def decode_body(body: bytes, typ: type[T]) -> T:
+    """Decode a JSON request body into ``typ``, or raise a 400 naming the field at fault."""
+    if not body.strip():
+        raise InvalidRequest("request body must be a JSON object", {"field": _BODY})
+    try:
+        return msgspec.json.decode(body, type=typ)
+    except msgspec.ValidationError as exc:
+        raise _invalid_body(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}", {"field": _BODY}) from None
+
+
+def _invalid_body(problem: str) -> InvalidRequest:
+    """The 400 for one msgspec validation message (from :func:`decode_body` or Litestar)."""
+    m = _AT.match(problem)
+    text = m.group("problem") if m else problem
+    path = (m.group("path") or "") if m else ""
+    if missing := _MISSING.search(text):
+        field = f"{path}.{missing.group('name')}".lstrip(".")
+        return InvalidRequest(f"missing required field `{field}`", {"field": field})
+    field = path.lstrip(".") or _BODY
+    if field == _BODY:
+        if text.startswith("Expected `object`"):
+            text = f"request body must be a JSON object ({text})"
+        return InvalidRequest(text, {"field": _BODY})
+    return InvalidRequest(f"{text} at `{field}`", {"field": field})
+
+
+def parse_page(limit: str | None, offset: str | None) -> Page:
+    """``limit`` (1..MAX_LIMIT, default 20) and ``offset`` (0..MAX_OFFSET) from the raw query.
+
+    Routes declare both query parameters as ``str | None`` so that this, not Litestar's lax
+    coercion, judges them.
+    Absent or empty means the default. Only plain ASCII digits count as a number: Python's
+    ``int()`` would also take `` 5``, ``5_0`` and non-ASCII digits, which no client means.
+    """
+    return Page(
+        limit=_bounded("limit", limit, DEFAULT_LIMIT, 1, MAX_LIMIT),
+        offset=_bounded("offset", offset, 0, 0, MAX_OFFSET),
+    )
+
+
+def _bounded(name: str, raw: str | None, default: int, low: int, high: int) -> int:
+    if raw is None or raw == "":
+        return default
+    value = int(raw) if _DIGITS.fullmatch(raw) else None
+    if value is None or not low <= value <= high:
+        raise InvalidRequest(
+            f"{name} must be an integer between {low} and {high}, got {raw[:40]!r}",
+            {"field": name},
+        )
+    return value
+
+
 def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response[bytes]:
     return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
 
@@ -62,17 +170,19 @@ def _forge_error(_: Request[Any, Any, Any], exc: ForgeError) -> Response[bytes]:
 
 
 def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
+    """Litestar's own validation (query, path and ``data`` parameters) in the same 400 shape."""
     errors = exc.extra if isinstance(exc.extra, list) else []
-    details: dict[str, Any] = {}
-    if errors:
-        first = errors[0] if isinstance(errors[0], dict) else {}
-        if first.get("key"):
-            details["field"] = first["key"]
-        details["errors"] = errors
-    message = exc.detail or "invalid request"
-    if errors and isinstance(errors[0], dict) and errors[0].get("message"):
-        message = f"{errors[0]['message']}"
-    return _json(400, error_body("invalid_request", message, details))
+    first = errors[0] if errors and isinstance(errors[0], dict) else {}
+    key = str(first.get("key") or "")
+    message = str(first.get("message") or exc.detail or "invalid request")
+    if first.get("source") != "body":
+        error = InvalidRequest(message, {"field": key} if key else {})
+    elif message.strip("'") == "data":  # Litestar's KeyError text for an empty body
+        error = InvalidRequest("request body must be a JSON object", {"field": _BODY})
+    else:
+        path = "" if key == "data" else key  # "data" is the handler's parameter, not a field
+        error = _invalid_body(f"{message} - at `$.{path}`" if path else message)
+    return _json(error.status, error.body())
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
@@ -86,8 +196,18 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
         message = "resource not found" if exc.detail in ("", "Not Found") else exc.detail
     if isinstance(exc, MethodNotAllowedException):
         message = "method not allowed on this resource"
+    details = {"field": _BODY} if isinstance(exc.__cause__, SerializationException) else None
     headers = dict(exc.headers or {})
-    return _json(status, error_body(code, message or code.replace("_", " ")), headers)
+    return _json(status, error_body(code, message or code.replace("_", " "), details), headers)
+
+
+def _dependency_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """A database or NATS outage (refused or dropped connection, pool wait exhausted): the
+    caller gets a fast 503 with Retry-After, the operator a log line naming the dependency."""
+    dependency = "database" if isinstance(exc, psycopg.OperationalError) else "NATS"
+    log.warning("http.dependency_unavailable", path=request.url.path, dependency=dependency, error=str(exc)[:300])
+    error = unavailable(dependency)
+    return _json(error.status, error.body(), error.headers)
 
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
@@ -99,6 +219,9 @@ EXCEPTION_HANDLERS: dict[Any, Callable[..., Response[bytes]]] = {
     ForgeError: _forge_error,
     ValidationException: _validation_error,
     HTTPException: _http_error,
+    # PoolTimeout and the errors of a connection that breaks mid-query are OperationalErrors.
+    psycopg.OperationalError: _dependency_error,
+    **dict.fromkeys(_NATS_UNAVAILABLE, _dependency_error),
     Exception: _internal_error,
 }
 
@@ -127,7 +250,7 @@ async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
     if not isinstance(permission, Permission):
         raise RuntimeError(f"route {handler} declares no permission")
     rt = runtime_of(connection)
-    principal = await rt.verifier.verify_header(connection.headers.get("authorization"))
+    principal = await rt.verifier.verify_headers(connection.headers.getall("authorization", []))
     from .auth import require
 
     require(principal, permission)

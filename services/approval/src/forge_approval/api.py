@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from litestar import Request, delete, get, post
+from litestar.openapi.datastructures import ResponseSpec
 
 from forge_common.auth import Permission, Principal
-from forge_common.errors import InvalidRequest
 from forge_common.events import isoformat
+from forge_common.http import decode_body
+from forge_common.openapi import body_operation
 from forge_common.runtime import Runtime
 
 from .schemas import ApprovalCheck, ApprovalCreate, ApprovalCreated, ApprovalRevoke, ApprovalView
@@ -25,9 +26,16 @@ def _service(runtime: Runtime) -> ApprovalService:
     return service
 
 
-@post("/v1/approvals", status_code=201, opt={"permission": Permission.APPROVALS_WRITE})
-async def create_approval(data: ApprovalCreate, principal: Principal, runtime: Runtime) -> ApprovalCreated:
+@post(
+    "/v1/approvals",
+    status_code=201,
+    opt={"permission": Permission.APPROVALS_WRITE},
+    operation_class=body_operation(ApprovalCreate, "`expires_at` (ISO-8601) asks for an earlier expiry"),
+    responses={201: ResponseSpec(ApprovalCreated, description="approved")},
+)
+async def create_approval(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> ApprovalCreated:
     """Approve a release for an environment (approver or admin; never the release's creator)."""
+    data = decode_body(await request.body(), ApprovalCreate)
     approval, status = await _service(runtime).create(
         CreateApproval(
             release_id=data.release_id,
@@ -83,12 +91,7 @@ async def revoke_approval(
     """Revoke an active approval; the reason comes from a JSON body or the ``reason`` query."""
     raw = await request.body()
     if raw.strip():
-        try:
-            body = msgspec.json.decode(raw, type=ApprovalRevoke)
-        except msgspec.ValidationError as exc:
-            raise InvalidRequest(f"invalid revocation body: {exc}", {"field": "reason"}) from None
-        except msgspec.DecodeError:
-            raise InvalidRequest('the revocation body must be JSON such as {"reason": "..."}') from None
+        body = decode_body(raw, ApprovalRevoke)
         if body.reason is not None:
             reason = body.reason
     approval, status = await _service(runtime).revoke(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from litestar import MediaType, Request, Response, get, post
-from litestar.exceptions import ValidationException
+from litestar import Request, get, post
+from litestar.openapi.datastructures import ResponseSpec
 
 from forge_common.auth import Permission, Principal
-from forge_common.errors import InvalidRequest, error_body
+from forge_common.http import decode_body, parse_page
+from forge_common.openapi import body_operation
 from forge_common.runtime import Runtime
 
 from .paths import PREFIX, parse_target_path, raw_path_segments
@@ -18,70 +18,45 @@ from .service import DeploymentService
 
 __all__ = ["ROUTES"]
 
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
-
 
 def _service(runtime: Runtime) -> DeploymentService:
     service: DeploymentService = runtime.extras["deployments"]
     return service
 
 
-def _invalid_body(_: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
-    """The shell's 400, but naming the field even when it is missing (msgspec says ``data``)."""
-    errors = exc.extra if isinstance(exc.extra, list) else []
-    first = errors[0] if errors and isinstance(errors[0], dict) else {}
-    message = str(first.get("message") or exc.detail or "invalid request body")
-    field = str(first.get("key") or "")
-    if missing := _MISSING.search(message):
-        field = missing.group("name")
-    if field in ("data", "body"):
-        field = ""
-    if message.strip("'") in ("data", "body"):
-        message = "request body must be a JSON object"
-    details = {"field": field} if field else {}
-    return Response(error_body("invalid_request", message, details), status_code=400, media_type=MediaType.JSON)
-
-
 @post(
     "/v1/deployments",
     opt={"permission": Permission.DEPLOYMENTS_CREATE},
     status_code=201,
-    exception_handlers={ValidationException: _invalid_body},
+    operation_class=body_operation(CreateDeployment, "`approval_id` is required for production"),
+    responses={201: ResponseSpec(DeploymentAccepted, description="accepted")},
 )
-async def create_deployment(data: CreateDeployment, principal: Principal, runtime: Runtime) -> DeploymentAccepted:
+async def create_deployment(
+    request: Request[Any, Any, Any], principal: Principal, runtime: Runtime
+) -> DeploymentAccepted:
     """Deploy a release to an environment (production needs an active approval)."""
+    data = decode_body(await request.body(), CreateDeployment)
     return await _service(runtime).create(data, principal.identity, principal.token)
-
-
-_MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
 
 
 @get("/v1/deployments/{path:path}", opt={"permission": Permission.READ})
 async def read_deployments(
-    path: str, request: Request[Any, Any, Any], runtime: Runtime
+    path: str,
+    request: Request[Any, Any, Any],
+    runtime: Runtime,
+    limit: str | None = None,
+    offset: str | None = None,
 ) -> CurrentDeployment | DeploymentHistory:
-    """``{environment}/{repo}/{project}``: the active deployment; ``.../history``: all, newest first."""
+    """``{environment}/{repo}/{project}``: the active deployment; ``.../history``: all, newest first.
+
+    ``limit`` (1..100, default 20) and ``offset`` page the history.
+    """
     parsed = parse_target_path(raw_path_segments(request.scope, PREFIX))
     service = _service(runtime)
     if not parsed.history:
         return await service.current(parsed.target)
-    limit = _int_param(request, "limit", DEFAULT_LIMIT, minimum=1)
-    offset = _int_param(request, "offset", 0, minimum=0)
-    return await service.history(parsed.target, min(limit, MAX_LIMIT), offset)
-
-
-def _int_param(request: Request[Any, Any, Any], name: str, default: int, minimum: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer", {"field": name}) from None
-    if value < minimum:
-        raise InvalidRequest(f"{name} must be >= {minimum}", {"field": name})
-    return value
+    page = parse_page(limit, offset)
+    return await service.history(parsed.target, page.limit, page.offset)
 
 
 ROUTES: list[Any] = [create_deployment, read_deployments]

@@ -62,9 +62,17 @@ def create_app(settings: Settings) -> GatewayApp:
 
     @get("/readyz")
     async def readyz() -> Response[dict[str, Any]]:
+        # Readiness is the gateway's own: one service being down must not take every gateway
+        # replica out of its load balancer. The upstreams' health is reported, not enforced;
+        # requests to a down service get their own 502/503.
         checks = await proxy.readiness()
-        ok = all(v == "ok" for v in checks.values())
-        return Response({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+        ready = proxy.started
+        body = {
+            "status": "ok" if ready else "unavailable",
+            "upstreams": "ok" if all(v == "ok" for v in checks.values()) else "degraded",
+            "checks": checks,
+        }
+        return Response(body, status_code=200 if ready else 503)
 
     @get("/metrics", sync_to_thread=False)
     def metrics_endpoint() -> Response[bytes]:

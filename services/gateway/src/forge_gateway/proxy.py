@@ -30,13 +30,15 @@ from forge_common.errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    RequestTimeout,
+    ServiceUnavailable,
 )
 from forge_common.tracing import extract, inject
 
 from .accesslog import AccessLog
 from .ratelimit import Decision, SlidingWindowLimiter
 from .settings import Settings
-from .upstream import Connection, Upstream, UpstreamError, UpstreamProtocolError, UpstreamUnavailable
+from .upstream import Connection, Upstream, UpstreamBusy, UpstreamError, UpstreamProtocolError, UpstreamUnavailable
 
 __all__ = ["ROUTES", "WEBHOOK_PATH", "Proxy"]
 
@@ -121,10 +123,39 @@ class _ClientGone(Exception):
     pass
 
 
+class _ClientTooSlow(Exception):
+    """Deliberately no TimeoutError: those mean the *upstream* was too slow (504)."""
+
+
+class _ClientReader:
+    """``receive`` bounded in time: a client that stalls (no bytes for ``idle`` seconds) or
+    trickles (body not complete within ``total``) cannot hold the request open forever."""
+
+    def __init__(self, receive: Any, idle: float, total: float) -> None:
+        self.receive = receive
+        self.idle = idle
+        self.total = total
+        self.deadline = asyncio.get_running_loop().time() + total
+
+    async def __call__(self) -> Any:
+        when = min(asyncio.get_running_loop().time() + self.idle, self.deadline)
+        try:
+            async with asyncio.timeout_at(when):
+                return await self.receive()
+        except TimeoutError:
+            raise _ClientTooSlow from None
+
+    def error(self) -> RequestTimeout:
+        return RequestTimeout(
+            "the request body did not arrive in time",
+            {"idle_timeout": self.idle, "body_timeout": self.total},
+        )
+
+
 class _BodyStream:
     """The request body as an async iterator, counted against the limit as it flows."""
 
-    def __init__(self, receive: Any, limit: int, chunked: bool = False) -> None:
+    def __init__(self, receive: _ClientReader, limit: int, chunked: bool = False) -> None:
         self.receive = receive
         self.chunked = chunked
         self.limit = limit
@@ -192,16 +223,47 @@ class Proxy:
         )
         self.sdk_spans = settings.otel_exporter != "none"
         self._metrics = _Metrics()
+        self._in_flight: dict[str, int] = {}  # per user (token sub)
+        self.started = False
 
     async def start(self) -> None:
         s = self.settings
         for upstream in self.upstreams.values():
-            upstream.open(s.upstream_pool_size, s.upstream_connect_timeout, s.upstream_keepalive)
+            upstream.open(
+                s.upstream_pool_size,
+                s.upstream_connect_timeout,
+                s.upstream_keepalive,
+                stream_slots=s.upstream_stream_slots,
+                slot_wait=s.upstream_slot_wait,
+            )
+        self.started = True
 
     async def stop(self) -> None:
+        self.started = False
         self.access_log.flush()
         for upstream in self.upstreams.values():
             await upstream.close()
+
+    def admit(self, principal: Principal) -> Decision:
+        """The per-user limits, before anything is forwarded: concurrent requests first (a refusal
+        there does not use up the rate window), then the sliding window. An allowed decision
+        counts the request as in flight until :meth:`leave`."""
+        cap = self.settings.user_max_concurrent
+        if self._in_flight.get(principal.subject, 0) >= cap:
+            raise RateLimited(
+                f"more than {cap} concurrent requests from this user",
+                {"concurrent_limit": cap, "retry_after": 1},
+                {"Retry-After": "1"},
+            )
+        decision = self.limiter.hit(principal.subject)
+        if decision.allowed:
+            self._in_flight[principal.subject] = self._in_flight.get(principal.subject, 0) + 1
+        return decision
+
+    def leave(self, subject: str) -> None:
+        left = self._in_flight.pop(subject, 1) - 1
+        if left > 0:
+            self._in_flight[subject] = left
 
     async def readiness(self) -> dict[str, str]:
         names = list(self.upstreams)
@@ -213,7 +275,8 @@ class Proxy:
         method: str = scope["method"]
         path: str = scope["path"]
 
-        authorization = content_length = connection = request_id = None
+        authorizations: list[str] = []
+        content_length = connection = request_id = None
         forwarded_for = traceparent = tracestate = host = None
         chunked = False
         # The upstream request head is built as bytes straight from the client's (already
@@ -222,7 +285,7 @@ class Proxy:
         for name, value in scope["headers"]:
             if name not in _REQUEST_SPECIAL:
                 if name == b"authorization":
-                    authorization = value.decode("latin-1")
+                    authorizations.append(value.decode("latin-1"))
                 lines.append(name + b": " + value + _CRLF)
             elif name == b"content-length":
                 content_length = value
@@ -274,10 +337,13 @@ class Proxy:
         status = 500
         principal: Principal | None = None
         decision: Decision | None = None
+        reader = _ClientReader(receive, self.settings.client_idle_timeout, self.settings.client_body_timeout)
         try:
             if path != WEBHOOK_PATH:
-                principal = await self.verifier.verify_header(authorization)
-                decision = self.limiter.hit(principal.subject)
+                # Two Authorization headers: this gateway and the service behind it might each act
+                # on a different one, so neither does.
+                principal = await self.verifier.verify_headers(authorizations)
+                decision = self.admit(principal)
                 if not decision.allowed:
                     raise RateLimited(
                         f"rate limit of {decision.limit} requests per {self.settings.rate_limit_window:g} seconds exceeded",
@@ -296,18 +362,18 @@ class Proxy:
                 if size > self.max_body:
                     raise _too_large(self.max_body, close=size > 4 * self.max_body)
                 if 0 < size <= _BUFFER_BELOW:
-                    data = await _read_body(receive)
+                    data = await _read_body(reader)
                     if data is None:
                         status = 499  # the client went away; nothing to answer
                         return
                     lines.append(b"content-length: " + content_length + _CRLF)
                 elif size > _BUFFER_BELOW:
-                    data = _BodyStream(receive, self.max_body)
+                    data = _BodyStream(reader, self.max_body)
                     lines.append(b"content-length: " + content_length + _CRLF)
                 elif method in ("POST", "PUT", "PATCH"):
                     lines.append(b"content-length: 0\r\n")
             elif chunked:
-                data = _BodyStream(receive, self.max_body, chunked=True)
+                data = _BodyStream(reader, self.max_body, chunked=True)
                 lines.append(b"transfer-encoding: chunked\r\n")
             elif method in ("POST", "PUT", "PATCH"):
                 lines.append(b"content-length: 0\r\n")
@@ -342,10 +408,16 @@ class Proxy:
             extra = decision.headers() if decision is not None else []
             extra.append((b"x-request-id", rid))
             status = await self._forward(upstream, method, head, data, send, extra)
+        except _ClientTooSlow:
+            error = reader.error()
+            status = error.status
+            await _send_error(send, error, rid, decision)
         except ForgeError as exc:
             status = exc.status
             await _send_error(send, exc, rid, decision)
         finally:
+            if decision is not None and decision.allowed and principal is not None:
+                self.leave(principal.subject)
             elapsed = time.perf_counter() - started
             self._metrics.observe(method, route, status, elapsed)
             if span is not None:
@@ -374,9 +446,16 @@ class Proxy:
         timeout = self.settings.upstream_timeout
         retry = method in _IDEMPOTENT and not isinstance(data, _BodyStream)
         fresh = False
+        streaming = isinstance(data, _BodyStream)
         while True:
             try:
-                conn = await upstream.acquire(fresh=fresh)
+                conn = await upstream.acquire(fresh=fresh, streaming=streaming)
+            except UpstreamBusy as exc:
+                raise ServiceUnavailable(
+                    f"the {upstream.name} service is busy: {exc}; retry in a second",
+                    {"service": upstream.name, "retry_after": 1},
+                    {"Retry-After": "1"},
+                ) from None
             except TimeoutError:
                 raise GatewayTimeout(
                     f"the {upstream.name} service did not accept a connection in time", {"service": upstream.name}
@@ -415,6 +494,9 @@ class Proxy:
             except _ClientGone:
                 conn.abort()
                 return 499
+            except _ClientTooSlow:
+                conn.abort()
+                raise
             except BaseException:
                 conn.abort()
                 raise
@@ -479,7 +561,7 @@ def _too_large(limit: int, close: bool = False) -> PayloadTooLarge:
     )
 
 
-async def _read_body(receive: Any) -> bytes | None:
+async def _read_body(receive: _ClientReader) -> bytes | None:
     chunks: list[bytes] = []
     while True:
         message = await receive()

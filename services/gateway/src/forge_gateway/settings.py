@@ -21,6 +21,16 @@ class Settings(CommonSettings, kw_only=True):
     # Keep-alive connections per upstream; idle ones are dropped before uvicorn's own 5 s timeout.
     upstream_pool_size: int = 512
     upstream_keepalive: float = 4.0
+    # Longest wait for a free connection slot before a 503 (instead of queueing without end).
+    upstream_slot_wait: float = 5.0
+    # Slots per upstream that requests with streamed (large or chunked) bodies may hold at once.
+    upstream_stream_slots: int = 64
+    # A client that sends no body bytes for this long, or not the whole body within the second
+    # limit, gets a 408: reading from clients is bounded like everything else.
+    client_idle_timeout: float = 10.0
+    client_body_timeout: float = 120.0
+    # Requests of one user (token sub) in flight at once -> 429 beyond.
+    user_max_concurrent: int = 64
     max_body_bytes: int = 10 * 1024 * 1024
     rate_limit: int = 1000
     rate_limit_window: float = 60.0
@@ -48,6 +58,13 @@ class Settings(CommonSettings, kw_only=True):
             problems.append("FORGE_UPSTREAM_CONNECT_TIMEOUT must be positive")
         if self.upstream_pool_size < 1:
             problems.append("FORGE_UPSTREAM_POOL_SIZE must be >= 1")
+        for name in ("upstream_slot_wait", "client_idle_timeout", "client_body_timeout"):
+            if getattr(self, name) <= 0:
+                problems.append(f"FORGE_{name.upper()} must be positive")
+        if self.upstream_stream_slots < 1:
+            problems.append("FORGE_UPSTREAM_STREAM_SLOTS must be >= 1")
+        if self.user_max_concurrent < 1:
+            problems.append("FORGE_USER_MAX_CONCURRENT must be >= 1")
         if self.max_body_bytes < 1:
             problems.append("FORGE_MAX_BODY_BYTES must be >= 1")
         if self.rate_limit < 1:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["Connection", "Upstream", "UpstreamError", "UpstreamProtocolError", "UpstreamUnavailable"]
+__all__ = ["Connection", "Upstream", "UpstreamBusy", "UpstreamError", "UpstreamProtocolError", "UpstreamUnavailable"]
 
 _PAUSE_AT = 4 * 1024 * 1024  # response bytes buffered before reading from the upstream pauses
 
@@ -40,6 +40,10 @@ class UpstreamProtocolError(UpstreamError):
     pass
 
 
+class UpstreamBusy(UpstreamError):
+    """No free connection slot within the bounded wait: the gateway answers 503, not a hang."""
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection; one exchange at a time."""
 
@@ -47,6 +51,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reused = False
+        self.streaming = False  # holds one of the upstream's slots for streamed request bodies
         self.idle_since = 0.0
         self._drain: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
@@ -220,14 +225,22 @@ class Upstream:
         self.host_header = (self.host if default_port else f"{self.host}:{self.port}").encode("latin-1")
         self._idle: list[Connection] = []
         self._slots: asyncio.Semaphore | None = None
+        self._stream_slots: asyncio.Semaphore | None = None
         self._ssl: ssl.SSLContext | None = None
         self.connect_timeout = 5.0
         self.keepalive = 4.0
+        self.slot_wait = 5.0
 
-    def open(self, pool_size: int, connect_timeout: float, keepalive: float) -> None:
+    def open(
+        self, pool_size: int, connect_timeout: float, keepalive: float, stream_slots: int = 64, slot_wait: float = 5.0
+    ) -> None:
         self._slots = asyncio.Semaphore(pool_size)
+        # Streamed bodies move at the client's pace while holding a connection: they get a share
+        # of the pool, never all of it, so slow uploads cannot starve every other request.
+        self._stream_slots = asyncio.Semaphore(min(stream_slots, pool_size))
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
+        self.slot_wait = slot_wait
         if self.tls:
             self._ssl = ssl.create_default_context()
 
@@ -236,36 +249,62 @@ class Upstream:
         for conn in idle:
             conn.close()
 
-    async def acquire(self, fresh: bool = False) -> Connection:
-        assert self._slots is not None, "gateway not started"
-        await self._slots.acquire()
+    async def _wait_for(self, slots: asyncio.Semaphore, what: str) -> None:
         try:
-            now = asyncio.get_running_loop().time()
-            while self._idle and not fresh:
-                conn = self._idle.pop()
-                if conn.closed or conn.transport is None or conn.transport.is_closing():
-                    continue
-                if now - conn.idle_since > self.keepalive:
-                    conn.close()
-                    continue
-                conn.reused = True
-                return conn
-            loop = asyncio.get_running_loop()
-            try:
-                async with asyncio.timeout(self.connect_timeout):
-                    _, conn = await loop.create_connection(
-                        Connection, self.host, self.port, ssl=self._ssl, server_hostname=self.host if self.tls else None
-                    )
-            except OSError as exc:
-                raise UpstreamUnavailable(f"cannot connect: {exc.strerror or exc}") from None
-            return conn
+            async with asyncio.timeout(self.slot_wait):
+                await slots.acquire()
+        except TimeoutError:
+            raise UpstreamBusy(f"no free {what} within {self.slot_wait:g} seconds") from None
+
+    async def acquire(self, fresh: bool = False, streaming: bool = False) -> Connection:
+        assert self._slots is not None, "gateway not started"
+        assert self._stream_slots is not None
+        if streaming:
+            await self._wait_for(self._stream_slots, "slot for a streamed upload")
+        try:
+            await self._wait_for(self._slots, "connection")
+        except BaseException:
+            if streaming:
+                self._stream_slots.release()
+            raise
+        try:
+            conn = await self._connection(fresh)
         except BaseException:
             self._slots.release()
+            if streaming:
+                self._stream_slots.release()
             raise
+        conn.streaming = streaming
+        return conn
+
+    async def _connection(self, fresh: bool) -> Connection:
+        now = asyncio.get_running_loop().time()
+        while self._idle and not fresh:
+            conn = self._idle.pop()
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                continue
+            if now - conn.idle_since > self.keepalive:
+                conn.close()
+                continue
+            conn.reused = True
+            return conn
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    Connection, self.host, self.port, ssl=self._ssl, server_hostname=self.host if self.tls else None
+                )
+        except OSError as exc:
+            raise UpstreamUnavailable(f"cannot connect: {exc.strerror or exc}") from None
+        return conn
 
     def release(self, conn: Connection) -> None:
         assert self._slots is not None
+        assert self._stream_slots is not None
         self._slots.release()
+        if conn.streaming:
+            conn.streaming = False
+            self._stream_slots.release()
         if conn.reusable():
             conn.idle_since = asyncio.get_running_loop().time()
             conn.reused = False

@@ -16,11 +16,9 @@ each segment:
 
 from __future__ import annotations
 
-import re
 import uuid
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
@@ -29,48 +27,23 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from forge_common.auth import Permission, Principal
 from forge_common.errors import InvalidRequest, NotFound
 from forge_common.events import utcnow
+from forge_common.http import decode_body, parse_page
+from forge_common.openapi import body_operation
 from forge_common.paths import raw_path_segments
 from forge_common.runtime import Runtime
 
 from .domain import NewRelease
-from .openapi import body_operation
 from .schemas import AliasCreate, AliasResult, Release, ReleaseCreate, ReleaseCreated
 from .service import ReleaseService
 
 __all__ = ["ROUTES"]
 
-T = TypeVar("T")
-
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
 _PREFIX = "/v1/releases/"
-_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-_INT = re.compile(r"-?[0-9]{1,18}")  # fits a bigint
-_MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
 
 
 def _service(runtime: Runtime) -> ReleaseService:
     svc: ReleaseService = runtime.extras["releases"]
     return svc
-
-
-def _decode(body: bytes, typ: type[T]) -> T:
-    if not body.strip():
-        raise InvalidRequest("request body must be a JSON object")
-    try:
-        return msgspec.json.decode(body, type=typ)
-    except msgspec.ValidationError as exc:
-        m = _AT.match(str(exc))
-        msg = m.group("msg") if m else str(exc)
-        path = (m.group("path") or "") if m else ""
-        missing = _MISSING.search(msg)
-        if missing:
-            path = f"{path}.{missing.group('name')}"
-        field = path.lstrip(".")
-        details = {"field": field} if field else {}
-        raise InvalidRequest(f"{msg}{f' at {field}' if field else ''}", details) from None
-    except msgspec.DecodeError:
-        raise InvalidRequest("request body is not valid JSON") from None
 
 
 def _segments(request: Request[Any, Any, Any]) -> list[str]:
@@ -87,20 +60,6 @@ def _split_repo(parts: list[str]) -> tuple[str, list[str]]:
     if len(parts) < 2:
         raise NotFound("resource not found: use /v1/releases/{owner}/{name}/{project}[/{release-id}]")
     return f"{parts[0]}/{parts[1]}", parts[2:]
-
-
-def _int_param(request: Request[Any, Any, Any], name: str, default: int, low: int, high: int | None) -> int:
-    values = request.query_params.getall(name, [])
-    if not values:
-        return default
-    raw = values[-1]
-    if not _INT.fullmatch(raw):
-        raise InvalidRequest(f"{name} must be an integer, got {raw!r}", {"field": name})
-    value = int(raw)
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise InvalidRequest(f"{name} must be {bound}, got {value}", {"field": name, "min": low, "max": high})
-    return value
 
 
 _REST = Annotated[
@@ -122,7 +81,7 @@ _REST = Annotated[
 )
 async def create_release(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> dict[str, Any]:
     """Create a release (spec: Create Release; optional ``trigger``, contract #2)."""
-    data = _decode(await request.body(), ReleaseCreate)
+    data = decode_body(await request.body(), ReleaseCreate)
     release = NewRelease.parse(
         repository=data.repository,
         project=data.project,
@@ -159,7 +118,13 @@ def _on_behalf_of(data: ReleaseCreate, principal: Principal) -> str | None:
         )
     },
 )
-async def read_releases(request: Request[Any, Any, Any], runtime: Runtime, rest: _REST) -> dict[str, Any]:
+async def read_releases(
+    request: Request[Any, Any, Any],
+    runtime: Runtime,
+    rest: _REST,
+    limit: str | None = None,
+    offset: str | None = None,
+) -> dict[str, Any]:
     """Get a release by UUID, list a project's releases, or get one by ``{release-id}``."""
     parts = _segments(request)
     svc = _service(runtime)
@@ -173,9 +138,8 @@ async def read_releases(request: Request[Any, Any, Any], runtime: Runtime, rest:
         return await svc.get_by_id(release_id)
     repo, rest_parts = _split_repo(parts)
     if len(rest_parts) == 1:
-        limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        offset = _int_param(request, "offset", 0, 0, None)
-        return await svc.list_releases(repo, rest_parts[0], limit, offset)
+        page = parse_page(limit, offset)
+        return await svc.list_releases(repo, rest_parts[0], page.limit, page.offset)
     if len(rest_parts) == 2:
         return await svc.get(repo, rest_parts[0], rest_parts[1])
     raise NotFound("resource not found")
@@ -196,7 +160,7 @@ async def add_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _RE
     repo, rest_parts = _split_repo(parts)
     if len(rest_parts) != 3 or rest_parts[2] != "aliases":
         raise NotFound("resource not found: POST /v1/releases/{repo}/{project}/{release-id}/aliases")
-    data = _decode(await request.body(), AliasCreate)
+    data = decode_body(await request.body(), AliasCreate)
     status, body = await _service(runtime).add_alias(repo, rest_parts[0], rest_parts[1], data.alias, data.alias_type)
     return Response(body, status_code=status)
 

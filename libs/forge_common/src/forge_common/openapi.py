@@ -1,7 +1,7 @@
 """OpenAPI documentation of request bodies the routes decode themselves.
 
-The routes decode their JSON bodies with msgspec (to name the exact field of an error), so
-Litestar does not see a ``data`` parameter to document; :func:`body_operation` returns an
+Routes decode their JSON bodies with :func:`forge_common.http.decode_body` (strict types, the
+exact field of an error), so Litestar does not see a ``data`` parameter to document; :func:`body_operation` returns an
 ``operation_class`` that adds the request body from the msgspec Struct's JSON schema.
 """
 

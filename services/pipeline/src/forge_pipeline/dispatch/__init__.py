@@ -1,0 +1,20 @@
+"""The dispatcher, by responsibility:
+
+* ``leases``: which replica drives which run (claim, renew, hand over);
+* ``dispatcher``: one driver task per leased run, the cancel and dead-letter subscriptions;
+* ``driver``: what driving one run needs (reply inbox, job queue, failing the run);
+* ``discovery``, ``groups`` (with ``timeouts``), ``releases``: the stages of a run, in order;
+* ``queue``: publishing jobs, reading replies, purging an ended run's jobs;
+* ``dead_letters``: jobs JetStream gave up on;
+* ``log_lifecycle``: expiry of run logs in object storage.
+
+``create_app`` builds the :class:`Dispatcher` with its settings; nothing here reads the
+environment.
+"""
+
+from .dispatcher import Dispatcher
+from .log_lifecycle import apply_log_lifecycle
+from .releases import evaluate_release_triggers
+from .settings import DispatcherSettings
+
+__all__ = ["Dispatcher", "DispatcherSettings", "apply_log_lifecycle", "evaluate_release_triggers"]

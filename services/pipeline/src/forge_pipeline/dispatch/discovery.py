@@ -1,0 +1,61 @@
+"""Discovery: one job on ``pipeline.discovery.{run}``; the reply's plan becomes the run tree."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import msgspec
+import structlog
+
+from forge_common import jobs
+from forge_common.errors import InvalidRequest
+from forge_pipeline import service, store
+from forge_pipeline.domain import PhasePlan
+
+from .driver import RunDriver, RunEnded, format_seconds
+
+__all__ = ["discover"]
+
+log = structlog.get_logger(__name__)
+
+
+async def discover(driver: RunDriver, run: dict[str, Any]) -> None:
+    run_id = driver.run_id
+    job_id = str(uuid.uuid4())
+    timeout = driver.job_settings.timeout("discovery")
+    async with driver.pool.connection() as conn, conn.transaction():
+        await store.set_run_running(conn, run_id)
+    waiter = driver.waiter(job_id)
+    payload = {
+        "job_id": job_id,
+        "run_id": run_id,
+        "repository": run["repository"],
+        "commit_sha": run["commit_sha"],
+        "branch": run["branch"],
+    }
+    await driver.queue.publish(run_id, "discovery", job_id, f"discovery:{job_id}", payload)
+    try:
+        raw = await asyncio.wait_for(waiter, timeout)
+    except TimeoutError:
+        await driver.queue.purge_subject(jobs.job_subject(driver.runtime.names, "discovery", run_id))
+        await driver.fail(f"discovery timed out after {format_seconds(timeout)}", "discovery")
+        raise RunEnded from None
+    reply = await driver.queue.read_reply(raw)
+    if reply.status != "success":
+        await driver.fail(f"discovery failed: {reply.error or 'discovery failed'}", "discovery")
+        raise RunEnded
+    await _store_plan(driver, reply.result or {})
+
+
+async def _store_plan(driver: RunDriver, result: dict[str, Any]) -> None:
+    try:
+        phases = msgspec.convert(result.get("phases", []), list[PhasePlan])
+        async with driver.pool.connection() as conn, conn.transaction():
+            await service.store_discovery(conn, driver.run_id, phases, result.get("release_triggers") or {})
+    except (msgspec.ValidationError, InvalidRequest) as exc:
+        # A plan the service refuses would fail the same way on every retry.
+        await driver.fail(f"discovery returned an unusable plan: {exc}", "discovery")
+        raise RunEnded from exc
+    log.info("dispatcher.discovered", run_id=driver.run_id, phases=len(phases))

@@ -1,0 +1,133 @@
+"""The dispatcher: drives each run it leased through discovery, its phase groups and release.
+
+One asyncio task per driven run. Progress is the database, so a replica that takes a run over
+continues where the previous one stopped (see ``groups.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+import uuid
+
+import structlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from forge_common import jobs
+from forge_common.jobs import JobSettings
+from forge_common.runtime import Runtime
+from forge_pipeline import execution_store
+
+from .dead_letters import DeadLetters
+from .discovery import discover
+from .driver import RunDriver, RunEnded
+from .groups import run_groups
+from .leases import LeaseKeeper
+from .queue import JobQueue
+from .releases import release
+from .settings import DispatcherSettings
+
+__all__ = ["Dispatcher"]
+
+log = structlog.get_logger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, runtime: Runtime, settings: DispatcherSettings, job_settings: JobSettings) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.job_settings = job_settings
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.drivers: dict[str, asyncio.Task[None]] = {}
+        self.queue = JobQueue(runtime)
+        self.leases = LeaseKeeper(
+            runtime.pool, runtime.settings.database_url, self.owner, settings, self.drivers, self._start_driver
+        )
+        self.dead_letters = DeadLetters(runtime, job_settings)
+        self._loops: list[asyncio.Task[None]] = []
+        self._subscriptions: list[Subscription] = []
+
+    async def start(self) -> None:
+        names = self.runtime.names
+        await jobs.ensure_job_streams(self.runtime.js, names, self.job_settings, update=True)
+        nc = self.runtime.nc
+        self._subscriptions.append(await nc.subscribe(names.subject("pipeline.cancel.*"), cb=self._on_cancel))
+        self._subscriptions.append(
+            await nc.subscribe(
+                jobs.max_deliveries_advisory(names),
+                queue="forge-dispatcher-dlq",
+                cb=self.dead_letters.on_max_deliveries,
+            )
+        )
+        self._loops = [
+            asyncio.create_task(self.leases.claim_loop(), name="dispatcher-claim"),
+            asyncio.create_task(self.leases.renew_loop(), name="dispatcher-renew"),
+            asyncio.create_task(self.leases.listen(), name="dispatcher-listen"),
+        ]
+        log.info("dispatcher.started", owner=self.owner, lease_ttl=self.settings.dispatcher_lease_ttl)
+
+    async def stop(self) -> None:
+        self.leases.stopping = True
+        for task in [*self._loops, *self.drivers.values()]:
+            task.cancel()
+        for task in [*self._loops, *self.drivers.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for subscription in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        if self.drivers:
+            with contextlib.suppress(Exception):
+                await self.leases.release(list(self.drivers))
+        self.drivers.clear()
+
+    async def claim_once(self) -> list[str]:
+        return await self.leases.claim_once()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        run_id = msg.subject.rsplit(".", 1)[-1]
+        task = self.drivers.get(run_id)
+        if task is not None:
+            task.cancel()
+            await self.queue.purge_run(run_id)
+
+    def _start_driver(self, run_id: str) -> None:
+        task = asyncio.create_task(self._drive(run_id), name=f"run-{run_id}")
+        self.drivers[run_id] = task
+        task.add_done_callback(functools.partial(self._driver_done, run_id))
+
+    def _driver_done(self, run_id: str, task: asyncio.Task[None]) -> None:
+        if self.drivers.get(run_id) is task:
+            del self.drivers[run_id]
+        self.leases.wake.set()
+
+    async def _drive(self, run_id: str) -> None:
+        driver = RunDriver(run_id, self.runtime, self.queue, self.owner, self.settings, self.job_settings)
+        try:
+            await _drive_run(driver)
+        except (asyncio.CancelledError, RunEnded):
+            pass
+        except Exception:
+            log.exception("dispatcher.driver_failed", run_id=run_id)
+            await asyncio.sleep(self.settings.dispatcher_poll_interval)
+            with contextlib.suppress(Exception):
+                await self.leases.release([run_id])
+        finally:
+            await driver.close()
+
+
+async def _drive_run(driver: RunDriver) -> None:
+    await driver.open_inbox()
+    async with driver.pool.connection() as conn:
+        run = await execution_store.run_for_dispatch(conn, driver.run_id)
+    if run is None:
+        return
+    if run["status"] in ("pending", "running"):
+        if run["discovered_at"] is None:
+            await discover(driver, run)
+        await run_groups(driver, run)
+    await release(driver)

@@ -1,0 +1,96 @@
+"""What driving one run needs: its reply inbox, the job queue, and the ways a run ends early.
+
+The steps of driving (discovery, phase groups, release) live in their own modules and take a
+:class:`RunDriver`; ``dispatcher.py`` runs them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from forge_common import jobs
+from forge_common.db import Pool
+from forge_common.jobs import JobSettings
+from forge_common.runtime import Runtime
+from forge_pipeline import execution_store, service
+
+from .queue import JobQueue
+from .settings import DispatcherSettings
+
+__all__ = ["RunDriver", "RunEnded", "format_seconds"]
+
+log = structlog.get_logger(__name__)
+
+
+class RunEnded(Exception):
+    """The run finished (failed, cancelled or completed elsewhere): stop driving it."""
+
+
+class RunDriver:
+    def __init__(
+        self,
+        run_id: str,
+        runtime: Runtime,
+        queue: JobQueue,
+        owner: str,
+        settings: DispatcherSettings,
+        job_settings: JobSettings,
+    ) -> None:
+        self.run_id = run_id
+        self.runtime = runtime
+        self.pool: Pool = runtime.pool
+        self.queue = queue
+        self.owner = owner
+        self.settings = settings
+        self.job_settings = job_settings
+        self.waiters: dict[str, asyncio.Future[bytes]] = {}
+        self._inbox: Subscription | None = None
+
+    async def open_inbox(self) -> None:
+        """Replies go to an inbox derived from run and job ids, so a driver that took the run
+        over hears replies to jobs its predecessor sent."""
+        subject = jobs.inbox_subject(self.runtime.names, self.run_id, "*")
+        self._inbox = await self.runtime.nc.subscribe(subject, cb=self._on_reply)
+
+    async def close(self) -> None:
+        if self._inbox is not None:
+            with contextlib.suppress(Exception):
+                await self._inbox.unsubscribe()
+        for waiter in self.waiters.values():
+            waiter.cancel()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        job_id = msg.subject.rsplit(".", 1)[-1]
+        waiter = self.waiters.get(job_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg.data)
+        else:
+            log.info("dispatcher.late_reply_ignored", run_id=self.run_id, job_id=job_id)
+
+    def waiter(self, job_id: str) -> asyncio.Future[bytes]:
+        """The future the reply to ``job_id`` resolves; create it before publishing the job."""
+        waiter = self.waiters.get(job_id)
+        if waiter is None or waiter.done():
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiters[job_id] = waiter
+        return waiter
+
+    async def fail(self, message: str, phase: str | None) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            await service.fail_run(conn, self.run_id, message, phase)
+        await self.queue.cancel_workers(self.run_id)
+
+    async def fail_if_active(self, why: str) -> None:
+        async with self.pool.connection() as conn:
+            status = await execution_store.run_status(conn, self.run_id)
+        if status in ("pending", "running"):
+            await self.fail(why, None)
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:g}s"

@@ -1,0 +1,56 @@
+"""The dispatcher's side of the job queue: publish jobs, read replies, purge ended runs' jobs."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import msgspec
+
+from forge_common import jobs
+from forge_common.results import encode_result, resolve_result
+from forge_common.runtime import Runtime
+
+__all__ = ["JobQueue"]
+
+
+class JobQueue:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.names = runtime.names
+
+    async def publish(
+        self, run_id: str, job_type: jobs.JobType, job_id: str, msg_id: str, payload: dict[str, Any]
+    ) -> None:
+        headers = {
+            jobs.HDR_REPLY_TO: jobs.inbox_subject(self.names, run_id, job_id),
+            jobs.HDR_JOB_ID: job_id,
+            jobs.HDR_JOB_TYPE: job_type,
+            "Nats-Msg-Id": msg_id,
+        }
+        subject = jobs.job_subject(self.names, job_type, run_id, job_id)
+        # A job over 1 MB (huge step commands) travels through S3 like a large result.
+        body = await encode_result(self.runtime.s3, run_id, f"{job_type}-job", job_id, payload)
+        await self.runtime.js.publish(subject, body, headers=headers, timeout=5.0)
+
+    async def read_reply(self, raw: bytes) -> jobs.JobReply:
+        value = await resolve_result(self.runtime.s3, raw)
+        return msgspec.convert(value, jobs.JobReply)
+
+    async def purge_run(self, run_id: str) -> None:
+        """Drop the run's queued discovery and CI jobs (the run ended; nobody should start them)."""
+        await self.purge_subject(jobs.job_subject(self.names, "discovery", run_id))
+        await self.purge_subject(self.names.subject(f"pipeline.tasks.{run_id}.>"))
+
+    async def purge_subject(self, subject: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.runtime.js.purge_stream(self.names.stream(jobs.JOBS_STREAM), subject=subject)
+
+    async def cancel_workers(self, run_id: str) -> None:
+        """Tell the workers the run ended (they stop its steps) and drop its queued jobs."""
+        with contextlib.suppress(Exception):
+            await self.runtime.nc.publish(
+                self.names.subject(f"pipeline.cancel.{run_id}"),
+                msgspec.json.encode({"run_id": run_id, "reason": "run ended"}),
+            )
+        await self.purge_run(run_id)

@@ -1,0 +1,108 @@
+"""Release triggers: once a run succeeded, the projects whose triggers match get a release job
+on ``pipeline.releases.{run}``, queued through the outbox in the transaction that records it."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import uuid
+from typing import Any
+
+import msgspec
+import structlog
+
+from forge_common import jobs
+from forge_common.outbox import add_message
+from forge_pipeline import execution_store
+
+from .driver import RunDriver
+
+__all__ = ["evaluate_release_triggers", "release"]
+
+log = structlog.get_logger(__name__)
+
+
+def evaluate_release_triggers(
+    triggers: dict[str, list[dict[str, Any]]] | None, branch: str, tag: str | None
+) -> list[dict[str, Any]]:
+    """Projects to release for a successful run: ``{"project", "trigger"}`` per match.
+
+    ``{branch = "main"}`` (a glob) matches branch pushes; ``{tag = true}`` any tag push and
+    ``{tag = "v*"}`` matching tags. A tag push wins over a branch rule for the same project.
+    """
+    out: list[dict[str, Any]] = []
+    for project, rules in sorted((triggers or {}).items()):
+        chosen: dict[str, str] | None = None
+        for rule in rules or []:
+            if "tag" in rule and tag:
+                want = rule["tag"]
+                if want is True or (isinstance(want, str) and fnmatch.fnmatchcase(tag, want)):
+                    chosen = {"trigger_type": "tag", "tag": tag}
+                    break
+            if "branch" in rule and not tag and chosen is None:
+                want = rule["branch"]
+                if isinstance(want, str) and fnmatch.fnmatchcase(branch, want):
+                    chosen = {"trigger_type": "branch_push", "branch": branch}
+        if chosen is not None:
+            out.append({"project": project, "trigger": chosen})
+    return out
+
+
+async def release(driver: RunDriver) -> None:
+    """Queue the release job of a successful run (at most once per run) and wait for its reply."""
+    job_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"forge:release:{driver.run_id}"))
+    # Listening before the job can be published: the relay sends it as soon as we commit.
+    waiter = driver.waiter(job_id)
+    projects = await _queue_release(driver, job_id)
+    if projects is None:
+        return
+    if driver.runtime.relay is not None:
+        driver.runtime.relay.wake()
+    log.info("dispatcher.release_queued", run_id=driver.run_id, projects=[p["project"] for p in projects])
+    try:
+        raw = await asyncio.wait_for(waiter, driver.job_settings.timeout("release"))
+    except TimeoutError:
+        log.warning("dispatcher.release_timeout", run_id=driver.run_id)
+        return
+    reply = await driver.queue.read_reply(raw)
+    log_fn = log.info if reply.status == "success" else log.warning
+    log_fn("dispatcher.release_done", run_id=driver.run_id, status=reply.status, error=reply.error, result=reply.result)
+
+
+async def _queue_release(driver: RunDriver, job_id: str) -> list[dict[str, Any]] | None:
+    """Evaluate the triggers and queue the job; the projects, or None when there is nothing to
+    release (or another driver already evaluated this run)."""
+    run_id = driver.run_id
+    names = driver.runtime.names
+    async with driver.pool.connection() as conn, conn.transaction():
+        fresh = await execution_store.run_for_dispatch(conn, run_id)
+        if fresh is None or fresh["status"] != "success" or fresh["release_evaluated_at"] is not None:
+            return None
+        if not await execution_store.mark_release_evaluated(conn, run_id):
+            return None
+        projects = evaluate_release_triggers(fresh["release_triggers"], fresh["branch"], fresh["tag"])
+        for project in projects:
+            # The release service records the run's author (not the worker) as the trigger.
+            project["trigger"]["triggered_by"] = fresh["triggered_by"]
+        if not projects:
+            await execution_store.release_lease(conn, driver.owner, run_id)
+            return None
+        payload = {
+            "job_id": job_id,
+            "run_id": run_id,
+            "repository": fresh["repository"],
+            "commit_sha": fresh["commit_sha"],
+            "projects": projects,
+        }
+        headers = {
+            jobs.HDR_REPLY_TO: jobs.inbox_subject(names, run_id, job_id),
+            jobs.HDR_JOB_ID: job_id,
+            jobs.HDR_JOB_TYPE: "release",
+        }
+        # Queued with the decision: the relay publishes it (Nats-Msg-Id = job id) even if
+        # this replica dies right after the commit.
+        await add_message(
+            conn, "pipeline", job_id, f"pipeline.releases.{run_id}", msgspec.json.encode(payload), headers
+        )
+        await execution_store.release_lease(conn, driver.owner, run_id)
+    return projects

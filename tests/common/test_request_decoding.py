@@ -1,0 +1,201 @@
+"""The same client mistake gets the same 400 from every service, through the gateway.
+
+Every create endpoint decodes its body with ``forge_common.http.decode_body`` and every list
+endpoint reads ``limit``/``offset`` with ``forge_common.http.parse_page``; these tests send each
+mistake to each endpoint and expect ``400 invalid_request`` whose ``details.field`` names what
+to fix (``body`` when the body as a whole is wrong), never a 5xx.
+
+The pipeline service's endpoints join the parametrisation once it adopts the same two functions
+(issue 10, branch h-pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from forge_dev.testing import Platform
+
+
+@dataclass(frozen=True)
+class Create:
+    path: str
+    role: str
+    body: dict[str, Any]
+    required: tuple[str, ...]
+    wrong_type: tuple[str, Any]
+    unknown_enum: tuple[str, Any, str]
+
+
+def _tag() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+_ARTIFACT = {
+    "name": "api-image",
+    "type": "container",
+    "tracking_oci_uri": "registry.example.com/acme/api-image:tracking",
+    "primary_published_uri": "ghcr.io/acme/api-image:1.0.0",
+}
+
+CREATES = {
+    "release": Create(
+        path="/v1/releases",
+        role="developer",
+        body={
+            "repository": f"acme-{_tag()}/repo",
+            "project": "svc",
+            "commit_sha": secrets.token_hex(20),
+            "artifacts": [_ARTIFACT],
+        },
+        required=("repository", "project", "commit_sha"),
+        wrong_type=("repository", 42),
+        unknown_enum=("trigger", {"trigger_type": "cron"}, "trigger.trigger_type"),
+    ),
+    "deployment": Create(
+        path="/v1/deployments",
+        role="developer",
+        body={"release_id": str(uuid.uuid4()), "environment": "dev"},
+        required=("release_id", "environment"),
+        wrong_type=("release_id", 42),
+        unknown_enum=("environment", "qa", "environment"),
+    ),
+    "approval": Create(
+        path="/v1/approvals",
+        role="approver",
+        body={"release_id": str(uuid.uuid4()), "environment": "production", "justification": "ok"},
+        required=("release_id", "environment", "justification"),
+        wrong_type=("justification", 42),
+        unknown_enum=("environment", "prod", "environment"),
+    ),
+}
+
+LISTS = {
+    "release": "/v1/releases/acme-{tag}/repo/svc",
+    "deployment": "/v1/deployments/dev/acme-{tag}/repo/svc/history",
+}
+
+BAD_BODIES = {
+    "not-json": b"{not json",
+    "empty": b"",
+    "blank": b"  \n",
+    "array": b"[]",
+    "null": b"null",
+    "string": b'"hello"',
+    "trailing-comma": b'{"a": 1,}',
+    "truncated": b'{"a": ',
+}
+
+BAD_PAGES = {
+    "limit=abc": "limit",
+    "limit=0": "limit",
+    "limit=-5": "limit",
+    "limit=101": "limit",
+    "limit=1000": "limit",
+    "limit=1.5": "limit",
+    "limit=%205": "limit",
+    "limit=5_0": "limit",
+    "offset=-1": "offset",
+    "offset=x": "offset",
+    "offset=10000001": "offset",
+    "offset=99999999999999999999": "offset",
+    "offset=" + "9" * 40: "offset",
+}
+
+
+def assert_invalid(resp: httpx.Response, field_name: str, *, only_field: bool = True) -> None:
+    assert resp.status_code == 400, resp.text[:300]
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"code", "message", "details"}
+    assert error["code"] == "invalid_request"
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    assert error["details"]["field"] == field_name, error
+    if only_field:
+        assert error["details"] == {"field": field_name}, error
+
+
+@pytest.fixture
+async def gateway(platform: Platform) -> Any:
+    async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30.0) as client:
+        yield client
+
+
+def _headers(platform: Platform, role: str) -> dict[str, str]:
+    return {**platform.headers(f"{role}-{_tag()}@example.com", role), "Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("service", sorted(CREATES))
+@pytest.mark.parametrize("mistake", sorted(BAD_BODIES))
+async def test_a_body_that_is_not_a_json_object(
+    platform: Platform, gateway: httpx.AsyncClient, service: str, mistake: str
+) -> None:
+    create = CREATES[service]
+    resp = await gateway.post(create.path, content=BAD_BODIES[mistake], headers=_headers(platform, create.role))
+    assert_invalid(resp, "body")
+
+
+@pytest.mark.parametrize("service", sorted(CREATES))
+async def test_garbage_after_a_valid_body(platform: Platform, gateway: httpx.AsyncClient, service: str) -> None:
+    create = CREATES[service]
+    raw = json.dumps(create.body).encode() + b" trailing"
+    resp = await gateway.post(create.path, content=raw, headers=_headers(platform, create.role))
+    assert_invalid(resp, "body")
+
+
+@pytest.mark.parametrize("service", sorted(CREATES))
+async def test_a_missing_field_is_named(platform: Platform, gateway: httpx.AsyncClient, service: str) -> None:
+    create = CREATES[service]
+    for name in create.required:
+        body = {k: v for k, v in create.body.items() if k != name}
+        resp = await gateway.post(create.path, json=body, headers=_headers(platform, create.role))
+        assert_invalid(resp, name)
+
+
+@pytest.mark.parametrize("service", sorted(CREATES))
+async def test_a_wrong_type_is_named(platform: Platform, gateway: httpx.AsyncClient, service: str) -> None:
+    create = CREATES[service]
+    name, value = create.wrong_type
+    resp = await gateway.post(create.path, json={**create.body, name: value}, headers=_headers(platform, create.role))
+    assert_invalid(resp, name)
+    nested = await gateway.post(
+        create.path, json={**create.body, name: {"an": "object"}}, headers=_headers(platform, create.role)
+    )
+    assert_invalid(nested, name)
+
+
+@pytest.mark.parametrize("service", sorted(CREATES))
+async def test_an_unknown_enum_value_is_named(platform: Platform, gateway: httpx.AsyncClient, service: str) -> None:
+    create = CREATES[service]
+    name, value, reported = create.unknown_enum
+    resp = await gateway.post(create.path, json={**create.body, name: value}, headers=_headers(platform, create.role))
+    # The domain may add the allowed values next to the field.
+    assert_invalid(resp, reported, only_field=False)
+
+
+@pytest.mark.parametrize("service", sorted(LISTS))
+@pytest.mark.parametrize("query", sorted(BAD_PAGES))
+async def test_bad_paging_is_named(platform: Platform, gateway: httpx.AsyncClient, service: str, query: str) -> None:
+    path = LISTS[service].format(tag=_tag())
+    resp = await gateway.get(f"{path}?{query}", headers=_headers(platform, "viewer"))
+    assert_invalid(resp, BAD_PAGES[query])
+
+
+@pytest.mark.parametrize("service", sorted(LISTS))
+async def test_the_bounds_themselves_are_accepted(platform: Platform, gateway: httpx.AsyncClient, service: str) -> None:
+    path = LISTS[service].format(tag=_tag())
+    headers = _headers(platform, "viewer")
+    page = await gateway.get(f"{path}?limit=100&offset=10000000", headers=headers)
+    assert page.status_code == 200, page.text
+    assert (page.json()["limit"], page.json()["offset"]) == (100, 10_000_000)
+    defaults = await gateway.get(f"{path}?limit=&offset=", headers=headers)
+    assert (defaults.json()["limit"], defaults.json()["offset"]) == (20, 0)
