@@ -18,11 +18,23 @@ export async function runView({ main, params, signal }) {
   const logs = new Map(); // step id -> open log panel, kept across re-renders
   main.append(header, note, failure, tree);
 
+  let drawn = '';
   const draw = () => {
+    // Live updates must not take the keyboard focus away: redraw only on change, then give the
+    // focus back (log panels are kept across redraws; other controls are found by id).
+    const state = JSON.stringify(run);
+    if (state === drawn) return;
+    drawn = state;
+    const focused = document.activeElement;
     header.replaceChildren(...runHeader(run, () => cancel(run, header)));
     failure.replaceChildren(...failureBox(run, logs, signal));
     tree.replaceChildren(...phaseTree(run, logs, signal));
     main.dataset.runStatus = run.status;
+    if (focused && focused !== document.body && !focused.isConnected) {
+      (focused.id ? document.getElementById(focused.id) : null)?.focus();
+    } else if (focused?.isConnected && document.activeElement !== focused) {
+      focused.focus();
+    }
   };
   draw();
   if (RUN_TERMINAL.has(run.status)) return;

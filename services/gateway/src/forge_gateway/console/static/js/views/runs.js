@@ -26,6 +26,7 @@ export async function runsView({ main, query, signal, navigate }) {
     cursor: query.get('cursor') || '',
   };
   // Live status: the list is refreshed while it shows runs that have not finished.
+  let shown = '';
   for (let first = true; !signal.aborted; first = false) {
     let list;
     try {
@@ -36,11 +37,17 @@ export async function runsView({ main, query, signal, navigate }) {
     } catch (err) {
       if (signal.aborted) return;
       results.replaceChildren(errorBox(err, 'Listing runs'));
+      shown = '';
       if (!first) await pause(5000, signal);
       if (first) return;
       continue;
     }
-    results.replaceChildren(...runTable(list, filters, page));
+    // Redrawn only when something changed, so a refresh does not move the keyboard focus.
+    const state = JSON.stringify(list);
+    if (state !== shown) {
+      shown = state;
+      results.replaceChildren(...runTable(list, filters, page));
+    }
     const active = list.runs.some((r) => !TERMINAL.has(r.status));
     await pause(active ? 2000 : 10000, signal);
   }
