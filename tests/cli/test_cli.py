@@ -36,7 +36,7 @@ class Result:
 
 
 def forge(*args: str, api: str | None = None, token: str | None = None, env: dict[str, str] | None = None) -> Result:
-    cmd = [sys.executable, "-m", "forge_dev.cli"]
+    cmd = [sys.executable, "-m", "forge_cli"]
     if api is not None:
         cmd += ["--api", api]
     if token is not None:

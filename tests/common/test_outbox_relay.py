@@ -1,6 +1,7 @@
 """The outbox relay delays events while NATS is down and delivers every one exactly once after it
 comes back: its own nats-server (stopped and restarted with the same store), a fresh schema in
-the test database, the real relay."""
+the test database, the real relay. Sent rows are purged after FORGE_OUTBOX_RETENTION, unsent
+rows never."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from forge_common.db import create_pool, migrate
 from forge_common.events import ReleaseCreated
 from forge_common.nats import Names, connect, ensure_stream, events_stream_config
 from forge_common.outbox import OutboxRelay, add_event
+from forge_common.settings import CommonSettings, SettingsError, load
 from forge_dev.stack import free_port, wait_tcp
 from forge_dev.testing import Platform
 
@@ -207,3 +209,69 @@ async def test_events_written_while_nats_is_down_arrive_exactly_once(
 
 async def _eq(value: Any, expected: int) -> bool:
     return bool(await value == expected)
+
+
+async def _outbox_ids(pool: Any, schema: str) -> list[int]:
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(f'SELECT id FROM "{schema}".outbox ORDER BY id')).fetchall()
+    return [int(row["id"]) for row in rows]
+
+
+async def _age(pool: Any, schema: str, ids: list[int], published: str | None, created: str = "0s") -> None:
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(
+            f'UPDATE "{schema}".outbox SET created_at = now() - %s::interval,'
+            " published_at = now() - %s::interval WHERE id = ANY(%s)",
+            (created, published, ids),
+        )
+
+
+async def test_purge_removes_only_rows_published_before_the_retention(platform: Platform, schema: str) -> None:
+    nc = await connect(platform.nats_url, "outbox-retention-test")
+    pool = await create_pool(platform.database_url, 1, 2, "outbox-retention-test")
+    # Not started: purge() is called directly, so nothing publishes the unsent row meanwhile.
+    relay = OutboxRelay(pool, platform.database_url, schema, nc.jetstream(), Names("unused"), retention=3600)
+    relay.purge_batch = 1  # several batches for three rows
+    try:
+        await write_events(pool, schema, 5, f"retention/{uuid.uuid4().hex[:8]}")
+        old_1, old_2, old_3, recent, unsent = await _outbox_ids(pool, schema)
+        await _age(pool, schema, [old_1, old_2, old_3], published="2 hours", created="3 hours")
+        await _age(pool, schema, [recent], published="10 minutes", created="3 hours")
+        await _age(pool, schema, [unsent], published=None, created="30 days")
+
+        assert await relay.purge() == 3
+        assert await _outbox_ids(pool, schema) == [recent, unsent]
+        assert await relay.purge() == 0
+    finally:
+        await pool.close(timeout=5)
+        await nc.close()
+
+
+async def test_the_relay_purges_on_its_schedule(platform: Platform, schema: str) -> None:
+    names = Names(f"ob{uuid.uuid4().hex[:8]}")
+    nc = await connect(platform.nats_url, "outbox-retention-test")
+    js = nc.jetstream(timeout=5.0)
+    await ensure_stream(js, events_stream_config(names))
+    pool = await create_pool(platform.database_url, 1, 4, "outbox-retention-test")
+    relay = OutboxRelay(pool, platform.database_url, schema, js, names, retention=3600)
+    relay.purge_interval = 0.05
+    relay.start()
+    try:
+        await write_events(pool, schema, 2, f"retention/{uuid.uuid4().hex[:8]}")
+        await until(lambda: _eq(unpublished(pool, schema), 0), 15, "the events to be published")
+        await _age(pool, schema, await _outbox_ids(pool, schema), published="2 hours")
+        await asyncio.wait_for(relay.purged(), 15)
+        assert await _outbox_ids(pool, schema) == []
+    finally:
+        await asyncio.wait_for(relay.stop(), 15)
+        await pool.close(timeout=5)
+        await js.delete_stream(names.events_stream)
+        await nc.close()
+
+
+def test_outbox_retention_is_a_setting() -> None:
+    assert load(CommonSettings, {}).outbox_retention == 7 * 86400
+    assert load(CommonSettings, {"FORGE_OUTBOX_RETENTION": "36h"}).outbox_retention == 36 * 3600
+    assert load(CommonSettings, {"FORGE_OUTBOX_RETENTION": "2d"}).outbox_retention == 2 * 86400
+    with pytest.raises(SettingsError, match="FORGE_OUTBOX_RETENTION"):
+        load(CommonSettings, {"FORGE_OUTBOX_RETENTION": "0s"})

@@ -144,6 +144,8 @@ async def test_512_slow_uploads_do_not_starve_other_users(platform: Platform, gu
                     return statuses
 
                 lanes = await asyncio.gather(*(victim_lane(n) for n in range(10)))
+                # Busy is not unready: the load balancer keeps sending traffic to this gateway.
+                assert (await client.get("/readyz")).status_code == 200
             assert [s for lane in lanes for s in lane] == [200] * (2 * VICTIM_REQUESTS)
 
             # The uploads that stop sending get a 408 once the client idle timeout passes.
@@ -166,3 +168,5 @@ async def test_512_slow_uploads_do_not_starve_other_users(platform: Platform, gu
         assert error["code"] == codes[u.status]
         if u.status in (429, 503):
             assert int(u.headers["retry-after"]) >= 1
+        if u.status == 429:
+            assert error["details"]["concurrent_limit"] == 64  # FORGE_USER_MAX_CONCURRENT, default

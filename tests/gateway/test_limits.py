@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -132,5 +133,32 @@ async def test_window_slides_requests_allowed_again_after_retry_after(
                 assert loop.time() < deadline, "window never slid"
                 await asyncio.sleep(0.05)
             assert resp.status_code == 200
+    finally:
+        gateway.stop()
+
+
+async def test_a_client_that_stops_sending_its_body_gets_408(
+    platform: Platform, echo_servers: dict[str, Server]
+) -> None:
+    gateway = await start_gateway(platform, {**upstream_env(echo_servers), "FORGE_CLIENT_IDLE_TIMEOUT": "1s"})
+    try:
+        host, _, port = gateway.url.removeprefix("http://").partition(":")
+        token = platform.token(user(), "developer")
+        for declared in (1000, 1024 * 1024):  # read whole before forwarding / streamed through
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                f"POST /v1/runs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n{{".encode()
+            )
+            await writer.drain()
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+            assert head.startswith("http/1.1 408"), head
+            assert "connection: close" in head
+            length = int(head.split("content-length:")[1].split("\r\n")[0])
+            error = json.loads(await reader.readexactly(length))["error"]
+            assert error["code"] == "request_timeout"
+            assert error["details"]["idle_timeout"] == 1.0
+            assert await reader.read() == b""  # and the connection is closed
+            writer.close()
     finally:
         gateway.stop()

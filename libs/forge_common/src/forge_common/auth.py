@@ -98,7 +98,7 @@ def require(principal: Principal, permission: Permission) -> None:
 class JwksCache:
     min_refresh_interval = 5.0
 
-    def __init__(self, jwks_url: str, session_factory: Any = None) -> None:
+    def __init__(self, jwks_url: str) -> None:
         self.jwks_url = jwks_url
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = 0.0

@@ -4,6 +4,10 @@ Migrations are ordered ``NNNN_name.sql`` files per service schema. Each file run
 transaction and is recorded with a checksum in ``<schema>.schema_migrations``; a Postgres
 advisory lock per schema makes concurrent start-ups of several replicas safe (the second
 waits, then finds nothing left to do). An applied file that changed is refused.
+
+Every service schema also carries the transactional outbox table (see ``outbox.py``); its DDL
+lives here, with the runner that installs it, so that ``outbox`` depends on ``db`` and not the
+other way round.
 """
 
 from __future__ import annotations
@@ -17,8 +21,6 @@ import psycopg
 import structlog
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
-
-from .outbox import outbox_ddl
 
 __all__ = ["MigrationError", "Pool", "create_pool", "migrate", "migration_files"]
 
@@ -45,6 +47,30 @@ def migration_files(package: str) -> list[tuple[int, str, str]]:
     return found
 
 
+def _outbox_ddl(schema: str) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS "{schema}".outbox (
+    id bigserial PRIMARY KEY,
+    message_id uuid NOT NULL UNIQUE,
+    subject text NOT NULL,
+    payload bytea NOT NULL,
+    headers jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS outbox_unpublished_idx ON "{schema}".outbox (id) WHERE published_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_published_at_idx ON "{schema}".outbox (published_at) WHERE published_at IS NOT NULL;
+CREATE OR REPLACE FUNCTION "{schema}".outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('forge_outbox_{schema}', '');
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS outbox_notify ON "{schema}".outbox;
+CREATE TRIGGER outbox_notify AFTER INSERT ON "{schema}".outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".outbox_notify();
+"""
+
+
 async def migrate(database_url: str, schema: str, package: str) -> list[int]:
     """Apply pending migrations of ``package`` to ``schema``; return the versions applied."""
     files = migration_files(package)
@@ -59,7 +85,7 @@ async def migrate(database_url: str, schema: str, package: str) -> list[int]:
                 " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            await conn.execute(outbox_ddl(schema).encode())
+            await conn.execute(_outbox_ddl(schema).encode())
             cur = await conn.execute(f'SELECT version, checksum FROM "{schema}".schema_migrations')
             done = {row[0]: row[1] for row in await cur.fetchall()}
             for version, name, sql in files:

@@ -27,6 +27,7 @@ __all__ = [
     "ReleaseCreated",
     "envelope",
     "isoformat",
+    "isoformat_or_none",
     "utcnow",
 ]
 
@@ -38,6 +39,11 @@ def utcnow() -> dt.datetime:
 def isoformat(value: dt.datetime) -> str:
     """RFC 3339 UTC timestamp with a ``Z`` suffix, as every timestamp the platform emits."""
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def isoformat_or_none(value: dt.datetime | None) -> str | None:
+    """:func:`isoformat` for an optional timestamp (a nullable column)."""
+    return isoformat(value) if value is not None else None
 
 
 class EventData(msgspec.Struct, kw_only=True):

@@ -5,6 +5,10 @@ transaction, as the state change they describe. :class:`OutboxRelay` publishes c
 to JetStream with the event id as ``Nats-Msg-Id`` (so a re-publish after a crash is dropped by
 the stream's duplicate window), then marks them sent. While NATS is unreachable the rows wait
 and the relay retries with backoff: events are delayed, never lost.
+
+Sent rows are kept for ``retention`` (``FORGE_OUTBOX_RETENTION``, seven days by default) as a
+record of what was published, then purged by the relay every ``purge_interval``; unsent rows are
+never purged, however old.
 """
 
 from __future__ import annotations
@@ -13,47 +17,23 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import psycopg
 import structlog
 from nats.js import JetStreamContext
 
+from .db import Pool
 from .events import Envelope, EventData, envelope
 from .nats import Names
 
-if TYPE_CHECKING:  # db imports this module (outbox_ddl): a runtime import would be circular
-    from .db import Pool
-
-__all__ = ["OutboxRelay", "add_event", "add_message", "outbox_ddl"]
+__all__ = ["DEFAULT_RETENTION", "OutboxRelay", "add_event", "add_message"]
 
 log = structlog.get_logger(__name__)
 _encoder = msgspec.json.Encoder()
 
-
-def outbox_ddl(schema: str) -> str:
-    return f"""
-CREATE TABLE IF NOT EXISTS "{schema}".outbox (
-    id bigserial PRIMARY KEY,
-    message_id uuid NOT NULL UNIQUE,
-    subject text NOT NULL,
-    payload bytea NOT NULL,
-    headers jsonb NOT NULL DEFAULT '{{}}'::jsonb,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    published_at timestamptz
-);
-CREATE INDEX IF NOT EXISTS outbox_unpublished_idx ON "{schema}".outbox (id) WHERE published_at IS NULL;
-CREATE INDEX IF NOT EXISTS outbox_published_at_idx ON "{schema}".outbox (published_at) WHERE published_at IS NOT NULL;
-CREATE OR REPLACE FUNCTION "{schema}".outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('forge_outbox_{schema}', '');
-    RETURN NULL;
-END $$;
-DROP TRIGGER IF EXISTS outbox_notify ON "{schema}".outbox;
-CREATE TRIGGER outbox_notify AFTER INSERT ON "{schema}".outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".outbox_notify();
-"""
+DEFAULT_RETENTION = 7 * 24 * 3600.0
 
 
 async def add_message(
@@ -85,6 +65,10 @@ async def add_event(
 class OutboxRelay:
     batch_size = 200
     poll_interval = 1.0
+    purge_interval = 3600.0
+    # Deleting in bounded batches keeps each transaction (and the rows it locks) short when a
+    # long outage or a first purge leaves millions of rows behind.
+    purge_batch = 10_000
 
     def __init__(
         self,
@@ -93,13 +77,18 @@ class OutboxRelay:
         schema: str,
         js: JetStreamContext,
         names: Names,
+        retention: float = DEFAULT_RETENTION,
     ) -> None:
         self.pool = pool
         self.database_url = database_url
         self.schema = schema
         self.js = js
         self.names = names
+        self.retention = retention
         self._wake = asyncio.Event()
+        self._purge_passes = 0  # started
+        self._purge_done = 0  # number of the last pass that completed
+        self._purge_finished = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self.published = 0
 
@@ -107,6 +96,7 @@ class OutboxRelay:
         self._tasks = [
             asyncio.create_task(self._listen(), name=f"outbox-listen-{self.schema}"),
             asyncio.create_task(self._run(), name=f"outbox-relay-{self.schema}"),
+            asyncio.create_task(self._purge_forever(), name=f"outbox-purge-{self.schema}"),
         ]
 
     async def stop(self) -> None:
@@ -190,10 +180,41 @@ class OutboxRelay:
             return len(sent), False
         return len(sent), True
 
-    async def purge(self, older_than_days: int = 7) -> int:
-        async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                f'DELETE FROM "{self.schema}".outbox WHERE published_at < now() - make_interval(days => %s)',
-                (older_than_days,),
-            )
-            return cur.rowcount
+    async def purge(self) -> int:
+        """Delete the rows published more than ``retention`` seconds ago; returns how many."""
+        removed = 0
+        while True:
+            async with self.pool.connection() as conn, conn.transaction():
+                cur = await conn.execute(
+                    f'DELETE FROM "{self.schema}".outbox WHERE id IN ('
+                    f'SELECT id FROM "{self.schema}".outbox'
+                    " WHERE published_at < now() - make_interval(secs => %s) LIMIT %s)",
+                    (self.retention, self.purge_batch),
+                )
+            removed += cur.rowcount
+            if cur.rowcount < self.purge_batch:
+                return removed
+
+    async def purged(self) -> None:
+        """Wait until a scheduled purge pass that starts after this call has completed."""
+        target = self._purge_passes + 1
+        async with self._purge_finished:
+            await self._purge_finished.wait_for(lambda: self._purge_done >= target)
+
+    async def _purge_forever(self) -> None:
+        while True:
+            self._purge_passes += 1
+            this_pass = self._purge_passes
+            try:
+                removed = await self.purge()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Postgres down: the next pass catches up
+                log.warning("outbox.purge_failed", schema=self.schema, error=str(exc))
+            else:
+                if removed:
+                    log.info("outbox.purged", schema=self.schema, rows=removed, retention_s=self.retention)
+                async with self._purge_finished:
+                    self._purge_done = this_pass
+                    self._purge_finished.notify_all()
+            await asyncio.sleep(self.purge_interval)

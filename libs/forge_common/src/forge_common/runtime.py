@@ -55,15 +55,24 @@ class Runtime:
     async def start(self) -> None:
         s = self.settings
         if self.schema and self.migrations:
-            await migrate(s.database_url, self.schema, self.migrations)
+            if s.migrate_on_start:
+                await migrate(s.database_url, self.schema, self.migrations)
             self._pool = await create_pool(s.database_url, s.db_pool_min, s.db_pool_max, self.service)
         self._nc = await connect(s.nats_url, f"forge-{self.service}")
         self._js = self._nc.jetstream(timeout=5.0)
         await ensure_stream(self._js, events_stream_config(self.names))
         if self._pool is not None and self.schema:
-            self.relay = OutboxRelay(self._pool, s.database_url, self.schema, self._js, self.names)
+            self.relay = OutboxRelay(
+                self._pool, s.database_url, self.schema, self._js, self.names, retention=s.outbox_retention
+            )
             self.relay.start()
         log.info("service.started", host=s.host, port=s.port)
+
+    async def migrate(self) -> list[int]:
+        """Apply this service's pending migrations (``forge-<service> migrate``); versions applied."""
+        if not (self.schema and self.migrations):
+            return []
+        return await migrate(self.settings.database_url, self.schema, self.migrations)
 
     async def stop(self) -> None:
         if self.relay is not None:

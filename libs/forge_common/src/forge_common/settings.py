@@ -17,11 +17,11 @@ __all__ = ["CommonSettings", "SettingsError", "load", "parse_duration"]
 
 T = TypeVar("T", bound=msgspec.Struct)
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(text: str) -> float:
-    """Parse a Go-style duration (``90s``, ``10m``, ``1h30m``, ``250ms``) into seconds."""
+    """Parse a Go-style duration (``90s``, ``10m``, ``1h30m``, ``250ms``, ``7d``) into seconds."""
     s = text.strip()
     if not s:
         raise ValueError("empty duration")
@@ -39,7 +39,7 @@ def parse_duration(text: str) -> float:
             k += 1
         unit = s[j:k]
         if unit not in _UNITS:
-            raise ValueError(f"invalid duration {text!r}: unknown unit {unit!r} (use ms, s, m, h)")
+            raise ValueError(f"invalid duration {text!r}: unknown unit {unit!r} (use ms, s, m, h, d)")
         total += number * _UNITS[unit]
         i = k
     return total
@@ -110,6 +110,11 @@ class CommonSettings(msgspec.Struct, kw_only=True):
     log_format: str = "json"
     environment: str = "dev"
     otel_exporter: str = "none"
+    # How long published outbox rows are kept before the relay purges them (a duration).
+    outbox_retention: float = 7 * 86400.0
+    # Apply pending migrations when the service starts (`make run`, compose). The Helm charts
+    # turn it off and run `forge-<service> migrate` as a Job before the pods roll instead.
+    migrate_on_start: bool = True
 
     def validate(self) -> list[str]:
         problems: list[str] = []
@@ -125,6 +130,8 @@ class CommonSettings(msgspec.Struct, kw_only=True):
             problems.append("FORGE_NATS_URL must be a nats:// URL")
         if self.db_pool_min < 1 or self.db_pool_max < self.db_pool_min:
             problems.append("FORGE_DB_POOL_MIN must be >= 1 and <= FORGE_DB_POOL_MAX")
+        if self.outbox_retention <= 0:
+            problems.append("FORGE_OUTBOX_RETENTION must be a positive duration such as 7d or 36h")
         return problems
 
     @property

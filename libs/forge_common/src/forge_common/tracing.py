@@ -10,7 +10,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-__all__ = ["configure_tracing", "extract", "inject", "tracer"]
+__all__ = ["configure_tracing", "extract", "inject"]
 
 _configured = False
 
@@ -29,10 +29,6 @@ def configure_tracing(service: str, exporter: str = "none") -> None:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     trace.set_tracer_provider(provider)
     _configured = True
-
-
-def tracer(name: str = "forge") -> trace.Tracer:
-    return trace.get_tracer(name)
 
 
 def inject(carrier: MutableMapping[str, str], ctx: context.Context | None = None) -> MutableMapping[str, str]:

@@ -85,6 +85,7 @@ class IssuerKeys:
         service_account: bool = False,
         client_id: str = "forge-cli",
         expires_in: int = 3600,
+        audience: list[str] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> str:
         data = self._data()
@@ -92,7 +93,7 @@ class IssuerKeys:
         claims: dict[str, Any] = {
             "iss": data["issuer"],
             "sub": subject,
-            "aud": [AUDIENCE, "account"],
+            "aud": audience or [AUDIENCE, "account"],
             "azp": client_id,
             "typ": "Bearer",
             "iat": now,

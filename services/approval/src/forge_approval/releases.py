@@ -9,7 +9,7 @@ from forge_common.errors import BadGateway, NotFound
 
 from .domain import ReleaseFacts
 
-__all__ = ["HttpReleases", "InMemoryReleases", "Releases"]
+__all__ = ["HttpReleases", "Releases"]
 
 
 class Releases(Protocol):
@@ -51,16 +51,3 @@ class HttpReleases:
 
     async def close(self) -> None:
         await self.client.close()
-
-
-class InMemoryReleases:
-    """For tests of the service layer without a release service."""
-
-    def __init__(self, *releases: ReleaseFacts) -> None:
-        self.releases = {r.release_id: r for r in releases}
-
-    async def facts(self, release_id: str, token: str) -> ReleaseFacts:
-        try:
-            return self.releases[release_id]
-        except KeyError:
-            raise _not_found(release_id) from None

@@ -13,8 +13,8 @@ from forge_common.openapi import body_operation
 from forge_common.runtime import Runtime
 
 from .paths import PREFIX, parse_target_path, raw_path_segments
-from .schemas import CreateDeployment, CurrentDeployment, DeploymentAccepted, DeploymentHistory
-from .service import DeploymentService
+from .schemas import CurrentDeployment, DeploymentAccepted, DeploymentCreate, DeploymentHistory
+from .service import CreateDeployment, DeploymentService
 
 __all__ = ["ROUTES"]
 
@@ -28,15 +28,23 @@ def _service(runtime: Runtime) -> DeploymentService:
     "/v1/deployments",
     opt={"permission": Permission.DEPLOYMENTS_CREATE},
     status_code=201,
-    operation_class=body_operation(CreateDeployment, "`approval_id` is required for production"),
+    operation_class=body_operation(DeploymentCreate, "`approval_id` is required for production"),
     responses={201: ResponseSpec(DeploymentAccepted, description="accepted")},
 )
 async def create_deployment(
     request: Request[Any, Any, Any], principal: Principal, runtime: Runtime
 ) -> DeploymentAccepted:
     """Deploy a release to an environment (production needs an active approval)."""
-    data = decode_body(await request.body(), CreateDeployment)
-    return await _service(runtime).create(data, principal.identity, principal.token)
+    data = decode_body(await request.body(), DeploymentCreate)
+    return await _service(runtime).create(
+        CreateDeployment(
+            release_id=str(data.release_id),
+            environment=data.environment,
+            approval_id=str(data.approval_id) if data.approval_id else None,
+            deployed_by=principal.identity,
+            token=principal.token,
+        )
+    )
 
 
 @get("/v1/deployments/{path:path}", opt={"permission": Permission.READ})

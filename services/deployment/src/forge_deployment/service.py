@@ -5,24 +5,32 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from forge_common.db import Pool
 from forge_common.errors import BadGateway, LimitExceeded, NotFound
-from forge_common.events import DeploymentCreated, isoformat, utcnow
+from forge_common.events import DeploymentCreated, utcnow
 
 from . import domain
 from .clients import ApprovalClient, ReleaseClient
 from .domain import NewDeployment, Target
 from .gitops import Author, GitError, GitOpsRepository
-from .schemas import CreateDeployment, CurrentDeployment, DeploymentAccepted, DeploymentHistory, HistoryEntry
+from .schemas import CurrentDeployment, DeploymentAccepted, DeploymentHistory, HistoryEntry
 from .store import unit_of_work
 
-__all__ = ["DeploymentService"]
+__all__ = ["CreateDeployment", "DeploymentService"]
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class CreateDeployment:
+    release_id: str
+    environment: str
+    approval_id: str | None
+    deployed_by: str
+    token: str  # the caller's, forwarded to the release and approval services
 
 
 @dataclass
@@ -34,16 +42,15 @@ class DeploymentService:
     max_pending: int
     on_committed: Callable[[], None] = lambda: None
 
-    async def create(self, cmd: CreateDeployment, deployed_by: str, token: str) -> DeploymentAccepted:
-        release_id = str(cmd.release_id)
-        approval_id = str(cmd.approval_id) if cmd.approval_id else None
+    async def create(self, cmd: CreateDeployment) -> DeploymentAccepted:
+        approval_id = cmd.approval_id
         domain.require_approval_id(cmd.environment, approval_id)
-        release = await self.releases.get(release_id, token)
+        release = await self.releases.get(cmd.release_id, cmd.token)
         if cmd.environment in domain.APPROVAL_REQUIRED_ENVIRONMENTS:
             assert approval_id is not None
-            verdict = await self.approvals.check(approval_id, release.id, cmd.environment, token)
+            verdict = await self.approvals.check(approval_id, release.id, cmd.environment, cmd.token)
             domain.require_active_approval(verdict, approval_id, release.id, cmd.environment)
-        deployment = NewDeployment.create(release, cmd.environment, deployed_by, approval_id, utcnow())
+        deployment = NewDeployment.create(release, cmd.environment, cmd.deployed_by, approval_id, utcnow())
         async with unit_of_work(self.pool) as store:
             pending = await store.reserve(deployment, self.max_pending)
         if pending is not None:
@@ -95,44 +102,11 @@ class DeploymentService:
                 f"nothing is deployed to {target.environment} for {target.repository} {target.project}",
                 {"environment": target.environment, "repository": target.repository, "project": target.project},
             )
-        return CurrentDeployment(
-            deployment_id=str(row["id"]),
-            release_id=str(row["release_id"]),
-            release_number=row["release_number"],
-            environment=row["environment"],
-            status=row["status"],
-            deployed_at=isoformat(row["deployed_at"]),
-            deployed_by=row["deployed_by"],
-            gitops_commit_sha=row["gitops_commit_sha"] or "",
-            repository=row["repository"],
-            project=row["project"],
-            reconciled_at=_iso(row["reconciled_at"]),
-            approval_id=str(row["approval_id"]) if row["approval_id"] else None,
-        )
+        return CurrentDeployment.of(row)
 
     async def history(self, target: Target, limit: int, offset: int) -> DeploymentHistory:
         async with unit_of_work(self.pool) as store:
             rows, total = await store.history(target, limit, offset)
         return DeploymentHistory(
-            deployments=[
-                HistoryEntry(
-                    id=str(r["id"]),
-                    release_number=r["release_number"],
-                    status=r["status"],
-                    deployed_at=isoformat(r["deployed_at"]),
-                    deployed_by=r["deployed_by"],
-                    release_id=str(r["release_id"]),
-                    gitops_commit_sha=r["gitops_commit_sha"],
-                    reconciled_at=_iso(r["reconciled_at"]),
-                    error=r["error"],
-                )
-                for r in rows
-            ],
-            total=total,
-            limit=limit,
-            offset=offset,
+            deployments=[HistoryEntry.of(r) for r in rows], total=total, limit=limit, offset=offset
         )
-
-
-def _iso(value: Any) -> str | None:
-    return isoformat(value) if value is not None else None

@@ -21,7 +21,10 @@ from .openapi import openapi_document
 from .proxy import Proxy
 from .settings import Settings
 
-__all__ = ["GatewayApp", "create_app"]
+__all__ = ["META_PATH", "GatewayApp", "create_app"]
+
+# Public (no token): what a client needs before it has a token, i.e. which issuer to log in at.
+META_PATH = "/v1/meta"
 
 
 class GatewayApp:
@@ -34,7 +37,7 @@ class GatewayApp:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith("/v1/") or path == "/v1":
+            if (path.startswith("/v1/") or path == "/v1") and path != META_PATH:
                 if path.startswith("/v1/runs/") and (page := browser_run_redirect(scope)):
                     await _redirect(send, page)
                     return
@@ -74,6 +77,10 @@ def create_app(settings: Settings) -> GatewayApp:
         }
         return Response(body, status_code=200 if ready else 503)
 
+    @get(META_PATH, sync_to_thread=False)
+    def meta() -> dict[str, str]:
+        return {"oidc_issuer": settings.oidc_issuer, "oidc_audience": settings.oidc_audience}
+
     @get("/metrics", sync_to_thread=False)
     def metrics_endpoint() -> Response[bytes]:
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
@@ -89,7 +96,7 @@ def create_app(settings: Settings) -> GatewayApp:
         await proxy.stop()
 
     rest = Litestar(
-        route_handlers=[healthz, readyz, metrics_endpoint, openapi, *console_handlers(settings)],
+        route_handlers=[healthz, readyz, meta, metrics_endpoint, openapi, *console_handlers(settings)],
         exception_handlers=EXCEPTION_HANDLERS,
         on_startup=[start],
         on_shutdown=[stop],

@@ -313,8 +313,11 @@ class Upstream:
             conn.close()
 
     async def healthy(self) -> str:
+        """A probe on a connection of its own, outside the pool's slots: readiness must answer
+        within a probe's timeout even when every slot is busy."""
         try:
-            conn = await self.acquire(fresh=True)
+            async with asyncio.timeout(2.0):
+                conn = await self._connection(fresh=True)
         except (UpstreamError, TimeoutError) as exc:
             return f"unavailable: {type(exc).__name__}"
         try:
@@ -324,7 +327,6 @@ class Upstream:
             await conn.read(2.0)
             return "ok" if conn.status == 200 else f"unavailable: status {conn.status}"
         except (UpstreamError, TimeoutError) as exc:
-            conn.close()
             return f"unavailable: {type(exc).__name__}"
         finally:
-            self.release(conn)
+            conn.close()

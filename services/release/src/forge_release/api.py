@@ -25,16 +25,14 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from forge_common.auth import Permission, Principal
-from forge_common.errors import InvalidRequest, NotFound
-from forge_common.events import utcnow
+from forge_common.errors import NotFound
 from forge_common.http import decode_body, parse_page
 from forge_common.openapi import body_operation
 from forge_common.paths import raw_path_segments
 from forge_common.runtime import Runtime
 
-from .domain import NewRelease
 from .schemas import AliasCreate, AliasResult, Release, ReleaseCreate, ReleaseCreated
-from .service import ReleaseService
+from .service import CreateRelease, ReleaseService
 
 __all__ = ["ROUTES"]
 
@@ -82,27 +80,20 @@ _REST = Annotated[
 async def create_release(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> dict[str, Any]:
     """Create a release (spec: Create Release; optional ``trigger``, contract #2)."""
     data = decode_body(await request.body(), ReleaseCreate)
-    release = NewRelease.parse(
-        repository=data.repository,
-        project=data.project,
-        commit_sha=data.commit_sha,
-        pipeline_run_id=data.pipeline_run_id,
-        artifacts=[(a.name, a.type, a.tracking_oci_uri, a.primary_published_uri) for a in data.artifacts],
-        trigger=(data.trigger.trigger_type, data.trigger.branch, data.trigger.tag) if data.trigger else None,
-        created_by=principal.identity,
-        now=utcnow(),
-        triggered_by=_on_behalf_of(data, principal),
+    return await _service(runtime).create(
+        CreateRelease(
+            repository=data.repository,
+            project=data.project,
+            commit_sha=data.commit_sha,
+            pipeline_run_id=data.pipeline_run_id,
+            artifacts=[(a.name, a.type, a.tracking_oci_uri, a.primary_published_uri) for a in data.artifacts],
+            trigger=(data.trigger.trigger_type, data.trigger.branch, data.trigger.tag) if data.trigger else None,
+            created_by=principal.identity,
+            service_account=principal.service_account,
+            token=principal.token,
+            on_behalf_of=data.trigger.triggered_by if data.trigger else None,
+        )
     )
-    return await _service(runtime).create_release(release, principal.token)
-
-
-def _on_behalf_of(data: ReleaseCreate, principal: Principal) -> str | None:
-    if not principal.service_account or data.trigger is None or not data.trigger.triggered_by:
-        return None
-    who = data.trigger.triggered_by.strip()
-    if not who or len(who) > 255:
-        raise InvalidRequest("trigger.triggered_by must be 1..255 characters", {"field": "trigger.triggered_by"})
-    return who
 
 
 @get(

@@ -17,8 +17,6 @@ __all__ = [
     "Release",
     "ReleaseCreate",
     "ReleaseCreated",
-    "ReleaseList",
-    "ReleaseSummary",
     "TriggerIn",
     "TriggerOut",
 ]
@@ -101,20 +99,6 @@ class Release(msgspec.Struct, kw_only=True):
     artifacts: list[ArtifactOut]
     aliases: list[AliasOut]
     trigger: TriggerOut
-
-
-class ReleaseSummary(msgspec.Struct, kw_only=True):
-    id: str
-    commit_sha: str
-    release_number: int
-    created_at: str
-
-
-class ReleaseList(msgspec.Struct, kw_only=True):
-    releases: list[ReleaseSummary]
-    total: int
-    limit: int
-    offset: int
 
 
 class AliasResult(msgspec.Struct, kw_only=True):

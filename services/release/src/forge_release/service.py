@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import structlog
 
 from forge_common.db import Pool
-from forge_common.errors import Conflict, NotFound
-from forge_common.events import ReleaseCreated, isoformat
+from forge_common.errors import Conflict, InvalidRequest, NotFound
+from forge_common.events import ReleaseCreated, isoformat, utcnow
 from forge_common.outbox import add_event
 
 from . import store
@@ -45,7 +46,7 @@ from .domain import (
 from .oci import Publisher, build_artifact
 from .runs import RunChecker, SkipRunCheck
 
-__all__ = ["ReleaseService"]
+__all__ = ["CreateRelease", "ReleaseService"]
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +78,24 @@ def release_body(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class CreateRelease:
+    """``POST /v1/releases`` as the caller sent it; :meth:`ReleaseService.create` validates it."""
+
+    repository: str
+    project: str
+    commit_sha: str
+    pipeline_run_id: str | None
+    # (name, type, tracking_oci_uri, primary_published_uri) per artifact
+    artifacts: list[tuple[str, str, str, str]]
+    # (trigger_type, branch, tag); None is a manual release
+    trigger: tuple[str, str | None, str | None] | None
+    created_by: str
+    service_account: bool
+    token: str = field(repr=False)  # forwarded to the pipeline service
+    on_behalf_of: str | None = None  # trigger.triggered_by as sent
+
+
 class _ProjectLocks:
     """In-process queue per project in front of the database row lock.
 
@@ -98,6 +117,17 @@ class _ProjectLocks:
         return lock
 
 
+def _triggered_by(cmd: CreateRelease) -> str | None:
+    """Whom the release is for: honoured from service accounts only (a worker creates releases
+    on behalf of whoever pushed); users are always their own trigger."""
+    if not cmd.service_account or cmd.trigger is None or not cmd.on_behalf_of:
+        return None
+    who = cmd.on_behalf_of.strip()
+    if not who or len(who) > 255:
+        raise InvalidRequest("trigger.triggered_by must be 1..255 characters", {"field": "trigger.triggered_by"})
+    return who
+
+
 class ReleaseService:
     def __init__(self, pool: Pool, publisher: Publisher, runs: RunChecker | None = None) -> None:
         self.pool = pool
@@ -106,6 +136,20 @@ class ReleaseService:
         self._project_lock = _ProjectLocks()
 
     # --- create --------------------------------------------------------------------------------
+
+    async def create(self, cmd: CreateRelease) -> dict[str, Any]:
+        release = NewRelease.parse(
+            repository=cmd.repository,
+            project=cmd.project,
+            commit_sha=cmd.commit_sha,
+            pipeline_run_id=cmd.pipeline_run_id,
+            artifacts=cmd.artifacts,
+            trigger=cmd.trigger,
+            created_by=cmd.created_by,
+            now=utcnow(),
+            triggered_by=_triggered_by(cmd),
+        )
+        return await self.create_release(release, cmd.token)
 
     async def create_release(self, release: NewRelease, token: str = "") -> dict[str, Any]:
         if release.pipeline_run_id is not None:

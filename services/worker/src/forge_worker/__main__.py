@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 
@@ -14,6 +15,13 @@ from .worker import Worker
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="forge-worker", description="The Forge worker: pulls jobs until SIGTERM.")
+    # Every forge-<process> answers `migrate` so deployment tooling can treat them alike; the
+    # worker owns no database.
+    parser.add_argument("command", nargs="?", choices=["run", "migrate"], default="run")
+    if parser.parse_args().command == "migrate":
+        print("forge-worker: no database, nothing to migrate")  # noqa: T201 - a one-shot command's answer
+        return
     try:
         settings = load(Settings)
         job_settings = load(JobSettings)

@@ -1,0 +1,273 @@
+"""The API commands: runs, releases, deployments, approvals."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote
+
+from .http import ApiError
+from .session import call
+
+__all__ = ["ENVIRONMENTS", "add_api_commands"]
+
+
+def _repo(repo: str) -> str:
+    return quote(repo, safe="")
+
+
+def _seg(value: str) -> str:
+    """One path segment: whatever the user typed cannot add or remove segments."""
+    return quote(value, safe="")
+
+
+ENVIRONMENTS = ("dev", "staging", "production")
+
+
+def _paging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=int, help="page size (the API's default is 20, at most 100)")
+    parser.add_argument("--offset", type=int, help="items to skip")
+
+
+def add_api_commands(sub: Any, leaf: Any) -> None:
+    """``leaf(group, name, help=...)`` adds a command that takes the common options."""
+    _runs_commands(sub, leaf)
+    _release_commands(sub, leaf)
+    _deployment_commands(sub, leaf)
+    _approval_commands(sub, leaf)
+
+
+def _runs_commands(sub: Any, leaf: Any) -> None:
+    runs = sub.add_parser("runs", help="pipeline runs").add_subparsers(dest="runs_command", required=True)
+    p = leaf(runs, "create", help="start a run for a commit")
+    p.add_argument("--repository", required=True)
+    p.add_argument("--branch", required=True)
+    p.add_argument("--commit", required=True, dest="commit_sha")
+    p.add_argument("--trigger", default="manual", choices=["push", "pull_request", "manual"])
+    p.set_defaults(
+        func=lambda a: call(
+            a,
+            "POST",
+            "/v1/runs",
+            {
+                "repository": a.repository,
+                "branch": a.branch,
+                "commit_sha": a.commit_sha,
+                "trigger_type": a.trigger,
+            },
+        )
+    )
+    p = leaf(runs, "list", help="runs of a repository, newest first")
+    p.add_argument("--repository", required=True)
+    p.add_argument("--branch")
+    p.add_argument("--status")
+    _paging(p)
+    p.set_defaults(
+        func=lambda a: call(
+            a,
+            "GET",
+            "/v1/runs",
+            params={
+                "repository": a.repository,
+                "branch": a.branch,
+                "status": a.status,
+                "limit": a.limit,
+                "offset": a.offset,
+            },
+        )
+    )
+    p = leaf(runs, "get", help="a run with its phases, tasks and steps")
+    p.add_argument("run_id")
+    p.set_defaults(func=lambda a: call(a, "GET", f"/v1/runs/{_seg(a.run_id)}"))
+    p = leaf(runs, "cancel", help="cancel a pending or running run")
+    p.add_argument("run_id")
+    p.set_defaults(func=lambda a: call(a, "DELETE", f"/v1/runs/{_seg(a.run_id)}"))
+    p = leaf(runs, "logs", help="print the logs of a run's steps (all, or those matching the filters)")
+    p.add_argument("run_id")
+    p.add_argument("--phase")
+    p.add_argument("--project")
+    p.add_argument("--step")
+    p.set_defaults(func=_run_logs)
+
+
+def _release_commands(sub: Any, leaf: Any) -> None:
+    rel = sub.add_parser("releases", help="releases").add_subparsers(dest="releases_command", required=True)
+    p = leaf(rel, "create", help="release a project at a commit")
+    p.add_argument("--repository", required=True)
+    p.add_argument("--project", required=True)
+    p.add_argument("--commit", required=True, dest="commit_sha")
+    trigger = p.add_mutually_exclusive_group()
+    trigger.add_argument("--branch", help="record the release as triggered by a push to BRANCH (adds the branch alias)")
+    trigger.add_argument("--tag", help="record the release as triggered by TAG (adds the tag alias)")
+    p.add_argument("--pipeline-run", dest="pipeline_run_id", help="the run that produced it")
+    p.add_argument(
+        "--artifact",
+        action="append",
+        default=[],
+        nargs=4,
+        metavar=("NAME", "TYPE", "TRACKING_URI", "PUBLISHED_URI"),
+        help="an artifact (four values: OCI references contain ':', so they are separate arguments); "
+        "repeat for several; TYPE is container, binary or archive",
+    )
+    p.set_defaults(func=_create_release)
+    p = leaf(rel, "get", help="a release by commit SHA, number, tag or alias")
+    p.add_argument("repository")
+    p.add_argument("project")
+    p.add_argument("release_id")
+    p.set_defaults(
+        func=lambda a: call(a, "GET", f"/v1/releases/{_repo(a.repository)}/{_seg(a.project)}/{_seg(a.release_id)}")
+    )
+    p = leaf(rel, "list", help="releases of a project, newest first")
+    p.add_argument("repository")
+    p.add_argument("project")
+    _paging(p)
+    p.set_defaults(
+        func=lambda a: call(
+            a,
+            "GET",
+            f"/v1/releases/{_repo(a.repository)}/{_seg(a.project)}",
+            params={"limit": a.limit, "offset": a.offset},
+        )
+    )
+
+
+def _deployment_commands(sub: Any, leaf: Any) -> None:
+    dep = sub.add_parser("deployments", help="deployments").add_subparsers(dest="deployments_command", required=True)
+    p = leaf(dep, "create", help="deploy a release to an environment")
+    p.add_argument("--release", required=True, dest="release_id")
+    p.add_argument("--environment", required=True, choices=ENVIRONMENTS)
+    p.add_argument("--approval", dest="approval_id")
+    p.set_defaults(
+        func=lambda a: call(
+            a,
+            "POST",
+            "/v1/deployments",
+            {
+                "release_id": a.release_id,
+                "environment": a.environment,
+                **({"approval_id": a.approval_id} if a.approval_id else {}),
+            },
+        )
+    )
+    p = leaf(dep, "current", help="the active deployment of a project in an environment")
+    p.add_argument("environment", choices=ENVIRONMENTS)
+    p.add_argument("repository")
+    p.add_argument("project")
+    p.set_defaults(
+        func=lambda a: call(a, "GET", f"/v1/deployments/{a.environment}/{_repo(a.repository)}/{_seg(a.project)}")
+    )
+    p = leaf(dep, "history", help="deployments of a project in an environment, newest first")
+    p.add_argument("environment", choices=ENVIRONMENTS)
+    p.add_argument("repository")
+    p.add_argument("project")
+    _paging(p)
+    p.set_defaults(
+        func=lambda a: call(
+            a,
+            "GET",
+            f"/v1/deployments/{a.environment}/{_repo(a.repository)}/{_seg(a.project)}/history",
+            params={"limit": a.limit, "offset": a.offset},
+        )
+    )
+
+
+def _approval_commands(sub: Any, leaf: Any) -> None:
+    apr = sub.add_parser("approvals", help="approvals").add_subparsers(dest="approvals_command", required=True)
+    p = leaf(apr, "create", help="approve a release for an environment")
+    p.add_argument("--release", required=True, dest="release_id")
+    p.add_argument("--environment", required=True, choices=ENVIRONMENTS)
+    p.add_argument("--justification", required=True)
+    p.set_defaults(
+        func=lambda a: call(
+            a,
+            "POST",
+            "/v1/approvals",
+            {"release_id": a.release_id, "environment": a.environment, "justification": a.justification},
+        )
+    )
+    p = leaf(
+        apr,
+        "get",
+        help="the approval status of a release in an environment (RELEASE_ID ENVIRONMENT), or one approval (APPROVAL_ID)",
+    )
+    p.add_argument("id", metavar="RELEASE_ID|APPROVAL_ID")
+    p.add_argument("environment", nargs="?", choices=ENVIRONMENTS)
+    p.set_defaults(
+        func=lambda a: call(a, "GET", f"/v1/approvals/{_seg(a.id)}" + (f"/{a.environment}" if a.environment else ""))
+    )
+    p = leaf(apr, "revoke", help="revoke an active approval")
+    p.add_argument("approval_id")
+    p.add_argument("--reason", help="recorded with the revocation")
+    p.set_defaults(
+        func=lambda a: call(
+            a, "DELETE", f"/v1/approvals/{_seg(a.approval_id)}", {"reason": a.reason} if a.reason else None
+        )
+    )
+
+
+def _run_logs(args: argparse.Namespace) -> int:
+    """Each matching step's log (fetched from its presigned ``logs_url``) under a header line."""
+    run = call(args, "GET", f"/v1/runs/{_seg(args.run_id)}")
+    found = failed = 0
+    for phase in run.get("phases", []):
+        if args.phase and phase["name"] != args.phase:
+            continue
+        for task in phase.get("tasks", []):
+            if args.project and task["project_name"] != args.project:
+                continue
+            for step in task.get("steps", []):
+                if args.step and step["name"] != args.step:
+                    continue
+                found += 1
+                where = f"{phase['name']}/{task['project_name']}/{step['name']}"
+                print(f"==> {where} ({step['status']}, exit code {step.get('exit_code')}) <==", flush=True)
+                if not step.get("logs_url"):
+                    print("(no log)", flush=True)
+                    continue
+                try:
+                    sys.stdout.write(_fetch_log(step["logs_url"]))
+                except ApiError as exc:
+                    failed += 1
+                    print(f"forge: {where}: {exc}", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+    if not found:
+        what = "matching the filters" if (args.phase or args.project or args.step) else "at all"
+        print(f"forge: run {args.run_id} ({run.get('status')}) has no step {what}", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+def _fetch_log(url: str) -> str:
+    # A presigned URL carries its own credentials: no Authorization header (S3 refuses two).
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - the API's presigned URL
+            data: bytes = resp.read()
+    except urllib.error.HTTPError as exc:
+        raise ApiError(f"log download failed: {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ApiError(f"log download failed: {getattr(exc, 'reason', exc)}") from None
+    text = data.decode("utf-8", "replace")
+    return text if text.endswith("\n") or not text else text + "\n"
+
+
+def _create_release(args: argparse.Namespace) -> Any:
+    artifacts = [
+        {"name": name, "type": kind, "tracking_oci_uri": tracking, "primary_published_uri": published}
+        for name, kind, tracking, published in args.artifact
+    ]
+    body: dict[str, Any] = {
+        "repository": args.repository,
+        "project": args.project,
+        "commit_sha": args.commit_sha,
+        "artifacts": artifacts,
+    }
+    if args.branch:
+        body["trigger"] = {"trigger_type": "branch_push", "branch": args.branch}
+    elif args.tag:
+        body["trigger"] = {"trigger_type": "tag", "tag": args.tag}
+    if args.pipeline_run_id:
+        body["pipeline_run_id"] = args.pipeline_run_id
+    return call(args, "POST", "/v1/releases", body)

@@ -1,0 +1,108 @@
+"""``-o table|json|yaml``: a table on a terminal, JSON when piped (scripts get the API's document)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+__all__ = ["FORMATS", "render"]
+
+FORMATS = ("table", "json", "yaml")
+
+
+def render(result: Any, output: str | None) -> None:
+    fmt = output or ("table" if sys.stdout.isatty() else "json")
+    if fmt == "json":
+        print(json.dumps(result, indent=2))
+    elif fmt == "yaml":
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(result, sort_keys=False, allow_unicode=True))
+    else:
+        _table(result)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _items(result: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
+    """A page of a list answer: the one key holding a list of objects (runs, releases, ...)."""
+    lists = [(k, v) for k, v in result.items() if isinstance(v, list) and all(isinstance(i, dict) for i in v)]
+    if len(lists) == 1 and "total" in result:
+        return lists[0]
+    if len(lists) == 1 and len(result) == 1:
+        return lists[0]
+    return None
+
+
+def _table(result: Any) -> None:
+    # rich is imported only here: JSON output and piped use never pay for it
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=False)
+    if isinstance(result, list):
+        result = {"items": result}
+    if not isinstance(result, dict):
+        console.print(_cell(result), markup=False)
+        return
+    page = _items(result)
+    if page is not None:
+        name, items = page
+        columns: list[str] = []
+        for item in items:
+            columns += [k for k, v in item.items() if not isinstance(v, dict | list) and k not in columns]
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+        for column in columns:
+            table.add_column(column.upper().replace("_", " "), overflow="fold")
+        for item in items:
+            table.add_row(*(_cell(item.get(c)) for c in columns))
+        console.print(table)
+        if "total" in result:
+            shown = f"{result.get('offset', 0) + 1 if items else 0}-{result.get('offset', 0) + len(items)}"
+            console.print(f"{name}: {shown} of {result['total']}", markup=False)
+        return
+    table = Table(box=box.SIMPLE, show_header=False, show_edge=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    nested = {}
+    for key, value in result.items():
+        if key == "phases" and isinstance(value, list):
+            nested[key] = value
+            continue
+        table.add_row(key, _cell(value))
+    console.print(table)
+    if "phases" in nested:
+        console.print(_steps_table(nested["phases"]))
+
+
+def _steps_table(phases: list[dict[str, Any]]) -> Any:
+    """A run's tree as rows: phase / project / step with status and exit code."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("PHASE", "PROJECT", "STEP", "STATUS", "EXIT CODE", "STARTED", "COMPLETED"):
+        table.add_column(column, overflow="fold")
+    for phase in phases:
+        table.add_row(phase.get("name", "-"), "", "", _cell(phase.get("status")), "", "", "")
+        for task in phase.get("tasks", []):
+            table.add_row("", _cell(task.get("project_name")), "", _cell(task.get("status")), "", "", "")
+            for step in task.get("steps", []):
+                table.add_row(
+                    "",
+                    "",
+                    _cell(step.get("name")),
+                    _cell(step.get("status")),
+                    _cell(step.get("exit_code")),
+                    _cell(step.get("started_at")),
+                    _cell(step.get("completed_at")),
+                )
+    return table

@@ -1,0 +1,270 @@
+"""``forge login``, contexts, refresh and logout, against the platform's dev issuer.
+
+The test plays the browser: it reads the authorization URL the CLI prints, opens it with an
+HTTP client, submits the dev login form, and follows the redirect to the CLI's loopback server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from forge_dev.testing import Platform
+
+from .test_cli import Result
+
+USER = "login.dev@acme.io"
+
+
+class Forge:
+    """``forge`` with its own config directory (``XDG_CONFIG_HOME``), as one user's machine."""
+
+    def __init__(self, home: Path, api: str) -> None:
+        self.home = home
+        self.api = api
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PATH": "/usr/bin:/bin", "HOME": str(self.home), "XDG_CONFIG_HOME": str(self.home / "config")}
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "config" / "forge" / "config.json"
+
+    def config(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.config_file.read_text())
+        return data
+
+    def write_config(self, data: dict[str, Any]) -> None:
+        self.config_file.write_text(json.dumps(data))
+
+    def __call__(self, *args: str, stdin: str | None = None, api: bool = True) -> Result:
+        cmd = [sys.executable, "-m", "forge_cli", *(["--api", self.api] if api else []), *args]
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120, env=self.env, check=False)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def login(self, username: str, roles: list[str], *extra: str) -> tuple[Result, str]:
+        """A browser login; returns the CLI's result and the login form page the user saw."""
+        cmd = [sys.executable, "-m", "forge_cli", "--api", self.api, "login", "--no-browser", *extra]
+        with subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=self.env
+        ) as proc:
+            try:
+                assert proc.stderr is not None
+                url = ""
+                seen = []
+                for line in proc.stderr:
+                    seen.append(line)
+                    if line.startswith("http"):
+                        url = line.strip()
+                        break
+                assert url, f"the CLI printed no authorization URL: {seen}"
+                page = complete_login_in_browser(url, username, roles)
+                out, err = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        return Result(proc.returncode, out, "".join(seen) + err), page
+
+
+def login_form_fields(page: str) -> dict[str, str]:
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page))
+
+
+def complete_login_in_browser(url: str, username: str, roles: list[str]) -> str:
+    with httpx.Client(timeout=30) as browser:
+        page = browser.get(url)
+        assert page.status_code == 200, page.text
+        assert page.headers["content-type"].startswith("text/html")
+        form = [*login_form_fields(page.text).items(), ("username", username), *(("role", r) for r in roles)]
+        answer = browser.post(
+            url.split("?", 1)[0],
+            content=urlencode(form),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert answer.status_code == 302, answer.text
+        location = answer.headers["location"]
+        assert location.startswith("http://127.0.0.1:")
+        landed = browser.get(location)
+        assert landed.status_code == 200, landed.text
+        assert "Signed in" in landed.text
+        return page.text
+
+
+@pytest.fixture
+def user(tmp_path: Path, platform: Platform) -> Forge:
+    return Forge(tmp_path, platform.gateway_url)
+
+
+def _repo() -> str:
+    return f"login-{uuid.uuid4().hex[:8]}/shop"
+
+
+def _sha() -> str:
+    return uuid.uuid4().hex + uuid.uuid4().hex[:8]
+
+
+def test_gateway_names_its_issuer_without_a_token(platform: Platform) -> None:
+    meta = httpx.get(f"{platform.gateway_url}/v1/meta", timeout=10)
+    assert meta.status_code == 200
+    assert meta.json()["oidc_issuer"] == platform.issuer_url
+    assert meta.json()["oidc_audience"] == "forge"
+
+
+def test_login_with_pkce_then_the_api_with_the_stored_token(user: Forge, platform: Platform) -> None:
+    res, page = user.login(USER, ["developer", "viewer"])
+    assert res.code == 0, res
+    assert "Open this URL in a browser" in res.stderr
+    assert 'name="role" value="approver"' in page
+    summary = res.json
+    assert summary["user"] == USER
+    assert sorted(summary["roles"]) == ["developer", "viewer"]
+    assert summary["current"] is True
+    assert summary["refreshable"] is True
+    assert summary["api"] == platform.gateway_url
+
+    # the tokens are the user's alone
+    assert stat.S_IMODE(user.config_file.stat().st_mode) == 0o600
+    context = user.config()["contexts"][summary["name"]]
+    assert context["refresh_token"]
+    assert context["issuer"] == platform.issuer_url
+
+    # the spec's lifetimes: 60 minutes (access), 30 days (refresh)
+    assert 3600 - 120 < context["expires_at"] - time.time() <= 3600
+    assert 30 * 86400 - 120 < context["refresh_expires_at"] - time.time() <= 30 * 86400
+
+    repo, sha = _repo(), _sha()
+    created = user("runs", "create", "--repository", repo, "--branch", "main", "--commit", sha)
+    assert created.code == 0, created
+    got = user("runs", "get", created.json["id"])
+    assert got.code == 0, got
+    assert got.json["triggered_by"] == USER
+
+    # the API URL comes from the current context when --api is not given
+    listed = user("runs", "list", "--repository", repo, api=False)
+    assert listed.code == 0, listed
+    assert listed.json["total"] == 1
+
+
+def test_an_expired_access_token_is_refreshed_and_the_refresh_token_rotated(user: Forge, platform: Platform) -> None:
+    res, _ = user.login(USER, ["viewer"])
+    assert res.code == 0, res
+    name = res.json["name"]
+    config = user.config()
+    first_refresh = config["contexts"][name]["refresh_token"]
+    # the stored access token has expired (the gateway refuses it), as the CLI knows from expires_at
+    config["contexts"][name]["access_token"] = platform.token(USER, "viewer", expires_in=-120)
+    config["contexts"][name]["expires_at"] = 1.0
+    user.write_config(config)
+
+    listed = user("runs", "list", "--repository", _repo())
+    assert listed.code == 0, listed
+    assert listed.json["total"] == 0
+    after = user.config()["contexts"][name]
+    assert after["refresh_token"] != first_refresh
+    assert after["expires_at"] > 1.0
+    assert stat.S_IMODE(user.config_file.stat().st_mode) == 0o600
+
+    # a copied (already rotated) refresh token is refused, and ends the session: log in again
+    after["refresh_token"] = first_refresh
+    after["access_token"] = platform.token(USER, "viewer", expires_in=-120)
+    after["expires_at"] = 1.0
+    user.write_config({**user.config(), "contexts": {name: after}})
+    refused = user("runs", "list", "--repository", _repo())
+    assert refused.code == 4, refused
+    assert refused.stdout == ""
+    assert "forge login" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_login_with_token_from_stdin_then_logout(user: Forge, platform: Platform) -> None:
+    token = platform.token("stdin.user@acme.io", "viewer")
+    res = user("login", "--with-token", stdin=token + "\n")
+    assert res.code == 0, res
+    assert res.json["user"] == "stdin.user@acme.io"
+    assert res.json["roles"] == ["viewer"]
+    assert res.json["refreshable"] is False
+
+    listed = user("runs", "list", "--repository", _repo())
+    assert listed.code == 0, listed
+
+    out = user("logout")
+    assert out.code == 0, out
+    assert out.json["user"] is None
+    again = user("runs", "list", "--repository", _repo())
+    assert again.code == 1, again
+    assert "no token" in again.stderr
+    assert "forge login" in again.stderr
+
+    empty = user("login", "--with-token", stdin="")
+    assert empty.code == 1, empty
+    assert "--with-token" in empty.stderr
+
+
+def test_contexts_list_and_use(user: Forge, platform: Platform) -> None:
+    token = platform.token("ctx.user@acme.io", "viewer")
+    assert user("login", "--with-token", "--context", "local", stdin=token).code == 0
+    other = Forge(user.home, "http://127.0.0.1:9")
+    assert other("login", "--with-token", "--context", "elsewhere", stdin=token).code == 0
+
+    listed = user("context", "list", api=False).json["contexts"]
+    assert [(c["name"], c["current"], c["api"]) for c in listed] == [
+        ("elsewhere", True, "http://127.0.0.1:9"),
+        ("local", False, platform.gateway_url),
+    ]
+    # the current context's gateway is not this one: its token is never sent here
+    res = user("runs", "list", "--repository", _repo())
+    assert res.code == 1
+    assert "no token" in res.stderr
+
+    used = user("context", "use", "local", api=False)
+    assert used.code == 0, used
+    assert used.json["current"] is True
+    assert user("runs", "list", "--repository", _repo(), api=False).code == 0
+    # --context picks a context for one command
+    via = user("--context", "elsewhere", "runs", "list", "--repository", _repo(), api=False)
+    assert via.code == 1
+    assert via.stderr.startswith("forge: cannot reach http://127.0.0.1:9"), via
+
+    unknown = user("context", "use", "nowhere", api=False)
+    assert unknown.code == 1
+    assert "nowhere" in unknown.stderr
+
+
+def test_login_with_an_unreachable_issuer_says_so(user: Forge) -> None:
+    res = user("login", "--no-browser", "--issuer", "http://127.0.0.1:9/realms/forge")
+    assert res.code == 1, res
+    assert res.stderr.startswith("forge: cannot reach http://127.0.0.1:9"), res
+
+
+def test_concurrent_commands_refresh_once_and_all_succeed(user: Forge, platform: Platform) -> None:
+    res, _ = user.login(USER, ["viewer"])
+    assert res.code == 0, res
+    name = res.json["name"]
+    config = user.config()
+    config["contexts"][name]["access_token"] = platform.token(USER, "viewer", expires_in=-120)
+    config["contexts"][name]["expires_at"] = 1.0
+    user.write_config(config)
+
+    # each would refresh; a refresh token presented twice ends the session, so they must take turns
+    cmd = [sys.executable, "-m", "forge_cli", "--api", user.api, "runs", "list", "--repository", _repo()]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=user.env) for _ in range(4)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        results.append((proc.returncode, out, err))
+    assert [code for code, _, _ in results] == [0, 0, 0, 0], results
+    assert user("runs", "list", "--repository", _repo()).code == 0
