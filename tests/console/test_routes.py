@@ -78,7 +78,7 @@ async def test_config_names_the_issuer_and_public_client(client: httpx.AsyncClie
     body = resp.json()
     assert body["oidc"] == {
         "issuer": platform.issuer_url,
-        "client_id": "forge-console",
+        "client_id": "forge-cli",
         "scope": "openid profile email",
     }
     assert body["environments"] == ["dev", "staging", "production"]

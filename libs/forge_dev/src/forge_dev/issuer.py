@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 
 import uvicorn
 from litestar import Litestar, Request, Response, get, post
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import FormMultiDict
 from litestar.response import Redirect
 
@@ -333,7 +334,14 @@ def create_issuer_app(keys: IssuerKeys, realm: Realm | None = None, sessions: Se
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    return Litestar([discovery, certs, login_page, login, token, revoke, healthz], debug=False, logging_config=None)
+    # The web console trades its code at the token endpoint from the gateway's origin: Keycloak
+    # answers CORS for the client's web origins; this dev issuer for any (no cookies involved).
+    return Litestar(
+        [discovery, certs, login_page, login, token, revoke, healthz],
+        cors_config=CORSConfig(allow_origins=["*"]),
+        debug=False,
+        logging_config=None,
+    )
 
 
 def main() -> None:

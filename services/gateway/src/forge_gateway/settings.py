@@ -41,7 +41,7 @@ class Settings(CommonSettings, kw_only=True):
     # defaults to FORGE_OIDC_ISSUER; set it when browsers reach the issuer at another address.
     console_enabled: bool = True
     console_oidc_issuer: str = ""
-    console_oidc_client_id: str = "forge-console"
+    console_oidc_client_id: str = "forge-cli"
     # Extra origins (space-separated) the console's fetch() may reach besides the gateway, the
     # issuer and FORGE_S3_URL, e.g. the public address of the log store behind logs_url.
     console_connect_src: str = ""

@@ -17,7 +17,7 @@ const ROUTES = [
   [/^\/environments\/?$/, environmentsView],
   [/^\/approvals\/?$/, approvalsView],
   [/^\/login\/?$/, loginView],
-  [/^\/login\/callback\/?$/, callbackView],
+  [/^\/console\/callback\/?$/, callbackView],
 ];
 const PUBLIC_VIEWS = new Set([loginView, callbackView]);
 

@@ -92,8 +92,10 @@ async function discover(issuer) {
   return doc;
 }
 
+// Under /console/ as the realm's redirect URIs of the public client expect
+// (deploy/keycloak/forge-realm.json: "{origin}/console/*").
 export function redirectUri() {
-  return `${location.origin}/login/callback`;
+  return `${location.origin}/console/callback`;
 }
 
 export async function startLogin(oidc, returnTo) {
