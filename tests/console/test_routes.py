@@ -82,6 +82,12 @@ async def test_config_names_the_issuer_and_public_client(client: httpx.AsyncClie
         "scope": "openid profile email",
     }
     assert body["environments"] == ["dev", "staging", "production"]
+    # the page may fetch from the issuer (the code exchange) and the log store (logs_url), no more
+    csp = (await client.get("/runs")).headers["content-security-policy"]
+    connect = next(d for d in csp.split("; ") if d.startswith("connect-src ")).split()[1:]
+    issuer = platform.issuer_url.split("/realms/")[0]
+    s3 = "/".join(platform.s3_url.split("/")[:3])
+    assert connect == ["'self'", issuer, s3]
 
 
 async def test_a_browser_following_a_commit_status_link_lands_on_the_run_page(

@@ -76,7 +76,7 @@ def content_security_policy(settings: Settings) -> str:
     """Only the gateway's own files run; fetch() may reach the gateway, the issuer (token
     endpoint of the login flow) and the log store (``logs_url`` is a presigned S3 link)."""
     connect = ["'self'"]
-    for url in (settings.console_oidc_issuer or settings.oidc_issuer, settings.s3_url):
+    for url in (settings.console_oidc_issuer or settings.oidc_issuer, settings.s3_url, settings.s3_public_url):
         origin = _origin(url)
         if origin and origin not in connect:
             connect.append(origin)
