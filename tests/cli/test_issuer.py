@@ -181,7 +181,10 @@ def test_code_flow_tokens_carry_the_realms_lifetimes_and_are_accepted(
 ) -> None:
     verifier, challenge = _pkce()
     redirect = "http://127.0.0.1:50123/callback"
-    code = browser.code("forge-cli", redirect, challenge)
+    params = browser.auth_params("forge-cli", redirect, challenge, nonce="n-42", scope="openid")
+    signed_in = browser.sign_in(params, "ann@acme.io", ["developer"])
+    assert signed_in.status_code == 302, signed_in.text
+    code = parse_qs(urlsplit(signed_in.headers["location"]).query)["code"][0]
     answer = browser.token(
         {
             "grant_type": "authorization_code",
@@ -195,6 +198,11 @@ def test_code_flow_tokens_carry_the_realms_lifetimes_and_are_accepted(
     body = answer.json()
     assert body["expires_in"] == realm["accessTokenLifespan"] == 3600
     assert realm["ssoSessionMaxLifespan"] - 5 <= body["refresh_expires_in"] <= realm["ssoSessionMaxLifespan"] == 2592000
+    id_token = _claims(body["id_token"])  # OpenID Connect, for the console's sign-in library
+    assert id_token["aud"] == ["forge-cli"]
+    assert id_token["nonce"] == "n-42"
+    assert id_token["iss"] == browser.issuer
+    assert id_token["sub"] == "ann@acme.io"
     claims = _claims(body["access_token"])
     assert claims["preferred_username"] == "ann@acme.io"
     assert claims["realm_access"]["roles"] == ["developer"]
@@ -307,3 +315,24 @@ def test_revocation_ends_a_session(browser: Browser) -> None:
         {"grant_type": "refresh_token", "client_id": "forge-cli", "refresh_token": tokens["refresh_token"]}
     )
     assert refused.json()["error"] == "invalid_grant"
+
+
+def test_browser_apps_may_call_the_token_endpoint_from_the_realms_web_origins(
+    browser: Browser, realm: dict[str, Any]
+) -> None:
+    allowed = set()
+    for client in realm["clients"]:
+        if "+" in client.get("webOrigins", []):
+            for uri in client["redirectUris"]:
+                parts = urlsplit(uri.rstrip("*"))
+                if parts.port is not None:
+                    allowed.add(f"{parts.scheme}://{parts.netloc}")
+    assert "http://127.0.0.1:8080" in allowed  # the console
+    token_url = f"{browser.issuer}/protocol/openid-connect/token"
+    for origin in allowed:
+        preflight = browser.http.options(token_url, headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
+        assert preflight.status_code in (200, 204), preflight.text
+        assert preflight.headers["access-control-allow-origin"] == origin
+    for origin in ("http://evil.example", "http://127.0.0.1:9999", "http://127.0.0.1"):
+        answer = browser.http.post(token_url, headers={"Origin": origin, **FORM}, content="grant_type=x")
+        assert "access-control-allow-origin" not in answer.headers, origin

@@ -268,3 +268,22 @@ def test_concurrent_commands_refresh_once_and_all_succeed(user: Forge, platform:
         results.append((proc.returncode, out, err))
     assert [code for code, _, _ in results] == [0, 0, 0, 0], results
     assert user("runs", "list", "--repository", _repo()).code == 0
+
+
+def test_logout_ends_the_session_at_the_issuer(user: Forge, platform: Platform) -> None:
+    res, _ = user.login(USER, ["viewer"])
+    assert res.code == 0, res
+    refresh_token = user.config()["contexts"][res.json["name"]]["refresh_token"]
+
+    out = user("logout")
+    assert out.code == 0, out
+    assert out.json["refreshable"] is False
+    assert user.config()["contexts"][res.json["name"]]["refresh_token"] is None
+    # a copy of the refresh token is worthless now
+    answer = httpx.post(
+        f"{platform.issuer_url}/protocol/openid-connect/token",
+        data={"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": "forge-cli"},
+        timeout=10,
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_grant"

@@ -5,8 +5,7 @@ endpoint reads ``limit``/``offset`` with ``forge_common.http.parse_page``; these
 mistake to each endpoint and expect ``400 invalid_request`` whose ``details.field`` names what
 to fix (``body`` when the body as a whole is wrong), never a 5xx.
 
-The pipeline service's endpoints join the parametrisation once it adopts the same two functions
-(issue 10, branch h-pipeline).
+The pipeline service is in the parametrisation too (``POST /v1/runs``, ``GET /v1/runs``).
 """
 
 from __future__ import annotations
@@ -66,6 +65,19 @@ CREATES = {
         wrong_type=("release_id", 42),
         unknown_enum=("environment", "qa", "environment"),
     ),
+    "pipeline": Create(
+        path="/v1/runs",
+        role="developer",
+        body={
+            "repository": f"acme-{_tag()}/repo",
+            "branch": "main",
+            "commit_sha": secrets.token_hex(20),
+            "trigger_type": "manual",
+        },
+        required=("repository", "branch", "commit_sha", "trigger_type"),
+        wrong_type=("repository", 42),
+        unknown_enum=("trigger_type", "cron", "trigger_type"),
+    ),
     "approval": Create(
         path="/v1/approvals",
         role="approver",
@@ -79,6 +91,7 @@ CREATES = {
 LISTS = {
     "release": "/v1/releases/acme-{tag}/repo/svc",
     "deployment": "/v1/deployments/dev/acme-{tag}/repo/svc/history",
+    "pipeline": "/v1/runs?repository=acme-{tag}/repo",
 }
 
 BAD_BODIES = {
@@ -128,6 +141,11 @@ def assert_invalid(resp: httpx.Response, field_name: str, *, only_field: bool = 
 async def gateway(platform: Platform) -> Any:
     async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30.0) as client:
         yield client
+
+
+def _and(path: str) -> str:
+    """How a query parameter joins ``path`` (the pipeline's list path has one already)."""
+    return "&" if "?" in path else "?"
 
 
 def _headers(platform: Platform, role: str) -> dict[str, str]:
@@ -186,7 +204,7 @@ async def test_an_unknown_enum_value_is_named(platform: Platform, gateway: httpx
 @pytest.mark.parametrize("query", sorted(BAD_PAGES))
 async def test_bad_paging_is_named(platform: Platform, gateway: httpx.AsyncClient, service: str, query: str) -> None:
     path = LISTS[service].format(tag=_tag())
-    resp = await gateway.get(f"{path}?{query}", headers=_headers(platform, "viewer"))
+    resp = await gateway.get(f"{path}{_and(path)}{query}", headers=_headers(platform, "viewer"))
     assert_invalid(resp, BAD_PAGES[query])
 
 
@@ -194,8 +212,8 @@ async def test_bad_paging_is_named(platform: Platform, gateway: httpx.AsyncClien
 async def test_the_bounds_themselves_are_accepted(platform: Platform, gateway: httpx.AsyncClient, service: str) -> None:
     path = LISTS[service].format(tag=_tag())
     headers = _headers(platform, "viewer")
-    page = await gateway.get(f"{path}?limit=100&offset=10000000", headers=headers)
+    page = await gateway.get(f"{path}{_and(path)}limit=100&offset=10000000", headers=headers)
     assert page.status_code == 200, page.text
     assert (page.json()["limit"], page.json()["offset"]) == (100, 10_000_000)
-    defaults = await gateway.get(f"{path}?limit=&offset=", headers=headers)
+    defaults = await gateway.get(f"{path}{_and(path)}limit=&offset=", headers=headers)
     assert (defaults.json()["limit"], defaults.json()["offset"]) == (20, 0)

@@ -113,8 +113,14 @@ class Lane:
     def start(self) -> str:
         pipeline = self.platform.start_process("pipeline", env=self.env)
         self.processes.append(pipeline)
+        # A release service on the platform's database that verifies pipeline_run_id against this
+        # lane's pipeline, where the runs are.
+        release = self.platform.start_process("release", env={"FORGE_PIPELINE_URL": pipeline.url})
+        self.processes.append(release)
         self.processes.append(
-            self.platform.start_process("worker", env={**self.env, "FORGE_PIPELINE_URL": pipeline.url})
+            self.platform.start_process(
+                "worker", env={**self.env, "FORGE_PIPELINE_URL": pipeline.url, "FORGE_RELEASE_URL": release.url}
+            )
         )
         gateway = self.platform.start_process("gateway", env={"FORGE_PIPELINE_URL": pipeline.url})
         self.processes.append(gateway)
@@ -291,7 +297,7 @@ async def test_push_run_release_deploy_approve_promote(platform: Platform, lane:
     checkout = tmp_path / "gitops"
     subprocess.run(["git", "clone", "-q", platform.env()["FORGE_GITOPS_URL"], str(checkout)], check=True)
     for environment in ("dev", "production"):
-        pointer = yaml.safe_load((checkout / f"environments/{environment}/{repository}-api/release.yaml").read_text())
+        pointer = yaml.safe_load((checkout / f"environments/{environment}/{repository}/api/release.yaml").read_text())
         assert pointer["spec"]["release"] == sha
         assert pointer["spec"]["releaseNumber"] == 1
         assert pointer["spec"]["ociUri"] == release["oci_uri"]

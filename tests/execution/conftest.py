@@ -100,6 +100,7 @@ class Cell:
         self.metrics_port = 0
         self.pipelines: list[Process] = []
         self.workers: list[Process] = []
+        self.releases: list[Process] = []
 
     # processes
 
@@ -108,10 +109,33 @@ class Cell:
         self.pipelines.append(proc)
         return proc
 
+    def start_release(self) -> Process:
+        """A release service on the platform's database (the platform's release API shows its
+        releases) that verifies pipeline_run_id against this cell's pipeline, where the runs are."""
+        if not self.releases:
+            self.releases.append(
+                self.platform.start_process(
+                    "release",
+                    env={
+                        "FORGE_PIPELINE_URL": self.pipelines[0].url,
+                        "FORGE_DB_POOL_MIN": "1",
+                        "FORGE_DB_POOL_MAX": "4",
+                    },
+                )
+            )
+        return self.releases[0]
+
     def start_worker(self, env: dict[str, str] | None = None) -> Process:
         assert self.pipelines, "start a pipeline instance first"
+        release_url = self.start_release().url or ""
         proc = self.platform.start_process(
-            "worker", env={**self.env, "FORGE_PIPELINE_URL": self.pipelines[0].url, **(env or {})}
+            "worker",
+            env={
+                **self.env,
+                "FORGE_PIPELINE_URL": self.pipelines[0].url,
+                "FORGE_RELEASE_URL": release_url,
+                **(env or {}),
+            },
         )
         self.workers.append(proc)
         return proc
@@ -152,7 +176,7 @@ class Cell:
             for proc in [*self.pipelines, *self.workers]:
                 if proc.log_path and proc.log_path.exists():
                     print(f"----- {proc.name} -----\n{proc.log_path.read_text(errors='replace')[-20000:]}")
-        for proc in [*self.workers, *self.pipelines]:
+        for proc in [*self.workers, *self.pipelines, *self.releases]:
             with contextlib.suppress(Exception):
                 proc.stop(timeout=5)
         with contextlib.suppress(Exception):

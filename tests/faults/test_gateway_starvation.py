@@ -21,7 +21,8 @@ from forge_dev.testing import Platform
 from tests.gateway.upstreams import Server, echo_app
 
 UPLOADS = 512
-ATTACKERS = 4  # users, 128 uploads each: over the per-user cap of 64
+ATTACKERS = 4  # users, 128 uploads each: over the per-user cap set below
+USER_CAP = 64
 VICTIM_REQUESTS = 50
 STREAM_SLOTS = 64  # FORGE_UPSTREAM_STREAM_SLOTS, default
 UPSTREAMS = ("pipeline", "release", "deployment", "approval")
@@ -98,9 +99,15 @@ class SlowUpload:
 async def guarded_gateway(platform: Platform) -> AsyncIterator[Process]:
     echo = await Server(echo_app("echo")).start()
     env = {f"FORGE_{n.upper()}_URL": echo.url for n in UPSTREAMS}
-    # Short client timeouts keep the test quick; the defaults are documented in the README.
+    # Short client timeouts and a small per-user cap keep the test quick and make every limit
+    # play its part; the defaults are documented in the README.
     env.update(
-        {"FORGE_CLIENT_IDLE_TIMEOUT": "3s", "FORGE_CLIENT_BODY_TIMEOUT": "60s", "FORGE_UPSTREAM_SLOT_WAIT": "2s"}
+        {
+            "FORGE_CLIENT_IDLE_TIMEOUT": "3s",
+            "FORGE_CLIENT_BODY_TIMEOUT": "60s",
+            "FORGE_UPSTREAM_SLOT_WAIT": "2s",
+            "FORGE_USER_MAX_CONCURRENT": str(USER_CAP),
+        }
     )
     gateway = await asyncio.to_thread(platform.start_process, "gateway", env)
     yield gateway
@@ -169,4 +176,4 @@ async def test_512_slow_uploads_do_not_starve_other_users(platform: Platform, gu
         if u.status in (429, 503):
             assert int(u.headers["retry-after"]) >= 1
         if u.status == 429:
-            assert error["details"]["concurrent_limit"] == 64  # FORGE_USER_MAX_CONCURRENT, default
+            assert error["details"]["concurrent_limit"] == USER_CAP

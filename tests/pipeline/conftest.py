@@ -123,11 +123,10 @@ def api_pipeline(platform: Platform, pipeline_database: str, fake_github: FakeGi
 
 @pytest.fixture(scope="session")
 def api_gateway(platform: Platform, api_pipeline: Process) -> Iterator[Process]:
-    """A gateway in front of the API-only instance (rate limit raised: the suite sends
-    thousands of requests as a handful of users)."""
-    proc = platform.start_process(
-        "gateway", env={"FORGE_PIPELINE_URL": api_pipeline.url, "FORGE_RATE_LIMIT": "1000000"}
-    )
+    """A gateway in front of the API-only instance (rate limit and per-user concurrency raised:
+    the suite sends thousands of requests as a handful of users, 150 of them at once)."""
+    env = {"FORGE_PIPELINE_URL": api_pipeline.url, "FORGE_RATE_LIMIT": "1000000", "FORGE_USER_MAX_CONCURRENT": "1000"}
+    proc = platform.start_process("gateway", env=env)
     yield proc
     proc.stop()
 

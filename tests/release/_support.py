@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import httpx
+import psycopg
 
 
 class Api:
@@ -58,3 +59,29 @@ def release_body(repository: str, project: str, commit: str | None = None, **ext
         "artifacts": [artifact()],
         **extra,
     }
+
+
+async def finished_run(
+    http: httpx.AsyncClient, base_url: str, platform: Any, repository: str, commit: str, status: str = "success"
+) -> str:
+    """A run of ``repository`` at ``commit`` that has ended with ``status``.
+
+    The run is created and cancelled through the API (a real, finished run). ``success`` is then
+    recorded in the pipeline's table: the session platform has no repository its workers could
+    build, and the way a run succeeds is the execution tests' subject; here only the outcome the
+    pipeline API reports matters.
+    """
+    headers = platform.headers(f"runner-{uuid.uuid4().hex[:8]}@example.com", "developer")
+    resp = await http.post(
+        f"{base_url}/v1/runs",
+        json={"repository": repository, "branch": "main", "commit_sha": commit, "trigger_type": "manual"},
+        headers=headers,
+    )
+    assert resp.status_code == 201, resp.text
+    run_id: str = resp.json()["id"]
+    cancel = await http.delete(f"{base_url}/v1/runs/{run_id}", headers=headers)
+    assert cancel.status_code in (204, 409), cancel.text  # 409: it had already ended (failed)
+    if status != "cancelled":
+        async with await psycopg.AsyncConnection.connect(platform.database_url, autocommit=True) as conn:
+            await conn.execute("UPDATE pipeline.runs SET status = %s WHERE id = %s", (status, run_id))
+    return run_id

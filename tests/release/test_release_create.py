@@ -7,11 +7,12 @@ import datetime as dt
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 
 from forge_dev.testing import Platform, read_events, wait_for_event
 
-from ._support import Api, artifact, names, release_body, sha
+from ._support import Api, artifact, finished_run, names, release_body, sha
 
 
 def _ts(value: str) -> dt.datetime:
@@ -57,6 +58,8 @@ async def test_get_by_uuid_returns_every_field_of_the_spec(developer: Api) -> No
         "oci_digest": created["oci_digest"],
         "created_at": created["created_at"],
         "created_by": developer.identity,
+        "created_by_id": f"sub:{developer.identity}",  # the token's subject: a stable identity
+        "triggered_by_id": f"sub:{developer.identity}",
         "pipeline_run_id": None,
         "artifacts": arts,
         "aliases": [{"alias": "1", "alias_type": "numeric"}],
@@ -217,11 +220,14 @@ async def test_roles(platform: Platform, developer: Api, viewer: Api, worker: Ap
     assert listing.status_code == 200
 
 
-async def test_worker_creates_with_run_and_trigger(worker: Api, viewer: Api) -> None:
+async def test_worker_creates_with_run_and_trigger(
+    platform: Platform, http: httpx.AsyncClient, base_url: str, worker: Api, viewer: Api
+) -> None:
     repo, project = names()
-    run_id = str(uuid.uuid4())
+    commit = sha()
+    run_id = await finished_run(http, base_url, platform, repo, commit)
     body = release_body(
-        repo, project, pipeline_run_id=run_id, trigger={"trigger_type": "branch_push", "branch": "main"}
+        repo, project, commit, pipeline_run_id=run_id, trigger={"trigger_type": "branch_push", "branch": "main"}
     )
     resp = await worker.create(body)
     assert resp.status_code == 201, resp.text
@@ -234,6 +240,8 @@ async def test_worker_creates_with_run_and_trigger(worker: Api, viewer: Api) -> 
         "tag": None,
         "triggered_by": worker.identity,
     }
+    assert got["created_by_id"].startswith("sub:worker-")
+    assert got["triggered_by_id"] == got["created_by_id"]
     assert {"alias": "main", "alias_type": "branch"} in got["aliases"]
     # Workers create releases but do not manage aliases.
     alias = await worker.post(f"/v1/releases/{repo}/{project}/1/aliases", {"alias": "x", "alias_type": "custom"})

@@ -176,3 +176,39 @@ def test_ids_must_be_uuids(text: str | None) -> None:
     with pytest.raises(InvalidRequest) as err:
         domain.parse_uuid(text, "release_id")
     assert err.value.details["field"] == "release_id"
+
+
+STABLE = ReleaseFacts(
+    release_id=RELEASE.release_id,
+    created_by="dev@example.com",
+    triggered_by="octocat",
+    created_by_id="sub:worker-1",
+    triggered_by_id="github:583231",
+)
+
+
+@pytest.mark.parametrize(
+    ("subject", "claims"),
+    [("worker-1", {}), ("u-9", {"github_id": 583231}), ("u-9", {"github_id": " 583231 "})],
+)
+def test_stable_identities_decide_self_approval(subject: str, claims: dict[str, object]) -> None:
+    approver = domain.Approver.of("boss@example.com", subject, claims, "github_id")
+    with pytest.raises(AuthorizationFailed) as err:
+        approve(release=STABLE, approver=approver)
+    assert err.value.details["reason"] == "self_approval"
+
+
+@pytest.mark.parametrize(
+    ("name", "claims", "claim"),
+    [
+        ("octocat", {}, "github_id"),  # the login as a name proves nothing
+        ("dev@example.com", {"github_id": 1}, "github_id"),  # nor does the creator's email
+        ("boss@example.com", {"github_id": 583231}, ""),  # the claim is not configured
+        ("boss@example.com", {"github_id": True}, "github_id"),  # not a number
+    ],
+)
+def test_display_names_decide_nothing_when_stable_identities_are_known(
+    name: str, claims: dict[str, object], claim: str
+) -> None:
+    approver = domain.Approver.of(name, "u-9", claims, claim)
+    assert approve(release=STABLE, approver=approver).approver == name

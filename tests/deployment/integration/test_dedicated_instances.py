@@ -140,7 +140,7 @@ async def test_argocd_path_activates_when_synced_and_healthy_adopts_orphans_and_
     r2 = await create_release(gw, platform, repository, "api")
     stuck = await create_release(gw, platform, repository, "worker")
     orphan = await create_release(gw, platform, repository, "orphan")
-    orphan_path = f"environments/staging/{repository}-orphan/release.yaml"
+    orphan_path = f"environments/staging/{repository}/orphan/release.yaml"
     instance = dedicated_deployment(
         {
             "FORGE_ARGOCD_URL": url,

@@ -98,7 +98,7 @@ async def test_deploying_release_1_then_2_supersedes_1_and_commits_both_pointers
 
     # The GitOps repository holds both commits, newest first, each with its own pointer.
     checkout = clone(platform.env()["FORGE_GITOPS_URL"], tmp_path / "gitops")
-    path = f"environments/dev/{repository}-api/release.yaml"
+    path = f"environments/dev/{repository}/api/release.yaml"
     log = git("log", "--format=%H %s", "--", path, cwd=checkout).splitlines()
     assert [line.split(" ", 1)[0] for line in log] == [d2["gitops_commit_sha"], d1["gitops_commit_sha"]]
     assert log[0].split(" ", 1)[1] == f"Deploy {repository} api release 2 ({r2['commit_sha'][:12]}) to dev"
@@ -278,7 +278,7 @@ async def test_twenty_concurrent_deployments_from_two_replicas_land_as_twenty_co
     history = set(git("rev-list", "HEAD", cwd=checkout).split())
     assert set(shas) <= history
     for i, resp in enumerate(responses):
-        path = f"environments/staging/{repository}-svc{i}/release.yaml"
+        path = f"environments/staging/{repository}/svc{i}/release.yaml"
         doc = _pointer(checkout, "HEAD", path)
         assert doc["metadata"]["annotations"]["forge.dev/deployment-id"] == resp.json()["id"]
         assert doc["spec"]["release"] == releases[i]["commit_sha"]

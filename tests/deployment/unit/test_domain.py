@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import re
 
 import pytest
 import yaml
@@ -55,9 +57,54 @@ def test_only_environments_that_need_an_approval_record_one() -> None:
     assert _deployment("dev").approval_id is None
 
 
-def test_gitops_path_keeps_the_repository_slash() -> None:
-    assert domain.gitops_path(Target("dev", "acme/shop", "api")) == "environments/dev/acme/shop-api/release.yaml"
-    assert domain.gitops_path(Target("staging", "mono", "web")) == "environments/staging/mono-web/release.yaml"
+def test_gitops_path_has_one_directory_per_part() -> None:
+    assert domain.gitops_path(Target("dev", "acme/shop", "api")) == "environments/dev/acme/shop/api/release.yaml"
+
+
+def test_gitops_paths_and_app_names_of_the_colliding_pair_differ() -> None:
+    """The old layout mapped both of these to environments/production/acme/web-api-gateway/."""
+    a, b = Target("production", "acme/web", "api-gateway"), Target("production", "acme/web-api", "gateway")
+    assert domain.gitops_path(a) == "environments/production/acme/web/api-gateway/release.yaml"
+    assert domain.gitops_path(b) == "environments/production/acme/web-api/gateway/release.yaml"
+    assert domain.app_name(a) != domain.app_name(b)
+    assert domain.legacy_gitops_path(a) == domain.legacy_gitops_path(b)  # the bug, for the record
+
+
+def test_names_differing_only_by_case_are_one_target() -> None:
+    a, b = Target("dev", "Acme/Shop", "API"), Target("dev", "acme/shop", "api")
+    assert domain.gitops_path(a) == domain.gitops_path(b)
+    assert domain.app_name(a) == domain.app_name(b)
+    assert a.key == b.key
+
+
+# Parts built to confuse a naive encoding: separators, escapes and what they could stand for.
+_PARTS = ["a", "b", "ab", "a-b", "a.b", "a_b", "a--b", "a-hb", "a-h", "h", "hb", "d", "web", "web-api", "api", "Web"]
+
+
+def test_app_names_and_paths_are_injective_and_valid_kubernetes_names() -> None:
+    names: dict[str, str] = {}
+    paths: dict[str, str] = {}
+    for env, owner, name, project in itertools.product(domain.ENVIRONMENTS, _PARTS, _PARTS, _PARTS):
+        target = Target(env, f"{owner}/{name}", project)
+        app = domain.app_name(target)
+        assert re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", app), app
+        assert names.setdefault(app, target.key) == target.key, (app, target)
+        assert paths.setdefault(domain.gitops_path(target), target.key) == target.key, target
+    assert len(names) == len(paths) == 3 * 15**3  # "Web" is "web"
+
+
+def test_long_app_names_are_cut_with_a_hash() -> None:
+    long = Target("production", f"{'o' * 39}/{'n' * 100}", "p" * 100)
+    other = Target("production", f"{'o' * 39}/{'n' * 100}", "p" * 99)
+    assert len(domain.app_name(long)) == 63
+    assert domain.app_name(long) != domain.app_name(other)
+    assert domain.app_name(long).startswith("production--oooo")
+
+
+@pytest.mark.parametrize(("repository", "project"), [("acme/shop", "a/b"), ("acme/shop", ".."), ("mono", "web")])
+def test_a_part_that_is_not_one_path_component_is_refused(repository: str, project: str) -> None:
+    with pytest.raises(InvalidRequest):
+        domain.gitops_path(Target("dev", repository, project))
 
 
 def test_release_pointer_is_valid_yaml_with_everything_a_target_needs() -> None:
@@ -65,7 +112,7 @@ def test_release_pointer_is_valid_yaml_with_everything_a_target_needs() -> None:
     doc = yaml.safe_load(domain.release_pointer(d))
     assert doc["apiVersion"] == "forge.dev/v1"
     assert doc["kind"] == "ReleasePointer"
-    assert doc["metadata"]["name"] == "acme-shop-api"
+    assert doc["metadata"]["name"] == domain.app_name(d.target) == "production--acme--shop--api"
     annotations = doc["metadata"]["annotations"]
     assert annotations["forge.dev/repository"] == "acme/shop"
     assert annotations["forge.dev/project"] == "api"

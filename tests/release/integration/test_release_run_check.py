@@ -1,5 +1,5 @@
-"""FORGE_VERIFY_PIPELINE_RUNS: a create's pipeline_run_id must name an existing run of the same
-repository and commit, asked of the real pipeline service with the caller's token. The release
+"""FORGE_VERIFY_PIPELINE_RUNS: a create's pipeline_run_id must name an existing, successful run of
+the same repository and commit, asked of the real pipeline service with the caller's token. The release
 service runs in-process against the platform's database, its run checker pointed at the
 platform's pipeline service."""
 
@@ -22,6 +22,7 @@ from forge_release.domain import NewRelease
 from forge_release.oci import LayoutPublisher
 from forge_release.runs import PipelineRuns
 from forge_release.service import ReleaseService
+from release._support import finished_run
 
 
 @pytest.fixture
@@ -50,16 +51,9 @@ def _release(repo: str, commit: str, run_id: str) -> NewRelease:
 async def test_run_must_exist_and_match(platform: Platform, service: ReleaseService) -> None:
     tag = uuid.uuid4().hex[:10]
     repo, commit = f"runcheck-{tag}/repo", secrets.token_hex(20)
-    developer = platform.token(f"dev-{tag}@example.com", "developer")
     worker = platform.token(f"worker-{tag}", "worker", service_account=True)
     async with httpx.AsyncClient() as client:
-        resp = await client.post(
-            f"{platform.gateway_url}/v1/runs",
-            json={"repository": repo, "branch": "main", "commit_sha": commit, "trigger_type": "manual"},
-            headers={"Authorization": f"Bearer {developer}"},
-        )
-    assert resp.status_code == 201, resp.text
-    run_id = resp.json()["id"]
+        run_id = await finished_run(client, platform.gateway_url, platform, repo, commit)
 
     with pytest.raises(InvalidRequest, match="does not exist") as missing:
         await service.create_release(_release(repo, commit, str(uuid.uuid4())), worker)

@@ -81,6 +81,8 @@ class Principal(msgspec.Struct, frozen=True):
     permissions: frozenset[Permission]
     expires_at: float
     token: str
+    # The verified token's claims, for services that match a configured claim (e.g. a GitHub id).
+    claims: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def can(self, permission: Permission) -> bool:
         return permission in self.permissions
@@ -236,4 +238,5 @@ def _principal(claims: dict[str, Any], token: str) -> Principal:
         permissions=permissions_for(roles, service_account),
         expires_at=float(claims["exp"]),
         token=token,
+        claims=claims,
     )

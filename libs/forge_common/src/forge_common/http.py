@@ -97,6 +97,7 @@ _BODY = "body"
 # "<problem> - at `$.a.b[0].c`"; a missing field is named in the problem, under that path.
 _AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<name>[^`]+)`")
 _DIGITS = re.compile(r"-?[0-9]{1,20}")
 
 
@@ -114,7 +115,17 @@ def decode_body(body: bytes, typ: type[T]) -> T:
     try:
         return msgspec.json.decode(body, type=typ)
     except msgspec.ValidationError as exc:
+        # msgspec stops at the first wrong value, before reading the rest: `{"a": 1,}` into a
+        # Struct that forbids unknown fields fails on `a`, yet the client's mistake is the syntax.
+        _check_syntax(body)
         raise _invalid_body(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}", {"field": _BODY}) from None
+
+
+def _check_syntax(body: bytes) -> None:
+    try:
+        msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", {"field": _BODY}) from None
 
@@ -127,6 +138,10 @@ def _invalid_body(problem: str) -> InvalidRequest:
     if missing := _MISSING.search(text):
         field = f"{path}.{missing.group('name')}".lstrip(".")
         return InvalidRequest(f"missing required field `{field}`", {"field": field})
+    if unknown := _UNKNOWN.search(text):
+        # Named like a missing field: the client's fix is to drop exactly that one.
+        field = f"{path}.{unknown.group('name')}".lstrip(".")
+        return InvalidRequest(f"unknown field `{field}`", {"field": field})
     field = path.lstrip(".") or _BODY
     if field == _BODY:
         if text.startswith("Expected `object`"):

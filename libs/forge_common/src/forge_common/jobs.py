@@ -14,11 +14,15 @@ Request-reply follows the spec: the dispatcher subscribes a unique inbox per job
 job with that inbox as its reply subject. JetStream uses a message's own reply subject for acks,
 so the inbox travels in the ``Forge-Reply-To`` header; the worker publishes the reply there and
 acks the job only afterwards.
+
+The job and reply payloads below are the contract between the two processes, defined once:
+the dispatcher builds jobs from these Structs and decodes replies with them, the worker does the
+reverse. A field added here is seen by both sides.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 import structlog
@@ -39,14 +43,33 @@ __all__ = [
     "HDR_REPLY_TO",
     "JOBS_STREAM",
     "JOB_TYPES",
+    "CiJob",
+    "CiResult",
+    "DeadLettered",
+    "DiscoveryJob",
+    "DiscoveryResult",
+    "JobRef",
     "JobReply",
     "JobSettings",
     "JobType",
+    "Plan",
+    "PlannedPhase",
+    "PlannedStep",
+    "PlannedTask",
+    "ReleaseCreated",
+    "ReleaseJob",
+    "ReleaseProject",
+    "ReleaseResult",
+    "ReleaseRule",
+    "ReleaseTrigger",
+    "StepJob",
+    "StepResult",
     "consumer_config",
     "consumer_name",
     "dead_letter",
     "dead_letter_stream_config",
     "decode_headers",
+    "decode_reply",
     "ensure_job_streams",
     "inbox_subject",
     "job_subject",
@@ -113,12 +136,167 @@ class JobSettings(msgspec.Struct, kw_only=True):
         return problems
 
 
-class JobReply(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """What a worker answers for any job. ``result`` is job-type specific."""
+# --- jobs ---------------------------------------------------------------------------------------
+
+
+class JobRef(msgspec.Struct, kw_only=True):
+    """The ids every job carries; read from a job whose type is unknown or whose body is not
+    inline (a large job travels through S3), hence the defaults."""
+
+    run_id: str = "unknown"
+    job_id: str = ""
+    task_id: str | None = None
+
+
+class DiscoveryJob(msgspec.Struct, kw_only=True):
+    """``pipeline.discovery.{run}``: read the repository's configuration at a commit."""
+
+    job_id: str
+    run_id: str
+    repository: str
+    commit_sha: str
+    branch: str = ""
+
+
+class StepJob(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    action: Literal["shell", "earthly"] = "shell"
+    command: str = ""
+    timeout_seconds: int | None = None
+
+
+class CiJob(msgspec.Struct, kw_only=True):
+    """``pipeline.tasks.{run}.{task}``: run one project's steps of one phase (a task)."""
+
+    job_id: str
+    run_id: str
+    task_id: str
+    repository: str
+    commit_sha: str
+    branch: str = ""
+    phase: str
+    project: str
+    project_path: str = "."
+    steps: list[StepJob]
+
+
+class ReleaseTrigger(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Why a project is released; sent as is to ``POST /v1/releases``."""
+
+    trigger_type: Literal["branch_push", "tag"]
+    branch: str | None = None
+    tag: str | None = None
+    triggered_by: str | None = None
+
+
+class ReleaseProject(msgspec.Struct, kw_only=True):
+    project: str
+    trigger: ReleaseTrigger
+
+
+class ReleaseJob(msgspec.Struct, kw_only=True):
+    """``pipeline.releases.{run}``: create a release per project whose trigger matched."""
+
+    job_id: str
+    run_id: str
+    repository: str
+    commit_sha: str
+    projects: list[ReleaseProject]
+
+
+# --- replies ------------------------------------------------------------------------------------
+
+R = TypeVar("R")
+
+
+class JobReply(msgspec.Struct, Generic[R], kw_only=True, omit_defaults=True):
+    """What a worker answers for any job; ``result`` is the job type's result Struct."""
 
     status: Literal["success", "failed", "cancelled"]
     error: str | None = None
-    result: Any = None
+    result: R | None = None
+
+
+class DeadLettered(msgspec.Struct, kw_only=True):
+    """The result of a ``failed`` reply sent for a job that was dead-lettered."""
+
+    dead_lettered: bool = True
+
+
+# A trigger rule as written in a project file: {"branch": "<glob>"} or {"tag": true | "<glob>"}.
+ReleaseRule = dict[str, str | bool]
+
+
+class PlannedStep(msgspec.Struct, kw_only=True):
+    name: str
+    action: Literal["shell", "earthly"] = "shell"
+    command: str = ""
+    timeout_seconds: int | None = None
+
+
+class PlannedTask(msgspec.Struct, kw_only=True):
+    project_name: str
+    project_path: str = "."
+    steps: list[PlannedStep] = msgspec.field(default_factory=list)
+
+
+class PlannedPhase(msgspec.Struct, kw_only=True):
+    name: str
+    group_number: int
+    timeout_seconds: int | None = None
+    tasks: list[PlannedTask] = msgspec.field(default_factory=list)
+
+
+class Plan(msgspec.Struct, kw_only=True):
+    """A run's plan as discovery found it: phases -> tasks -> steps, and each project's
+    release trigger rules."""
+
+    phases: list[PlannedPhase]
+    release_triggers: dict[str, list[ReleaseRule]] = msgspec.field(default_factory=dict)
+
+
+class DiscoveryResult(Plan, kw_only=True):
+    commit_sha: str
+
+
+class StepResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    name: str
+    status: Literal["success", "failed"]
+    exit_code: int | None = None
+    logs_s3_key: str | None = None
+    error: str | None = None
+
+
+class CiResult(msgspec.Struct, kw_only=True):
+    """The steps that ran (or had run on an earlier delivery), in order."""
+
+    steps: list[StepResult] = msgspec.field(default_factory=list)
+
+
+class ReleaseCreated(msgspec.Struct, kw_only=True, omit_defaults=True):
+    project: str
+    release_id: str | None = None
+    release_number: int | None = None
+    # True when the release service already had this release (a redelivered job).
+    existing: bool = False
+
+
+class ReleaseResult(msgspec.Struct, kw_only=True):
+    releases: list[ReleaseCreated] = msgspec.field(default_factory=list)
+
+
+def decode_reply(value: Any, result_type: type[R]) -> JobReply[R]:
+    """A reply decoded from JSON (``value``) with its job type's result. A result that does not
+    fit (a dead-letter reply's, or a partial one of a failure) is dropped, not an error: only a
+    success's result is acted on."""
+    try:
+        return msgspec.convert(value, JobReply[result_type])  # type: ignore[valid-type]
+    except msgspec.ValidationError:
+        if isinstance(value, dict) and value.get("status") != "success":
+            return msgspec.convert({k: v for k, v in value.items() if k != "result"}, JobReply[result_type])  # type: ignore[valid-type]
+        raise
 
 
 def job_subject(names: Names, job_type: JobType, run_id: str, job_id: str | None = None) -> str:

@@ -59,6 +59,7 @@ class _Grant:
     code_challenge: str
     subject: str
     roles: list[str]
+    nonce: str | None
     expires_at: float
 
 
@@ -194,7 +195,13 @@ class _Issuer:
         self.codes = {c: g for c, g in self.codes.items() if g.expires_at > now}
         code = secrets.token_urlsafe(32)
         self.codes[code] = _Grant(
-            client.client_id, params["redirect_uri"], params["code_challenge"], username, roles, now + _AUTH_CODE_TTL
+            client.client_id,
+            params["redirect_uri"],
+            params["code_challenge"],
+            username,
+            roles,
+            params.get("nonce"),
+            now + _AUTH_CODE_TTL,
         )
         query = {"code": code, "iss": self.keys.issuer, **({"state": params["state"]} if "state" in params else {})}
         sep = "&" if "?" in params["redirect_uri"] else "?"
@@ -221,7 +228,7 @@ class _Issuer:
             result = self.sessions.refresh(str(form.get("refresh_token") or ""), client.client_id)
             if isinstance(result, str):
                 return _oauth_error(400, "invalid_grant", result)
-            return self._user_tokens(client, *result)
+            return Response(self._user_tokens(client, *result))
         return _oauth_error(
             400, "unsupported_grant_type", "grant_type is authorization_code, refresh_token or client_credentials"
         )
@@ -254,9 +261,19 @@ class _Issuer:
         refresh, session = self.sessions.start(
             client.client_id, grant.subject, grant.roles, self.realm.session_lifespan
         )
-        return self._user_tokens(client, refresh, session)
+        body = self._user_tokens(client, refresh, session)
+        # OpenID Connect: the browser console's sign-in library expects an ID token for scope openid
+        body["id_token"] = self.keys.sign(
+            grant.subject,
+            grant.roles,
+            client_id=client.client_id,
+            expires_in=self.realm.access_token_lifespan,
+            audience=[client.client_id],
+            extra={"typ": "ID", "auth_time": int(time.time()), **({"nonce": grant.nonce} if grant.nonce else {})},
+        )
+        return Response(body)
 
-    def _user_tokens(self, client: Client, refresh: str, session: dict[str, Any]) -> Response[dict[str, Any]]:
+    def _user_tokens(self, client: Client, refresh: str, session: dict[str, Any]) -> dict[str, Any]:
         expires_in = self.realm.access_token_lifespan
         access = self.keys.sign(
             session["subject"],
@@ -266,16 +283,14 @@ class _Issuer:
             audience=[*client.audiences, "account"],
             extra={"sid": refresh.partition(".")[0]},
         )
-        return Response(
-            {
-                "access_token": access,
-                "token_type": "Bearer",
-                "expires_in": expires_in,
-                "refresh_token": refresh,
-                "refresh_expires_in": max(0, int(session["expires_at"] - time.time())),
-                "scope": "openid profile email",
-            }
-        )
+        return {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": expires_in,
+            "refresh_token": refresh,
+            "refresh_expires_in": max(0, int(session["expires_at"] - time.time())),
+            "scope": "openid profile email",
+        }
 
 
 def create_issuer_app(keys: IssuerKeys, realm: Realm | None = None, sessions: Sessions | None = None) -> Litestar:
@@ -334,11 +349,10 @@ def create_issuer_app(keys: IssuerKeys, realm: Realm | None = None, sessions: Se
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    # The web console trades its code at the token endpoint from the gateway's origin: Keycloak
-    # answers CORS for the client's web origins; this dev issuer for any (no cookies involved).
+    origins = sorted({o for c in state.realm.clients.values() for o in c.web_origins})
     return Litestar(
         [discovery, certs, login_page, login, token, revoke, healthz],
-        cors_config=CORSConfig(allow_origins=["*"]),
+        cors_config=CORSConfig(allow_origins=origins, allow_methods=["GET", "POST"]) if origins else None,
         debug=False,
         logging_config=None,
     )

@@ -38,6 +38,7 @@ class Client:
     service_account_roles: tuple[str, ...] | None
     pkce_method: str | None
     audiences: tuple[str, ...]
+    web_origins: tuple[str, ...]
 
     def accepts_redirect(self, uri: str) -> bool:
         """Keycloak's matching: a trailing ``*`` is a prefix wildcard, and on a loopback host
@@ -122,4 +123,21 @@ def _client(data: dict[str, Any], account_roles: dict[str, tuple[str, ...]]) -> 
         service_account_roles=account_roles.get(client_id, ()) if data.get("serviceAccountsEnabled") else None,
         pkce_method=data.get("attributes", {}).get("pkce.code.challenge.method"),
         audiences=audiences,
+        web_origins=_web_origins(data),
     )
+
+
+def _web_origins(data: dict[str, Any]) -> tuple[str, ...]:
+    """Origins a browser app of the client may call the token endpoint from (CORS). ``+`` is
+    Keycloak's "the origins of the redirect URIs"; loopback URIs without a port (the CLI's) are
+    no browser app's origin."""
+    origins: list[str] = []
+    for entry in data.get("webOrigins", []):
+        if entry != "+":
+            origins.append(entry.rstrip("/"))
+            continue
+        for uri in data.get("redirectUris", []):
+            parts = urlsplit(uri.rstrip("*"))
+            if parts.scheme and parts.port is not None:
+                origins.append(f"{parts.scheme}://{parts.netloc}")
+    return tuple(dict.fromkeys(origins))

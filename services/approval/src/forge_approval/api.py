@@ -44,6 +44,8 @@ async def create_approval(request: Request[Any, Any, Any], principal: Principal,
             approver=principal.identity,
             token=principal.token,
             expires_at=data.expires_at,
+            approver_subject=principal.subject,
+            approver_claims=principal.claims,
         )
     )
     return ApprovalCreated.of(approval, status)

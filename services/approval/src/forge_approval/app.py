@@ -20,7 +20,9 @@ def create_app(settings: Settings) -> Litestar:
     releases = HttpReleases(ServiceClient(settings.release_url, "release", timeout=settings.release_timeout))
 
     async def start(runtime: Runtime) -> None:
-        runtime.extras[SERVICE_KEY] = ApprovalService(UnitOfWork(runtime.pool), releases, settings.approval_ttl)
+        runtime.extras[SERVICE_KEY] = ApprovalService(
+            UnitOfWork(runtime.pool), releases, settings.approval_ttl, github_id_claim=settings.github_id_claim
+        )
 
     async def stop(runtime: Runtime) -> None:
         await releases.close()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from forge_common.errors import AuthorizationFailed, Conflict, InvalidRequest
 from forge_common.events import ApprovalCreated, ApprovalRevoked, isoformat
@@ -22,6 +23,7 @@ __all__ = [
     "MAX_REASON_LENGTH",
     "Approval",
     "ApprovalStatus",
+    "Approver",
     "CheckResult",
     "ReleaseFacts",
     "check",
@@ -46,11 +48,36 @@ CheckResult = Literal["active", "expired", "revoked", "mismatch", "not_found"]
 
 @dataclass(frozen=True)
 class ReleaseFacts:
-    """What the approval service needs to know about a release (asked of the release service)."""
+    """What the approval service needs to know about a release (asked of the release service).
+
+    ``*_id`` are stable identities ("sub:<token subject>", "github:<numeric user id>"); None on
+    releases that predate them, whose names are compared instead.
+    """
 
     release_id: str
     created_by: str
     triggered_by: str | None = None
+    created_by_id: str | None = None
+    triggered_by_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Approver:
+    """Who approves: the name recorded, and every stable identity the token proves."""
+
+    name: str
+    ids: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, name: str, subject: str, claims: Mapping[str, Any], github_id_claim: str) -> Approver:
+        ids = {f"sub:{subject}"}
+        github_id = claims.get(github_id_claim) if github_id_claim else None
+        # A numeric claim, or its decimal string (identity providers map attributes as strings).
+        if isinstance(github_id, int) and not isinstance(github_id, bool):
+            ids.add(f"github:{github_id}")
+        elif isinstance(github_id, str) and github_id.strip().isdigit():
+            ids.add(f"github:{int(github_id.strip())}")
+        return cls(name, frozenset(ids))
 
 
 @dataclass(frozen=True)
@@ -146,13 +173,21 @@ def _same_identity(a: str | None, b: str | None) -> bool:
     return a.strip().casefold() == b.strip().casefold()
 
 
-def ensure_not_release_creator(approver: str, release: ReleaseFacts) -> None:
+def _is(approver: Approver, name: str | None, stable_id: str | None) -> bool:
+    """Stable identities decide when the release recorded one; names only for older releases."""
+    if stable_id:
+        return stable_id in approver.ids
+    return _same_identity(approver.name, name)
+
+
+def ensure_not_release_creator(approver: str | Approver, release: ReleaseFacts) -> None:
     """Separation of duties: whoever created (or triggered) a release may not approve it."""
-    if _same_identity(approver, release.created_by) or _same_identity(approver, release.triggered_by):
+    who = approver if isinstance(approver, Approver) else Approver(approver)
+    if _is(who, release.created_by, release.created_by_id) or _is(who, release.triggered_by, release.triggered_by_id):
         raise AuthorizationFailed(
-            f"{approver} created release {release.release_id} and may not approve it; "
+            f"{who.name} created release {release.release_id} and may not approve it; "
             "another approver must approve this release",
-            {"reason": "self_approval", "release_id": release.release_id, "approver": approver},
+            {"reason": "self_approval", "release_id": release.release_id, "approver": who.name},
         )
 
 
@@ -160,7 +195,7 @@ def new_approval(
     *,
     release: ReleaseFacts,
     environment: str,
-    approver: str,
+    approver: str | Approver,
     justification: str,
     now: dt.datetime,
     ttl: dt.timedelta,
@@ -171,7 +206,7 @@ def new_approval(
         id=str(uuid.uuid4()),
         release_id=release.release_id,
         environment=parse_environment(environment),
-        approver=approver,
+        approver=approver.name if isinstance(approver, Approver) else approver,
         justification=parse_justification(justification),
         approved_at=now,
         expires_at=decide_expiry(now, ttl, requested_expiry),

@@ -42,12 +42,18 @@ class HttpReleases:
         created_by = body.get("created_by")
         if not isinstance(created_by, str):
             raise BadGateway("the release service sent a release without created_by", {"release_id": release_id})
-        triggered_by = trigger.get("triggered_by") if isinstance(trigger, dict) else None
+        trigger = trigger if isinstance(trigger, dict) else {}
         return ReleaseFacts(
             release_id=release_id,
             created_by=created_by,
-            triggered_by=triggered_by if isinstance(triggered_by, str) else None,
+            triggered_by=_text(trigger.get("triggered_by")),
+            created_by_id=_text(body.get("created_by_id")),
+            triggered_by_id=_text(body.get("triggered_by_id")),
         )
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -29,6 +30,9 @@ class CreateApproval:
     approver: str
     token: str  # forwarded to the release service
     expires_at: str | None = None
+    # The approver's token subject and claims: their stable identities (see domain.Approver).
+    approver_subject: str = ""
+    approver_claims: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,10 @@ class ApprovalService:
         releases: Releases,
         ttl_seconds: float,
         clock: Callable[[], dt.datetime] = utcnow,
+        github_id_claim: str = "github_id",
     ) -> None:
         self.uow = uow
+        self.github_id_claim = github_id_claim
         self.releases = releases
         self.ttl = dt.timedelta(seconds=ttl_seconds)
         self.clock = clock
@@ -72,7 +78,9 @@ class ApprovalService:
         approval, event = domain.new_approval(
             release=release,
             environment=environment,
-            approver=cmd.approver,
+            approver=domain.Approver.of(cmd.approver, cmd.approver_subject, cmd.approver_claims, self.github_id_claim)
+            if cmd.approver_subject
+            else cmd.approver,
             justification=cmd.justification,
             now=now,
             ttl=self.ttl,

@@ -11,6 +11,10 @@ class Settings(CommonSettings, kw_only=True):
     release_url: str = "http://127.0.0.1:8082"
     # Upper bound of one call to the release service (a Go duration).
     release_timeout: float = 5.0
+    # The access-token claim holding the user's numeric GitHub user id (e.g. a Keycloak user
+    # attribute mapped into the token). An approver whose claim equals the GitHub id recorded as a
+    # release's trigger (a webhook run's author) may not approve that release. Empty: not used.
+    github_id_claim: str = "github_id"
 
     def validate(self) -> list[str]:
         problems = super().validate()

@@ -42,6 +42,8 @@ def create_app(settings: Settings) -> Litestar:
             Author(settings.gitops_committer_name, settings.gitops_committer_email),
             push_attempts=settings.gitops_push_attempts,
             remove_workdir=remove,
+            timeout=settings.gitops_timeout,
+            commit_timeout=settings.gitops_commit_timeout,
         )
         await gitops.open()
         releases = ReleaseClient(settings.release_url, settings.service_timeout)

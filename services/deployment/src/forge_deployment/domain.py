@@ -4,6 +4,7 @@ a pending deployment is resolved once the target has applied a revision. No I/O 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import re
 import uuid
@@ -23,13 +24,17 @@ __all__ = [
     "Release",
     "Resolution",
     "Target",
+    "app_name",
     "commit_message",
     "gitops_path",
+    "legacy_gitops_path",
     "pointer_deployment_id",
+    "pointer_target",
     "release_pointer",
     "require_active_approval",
     "require_approval_id",
     "resolve",
+    "target_components",
 ]
 
 Environment = Literal["dev", "staging", "production"]
@@ -50,7 +55,8 @@ class Target:
 
     @property
     def key(self) -> str:
-        return f"{self.environment}/{self.repository}/{self.project}"
+        """The target's identity: repository and project names are case-insensitive."""
+        return f"{self.environment}/{self.repository.lower()}/{self.project.lower()}"
 
 
 @dataclass(frozen=True)
@@ -127,14 +133,70 @@ def require_active_approval(verdict: str, approval_id: str, release_id: str, env
     )
 
 
-def gitops_path(target: Target) -> str:
-    """``environments/{env}/{repository}-{project}/release.yaml``, the template taken literally.
+# One path component of a repository owner, name or project, as the release service accepts it:
+# never a "/", never "." or "..", so each one is exactly one directory level.
+_COMPONENT = re.compile(r"^[A-Za-z0-9]+(?:(?:[._]|__|-+)[A-Za-z0-9]+)*$")
 
-    A repository ``owner/name`` therefore nests: ``environments/dev/owner/name-api/release.yaml``.
-    Keeping the slash (rather than flattening it to ``-``) cannot make ``a-b/c`` and ``a/b-c``
-    collide, and keeps one directory per owner for an Argo CD directory generator.
+
+def target_components(target: Target) -> tuple[str, str, str]:
+    """``(owner, name, project)`` of a target, lower-cased: the case-insensitive identity.
+
+    Each is checked to be one path component, so no two targets can share a GitOps directory.
     """
+    owner, sep, name = target.repository.partition("/")
+    parts = (owner, name, target.project)
+    if not sep or not all(_COMPONENT.match(p) for p in parts):
+        raise InvalidRequest(
+            f"{target.repository!r} project {target.project!r} cannot name a GitOps directory "
+            "(repository 'owner/name', project one component of letters, digits, '.', '_', '-')",
+            {"repository": target.repository, "project": target.project},
+        )
+    return owner.lower(), name.lower(), target.project.lower()
+
+
+def gitops_path(target: Target) -> str:
+    """``environments/{env}/{owner}/{name}/{project}/release.yaml``, lower-cased.
+
+    One directory level per part, and no part can hold a "/": two different (repository,
+    project) pairs can never meet (the old ``{owner}/{name}-{project}`` did: ``acme/web`` +
+    ``api-gateway`` and ``acme/web-api`` + ``gateway``). Lower-cased because repository and
+    project names are case-insensitive (``Acme/Shop`` is ``acme/shop``).
+    """
+    owner, name, project = target_components(target)
+    return f"environments/{target.environment}/{owner}/{name}/{project}/release.yaml"
+
+
+def legacy_gitops_path(target: Target) -> str:
+    """Where the pointer lived before the per-part layout (what ``migrate-gitops`` moves)."""
     return f"environments/{target.environment}/{target.repository}-{target.project}/release.yaml"
+
+
+_APP_NAME_MAX = 63  # a Kubernetes object name (RFC 1123 label) holds at most 63 characters
+_APP_NAME_PLAIN_MAX = 52  # longer encodings are cut here and get "-" + 10 hex of their sha256
+_ESCAPES = {"-": "-h", ".": "-d", "_": "-u"}
+
+
+def _escape(component: str) -> str:
+    return "".join(_ESCAPES.get(c, c) for c in component)
+
+
+def app_name(target: Target) -> str:
+    """An Argo CD application name no other target can have, within Kubernetes' rules.
+
+    Each lower-cased part is escaped (``-`` → ``-h``, ``.`` → ``-d``, ``_`` → ``-u``) and the
+    parts are joined with ``--``: after a ``-`` comes either ``-`` (a separator) or an escape
+    letter, so the encoding decodes back to exactly one target (injective). An encoding longer
+    than 52 characters is cut to 52 and suffixed with ``-`` and 10 hex characters of its
+    SHA-256 (63 in all); plain encodings are never that long, so the two forms never meet.
+    """
+    owner, name, project = target_components(target)
+    encoded = "--".join(_escape(p) for p in (target.environment, owner, name, project))
+    if len(encoded) <= _APP_NAME_PLAIN_MAX:
+        return encoded
+    digest = hashlib.sha256(encoded.encode()).hexdigest()[:10]
+    name_ = f"{encoded[:_APP_NAME_PLAIN_MAX]}-{digest}"
+    assert len(name_) == _APP_NAME_MAX
+    return name_
 
 
 def _q(value: str) -> str:
@@ -149,7 +211,7 @@ def release_pointer(d: NewDeployment) -> bytes:
         f"apiVersion: {POINTER_API_VERSION}",
         f"kind: {POINTER_KIND}",
         "metadata:",
-        f"  name: {_q(_k8s_name(f'{r.repository}-{r.project}'))}",
+        f"  name: {_q(app_name(d.target))}",
         "  annotations:",
         f"    forge.dev/environment: {_q(d.environment)}",
         f"    forge.dev/repository: {_q(r.repository)}",
@@ -193,9 +255,23 @@ def pointer_deployment_id(document: bytes | None) -> str | None:
         return None
 
 
-def _k8s_name(text: str) -> str:
-    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    return name[:253] or "release"
+_ANNOTATION = re.compile(r'^\s+forge\.dev/([a-z-]+):\s*("(?:[^"\\]|\\.)*")\s*$', re.MULTILINE)
+
+
+def pointer_target(document: bytes) -> Target | None:
+    """The target a committed ReleasePointer names in its annotations (None when it does not)."""
+    found: dict[str, str] = {}
+    for key, quoted in _ANNOTATION.findall(document.decode("utf-8", errors="replace")):
+        try:
+            value = json.loads(quoted)
+        except ValueError:
+            continue
+        if isinstance(value, str):
+            found[key] = value
+    environment, repository, project = (found.get(k) for k in ("environment", "repository", "project"))
+    if environment not in ENVIRONMENTS or not repository or not project:
+        return None
+    return Target(environment, repository, project)
 
 
 def commit_message(d: NewDeployment) -> str:

@@ -9,6 +9,11 @@ branch head; nothing is checked out. Two ways to land it:
 * **remote** (any other URL): each process keeps a private bare clone; the git CLI fetches and
   pushes ``sha:refs/heads/branch``, so every URL and credential helper git supports works.
 
+Every git process runs under a deadline (``timeout``, one operation) and is killed with its
+process group when it passes it; a whole commit, waiting for the lock included, has its own
+(``commit_timeout``). A stalled remote therefore fails that commit with :class:`GitTimeout`
+(naming the remote, credentials redacted, and the operation) instead of holding the lock.
+
 Concurrent writers never lose a commit: within a process an asyncio lock serializes commits;
 across replicas (or humans) a lost race (CAS mismatch, non-fast-forward push) re-reads the head,
 re-applies the file on it and tries again. The sha returned is the commit that landed.
@@ -17,11 +22,15 @@ re-applies the file on it and tries again. The sha returned is the commit that l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
 import shutil
+import signal
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -36,7 +45,7 @@ from dulwich.refs import Ref
 from dulwich.repo import Repo
 from prometheus_client import Counter, Histogram
 
-__all__ = ["Author", "GitError", "GitOpsRepository", "local_path", "redact"]
+__all__ = ["Author", "GitError", "GitOpsRepository", "GitTimeout", "local_path", "redact"]
 
 log = structlog.get_logger(__name__)
 
@@ -58,8 +67,28 @@ _RACE = re.compile(
 _MISSING_BRANCH = re.compile(r"couldn't find remote ref|could not find remote ref", re.IGNORECASE)
 
 
+# What one commit changes: (path, content), None content deleting the path.
+Changes = list[tuple[str, bytes | None]]
+# Computes the changes for a given parent commit (None: the branch does not exist yet).
+Plan = Callable[[str | None], Changes]
+
+
 class GitError(Exception):
     """A git operation failed for a reason retrying does not fix."""
+
+
+class GitTimeout(GitError):
+    """A git operation (or a whole commit) did not finish within its deadline."""
+
+    def __init__(self, operation: str, remote: str, seconds: float) -> None:
+        super().__init__(f"{operation} {remote} did not finish within {_seconds(seconds)}")
+        self.operation = operation
+        self.remote = remote
+        self.seconds = seconds
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
 
 
 @dataclass(frozen=True)
@@ -111,9 +140,17 @@ class GitOpsRepository:
         push_attempts: int = 50,
         remove_workdir: bool = False,
         use_cli: bool = False,
+        timeout: float = 30.0,
+        commit_timeout: float = 60.0,
     ) -> None:
-        """``use_cli`` forces the fetch/push path even for a local repository (tests, hooks)."""
+        """``use_cli`` forces the fetch/push path even for a local repository (tests, hooks).
+
+        ``timeout`` bounds each git process, ``commit_timeout`` one whole commit (waiting for the
+        lock and lost races included), so the lock is never held longer than that.
+        """
         self.url = url
+        self.timeout = timeout
+        self.commit_timeout = commit_timeout
         self.branch = branch
         self.committer = committer
         self.push_attempts = push_attempts
@@ -154,10 +191,25 @@ class GitOpsRepository:
 
     async def fetch(self) -> str | None:
         """The branch head now (fetched first for a remote); None while there is no such branch."""
-        async with self._lock:
-            return await self._fetch()
+        deadline = time.monotonic() + self.timeout
+        async with self._locked(deadline, "fetching from"):
+            return await self._fetch(deadline)
 
-    async def _fetch(self) -> str | None:
+    @asynccontextmanager
+    async def _locked(self, deadline: float, operation: str) -> AsyncIterator[None]:
+        """The process-wide lock, waited for until ``deadline`` at most."""
+        try:
+            await asyncio.wait_for(self._lock.acquire(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise GitTimeout(
+                f"waiting for the lock before {operation}", redact(self.url), self.commit_timeout
+            ) from None
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    async def _fetch(self, deadline: float) -> str | None:
         if self.local is None:
             rc, _, err = await self._git(
                 "-c",
@@ -168,6 +220,8 @@ class GitOpsRepository:
                 "origin",
                 f"+refs/heads/{self.branch}:{self._ref}",
                 check=False,
+                operation="fetching from",
+                deadline=deadline,
             )
             if rc != 0:
                 text = err.decode(errors="replace")
@@ -180,36 +234,76 @@ class GitOpsRepository:
 
     def _read_ref(self) -> str | None:
         try:
-            return Repo(str(self.store_dir)).refs[Ref(self._ref.encode())].decode()
+            with Repo(str(self.store_dir)) as repo:
+                return repo.refs[Ref(self._ref.encode())].decode()
         except KeyError:
             return None
 
     async def commit_file(self, path: str, content: bytes, message: str, author: Author) -> str:
         """Land ``content`` at ``path`` on the branch as exactly one commit; the sha that landed."""
+        sha = await self.commit_changes(lambda _parent: [(path, content)], message, author)
+        assert sha is not None
+        return sha
+
+    async def commit_changes(self, plan: Plan, message: str, author: Author) -> str | None:
+        """Land the changes ``plan(parent)`` gives for the head they apply to, as one commit.
+
+        ``plan`` runs again on the new head after a lost race; ``None`` content deletes a path.
+        Returns the sha that landed, or None when the plan had nothing to change.
+        """
         started = time.perf_counter()
-        async with self._lock:
+        deadline = time.monotonic() + self.commit_timeout
+        async with self._locked(deadline, "pushing to"):
             for attempt in range(1, self.push_attempts + 1):
+                if attempt > 1 and time.monotonic() >= deadline:
+                    raise GitTimeout("landing a commit on", redact(self.url), self.commit_timeout)
                 # Optimistic first attempt: build on the head this process last saw (usually its
                 # own previous commit); a lost race means someone moved it: read it again.
-                parent = self._head if self._head is not None and attempt == 1 else await self._fetch()
-                sha = await asyncio.to_thread(self._build_commit, parent, path, content, message, author)
-                if await self._publish(sha, parent):
+                parent = self._head if self._head is not None and attempt == 1 else await self._fetch(deadline)
+                changes = await asyncio.to_thread(plan, parent)
+                if not changes:
+                    return None
+                sha = await asyncio.to_thread(self._build_commit, parent, changes, message, author)
+                if await self._publish(sha, parent, deadline):
                     self._head = sha
                     COMMIT_SECONDS.observe(time.perf_counter() - started)
                     if attempt > 1:
-                        log.info("gitops.commit_landed_after_retries", sha=sha, attempts=attempt, path=path)
+                        log.info("gitops.commit_landed_after_retries", sha=sha, attempts=attempt)
                     return sha
                 PUSH_RETRIES.inc()
                 # Another writer moved the branch: back off a little (jittered) and re-apply.
                 await asyncio.sleep(random.uniform(0.002, 0.01) * min(attempt, 10))  # noqa: S311
         raise GitError(f"landing a commit on {redact(self.url)} kept losing races after {self.push_attempts} attempts")
 
-    async def _publish(self, sha: str, parent: str | None) -> bool:
+    def files(self, revision: str, prefix: str) -> dict[str, bytes]:
+        """Every file under ``prefix`` at ``revision`` (blocking: call it from a thread)."""
+        found: dict[str, bytes] = {}
+        with Repo(str(self.store_dir)) as repo:
+            store = repo.object_store
+            commit = store[ObjectID(revision.encode())]
+            if not isinstance(commit, Commit):
+                return found
+            for entry in store.iter_tree_contents(commit.tree):
+                path = entry.path.decode("utf-8", errors="replace") if entry.path else ""
+                if path.startswith(prefix) and entry.sha is not None:
+                    blob = store[entry.sha]
+                    if isinstance(blob, Blob):
+                        found[path] = blob.as_raw_string()
+        return found
+
+    async def _publish(self, sha: str, parent: str | None, deadline: float) -> bool:
         """Move the branch from ``parent`` to ``sha``; False when another writer moved it first."""
         if self.local is not None:
             return await asyncio.to_thread(self._compare_and_swap, sha, parent)
         rc, out, err = await self._git(
-            "push", "-q", "--porcelain", "origin", f"{sha}:refs/heads/{self.branch}", check=False
+            "push",
+            "-q",
+            "--porcelain",
+            "origin",
+            f"{sha}:refs/heads/{self.branch}",
+            check=False,
+            operation="pushing to",
+            deadline=deadline,
         )
         if rc == 0:
             return True
@@ -219,7 +313,11 @@ class GitOpsRepository:
         raise GitError(f"pushing to {redact(self.url)} failed: {_last_line(text)}")
 
     def _compare_and_swap(self, sha: str, parent: str | None) -> bool:
-        refs = Repo(str(self.store_dir)).refs
+        with Repo(str(self.store_dir)) as repo:
+            return self._swap(repo, sha, parent)
+
+    def _swap(self, repo: Repo, sha: str, parent: str | None) -> bool:
+        refs = repo.refs
         ref = Ref(self._ref.encode())
         try:
             if parent is None:
@@ -228,10 +326,22 @@ class GitOpsRepository:
         except FileLocked:
             return False  # another writer holds the ref's lock right now
 
-    def _build_commit(self, parent: str | None, path: str, content: bytes, message: str, author: Author) -> str:
-        store = _SharedStore(Repo(str(self.store_dir)).object_store)
-        blob = Blob.from_string(content)
-        store.add_object(blob)
+    def _build_commit(self, parent: str | None, changes: Changes, message: str, author: Author) -> str:
+        # Closed after use: an unclosed repository keeps its pack files open until collected.
+        with Repo(str(self.store_dir)) as repo:
+            return self._build_commit_in(_SharedStore(repo.object_store), parent, changes, message, author)
+
+    def _build_commit_in(
+        self, store: _SharedStore, parent: str | None, changes: Changes, message: str, author: Author
+    ) -> str:
+        entries: list[tuple[bytes, int | None, ObjectID | None]] = []
+        for path, content in changes:
+            if content is None:
+                entries.append((path.encode(), None, None))
+                continue
+            blob = Blob.from_string(content)
+            store.add_object(blob)
+            entries.append((path.encode(), 0o100644, blob.id))
         if parent is None:
             empty = Tree()
             store.add_object(empty)
@@ -242,8 +352,7 @@ class GitOpsRepository:
                 raise GitError(f"{parent} is not a commit")
             base_tree = parent_commit.tree
         commit = Commit()
-        changes = [(path.encode(), 0o100644, blob.id)]
-        commit.tree = commit_tree_changes(store, base_tree, changes)  # type: ignore[arg-type]
+        commit.tree = commit_tree_changes(store, base_tree, entries)  # type: ignore[arg-type]
         commit.parents = [ObjectID(parent.encode())] if parent else []
         commit.author = author.ident()
         commit.committer = self.committer.ident()
@@ -258,7 +367,11 @@ class GitOpsRepository:
         return await asyncio.to_thread(self._read_file, revision, path)
 
     def _read_file(self, revision: str, path: str) -> bytes | None:
-        store = Repo(str(self.store_dir)).object_store
+        with Repo(str(self.store_dir)) as repo:
+            return self._read_file_in(repo.object_store, revision, path)
+
+    @staticmethod
+    def _read_file_in(store: BaseObjectStore, revision: str, path: str) -> bytes | None:
         try:
             commit = store[ObjectID(revision.encode())]
             if not isinstance(commit, Commit):
@@ -272,7 +385,8 @@ class GitOpsRepository:
     async def has_commit(self, sha: str) -> bool:
         def check() -> bool:
             try:
-                return ObjectID(sha.encode()) in Repo(str(self.store_dir)).object_store
+                with Repo(str(self.store_dir)) as repo:
+                    return ObjectID(sha.encode()) in repo.object_store
             except ValueError:
                 return False
 
@@ -288,21 +402,39 @@ class GitOpsRepository:
         rc, _, _ = await self._git("merge-base", "--is-ancestor", ancestor, descendant, check=False)
         return rc == 0
 
-    async def _git(self, *args: str, check: bool = True) -> tuple[int, bytes, bytes]:
-        return await self._run(["git", "--git-dir", str(self.store_dir), *args], check=check)
+    async def _git(
+        self, *args: str, check: bool = True, operation: str = "", deadline: float | None = None
+    ) -> tuple[int, bytes, bytes]:
+        argv = ["git", "--git-dir", str(self.store_dir), *args]
+        return await self._run(argv, check=check, operation=operation, deadline=deadline)
 
-    async def _run(self, argv: list[str], *, check: bool = True) -> tuple[int, bytes, bytes]:
+    async def _run(
+        self, argv: list[str], *, check: bool = True, operation: str = "", deadline: float | None = None
+    ) -> tuple[int, bytes, bytes]:
+        """Run git, killed (with its helpers: its own process group) past ``timeout`` or ``deadline``."""
+        limit = self.timeout if deadline is None else min(self.timeout, max(0.0, deadline - time.monotonic()))
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self._env,
+            start_new_session=True,
         )
-        out, err = await proc.communicate()
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), limit)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            _kill_group(proc.pid)
+            await proc.wait()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            what = operation or f"git {_subcommand(argv)} in"
+            target = redact(self.url) if operation else str(self.store_dir)
+            log.warning("gitops.git_timeout", operation=what, remote=target, seconds=limit)
+            raise GitTimeout(what, target, limit) from None
         rc = proc.returncode if proc.returncode is not None else -1
         if check and rc != 0:
-            raise GitError(f"git {argv[1]} failed: {_last_line(err.decode(errors='replace'))}")
+            raise GitError(f"git {_subcommand(argv)} failed: {_last_line(err.decode(errors='replace'))}")
         return rc, out, err
 
 
@@ -329,6 +461,19 @@ class _SharedStore:
             except FileLocked:
                 time.sleep(0.001)
         raise GitError(f"object {obj.id.decode()} stayed locked")
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _subcommand(argv: list[str]) -> str:
+    """The git subcommand of ``argv`` (after ``--git-dir X`` and ``-c k=v`` options)."""
+    rest = argv[1:]
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] in ("--git-dir", "-c") else rest[1:]
+    return rest[0] if rest else "?"
 
 
 def _last_line(text: str) -> str:

@@ -40,8 +40,13 @@ RECONCILE_SECONDS = Histogram(
 
 
 def app_name(template: str, target: Target) -> str:
+    """``{name}`` is :func:`domain.app_name` (injective); the other placeholders are the raw
+    parts, for operators whose applications were named before (they can collide)."""
     return template.format(
-        environment=target.environment, repository=target.repository.replace("/", "-"), project=target.project
+        name=domain.app_name(target),
+        environment=target.environment,
+        repository=target.repository.replace("/", "-"),
+        project=target.project,
     )
 
 
@@ -63,7 +68,7 @@ class Reconciler:
         interval: float,
         timeout: float,
         argocd: ArgoCDClient | None = None,
-        app_template: str = "{environment}-{repository}-{project}",
+        app_template: str = "{name}",
         orphan_grace: float = 60.0,
     ) -> None:
         self.pool = pool

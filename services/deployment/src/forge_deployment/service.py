@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import structlog
 
 from forge_common.db import Pool
-from forge_common.errors import BadGateway, LimitExceeded, NotFound
+from forge_common.errors import BadGateway, GatewayTimeout, LimitExceeded, NotFound
 from forge_common.events import DeploymentCreated, utcnow
 
 from . import domain
 from .clients import ApprovalClient, ReleaseClient
 from .domain import NewDeployment, Target
-from .gitops import Author, GitError, GitOpsRepository
+from .gitops import Author, GitError, GitOpsRepository, GitTimeout
 from .schemas import CurrentDeployment, DeploymentAccepted, DeploymentHistory, HistoryEntry
 from .store import unit_of_work
 
@@ -70,7 +70,14 @@ class DeploymentService:
             log.error("deployment.gitops_commit_failed", deployment_id=d.id, error=str(exc))
             async with unit_of_work(self.pool) as store:
                 await store.mark_failed(d.id, f"GitOps commit failed: {exc}")
-            raise BadGateway("the GitOps repository did not accept the commit", {"reason": str(exc)}) from exc
+            if isinstance(exc, GitTimeout):
+                raise GatewayTimeout(
+                    f"the GitOps repository did not answer in time: {exc}",
+                    {"reason": str(exc), "operation": exc.operation, "remote": exc.remote, "deployment_id": d.id},
+                ) from exc
+            raise BadGateway(
+                "the GitOps repository did not accept the commit", {"reason": str(exc), "deployment_id": d.id}
+            ) from exc
         async with unit_of_work(self.pool) as store:
             if await store.record_commit(d.id, sha) is not None:
                 await store.add_event(

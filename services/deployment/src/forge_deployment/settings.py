@@ -29,14 +29,20 @@ class Settings(CommonSettings, kw_only=True):
     gitops_workdir: str = ""
     # How many times a push rejected because another writer moved the branch is re-applied.
     gitops_push_attempts: int = 50
+    # Upper bound of one git operation on the GitOps repository (a fetch, a push; a Go duration):
+    # a stalled remote fails that deployment (504) instead of holding the commit lock.
+    gitops_timeout: float = 30.0
+    # Upper bound of landing one commit, waiting for the lock and lost races included.
+    gitops_commit_timeout: float = 60.0
     gitops_committer_name: str = "Forge Deployment"
     gitops_committer_email: str = "deployment@forge.invalid"
     # Argo CD: when set, a deployment is active once the application has synced its commit and
     # is Healthy; when empty, once its commit is on the GitOps branch.
     argocd_url: str = ""
     argocd_token: str = ""
-    # Application name per target; {environment}, {repository} (slashes become "-") and {project}.
-    argocd_app_template: str = "{environment}-{repository}-{project}"
+    # Application name per target: {name} is the collision-free name (see the README); the raw
+    # {environment}, {repository} (slashes become "-") and {project} are kept for existing setups.
+    argocd_app_template: str = "{name}"
     # Run the reconciler in this process (every replica may; they share work safely).
     reconciler_enabled: bool = True
     # How often the reconciler looks at pending deployments (a Go duration).
@@ -56,7 +62,14 @@ class Settings(CommonSettings, kw_only=True):
                 problems.append(f"FORGE_{name.upper()} must be an http:// or https:// URL")
         if self.argocd_url and not self.argocd_url.startswith(("http://", "https://")):
             problems.append("FORGE_ARGOCD_URL must be an http:// or https:// URL")
-        for name in ("service_timeout", "reconcile_interval", "reconcile_timeout", "reconcile_orphan_grace"):
+        for name in (
+            "service_timeout",
+            "gitops_timeout",
+            "gitops_commit_timeout",
+            "reconcile_interval",
+            "reconcile_timeout",
+            "reconcile_orphan_grace",
+        ):
             if getattr(self, name) <= 0:
                 problems.append(f"FORGE_{name.upper()} must be a positive duration")
         if self.max_pending_deployments < 1:
@@ -66,7 +79,7 @@ class Settings(CommonSettings, kw_only=True):
         if not self.gitops_branch or " " in self.gitops_branch:
             problems.append("FORGE_GITOPS_BRANCH must be a branch name")
         try:
-            self.argocd_app_template.format(environment="dev", repository="r", project="p")
+            self.argocd_app_template.format(name="n", environment="dev", repository="r", project="p")
         except (KeyError, IndexError, ValueError) as exc:
             problems.append(f"FORGE_ARGOCD_APP_TEMPLATE: unknown placeholder {exc}")
         return problems

@@ -1,5 +1,9 @@
 """SQL of the ``deployment`` schema. The caller's unit of work owns the transaction; events go to
-the outbox on the same connection."""
+the outbox on the same connection.
+
+Targets are matched on ``repository_key``/``project_key`` (lower-cased, generated columns that
+the indexes are on): repository and project names are case-insensitive; the rows keep the
+names as the release service gave them."""
 
 from __future__ import annotations
 
@@ -92,7 +96,7 @@ class DeploymentStore:
     async def current(self, target: Target) -> Row | None:
         cur = await self.conn.execute(
             "SELECT * FROM deployment.deployments "
-            "WHERE environment = %s AND repository = %s AND project = %s AND status = 'active'",
+            "WHERE environment = %s AND repository_key = lower(%s) AND project_key = lower(%s) AND status = 'active'",
             (target.environment, target.repository, target.project),
         )
         return await cur.fetchone()
@@ -100,7 +104,7 @@ class DeploymentStore:
     async def history(self, target: Target, limit: int, offset: int) -> tuple[list[Row], int]:
         args = (target.environment, target.repository, target.project)
         cur = await self.conn.execute(
-            "SELECT count(*) AS n FROM deployment.deployments WHERE environment = %s AND repository = %s AND project = %s",
+            "SELECT count(*) AS n FROM deployment.deployments WHERE environment = %s AND repository_key = lower(%s) AND project_key = lower(%s)",
             args,
         )
         row = await cur.fetchone()
@@ -108,7 +112,7 @@ class DeploymentStore:
         cur = await self.conn.execute(
             "SELECT id, release_id, release_number, status, deployed_at, deployed_by, gitops_commit_sha, "
             "reconciled_at, error FROM deployment.deployments "
-            "WHERE environment = %s AND repository = %s AND project = %s "
+            "WHERE environment = %s AND repository_key = lower(%s) AND project_key = lower(%s) "
             "ORDER BY deployed_at DESC, id DESC LIMIT %s OFFSET %s",
             (*args, limit, offset),
         )
@@ -141,7 +145,8 @@ class DeploymentStore:
     async def pending_targets(self, orphaned_before: dt.datetime, limit: int = 500) -> list[Target]:
         """Targets with pending deployments that have a commit, or have lacked one for too long."""
         cur = await self.conn.execute(
-            "SELECT DISTINCT environment, repository, project FROM deployment.deployments "
+            "SELECT DISTINCT ON (environment, repository_key, project_key) environment, repository, project "
+            "FROM deployment.deployments "
             "WHERE status = 'pending' AND (gitops_commit_sha IS NOT NULL OR deployed_at < %s) LIMIT %s",
             (orphaned_before, limit),
         )
@@ -158,7 +163,7 @@ class DeploymentStore:
     async def lock_pending(self, target: Target, orphaned_before: dt.datetime) -> list[PendingDeployment]:
         cur = await self.conn.execute(
             "SELECT id, gitops_commit_sha FROM deployment.deployments "
-            "WHERE environment = %s AND repository = %s AND project = %s "
+            "WHERE environment = %s AND repository_key = lower(%s) AND project_key = lower(%s) "
             "AND status = 'pending' AND (gitops_commit_sha IS NOT NULL OR deployed_at < %s) "
             "ORDER BY deployed_at FOR UPDATE SKIP LOCKED",
             (target.environment, target.repository, target.project, orphaned_before),
@@ -169,7 +174,7 @@ class DeploymentStore:
         """Make ``deployment_id`` the active one; the previous active becomes superseded."""
         cur = await self.conn.execute(
             "UPDATE deployment.deployments SET status = 'superseded', superseded_at = now(), superseded_by = %s "
-            "WHERE environment = %s AND repository = %s AND project = %s AND status = 'active' AND id <> %s "
+            "WHERE environment = %s AND repository_key = lower(%s) AND project_key = lower(%s) AND status = 'active' AND id <> %s "
             "RETURNING id",
             (deployment_id, target.environment, target.repository, target.project, deployment_id),
         )

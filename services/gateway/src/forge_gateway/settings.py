@@ -29,8 +29,10 @@ class Settings(CommonSettings, kw_only=True):
     # limit, gets a 408: reading from clients is bounded like everything else.
     client_idle_timeout: float = 10.0
     client_body_timeout: float = 120.0
-    # Requests of one user (token sub) in flight at once -> 429 beyond.
-    user_max_concurrent: int = 64
+    # Requests of one user (token sub) in flight at once -> 429 beyond. Half the upstream pool:
+    # one user never holds every connection, and 100+ concurrent creates (the spec's per-repository
+    # run limit) still fit.
+    user_max_concurrent: int = 256
     max_body_bytes: int = 10 * 1024 * 1024
     rate_limit: int = 1000
     rate_limit_window: float = 60.0

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import msgspec
-import structlog
 from litestar import Request, Response, delete, get, post, put
 from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
@@ -14,10 +12,11 @@ from litestar.openapi import ResponseSpec
 from forge_common.auth import Permission, Principal
 from forge_common.errors import InvalidRequest
 from forge_common.events import isoformat
+from forge_common.http import decode_body
 from forge_common.runtime import Runtime
 
-from . import domain, service, webhooks
-from .presign import Presigner
+from . import domain, webhooks
+from .domain import StepReport, TaskReport
 from .schemas import (
     ErrorBody,
     RunCreate,
@@ -26,49 +25,23 @@ from .schemas import (
     RunList,
     StepStatusUpdate,
     StepStatusView,
+    TaskReportBody,
+    TaskReportResult,
     TaskStatusUpdate,
     TaskStatusView,
     WebhookResult,
 )
-from .settings import settings_of
+from .service import CreateRun, PipelineService
 
-__all__ = ["ROUTES", "decode_body", "presigner_of", "publish_cancel"]
+__all__ = ["ROUTES", "SERVICE_KEY"]
 
-log = structlog.get_logger(__name__)
-T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
-_FIELD = re.compile(r"at `\$\.([A-Za-z0-9_]+)")
-_MISSING = re.compile(r"field `([A-Za-z0-9_]+)`")
+SERVICE_KEY = "pipeline.service"
 
 
-def presigner_of(runtime: Runtime) -> Presigner:
-    presigner = runtime.extras.get("pipeline.presigner")
-    if presigner is None:
-        s = runtime.settings
-        presigner = Presigner(s.s3_url or None, s.s3_bucket, s.s3_access_key, s.s3_secret_key, s.s3_region)
-        runtime.extras["pipeline.presigner"] = presigner
-    return cast(Presigner, presigner)
-
-
-def tree_cache_of(runtime: Runtime) -> service.TreeCache:
-    cache = runtime.extras.get("pipeline.tree_cache")
-    if cache is None:
-        cache = runtime.extras["pipeline.tree_cache"] = service.TreeCache()
-    return cast(service.TreeCache, cache)
-
-
-def decode_body(body: bytes, typ: type[T]) -> T:
-    """Decode a JSON body into ``typ``; every problem becomes a 400 naming the field."""
-    if not body.strip():
-        raise InvalidRequest("request body must be a JSON object")
-    try:
-        return msgspec.json.decode(body, type=typ)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        m = _FIELD.search(text) or _MISSING.search(text)
-        raise InvalidRequest(text, {"field": m.group(1)} if m else {}) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+def _service(runtime: Runtime) -> PipelineService:
+    service: PipelineService = runtime.extras[SERVICE_KEY]
+    return service
 
 
 def _doc(status: int, model: Any, description: str, *errors: int) -> dict[int, ResponseSpec]:
@@ -92,25 +65,24 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
     responses=_doc(201, RunCreated, "the run, pending", 400, 401, 403, 409, 429),
 )
 async def create_run(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> Response[bytes]:
-    cmd = decode_body(await request.body(), RunCreate)
-    if cmd.triggered_by is not None:
-        domain.validate_identity(cmd.triggered_by)
-    run, created = await service.create_run_tx(
-        runtime.pool,
-        max_active=settings_of(runtime).max_active_runs_per_repository,
-        repository=cmd.repository,
-        branch=cmd.branch,
-        commit_sha=cmd.commit_sha,
-        trigger_type=cmd.trigger_type,
-        # The authenticated caller is who triggered the run, whatever the body claims.
-        triggered_by=principal.identity,
-        idempotency_key=request.headers.get("idempotency-key"),
+    body = decode_body(await request.body(), RunCreate)
+    if body.triggered_by is not None:
+        domain.validate_identity(body.triggered_by)
+    run, created = await _service(runtime).create_run(
+        CreateRun(
+            repository=body.repository,
+            branch=body.branch,
+            commit_sha=body.commit_sha,
+            trigger_type=body.trigger_type,
+            # The authenticated caller is who triggered the run, whatever the body claims.
+            triggered_by=principal.identity,
+            idempotency_key=request.headers.get("idempotency-key"),
+        )
     )
-    body = RunCreated(id=run["id"], status=run["status"], started_at=isoformat(run["started_at"]))
-    headers = {"Location": f"/v1/runs/{run['id']}"}
+    headers = {"Location": f"/v1/runs/{run.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return _json(201, body, headers)
+    return _json(201, RunCreated(id=run.id, status=run.status, started_at=isoformat(run.started_at)), headers)
 
 
 @get(
@@ -129,9 +101,7 @@ async def list_runs(
 ) -> Response[bytes]:
     # Declared as strings (documented in the OpenAPI); domain.py validates with clear messages.
     query = domain.validate_list_query(repository, branch, status, limit, offset)
-    async with runtime.pool.connection() as conn, conn.transaction():
-        result = await service.list_runs(conn, query)
-    return _json(200, result)
+    return _json(200, await _service(runtime).list_runs(query))
 
 
 @get(
@@ -141,24 +111,7 @@ async def list_runs(
     responses=_doc(200, RunDetail, "the run tree", 400, 401, 403, 404),
 )
 async def get_run(run_id: str, runtime: Runtime) -> Response[bytes]:
-    rid = service.parse_uuid(run_id, "run")
-    ttl = int(settings_of(runtime).logs_url_ttl)
-    async with runtime.pool.connection() as conn, conn.transaction():
-        body = await service.run_tree_json(conn, rid, presigner_of(runtime), ttl, tree_cache_of(runtime))
-    return _json(200, body)
-
-
-async def publish_cancel(runtime: Runtime, run_id: str) -> None:
-    """Tell workers to kill the run's running steps (core NATS, fire and forget: a worker that
-    misses it finds its later status reports refused with 409)."""
-    try:
-        await runtime.nc.publish(
-            runtime.names.subject(f"pipeline.cancel.{run_id}"),
-            _encoder.encode({"run_id": run_id, "reason": "cancelled"}),
-        )
-        await runtime.nc.flush(timeout=2)
-    except Exception as exc:  # noqa: BLE001 - the cancellation itself is committed
-        log.warning("pipeline.cancel_publish_failed", run_id=run_id, error=str(exc))
+    return _json(200, await _service(runtime).run_tree(domain.parse_uuid(run_id, "run")))
 
 
 @delete(
@@ -169,10 +122,7 @@ async def publish_cancel(runtime: Runtime, run_id: str) -> None:
     responses={k: v for k, v in _doc(204, None, "cancelled", 400, 401, 403, 404, 409).items() if k != 204},
 )
 async def cancel_run(run_id: str, runtime: Runtime) -> None:
-    rid = service.parse_uuid(run_id, "run")
-    async with runtime.pool.connection() as conn, conn.transaction():
-        await service.cancel_run(conn, rid)
-    await publish_cancel(runtime, rid)
+    await _service(runtime).cancel_run(domain.parse_uuid(run_id, "run"))
 
 
 @put(
@@ -182,13 +132,11 @@ async def cancel_run(run_id: str, runtime: Runtime) -> None:
     responses=_doc(200, TaskStatusView, "the task after the report", 400, 401, 403, 404, 409),
 )
 async def update_task_status(request: Request[Any, Any, Any], task_id: str, runtime: Runtime) -> Response[bytes]:
-    tid = service.parse_uuid(task_id, "task")
-    cmd = decode_body(await request.body(), TaskStatusUpdate)
-    if cmd.error is not None and len(cmd.error) > 65536:
+    tid = domain.parse_uuid(task_id, "task")
+    body = decode_body(await request.body(), TaskStatusUpdate)
+    if body.error is not None and len(body.error) > 65536:
         raise InvalidRequest("error must be at most 65536 characters", {"field": "error"})
-    async with runtime.pool.connection() as conn, conn.transaction():
-        row = await service.mark_task(conn, tid, cmd.status, cmd.error, internal=False)
-    return _json(200, service.task_view(row))
+    return _json(200, await _service(runtime).task_status(tid, body.status, body.error))
 
 
 @put(
@@ -198,15 +146,14 @@ async def update_task_status(request: Request[Any, Any, Any], task_id: str, runt
     responses=_doc(200, StepStatusView, "the step after the report", 400, 401, 403, 404, 409),
 )
 async def update_step_status(request: Request[Any, Any, Any], step_id: str, runtime: Runtime) -> Response[bytes]:
-    sid = service.parse_uuid(step_id, "step")
-    cmd = decode_body(await request.body(), StepStatusUpdate)
-    if cmd.logs_s3_key is not None and not (1 <= len(cmd.logs_s3_key) <= 1024):
+    sid = domain.parse_uuid(step_id, "step")
+    body = decode_body(await request.body(), StepStatusUpdate)
+    if body.logs_s3_key is not None and not (1 <= len(body.logs_s3_key) <= 1024):
         raise InvalidRequest("logs_s3_key must be 1 to 1024 characters", {"field": "logs_s3_key"})
-    if cmd.exit_code is not None and not (-(2**31) <= cmd.exit_code < 2**31):
+    if body.exit_code is not None and not (-(2**31) <= body.exit_code < 2**31):
         raise InvalidRequest("exit_code must be a 32-bit integer", {"field": "exit_code"})
-    async with runtime.pool.connection() as conn, conn.transaction():
-        row = await service.mark_step(conn, sid, cmd.status, cmd.exit_code, cmd.logs_s3_key, internal=False)
-    return _json(200, service.step_view(row))
+    view = await _service(runtime).step_status(sid, body.status, body.exit_code, body.logs_s3_key)
+    return _json(200, view)
 
 
 @post(
@@ -218,8 +165,64 @@ async def update_step_status(request: Request[Any, Any, Any], step_id: str, runt
     | {200: ResponseSpec(WebhookResult, description="ping, duplicate delivery, existing run or tag recorded")},
 )
 async def github_webhook(request: Request[Any, Any, Any], runtime: Runtime) -> Response[bytes]:
-    status, body = await webhooks.handle(runtime, dict(request.headers), await request.body())
+    handler: webhooks.WebhookHandler = runtime.extras[webhooks.HANDLER_KEY]
+    status, body = await handler.handle(dict(request.headers), await request.body())
     return _json(status, body)
 
 
-ROUTES: list[Any] = [create_run, list_runs, get_run, cancel_run, update_task_status, update_step_status, github_webhook]
+# --- PUT /v1/tasks/{id}/report: the batched form of the two routes above ------------------------
+# Each step in order, then the task's status: the same state machine (``domain.apply_report``),
+# one request, one commit. A step reported success/failed while still pending (it finished
+# before its running report was due) goes through running first, so it gets both timestamps.
+# Any refused transition (409) rolls the whole report back.
+
+
+def _validate_report(body: TaskReportBody) -> None:
+    if not body.steps and body.status is None:
+        raise InvalidRequest("a report needs steps, a task status, or both", {"field": "steps"})
+    if len(body.steps) > 1000:
+        raise InvalidRequest("at most 1000 steps per report", {"field": "steps"})
+    if body.error is not None and len(body.error) > 65536:
+        raise InvalidRequest("error must be at most 65536 characters", {"field": "error"})
+    for i, step in enumerate(body.steps):
+        if step.logs_s3_key is not None and not (1 <= len(step.logs_s3_key) <= 1024):
+            raise InvalidRequest("logs_s3_key must be 1 to 1024 characters", {"field": f"steps[{i}].logs_s3_key"})
+        if step.exit_code is not None and not (-(2**31) <= step.exit_code < 2**31):
+            raise InvalidRequest("exit_code must be a 32-bit integer", {"field": f"steps[{i}].exit_code"})
+
+
+def _report_command(task_id: str, body: TaskReportBody) -> TaskReport:
+    steps = tuple(
+        StepReport(
+            id=domain.parse_uuid(s.id, "step"), status=s.status, exit_code=s.exit_code, logs_s3_key=s.logs_s3_key
+        )
+        for s in body.steps
+    )
+    return TaskReport(task_id=task_id, steps=steps, status=body.status, error=body.error, through_running=True)
+
+
+@put(
+    "/v1/tasks/{task_id:str}/report",
+    opt={"permission": Permission.INTERNAL_STATUS},
+    summary="Worker report of a task's steps and status in one transaction",
+    responses=_doc(
+        200, TaskReportResult, "the task (when reported) and the steps after the report", 400, 401, 403, 404, 409
+    ),
+)
+async def report_task(request: Request[Any, Any, Any], task_id: str, runtime: Runtime) -> Response[bytes]:
+    tid = domain.parse_uuid(task_id, "task")
+    body = decode_body(await request.body(), TaskReportBody)
+    _validate_report(body)
+    return _json(200, await _service(runtime).report(_report_command(tid, body)))
+
+
+ROUTES: list[Any] = [
+    create_run,
+    list_runs,
+    get_run,
+    cancel_run,
+    update_task_status,
+    update_step_status,
+    report_task,
+    github_webhook,
+]

@@ -1,3 +1,5 @@
+"""``create_app(settings)``: the one place the pipeline service is put together."""
+
 from litestar import Litestar
 
 from forge_common.http import AppSpec, build_app
@@ -5,12 +7,19 @@ from forge_common.jobs import JobSettings
 from forge_common.runtime import Runtime
 from forge_common.settings import load
 
-from . import execution_api, github
-from .api import ROUTES
+from . import webhooks
+from .api import ROUTES, SERVICE_KEY
+from .cancel import CancelNotifier
 from .dispatch import Dispatcher, DispatcherSettings, apply_log_lifecycle
+from .github import CommitStatusSender
+from .presign import Presigner
+from .service import PipelineService
 from .settings import Settings
+from .store import UnitOfWork
 
+DESCRIPTION = "Pipeline runs, their phases, tasks and steps; GitHub webhooks and commit statuses."
 DISPATCHER_KEY = "dispatcher"
+_SENDER_KEY = "pipeline.commit_statuses"
 
 
 def create_app(
@@ -22,6 +31,24 @@ def create_app(
     ``FORGE_JOB_*`` from the environment, read here so that an invalid value stops the start."""
     dispatcher_settings = dispatcher_settings or load(DispatcherSettings)
     job_settings = job_settings or load(JobSettings)
+    presigner = Presigner(
+        settings.s3_url or None, settings.s3_bucket, settings.s3_access_key, settings.s3_secret_key, settings.s3_region
+    )
+
+    async def start(runtime: Runtime) -> None:
+        uow = UnitOfWork(runtime.pool)
+        runtime.extras[SERVICE_KEY] = PipelineService(
+            uow,
+            max_active_runs=settings.max_active_runs_per_repository,
+            presigner=presigner,
+            logs_url_ttl=int(settings.logs_url_ttl),
+            publish_cancel=CancelNotifier(runtime.nc, runtime.names),
+        )
+        runtime.extras[webhooks.HANDLER_KEY] = webhooks.WebhookHandler(
+            uow, settings.github_webhook_secret, settings.max_active_runs_per_repository
+        )
+        sender = runtime.extras[_SENDER_KEY] = CommitStatusSender(uow, settings)
+        sender.start()
 
     async def start_dispatcher(runtime: Runtime) -> None:
         await apply_log_lifecycle(runtime)
@@ -31,20 +58,23 @@ def create_app(
         await dispatcher.start()
         runtime.extras[DISPATCHER_KEY] = dispatcher
 
-    async def stop_dispatcher(runtime: Runtime) -> None:
+    async def stop(runtime: Runtime) -> None:
         dispatcher = runtime.extras.pop(DISPATCHER_KEY, None)
         if isinstance(dispatcher, Dispatcher):
             await dispatcher.stop()
+        sender = runtime.extras.pop(_SENDER_KEY, None)
+        if isinstance(sender, CommitStatusSender):
+            await sender.stop()
 
     return build_app(
         AppSpec(
             service="pipeline",
             settings=settings,
-            routes=[*ROUTES, *execution_api.ROUTES],
+            routes=ROUTES,
             schema="pipeline",
             migrations="forge_pipeline.migrations",
-            on_startup=[github.start, start_dispatcher],
-            on_shutdown=[stop_dispatcher, github.stop],
-            description="Pipeline runs, their phases, tasks and steps; GitHub webhooks and commit statuses.",
+            on_startup=[start, start_dispatcher],
+            on_shutdown=[stop],
+            description=DESCRIPTION,
         )
     )

@@ -7,23 +7,43 @@ makes it so inside the caller's transaction.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+import uuid
+from collections.abc import Sequence
+from typing import Literal
 
 import msgspec
 
 from forge_common.errors import Conflict, InvalidRequest
+from forge_common.events import EventData, PipelineRunCompleted, PipelineRunFailed
+from forge_common.http import parse_page
+
+from .records import PhaseStatus, PhaseTally, Run, RunStatus, Task, TaskInPhase, WorkStatus
 
 __all__ = [
     "ACTIVE_RUN_STATUSES",
     "FINISHED",
     "ListQuery",
     "PhasePlan",
+    "ReportWrites",
+    "RollUp",
+    "Snapshot",
     "StepPlan",
+    "StepReport",
+    "StepWrite",
     "TaskPlan",
+    "TaskReport",
     "Transition",
+    "apply_report",
+    "check_plan",
     "commit_state_for",
     "normalize_commit_sha",
+    "parse_uuid",
     "phase_outcome",
+    "phase_transition",
+    "roll_up",
+    "run_finished_events",
+    "run_succeeded",
+    "run_transition",
     "step_transition",
     "task_transition",
     "validate_branch",
@@ -36,8 +56,6 @@ __all__ = [
 
 ACTIVE_RUN_STATUSES = ("pending", "running")
 FINISHED = frozenset({"success", "failed", "skipped", "cancelled"})
-MAX_LIST_LIMIT = 100
-DEFAULT_LIST_LIMIT = 20
 
 # GitHub's rules: owner 1-39 alphanumerics or single hyphens; repository name 1-100 of [A-Za-z0-9._-].
 _OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$")
@@ -47,11 +65,18 @@ _BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 
 
-def _invalid(field: str, message: str, value: Any = None) -> InvalidRequest:
-    details: dict[str, Any] = {"field": field}
+def _invalid(field: str, message: str, value: object = None) -> InvalidRequest:
+    details: dict[str, object] = {"field": field}
     if value is not None:
         details["value"] = value if not isinstance(value, str) or len(value) <= 300 else value[:300] + "..."
     return InvalidRequest(message, details)
+
+
+def parse_uuid(value: str, what: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidRequest(f"{what} id must be a UUID", {"field": "id", "value": str(value)[:100]}) from None
 
 
 def validate_repository(value: str, field: str = "repository") -> str:
@@ -111,19 +136,6 @@ def validate_idempotency_key(value: str | None) -> str | None:
     return value
 
 
-def _int_param(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _invalid(name, f"{name} must be an integer", raw) from None
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise _invalid(name, f"{name} must be {bound}", value)
-    return value
-
-
 RUN_STATUSES = ("pending", "running", "success", "failed", "cancelled")
 
 
@@ -145,20 +157,33 @@ def validate_list_query(
         validate_branch(branch)
     if status is not None and status not in RUN_STATUSES:
         raise InvalidRequest(f"status must be one of {', '.join(RUN_STATUSES)}", {"field": "status", "value": status})
+    page = parse_page(limit, offset)
     return ListQuery(
         repository=repository,
         branch=branch,
         status=status,
-        limit=_int_param(limit, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT),
-        offset=_int_param(offset, "offset", 0, 0, 10_000_000),
+        limit=page.limit,
+        offset=page.offset,
     )
 
 
-# --- status transitions ------------------------------------------------------------------------
+# --- the state machine of runs, phases, tasks and steps -------------------------------------------
 
 Transition = Literal["apply", "noop"]
 
-# What a worker may report over HTTP: pending -> running -> success | failed.
+# Runs: started by their first running task or step; finished by the roll-ups below, by the
+# orchestrator (discovery failure, timeout, dead letter) or by a cancel request.
+_RUN: dict[str, frozenset[str]] = {
+    "pending": frozenset({"running", "success", "failed", "cancelled"}),
+    "running": frozenset({"success", "failed", "cancelled"}),
+}
+# Phases: started with their first task, finished when all their tasks are; skipped when the
+# run ends before them. A phase without tasks succeeds without running.
+_PHASE: dict[str, frozenset[str]] = {
+    "pending": frozenset({"running", "success", "failed", "skipped"}),
+    "running": frozenset({"success", "failed", "skipped"}),
+}
+# Tasks and steps, as a worker may report them over HTTP: pending -> running -> success | failed.
 _REPORTED: dict[str, frozenset[str]] = {
     "pending": frozenset({"running"}),
     "running": frozenset({"success", "failed"}),
@@ -170,12 +195,13 @@ _INTERNAL: dict[str, frozenset[str]] = {
 }
 
 
-def _transition(kind: str, entity_id: str, current: str, new: str, internal: bool) -> Transition:
+def _transition(
+    kind: str, entity_id: str, current: str, new: str, allowed_from: dict[str, frozenset[str]]
+) -> Transition:
     if current == new:
         # A retried report (the worker timed out waiting for our answer) changes nothing.
         return "noop"
-    allowed = (_INTERNAL if internal else _REPORTED).get(current, frozenset())
-    if new not in allowed:
+    if new not in allowed_from.get(current, frozenset()):
         raise Conflict(
             f"{kind} {entity_id} cannot go from {current} to {new}",
             {"id": entity_id, "current_status": current, "requested_status": new},
@@ -183,21 +209,230 @@ def _transition(kind: str, entity_id: str, current: str, new: str, internal: boo
     return "apply"
 
 
+def run_transition(run_id: str, current: str, new: str) -> Transition:
+    return _transition("pipeline run", run_id, current, new, _RUN)
+
+
+def phase_transition(phase_id: str, current: str, new: str) -> Transition:
+    return _transition("phase", phase_id, current, new, _PHASE)
+
+
 def task_transition(task_id: str, current: str, new: str, internal: bool = False) -> Transition:
-    return _transition("task", task_id, current, new, internal)
+    return _transition("task", task_id, current, new, _INTERNAL if internal else _REPORTED)
 
 
 def step_transition(step_id: str, current: str, new: str, internal: bool = False) -> Transition:
-    return _transition("step", step_id, current, new, internal)
+    return _transition("step", step_id, current, new, _INTERNAL if internal else _REPORTED)
 
 
-def phase_outcome(task_statuses: list[str]) -> str | None:
+def phase_outcome(task_statuses: Sequence[str]) -> PhaseStatus | None:
     """The phase's final status once every task finished, else ``None``."""
     if any(s not in FINISHED for s in task_statuses):
         return None
     if any(s in ("failed", "cancelled") for s in task_statuses):
         return "failed"
     return "success"
+
+
+def run_succeeded(phase_statuses: Sequence[str]) -> bool:
+    """Every phase of a discovered run done, at least one of them run (not all skipped)."""
+    return (
+        bool(phase_statuses)
+        and all(s in ("success", "skipped") for s in phase_statuses)
+        and ("success" in phase_statuses)
+    )
+
+
+class StepReport(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    status: WorkStatus
+    exit_code: int | None = None
+    logs_s3_key: str | None = None
+
+
+class TaskReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What a worker (or the orchestrator, ``internal``) says about one task: its steps' news
+    in order, then, optionally, the task's own status."""
+
+    task_id: str
+    steps: tuple[StepReport, ...] = ()
+    status: WorkStatus | None = None
+    error: str | None = None
+    # The orchestrator's wider rules (timeouts, fail fast) instead of a worker's.
+    internal: bool = False
+    # A pending step that reports its outcome goes through running first (the batched report:
+    # the step finished before its running report was due, and gets both timestamps).
+    through_running: bool = False
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    """The state a report is decided on, read under the run lock."""
+
+    run: Run
+    task: TaskInPhase
+    steps: dict[str, WorkStatus]
+
+
+StepChange = Literal["read", "details", "update", "start_and_update"]
+
+
+class StepWrite(msgspec.Struct, frozen=True, kw_only=True):
+    change: StepChange
+    id: str
+    status: WorkStatus
+    exit_code: int | None
+    logs_s3_key: str | None
+
+
+class ReportWrites(msgspec.Struct, kw_only=True):
+    """What ``apply_report`` decided; ``store.write_report`` sends it in one round trip."""
+
+    steps: list[StepWrite]
+    start_task: bool = False
+    start_phase: bool = False
+    start_run: bool = False
+    task: Literal["update", "read"] | None = None
+    task_status: WorkStatus | None = None
+    # The task finished: its steps that never ran are skipped, its phase is read to roll up.
+    task_finished: bool = False
+    skip_pending_steps: bool = False
+
+
+def _refuse_start(snapshot: Snapshot, what: str) -> None:
+    run = snapshot.run
+    if run.status not in ACTIVE_RUN_STATUSES:
+        raise Conflict(
+            f"pipeline run {run.id} is already {run.status}; {what} cannot start",
+            {"run_id": run.id, "run_status": run.status},
+        )
+
+
+def _step_change(snapshot: Snapshot, report: TaskReport, step: StepReport, current: WorkStatus) -> StepChange:
+    if report.through_running and step.status != "running" and current == "pending":
+        _refuse_start(snapshot, f"step {step.id}")
+        step_transition(step.id, "pending", "running", report.internal)
+        return "start_and_update"
+    if step.status == "running":
+        _refuse_start(snapshot, f"step {step.id}")
+    if step_transition(step.id, current, step.status, report.internal) == "noop":
+        # A repeated report may still carry the exit code or log key the first one lacked.
+        return "details" if step.exit_code is not None or step.logs_s3_key is not None else "read"
+    return "update"
+
+
+def apply_report(snapshot: Snapshot, report: TaskReport) -> ReportWrites:
+    """The one state machine of tasks and steps: every report (one step, one task status, or a
+    worker's batch) is decided here, in order, from the locked state. Raises ``Conflict`` for
+    a transition the rules refuse and ``InvalidRequest`` for a step of another task; either
+    way nothing is written. Starting a step or task starts its task, phase and run."""
+    steps = dict(snapshot.steps)
+    writes: list[StepWrite] = []
+    started = False
+    for step in report.steps:
+        current = steps.get(step.id)
+        if current is None:
+            raise InvalidRequest(
+                f"step {step.id} is not a step of task {report.task_id}", {"field": "steps", "id": step.id}
+            )
+        change = _step_change(snapshot, report, step, current)
+        writes.append(
+            StepWrite(
+                change=change, id=step.id, status=step.status, exit_code=step.exit_code, logs_s3_key=step.logs_s3_key
+            )
+        )
+        started = started or change == "start_and_update" or (change == "update" and step.status == "running")
+        steps[step.id] = step.status
+    task_status: WorkStatus = snapshot.task.status
+    start_task = started and task_status == "pending"
+    if start_task:
+        task_status = "running"
+    out = ReportWrites(steps=writes, start_task=start_task)
+    if report.status is not None:
+        if report.status == "running":
+            _refuse_start(snapshot, f"task {report.task_id}")
+        applied = task_transition(report.task_id, task_status, report.status, report.internal) == "apply"
+        out.task = "update" if applied else "read"
+        out.task_status = report.status
+        started = started or (applied and report.status == "running")
+        out.task_finished = applied and report.status in FINISHED
+        out.skip_pending_steps = out.task_finished and "pending" in steps.values()
+    out.start_phase = started and snapshot.task.phase_status == "pending"
+    out.start_run = started and snapshot.run.status == "pending"
+    return out
+
+
+class RollUp(msgspec.Struct, frozen=True, kw_only=True):
+    """What a finished task means for its phase and its run."""
+
+    finish_phase: PhaseStatus | None = None
+    fail_run: str | None = None  # the run's error message: fail fast at the first failed task
+    failed_phase: str | None = None
+    # The phase succeeded: the run succeeds if every other phase is done too (read them).
+    check_run_success: bool = False
+
+
+def roll_up(run_status: RunStatus, discovered: bool, task: Task, phase: PhaseTally) -> RollUp:
+    """Decide the roll-up of ``task`` (just finished) from its phase as it is now."""
+    outcome = phase_outcome(phase.task_statuses)
+    finish = outcome if outcome is not None and phase.status not in FINISHED else None
+    if run_status not in ACTIVE_RUN_STATUSES:
+        return RollUp(finish_phase=finish)
+    if task.status in ("failed", "cancelled"):
+        message = f"task {task.project_name} of phase {phase.name} {task.status}"
+        if task.error:
+            message += f": {task.error}"
+        return RollUp(finish_phase=finish, fail_run=message, failed_phase=phase.name)
+    return RollUp(finish_phase=finish, check_run_success=outcome == "success" and discovered)
+
+
+def _duration_seconds(run: Run) -> int:
+    if run.completed_at is None:
+        return 0
+    return max(0, round((run.completed_at - run.started_at).total_seconds()))
+
+
+def run_finished_events(run: Run) -> list[EventData]:
+    """The events of a run that just finished: a failure is announced as ``pipeline.run.failed``
+    and, like a success, ``pipeline.run.completed``; a cancellation has no event (the spec
+    defines none), the workers hear of it on ``pipeline.cancel.<run id>``."""
+    if run.status not in ("success", "failed"):
+        return []
+    status: Literal["success", "failed"] = "success" if run.status == "success" else "failed"
+    completed = PipelineRunCompleted(
+        run_id=run.id,
+        repository=run.repository,
+        commit_sha=run.commit_sha,
+        status=status,
+        duration_seconds=_duration_seconds(run),
+    )
+    if status == "success":
+        return [completed]
+    failed = PipelineRunFailed(
+        run_id=run.id,
+        repository=run.repository,
+        commit_sha=run.commit_sha,
+        failed_phase=run.failed_phase or "",
+        error_message=run.error or "",
+    )
+    return [failed, completed]
+
+
+def check_plan(phases: list[PhasePlan]) -> None:
+    """Names must be unique where they identify something: phases in a run, projects in a
+    phase, steps in a task."""
+    names = [p.name for p in phases]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("discovery returned duplicate phase names", {"phases": names})
+    for phase in phases:
+        projects = [t.project_name for t in phase.tasks]
+        if len(set(projects)) != len(projects):
+            raise InvalidRequest(f"phase {phase.name} has duplicate projects", {"projects": projects})
+        for task in phase.tasks:
+            steps = [s.name for s in task.steps]
+            if len(set(steps)) != len(steps):
+                raise InvalidRequest(
+                    f"project {task.project_name} has duplicate step names in phase {phase.name}", {"steps": steps}
+                )
 
 
 def commit_state_for(run_status: str) -> tuple[str, str]:

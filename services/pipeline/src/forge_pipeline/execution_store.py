@@ -6,9 +6,10 @@ the HTTP API serves); only what is the dispatcher's own lives here.
 
 from __future__ import annotations
 
-from typing import Any
+from psycopg.rows import kwargs_row
 
-from .store import Conn, Row
+from .records import Dispatched, DispatchRun, LeaseState, TaskState
+from .store import Conn
 
 __all__ = ["claim_runs", "mark_dispatched", "mark_release_evaluated", "renew_leases", "run_for_dispatch"]
 
@@ -44,13 +45,14 @@ async def claim_runs(conn: Conn, owner: str, ttl: float, limit: int, exclude: li
         """,
         {"owner": owner, "ttl": ttl, "limit": limit, "exclude": exclude},
     )
-    return [r["id"] for r in await cur.fetchall()]
+    return [str(r["id"]) for r in await cur.fetchall()]
 
 
-async def renew_leases(conn: Conn, owner: str, ttl: float, run_ids: list[str]) -> dict[str, Row]:
+async def renew_leases(conn: Conn, owner: str, ttl: float, run_ids: list[str]) -> dict[str, LeaseState]:
     """Extend this replica's leases; returns each run's owner and status as they were before,
     so a driver whose run was taken over (owner changed) stops."""
-    cur = await conn.execute(
+    cur = conn.cursor(row_factory=kwargs_row(LeaseState))
+    await cur.execute(
         """
         WITH renewed AS (
             UPDATE pipeline.runs SET lease_expires_at = now() + make_interval(secs => %(ttl)s)
@@ -63,7 +65,7 @@ async def renew_leases(conn: Conn, owner: str, ttl: float, run_ids: list[str]) -
         """,
         {"owner": owner, "ttl": ttl, "ids": run_ids},
     )
-    return {r["id"]: r for r in await cur.fetchall()}
+    return {r.id: r for r in await cur.fetchall()}
 
 
 async def release_lease(conn: Conn, owner: str, run_id: str) -> None:
@@ -73,8 +75,9 @@ async def release_lease(conn: Conn, owner: str, run_id: str) -> None:
     )
 
 
-async def run_for_dispatch(conn: Conn, run_id: str) -> Row | None:
-    cur = await conn.execute(
+async def run_for_dispatch(conn: Conn, run_id: str) -> DispatchRun | None:
+    cur = conn.cursor(row_factory=kwargs_row(DispatchRun))
+    await cur.execute(
         """
         SELECT id::text AS id, repository, branch, commit_sha, tag, triggered_by, status::text AS status, lease_owner,
                discovered_at, release_triggers, release_evaluated_at
@@ -85,30 +88,32 @@ async def run_for_dispatch(conn: Conn, run_id: str) -> Row | None:
     return await cur.fetchone()
 
 
-async def mark_dispatched(conn: Conn, task_ids: list[str]) -> dict[str, Any]:
-    """Record the first dispatch of each task; returns task id -> dispatched_at."""
-    cur = await conn.execute(
+async def mark_dispatched(conn: Conn, task_ids: list[str]) -> dict[str, Dispatched]:
+    """Record the first dispatch of each task."""
+    cur = conn.cursor(row_factory=kwargs_row(Dispatched))
+    await cur.execute(
         """
         UPDATE pipeline.tasks SET dispatched_at = coalesce(dispatched_at, now())
         WHERE id = ANY(%s::uuid[]) RETURNING id::text AS id, dispatched_at, now() AS now
         """,
         (task_ids,),
     )
-    return {r["id"]: (r["dispatched_at"], r["now"]) for r in await cur.fetchall()}
+    return {r.id: r for r in await cur.fetchall()}
 
 
-async def task_states(conn: Conn, task_ids: list[str]) -> dict[str, Row]:
-    cur = await conn.execute(
+async def task_states(conn: Conn, task_ids: list[str]) -> dict[str, TaskState]:
+    cur = conn.cursor(row_factory=kwargs_row(TaskState))
+    await cur.execute(
         "SELECT id::text AS id, status::text AS status, error FROM pipeline.tasks WHERE id = ANY(%s::uuid[])",
         (task_ids,),
     )
-    return {r["id"]: r for r in await cur.fetchall()}
+    return {r.id: r for r in await cur.fetchall()}
 
 
 async def run_status(conn: Conn, run_id: str) -> str | None:
     cur = await conn.execute("SELECT status::text AS status FROM pipeline.runs WHERE id = %s", (run_id,))
     row = await cur.fetchone()
-    return row["status"] if row else None
+    return str(row["status"]) if row else None
 
 
 async def mark_release_evaluated(conn: Conn, run_id: str) -> bool:

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import aiohttp
 import structlog
 
-from forge_common.runtime import Runtime
-
 from . import store
-from .settings import Settings, settings_of
+from .records import CommitStatusDue
+from .settings import Settings
+from .store import UnitOfWork
 
-__all__ = ["CommitStatusSender", "start", "stop"]
+__all__ = ["CommitStatusSender"]
 
 log = structlog.get_logger(__name__)
 _BATCH = 20
@@ -36,8 +35,8 @@ def backoff_seconds(attempts: int) -> float:
 
 
 class CommitStatusSender:
-    def __init__(self, runtime: Runtime, settings: Settings) -> None:
-        self.runtime = runtime
+    def __init__(self, uow: UnitOfWork, settings: Settings) -> None:
+        self.uow = uow
         self.settings = settings
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -70,7 +69,7 @@ class CommitStatusSender:
 
     async def tick(self) -> bool:
         """Send one batch of due statuses; True when there may be more right away."""
-        async with self.runtime.pool.connection() as conn, conn.transaction():
+        async with self.uow.begin() as conn:
             if not self.settings.github_token:
                 await store.skip_all_commit_statuses(conn)
                 return False
@@ -78,22 +77,22 @@ class CommitStatusSender:
         if not rows:
             return False
         results = await asyncio.gather(*(self._post(row) for row in rows))
-        async with self.runtime.pool.connection() as conn, conn.transaction():
+        async with self.uow.begin() as conn:
             for row, (outcome, error) in zip(rows, results, strict=True):
                 if outcome == "sent":
-                    await store.commit_status_sent(conn, row["id"])
-                elif outcome == "retry" and row["attempts"] < self.settings.github_status_max_attempts:
-                    await store.commit_status_retry(conn, row["id"], backoff_seconds(row["attempts"]), error)
+                    await store.commit_status_sent(conn, row.id)
+                elif outcome == "retry" and row.attempts < self.settings.github_status_max_attempts:
+                    await store.commit_status_retry(conn, row.id, backoff_seconds(row.attempts), error)
                 else:
                     log.warning(
                         "github.commit_status_gave_up",
-                        run_id=row["run_id"],
-                        repository=row["repository"],
-                        state=row["state"],
-                        attempts=row["attempts"],
+                        run_id=row.run_id,
+                        repository=row.repository,
+                        state=row.state,
+                        attempts=row.attempts,
                         error=error,
                     )
-                    await store.commit_status_give_up(conn, row["id"], error)
+                    await store.commit_status_give_up(conn, row.id, error)
         return len(rows) == _BATCH
 
     def _client(self) -> aiohttp.ClientSession:
@@ -101,13 +100,13 @@ class CommitStatusSender:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10, connect=5))
         return self._session
 
-    async def _post(self, row: dict[str, Any]) -> tuple[str, str]:
+    async def _post(self, row: CommitStatusDue) -> tuple[str, str]:
         s = self.settings
-        url = f"{s.github_api_url.rstrip('/')}/repos/{row['repository']}/statuses/{row['commit_sha']}"
+        url = f"{s.github_api_url.rstrip('/')}/repos/{row.repository}/statuses/{row.commit_sha}"
         body = {
-            "state": row["state"],
-            "target_url": f"{s.public_url.rstrip('/')}/v1/runs/{row['run_id']}",
-            "description": row["description"],
+            "state": row.state,
+            "target_url": f"{s.public_url.rstrip('/')}/v1/runs/{row.run_id}",
+            "description": row.description,
             "context": s.github_status_context,
         }
         headers = {
@@ -120,7 +119,7 @@ class CommitStatusSender:
             async with self._client().post(url, json=body, headers=headers) as resp:
                 text = (await resp.text())[:300]
                 if 200 <= resp.status < 300:
-                    log.info("github.commit_status_sent", run_id=row["run_id"], state=row["state"])
+                    log.info("github.commit_status_sent", run_id=row.run_id, state=row.state)
                     return "sent", ""
                 rate_limited = resp.status == 403 and resp.headers.get("x-ratelimit-remaining") == "0"
                 outcome = "retry" if resp.status in _RETRYABLE or rate_limited else "give_up"
@@ -129,15 +128,3 @@ class CommitStatusSender:
             return "retry", f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # noqa: BLE001 - counted as an attempt, so it ends in give-up
             return "retry", f"{type(exc).__name__}: {exc}"
-
-
-async def start(runtime: Runtime) -> None:
-    sender = CommitStatusSender(runtime, settings_of(runtime))
-    runtime.extras["pipeline.commit_statuses"] = sender
-    sender.start()
-
-
-async def stop(runtime: Runtime) -> None:
-    sender = runtime.extras.pop("pipeline.commit_statuses", None)
-    if isinstance(sender, CommitStatusSender):
-        await sender.stop()

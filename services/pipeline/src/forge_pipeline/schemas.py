@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
 import msgspec
+
+from forge_common.events import isoformat
+
+from .records import Step, Task
 
 __all__ = [
     "ErrorBody",
@@ -14,9 +19,12 @@ __all__ = [
     "RunDetail",
     "RunList",
     "RunSummary",
+    "StepReportBody",
     "StepStatusUpdate",
     "StepStatusView",
     "StepView",
+    "TaskReportBody",
+    "TaskReportResult",
     "TaskStatusUpdate",
     "TaskStatusView",
     "TaskView",
@@ -68,6 +76,25 @@ class StepStatusUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     logs_s3_key: str | None = None
 
 
+class StepReportBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    id: str
+    status: ReportedStatus
+    exit_code: int | None = None
+    logs_s3_key: str | None = None
+
+
+class TaskReportBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``PUT /v1/tasks/{id}/report``: steps' statuses in order, then the task's, one transaction."""
+
+    steps: list[StepReportBody] = msgspec.field(default_factory=list)
+    status: ReportedStatus | None = None
+    error: str | None = None
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return isoformat(value) if value is not None else None
+
+
 class TaskStatusView(msgspec.Struct, kw_only=True):
     id: str
     run_id: str
@@ -75,6 +102,17 @@ class TaskStatusView(msgspec.Struct, kw_only=True):
     error: str | None
     started_at: str | None
     completed_at: str | None
+
+    @classmethod
+    def of(cls, task: Task) -> TaskStatusView:
+        return cls(
+            id=task.id,
+            run_id=task.run_id,
+            status=task.status,
+            error=task.error,
+            started_at=_iso(task.started_at),
+            completed_at=_iso(task.completed_at),
+        )
 
 
 class StepStatusView(msgspec.Struct, kw_only=True):
@@ -86,6 +124,24 @@ class StepStatusView(msgspec.Struct, kw_only=True):
     logs_s3_key: str | None
     started_at: str | None
     completed_at: str | None
+
+    @classmethod
+    def of(cls, step: Step) -> StepStatusView:
+        return cls(
+            id=step.id,
+            task_id=step.task_id,
+            run_id=step.run_id,
+            status=step.status,
+            exit_code=step.exit_code,
+            logs_s3_key=step.logs_s3_key,
+            started_at=_iso(step.started_at),
+            completed_at=_iso(step.completed_at),
+        )
+
+
+class TaskReportResult(msgspec.Struct, kw_only=True):
+    task: TaskStatusView | None
+    steps: list[StepStatusView]
 
 
 class StepView(msgspec.Struct, kw_only=True):
@@ -130,11 +186,15 @@ class RunDetail(msgspec.Struct, kw_only=True):
 
 
 class WebhookResult(msgspec.Struct, kw_only=True):
+    """What a delivery did; fields that do not apply to the outcome are left out."""
+
     status: str
     delivery_id: str
-    run_id: str | None = None
-    tag: str | None = None
-    reason: str | None = None
+    run_id: str | msgspec.UnsetType | None = msgspec.UNSET
+    tag: str | msgspec.UnsetType = msgspec.UNSET
+    reason: str | msgspec.UnsetType = msgspec.UNSET
+    # ``ping``: GitHub's zen line, echoed.
+    zen: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class ErrorDetail(msgspec.Struct, kw_only=True):

@@ -1,6 +1,3 @@
-from typing import cast
-
-from forge_common.runtime import Runtime
 from forge_common.settings import CommonSettings
 
 
@@ -36,7 +33,3 @@ class Settings(CommonSettings, kw_only=True):
         if self.github_status_max_attempts < 1:
             problems.append("FORGE_GITHUB_STATUS_MAX_ATTEMPTS must be >= 1")
         return problems
-
-
-def settings_of(runtime: Runtime) -> Settings:
-    return cast(Settings, runtime.settings)

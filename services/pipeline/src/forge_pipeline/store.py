@@ -1,37 +1,85 @@
-"""SQL of the pipeline schema. Every function takes the caller's connection; the caller owns
-the transaction (``async with pool.connection() as conn, conn.transaction():``)."""
+"""SQL of the pipeline schema, and the unit of work that owns its transactions.
+
+Every function takes the caller's connection and reads typed rows (``records.py``, built by
+psycopg's ``kwargs_row``); the transaction belongs to ``UnitOfWork.begin()`` (HTTP use cases)
+or to the dispatcher's own ``conn.transaction()`` (the same use cases, run by the orchestrator).
+Events go into the outbox with ``record`` in that same transaction.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Literal, TypeVar, cast
 
+import msgspec
 import psycopg
-from psycopg.rows import DictRow, tuple_row
+from psycopg.rows import DictRow, kwargs_row, tuple_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["Conn"]
+from forge_common.events import EventData
+from forge_common.outbox import add_event
 
+from .domain import PhasePlan, ReportWrites, Snapshot, StepPlan, StepWrite, TaskPlan
+from .records import CommitStatusDue, Delivery, PhaseTally, Run, RunSummary, Step, Task, TaskInPhase, WorkStatus
+
+__all__ = ["SCHEMA", "Conn", "UnitOfWork", "record"]
+
+SCHEMA = "pipeline"
 Conn = psycopg.AsyncConnection[DictRow]
-Row = dict[str, Any]
+Params = Sequence[object] | Mapping[str, object]
+R = TypeVar("R")
 
 _RUN_COLUMNS = """
-    r.id::text AS id, r.repository, r.branch, r.commit_sha, r.tag, r.pull_request_number,
-    r.triggered_by, r.trigger_type::text AS trigger_type, r.status::text AS status, r.error,
-    r.failed_phase, r.idempotency_key, r.request_fingerprint, r.created_at, r.started_at,
-    r.completed_at, r.discovered_at, r.release_triggers, r.lease_owner, r.lease_expires_at, r.tree_version
+    r.id::text AS id, r.repository, r.branch, r.commit_sha, r.tag, r.triggered_by,
+    r.trigger_type::text AS trigger_type, r.status::text AS status, r.error, r.failed_phase,
+    r.request_fingerprint, r.started_at, r.completed_at, r.discovered_at, r.tree_version
 """
 
 
-async def _one(conn: Conn, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
-    cur = await conn.execute(sql, params)
-    return await cur.fetchone()
+class UnitOfWork:
+    """Opens the transactions of the HTTP use cases: state, outbox events and commit statuses
+    of one use case commit together or not at all."""
+
+    def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
+        self.pool = pool
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[Conn]:
+        """Commits when the block ends normally, rolls back when it raises."""
+        async with self.pool.connection() as conn, conn.transaction():
+            yield conn
 
 
-async def _all(conn: Conn, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
-    cur = await conn.execute(sql, params)
-    return await cur.fetchall()
+async def record(conn: Conn, event: EventData) -> None:
+    """Write ``event`` to the outbox in the caller's transaction (the relay publishes it after commit)."""
+    await add_event(conn, SCHEMA, event)
+
+
+async def _send(conn: Conn, record_type: type[R], sql: str, params: Params = ()) -> psycopg.AsyncCursor[R]:
+    """Send one statement whose rows are ``record_type``; read them from the returned cursor
+    (inside ``conn.pipeline()`` several go out in one round trip)."""
+    cur = conn.cursor(row_factory=kwargs_row(record_type))
+    await cur.execute(sql, params)
+    return cur
+
+
+async def _one(conn: Conn, record_type: type[R], sql: str, params: Params = ()) -> R | None:
+    return await (await _send(conn, record_type, sql, params)).fetchone()
+
+
+async def _all(conn: Conn, record_type: type[R], sql: str, params: Params = ()) -> list[R]:
+    return await (await _send(conn, record_type, sql, params)).fetchall()
+
+
+async def _scalar(conn: Conn, sql: str, params: Params = ()) -> object:
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(sql, params)
+    row = await cur.fetchone()
+    return row[0] if row is not None else None
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -44,7 +92,7 @@ async def lock_repository(conn: Conn, repository: str) -> None:
 
 async def creation_checks(
     conn: Conn, repository: str, commit_sha: str, triggered_by: str, idempotency_key: str | None
-) -> tuple[Row | None, Row | None, int]:
+) -> tuple[Run | None, Run | None, int]:
     """Take the repository's creation lock, then read (run with this Idempotency-Key, run for
     this commit, active runs of the repository): four statements in one round trip. The
     server runs them in order, and each read takes its snapshot after the lock is granted."""
@@ -52,27 +100,33 @@ async def creation_checks(
         await lock_repository(conn, repository)
         by_key = None
         if idempotency_key is not None:
-            by_key = await conn.execute(
+            by_key = await _send(
+                conn,
+                Run,
                 f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.triggered_by = %s AND r.idempotency_key = %s",
                 (triggered_by, idempotency_key),
             )
-        by_commit = await conn.execute(
+        by_commit = await _send(
+            conn,
+            Run,
             f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.repository = %s AND r.commit_sha = %s",
             (repository, commit_sha),
         )
-        active = await conn.execute(
-            "SELECT count(*) AS n FROM pipeline.runs WHERE repository = %s AND status IN ('pending', 'running')",
+        active = conn.cursor(row_factory=tuple_row)
+        await active.execute(
+            "SELECT count(*) FROM pipeline.runs WHERE repository = %s AND status IN ('pending', 'running')",
             (repository,),
         )
     key_row = await by_key.fetchone() if by_key is not None else None
     commit_row = await by_commit.fetchone()
     count_row = await active.fetchone()
-    return key_row, commit_row, int(count_row["n"]) if count_row else 0
+    return key_row, commit_row, int(count_row[0]) if count_row else 0
 
 
-async def run_by_commit(conn: Conn, repository: str, commit_sha: str) -> Row | None:
+async def run_by_commit(conn: Conn, repository: str, commit_sha: str) -> Run | None:
     return await _one(
         conn,
+        Run,
         f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.repository = %s AND r.commit_sha = %s",
         (repository, commit_sha),
     )
@@ -91,10 +145,12 @@ async def insert_run(
     pull_request_number: int | None = None,
     idempotency_key: str | None = None,
     request_fingerprint: str | None = None,
-) -> psycopg.AsyncCursor[DictRow]:
+) -> psycopg.AsyncCursor[Run]:
     """Send the insert; the stored row is read from the returned cursor (so that the caller can
     pipeline the insert with the event and the commit status)."""
-    return await conn.execute(
+    return await _send(
+        conn,
+        Run,
         f"""
         INSERT INTO pipeline.runs AS r (id, repository, branch, commit_sha, tag, pull_request_number,
             triggered_by, trigger_type, idempotency_key, request_fingerprint)
@@ -116,11 +172,7 @@ async def insert_run(
     )
 
 
-async def get_run(conn: Conn, run_id: str) -> Row | None:
-    return await _one(conn, f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.id = %s", (run_id,))
-
-
-async def lock_run(conn: Conn, run_id: str) -> Row | None:
+async def lock_run(conn: Conn, run_id: str) -> Run | None:
     """The run row, locked, with its ``tree_version`` bumped.
 
     Every change to a run or its tree takes this first: concurrent reports of one run
@@ -130,14 +182,15 @@ async def lock_run(conn: Conn, run_id: str) -> Row | None:
     """
     return await _one(
         conn,
+        Run,
         f"UPDATE pipeline.runs AS r SET tree_version = r.tree_version + 1 WHERE r.id = %s RETURNING {_RUN_COLUMNS}",
         (run_id,),
     )
 
 
 async def tree_version(conn: Conn, run_id: str) -> int | None:
-    row = await _one(conn, "SELECT tree_version FROM pipeline.runs WHERE id = %s", (run_id,))
-    return int(row["tree_version"]) if row else None
+    version = await _scalar(conn, "SELECT tree_version FROM pipeline.runs WHERE id = %s", (run_id,))
+    return int(version) if isinstance(version, int) else None
 
 
 async def set_run_running(conn: Conn, run_id: str) -> None:
@@ -149,9 +202,10 @@ async def set_run_running(conn: Conn, run_id: str) -> None:
 
 async def finish_run(
     conn: Conn, run_id: str, status: str, error: str | None = None, failed_phase: str | None = None
-) -> Row:
+) -> Run:
     row = await _one(
         conn,
+        Run,
         f"""
         UPDATE pipeline.runs AS r SET status = %s::pipeline.run_status, error = %s, failed_phase = %s,
             completed_at = now(), updated_at = now()
@@ -222,7 +276,7 @@ async def skip_pending_work(conn: Conn, run_id: str) -> None:
 
 async def list_runs(
     conn: Conn, repository: str, branch: str | None, status: str | None, limit: int, offset: int
-) -> tuple[list[Row], int]:
+) -> tuple[list[RunSummary], int]:
     where = ["repository = %(repository)s"]
     if branch is not None:
         where.append("branch = %(branch)s")
@@ -232,6 +286,7 @@ async def list_runs(
     params = {"repository": repository, "branch": branch, "status": status, "limit": limit, "offset": offset}
     rows = await _all(
         conn,
+        RunSummary,
         f"""
         SELECT id::text AS id, repository, commit_sha, status::text AS status, started_at
         FROM pipeline.runs WHERE {cond}
@@ -239,8 +294,8 @@ async def list_runs(
         """,
         params,
     )
-    total_row = await _one(conn, f"SELECT count(*) AS n FROM pipeline.runs WHERE {cond}", params)
-    return rows, int(total_row["n"]) if total_row else 0
+    total = await _scalar(conn, f"SELECT count(*) FROM pipeline.runs WHERE {cond}", params)
+    return rows, int(total) if isinstance(total, int) else 0
 
 
 # --- the tree -----------------------------------------------------------------------------------
@@ -260,13 +315,17 @@ FROM pipeline.steps s WHERE s.run_id = %s
 """
 
 
-async def tree_rows(
-    conn: Conn, run_id: str
-) -> tuple[Row | None, list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+# The tree's rows stay plain tuples (no per-row object) for the thousand-step case.
+PhaseTuple = tuple[str, str, int, str, dt.datetime | None, dt.datetime | None]
+TaskTuple = tuple[str, str, str, str]
+StepTuple = tuple[str, int, str, str, str, int | None, str | None]
+
+
+async def tree_rows(conn: Conn, run_id: str) -> tuple[Run | None, list[PhaseTuple], list[TaskTuple], list[StepTuple]]:
     """The run and its phases, tasks and steps: four queries sent in one round trip, whatever
     the size of the tree; plain tuples (no per-row dict) for the thousand-step case."""
     async with conn.pipeline():
-        run_cur = await conn.execute(f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.id = %s", (run_id,))
+        run_cur = await _send(conn, Run, f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.id = %s", (run_id,))
         cursors = []
         for sql in (_TREE_PHASES, _TREE_TASKS, _TREE_STEPS):
             cur = conn.cursor(row_factory=tuple_row)
@@ -274,13 +333,13 @@ async def tree_rows(
             cursors.append(cur)
     run = await run_cur.fetchone()
     phases, tasks, steps = [await c.fetchall() for c in cursors]
-    return run, phases, tasks, steps
+    return run, cast(list[PhaseTuple], phases), cast(list[TaskTuple], tasks), cast(list[StepTuple], steps)
 
 
 # --- discovery ----------------------------------------------------------------------------------
 
 
-async def mark_discovered(conn: Conn, run_id: str, release_triggers: Any) -> None:
+async def mark_discovered(conn: Conn, run_id: str, release_triggers: object) -> None:
     await conn.execute(
         "UPDATE pipeline.runs SET discovered_at = now(), release_triggers = %s, updated_at = now() WHERE id = %s",
         (Jsonb(release_triggers) if release_triggers is not None else None, run_id),
@@ -288,146 +347,129 @@ async def mark_discovered(conn: Conn, run_id: str, release_triggers: Any) -> Non
 
 
 async def has_phases(conn: Conn, run_id: str) -> bool:
-    return await _one(conn, "SELECT 1 FROM pipeline.phases WHERE run_id = %s LIMIT 1", (run_id,)) is not None
+    return await _scalar(conn, "SELECT 1 FROM pipeline.phases WHERE run_id = %s LIMIT 1", (run_id,)) is not None
 
 
-async def _copy(conn: Conn, table: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
+async def _copy(conn: Conn, table: str, columns: str, rows: list[tuple[object, ...]]) -> None:
     # COPY: a 1,000-step tree is stored in a few milliseconds instead of 1,000 INSERTs.
     async with conn.cursor() as cur, cur.copy(f"COPY pipeline.{table} ({columns}) FROM STDIN") as copy:
         for row in rows:
             await copy.write_row(row)
 
 
-async def insert_phases(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
-    await _copy(conn, "phases", "id, run_id, name, group_number, timeout_seconds", rows)
+async def insert_plan(conn: Conn, run_id: str, phases: list[PhasePlan]) -> None:
+    """Store a discovered tree; every phase, task and step of ``phases`` gets its id here."""
+    phase_rows: list[tuple[object, ...]] = []
+    task_rows: list[tuple[object, ...]] = []
+    step_rows: list[tuple[object, ...]] = []
+    for phase in phases:
+        phase.id = phase.id or str(uuid.uuid4())
+        phase_rows.append((phase.id, run_id, phase.name, phase.group_number, phase.timeout_seconds))
+        for task in phase.tasks:
+            task.id = task.id or str(uuid.uuid4())
+            task_rows.append((task.id, run_id, phase.id, task.project_name, task.project_path))
+            for position, step in enumerate(task.steps):
+                step.id = step.id or str(uuid.uuid4())
+                step.position = position
+                step_rows.append(
+                    (step.id, task.id, run_id, position, step.name, step.action, step.command, step.timeout_seconds)
+                )
+    if phase_rows:
+        await _copy(conn, "phases", "id, run_id, name, group_number, timeout_seconds", phase_rows)
+    if task_rows:
+        await _copy(conn, "tasks", "id, run_id, phase_id, project_name, project_path", task_rows)
+    if step_rows:
+        await _copy(conn, "steps", "id, task_id, run_id, position, name, action, command, timeout_seconds", step_rows)
 
 
-async def insert_tasks(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
-    await _copy(conn, "tasks", "id, run_id, phase_id, project_name, project_path", rows)
+class _PlanRow(msgspec.Struct):
+    phase_id: str
+    phase_name: str
+    group_number: int
+    phase_timeout: int | None
+    phase_status: str
+    task_id: str | None
+    project_name: str | None
+    project_path: str | None
+    task_status: str | None
+    step_id: str | None
+    step_name: str | None
+    action: Literal["shell", "earthly"] | None
+    command: str | None
+    step_timeout: int | None
+    position: int | None
+    step_status: str | None
 
 
-async def insert_steps(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
-    await _copy(conn, "steps", "id, task_id, run_id, position, name, action, command, timeout_seconds", rows)
+_SQL_PLAN = """
+SELECT p.id::text AS phase_id, p.name AS phase_name, p.group_number, p.timeout_seconds AS phase_timeout,
+       p.status::text AS phase_status,
+       t.id::text AS task_id, t.project_name, t.project_path, t.status::text AS task_status,
+       s.id::text AS step_id, s.name AS step_name, s.action, s.command, s.timeout_seconds AS step_timeout,
+       s.position, s.status::text AS step_status
+FROM pipeline.phases p
+LEFT JOIN pipeline.tasks t ON t.phase_id = p.id
+LEFT JOIN pipeline.steps s ON s.task_id = t.id
+WHERE p.run_id = %s
+ORDER BY p.group_number, p.name, t.project_name, s.position
+"""
+
+
+async def load_plan(conn: Conn, run_id: str) -> list[PhasePlan]:
+    """The stored tree of a run with ids and current statuses (for an orchestrator resuming a run)."""
+    phases: dict[str, PhasePlan] = {}
+    tasks: dict[str, TaskPlan] = {}
+    for r in await _all(conn, _PlanRow, _SQL_PLAN, (run_id,)):
+        phase = phases.get(r.phase_id)
+        if phase is None:
+            phase = phases[r.phase_id] = PhasePlan(
+                id=r.phase_id,
+                name=r.phase_name,
+                group_number=r.group_number,
+                timeout_seconds=r.phase_timeout,
+                status=r.phase_status,
+            )
+        if r.task_id is None or r.project_name is None:
+            continue
+        task = tasks.get(r.task_id)
+        if task is None:
+            task = tasks[r.task_id] = TaskPlan(
+                id=r.task_id,
+                project_name=r.project_name,
+                project_path=r.project_path or ".",
+                status=r.task_status or "",
+            )
+            phase.tasks.append(task)
+        if r.step_id is not None and r.step_name is not None:
+            task.steps.append(
+                StepPlan(
+                    id=r.step_id,
+                    name=r.step_name,
+                    action=r.action or "shell",
+                    command=r.command or "",
+                    timeout_seconds=r.step_timeout,
+                    position=r.position or 0,
+                    status=r.step_status or "",
+                )
+            )
+    return list(phases.values())
 
 
 # --- tasks and steps ----------------------------------------------------------------------------
 
 _TASK_COLUMNS = """
     t.id::text AS id, t.run_id::text AS run_id, t.phase_id::text AS phase_id, t.project_name,
-    t.project_path, t.status::text AS status, t.error, t.attempt, t.started_at, t.completed_at
+    t.status::text AS status, t.error, t.started_at, t.completed_at
 """
 _STEP_COLUMNS = """
-    s.id::text AS id, s.task_id::text AS task_id, s.run_id::text AS run_id, s.position, s.name,
-    s.action, s.command, s.timeout_seconds, s.status::text AS status, s.exit_code, s.logs_s3_key,
-    s.started_at, s.completed_at
+    s.id::text AS id, s.task_id::text AS task_id, s.run_id::text AS run_id, s.status::text AS status,
+    s.exit_code, s.logs_s3_key, s.started_at, s.completed_at
 """
 
 
-async def run_id_of_task(conn: Conn, task_id: str) -> str | None:
-    row = await _one(conn, "SELECT run_id::text AS run_id FROM pipeline.tasks WHERE id = %s", (task_id,))
-    return row["run_id"] if row else None
-
-
-async def run_id_of_step(conn: Conn, step_id: str) -> str | None:
-    row = await _one(conn, "SELECT run_id::text AS run_id FROM pipeline.steps WHERE id = %s", (step_id,))
-    return row["run_id"] if row else None
-
-
-async def get_task(conn: Conn, task_id: str) -> Row | None:
-    return await _one(conn, f"SELECT {_TASK_COLUMNS} FROM pipeline.tasks t WHERE t.id = %s", (task_id,))
-
-
-async def get_step(conn: Conn, step_id: str) -> Row | None:
-    return await _one(conn, f"SELECT {_STEP_COLUMNS} FROM pipeline.steps s WHERE s.id = %s", (step_id,))
-
-
-async def update_task(conn: Conn, task_id: str, status: str, error: str | None) -> Row:
-    row = await _one(
-        conn,
-        f"""
-        UPDATE pipeline.tasks AS t SET status = %(status)s::pipeline.task_status,
-            error = coalesce(%(error)s, t.error),
-            started_at = CASE WHEN %(status)s = 'running' THEN coalesce(t.started_at, now()) ELSE t.started_at END,
-            completed_at = CASE WHEN %(status)s IN ('success', 'failed', 'cancelled') THEN now() ELSE t.completed_at END
-        WHERE t.id = %(id)s
-        RETURNING {_TASK_COLUMNS}
-        """,
-        {"id": task_id, "status": status, "error": error},
-    )
-    assert row is not None
-    return row
-
-
-async def update_step(conn: Conn, step_id: str, status: str, exit_code: int | None, logs_s3_key: str | None) -> Row:
-    row = await _one(
-        conn,
-        f"""
-        UPDATE pipeline.steps AS s SET status = %(status)s::pipeline.step_status,
-            exit_code = coalesce(%(exit_code)s, s.exit_code),
-            logs_s3_key = coalesce(%(logs)s, s.logs_s3_key),
-            started_at = CASE WHEN %(status)s = 'running' THEN coalesce(s.started_at, now()) ELSE s.started_at END,
-            completed_at = CASE WHEN %(status)s IN ('success', 'failed', 'cancelled') THEN now() ELSE s.completed_at END
-        WHERE s.id = %(id)s
-        RETURNING {_STEP_COLUMNS}
-        """,
-        {"id": step_id, "status": status, "exit_code": exit_code, "logs": logs_s3_key},
-    )
-    assert row is not None
-    return row
-
-
-async def set_step_details(conn: Conn, step_id: str, exit_code: int | None, logs_s3_key: str | None) -> Row:
-    """A repeated report may still carry the exit code or log key the first one lacked."""
-    row = await _one(
-        conn,
-        f"""
-        UPDATE pipeline.steps AS s SET exit_code = coalesce(%s, s.exit_code), logs_s3_key = coalesce(%s, s.logs_s3_key)
-        WHERE s.id = %s RETURNING {_STEP_COLUMNS}
-        """,
-        (exit_code, logs_s3_key, step_id),
-    )
-    assert row is not None
-    return row
-
-
-async def skip_pending_steps_of_task(conn: Conn, task_id: str) -> None:
-    await conn.execute(
-        "UPDATE pipeline.steps SET status = 'skipped' WHERE task_id = %s AND status = 'pending'", (task_id,)
-    )
-
-
-async def start_task_if_pending(conn: Conn, task_id: str) -> None:
-    await conn.execute(
-        "UPDATE pipeline.tasks SET status = 'running', started_at = coalesce(started_at, now())"
-        " WHERE id = %s AND status = 'pending'",
-        (task_id,),
-    )
-
-
-async def start_phase_if_pending(conn: Conn, phase_id: str) -> None:
-    await conn.execute(
-        "UPDATE pipeline.phases SET status = 'running', started_at = coalesce(started_at, now())"
-        " WHERE id = %s AND status = 'pending'",
-        (phase_id,),
-    )
-
-
-async def phase_of_task(conn: Conn, task_id: str) -> Row:
-    row = await _one(
-        conn,
-        """
-        SELECT p.id::text AS id, p.name, p.status::text AS status,
-               array_agg(t2.status::text) AS task_statuses,
-               array_agg(t2.error) FILTER (WHERE t2.status = 'failed') AS errors,
-               array_agg(t2.project_name) FILTER (WHERE t2.status = 'failed') AS failed_projects
-        FROM pipeline.tasks t JOIN pipeline.phases p ON p.id = t.phase_id
-        JOIN pipeline.tasks t2 ON t2.phase_id = p.id
-        WHERE t.id = %s GROUP BY p.id
-        """,
-        (task_id,),
-    )
-    assert row is not None
-    return row
+async def task_of_step(conn: Conn, step_id: str) -> str | None:
+    task_id = await _scalar(conn, "SELECT task_id::text FROM pipeline.steps WHERE id = %s", (step_id,))
+    return task_id if isinstance(task_id, str) else None
 
 
 async def finish_phase(conn: Conn, phase_id: str, status: str) -> None:
@@ -440,8 +482,130 @@ async def finish_phase(conn: Conn, phase_id: str, status: str) -> None:
 
 
 async def phase_statuses(conn: Conn, run_id: str) -> list[str]:
-    rows = await _all(conn, "SELECT status::text AS status FROM pipeline.phases WHERE run_id = %s", (run_id,))
-    return [r["status"] for r in rows]
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute("SELECT status::text FROM pipeline.phases WHERE run_id = %s", (run_id,))
+    return [str(status) for (status,) in await cur.fetchall()]
+
+
+# --- a report of a task, in two round trips (service.report) ----------------------------------
+# Round trip 1 locks the run and reads the task, its phase's status and its steps' statuses
+# (the server runs them in order, so each read starts after the lock is granted); the domain
+# decides; round trip 2 sends every write and the reads the answer and the roll-up need.
+
+_SQL_LOCK_RUN_OF_TASK = f"""
+UPDATE pipeline.runs AS r SET tree_version = r.tree_version + 1
+FROM pipeline.tasks t WHERE t.id = %s AND r.id = t.run_id RETURNING {_RUN_COLUMNS}
+"""
+_SQL_TASK_IN_PHASE = f"""
+SELECT {_TASK_COLUMNS}, p.status::text AS phase_status
+FROM pipeline.tasks t JOIN pipeline.phases p ON p.id = t.phase_id WHERE t.id = %s
+"""
+_SQL_STEPS_OF_TASK = "SELECT s.id::text, s.status::text FROM pipeline.steps s WHERE s.task_id = %s"
+
+# ``started``: a step going from pending straight to its outcome also gets its start time.
+_SQL_UPDATE_STEP = f"""
+UPDATE pipeline.steps AS s SET status = %(status)s::pipeline.step_status,
+    exit_code = coalesce(%(exit_code)s, s.exit_code),
+    logs_s3_key = coalesce(%(logs)s, s.logs_s3_key),
+    started_at = CASE WHEN %(status)s = 'running' OR %(started)s THEN coalesce(s.started_at, now())
+                      ELSE s.started_at END,
+    completed_at = CASE WHEN %(status)s IN ('success', 'failed', 'cancelled') THEN now() ELSE s.completed_at END
+WHERE s.id = %(id)s
+RETURNING {_STEP_COLUMNS}
+"""
+_SQL_STEP_DETAILS = f"""
+UPDATE pipeline.steps AS s SET exit_code = coalesce(%(exit_code)s, s.exit_code),
+    logs_s3_key = coalesce(%(logs)s, s.logs_s3_key)
+WHERE s.id = %(id)s RETURNING {_STEP_COLUMNS}
+"""
+_SQL_GET_STEP = f"SELECT {_STEP_COLUMNS} FROM pipeline.steps s WHERE s.id = %(id)s"
+_SQL_START_TASK = """
+UPDATE pipeline.tasks SET status = 'running', started_at = coalesce(started_at, now())
+WHERE id = %s AND status = 'pending'
+"""
+_SQL_START_PHASE = """
+UPDATE pipeline.phases SET status = 'running', started_at = coalesce(started_at, now())
+WHERE id = %s AND status = 'pending'
+"""
+_SQL_UPDATE_TASK = f"""
+UPDATE pipeline.tasks AS t SET status = %(status)s::pipeline.task_status,
+    error = coalesce(%(error)s, t.error),
+    started_at = CASE WHEN %(status)s = 'running' THEN coalesce(t.started_at, now()) ELSE t.started_at END,
+    completed_at = CASE WHEN %(status)s IN ('success', 'failed', 'cancelled') THEN now() ELSE t.completed_at END
+WHERE t.id = %(id)s
+RETURNING {_TASK_COLUMNS}
+"""
+_SQL_GET_TASK = f"SELECT {_TASK_COLUMNS} FROM pipeline.tasks t WHERE t.id = %(id)s"
+_SQL_SKIP_PENDING_STEPS = "UPDATE pipeline.steps SET status = 'skipped' WHERE task_id = %s AND status = 'pending'"
+_SQL_PHASE_TALLY = """
+SELECT p.id::text AS id, p.name, p.status::text AS status, array_agg(t2.status::text) AS task_statuses
+FROM pipeline.tasks t JOIN pipeline.phases p ON p.id = t.phase_id
+JOIN pipeline.tasks t2 ON t2.phase_id = p.id
+WHERE t.id = %s GROUP BY p.id
+"""
+
+
+async def read_for_report(conn: Conn, task_id: str) -> Snapshot | None:
+    """Lock the task's run and read what a report is decided on; ``None`` when no such task."""
+    async with conn.pipeline():
+        run_cur = await _send(conn, Run, _SQL_LOCK_RUN_OF_TASK, (task_id,))
+        task_cur = await _send(conn, TaskInPhase, _SQL_TASK_IN_PHASE, (task_id,))
+        steps_cur = conn.cursor(row_factory=tuple_row)
+        await steps_cur.execute(_SQL_STEPS_OF_TASK, (task_id,))
+    run = await run_cur.fetchone()
+    task = await task_cur.fetchone()
+    steps: dict[str, WorkStatus] = dict(await steps_cur.fetchall())
+    if run is None or task is None:
+        return None
+    return Snapshot(run=run, task=task, steps=steps)
+
+
+async def write_report(
+    conn: Conn, snapshot: Snapshot, writes: ReportWrites, error: str | None
+) -> tuple[Task | None, list[Step], PhaseTally | None]:
+    """Send what ``domain.apply_report`` decided in one round trip. Returns the task (when the
+    report had a task status), the reported steps in order, and the task's phase when the task
+    finished (read after the writes, for the roll-up)."""
+    task_id = snapshot.task.id
+    async with conn.pipeline():
+        step_curs = [await _send_step_write(conn, write) for write in writes.steps]
+        if writes.start_task:
+            await conn.execute(_SQL_START_TASK, (task_id,))
+        if writes.start_phase:
+            await conn.execute(_SQL_START_PHASE, (snapshot.task.phase_id,))
+        if writes.start_run:
+            await set_run_running(conn, snapshot.run.id)
+        task_cur = None
+        if writes.task == "update":
+            task_cur = await _send(
+                conn, Task, _SQL_UPDATE_TASK, {"id": task_id, "status": writes.task_status, "error": error}
+            )
+        elif writes.task == "read":
+            task_cur = await _send(conn, Task, _SQL_GET_TASK, {"id": task_id})
+        phase_cur = None
+        if writes.task_finished:
+            if writes.skip_pending_steps:
+                await conn.execute(_SQL_SKIP_PENDING_STEPS, (task_id,))
+            phase_cur = await _send(conn, PhaseTally, _SQL_PHASE_TALLY, (task_id,))
+    steps = [await _fetch_one(cur) for cur in step_curs]
+    task = await _fetch_one(task_cur) if task_cur is not None else None
+    phase = await _fetch_one(phase_cur) if phase_cur is not None else None
+    return task, steps, phase
+
+
+async def _send_step_write(conn: Conn, write: StepWrite) -> psycopg.AsyncCursor[Step]:
+    params = {"id": write.id, "status": write.status, "exit_code": write.exit_code, "logs": write.logs_s3_key}
+    if write.change == "read":
+        return await _send(conn, Step, _SQL_GET_STEP, params)
+    if write.change == "details":
+        return await _send(conn, Step, _SQL_STEP_DETAILS, params)
+    return await _send(conn, Step, _SQL_UPDATE_STEP, params | {"started": write.change == "start_and_update"})
+
+
+async def _fetch_one(cur: psycopg.AsyncCursor[R]) -> R:
+    row = await cur.fetchone()
+    assert row is not None  # the rows exist: they were read under the run lock
+    return row
 
 
 # --- commit statuses ----------------------------------------------------------------------------
@@ -457,11 +621,12 @@ async def add_commit_status(
     )
 
 
-async def claim_commit_statuses(conn: Conn, limit: int, lease_seconds: float) -> list[Row]:
+async def claim_commit_statuses(conn: Conn, limit: int, lease_seconds: float) -> list[CommitStatusDue]:
     """Due statuses, oldest first, at most one per run (a run's statuses go out in order); each
     claimed row is leased by pushing its next attempt into the future."""
     return await _all(
         conn,
+        CommitStatusDue,
         """
         WITH due AS (
             SELECT c.id FROM pipeline.commit_statuses c
@@ -512,18 +677,19 @@ async def skip_all_commit_statuses(conn: Conn) -> int:
 
 async def record_delivery(conn: Conn, delivery_id: str, event: str, outcome: str) -> bool:
     """False when this delivery was already processed (a GitHub redelivery)."""
-    row = await _one(
+    inserted = await _scalar(
         conn,
         """INSERT INTO pipeline.webhook_deliveries (delivery_id, event, outcome) VALUES (%s, %s, %s)
            ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id""",
         (delivery_id, event, outcome),
     )
-    return row is not None
+    return inserted is not None
 
 
-async def delivery(conn: Conn, delivery_id: str) -> Row | None:
+async def delivery(conn: Conn, delivery_id: str) -> Delivery | None:
     return await _one(
         conn,
+        Delivery,
         "SELECT delivery_id, event, outcome, run_id::text AS run_id FROM pipeline.webhook_deliveries WHERE delivery_id = %s",
         (delivery_id,),
     )
@@ -544,96 +710,4 @@ async def record_tag_push(
            VALUES (%s, %s, %s, %s, %s, %s)
            ON CONFLICT (repository, tag, commit_sha) DO UPDATE SET run_id = coalesce(EXCLUDED.run_id, pipeline.tag_pushes.run_id)""",
         (uuid.uuid4(), repository, tag, commit_sha, pushed_by, run_id),
-    )
-
-
-# --- batched task report (service.report_task) --------------------------------------------------
-# These send a statement and return its cursor without reading it, so that a caller inside
-# ``conn.pipeline()`` can queue several and read them all after one round trip.
-
-
-async def lock_run_of_task(conn: Conn, task_id: str) -> psycopg.AsyncCursor[DictRow]:
-    """``lock_run`` for the run of a task (no row when the task does not exist)."""
-    return await conn.execute(
-        f"""UPDATE pipeline.runs AS r SET tree_version = r.tree_version + 1
-            FROM pipeline.tasks t WHERE t.id = %s AND r.id = t.run_id RETURNING {_RUN_COLUMNS}""",
-        (task_id,),
-    )
-
-
-async def task_with_phase_status(conn: Conn, task_id: str) -> psycopg.AsyncCursor[DictRow]:
-    return await conn.execute(
-        f"""SELECT {_TASK_COLUMNS}, p.status::text AS phase_status
-            FROM pipeline.tasks t JOIN pipeline.phases p ON p.id = t.phase_id WHERE t.id = %s""",
-        (task_id,),
-    )
-
-
-async def steps_of_task(conn: Conn, task_id: str) -> psycopg.AsyncCursor[DictRow]:
-    return await conn.execute(f"SELECT {_STEP_COLUMNS} FROM pipeline.steps s WHERE s.task_id = %s", (task_id,))
-
-
-async def send_update_step(
-    conn: Conn, step_id: str, status: str, exit_code: int | None, logs_s3_key: str | None, *, started: bool = False
-) -> psycopg.AsyncCursor[DictRow]:
-    """``update_step``; ``started`` also records the start of a step that goes from pending
-    straight to its outcome (``pending -> running -> outcome`` in one statement)."""
-    return await conn.execute(
-        f"""
-        UPDATE pipeline.steps AS s SET status = %(status)s::pipeline.step_status,
-            exit_code = coalesce(%(exit_code)s, s.exit_code),
-            logs_s3_key = coalesce(%(logs)s, s.logs_s3_key),
-            started_at = CASE WHEN %(status)s = 'running' OR %(started)s THEN coalesce(s.started_at, now())
-                              ELSE s.started_at END,
-            completed_at = CASE WHEN %(status)s IN ('success', 'failed', 'cancelled') THEN now() ELSE s.completed_at END
-        WHERE s.id = %(id)s
-        RETURNING {_STEP_COLUMNS}
-        """,
-        {"id": step_id, "status": status, "exit_code": exit_code, "logs": logs_s3_key, "started": started},
-    )
-
-
-async def send_step_details(
-    conn: Conn, step_id: str, exit_code: int | None, logs_s3_key: str | None
-) -> psycopg.AsyncCursor[DictRow]:
-    return await conn.execute(
-        f"""
-        UPDATE pipeline.steps AS s SET exit_code = coalesce(%s, s.exit_code), logs_s3_key = coalesce(%s, s.logs_s3_key)
-        WHERE s.id = %s RETURNING {_STEP_COLUMNS}
-        """,
-        (exit_code, logs_s3_key, step_id),
-    )
-
-
-async def send_get_step(conn: Conn, step_id: str) -> psycopg.AsyncCursor[DictRow]:
-    return await conn.execute(f"SELECT {_STEP_COLUMNS} FROM pipeline.steps s WHERE s.id = %s", (step_id,))
-
-
-async def send_get_task(conn: Conn, task_id: str) -> psycopg.AsyncCursor[DictRow]:
-    return await conn.execute(f"SELECT {_TASK_COLUMNS} FROM pipeline.tasks t WHERE t.id = %s", (task_id,))
-
-
-async def send_update_task(conn: Conn, task_id: str, status: str, error: str | None) -> psycopg.AsyncCursor[DictRow]:
-    return await conn.execute(
-        f"""
-        UPDATE pipeline.tasks AS t SET status = %(status)s::pipeline.task_status,
-            error = coalesce(%(error)s, t.error),
-            started_at = CASE WHEN %(status)s = 'running' THEN coalesce(t.started_at, now()) ELSE t.started_at END,
-            completed_at = CASE WHEN %(status)s IN ('success', 'failed', 'cancelled') THEN now() ELSE t.completed_at END
-        WHERE t.id = %(id)s
-        RETURNING {_TASK_COLUMNS}
-        """,
-        {"id": task_id, "status": status, "error": error},
-    )
-
-
-async def send_phase_of_task(conn: Conn, task_id: str) -> psycopg.AsyncCursor[DictRow]:
-    return await conn.execute(
-        """
-        SELECT p.id::text AS id, p.name, p.status::text AS status, array_agg(t2.status::text) AS task_statuses
-        FROM pipeline.tasks t JOIN pipeline.phases p ON p.id = t.phase_id
-        JOIN pipeline.tasks t2 ON t2.phase_id = p.id
-        WHERE t.id = %s GROUP BY p.id
-        """,
-        (task_id,),
     )

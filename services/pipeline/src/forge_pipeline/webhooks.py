@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any
 
 import msgspec
 import structlog
 
 from forge_common.errors import AuthenticationFailed, Conflict, InvalidRequest
-from forge_common.runtime import Runtime
 
 from . import domain, service, store
-from .settings import settings_of
-from .store import Conn
+from .schemas import WebhookResult
+from .service import CreateRun
+from .store import Conn, UnitOfWork
 
-__all__ = ["handle", "sign", "verify_signature"]
+__all__ = ["HANDLER_KEY", "GitHubEvent", "WebhookHandler", "sign", "verify_signature"]
+
+HANDLER_KEY = "pipeline.webhooks"
 
 log = structlog.get_logger(__name__)
 _PR_ACTIONS = frozenset({"opened", "synchronize", "reopened"})
@@ -43,160 +44,178 @@ def verify_signature(secret: str, body: bytes, header: str | None) -> None:
         raise AuthenticationFailed("X-Hub-Signature-256 does not match the payload")
 
 
-def _get(payload: dict[str, Any], *path: str) -> Any:
-    value: Any = payload
-    for key in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
+class _Named(msgspec.Struct):
+    login: str | None = None
+    name: str | None = None
+
+
+class _Repository(msgspec.Struct):
+    full_name: str | None = None
+
+
+class _Head(msgspec.Struct):
+    ref: str | None = None
+    sha: str | None = None
+
+
+class _PullRequest(msgspec.Struct):
+    head: _Head | None = None
+
+
+class GitHubEvent(msgspec.Struct):
+    """The fields Forge reads from GitHub's ``ping``, ``push`` and ``pull_request`` payloads
+    (GitHub sends many more; unknown fields are ignored)."""
+
+    zen: str | None = None
+    ref: str | None = None
+    after: str | None = None
+    deleted: bool | None = None
+    base_ref: str | None = None
+    action: str | None = None
+    number: int | None = None
+    repository: _Repository | None = None
+    pull_request: _PullRequest | None = None
+    sender: _Named | None = None
+    pusher: _Named | None = None
+
+
+def _required(value: str | None, path: str) -> str:
+    if not value:
+        raise InvalidRequest(f"webhook payload lacks {path}", {"field": path})
     return value
 
 
-def _required_str(payload: dict[str, Any], *path: str) -> str:
-    value = _get(payload, *path)
-    if not isinstance(value, str) or not value:
-        raise InvalidRequest(f"webhook payload lacks {'.'.join(path)}", {"field": ".".join(path)})
-    return value
-
-
-def _actor(payload: dict[str, Any]) -> str:
-    for path in (("sender", "login"), ("pusher", "name")):
-        value = _get(payload, *path)
-        if isinstance(value, str) and value:
+def _actor(payload: GitHubEvent) -> str:
+    for value in (payload.sender and payload.sender.login, payload.pusher and payload.pusher.name):
+        if value:
             return value[:255]
     return "github"
 
 
-async def handle(runtime: Runtime, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
-    settings = settings_of(runtime)
-    lower = {k.lower(): v for k, v in headers.items()}
-    verify_signature(settings.github_webhook_secret, body, lower.get("x-hub-signature-256"))
-    event = lower.get("x-github-event", "").strip()
-    delivery_id = lower.get("x-github-delivery", "").strip()
-    if not event:
-        raise InvalidRequest("missing X-GitHub-Event header", {"header": "X-GitHub-Event"})
-    if not delivery_id or len(delivery_id) > 200:
-        raise InvalidRequest("missing or invalid X-GitHub-Delivery header", {"header": "X-GitHub-Delivery"})
+def _decode(event: str, body: bytes) -> GitHubEvent:
     try:
-        payload = msgspec.json.decode(body)
+        if event in ("ping", "push", "pull_request"):
+            return msgspec.json.decode(body, type=GitHubEvent)
+        # Events Forge ignores are only checked for being a JSON object.
+        msgspec.json.decode(body, type=dict[str, msgspec.Raw])
+        return GitHubEvent()
+    except msgspec.ValidationError as exc:
+        if body.lstrip()[:1] != b"{":
+            raise InvalidRequest("webhook payload must be a JSON object") from None
+        raise InvalidRequest(f"webhook payload is not a valid {event} event: {exc}") from None
     except msgspec.DecodeError:
         raise InvalidRequest("webhook payload is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest("webhook payload must be a JSON object")
-
-    async with runtime.pool.connection() as conn, conn.transaction():
-        if not await store.record_delivery(conn, delivery_id, event, "processing"):
-            previous = await store.delivery(conn, delivery_id)
-            log.info("github.webhook_redelivery", delivery_id=delivery_id, webhook_event=event)
-            return 200, {
-                "status": "duplicate",
-                "delivery_id": delivery_id,
-                "run_id": previous["run_id"] if previous else None,
-            }
-        status, result = await _process(conn, event, payload, settings.max_active_runs_per_repository)
-        await store.set_delivery_outcome(conn, delivery_id, result["status"], result.get("run_id"))
-    log.info("github.webhook", delivery_id=delivery_id, webhook_event=event, outcome=result["status"])
-    return status, {"delivery_id": delivery_id, **result}
 
 
-async def _process(conn: Conn, event: str, payload: dict[str, Any], max_active: int) -> tuple[int, dict[str, Any]]:
+class WebhookHandler:
+    """Built in ``app.create_app`` with the secret and the run limit; one unit of work per delivery."""
+
+    def __init__(self, uow: UnitOfWork, secret: str, max_active_runs: int) -> None:
+        self.uow = uow
+        self.secret = secret
+        self.max_active = max_active_runs
+
+    async def handle(self, headers: dict[str, str], body: bytes) -> tuple[int, WebhookResult]:
+        lower = {k.lower(): v for k, v in headers.items()}
+        verify_signature(self.secret, body, lower.get("x-hub-signature-256"))
+        event = lower.get("x-github-event", "").strip()
+        delivery_id = lower.get("x-github-delivery", "").strip()
+        if not event:
+            raise InvalidRequest("missing X-GitHub-Event header", {"header": "X-GitHub-Event"})
+        if not delivery_id or len(delivery_id) > 200:
+            raise InvalidRequest("missing or invalid X-GitHub-Delivery header", {"header": "X-GitHub-Delivery"})
+        payload = _decode(event, body)
+        async with self.uow.begin() as conn:
+            if not await store.record_delivery(conn, delivery_id, event, "processing"):
+                previous = await store.delivery(conn, delivery_id)
+                log.info("github.webhook_redelivery", delivery_id=delivery_id, webhook_event=event)
+                run_id = previous.run_id if previous else None
+                return 200, WebhookResult(status="duplicate", delivery_id=delivery_id, run_id=run_id)
+            status, result = await _process(conn, event, payload, self.max_active)
+            run_id = result.run_id if isinstance(result.run_id, str) else None
+            await store.set_delivery_outcome(conn, delivery_id, result.status, run_id)
+        log.info("github.webhook", delivery_id=delivery_id, webhook_event=event, outcome=result.status)
+        result.delivery_id = delivery_id
+        return status, result
+
+
+async def _process(conn: Conn, event: str, payload: GitHubEvent, max_active: int) -> tuple[int, WebhookResult]:
     if event == "ping":
-        return 200, {"status": "pong", "zen": _get(payload, "zen")}
+        return 200, WebhookResult(delivery_id="", status="pong", zen=payload.zen)
     if event == "push":
         return await _push(conn, payload, max_active)
     if event == "pull_request":
         return await _pull_request(conn, payload, max_active)
-    return 202, {"status": "ignored", "reason": f"event {event!r} is not handled"}
+    return 202, WebhookResult(delivery_id="", status="ignored", reason=f"event {event!r} is not handled")
 
 
-async def _create(conn: Conn, max_active: int, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+async def _create(conn: Conn, max_active: int, cmd: CreateRun) -> tuple[int, WebhookResult]:
     try:
-        run, _ = await service.create_run(conn, max_active=max_active, **kwargs)
+        run, _ = await service.create_run(conn, cmd, max_active)
     except Conflict as exc:
         existing = exc.details.get("existing_id")
         if existing is None:
             raise
-        return 200, {"status": "exists", "run_id": existing}
-    return 201, {"status": "created", "run_id": run["id"]}
+        return 200, WebhookResult(delivery_id="", status="exists", run_id=str(existing))
+    return 201, WebhookResult(delivery_id="", status="created", run_id=run.id)
 
 
-async def _push(conn: Conn, payload: dict[str, Any], max_active: int) -> tuple[int, dict[str, Any]]:
-    ref = _required_str(payload, "ref")
-    if payload.get("deleted") is True or payload.get("after") == _ZERO_SHA:
-        return 202, {"status": "ignored", "reason": f"{ref} was deleted"}
-    repository = domain.validate_repository(_required_str(payload, "repository", "full_name"), "repository.full_name")
-    commit_sha = domain.normalize_commit_sha(_required_str(payload, "after"), "after")
+async def _push(conn: Conn, payload: GitHubEvent, max_active: int) -> tuple[int, WebhookResult]:
+    ref = _required(payload.ref, "ref")
+    if payload.deleted is True or payload.after == _ZERO_SHA:
+        return 202, WebhookResult(delivery_id="", status="ignored", reason=f"{ref} was deleted")
+    repository = payload.repository.full_name if payload.repository else None
+    repository = domain.validate_repository(_required(repository, "repository.full_name"), "repository.full_name")
+    commit_sha = domain.normalize_commit_sha(_required(payload.after, "after"), "after")
     actor = _actor(payload)
     if ref.startswith("refs/heads/"):
         branch = domain.validate_branch(ref.removeprefix("refs/heads/"), "ref")
-        return await _create(
-            conn,
-            max_active,
-            repository=repository,
-            branch=branch,
-            commit_sha=commit_sha,
-            trigger_type="push",
-            triggered_by=actor,
+        cmd = CreateRun(
+            repository=repository, branch=branch, commit_sha=commit_sha, trigger_type="push", triggered_by=actor
         )
+        return await _create(conn, max_active, cmd)
     if ref.startswith("refs/tags/"):
-        return await _tag_push(
-            conn,
-            payload,
-            repository,
-            domain.validate_tag(ref.removeprefix("refs/tags/"), "ref"),
-            commit_sha,
-            actor,
-            max_active,
-        )
-    return 202, {"status": "ignored", "reason": f"ref {ref!r} is neither a branch nor a tag"}
+        tag = domain.validate_tag(ref.removeprefix("refs/tags/"), "ref")
+        return await _tag_push(conn, payload, repository, tag, commit_sha, actor, max_active)
+    return 202, WebhookResult(delivery_id="", status="ignored", reason=f"ref {ref!r} is neither a branch nor a tag")
 
 
 async def _tag_push(
-    conn: Conn, payload: dict[str, Any], repository: str, tag: str, commit_sha: str, actor: str, max_active: int
-) -> tuple[int, dict[str, Any]]:
+    conn: Conn, payload: GitHubEvent, repository: str, tag: str, commit_sha: str, actor: str, max_active: int
+) -> tuple[int, WebhookResult]:
     """A tag push is recorded (release triggers ``{ tag = true }``). When the commit already has
     a run, the tag is attached to it (a successful run gets its release triggers evaluated
     again, for the tag); otherwise a run is started for the tagged commit."""
     existing = await store.run_by_commit(conn, repository, commit_sha)
     if existing is not None:
-        await store.set_run_tag(conn, existing["id"], tag)
-        await store.record_tag_push(conn, repository, tag, commit_sha, actor, existing["id"])
-        return 200, {"status": "tag_recorded", "run_id": existing["id"], "tag": tag}
-    base_ref = _get(payload, "base_ref")
-    branch = (
-        base_ref.removeprefix("refs/heads/")
-        if isinstance(base_ref, str) and base_ref.startswith("refs/heads/")
-        else tag
+        await store.set_run_tag(conn, existing.id, tag)
+        await store.record_tag_push(conn, repository, tag, commit_sha, actor, existing.id)
+        return 200, WebhookResult(delivery_id="", status="tag_recorded", run_id=existing.id, tag=tag)
+    base_ref = payload.base_ref
+    branch = base_ref.removeprefix("refs/heads/") if base_ref and base_ref.startswith("refs/heads/") else tag
+    cmd = CreateRun(
+        repository=repository, branch=branch, commit_sha=commit_sha, trigger_type="push", triggered_by=actor, tag=tag
     )
-    status, result = await _create(
-        conn,
-        max_active,
-        repository=repository,
-        branch=branch,
-        commit_sha=commit_sha,
-        trigger_type="push",
-        triggered_by=actor,
-        tag=tag,
-    )
-    await store.record_tag_push(conn, repository, tag, commit_sha, actor, result.get("run_id"))
-    return status, {**result, "tag": tag}
+    status, result = await _create(conn, max_active, cmd)
+    run_id = result.run_id if isinstance(result.run_id, str) else None
+    await store.record_tag_push(conn, repository, tag, commit_sha, actor, run_id)
+    result.tag = tag
+    return status, result
 
 
-async def _pull_request(conn: Conn, payload: dict[str, Any], max_active: int) -> tuple[int, dict[str, Any]]:
-    action = payload.get("action")
-    if action not in _PR_ACTIONS:
-        return 202, {"status": "ignored", "reason": f"pull_request action {action!r} is not handled"}
-    repository = domain.validate_repository(_required_str(payload, "repository", "full_name"), "repository.full_name")
-    number = payload.get("number")
-    return await _create(
-        conn,
-        max_active,
-        repository=repository,
-        branch=domain.validate_branch(_required_str(payload, "pull_request", "head", "ref"), "pull_request.head.ref"),
-        commit_sha=domain.normalize_commit_sha(
-            _required_str(payload, "pull_request", "head", "sha"), "pull_request.head.sha"
-        ),
+async def _pull_request(conn: Conn, payload: GitHubEvent, max_active: int) -> tuple[int, WebhookResult]:
+    if payload.action not in _PR_ACTIONS:
+        return 202, WebhookResult(
+            delivery_id="", status="ignored", reason=f"pull_request action {payload.action!r} is not handled"
+        )
+    repository = payload.repository.full_name if payload.repository else None
+    head = (payload.pull_request.head if payload.pull_request else None) or _Head()
+    cmd = CreateRun(
+        repository=domain.validate_repository(_required(repository, "repository.full_name"), "repository.full_name"),
+        branch=domain.validate_branch(_required(head.ref, "pull_request.head.ref"), "pull_request.head.ref"),
+        commit_sha=domain.normalize_commit_sha(_required(head.sha, "pull_request.head.sha"), "pull_request.head.sha"),
         trigger_type="pull_request",
         triggered_by=_actor(payload),
-        pull_request_number=number if isinstance(number, int) else None,
+        pull_request_number=payload.number,
     )
+    return await _create(conn, max_active, cmd)

@@ -92,6 +92,8 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
             service_account=principal.service_account,
             token=principal.token,
             on_behalf_of=data.trigger.triggered_by if data.trigger else None,
+            subject=principal.subject,
+            on_behalf_of_id=data.trigger.triggered_by_id if data.trigger else None,
         )
     )
 

@@ -12,7 +12,11 @@ from .settings import Settings
 
 def create_app(settings: Settings) -> Litestar:
     async def start(runtime: Runtime) -> None:
-        runs = PipelineRuns(settings.pipeline_url) if settings.verify_pipeline_runs else SkipRunCheck()
+        runs = (
+            PipelineRuns(settings.pipeline_url, settings.pipeline_timeout)
+            if settings.verify_pipeline_runs
+            else SkipRunCheck()
+        )
         runtime.extras["releases"] = ReleaseService(runtime.pool, make_publisher(settings), runs)
 
     async def stop(runtime: Runtime) -> None:

@@ -27,10 +27,12 @@ __all__ = [
     "creation_aliases",
     "decide_alias",
     "decide_alias_removal",
+    "subject_id",
     "validate_alias_name",
     "validate_commit_sha",
     "validate_project",
     "validate_repository",
+    "validate_stable_id",
 ]
 
 TriggerType = Literal["branch_push", "tag", "manual"]
@@ -187,15 +189,37 @@ class Artifact:
         return cls(name, type_, tracking, published)  # type: ignore[arg-type]
 
 
+# A stable identity: "sub:<token subject>" or "github:<numeric GitHub user id>".
+_STABLE_ID = re.compile(r"^(?:sub:[^\s\x00-\x1f]{1,255}|github:[0-9]{1,20})$")
+
+
+def subject_id(subject: str) -> str:
+    """The stable identity of a token's subject."""
+    return f"sub:{subject}"
+
+
+def validate_stable_id(value: str, field_name: str = "trigger.triggered_by_id") -> str:
+    if not _STABLE_ID.match(value):
+        raise _bad(
+            field_name,
+            f"{field_name} must be 'sub:<token subject>' or 'github:<numeric GitHub user id>', got {value!r}",
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Trigger:
     trigger_type: TriggerType
     triggered_by: str
     branch: str | None = None
     tag: str | None = None
+    # The stable identity of ``triggered_by`` (None when unknown: compared by name then).
+    triggered_by_id: str | None = None
 
     @classmethod
-    def parse(cls, trigger_type: str, branch: str | None, tag: str | None, triggered_by: str) -> Trigger:
+    def parse(
+        cls, trigger_type: str, branch: str | None, tag: str | None, triggered_by: str, triggered_by_id: str | None
+    ) -> Trigger:
         if trigger_type not in TRIGGER_TYPES:
             raise _bad(
                 "trigger.trigger_type",
@@ -210,7 +234,7 @@ class Trigger:
             raise _bad("trigger.branch", "a branch_push trigger needs trigger.branch")
         if trigger_type == "tag" and not tag:
             raise _bad("trigger.tag", "a tag trigger needs trigger.tag")
-        return cls(trigger_type, triggered_by, branch, tag)  # type: ignore[arg-type]
+        return cls(trigger_type, triggered_by, branch, tag, triggered_by_id)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -226,6 +250,7 @@ class NewRelease:
     created_at: dt.datetime
     trigger: Trigger
     artifacts: tuple[Artifact, ...] = field(default_factory=tuple)
+    created_by_id: str | None = None  # see subject_id
 
     @property
     def canonical_id(self) -> str:
@@ -244,7 +269,11 @@ class NewRelease:
         created_by: str,
         now: dt.datetime,
         triggered_by: str | None = None,
+        created_by_id: str | None = None,
+        triggered_by_id: str | None = None,
     ) -> NewRelease:
+        """``triggered_by``/``triggered_by_id``: the run's author a worker releases for; absent,
+        the creator is the trigger."""
         validate_repository(repository)
         validate_project(project)
         sha = validate_commit_sha(commit_sha)
@@ -262,9 +291,14 @@ class NewRelease:
             if art.name in seen:
                 raise _bad(f"artifacts[{i}].name", f"artifact name {art.name!r} appears twice")
             seen.add(art.name)
-        who = triggered_by or created_by
-        trig = Trigger.parse(*trigger, who) if trigger is not None else Trigger("manual", who)
-        return cls(str(uuid.uuid4()), repository, project, sha, run_id, created_by, now, trig, parsed)
+        if triggered_by:
+            who, who_id = triggered_by, validate_stable_id(triggered_by_id) if triggered_by_id else None
+        else:
+            who, who_id = created_by, created_by_id
+        trig = (
+            Trigger.parse(*trigger, who, who_id) if trigger is not None else Trigger("manual", who, None, None, who_id)
+        )
+        return cls(str(uuid.uuid4()), repository, project, sha, run_id, created_by, now, trig, parsed, created_by_id)
 
 
 # --- identifiers -----------------------------------------------------------------------------

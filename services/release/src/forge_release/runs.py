@@ -1,8 +1,14 @@
 """Checking ``pipeline_run_id`` against the pipeline service (its API, never its tables).
 
-A release names the run that produced it, so the run must exist and be a run of the same
-repository at the same commit. The caller's token is forwarded: whoever may create a release
-may read runs (developers, admins and workers all hold ``read``).
+A release names the run that produced it, so the run must exist, be a run of the same
+repository (case-insensitively) at the same commit, and have succeeded. The caller's token is
+forwarded: whoever may create a release may read runs (developers, admins and workers all hold
+``read``).
+
+"Succeeded" needs no grace for a run that is still finishing: the dispatcher commits the run's
+``success`` before it queues the release job (``service.complete_run`` commits, then
+``forge_pipeline.dispatch.releases`` queues the job in a later transaction), so by the time a worker's release job reaches this service the run reads
+``success``. Any other status (pending, running, failed, cancelled) is refused.
 """
 
 from __future__ import annotations
@@ -48,10 +54,17 @@ class PipelineRuns:
             )
         run_repository = str(resp.body.get("repository", ""))
         run_commit = str(resp.body.get("commit_sha", "")).lower()
-        if run_repository != repository or run_commit != commit_sha:
+        if run_repository.lower() != repository.lower() or run_commit != commit_sha:
             raise InvalidRequest(
                 f"pipeline run {run_id} built {run_repository}@{run_commit}, not {repository}@{commit_sha}",
                 {"field": "pipeline_run_id", "run_repository": run_repository, "run_commit_sha": run_commit},
+            )
+        status = str(resp.body.get("status", ""))
+        if status != "success":
+            raise InvalidRequest(
+                f"pipeline run {run_id} has not succeeded (status {status or 'unknown'}); "
+                "only a successful run can produce a release",
+                {"field": "pipeline_run_id", "run_status": status},
             )
 
     async def close(self) -> None:

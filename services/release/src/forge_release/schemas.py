@@ -38,6 +38,10 @@ class TriggerIn(msgspec.Struct, kw_only=True):
     # Who caused the release (the run's author); honoured from service accounts only, since a
     # worker creates releases on behalf of whoever pushed. Users are always their own trigger.
     triggered_by: str | None = None
+    # The stable identity of triggered_by (service accounts only, with triggered_by):
+    # "sub:<token subject>" for a run created through the API, "github:<numeric user id>" for a
+    # webhook run. The approval service compares it, not the name, to refuse self-approval.
+    triggered_by_id: str | None = None
 
 
 class ReleaseCreate(msgspec.Struct, kw_only=True):
@@ -95,6 +99,8 @@ class Release(msgspec.Struct, kw_only=True):
     oci_digest: str
     created_at: str
     created_by: str
+    created_by_id: str | None
+    triggered_by_id: str | None
     pipeline_run_id: str | None
     artifacts: list[ArtifactOut]
     aliases: list[AliasOut]

@@ -18,6 +18,7 @@ the manifest whose digest the release records.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from .domain import (
     creation_aliases,
     decide_alias,
     decide_alias_removal,
+    subject_id,
     validate_alias_name,
     validate_project,
     validate_repository,
@@ -55,7 +57,9 @@ MAX_CANDIDATES = 10
 
 
 def release_body(row: dict[str, Any]) -> dict[str, Any]:
-    """The Get Release shape of the spec (plus ``pipeline_run_id`` and ``trigger.tag``)."""
+    """The Get Release shape of the spec (plus ``pipeline_run_id``, ``trigger.tag`` and the stable
+    identities ``created_by_id`` and ``triggered_by_id``, of ``created_by`` and
+    ``trigger.triggered_by``)."""
     return {
         "id": row["id"],
         "repository": row["repository"],
@@ -66,6 +70,8 @@ def release_body(row: dict[str, Any]) -> dict[str, Any]:
         "oci_digest": row["oci_digest"],
         "created_at": isoformat(row["created_at"]),
         "created_by": row["created_by"],
+        "created_by_id": row["created_by_id"],
+        "triggered_by_id": row["triggered_by_id"],
         "pipeline_run_id": row["pipeline_run_id"],
         "artifacts": row["artifacts"],
         "aliases": row["aliases"],
@@ -94,6 +100,8 @@ class CreateRelease:
     service_account: bool
     token: str = field(repr=False)  # forwarded to the pipeline service
     on_behalf_of: str | None = None  # trigger.triggered_by as sent
+    subject: str = ""  # the caller's token subject: created_by's stable identity
+    on_behalf_of_id: str | None = None  # trigger.triggered_by_id as sent (with on_behalf_of)
 
 
 class _ProjectLocks:
@@ -109,7 +117,7 @@ class _ProjectLocks:
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
 
     def __call__(self, repository: str, project: str) -> asyncio.Lock:
-        key = (repository, project)
+        key = (repository.lower(), project.lower())
         lock = self._locks.get(key)
         if lock is None:
             lock = asyncio.Lock()
@@ -148,6 +156,8 @@ class ReleaseService:
             created_by=cmd.created_by,
             now=utcnow(),
             triggered_by=_triggered_by(cmd),
+            created_by_id=subject_id(cmd.subject) if cmd.subject else None,
+            triggered_by_id=cmd.on_behalf_of_id if cmd.service_account else None,
         )
         return await self.create_release(release, cmd.token)
 
@@ -169,7 +179,9 @@ class ReleaseService:
 
     async def _create(self, release: NewRelease) -> dict[str, Any]:
         async with self.pool.connection() as conn, conn.transaction():
-            number = await store.bump_counter(conn, release.repository, release.project)
+            number, repository, project = await store.bump_counter(conn, release.repository, release.project)
+            # Names are case-insensitive and shown as first given: this release uses that spelling.
+            release = dataclasses.replace(release, repository=repository, project=project)
             wanted = creation_aliases(release.trigger, number)
             existing, held = await store.existing_and_aliases(
                 conn, release.repository, release.project, release.commit_sha, [a for a, _ in wanted]

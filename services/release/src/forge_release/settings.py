@@ -20,11 +20,13 @@ class Settings(CommonSettings, kw_only=True):
     # release whose artifact is gone. Turning it off keeps process-crash safety only.
     oci_layout_fsync: bool = True
     data_dir: str = ".forge-data"
-    # Check a create's pipeline_run_id with the pipeline service (the run exists and built the
-    # same repository and commit). Off by default: ids are then only checked to be UUIDs. Turn
-    # it on where every run a release may name is visible through FORGE_PIPELINE_URL.
-    verify_pipeline_runs: bool = False
-    pipeline_url: str = ""
+    # Check a create's pipeline_run_id with the pipeline service (GET /v1/runs/{id} with the
+    # caller's token): the run exists, built the same repository and commit, and succeeded.
+    # Turning it off only checks ids to be UUIDs (a release could then name any run).
+    verify_pipeline_runs: bool = True
+    pipeline_url: str = "http://127.0.0.1:8081"
+    # Upper bound of that call (a Go duration).
+    pipeline_timeout: float = 10.0
 
     @property
     def layout_root(self) -> Path:
@@ -36,8 +38,10 @@ class Settings(CommonSettings, kw_only=True):
             problems.append(
                 f"FORGE_OCI_REGISTRY={self.oci_registry!r}: give host[:port][/namespace] without a scheme or trailing slash"
             )
-        if self.verify_pipeline_runs and not self.pipeline_url:
-            problems.append("FORGE_VERIFY_PIPELINE_RUNS needs FORGE_PIPELINE_URL")
+        if self.verify_pipeline_runs and not self.pipeline_url.startswith(("http://", "https://")):
+            problems.append("FORGE_VERIFY_PIPELINE_RUNS needs FORGE_PIPELINE_URL (an http:// or https:// URL)")
+        if self.pipeline_timeout <= 0:
+            problems.append("FORGE_PIPELINE_TIMEOUT must be a positive duration")
         if bool(self.oci_username) != bool(self.oci_password):
             problems.append("FORGE_OCI_USERNAME and FORGE_OCI_PASSWORD go together")
         return problems

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import msgspec
 import structlog
@@ -46,8 +45,8 @@ class DeadLetters:
         headers = jobs.decode_headers(raw.headers)
         subject = raw.subject or ""
         job_type = jobs.job_type_of(self.names, subject) or "ci"
-        payload: dict[str, Any] = msgspec.json.decode(raw.data or b"{}")
-        run_id = str(payload.get("run_id", "unknown"))
+        ref = msgspec.json.decode(raw.data or b"{}", type=jobs.JobRef)
+        run_id = ref.run_id
         reason = (
             f"job was not acknowledged after {deliveries} deliveries "
             "(the worker crashed or exceeded the ack wait each time)"
@@ -65,12 +64,12 @@ class DeadLetters:
         )
         with contextlib.suppress(Exception):
             await js.delete_msg(stream, seq)
-        if job_type == "ci" and payload.get("task_id"):
+        if job_type == "ci" and ref.task_id:
             with contextlib.suppress(Exception):
                 async with self.runtime.pool.connection() as conn, conn.transaction():
-                    await service.mark_task(conn, str(payload["task_id"]), "failed", f"dead-lettered: {reason}")
+                    await service.mark_task(conn, ref.task_id, "failed", f"dead-lettered: {reason}")
         reply_to = headers.get(jobs.HDR_REPLY_TO)
         if reply_to:
-            reply = jobs.JobReply(status="failed", error=f"dead-lettered: {reason}", result={"dead_lettered": True})
+            reply = jobs.JobReply(status="failed", error=f"dead-lettered: {reason}", result=jobs.DeadLettered())
             await self.runtime.nc.publish(reply_to, msgspec.json.encode(reply))
         log.warning("dispatcher.dead_lettered", run_id=run_id, job_type=job_type, seq=seq)

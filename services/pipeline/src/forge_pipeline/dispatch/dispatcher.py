@@ -126,8 +126,8 @@ async def _drive_run(driver: RunDriver) -> None:
         run = await execution_store.run_for_dispatch(conn, driver.run_id)
     if run is None:
         return
-    if run["status"] in ("pending", "running"):
-        if run["discovered_at"] is None:
+    if run.status in ("pending", "running"):
+        if run.discovered_at is None:
             await discover(driver, run)
         await run_groups(driver, run)
     await release(driver)

@@ -10,7 +10,6 @@ publish got through) and their original deadline.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import msgspec
 import structlog
@@ -18,6 +17,7 @@ import structlog
 from forge_common import jobs
 from forge_pipeline import execution_store, service, store
 from forge_pipeline.domain import FINISHED, PhasePlan, TaskPlan
+from forge_pipeline.records import DispatchRun
 
 from .driver import RunDriver, RunEnded
 from .timeouts import TaskDeadlines
@@ -30,7 +30,7 @@ log = structlog.get_logger(__name__)
 GroupTasks = dict[str, tuple[PhasePlan, TaskPlan]]
 
 
-async def run_groups(driver: RunDriver, run: dict[str, Any]) -> None:
+async def run_groups(driver: RunDriver, run: DispatchRun) -> None:
     async with driver.pool.connection() as conn:
         plan = await service.load_plan(conn, driver.run_id)
     groups: dict[int, list[PhasePlan]] = {}
@@ -50,7 +50,7 @@ async def run_groups(driver: RunDriver, run: dict[str, Any]) -> None:
         log.info("dispatcher.completed", run_id=driver.run_id)
 
 
-async def _run_group(driver: RunDriver, run: dict[str, Any], phases: list[PhasePlan]) -> None:
+async def _run_group(driver: RunDriver, run: DispatchRun, phases: list[PhasePlan]) -> None:
     tasks: GroupTasks = {t.id: (p, t) for p in phases for t in p.tasks if t.id and t.status not in FINISHED}
     deadlines = await _start_group(driver, phases, tasks)
     if not tasks:
@@ -58,7 +58,7 @@ async def _run_group(driver: RunDriver, run: dict[str, Any], phases: list[PhaseP
     replies = {task_id: driver.waiter(task_id) for task_id in tasks}
     await asyncio.gather(
         *(
-            driver.queue.publish(driver.run_id, "ci", task_id, f"ci:{task_id}", _ci_payload(driver, run, phase, task))
+            driver.queue.publish("ci", _ci_job(driver, run, phase, task), f"ci:{task_id}")
             for task_id, (phase, task) in tasks.items()
         )
     )
@@ -77,7 +77,7 @@ async def _start_group(driver: RunDriver, phases: list[PhasePlan], tasks: GroupT
     deadlines = TaskDeadlines()
     for task_id, (phase, _task) in tasks.items():
         timeout = float(phase.timeout_seconds) if phase.timeout_seconds else driver.job_settings.timeout("ci")
-        first, db_now = dispatched[task_id]
+        first, db_now = dispatched[task_id].dispatched_at, dispatched[task_id].now
         deadlines.add(task_id, timeout, first, db_now)
     return deadlines
 
@@ -96,7 +96,7 @@ async def _await_replies(
         for fut in done:
             task_id = by_future[fut]
             del pending[task_id]
-            reply = await driver.queue.read_reply(fut.result())
+            reply = await driver.queue.read_reply(fut.result(), jobs.CiResult)
             if reply.status != "success":
                 failed.append((task_id, reply.error or f"task {reply.status}"))
         if failed:
@@ -122,12 +122,12 @@ async def _settle(driver: RunDriver, task_ids: list[str]) -> None:
     roll-up finishes its phase before the next group starts."""
     async with driver.pool.connection() as conn:
         states = await execution_store.task_states(conn, task_ids)
-    missing = [t for t, s in states.items() if s["status"] not in FINISHED]
+    missing = [t for t, s in states.items() if s.status not in FINISHED]
     if not missing:
         return
     async with driver.pool.connection() as conn, conn.transaction():
         for task_id in missing:
-            current = (await execution_store.task_states(conn, [task_id]))[task_id]["status"]
+            current = (await execution_store.task_states(conn, [task_id]))[task_id].status
             if current == "pending":
                 await service.mark_task(conn, task_id, "running")
             if current in ("pending", "running"):
@@ -135,28 +135,26 @@ async def _settle(driver: RunDriver, task_ids: list[str]) -> None:
     log.warning("dispatcher.settled_from_replies", run_id=driver.run_id, tasks=len(missing))
 
 
-def _ci_payload(driver: RunDriver, run: dict[str, Any], phase: PhasePlan, task: TaskPlan) -> dict[str, Any]:
-    return {
-        "job_id": task.id,
-        "run_id": driver.run_id,
-        "task_id": task.id,
-        "repository": run["repository"],
-        "commit_sha": run["commit_sha"],
-        "branch": run["branch"],
-        "phase": phase.name,
-        "project": task.project_name,
-        "project_path": task.project_path,
-        "steps": [
-            {
-                "id": s.id,
-                "name": s.name,
-                "action": s.action,
-                "command": s.command,
-                "timeout_seconds": s.timeout_seconds,
-            }
+def _ci_job(driver: RunDriver, run: DispatchRun, phase: PhasePlan, task: TaskPlan) -> jobs.CiJob:
+    # A plan loaded from the database has every id.
+    assert task.id is not None
+    return jobs.CiJob(
+        job_id=task.id,
+        run_id=driver.run_id,
+        task_id=task.id,
+        repository=run.repository,
+        commit_sha=run.commit_sha,
+        branch=run.branch,
+        phase=phase.name,
+        project=task.project_name,
+        project_path=task.project_path,
+        steps=[
+            jobs.StepJob(
+                id=s.id or "", name=s.name, action=s.action, command=s.command, timeout_seconds=s.timeout_seconds
+            )
             for s in task.steps
         ],
-    }
+    )
 
 
 async def _reconcile(driver: RunDriver, pending: dict[str, asyncio.Future[bytes]]) -> None:
@@ -168,10 +166,10 @@ async def _reconcile(driver: RunDriver, pending: dict[str, asyncio.Future[bytes]
     if status not in ("pending", "running"):
         raise RunEnded
     for task_id, state in states.items():
-        if state["status"] in FINISHED and not pending[task_id].done():
-            reply = jobs.JobReply(
-                status="success" if state["status"] in ("success", "skipped") else "failed",
-                error=state["error"],
+        if state.status in FINISHED and not pending[task_id].done():
+            reply = jobs.JobReply[jobs.CiResult](
+                status="success" if state.status in ("success", "skipped") else "failed",
+                error=state.error,
             )
             pending[task_id].set_result(msgspec.json.encode(reply))
 
@@ -185,7 +183,7 @@ async def _task_failures(
     async with driver.pool.connection() as conn, conn.transaction():
         states = await execution_store.task_states(conn, [t for t, _ in failed])
         for task_id, error in failed:
-            if states.get(task_id, {}).get("status") not in FINISHED:
+            if (state := states.get(task_id)) is None or state.status not in FINISHED:
                 await service.mark_task(conn, task_id, "failed", error)
     # The run is over (the roll-up failed it); make sure of it, then stop what still runs:
     # the failing phase is failed, tasks of the group still running are cancelled.

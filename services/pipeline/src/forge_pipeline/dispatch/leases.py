@@ -99,14 +99,19 @@ class LeaseKeeper:
                 log.warning("dispatcher.renew_failed", error=str(exc))
 
     async def renew_once(self) -> None:
+        """Renew the leases of the runs driven now; stop a driver whose run the database says
+        is no longer ours. Only the drivers the query asked about are judged by its answer: a
+        run claimed while the query was in flight is not in it, and is not lost."""
+        asked = dict(self.drivers)
         async with self.pool.connection() as conn, conn.transaction():
             states = await execution_store.renew_leases(
-                conn, self.owner, self.settings.dispatcher_lease_ttl, list(self.drivers)
+                conn, self.owner, self.settings.dispatcher_lease_ttl, list(asked)
             )
-        for run_id, task in list(self.drivers.items()):
+        for run_id, task in asked.items():
             state = states.get(run_id)
-            if state is None or (state["lease_owner"] not in (None, self.owner)):
-                log.warning("dispatcher.lease_lost", run_id=run_id, owner=state and state["lease_owner"])
+            # No row: the run is gone. Owner NULL: this replica handed it over itself (release).
+            if state is None or state.lease_owner not in (None, self.owner):
+                log.warning("dispatcher.lease_lost", run_id=run_id, owner=state and state.lease_owner)
                 task.cancel()
 
     async def release(self, run_ids: list[str]) -> None:

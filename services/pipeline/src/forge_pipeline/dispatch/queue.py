@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TypeVar
 
 import msgspec
 
@@ -13,15 +13,16 @@ from forge_common.runtime import Runtime
 
 __all__ = ["JobQueue"]
 
+R = TypeVar("R")
+
 
 class JobQueue:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.names = runtime.names
 
-    async def publish(
-        self, run_id: str, job_type: jobs.JobType, job_id: str, msg_id: str, payload: dict[str, Any]
-    ) -> None:
+    async def publish(self, job_type: jobs.JobType, job: jobs.DiscoveryJob | jobs.CiJob, msg_id: str) -> None:
+        run_id, job_id = job.run_id, job.job_id
         headers = {
             jobs.HDR_REPLY_TO: jobs.inbox_subject(self.names, run_id, job_id),
             jobs.HDR_JOB_ID: job_id,
@@ -30,12 +31,12 @@ class JobQueue:
         }
         subject = jobs.job_subject(self.names, job_type, run_id, job_id)
         # A job over 1 MB (huge step commands) travels through S3 like a large result.
-        body = await encode_result(self.runtime.s3, run_id, f"{job_type}-job", job_id, payload)
+        body = await encode_result(self.runtime.s3, run_id, f"{job_type}-job", job_id, job)
         await self.runtime.js.publish(subject, body, headers=headers, timeout=5.0)
 
-    async def read_reply(self, raw: bytes) -> jobs.JobReply:
-        value = await resolve_result(self.runtime.s3, raw)
-        return msgspec.convert(value, jobs.JobReply)
+    async def read_reply(self, raw: bytes, result_type: type[R]) -> jobs.JobReply[R]:
+        """Raises ``msgspec.ValidationError`` for a reply that is not one."""
+        return jobs.decode_reply(await resolve_result(self.runtime.s3, raw), result_type)
 
     async def purge_run(self, run_id: str) -> None:
         """Drop the run's queued discovery and CI jobs (the run ended; nobody should start them)."""

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import uuid
-from typing import Any
 
 import msgspec
 import structlog
 
 from forge_common import jobs
+from forge_common.jobs import ReleaseJob, ReleaseProject, ReleaseResult, ReleaseRule, ReleaseTrigger
 from forge_common.outbox import add_message
 from forge_pipeline import execution_store
 
@@ -23,28 +23,28 @@ log = structlog.get_logger(__name__)
 
 
 def evaluate_release_triggers(
-    triggers: dict[str, list[dict[str, Any]]] | None, branch: str, tag: str | None
-) -> list[dict[str, Any]]:
-    """Projects to release for a successful run: ``{"project", "trigger"}`` per match.
+    triggers: dict[str, list[ReleaseRule]] | None, branch: str, tag: str | None
+) -> list[ReleaseProject]:
+    """Projects to release for a successful run, each with the trigger that matched.
 
     ``{branch = "main"}`` (a glob) matches branch pushes; ``{tag = true}`` any tag push and
     ``{tag = "v*"}`` matching tags. A tag push wins over a branch rule for the same project.
     """
-    out: list[dict[str, Any]] = []
+    out: list[ReleaseProject] = []
     for project, rules in sorted((triggers or {}).items()):
-        chosen: dict[str, str] | None = None
+        chosen: ReleaseTrigger | None = None
         for rule in rules or []:
             if "tag" in rule and tag:
                 want = rule["tag"]
                 if want is True or (isinstance(want, str) and fnmatch.fnmatchcase(tag, want)):
-                    chosen = {"trigger_type": "tag", "tag": tag}
+                    chosen = ReleaseTrigger(trigger_type="tag", tag=tag)
                     break
             if "branch" in rule and not tag and chosen is None:
                 want = rule["branch"]
                 if isinstance(want, str) and fnmatch.fnmatchcase(branch, want):
-                    chosen = {"trigger_type": "branch_push", "branch": branch}
+                    chosen = ReleaseTrigger(trigger_type="branch_push", branch=branch)
         if chosen is not None:
-            out.append({"project": project, "trigger": chosen})
+            out.append(ReleaseProject(project=project, trigger=chosen))
     return out
 
 
@@ -58,42 +58,42 @@ async def release(driver: RunDriver) -> None:
         return
     if driver.runtime.relay is not None:
         driver.runtime.relay.wake()
-    log.info("dispatcher.release_queued", run_id=driver.run_id, projects=[p["project"] for p in projects])
+    log.info("dispatcher.release_queued", run_id=driver.run_id, projects=[p.project for p in projects])
     try:
         raw = await asyncio.wait_for(waiter, driver.job_settings.timeout("release"))
     except TimeoutError:
         log.warning("dispatcher.release_timeout", run_id=driver.run_id)
         return
-    reply = await driver.queue.read_reply(raw)
+    reply = await driver.queue.read_reply(raw, ReleaseResult)
     log_fn = log.info if reply.status == "success" else log.warning
     log_fn("dispatcher.release_done", run_id=driver.run_id, status=reply.status, error=reply.error, result=reply.result)
 
 
-async def _queue_release(driver: RunDriver, job_id: str) -> list[dict[str, Any]] | None:
+async def _queue_release(driver: RunDriver, job_id: str) -> list[ReleaseProject] | None:
     """Evaluate the triggers and queue the job; the projects, or None when there is nothing to
     release (or another driver already evaluated this run)."""
     run_id = driver.run_id
     names = driver.runtime.names
     async with driver.pool.connection() as conn, conn.transaction():
         fresh = await execution_store.run_for_dispatch(conn, run_id)
-        if fresh is None or fresh["status"] != "success" or fresh["release_evaluated_at"] is not None:
+        if fresh is None or fresh.status != "success" or fresh.release_evaluated_at is not None:
             return None
         if not await execution_store.mark_release_evaluated(conn, run_id):
             return None
-        projects = evaluate_release_triggers(fresh["release_triggers"], fresh["branch"], fresh["tag"])
+        projects = evaluate_release_triggers(fresh.release_triggers, fresh.branch, fresh.tag)
         for project in projects:
             # The release service records the run's author (not the worker) as the trigger.
-            project["trigger"]["triggered_by"] = fresh["triggered_by"]
+            project.trigger.triggered_by = fresh.triggered_by
         if not projects:
             await execution_store.release_lease(conn, driver.owner, run_id)
             return None
-        payload = {
-            "job_id": job_id,
-            "run_id": run_id,
-            "repository": fresh["repository"],
-            "commit_sha": fresh["commit_sha"],
-            "projects": projects,
-        }
+        job = ReleaseJob(
+            job_id=job_id,
+            run_id=run_id,
+            repository=fresh.repository,
+            commit_sha=fresh.commit_sha,
+            projects=projects,
+        )
         headers = {
             jobs.HDR_REPLY_TO: jobs.inbox_subject(names, run_id, job_id),
             jobs.HDR_JOB_ID: job_id,
@@ -101,8 +101,6 @@ async def _queue_release(driver: RunDriver, job_id: str) -> list[dict[str, Any]]
         }
         # Queued with the decision: the relay publishes it (Nats-Msg-Id = job id) even if
         # this replica dies right after the commit.
-        await add_message(
-            conn, "pipeline", job_id, f"pipeline.releases.{run_id}", msgspec.json.encode(payload), headers
-        )
+        await add_message(conn, "pipeline", job_id, f"pipeline.releases.{run_id}", msgspec.json.encode(job), headers)
         await execution_store.release_lease(conn, driver.owner, run_id)
     return projects

@@ -1,0 +1,159 @@
+"""Typed rows of the ``pipeline`` schema, as ``store.py`` reads them.
+
+Plain msgspec Structs built by psycopg's ``kwargs_row`` (no per-row dict, no validation cost):
+the column lists in ``store.py`` name exactly these fields. ``domain.py`` decides on them,
+``service.py`` turns them into the HTTP schemas.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "CommitStatusDue",
+    "Delivery",
+    "DispatchRun",
+    "Dispatched",
+    "LeaseState",
+    "PhaseStatus",
+    "PhaseTally",
+    "ReleaseTriggers",
+    "Run",
+    "RunStatus",
+    "RunSummary",
+    "Step",
+    "Task",
+    "TaskInPhase",
+    "TaskState",
+    "WorkStatus",
+]
+
+RunStatus = Literal["pending", "running", "success", "failed", "cancelled"]
+# A phase has no cancelled state: a cancelled run leaves its open phases skipped.
+PhaseStatus = Literal["pending", "running", "success", "failed", "skipped"]
+# Tasks and steps share one set of statuses.
+WorkStatus = Literal["pending", "running", "success", "failed", "skipped", "cancelled"]
+
+
+class Run(msgspec.Struct, kw_only=True):
+    id: str
+    repository: str
+    branch: str
+    commit_sha: str
+    tag: str | None
+    triggered_by: str
+    trigger_type: Literal["push", "pull_request", "manual"]
+    status: RunStatus
+    error: str | None
+    failed_phase: str | None
+    request_fingerprint: str | None
+    started_at: dt.datetime
+    completed_at: dt.datetime | None
+    discovered_at: dt.datetime | None
+    tree_version: int
+
+
+class RunSummary(msgspec.Struct, kw_only=True):
+    id: str
+    repository: str
+    commit_sha: str
+    status: RunStatus
+    started_at: dt.datetime
+
+
+class Task(msgspec.Struct, kw_only=True):
+    id: str
+    run_id: str
+    phase_id: str
+    project_name: str
+    status: WorkStatus
+    error: str | None
+    started_at: dt.datetime | None
+    completed_at: dt.datetime | None
+
+
+class TaskInPhase(Task, kw_only=True):
+    """A task with its phase's status (what a report needs to know to start the phase)."""
+
+    phase_status: PhaseStatus
+
+
+class Step(msgspec.Struct, kw_only=True):
+    id: str
+    task_id: str
+    run_id: str
+    status: WorkStatus
+    exit_code: int | None
+    logs_s3_key: str | None
+    started_at: dt.datetime | None
+    completed_at: dt.datetime | None
+
+
+class PhaseTally(msgspec.Struct, kw_only=True):
+    """A phase and the statuses of all its tasks (read after a task finished)."""
+
+    id: str
+    name: str
+    status: PhaseStatus
+    task_statuses: list[WorkStatus]
+
+
+class CommitStatusDue(msgspec.Struct, kw_only=True):
+    id: int
+    run_id: str
+    repository: str
+    commit_sha: str
+    state: str
+    description: str
+    attempts: int
+
+
+class Delivery(msgspec.Struct, kw_only=True):
+    delivery_id: str
+    event: str
+    outcome: str
+    run_id: str | None
+
+
+# --- the dispatcher's reads (execution_store.py) ---------------------------------------------------
+
+# ``runs.release_triggers``: project -> its ``[[release.triggers]]`` rules, e.g.
+# ``{"api": [{"branch": "main"}, {"tag": true}]}`` (written by discovery, read once per run).
+ReleaseTriggers = dict[str, list[dict[str, str | bool]]]
+
+
+class DispatchRun(msgspec.Struct, kw_only=True):
+    id: str
+    repository: str
+    branch: str
+    commit_sha: str
+    tag: str | None
+    triggered_by: str
+    status: RunStatus
+    lease_owner: str | None
+    discovered_at: dt.datetime | None
+    release_triggers: ReleaseTriggers | None
+    release_evaluated_at: dt.datetime | None
+
+
+class LeaseState(msgspec.Struct, kw_only=True):
+    id: str
+    lease_owner: str | None
+    status: RunStatus
+
+
+class TaskState(msgspec.Struct, kw_only=True):
+    id: str
+    status: WorkStatus
+    error: str | None
+
+
+class Dispatched(msgspec.Struct, kw_only=True):
+    """When a task was first dispatched, and the database's clock at this dispatch."""
+
+    id: str
+    dispatched_at: dt.datetime
+    now: dt.datetime

@@ -1,0 +1,194 @@
+"""CI jobs: run a task's steps in the commit's checkout, one after the other, and report them.
+
+A step's ``running`` report is sent only if the step outlives ``FORGE_RUNNING_REPORT_DELAY``;
+its outcome goes in one ``PUT /v1/tasks/{id}/report`` together with the task's outcome when it is
+the task's last word, so a quick task costs one request. A redelivered job resumes: steps that
+succeeded on an earlier delivery are not run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import structlog
+
+from forge_common.jobs import CiJob, CiResult, JobReply, StepJob, StepResult
+
+from .git import GitCache, GitError
+from .reporter import FINAL_TASK_STATUSES, Reporter, StepReport, StepState
+from .steps import ProcessTable, StepRunner, log_key
+
+__all__ = ["CiJobRunner"]
+
+log = structlog.get_logger(__name__)
+
+CiReply = JobReply[CiResult]
+
+
+class _Cancelled(Exception):
+    """The run was cancelled while the job ran: stop, answer ``cancelled``."""
+
+
+class CiJobRunner:
+    def __init__(
+        self,
+        git: GitCache,
+        runner: StepRunner,
+        table: ProcessTable,
+        reporter: Reporter,
+        step_env: dict[str, str],
+        running_report_delay: float,
+        is_cancelled: Callable[[str], bool],
+    ) -> None:
+        self.git = git
+        self.runner = runner
+        self.table = table
+        self.reporter = reporter
+        self.step_env = step_env
+        self.running_report_delay = running_report_delay
+        self.is_cancelled = is_cancelled
+
+    async def run(self, job: CiJob, deliveries: int) -> CiReply:
+        done: dict[str, StepState] = {}
+        if deliveries > 1:
+            resumed = await self._resume(job)
+            if isinstance(resumed, JobReply):
+                return resumed
+            done = resumed
+        # No separate "task running" call: the first step's "running" report starts the task
+        # (and its phase and run) in the same transaction, one round trip less per task.
+        try:
+            _, checkout = await self.git.checkout(job.repository, job.commit_sha)
+        except GitError as exc:
+            await self.reporter.finish_task(job.task_id, "failed", str(exc))
+            return CiReply(status="failed", error=str(exc))
+        workdir = (checkout / job.project_path).resolve()
+        if not workdir.is_relative_to(checkout.resolve()) or not workdir.is_dir():
+            missing = f"project directory {job.project_path!r} does not exist at {job.commit_sha}"
+            await self.reporter.finish_task(job.task_id, "failed", missing)
+            return CiReply(status="failed", error=missing)
+        return await self._run_steps(job, done, workdir, self._env(job, checkout))
+
+    async def _resume(self, job: CiJob) -> dict[str, StepState] | CiReply:
+        """A redelivery: a previous attempt may have finished some steps (or the whole task)."""
+        self.table.reap_orphans()
+        state = await self.reporter.run(job.run_id)
+        task = state.task(job.task_id) if state else None
+        if task is None:
+            return CiReply(status="cancelled", error="the task no longer exists")
+        if task.status in FINAL_TASK_STATUSES:
+            return CiReply(status=_reply_status(task.status), error=task.error)
+        return {s.id: s for s in task.steps if s.status == "success"}
+
+    def _env(self, job: CiJob, checkout: Path) -> dict[str, str]:
+        return {
+            **self.step_env,
+            "CI": "true",
+            "FORGE_RUN_ID": job.run_id,
+            "FORGE_TASK_ID": job.task_id,
+            "FORGE_REPOSITORY": job.repository,
+            "FORGE_COMMIT_SHA": job.commit_sha,
+            "FORGE_BRANCH": job.branch,
+            "FORGE_PHASE": job.phase,
+            "FORGE_PROJECT": job.project,
+            "FORGE_CHECKOUT": str(checkout),
+        }
+
+    async def _run_steps(self, job: CiJob, done: dict[str, StepState], workdir: Path, env: dict[str, str]) -> CiReply:
+        results: list[StepResult] = []
+        status: Literal["success", "failed"] = "success"
+        error: str | None = None
+        task_reported = False
+        todo = [s for s in job.steps if s.id not in done]
+        for step in job.steps:
+            if step.id in done:
+                results.append(
+                    StepResult(id=step.id, name=step.name, status="success", exit_code=done[step.id].exit_code)
+                )
+                continue
+            try:
+                result, task_reported = await self._step(job, step, workdir, env, last=step is todo[-1])
+            except _Cancelled:
+                return CiReply(status="cancelled", error="the run was cancelled", result=CiResult(steps=results))
+            results.append(result)
+            if result.status != "success":
+                status, error = "failed", result.error
+                break
+        if not task_reported:
+            await self.reporter.finish_task(job.task_id, status, error)
+        return CiReply(status=status, error=error, result=CiResult(steps=results))
+
+    async def _step(
+        self, job: CiJob, step: StepJob, workdir: Path, env: dict[str, str], last: bool
+    ) -> tuple[StepResult, bool]:
+        """Run one step and report it; the result and whether the task's outcome went with it."""
+        if self.is_cancelled(job.run_id):
+            raise _Cancelled
+        key = log_key(job.run_id, job.phase, job.project, step.name)
+        argv = self.runner.argv(step.action, step.command)
+        if argv is None:
+            return await self._cannot_run(job, step, key)
+        cancel = asyncio.Event()
+        t0 = time.perf_counter()
+        running = asyncio.create_task(self.reporter.running_after(step.id, self.running_report_delay, cancel))
+        outcome = await self.runner.run(
+            run_id=job.run_id,
+            argv=argv,
+            cwd=workdir,
+            env={**env, "FORGE_STEP": step.name},
+            timeout=float(step.timeout_seconds) if step.timeout_seconds else None,
+            key=key,
+            cancel=cancel,
+        )
+        t1 = time.perf_counter()
+        if not running.done():
+            running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            if not await running:
+                raise _Cancelled
+        logs = key if outcome.has_log else None
+        if outcome.cancelled:
+            with contextlib.suppress(Exception):
+                await self.reporter.step(step.id, "failed", outcome.exit_code, logs)
+            raise _Cancelled
+        result = StepResult(
+            id=step.id,
+            name=step.name,
+            status="success" if outcome.exit_code == 0 else "failed",
+            exit_code=outcome.exit_code,
+            logs_s3_key=logs,
+        )
+        if outcome.timed_out:
+            result.error = f"step {step.name} timed out after {step.timeout_seconds}s"
+        elif outcome.exit_code != 0:
+            result.error = f"step {step.name} failed with exit code {outcome.exit_code}"
+        report = StepReport(id=step.id, status=result.status, exit_code=outcome.exit_code, logs_s3_key=logs)
+        task_status = "failed" if result.status == "failed" else ("success" if last else None)
+        reported = await self.reporter.outcome(job.task_id, report, task_status, result.error)
+        log.debug(
+            "worker.step_timing",
+            run_ms=round((t1 - t0) * 1000 - outcome.upload_ms, 1),
+            upload_ms=round(outcome.upload_ms, 1),
+            report_ms=round((time.perf_counter() - t1) * 1000, 1),
+        )
+        return result, reported
+
+    async def _cannot_run(self, job: CiJob, step: StepJob, key: str) -> tuple[StepResult, bool]:
+        message = f"step {step.name}: earthly is not installed on this worker (target {step.command})"
+        await self.runner.upload(key, (message + "\n").encode())
+        report = StepReport(id=step.id, status="failed", exit_code=127, logs_s3_key=key)
+        reported = await self.reporter.outcome(job.task_id, report, "failed", message)
+        return StepResult(id=step.id, name=step.name, status="failed", exit_code=127, error=message), reported
+
+
+def _reply_status(current: str) -> Literal["success", "failed", "cancelled"]:
+    if current == "success":
+        return "success"
+    if current in ("cancelled", "skipped", "missing"):
+        return "cancelled"
+    return "failed"

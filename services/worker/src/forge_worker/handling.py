@@ -1,0 +1,193 @@
+"""Handling one delivery of a job: decode it, run it, reply, then ack.
+
+A job's answer goes to the inbox in its ``Forge-Reply-To`` header (large answers through S3),
+and the message is acked only after the reply is published. While the job runs, in-progress
+heartbeats keep JetStream from redelivering it. A job that fails for an infrastructure reason
+is retried (nak with back-off) until its last delivery, which dead-letters it with the reason
+and answers ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from typing import Any
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from forge_common import jobs
+from forge_common.jobs import (
+    CiJob,
+    CiResult,
+    DeadLettered,
+    DiscoveryJob,
+    DiscoveryResult,
+    JobRef,
+    JobReply,
+    JobSettings,
+    JobType,
+    ReleaseJob,
+    ReleaseResult,
+)
+from forge_common.nats import Names
+from forge_common.results import encode_result, resolve_result
+from forge_common.s3 import S3
+
+from . import health
+from .ci import CiJobRunner
+from .discovery import run_discovery
+from .git import GitCache
+from .release import ReleaseJobRunner
+from .reporter import InfraError
+
+__all__ = ["CancelledRuns", "JobHandler"]
+
+log = structlog.get_logger(__name__)
+
+AnyReply = JobReply[CiResult] | JobReply[DiscoveryResult] | JobReply[ReleaseResult] | JobReply[None]
+
+
+class CancelledRuns:
+    """Runs cancelled recently: jobs for them that arrive later are dropped, not run."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._runs: OrderedDict[str, float] = OrderedDict()
+        self._limit = limit
+
+    def add(self, run_id: str) -> None:
+        self._runs[run_id] = time.monotonic()
+        while len(self._runs) > self._limit:
+            self._runs.popitem(last=False)
+
+    def __contains__(self, run_id: str) -> bool:
+        return run_id in self._runs
+
+
+class JobHandler:
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        names: Names,
+        s3: S3,
+        job_settings: JobSettings,
+        cancelled: CancelledRuns,
+        git: GitCache,
+        ci: CiJobRunner,
+        releases: ReleaseJobRunner,
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.names = names
+        self.s3 = s3
+        self.job_settings = job_settings
+        self.cancelled = cancelled
+        self.git = git
+        self.ci = ci
+        self.releases = releases
+        # Stream sequence -> newest delivery of each job this process is running.
+        self._deliveries: dict[int, Msg] = {}
+
+    async def handle(self, job_type: JobType, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        if seq in self._deliveries:
+            # Redelivered to us while we still run it (a heartbeat came late): keep running the
+            # first copy, and from now on heartbeat and ack through the newest delivery.
+            self._deliveries[seq] = msg
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+            return
+        self._deliveries[seq] = msg
+        headers = jobs.decode_headers(msg.headers)
+        deliveries = msg.metadata.num_delivered or 1
+        started = time.perf_counter()
+        beat = asyncio.create_task(self._heartbeat(seq, job_type))
+        ref = JobRef()
+        try:
+            payload = await resolve_result(self.s3, msg.data)
+            ref = msgspec.convert(payload, JobRef)
+            reply = await self._run(job_type, payload, ref, deliveries)
+            reply_to = headers.get(jobs.HDR_REPLY_TO, "")
+            if reply_to:
+                body = await encode_result(self.s3, ref.run_id, job_type, ref.job_id or ref.run_id, reply)
+                await jobs.publish_reply(self.nc, reply_to, body)
+            await self._deliveries[seq].ack()
+            self._done(job_type, ref, reply, deliveries, started)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        except Exception as exc:  # noqa: BLE001 - infrastructure failure: retry, then dead-letter
+            await self._failed_delivery(job_type, self._deliveries.get(seq, msg), headers, ref, deliveries, exc)
+        finally:
+            beat.cancel()
+            self._deliveries.pop(seq, None)
+
+    async def _run(self, job_type: JobType, payload: Any, ref: JobRef, deliveries: int) -> AnyReply:
+        if ref.run_id in self.cancelled:
+            return JobReply[None](status="cancelled", error="the run was cancelled")
+        if job_type == "ci":
+            return await self.ci.run(msgspec.convert(payload, CiJob), deliveries)
+        if job_type == "discovery":
+            return await run_discovery(self.git, msgspec.convert(payload, DiscoveryJob))
+        if job_type == "release":
+            return await self.releases.run(msgspec.convert(payload, ReleaseJob))
+        return JobReply[None](status="failed", error=f"this worker cannot run {job_type} jobs")
+
+    def _done(self, job_type: JobType, ref: JobRef, reply: AnyReply, deliveries: int, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        health.JOBS.labels(job_type, reply.status).inc()
+        health.JOB_DURATION.labels(job_type).observe(elapsed)
+        log.info(
+            "worker.job_done",
+            job_type=job_type,
+            run_id=ref.run_id,
+            job_id=ref.job_id,
+            status=reply.status,
+            deliveries=deliveries,
+            duration_ms=round(elapsed * 1000, 1),
+        )
+
+    async def _heartbeat(self, seq: int, job_type: JobType) -> None:
+        interval = max(0.25, min(self.job_settings.ack_wait(job_type) / 4, 30.0))
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await self._deliveries[seq].in_progress()
+
+    async def _failed_delivery(
+        self, job_type: JobType, msg: Msg, headers: dict[str, str], ref: JobRef, deliveries: int, exc: Exception
+    ) -> None:
+        reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, InfraError) else str(exc)
+        limit = self.job_settings.job_max_deliver
+        log.warning("worker.job_failed", job_type=job_type, run_id=ref.run_id, deliveries=deliveries, error=reason)
+        if deliveries < limit:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=min(0.5 * 2**deliveries, 10.0))
+            return
+        why = f"job failed on all {deliveries} deliveries; last error: {reason}"
+        try:
+            await jobs.dead_letter(
+                self.js,
+                self.names,
+                job_type=job_type,
+                run_id=ref.run_id,
+                original_subject=msg.subject,
+                payload=msg.data,
+                headers=headers,
+                reason=why,
+                deliveries=deliveries,
+            )
+            reply_to = headers.get(jobs.HDR_REPLY_TO)
+            if reply_to:
+                reply = JobReply(status="failed", error=why, result=DeadLettered())
+                await jobs.publish_reply(self.nc, reply_to, msgspec.json.encode(reply))
+            await msg.term()
+        except Exception as dl_exc:  # noqa: BLE001 - the advisory path in the dispatcher still covers it
+            log.error("worker.dead_letter_failed", run_id=ref.run_id, error=str(dl_exc))
