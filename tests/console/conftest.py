@@ -139,8 +139,14 @@ class Lane:
     def start(self) -> str:
         pipeline = self.platform.start_process("pipeline", env=self.env)
         self.processes.append(pipeline)
+        # A release service on the platform's database that verifies pipeline_run_id against this
+        # lane's pipeline, where the runs are (as in tests/e2e).
+        release = self.platform.start_process("release", env={"FORGE_PIPELINE_URL": pipeline.url})
+        self.processes.append(release)
         self.processes.append(
-            self.platform.start_process("worker", env={**self.env, "FORGE_PIPELINE_URL": pipeline.url})
+            self.platform.start_process(
+                "worker", env={**self.env, "FORGE_PIPELINE_URL": pipeline.url, "FORGE_RELEASE_URL": release.url or ""}
+            )
         )
         gateway = self.platform.start_process("gateway", env={"FORGE_PIPELINE_URL": pipeline.url})
         self.processes.append(gateway)
