@@ -16,6 +16,7 @@ from forge_common.auth import JwksCache, TokenVerifier
 from forge_common.http import EXCEPTION_HANDLERS, ObservabilityMiddleware
 from forge_common.tracing import configure_tracing
 
+from .console import browser_run_redirect, console_handlers
 from .openapi import openapi_document
 from .proxy import Proxy
 from .settings import Settings
@@ -42,9 +43,18 @@ class GatewayApp:
         if scope["type"] == "http":
             path: str = scope["path"]
             if (path.startswith(_API_PREFIXES) or path in _API_ROOTS) and path != META_PATH:
+                if path.startswith("/v1/runs/") and (page := browser_run_redirect(scope)):
+                    await _redirect(send, page)
+                    return
                 await self.proxy(scope, receive, send)
                 return
         await self.rest(scope, receive, send)
+
+
+async def _redirect(send: Any, location: str) -> None:
+    headers = [(b"location", location.encode()), (b"content-length", b"0"), (b"cache-control", b"no-store")]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def create_app(settings: Settings) -> GatewayApp:
@@ -91,7 +101,7 @@ def create_app(settings: Settings) -> GatewayApp:
         await proxy.stop()
 
     rest = Litestar(
-        route_handlers=[healthz, readyz, meta, metrics_endpoint, openapi],
+        route_handlers=[healthz, readyz, meta, metrics_endpoint, openapi, *console_handlers(settings)],
         exception_handlers=EXCEPTION_HANDLERS,
         on_startup=[start],
         on_shutdown=[stop],

@@ -45,6 +45,17 @@ class Settings(CommonSettings, kw_only=True):
     # Minimum interval between two JWKS fetches triggered by unknown key ids.
     jwks_refresh_interval: float = 5.0
     access_log: bool = True
+    # Web console (served at /): the issuer and public client its "Log in" button uses. The issuer
+    # defaults to FORGE_OIDC_ISSUER; set it when browsers reach the issuer at another address.
+    console_enabled: bool = True
+    console_oidc_issuer: str = ""
+    console_oidc_client_id: str = "forge-cli"
+    # Extra origins (space-separated) the console's fetch() may reach besides the gateway, the
+    # issuer and FORGE_S3_URL, e.g. the public address of the log store behind logs_url.
+    console_connect_src: str = ""
+    # Where browsers reach the log store when presigned logs_url links name a public address
+    # (docker-compose.yml sets it); its origin joins the console's connect-src.
+    s3_public_url: str = ""
 
     def validate(self) -> list[str]:
         problems = super().validate()
@@ -79,4 +90,11 @@ class Settings(CommonSettings, kw_only=True):
             problems.append("FORGE_RATE_LIMIT_WINDOW must be positive")
         if self.jwks_refresh_interval < 0:
             problems.append("FORGE_JWKS_REFRESH_INTERVAL must not be negative")
+        if self.console_oidc_issuer and not self.console_oidc_issuer.startswith(("http://", "https://")):
+            problems.append(
+                f"FORGE_CONSOLE_OIDC_ISSUER={self.console_oidc_issuer!r}: must be an http:// or https:// URL"
+            )
+        for origin in self.console_connect_src.split():
+            if not origin.startswith(("http://", "https://")):
+                problems.append(f"FORGE_CONSOLE_CONNECT_SRC: {origin!r} is not an http:// or https:// origin")
         return problems

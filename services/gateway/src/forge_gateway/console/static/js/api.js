@@ -1,0 +1,74 @@
+// The only way the console talks to Forge: the public /v1 API with the user's bearer token.
+import { getToken, refreshToken } from './auth.js';
+
+export class ApiError extends Error {
+  constructor(status, code, message, details) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+    this.details = details || {};
+  }
+}
+
+// The platform's error envelope {"error": {code, message, details}}, else what the body says.
+export async function errorFrom(resp) {
+  const text = await resp.text().catch(() => '');
+  try {
+    const body = JSON.parse(text);
+    if (body && body.error && typeof body.error === 'object') {
+      return new ApiError(resp.status, body.error.code || '', body.error.message || resp.statusText, body.error.details);
+    }
+  } catch {
+    // not JSON: fall through
+  }
+  return new ApiError(resp.status, '', text.slice(0, 300) || resp.statusText || `HTTP ${resp.status}`, {});
+}
+
+// "owner/name" as two path segments, each percent-encoded (the services accept both encodings).
+export function repoPath(repository) {
+  return repository.split('/').map(encodeURIComponent).join('/');
+}
+
+export function query(params) {
+  const q = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (value !== undefined && value !== null && value !== '') q.set(key, String(value));
+  }
+  const text = q.toString();
+  return text ? `?${text}` : '';
+}
+
+export function authHeaders(extra = {}) {
+  const token = getToken();
+  return token ? { ...extra, Authorization: `Bearer ${token}` } : extra;
+}
+
+export async function api(path, { method = 'GET', body, signal, params, retried = false } = {}) {
+  const headers = authHeaders({ Accept: 'application/json' });
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let resp;
+  try {
+    resp = await fetch(`/v1${path}${params ? query(params) : ''}`, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal,
+      cache: 'no-store',
+    });
+  } catch (err) {
+    if (err.name === 'AbortError') throw err;
+    throw new ApiError(0, 'network_error', `The gateway cannot be reached (${err.message})`, {});
+  }
+  // An expired access token from an issuer login is renewed once with its refresh token.
+  if (resp.status === 401 && !retried && (await refreshToken())) {
+    return api(path, { method, body, signal, params, retried: true });
+  }
+  if (!resp.ok) {
+    const err = await errorFrom(resp);
+    if (resp.status === 401) window.dispatchEvent(new CustomEvent('forge:unauthorized', { detail: err }));
+    throw err;
+  }
+  if (resp.status === 204) return null;
+  return resp.json();
+}

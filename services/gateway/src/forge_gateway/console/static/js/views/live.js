@@ -1,0 +1,93 @@
+// Follows one run: the SSE stream first; polling when the server has no stream (404) or the
+// stream keeps breaking. Each event is applied at once, and a (throttled) fetch of the whole run
+// picks up what events do not carry (log links, phases created by discovery).
+import { api, ApiError, authHeaders } from '../api.js';
+import { pause } from '../dom.js';
+import { readEventStream } from '../sse.js';
+
+const POLL_MS = 2000;
+const REFRESH_MS = 1000;
+const MAX_STREAM_FAILURES = 3;
+
+export class LiveRun {
+  constructor(runId, { signal, onRun, onPatch, onMode, isDone }) {
+    this.runId = runId;
+    this.signal = signal;
+    this.onRun = onRun;
+    this.onPatch = onPatch;
+    this.onMode = onMode;
+    this.isDone = isDone;
+    this.refreshTimer = null;
+    this.lastRefresh = 0;
+  }
+
+  async refresh() {
+    clearTimeout(this.refreshTimer);
+    this.refreshTimer = null;
+    this.lastRefresh = Date.now();
+    this.onRun(await api(`/runs/${encodeURIComponent(this.runId)}`, { signal: this.signal }));
+  }
+
+  scheduleRefresh() {
+    if (this.refreshTimer) return;
+    const wait = Math.max(0, REFRESH_MS - (Date.now() - this.lastRefresh));
+    this.refreshTimer = setTimeout(() => this.refresh().catch(() => {}), wait);
+  }
+
+  handle(event) {
+    let data;
+    try {
+      data = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    // The first event carries the whole tree.
+    if (event.event === 'run' && Array.isArray(data.phases)) this.onRun(data);
+    else this.onPatch(event.event, data);
+    this.scheduleRefresh();
+  }
+
+  async follow() {
+    const url = `/v1/runs/${encodeURIComponent(this.runId)}/events`;
+    let lastEventId = '';
+    let failures = 0;
+    while (!this.signal.aborted && !this.isDone()) {
+      try {
+        lastEventId = await readEventStream(url, {
+          headers: authHeaders(),
+          lastEventId,
+          signal: this.signal,
+          onOpen: () => this.onMode('live'),
+          onEvent: (event) => { failures = 0; this.handle(event); },
+        });
+        // The stream ends after the run's terminal event; the final tree has the log links.
+        await this.refresh();
+      } catch (err) {
+        if (this.signal.aborted) return;
+        if (err instanceof ApiError && [404, 405, 501].includes(err.status)) return this.poll();
+        if (err instanceof ApiError && err.status === 401) throw err;
+        failures += 1;
+        this.onMode('reconnecting');
+        if (failures >= MAX_STREAM_FAILURES) return this.poll();
+        await pause(500 * failures, this.signal);
+        await this.refresh().catch(() => {});
+      }
+    }
+    clearTimeout(this.refreshTimer);
+  }
+
+  async poll() {
+    this.onMode('polling');
+    while (!this.signal.aborted && !this.isDone()) {
+      try {
+        await this.refresh();
+      } catch (err) {
+        if (this.signal.aborted) return;
+        if (err instanceof ApiError && err.status === 401) throw err;
+      }
+      if (this.isDone()) break;
+      await pause(POLL_MS, this.signal);
+    }
+    clearTimeout(this.refreshTimer);
+  }
+}
