@@ -44,7 +44,7 @@ async def test_worker_killed_mid_job_is_redelivered(crash_cell: Cell, client: ht
     cell = crash_cell
     first = cell.start_worker()
     cell.wait_workers(1)
-    counter = cell.root / "attempts"
+    counter = cell.shared / "attempts"
     repo = cell.repo()
     sha = repo.commit(
         {
@@ -144,8 +144,7 @@ async def test_replicas_share_runs_and_take_over(platform: Platform, client: htt
         cell.start_worker()
         cell.start_worker()
         cell.wait_workers(2)
-        marks = cell.root / "marks"
-        marks.mkdir()
+        marks = cell.shared_dir("marks")
         runs: list[str] = []
         for i in range(6):
             repo = cell.repo(f"r{i}")
@@ -221,7 +220,8 @@ async def test_job_never_acknowledged_is_dead_lettered_by_the_dispatcher(
     ever answers, JetStream gives up after 3 deliveries and the dispatcher dead-letters it."""
     cell = crash_cell
     for _ in range(3):
-        cell.start_worker()
+        # Unsandboxed: the step's parent must be the worker (a sandboxed step cannot reach it).
+        cell.start_worker(env={"FORGE_STEP_SANDBOX": "none"})
     cell.wait_workers(3)
     repo = cell.repo()
     sha = repo.commit(

@@ -10,6 +10,7 @@ from forge_common.jobs import JobSettings
 from forge_common.logging import configure_logging
 from forge_common.settings import SettingsError, load
 
+from .sandbox import SandboxUnavailable
 from .settings import Settings
 from .worker import Worker
 
@@ -31,7 +32,11 @@ def main() -> None:
     configure_logging("worker", settings.log_level, settings.log_format)
     # The standard event loop on purpose: its subprocess spawn (vfork) costs ~0.9 ms of CPU
     # per step where uvloop's fork of a ~100 MB worker costs ~5 ms (measured, bench/pipeline_exec.py).
-    asyncio.run(Worker(settings, job_settings).run_forever())
+    try:
+        asyncio.run(Worker(settings, job_settings).run_forever())
+    except SandboxUnavailable as exc:
+        print(f"forge-worker: cannot start: {exc}", file=sys.stderr)  # noqa: T201 - the operator's answer
+        raise SystemExit(3) from None
 
 
 if __name__ == "__main__":

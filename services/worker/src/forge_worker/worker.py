@@ -35,6 +35,7 @@ from .git import GitCache
 from .handling import CancelledRuns, JobHandler
 from .release import ReleaseJobRunner
 from .reporter import Reporter
+from .sandbox import Limits, Sandbox
 from .settings import Settings
 from .steps import ProcessTable, StepRunner
 
@@ -60,6 +61,7 @@ class Worker:
             (settings.release_url or settings.gateway_url or "http://invalid").rstrip("/"), "release"
         )
         self.cancelled = CancelledRuns()
+        self.sandbox: Sandbox | None = None
         self.handler: JobHandler | None = None
         self._nc: NATS | None = None
         # aiobotocore's client and its context manager have no type information.
@@ -70,7 +72,23 @@ class Worker:
         self._http: web.AppRunner | None = None
 
     async def start(self) -> None:
+        """Raises :class:`SandboxUnavailable` (before connecting anywhere) when steps cannot be
+        sandboxed on this machine and FORGE_STEP_SANDBOX is not ``none``."""
         _use_pidfd_child_watcher()
+        settings = self.settings
+        self.sandbox = await Sandbox.create(
+            settings.step_sandbox,
+            work_dir=settings.step_work_path,
+            user_name=settings.step_user,
+            readonly_paths=tuple(p for p in settings.step_readonly_paths.split(":") if p),
+            writable_paths=tuple(p for p in settings.step_writable_paths.split(":") if p),
+            watch_interval=settings.step_watch_interval,
+            kill_grace=settings.step_kill_grace,
+        )
+        if self.sandbox.kind == "none":
+            log.warning("worker.no_sandbox", detail="FORGE_STEP_SANDBOX=none: steps run unsandboxed")
+        else:
+            log.info("worker.sandbox", kind=self.sandbox.kind, tool=self.sandbox.tool, user=self.sandbox.user)
         self.table.reap_orphans()
         self._nc = nc = await connect(self.settings.nats_url, f"forge-worker-{os.getpid()}")
         js = nc.jetstream(timeout=5.0)
@@ -89,21 +107,26 @@ class Worker:
     async def _ci(self) -> CiJobRunner:
         self._s3_context = self.s3.client()
         s3_client = await self._s3_context.__aenter__()
+        assert self.sandbox is not None
         runner = StepRunner(
             s3_client,
             self.s3.bucket,
             self.table,
             self.settings.log_flush_interval,
-            self.settings.step_kill_grace,
             self.settings.log_max_bytes,
+            self.sandbox,
         )
-        step_env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
+        defaults = Limits(
+            memory=self.settings.step_memory_bytes,
+            processes=self.settings.step_processes,
+            timeout=self.settings.step_timeout,
+        )
         return CiJobRunner(
             self.git,
             runner,
             self.table,
             self.reporter,
-            step_env,
+            defaults,
             self.settings.running_report_delay,
             self.cancelled.__contains__,
         )
