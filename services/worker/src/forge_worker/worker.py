@@ -27,6 +27,7 @@ from forge_common import jobs
 from forge_common.client import ClientCredentials, ServiceClient
 from forge_common.jobs import JobSettings, JobType
 from forge_common.nats import Names, connect
+from forge_common.redact import Redactor, url_credentials
 from forge_common.s3 import S3
 
 from . import health
@@ -51,12 +52,24 @@ class Worker:
         self.names = Names(settings.nats_prefix)
         self.s3 = S3.from_settings(settings)
         cache = Path(settings.git_cache_dir)
-        self.git = GitCache(cache, settings.git_url_template)
+        # What must never appear in a run's errors or the logs this worker writes.
+        self.redact = Redactor(
+            [
+                settings.worker_client_secret,
+                settings.s3_secret_key,
+                *url_credentials(settings.git_url_template),
+                *url_credentials(settings.nats_url),
+                *url_credentials(settings.database_url),
+            ]
+        )
+        self.git = GitCache(cache, settings.git_url_template, redact=self.redact)
         self.table = ProcessTable(cache / "running")
         self.credentials = ClientCredentials(
             settings.oidc_issuer, settings.worker_client_id, settings.worker_client_secret
         )
-        self.reporter = Reporter(settings.callback_url, self.credentials, attempts=settings.status_attempts)
+        self.reporter = Reporter(
+            settings.callback_url, self.credentials, attempts=settings.status_attempts, redact=self.redact
+        )
         self.releases = ServiceClient(
             (settings.release_url or settings.gateway_url or "http://invalid").rstrip("/"), "release"
         )
@@ -94,7 +107,16 @@ class Worker:
         js = nc.jetstream(timeout=5.0)
         await jobs.ensure_job_streams(js, self.names, self.job_settings, update=False)
         self.handler = JobHandler(
-            nc, js, self.names, self.s3, self.job_settings, self.cancelled, self.git, await self._ci(), self._release()
+            nc,
+            js,
+            self.names,
+            self.s3,
+            self.job_settings,
+            self.cancelled,
+            self.git,
+            await self._ci(),
+            self._release(),
+            redact=self.redact,
         )
         await nc.subscribe(self.names.subject("pipeline.cancel.*"), cb=self._on_cancel)
         if self.settings.worker_http_port:
