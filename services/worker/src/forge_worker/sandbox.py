@@ -562,7 +562,10 @@ async def run_sandboxed(
                     stopped.append(b"\n[forge: step cancelled]\n")
                 else:
                     limit = "timeout"
-                    stopped.append(b"\n[forge: step killed: timeout of %ds reached]\n" % round(limits.timeout or 0))
+                    stopped.append(
+                        b"\n[forge: step killed: timed out after %ds (its timeout limit)]\n"
+                        % round(limits.timeout or 0)
+                    )
                 _kill_group(pgid, signal.SIGTERM)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(waiter), sandbox.kill_grace)
