@@ -19,7 +19,9 @@ from forge_dev.testing import Platform
 from forge_worker.sandbox import Sandbox, SandboxUnavailable
 from tests.execution.conftest import Cell, client  # noqa: F401 - the client fixture, for these tests
 
-__all__ = ["Cell", "fetch_log"]
+__all__ = ["WEBHOOK_SECRET", "Cell", "fetch_log"]
+
+WEBHOOK_SECRET = "security-cell-webhook-secret"
 
 
 def _sandbox_problem() -> str | None:
@@ -44,6 +46,7 @@ def security_cell(platform: Platform) -> Iterator[Cell]:
         pytest.skip(f"no step sandbox on this machine: {problem}")
     cell = Cell(platform, "sec")
     cell.env["FORGE_REPOSITORIES"] = f"exec-{cell.tag}/*"
+    cell.env["FORGE_GITHUB_WEBHOOK_SECRET"] = WEBHOOK_SECRET
     try:
         cell.start_pipeline()
         cell.start_worker()

@@ -65,7 +65,7 @@ def test_hooks_and_fsmonitor_planted_in_a_mirror_never_run(tmp_path: Path) -> No
 
 
 def test_errors_name_the_repository_without_the_template_credentials(tmp_path: Path) -> None:
-    token = "ghp_s3cr3tTokenValue123"  # noqa: S105 - the secret the test looks for
+    token = "ghp_s3cr3tTokenValue123"
     # Nothing listens on port 9 of localhost: the fetch fails, and git's message quotes the URL.
     cache = GitCache(tmp_path / "cache", f"http://x-access-token:{token}@127.0.0.1:9/{{repository}}.git")
     with pytest.raises(GitError) as info:
