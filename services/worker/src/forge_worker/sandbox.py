@@ -222,6 +222,20 @@ def _chown_tree(base: Path, owner: tuple[int, int]) -> None:
             os.chown(os.path.join(directory, name), uid, gid, follow_symlinks=False)
 
 
+def _check_reachable(work_dir: Path) -> None:
+    """The step user (not the worker's) must be able to pass through every parent directory."""
+    for parent in work_dir.absolute().parents:
+        try:
+            mode = parent.stat().st_mode
+        except OSError:
+            continue
+        if not mode & 0o001:
+            raise SandboxUnavailable(
+                f"FORGE_STEP_WORK_DIR {work_dir}: the step user cannot reach it, {parent} is not searchable by "
+                "others (chmod o+x it, or choose another directory)"
+            )
+
+
 class Sandbox:
     """How commands are wrapped; pick one with :meth:`create` (which checks it works)."""
 
@@ -261,6 +275,8 @@ class Sandbox:
         """The sandbox named by ``FORGE_STEP_SANDBOX`` (``auto``: bwrap, else unshare), after a
         trial command in it; :class:`SandboxUnavailable` when the kernel or the tools refuse."""
         user = _step_user(user_name)
+        if user is not None and setting != "none":
+            _check_reachable(work_dir)
         os.makedirs(work_dir, exist_ok=True)
         os.chmod(work_dir, 0o711)  # noqa: S103 - the step user enters its own workspace, lists nothing
         kinds: list[SandboxKind]
@@ -371,7 +387,6 @@ class Sandbox:
             "--unshare-pid",
             "--unshare-ipc",
             "--unshare-uts",
-            "--unshare-cgroup-try",
             *([] if limits.network else ["--unshare-net"]),
             "--die-with-parent",
             "--ro-bind",
