@@ -43,7 +43,7 @@ name = "api"
 [[phases.test.steps]]
 name = "unit"
 action = "shell"
-run = "echo tests ok"
+run = "echo tests ok, trace $TRACEPARENT"
 [[phases.build.steps]]
 name = "package"
 action = "shell"

@@ -43,6 +43,7 @@ async def test_one_trace_id_from_gateway_to_worker_and_release(observed: Observe
             and _has(mine, "forge-pipeline", "forge.dispatcher", "dispatch run")
             and _has(mine, "forge-worker", "forge.worker", "discovery job")
             and _has(mine, "forge-worker", "forge.worker", "ci job")
+            and _has(mine, "forge-worker", "forge.worker", "step")
             and _has(mine, "forge-worker", "forge.worker", "release job")
             and _has(mine, "forge-release", "forge.http", "POST /v1/releases")
         )
@@ -55,7 +56,7 @@ async def test_one_trace_id_from_gateway_to_worker_and_release(observed: Observe
     assert [s.attributes["forge.run_id"] for s in dispatch] == [run_id]
     # Worker job spans are children of the dispatcher's publish spans (the job's headers).
     by_id = {s.span_id: s for s in mine}
-    for job in (s for s in mine if s.scope == "forge.worker"):
+    for job in (s for s in mine if s.scope == "forge.worker" and s.name.endswith(" job")):
         parent = by_id.get(job.parent_span_id)
         if job.name == "release job":
             # Queued through the outbox in the dispatcher's transaction; its context was stored with it.
@@ -69,6 +70,14 @@ async def test_one_trace_id_from_gateway_to_worker_and_release(observed: Observe
     assert any(s.service == "forge-pipeline" and s.scope == "forge.http" and "/report" in s.name for s in mine), {
         s.name for s in mine
     }
+    # A step's processes get the step span's context (TRACEPARENT), as its log shows.
+    steps = {s.attributes["forge.step"]: s for s in mine if s.name == "step"}
+    assert set(steps) == {"unit", "package"}
+    assert all(by_id[s.parent_span_id].name == "ci job" for s in steps.values())
+    unit = next(t["steps"][0] for p in result["run"]["phases"] if p["name"] == "test" for t in p["tasks"])
+    log = await gateway.get(unit["logs_url"])
+    assert log.status_code == 200, log.text
+    assert f"trace 00-{trace_id}-{steps['unit'].span_id}-01" in log.text, log.text
     # Every span of the trace is from one of the platform's processes (no stray trace ids).
     assert {s.service for s in mine} <= {"forge-gateway", "forge-pipeline", "forge-worker", "forge-release"}
 
