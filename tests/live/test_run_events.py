@@ -65,7 +65,9 @@ async def test_a_run_and_each_step_go_pending_running_success(lane: Lane, client
         for statuses in _statuses(seen, kind).values():
             assert statuses == ["pending", "running", "success"], (kind, statuses)
     step_event = next(e.json() for e in seen if e.event == "step" and e.json()["status"] == "success")
-    assert step_event["exit_code"] == 0 and step_event["started_at"] and step_event["completed_at"]
+    assert step_event["exit_code"] == 0
+    assert step_event["started_at"]
+    assert step_event["completed_at"]
     final = await lane.get_run(client, run_id)
     assert final["status"] == "success"
 
