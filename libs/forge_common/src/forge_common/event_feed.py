@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import structlog
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from . import sse
-from .errors import InvalidRequest
+from .errors import InvalidRequest, unavailable
 from .events import EVENT_TYPES
 from .nats import Names
 
@@ -74,25 +75,31 @@ def parse_filter(types: str | None, repository: str | None) -> EventFilter:
 async def feed(
     js: JetStreamContext, names: Names, event_filter: EventFilter, after: int | None
 ) -> AsyncIterator[bytes]:
-    """The matching events as SSE bytes, from sequence ``after + 1`` (or from now) onwards."""
+    """Subscribe, then return the matching events as SSE bytes from sequence ``after + 1`` (or
+    from now). Subscribing before the response starts makes a NATS outage a 503, not a cut stream."""
     if after is None:
-        options: dict[str, object] = {"deliver_policy": DeliverPolicy.NEW}
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
     else:
-        options = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1}
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
     queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(maxsize=1000)
 
-    async def on_message(msg: object) -> None:
-        seq = msg.metadata.sequence.stream  # type: ignore[attr-defined]
-        await queue.put((seq, msg.data))  # type: ignore[attr-defined]
+    async def on_message(msg: Msg) -> None:
+        await queue.put((msg.metadata.sequence.stream, msg.data))
 
-    sub = await js.subscribe(
-        event_filter.subject(names),
-        stream=names.events_stream,
-        ordered_consumer=True,
-        cb=on_message,
-        **options,  # type: ignore[arg-type]
-    )
-    # The stream's first event tells a client the subscription is in place ("from now" is now).
+    try:
+        sub = await js.subscribe(
+            event_filter.subject(names), stream=names.events_stream, ordered_consumer=True, cb=on_message, config=config
+        )
+    except Exception as exc:
+        log.warning("events.subscribe_failed", error=str(exc))
+        raise unavailable("the event stream (NATS)", str(exc)) from exc
+    return _relay(sub, queue, event_filter)
+
+
+async def _relay(
+    sub: JetStreamContext.PushSubscription, queue: asyncio.Queue[tuple[int, bytes]], event_filter: EventFilter
+) -> AsyncIterator[bytes]:
+    # The first bytes tell a client the subscription is in place ("from now" is now).
     yield sse.comment("subscribed")
     try:
         while True:

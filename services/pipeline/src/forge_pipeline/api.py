@@ -206,7 +206,7 @@ async def platform_events(
 ) -> Stream:
     event_filter = event_feed.parse_filter(types, repository)
     after = sse.last_event_id(request.headers.get("last-event-id"))
-    stream = event_feed.feed(runtime.js, runtime.names, event_filter, after)
+    stream = await event_feed.feed(runtime.js, runtime.names, event_filter, after)
     return sse.response(stream, _settings(runtime).stream_heartbeat)
 
 
