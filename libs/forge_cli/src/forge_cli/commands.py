@@ -27,6 +27,7 @@ ENVIRONMENTS = ("dev", "staging", "production")
 def _paging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="page size (the API's default is 20, at most 100)")
     parser.add_argument("--offset", type=int, help="items to skip")
+    parser.add_argument("--cursor", help="the next_cursor of the previous page (instead of --offset)")
 
 
 def add_api_commands(sub: Any, leaf: Any) -> None:
@@ -64,7 +65,6 @@ def _runs_commands(sub: Any, leaf: Any) -> None:
     p.add_argument("--triggered-by", help="who started the runs (e.g. an email)")
     p.add_argument("--created-after", help="RFC 3339 time, e.g. 2026-11-30T00:00:00Z")
     p.add_argument("--created-before", help="RFC 3339 time")
-    p.add_argument("--cursor", help="next_cursor of the previous page")
     _paging(p)
     p.set_defaults(
         func=lambda a: call(
@@ -149,7 +149,7 @@ def _release_commands(sub: Any, leaf: Any) -> None:
             a,
             "GET",
             f"/v1/releases/{_repo(a.repository)}/{_seg(a.project)}",
-            params={"limit": a.limit, "offset": a.offset},
+            params={"limit": a.limit, "offset": a.offset, "cursor": a.cursor},
         )
     )
 
@@ -189,7 +189,7 @@ def _deployment_commands(sub: Any, leaf: Any) -> None:
             a,
             "GET",
             f"/v1/deployments/{a.environment}/{_repo(a.repository)}/{_seg(a.project)}/history",
-            params={"limit": a.limit, "offset": a.offset},
+            params={"limit": a.limit, "offset": a.offset, "cursor": a.cursor},
         )
     )
 
