@@ -9,6 +9,7 @@ import sys
 from forge_common.jobs import JobSettings
 from forge_common.logging import configure_logging
 from forge_common.settings import SettingsError, load
+from forge_common.tracing import configure_tracing, shutdown_tracing
 
 from .sandbox import SandboxUnavailable
 from .settings import Settings
@@ -30,6 +31,7 @@ def main() -> None:
         print(f"forge-worker: {exc}", file=sys.stderr)  # noqa: T201 - before logging exists
         raise SystemExit(2) from None
     configure_logging("worker", settings.log_level, settings.log_format)
+    configure_tracing("worker", settings.otel_exporter)
     # The standard event loop on purpose: its subprocess spawn (vfork) costs ~0.9 ms of CPU
     # per step where uvloop's fork of a ~100 MB worker costs ~5 ms (measured, bench/pipeline_exec.py).
     try:
@@ -37,6 +39,8 @@ def main() -> None:
     except SandboxUnavailable as exc:
         print(f"forge-worker: cannot start: {exc}", file=sys.stderr)  # noqa: T201 - the operator's answer
         raise SystemExit(3) from None
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

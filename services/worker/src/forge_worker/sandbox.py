@@ -69,6 +69,9 @@ ENVIRONMENT_ALLOW_LIST = (
     "FORGE_PHASE",
     "FORGE_PROJECT",
     "FORGE_STEP",
+    # The step's trace context (OpenTelemetry's environment carrier), when tracing is on.
+    "TRACEPARENT",
+    "TRACESTATE",
 )
 HOME = "/home/forge"
 WORKSPACE = "/workspace"
