@@ -249,8 +249,10 @@ async def sandbox_cost(kinds: list[str], steps: int = 200) -> None:
     work = Path(tempfile.mkdtemp(prefix="forge-bench-sandbox-"))
     os.chmod(work, 0o711)  # noqa: S103 - the step user passes through to its workspace
     source = work / "checkout"
-    source.mkdir()
-    (source / "README").write_text("bench\n")
+    for project in range(PROJECTS):  # the shape of the bench's repository: 20 projects
+        (source / f"p{project}" / ".forge").mkdir(parents=True)
+        (source / f"p{project}" / ".forge" / "project.toml").write_text("x\n")
+        (source / f"p{project}" / "README").write_text("bench\n")
     limits = Limits(memory=1 << 30, processes=256, timeout=30.0)
     for kind in kinds:
         try:
@@ -272,6 +274,17 @@ async def sandbox_cost(kinds: list[str], steps: int = 200) -> None:
             assert outcome.exit_code == 0, b"".join(sink)
         cpu = (_own_cpu(resource) - cpu_before) / steps * 1000
         workspace.remove()
+        if sandbox.kind != "none":
+            cpu_before = _own_cpu(resource)
+            copy_started = time.perf_counter()
+            for _ in range(20):
+                copied = await Workspace.copy_of(source, sandbox.work_dir, sandbox.user)
+                copied.remove()
+            print(
+                f"  per task: the checkout's copy ({PROJECTS} projects) "
+                f"{(time.perf_counter() - copy_started) / 20 * 1000:.1f} ms wall, "
+                f"{(_own_cpu(resource) - cpu_before) / 20 * 1000:.1f} ms CPU (copy, chown, removal)"
+            )
         print(
             f"  sandbox {sandbox.kind} ({sandbox.tool}): per step median {statistics.median(walls):.1f} ms wall, "
             f"p90 {sorted(walls)[int(steps * 0.9)]:.1f} ms, {cpu:.1f} ms CPU (worker + sandbox + true)"

@@ -79,7 +79,7 @@ class CiJobRunner:
         # The task's own writable copy: its steps share it, nothing else sees it.
         sandbox = self.runner.sandbox
         try:
-            workspace = await Workspace.copy_of(checkout, sandbox.work_dir, sandbox.user)
+            workspace = await Workspace.for_sandbox(sandbox, checkout)
         except OSError as exc:
             raise InfraError(f"cannot prepare the task's workspace: {exc}") from exc
         try:

@@ -175,11 +175,25 @@ class Workspace:
     mounts the sandbox's root on. Both are removed by :meth:`remove`.
     """
 
-    def __init__(self, base: Path, owner: tuple[int, int] | None) -> None:
+    def __init__(self, base: Path, owner: tuple[int, int] | None, path: Path | None = None) -> None:
         self.base = base
-        self.path = base / "workspace"
+        self.path = path or base / "workspace"
         self.root = base / "root"
         self.owner = owner
+        self.owned = path is None
+
+    @classmethod
+    def shared(cls, checkout: Path) -> Workspace:
+        """The shared checkout itself, for ``FORGE_STEP_SANDBOX=none`` (no isolation anyway)."""
+        return cls(checkout, None, path=checkout)
+
+    @classmethod
+    async def for_sandbox(cls, sandbox: Sandbox, checkout: Path) -> Workspace:
+        """What a job's commands run in: a private copy of ``checkout``, or without a sandbox
+        the checkout itself (as before sandboxing: no copy)."""
+        if sandbox.kind == "none":
+            return cls.shared(checkout)
+        return await cls.copy_of(checkout, sandbox.work_dir, sandbox.user)
 
     @classmethod
     async def copy_of(cls, source: Path, parent: Path, owner: tuple[int, int] | None) -> Workspace:
@@ -213,7 +227,8 @@ class Workspace:
         return workspace
 
     def remove(self) -> None:
-        shutil.rmtree(self.base, ignore_errors=True)
+        if self.owned:
+            shutil.rmtree(self.base, ignore_errors=True)
 
 
 def _chown_tree(base: Path, owner: tuple[int, int]) -> None:
