@@ -1,7 +1,8 @@
 """Wiring of the gateway: the raw ``/v1`` proxy in front, a small Litestar app for the rest.
 
 ``/v1/*`` never touches the framework (see :mod:`forge_gateway.proxy`); ``/healthz``,
-``/readyz``, ``/metrics``, ``/schema/openapi.json`` and every other path go to Litestar with the
+``/readyz``, ``/metrics``, the API's documents (``/schema/openapi.json``, ``/docs``) and every other
+path go to Litestar with the
 platform's exception handlers and observability middleware, so they answer like every service.
 """
 
@@ -9,15 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Litestar, MediaType, Request, Response, get
+from litestar import Litestar, Response, get
 
 from forge_common import metrics
 from forge_common.auth import JwksCache, TokenVerifier
 from forge_common.http import EXCEPTION_HANDLERS, ObservabilityMiddleware
 from forge_common.tracing import configure_tracing
 
+from .apidocs import contract_handlers
 from .console import browser_run_redirect, console_handlers
-from .openapi import openapi_document
 from .proxy import Proxy
 from .settings import Settings
 from .versioning import API_VERSIONS
@@ -62,7 +63,6 @@ def create_app(settings: Settings) -> GatewayApp:
     jwks = JwksCache(settings.jwks_url)
     jwks.min_refresh_interval = settings.jwks_refresh_interval
     proxy = Proxy(settings, TokenVerifier(settings.oidc_issuer, settings.oidc_audience, jwks))
-    document = openapi_document(settings)
 
     @get("/healthz", sync_to_thread=False)
     def healthz() -> dict[str, str]:
@@ -90,10 +90,6 @@ def create_app(settings: Settings) -> GatewayApp:
     def metrics_endpoint() -> Response[bytes]:
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
 
-    @get("/schema/openapi.json", sync_to_thread=False, media_type=MediaType.JSON)
-    def openapi(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        return document
-
     async def start(_: Litestar) -> None:
         await proxy.start()
 
@@ -101,7 +97,7 @@ def create_app(settings: Settings) -> GatewayApp:
         await proxy.stop()
 
     rest = Litestar(
-        route_handlers=[healthz, readyz, meta, metrics_endpoint, openapi, *console_handlers(settings)],
+        route_handlers=[healthz, readyz, meta, metrics_endpoint, *contract_handlers(), *console_handlers(settings)],
         exception_handlers=EXCEPTION_HANDLERS,
         on_startup=[start],
         on_shutdown=[stop],
