@@ -42,6 +42,7 @@ __all__ = [
     "ErrorEnvelope",
     "PathForm",
     "body_operation",
+    "errors",
     "internal",
     "path_forms",
     "response",
@@ -173,6 +174,16 @@ def response(model: Any, description: str) -> ResponseSpec:
     return ResponseSpec(data_container=model, description=description, generate_examples=False)
 
 
+def errors(statuses: dict[int, str]) -> dict[int, ResponseSpec]:
+    """Route ``responses`` for the error statuses a route answers beyond the standard ones
+    (those the merge adds everywhere: 400, 401, 403, 404 on a path with parameters, 413, 429,
+    502, 503, 504); each is the error envelope, described."""
+    return {
+        status: ResponseSpec(data_container=ErrorEnvelope, description=description, generate_examples=False)
+        for status, description in statuses.items()
+    }
+
+
 def _media_example(sample: Any) -> dict[str, Any]:
     return {"example": {"summary": "example", "value": sample}}
 
@@ -284,7 +295,10 @@ def _form_operation(method: str, base: dict[str, Any], form: PathForm, component
         "operationId": _operation_id(method, form.path),
         "parameters": parameters,
         **({"requestBody": base["requestBody"]} if "requestBody" in base else {}),
-        "responses": {str(status): success for status in (form.status, *form.also)},
+        "responses": {
+            **{status: answer for status, answer in base.get("responses", {}).items() if int(status) >= 400},
+            **{str(status): success for status in (form.status, *form.also)},
+        },
     }
     if form.internal:
         operation[_INTERNAL_KEY] = True

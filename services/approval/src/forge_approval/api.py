@@ -9,7 +9,7 @@ from litestar import Request, delete, get, post
 from forge_common.auth import Permission, Principal
 from forge_common.events import isoformat
 from forge_common.http import decode_body
-from forge_common.openapi import body_operation, internal, response
+from forge_common.openapi import body_operation, errors, internal, response
 from forge_common.runtime import Runtime
 
 from .schemas import ApprovalCheck, ApprovalCreate, ApprovalCreated, ApprovalRevoke, ApprovalView
@@ -30,7 +30,16 @@ def _service(runtime: Runtime) -> ApprovalService:
     status_code=201,
     opt={"permission": Permission.APPROVALS_WRITE},
     operation_class=body_operation(ApprovalCreate, "`expires_at` (ISO-8601) asks for an earlier expiry"),
-    responses={201: response(ApprovalCreated, "approved")},
+    responses={
+        201: response(ApprovalCreated, "approved"),
+        **errors(
+            {
+                403: "not an approver, or the approver created the release",
+                404: "the release does not exist",
+                409: "the release already has an active approval for the environment",
+            }
+        ),
+    },
 )
 async def create_approval(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> ApprovalCreated:
     """Approve a release for an environment (approver or admin; never the release's creator)."""
@@ -100,7 +109,10 @@ async def get_approval_by_id(approval_id: str, runtime: Runtime) -> ApprovalView
     operation_class=body_operation(
         ApprovalRevoke, "optional; `reason` may also be given as a query parameter", required=False
     ),
-    responses={200: response(ApprovalView, "the approval, revoked")},
+    responses={
+        200: response(ApprovalView, "the approval, revoked"),
+        **errors({409: "the approval is already revoked or expired"}),
+    },
 )
 async def revoke_approval(
     approval_id: str,

@@ -8,7 +8,7 @@ from litestar import Request, get, post
 
 from forge_common.auth import Permission, Principal
 from forge_common.http import decode_body, parse_page
-from forge_common.openapi import PathForm, body_operation, path_forms, response
+from forge_common.openapi import PathForm, body_operation, errors, path_forms, response
 from forge_common.runtime import Runtime
 
 from .paths import PREFIX, parse_target_path, raw_path_segments
@@ -28,7 +28,16 @@ def _service(runtime: Runtime) -> DeploymentService:
     opt={"permission": Permission.DEPLOYMENTS_CREATE},
     status_code=201,
     operation_class=body_operation(DeploymentCreate, "`approval_id` is required for production"),
-    responses={201: response(DeploymentAccepted, "accepted: the GitOps commit landed, reconciliation pending")},
+    responses={
+        201: response(DeploymentAccepted, "accepted: the GitOps commit landed, reconciliation pending"),
+        **errors(
+            {
+                403: "not a deployer, or production without an active approval for this release",
+                404: "the release (or the approval) does not exist",
+                429: "too many deployments pending (`limit_exceeded`), or the user's rate limit",
+            }
+        ),
+    },
 )
 async def create_deployment(
     request: Request[Any, Any, Any], principal: Principal, runtime: Runtime

@@ -26,7 +26,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from forge_common.auth import Permission, Principal
 from forge_common.errors import NotFound
 from forge_common.http import decode_body, parse_page
-from forge_common.openapi import PathForm, body_operation, path_forms, response
+from forge_common.openapi import PathForm, body_operation, errors, path_forms, response
 from forge_common.paths import raw_path_segments
 from forge_common.runtime import Runtime
 
@@ -84,7 +84,10 @@ _REST = Annotated[
     opt={"permission": Permission.RELEASES_CREATE},
     status_code=HTTP_201_CREATED,
     operation_class=body_operation(ReleaseCreate, "the release; `trigger` is optional (absent: manual)"),
-    responses={201: response(ReleaseCreated, "created")},
+    responses={
+        201: response(ReleaseCreated, "created"),
+        **errors({409: "a release of this commit exists already, or its number is taken"}),
+    },
 )
 async def create_release(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> dict[str, Any]:
     """Create a release (spec: Create Release; optional ``trigger``, contract #2)."""
@@ -178,6 +181,7 @@ async def read_releases(
     responses={
         201: response(AliasResult, "alias created or moved"),
         200: response(AliasResult, "already there"),
+        **errors({409: "the alias names another release and cannot move (numeric and tag aliases never move)"}),
     },
 )
 async def add_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _REST) -> Response[dict[str, Any]]:
@@ -205,6 +209,7 @@ async def add_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _RE
         ),
     },
     status_code=HTTP_204_NO_CONTENT,
+    responses=errors({409: "numeric and tag aliases are permanent"}),
 )
 async def remove_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _REST) -> None:
     """Remove a ``branch`` or ``custom`` alias (numeric and tag aliases are permanent)."""
