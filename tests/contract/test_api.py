@@ -58,6 +58,17 @@ def _operations() -> list[tuple[str, str, dict[str, Any]]]:
     ]
 
 
+def _streams() -> set[tuple[str, str, str]]:
+    """Operations answering with a stream (Server-Sent Events): a request/response fuzzer cannot
+    judge an answer that never ends; their own tests cover them."""
+    return {
+        (path, method, operation["operationId"])
+        for path, method, operation in _operations()
+        for status, answer in operation["responses"].items()
+        if status.startswith("2") and "text/event-stream" in answer.get("content", {})
+    }
+
+
 def _schemathesis(gateway: str, token: str, tmp_path: Path, *selection: str) -> tuple[int, str, ET.Element]:
     junit = tmp_path / f"junit-{uuid.uuid4().hex[:6]}.xml"
     command = [
@@ -87,6 +98,7 @@ def _schemathesis(gateway: str, token: str, tmp_path: Path, *selection: str) -> 
         "--warnings",
         "off",
         *selection,
+        *(option for _, _, operation_id in _streams() for option in ("--exclude-operation-id", operation_id)),
     ]
     env = {**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""}
     done = subprocess.run(command, capture_output=True, text=True, timeout=1200, env=env, cwd=tmp_path, check=False)
@@ -136,7 +148,8 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(
     rc, output, internal = _schemathesis(contract_gateway.url, worker, tmp_path, "--include-tag", "internal")
     assert rc == 0, output[-6000:]
     tested = _tested(users) | _tested(internal)
-    every = {f"{method.upper()} {path}" for path, method, _ in _operations()}
+    streams = {(path, method) for path, method, _ in _streams()}
+    every = {f"{method.upper()} {path}" for path, method, _ in _operations() if (path, method) not in streams}
     assert every <= tested, sorted(every - tested)
     for report in (users, internal):
         assert int(report.get("failures", "0")) == 0

@@ -16,7 +16,9 @@ from .test_api import DOCUMENT
 
 
 def test_docs_page_renders_every_operation_offline_under_its_csp(platform: Platform, tmp_path: Path) -> None:
-    operations = sum(1 for item in DOCUMENT["paths"].values() for method in item if method in ("get", "put", "post", "delete"))
+    operations = sum(
+        1 for item in DOCUMENT["paths"].values() for method in item if method in ("get", "put", "post", "delete")
+    )
     with start_browser(tmp_path / "profile") as browser:
         browser.get(f"{platform.gateway_url}/docs")
         WebDriverWait(browser, 60).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".opblock")) >= operations)

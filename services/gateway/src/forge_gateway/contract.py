@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -38,6 +37,8 @@ ASYNCAPI_PATH = Path(__file__).resolve().parents[4] / "docs" / "asyncapi.json"
 _METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorEnvelope"}
 _INTERNAL = "openapi_internal"
+_API_PREFIX = "/v1/"
+_HEALTH = ("/healthz", "/readyz")
 
 _DESCRIPTION = """\
 The public API of the Forge CI/CD platform, as served by its gateway (`make run`: \
@@ -161,50 +162,26 @@ def _complete(path: str, operation: dict[str, Any], proxied: bool) -> None:
     operation["responses"] = dict(sorted(responses.items()))
 
 
-def _gateway_paths() -> dict[str, Any]:
-    def plain(summary: str, schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
-        media: dict[str, Any] = {"schema": schema}
-        if example is not None:
-            media["examples"] = {"example": {"summary": "example", "value": example}}
-        return {
-            "get": {
-                "tags": ["gateway"],
-                "summary": summary,
-                "operationId": "get" + "".join(w.title() for w in re.findall(r"[a-z]+", summary)[:3]),
-                "security": [],
-                "responses": {"200": {"description": "ok", "content": {"application/json": media}}},
-            }
-        }
+def _gateway_document() -> dict[str, Any]:
+    """What the gateway answers itself (its Litestar app): the public ``/v1`` ones and health;
+    none needs a token."""
+    from .app import create_app
+    from .settings import Settings
 
-    status = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
-    meta = {
-        "type": "object",
-        "required": ["oidc_issuer", "oidc_audience"],
-        "properties": {
-            "oidc_issuer": {"type": "string", "description": "where to log in (OpenID Connect discovery)"},
-            "oidc_audience": {"type": "string", "description": "the `aud` access tokens must carry"},
-        },
-    }
-    readiness = {
-        "type": "object",
-        "required": ["status", "upstreams", "checks"],
-        "properties": {
-            "status": {"enum": ["ok", "unavailable"]},
-            "upstreams": {"enum": ["ok", "degraded"]},
-            "checks": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-    }
-    paths = {
-        "/v1/meta": plain(
-            "Which issuer and audience tokens come from",
-            meta,
-            {"oidc_issuer": "http://127.0.0.1:8180/realms/forge", "oidc_audience": "forge-api"},
-        ),
-        "/healthz": plain("Liveness", status),
-        "/readyz": plain("Readiness of the gateway, with its upstreams' health", readiness),
-    }
-    paths["/readyz"]["get"]["responses"]["503"] = {"description": "not ready"}
-    return paths
+    document = service_document(_quietly(create_app, Settings()).rest)
+    paths = {}
+    for path, item in document["paths"].items():
+        if not path.startswith(_API_PREFIX) and path not in _HEALTH:
+            continue
+        for operation in item.values():
+            operation["tags"] = ["gateway"]
+            operation["security"] = []
+            if operation.get("deprecated") is False:
+                del operation["deprecated"]
+            _complete(path, operation, proxied=False)
+        paths[path] = item
+    document["paths"] = paths
+    return document
 
 
 def _merge_schemas(into: dict[str, Any], schemas: dict[str, Any], service: str) -> None:
@@ -229,17 +206,20 @@ def _collect(schemas: dict[str, Any], node: Any, used: set[str]) -> None:
             _collect(schemas, value, used)
 
 
+def _quietly(create_app: Any, settings: Any) -> Any:
+    with warnings.catch_warnings():
+        # Litestar 2.25 asks for ``NamedDependency[...]`` / ``FromPath[...]`` in handler
+        # signatures (a Litestar 3 change for the apps' code, not the contract's concern).
+        warnings.simplefilter("ignore", LitestarDeprecationWarning)
+        return create_app(settings)
+
+
 def _service_documents() -> dict[str, dict[str, Any]]:
     documents = {}
     for service in SERVICES:
         app_module = importlib.import_module(f"forge_{service}.app")
         settings = importlib.import_module(f"forge_{service}.settings").Settings()
-        with warnings.catch_warnings():
-            # Litestar 2.25 asks for ``NamedDependency[...]`` on the injected ``principal`` and
-            # ``runtime`` (a Litestar 3 change for the services' signatures, not the contract's).
-            warnings.simplefilter("ignore", LitestarDeprecationWarning)
-            app = app_module.create_app(settings)
-        documents[service] = service_document(app)
+        documents[service] = service_document(_quietly(app_module.create_app, settings))
     return documents
 
 
@@ -264,9 +244,11 @@ def build_openapi() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {}
     _merge_services(paths, schemas)
-    for path, item in _gateway_paths().items():
-        for operation in item.values():
-            _complete(path, operation, proxied=False)
+    gateway = _gateway_document()
+    _merge_schemas(schemas, gateway.get("components", {}).get("schemas", {}), "gateway")
+    for path, item in gateway["paths"].items():
+        if path in paths:
+            raise ContractError(f"{path} is served by the gateway itself and by a service")
         paths[path] = item
     _, error_schemas = schema_components([ErrorEnvelope])
     error_schemas["ErrorEnvelope"]["examples"] = [ErrorEnvelope.example]
@@ -277,7 +259,6 @@ def build_openapi() -> dict[str, Any]:
             "title": "Forge API",
             "version": "1.0.0",
             "description": _DESCRIPTION,
-            "license": {"name": "Proprietary", "identifier": "LicenseRef-Proprietary"},
         },
         "servers": [{"url": "/", "description": "this gateway"}],
         "tags": _TAGS,

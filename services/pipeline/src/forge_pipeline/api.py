@@ -13,7 +13,7 @@ from forge_common.auth import Permission, Principal
 from forge_common.errors import InvalidRequest, NotFound
 from forge_common.events import isoformat
 from forge_common.http import decode_body
-from forge_common.openapi import body_operation, internal, response
+from forge_common.openapi import body_operation, errors, internal, response
 from forge_common.runtime import Runtime
 
 from . import domain, webhooks
@@ -176,8 +176,14 @@ async def update_step_status(request: Request[Any, Any, Any], step_id: str, runt
     opt={"public": True},
     status_code=202,
     summary="GitHub webhook (HMAC X-Hub-Signature-256)",
-    responses=_doc(201, WebhookResult, "run created", 400, 401, 429)
-    | {200: response(WebhookResult, "ping, duplicate delivery, existing run or tag recorded")},
+    description="GitHub's JSON payload of a `push`, `pull_request` or `ping` event with its `X-GitHub-Event`, "
+    "`X-GitHub-Delivery` and `X-Hub-Signature-256` headers; no bearer token.",
+    responses=_doc(201, WebhookResult, "run created", 400, 429)
+    | {
+        200: response(WebhookResult, "ping, duplicate delivery, existing run or tag recorded"),
+        202: response(WebhookResult, "ignored: an event or ref that starts nothing"),
+        **errors({401: "missing or wrong `X-Hub-Signature-256`"}),
+    },
 )
 async def github_webhook(request: Request[Any, Any, Any], runtime: Runtime) -> Response[bytes]:
     handler: webhooks.WebhookHandler = runtime.extras[webhooks.HANDLER_KEY]
