@@ -163,9 +163,10 @@ def _complete(path: str, operation: dict[str, Any], proxied: bool) -> None:
 
 
 def _gateway_document() -> dict[str, Any]:
-    """What the gateway answers itself (its Litestar app): the public ``/v1`` ones and health;
-    none needs a token."""
-    from .app import create_app
+    """What the gateway answers itself (its Litestar app): its ``/v1`` operations and health.
+    ``/v1/meta`` and health need no token; any other needs the bearer token unless its handler
+    says ``opt={"public": True}``."""
+    from .app import META_PATH, create_app
     from .settings import Settings
 
     document = service_document(_quietly(create_app, Settings()).rest)
@@ -175,7 +176,8 @@ def _gateway_document() -> dict[str, Any]:
             continue
         for operation in item.values():
             operation["tags"] = ["gateway"]
-            operation["security"] = []
+            if path == META_PATH or path in _HEALTH:
+                operation["security"] = []
             if operation.get("deprecated") is False:
                 del operation["deprecated"]
             _complete(path, operation, proxied=False)
