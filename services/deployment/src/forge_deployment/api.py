@@ -79,8 +79,9 @@ _PARAMETERS = {
                 _TARGET + "/history",
                 "A project's deployments to an environment, newest first",
                 DeploymentHistory,
-                description="`limit` 1..100 (default 20), `offset` from 0.",
-                query=("limit", "offset"),
+                description="`limit` 1..100 (default 20); then either `offset` from 0, or `cursor`: a "
+                "response's `next_cursor` (null on the last page), stable under inserts and fast at any depth.",
+                query=("limit", "offset", "cursor"),
                 parameters=_PARAMETERS,
             ),
         ),
@@ -92,17 +93,19 @@ async def read_deployments(
     runtime: Runtime,
     limit: str | None = None,
     offset: str | None = None,
+    cursor: str | None = None,
 ) -> CurrentDeployment | DeploymentHistory:
     """``{environment}/{repo}/{project}``: the active deployment; ``.../history``: all, newest first.
 
-    ``limit`` (1..100, default 20) and ``offset`` page the history.
+    ``limit`` (1..100, default 20) and ``offset`` page the history, or ``cursor`` (a response's
+    ``next_cursor``, null on the last page).
     """
     parsed = parse_target_path(raw_path_segments(request.scope, PREFIX))
     service = _service(runtime)
     if not parsed.history:
         return await service.current(parsed.target)
     page = parse_page(limit, offset)
-    return await service.history(parsed.target, page.limit, page.offset)
+    return await service.history(parsed.target, page.limit, page.offset, cursor)
 
 
 ROUTES: list[Any] = [create_deployment, read_deployments]

@@ -138,9 +138,12 @@ class DeploymentHistory(msgspec.Struct, kw_only=True):
         "total": 50,
         "limit": 20,
         "offset": 0,
+        "next_cursor": "eyJrIjpbNDFdfQ",
     }
 
     deployments: list[HistoryEntry]
     total: int
     limit: int
     offset: int
+    # Opaque: pass it as ?cursor= for the next page; null on the last.
+    next_cursor: str | None = None

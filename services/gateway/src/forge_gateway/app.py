@@ -19,7 +19,7 @@ from forge_common import metrics
 from forge_common.auth import JwksCache, TokenVerifier
 from forge_common.http import EXCEPTION_HANDLERS, ObservabilityMiddleware
 from forge_common.openapi import response
-from forge_common.tracing import configure_tracing
+from forge_common.tracing import configure_tracing, flush_tracing
 
 from .apidocs import contract_handlers
 from .console import browser_run_redirect, console_handlers
@@ -107,15 +107,16 @@ def create_app(settings: Settings) -> GatewayApp:
     def meta() -> GatewayMeta:
         return GatewayMeta(oidc_issuer=settings.oidc_issuer, oidc_audience=settings.oidc_audience)
 
-    @get("/metrics", sync_to_thread=False, include_in_schema=False)
-    def metrics_endpoint() -> Response[bytes]:
-        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
+    @get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response[bytes]:
+        return Response(await metrics.collect(), media_type=metrics.CONTENT_TYPE_LATEST)
 
     async def start(_: Litestar) -> None:
         await proxy.start()
 
     async def stop(_: Litestar) -> None:
         await proxy.stop()
+        flush_tracing()
 
     rest = Litestar(
         route_handlers=[healthz, readyz, meta, metrics_endpoint, *contract_handlers(), *console_handlers(settings)],

@@ -86,12 +86,15 @@ class RunList(msgspec.Struct, kw_only=True):
         "total": 150,
         "limit": 20,
         "offset": 0,
+        "next_cursor": "eyJrIjpbIjIwMjUtMTAtMDVUMTI6MDA6MDBaIl19",
     }
 
     runs: list[RunSummary]
     total: int
     limit: int
     offset: int
+    # Opaque: pass it as ?cursor= (with the same filters) for the next page; null on the last.
+    next_cursor: str | None = None
 
 
 class TaskStatusUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

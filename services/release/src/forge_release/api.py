@@ -126,8 +126,9 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
                 _PROJECT,
                 "List a project's releases, newest first",
                 ReleaseList,
-                description="`limit` 1..100 (default 20), `offset` from 0.",
-                query=("limit", "offset"),
+                description="`limit` 1..100 (default 20); then either `offset` from 0, or `cursor`: a "
+                "response's `next_cursor` (null on the last page), stable under inserts and fast at any depth.",
+                query=("limit", "offset", "cursor"),
                 parameters=_PARAMETERS,
             ),
             PathForm(_PROJECT + "/{release_id}", "Get a release", Release, parameters=_PARAMETERS),
@@ -141,6 +142,7 @@ async def read_releases(
     rest: _REST,
     limit: str | None = None,
     offset: str | None = None,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
     """Get a release by UUID, list a project's releases, or get one by ``{release-id}``."""
     parts = _segments(request)
@@ -156,7 +158,7 @@ async def read_releases(
     repo, rest_parts = _split_repo(parts)
     if len(rest_parts) == 1:
         page = parse_page(limit, offset)
-        return await svc.list_releases(repo, rest_parts[0], page.limit, page.offset)
+        return await svc.list_releases(repo, rest_parts[0], page.limit, page.offset, cursor)
     if len(rest_parts) == 2:
         return await svc.get(repo, rest_parts[0], rest_parts[1])
     raise NotFound("resource not found")

@@ -200,9 +200,12 @@ class ReleaseList(msgspec.Struct, kw_only=True):
         "total": 150,
         "limit": 20,
         "offset": 0,
+        "next_cursor": "eyJrIjpbNDFdfQ",
     }
 
     releases: list[ReleaseSummary]
     total: int
     limit: int
     offset: int
+    # Pass as ``?cursor=`` for the next page; null on the last one.
+    next_cursor: str | None
