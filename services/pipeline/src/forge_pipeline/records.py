@@ -62,6 +62,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
     commit_sha: str
     status: RunStatus
     started_at: dt.datetime
+    created_at: dt.datetime
 
 
 class Task(msgspec.Struct, kw_only=True):

@@ -473,9 +473,9 @@ class PipelineService:
 
     async def list_runs(self, query: ListQuery) -> RunList:
         async with self.uow.begin() as conn:
-            rows, total = await store.list_runs(
-                conn, query.repository, query.branch, query.status, query.limit, query.offset
-            )
+            rows, total = await store.list_runs(conn, query)
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
         runs = [
             RunSummary(
                 id=r.id,
@@ -486,7 +486,12 @@ class PipelineService:
             )
             for r in rows
         ]
-        return RunList(runs=runs, total=total, limit=query.limit, offset=query.offset)
+        cursor = domain.next_cursor(query, rows[-1].created_at, rows[-1].id) if more else None
+        return RunList(runs=runs, total=total, limit=query.limit, offset=query.offset, next_cursor=cursor)
+
+    async def tree_in(self, conn: Conn, run_id: str) -> bytes:
+        """The run's tree read on the caller's connection (its snapshot: live.snapshot)."""
+        return await run_tree_json(conn, run_id, self.presigner, self.logs_url_ttl, self.tree_cache)
 
     async def run_tree(self, run_id: str) -> bytes:
         async with self.uow.begin() as conn:
