@@ -60,7 +60,7 @@ async def test_filters_and_cursor_pages(lane: Lane, client: httpx.AsyncClient) -
 
     # A run created after the first page does not shift the next one (keyset, not offset).
     first = await page(limit="3")
-    await _create(client, lane, repository, "main", alice)
+    late = await _create(client, lane, repository, "main", alice)
     second = await page(limit="3", cursor=str(first["next_cursor"]))
     assert [r["id"] for r in second["runs"]] == newest_first[3:6]  # type: ignore[attr-defined]
 
@@ -69,7 +69,7 @@ async def test_filters_and_cursor_pages(lane: Lane, client: httpx.AsyncClient) -
     by_bob = await page(triggered_by=bob)
     assert [r["id"] for r in by_bob["runs"]] == [ids[6], ids[5], ids[4]]  # type: ignore[attr-defined]
     both = await page(triggered_by=alice, branch="main")
-    assert [r["id"] for r in both["runs"]] == [ids[2], ids[0]]  # type: ignore[attr-defined]
+    assert [r["id"] for r in both["runs"]] == [late, ids[2], ids[0]]  # type: ignore[attr-defined]
     future = await page(created_after="2999-01-01T00:00:00Z")
     assert future["runs"] == []
     assert future["next_cursor"] is None
