@@ -33,7 +33,7 @@ from forge_common.errors import (
     RequestTimeout,
     ServiceUnavailable,
 )
-from forge_common.tracing import extract, inject
+from forge_common.tracing import exporter_name, extract, inject
 
 from . import response_limit
 from .accesslog import AccessLog
@@ -219,7 +219,9 @@ class Proxy:
         self.access_log = AccessLog(
             settings.access_log and settings.log_level.lower() in ("debug", "info"), settings.log_format
         )
-        self.sdk_spans = settings.otel_exporter != "none"
+        # Real SDK spans only when they are exported; otherwise the W3C rules are applied by hand
+        # (cheaper per request) and the trace still continues upstream.
+        self.sdk_spans = exporter_name(settings.otel_exporter) != "none"
         self._metrics = _Metrics()
         self._in_flight: dict[str, int] = {}  # per user (token sub)
         self._streams: dict[str, int] = {}  # open streams per user

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from forge_common.events import EventData
 from forge_common.outbox import add_event
+from forge_common.tracing import inject
 
 from .domain import ListQuery, PhasePlan, ReportWrites, Snapshot, StepPlan, StepWrite, TaskPlan
 from .records import CommitStatusDue, Delivery, PhaseTally, Run, RunSummary, Step, Task, TaskInPhase, WorkStatus
@@ -147,14 +148,15 @@ async def insert_run(
     request_fingerprint: str | None = None,
 ) -> psycopg.AsyncCursor[Run]:
     """Send the insert; the stored row is read from the returned cursor (so that the caller can
-    pipeline the insert with the event and the commit status)."""
+    pipeline the insert with the event and the commit status). The current trace context is
+    stored with the run: the dispatcher continues that trace."""
     return await _send(
         conn,
         Run,
         f"""
         INSERT INTO pipeline.runs AS r (id, repository, branch, commit_sha, tag, pull_request_number,
-            triggered_by, trigger_type, idempotency_key, request_fingerprint)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            triggered_by, trigger_type, idempotency_key, request_fingerprint, trace_context)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         RETURNING {_RUN_COLUMNS}
         """,
         (
@@ -168,6 +170,7 @@ async def insert_run(
             trigger_type,
             idempotency_key,
             request_fingerprint,
+            Jsonb(dict(inject({}))),
         ),
     )
 
@@ -507,13 +510,18 @@ async def task_of_step(conn: Conn, step_id: str) -> str | None:
     return task_id if isinstance(task_id, str) else None
 
 
-async def finish_phase(conn: Conn, phase_id: str, status: str) -> None:
-    await conn.execute(
+async def finish_phase(conn: Conn, phase_id: str, status: str) -> tuple[str, float]:
+    """Finish a phase; returns its name and how long it ran (seconds)."""
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(
         """UPDATE pipeline.phases SET status = %s::pipeline.phase_status,
                started_at = coalesce(started_at, now()), completed_at = now()
-           WHERE id = %s""",
+           WHERE id = %s
+           RETURNING name, extract(epoch FROM completed_at - started_at)::float8""",
         (status, phase_id),
     )
+    row = await cur.fetchone()
+    return (str(row[0]), float(row[1])) if row is not None else ("", 0.0)
 
 
 async def phase_statuses(conn: Conn, run_id: str) -> list[str]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 import structlog
+from prometheus_client import Counter
 
 from forge_common import cursor
 from forge_common.db import Pool
@@ -52,6 +53,9 @@ from .runs import RunChecker, SkipRunCheck
 __all__ = ["CreateRelease", "ReleaseService"]
 
 log = structlog.get_logger(__name__)
+
+# Counted after the release's transaction committed (a duplicate or a failed publish is not).
+RELEASES_CREATED = Counter("forge_releases_created_total", "Releases created")
 
 SCHEMA = "release"
 MAX_CANDIDATES = 10
@@ -210,6 +214,7 @@ class ReleaseService:
             )
             # Last step before the commit: a failed publish rolls everything back.
             digest = await self.publisher.publish(artifact)
+        RELEASES_CREATED.inc()
         log.info(
             "release.created",
             release_id=release.id,
