@@ -60,7 +60,7 @@ async def test_filters_and_cursor_pages(lane: Lane, client: httpx.AsyncClient) -
 
     # A run created after the first page does not shift the next one (keyset, not offset).
     first = await page(limit="3")
-    late = await _create(client, lane, repository, "main", alice)
+    await _create(client, lane, repository, "hotfix", "carol@acme.io")
     second = await page(limit="3", cursor=str(first["next_cursor"]))
     assert [r["id"] for r in second["runs"]] == newest_first[3:6]  # type: ignore[attr-defined]
 
@@ -69,7 +69,7 @@ async def test_filters_and_cursor_pages(lane: Lane, client: httpx.AsyncClient) -
     by_bob = await page(triggered_by=bob)
     assert [r["id"] for r in by_bob["runs"]] == [ids[6], ids[5], ids[4]]  # type: ignore[attr-defined]
     both = await page(triggered_by=alice, branch="main")
-    assert [r["id"] for r in both["runs"]] == [late, ids[2], ids[0]]  # type: ignore[attr-defined]
+    assert [r["id"] for r in both["runs"]] == [ids[2], ids[0]]  # type: ignore[attr-defined]
     future = await page(created_after="2999-01-01T00:00:00Z")
     assert future["runs"] == []
     assert future["next_cursor"] is None
@@ -108,3 +108,27 @@ async def test_bad_values_name_the_field(lane: Lane, client: httpx.AsyncClient) 
         )
         assert resp.status_code == 400, (params, resp.text)
         assert resp.json()["error"]["details"]["field"] == field, (params, resp.text)
+
+
+async def test_totals_follow_status_changes(lane: Lane, client: httpx.AsyncClient) -> None:
+    repository = f"totals-{uuid.uuid4().hex[:8]}/shop"
+    ids = [await _create(client, lane, repository, "main", "dora@acme.io") for _ in range(3)]
+    # The commits do not exist: each run fails in discovery. Wait for each to end.
+    for run_id in ids:
+        async with client.stream(
+            "GET", f"{lane.gateway_url}/v1/runs/{run_id}/events", headers=lane.headers("viewer")
+        ) as resp:
+            async for _ in resp.aiter_lines():
+                pass
+    url = f"{lane.gateway_url}/v1/runs"
+
+    async def total(**params: str) -> int:
+        resp = await client.get(url, params={"repository": repository, **params}, headers=lane.headers("viewer"))
+        assert resp.status_code == 200, resp.text
+        return int(resp.json()["total"])
+
+    assert await total() == 3
+    assert await total(status="failed") == 3
+    assert await total(status="pending") == 0
+    assert await total(status="running") == 0
+    assert await total(branch="main") == 3  # counted from the rows: the same answer
