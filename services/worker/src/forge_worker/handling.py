@@ -113,6 +113,8 @@ class JobHandler:
             payload = await resolve_result(self.s3, msg.data)
             ref = msgspec.convert(payload, JobRef)
             reply = await self._run(job_type, payload, ref, deliveries)
+            # The dispatcher accepts only a reply naming the job and its dispatch attempt.
+            reply.job_id, reply.attempt = ref.job_id or None, ref.attempt or None
             reply_to = headers.get(jobs.HDR_REPLY_TO, "")
             if reply_to:
                 body = await encode_result(self.s3, ref.run_id, job_type, ref.job_id or ref.run_id, reply)
@@ -186,7 +188,13 @@ class JobHandler:
             )
             reply_to = headers.get(jobs.HDR_REPLY_TO)
             if reply_to:
-                reply = JobReply(status="failed", error=why, result=DeadLettered())
+                reply = JobReply(
+                    status="failed",
+                    error=why,
+                    result=DeadLettered(),
+                    job_id=ref.job_id or None,
+                    attempt=ref.attempt or None,
+                )
                 await jobs.publish_reply(self.nc, reply_to, msgspec.json.encode(reply))
             await msg.term()
         except Exception as dl_exc:  # noqa: BLE001 - the advisory path in the dispatcher still covers it
