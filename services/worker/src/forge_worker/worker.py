@@ -27,6 +27,7 @@ from forge_common import jobs
 from forge_common.client import ClientCredentials, ServiceClient
 from forge_common.jobs import JobSettings, JobType
 from forge_common.nats import Names, connect
+from forge_common.nats_auth import connect_options
 from forge_common.s3 import S3
 
 from . import health
@@ -72,7 +73,12 @@ class Worker:
     async def start(self) -> None:
         _use_pidfd_child_watcher()
         self.table.reap_orphans()
-        self._nc = nc = await connect(self.settings.nats_url, f"forge-worker-{os.getpid()}")
+        s = self.settings
+        self._nc = nc = await connect(
+            s.nats_url,
+            f"forge-worker-{os.getpid()}",
+            **connect_options("worker", s.nats_user, s.nats_password, s.nats_creds),
+        )
         js = nc.jetstream(timeout=5.0)
         await jobs.ensure_job_streams(js, self.names, self.job_settings, update=False)
         self.handler = JobHandler(
