@@ -23,8 +23,8 @@ import nats
 
 from forge_common import jobs
 from forge_common.nats import Names
-
 from tests.execution.conftest import GitRepo
+
 from .conftest import SecurePlatform
 
 REPO_TOML = """
@@ -106,9 +106,7 @@ async def _wait_run(client: httpx.AsyncClient, secure: SecurePlatform, run_id: s
         await asyncio.sleep(0.1)
 
 
-async def _held_run(
-    client: httpx.AsyncClient, secure: SecurePlatform, gate: Gate, exit_code: int
-) -> tuple[str, str]:
+async def _held_run(client: httpx.AsyncClient, secure: SecurePlatform, gate: Gate, exit_code: int) -> tuple[str, str]:
     """A run whose one task is running its held step: (run id, task id)."""
     platform = secure.platform
     repo = GitRepo(secure.repos, f"forged/app-{uuid.uuid4().hex[:6]}")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -171,3 +174,40 @@ async def test_worker_identity_cannot_publish_jobs_or_events(secure: SecurePlatf
         assert "permissions violation for subscription" in (await violations.next()).lower()
         await nc.subscribe(names.event_subject(">"))
         assert "permissions violation for subscription" in (await violations.next()).lower()
+
+
+def _forge_dev_nats_url(data_dir: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "forge_cli", "dev", "nats-url", "--data-dir", data_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+
+
+async def test_forge_dev_nats_url_reads_events_and_nothing_else(secure: SecurePlatform) -> None:
+    platform = secure.platform
+    names = Names(platform.nats_prefix)
+    result = _forge_dev_nats_url(str(platform.data_dir))
+    assert result.returncode == 0, result.stderr
+    url = result.stdout.strip()
+    assert url.startswith("nats://events:")
+    assert url.endswith(f":{urlsplit(platform.nats_url).port}")
+    run_id = await _create_run(secure, f"acme/cli-{uuid.uuid4().hex[:6]}")
+    async with _connect(url) as (nc, violations):
+        js = nc.jetstream(timeout=5)
+        sub = await js.subscribe(
+            names.event_subject("pipeline.run.created"), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        while msgspec.json.decode((await sub.next_msg(timeout=15)).data)["data"]["run_id"] != run_id:
+            pass
+        await nc.subscribe(names.subject("pipeline.>"))
+        assert "permissions violation for subscription" in (await violations.next()).lower()
+
+
+def test_forge_dev_nats_url_without_a_platform(tmp_path: Path) -> None:
+    result = _forge_dev_nats_url(str(tmp_path))
+    assert result.returncode == 1
+    assert "make run" in result.stderr

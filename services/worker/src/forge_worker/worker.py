@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
@@ -80,7 +81,7 @@ class Worker:
             **connect_options("worker", s.nats_user, s.nats_password, s.nats_creds),
         )
         js = nc.jetstream(timeout=5.0)
-        await jobs.ensure_job_streams(js, self.names, self.job_settings, update=False)
+        await self._wait_job_streams(js)
         self.handler = JobHandler(
             nc, js, self.names, self.s3, self.job_settings, self.cancelled, self.git, await self._ci(), self._release()
         )
@@ -91,6 +92,17 @@ class Worker:
             )
         await self._start_pulling(js)
         log.info("worker.started", types=self.settings.job_types(), concurrency=self.settings.worker_concurrency)
+
+    async def _wait_job_streams(self, js: JetStreamContext) -> None:
+        """Until the job streams exist. On an authenticated NATS only the pipeline service may
+        create them (docs/operations.md, "NATS credentials"): a worker that starts first waits."""
+        while True:
+            try:
+                await jobs.ensure_job_streams(js, self.names, self.job_settings, update=False)
+                return
+            except (NatsTimeoutError, TimeoutError, NatsError) as exc:
+                log.warning("worker.waiting_for_job_streams", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(2.0)
 
     async def _ci(self) -> CiJobRunner:
         self._s3_context = self.s3.client()
