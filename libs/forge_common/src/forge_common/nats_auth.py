@@ -35,6 +35,7 @@ __all__ = [
     "authorization_block",
     "connect_options",
     "inbox_prefix",
+    "main",
     "permissions",
     "server_config",
 ]
@@ -60,8 +61,13 @@ def _names(prefix: str) -> tuple[str, str]:
     return f"{bare}.", f"{bare.upper().replace('.', '_')}_"
 
 
+def _keep_stream(stream: str) -> list[str]:
+    """JetStream API subjects to create a stream, or update it to the current configuration."""
+    return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.STREAM.UPDATE.{stream}"]
+
+
 def _stream_api(stream: str, manage: bool) -> list[str]:
-    """JetStream API subjects to read (and with ``manage`` keep) ``stream`` and its consumers."""
+    """JetStream API subjects to consume (and with ``manage`` keep) ``stream`` and its consumers."""
     read = [
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.CONSUMER.INFO.{stream}.*",
@@ -133,7 +139,7 @@ def permissions(identity: str, prefix: str = "") -> dict[str, Any] | None:
             "publish": {"allow": publish},
             "subscribe": {"allow": [own_inbox, f"{subjects}pipeline.cancel.*"]},
         }
-    publish = [f"{subjects}events.>", "$JS.API.INFO", *_stream_api(events, manage=True)]
+    publish = [f"{subjects}events.>", "$JS.API.INFO", *_keep_stream(events)]
     subscribe = [own_inbox]
     if identity == "pipeline":
         publish += [
@@ -150,16 +156,21 @@ def permissions(identity: str, prefix: str = "") -> dict[str, Any] | None:
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 
-def authorization_block(passwords: dict[str, str], prefix: str = "") -> str:
+def authorization_block(passwords: dict[str, str] | None, prefix: str = "") -> str:
     """The ``authorization { users: [...] }`` block of a NATS server configuration: one user per
-    identity in ``passwords`` (name -> password), each with its permissions."""
+    identity in ``passwords`` (name -> password), each with its permissions. ``None``: every
+    identity, each password read by the server from the environment variable
+    ``NATS_PASSWORD_<IDENTITY>`` (a Kubernetes Secret mounted as environment)."""
     lines = ["authorization {", "  users: ["]
-    for identity, password in passwords.items():
-        user: dict[str, Any] = {"user": identity, "password": password}
+    for identity in IDENTITIES if passwords is None else passwords:
+        user: dict[str, Any] = {"user": identity, "password": "" if passwords is None else passwords[identity]}
         perms = permissions(identity, prefix)
         if perms is not None:
             user["permissions"] = perms
-        lines.append(f"    {json.dumps(user)}")
+        line = json.dumps(user)
+        if passwords is None:  # an unquoted variable reference, resolved by nats-server
+            line = line.replace('"password": ""', f'"password": $NATS_PASSWORD_{identity.upper()}', 1)
+        lines.append(f"    {line}")
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"
 
@@ -187,3 +198,28 @@ def connect_options(identity: str, user: str = "", password: str = "", creds: st
     if creds:
         options["user_credentials"] = creds
     return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m forge_common.nats_auth``: print the authorization block for a NATS server."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m forge_common.nats_auth",
+        description="Print the NATS server `authorization` block with every Forge identity's permissions.",
+    )
+    parser.add_argument("--prefix", default="", help="FORGE_NATS_PREFIX of the deployment (default: none)")
+    parser.add_argument(
+        "--password-suffix",
+        default=None,
+        help="literal passwords <identity><suffix> (docker-compose's development passwords use -dev); "
+        "default: $NATS_PASSWORD_<IDENTITY> environment references",
+    )
+    args = parser.parse_args(argv)
+    passwords = None if args.password_suffix is None else {i: f"{i}{args.password_suffix}" for i in IDENTITIES}
+    print(authorization_block(passwords, args.prefix), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
