@@ -203,6 +203,7 @@ def connect_options(identity: str, user: str = "", password: str = "", creds: st
 def main(argv: list[str] | None = None) -> int:
     """``python -m forge_common.nats_auth``: print the authorization block for a NATS server."""
     import argparse
+    import sys
 
     parser = argparse.ArgumentParser(
         prog="python -m forge_common.nats_auth",
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     passwords = None if args.password_suffix is None else {i: f"{i}{args.password_suffix}" for i in IDENTITIES}
-    print(authorization_block(passwords, args.prefix), end="")
+    sys.stdout.write(authorization_block(passwords, args.prefix))
     return 0
 
 
