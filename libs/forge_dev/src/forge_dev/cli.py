@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from forge_common.nats_auth import IDENTITIES
+
 __all__ = ["ROLES", "register"]
 
 ROLES = ("viewer", "developer", "approver", "admin", "worker")
@@ -57,8 +59,8 @@ def _dev_nats_url(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    # The read-only `events` identity: FORGE_EVENTS and its own consumers, nothing else.
-    print(creds.url("events"))
+    # Default: the read-only `events` identity (FORGE_EVENTS and its own consumers, nothing else).
+    print(creds.url(args.identity))
     return 0
 
 
@@ -85,4 +87,10 @@ def register(sub: Any) -> None:
         ),
     )
     url.add_argument("--data-dir", default=None, help="platform state directory (default .forge-data)")
+    url.add_argument(
+        "--identity",
+        default="events",
+        choices=IDENTITIES,
+        help="another identity's URL, e.g. to run one service by hand against make run's NATS (default: events)",
+    )
     url.set_defaults(func=_dev_nats_url)
