@@ -23,6 +23,16 @@ class SecurePlatform:
         self.platform = platform
         self.repos = repos
 
+    def refused_forge_processes(self) -> list[str]:
+        """Log lines in which NATS refused a Forge process something: the permission model
+        must let every process do its work."""
+        lines = []
+        for proc in self.platform.stack.infra.processes:
+            if proc.log_path is not None and proc.log_path.exists():
+                text = proc.log_path.read_text(errors="replace")
+                lines += [f"{proc.name}: {line}" for line in text.splitlines() if "nats.permission_denied" in line]
+        return lines
+
 
 @pytest.fixture(scope="session")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecurePlatform]:

@@ -186,6 +186,7 @@ async def test_forged_success_does_not_pass_a_failing_task(secure: SecurePlatfor
     assert run["status"] == "failed"
     assert _task(run)["status"] == "failed"
     assert _task(run)["steps"][0]["exit_code"] == 3
+    assert secure.refused_forge_processes() == []
 
 
 async def test_forged_failure_does_not_fail_a_passing_task(secure: SecurePlatform) -> None:
@@ -204,3 +205,4 @@ async def test_forged_failure_does_not_fail_a_passing_task(secure: SecurePlatfor
         await gate.close()
     assert run["status"] == "success"
     assert _task(run)["status"] == "success"
+    assert secure.refused_forge_processes() == []
