@@ -211,3 +211,26 @@ def test_forge_dev_nats_url_without_a_platform(tmp_path: Path) -> None:
     result = _forge_dev_nats_url(str(tmp_path))
     assert result.returncode == 1
     assert "make run" in result.stderr
+
+
+async def test_the_event_feed_works_on_the_authenticated_bus(secure: SecurePlatform) -> None:
+    """GET /v1/events reads FORGE_EVENTS with the pipeline identity's own consumers."""
+    platform = secure.platform
+    repository = f"acme/feed-{uuid.uuid4().hex[:6]}"
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream(
+            "GET",
+            f"{platform.gateway_url}/v1/events?types=pipeline.run.created&repository={repository}",
+            headers=platform.headers("viewer@forge.local", "viewer"),
+        ) as resp,
+    ):
+        assert resp.status_code == 200
+        lines = resp.aiter_lines()
+        assert await anext(lines) == ": subscribed"
+        run_id = await _create_run(secure, repository)
+        async for line in lines:
+            if line.startswith("data:"):
+                assert msgspec.json.decode(line[5:].strip())["data"]["run_id"] == run_id
+                break
+    assert secure.refused_forge_processes() == []

@@ -9,7 +9,8 @@ it for operators who run their own NATS.
 identity       may
 =============  ===========================================================================
 pipeline       publish jobs (``pipeline.>``), events, dead-letter replies; manage the job,
-               dead-letter and events streams; read job replies (``_INBOX.forge.>``)
+               dead-letter and events streams; read job replies (``_INBOX.forge.>``) and,
+               for ``GET /v1/events``, FORGE_EVENTS through its own ordered consumers
 worker         consume jobs (fetch, ack/nak/in-progress heartbeats), publish replies to job
                inboxes and dead letters; hear cancellations. Nothing else: no events, no jobs
 release,       publish events (``events.>``) and keep the events stream
@@ -145,6 +146,12 @@ def permissions(identity: str, prefix: str = "") -> dict[str, Any] | None:
         publish += [
             f"{subjects}pipeline.>",
             replies,
+            # GET /v1/events: ordered push consumers on FORGE_EVENTS (forge_common.event_feed)
+            f"$JS.API.CONSUMER.CREATE.{events}",
+            f"$JS.API.CONSUMER.CREATE.{events}.>",
+            f"$JS.API.CONSUMER.INFO.{events}.*",
+            f"$JS.API.CONSUMER.DELETE.{events}.*",
+            f"$JS.FC.{events}.>",
             *_stream_api(jobs, manage=True),
             *_stream_api(dead, manage=True),
         ]

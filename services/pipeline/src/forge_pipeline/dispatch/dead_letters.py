@@ -77,5 +77,5 @@ class DeadLetters:
                 job_id=ref.job_id or None,
                 attempt=ref.attempt or None,
             )
-            await self.runtime.nc.publish(reply_to, msgspec.json.encode(reply))
+            await jobs.publish_reply(self.runtime.nc, reply_to, msgspec.json.encode(reply))
         log.warning("dispatcher.dead_lettered", run_id=run_id, job_type=job_type, seq=seq)

@@ -13,6 +13,8 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
 from forge_common import jobs
@@ -20,6 +22,7 @@ from forge_common.db import Pool
 from forge_common.jobs import JobSettings
 from forge_common.results import is_result_ref, resolve_result
 from forge_common.runtime import Runtime
+from forge_common.tracing import extract
 from forge_pipeline import execution_store, service
 
 from .queue import JobQueue
@@ -28,6 +31,7 @@ from .settings import DispatcherSettings
 __all__ = ["RunDriver", "RunEnded", "format_seconds"]
 
 log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer("forge.dispatcher")
 
 # Replies to job inboxes that were dropped: "unexpected" (no job of this run waits for that id:
 # late, duplicate or made up), "malformed" (not a reply), "mismatch" (job id or dispatch attempt
@@ -79,23 +83,28 @@ class RunDriver:
         """Accept a reply only for a job this driver waits for, naming that job and its
         dispatch attempt; drop (and count) anything else."""
         job_id = msg.subject.rsplit(".", 1)[-1]
-        waiter = self.waiters.get(job_id)
-        if waiter is None or waiter.done():
-            _reject("unexpected", self.run_id, job_id)
-            return
-        try:
-            value = msgspec.json.decode(msg.data)
-            stored = is_result_ref(value)
-            if stored:
-                value = await resolve_result(self.runtime.s3, msg.data)
-        except Exception:  # noqa: BLE001 - not JSON, or a result reference that does not resolve
-            _reject("malformed", self.run_id, job_id)
-            return
-        if not jobs.reply_matches(value, job_id, self.attempts.get(job_id, "")):
-            _reject("mismatch", self.run_id, job_id)
-            return
-        if not waiter.done():
-            waiter.set_result(msgspec.json.encode(value) if stored else msg.data)
+        attributes = {"forge.run_id": self.run_id, "forge.job_id": job_id}
+        # A reply carries the worker's trace context: this span is a child of the job's span.
+        with _tracer.start_as_current_span(
+            "job reply", context=extract(msg.headers), kind=SpanKind.CONSUMER, attributes=attributes
+        ):
+            waiter = self.waiters.get(job_id)
+            if waiter is None or waiter.done():
+                _reject("unexpected", self.run_id, job_id)
+                return
+            try:
+                value = msgspec.json.decode(msg.data)
+                stored = is_result_ref(value)
+                if stored:
+                    value = await resolve_result(self.runtime.s3, msg.data)
+            except Exception:  # noqa: BLE001 - not JSON, or a result reference that does not resolve
+                _reject("malformed", self.run_id, job_id)
+                return
+            if not jobs.reply_matches(value, job_id, self.attempts.get(job_id, "")):
+                _reject("mismatch", self.run_id, job_id)
+                return
+            if not waiter.done():
+                waiter.set_result(msgspec.json.encode(value) if stored else msg.data)
 
     def waiter(self, job_id: str, attempt: str) -> asyncio.Future[bytes]:
         """The future the reply to ``job_id`` (dispatch ``attempt``) resolves; create it before
