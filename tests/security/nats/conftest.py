@@ -1,4 +1,4 @@
-"""A platform on an authenticated NATS server of its own, as ``make run`` starts it.
+"""A platform on an authenticated NATS server of its own, as ``make run`` starts it (tests/security/nats).
 
 The shared test servers (``FORGE_TEST_NATS_URL``) accept anonymous connections, so these tests
 start their own ``nats-server`` (the one ``make run`` uses) with the configuration
