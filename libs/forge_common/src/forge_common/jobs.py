@@ -26,6 +26,8 @@ reverse. A field added here is seen by both sides.
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
@@ -84,7 +86,9 @@ __all__ = [
     "job_type_of",
     "jobs_stream_config",
     "max_deliveries_advisory",
+    "new_attempt",
     "publish_reply",
+    "reply_matches",
 ]
 
 log = structlog.get_logger(__name__)
@@ -160,6 +164,7 @@ class JobRef(msgspec.Struct, kw_only=True):
     run_id: str = "unknown"
     job_id: str = ""
     task_id: str | None = None
+    attempt: str = ""
 
 
 class DiscoveryJob(msgspec.Struct, kw_only=True):
@@ -170,6 +175,8 @@ class DiscoveryJob(msgspec.Struct, kw_only=True):
     repository: str
     commit_sha: str
     branch: str = ""
+    # The dispatch attempt's secret id; the reply must carry it back (see ``JobReply``).
+    attempt: str = ""
 
 
 class StepJob(msgspec.Struct, kw_only=True):
@@ -197,6 +204,7 @@ class CiJob(msgspec.Struct, kw_only=True):
     project: str
     project_path: str = "."
     steps: list[StepJob]
+    attempt: str = ""
 
 
 class ReleaseTrigger(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -221,6 +229,7 @@ class ReleaseJob(msgspec.Struct, kw_only=True):
     repository: str
     commit_sha: str
     projects: list[ReleaseProject]
+    attempt: str = ""
 
 
 # --- replies ------------------------------------------------------------------------------------
@@ -229,11 +238,18 @@ R = TypeVar("R")
 
 
 class JobReply(msgspec.Struct, Generic[R], kw_only=True, omit_defaults=True):
-    """What a worker answers for any job; ``result`` is the job type's result Struct."""
+    """What a worker answers for any job; ``result`` is the job type's result Struct.
+
+    ``job_id`` and ``attempt`` echo the job's: the dispatcher accepts a reply only when both
+    match the job it waits for (the attempt id is a secret only job consumers ever see), and
+    drops anything else (:func:`reply_matches`).
+    """
 
     status: Literal["success", "failed", "cancelled"]
     error: str | None = None
     result: R | None = None
+    job_id: str | None = None
+    attempt: str | None = None
 
 
 class DeadLettered(msgspec.Struct, kw_only=True):
@@ -318,6 +334,22 @@ def decode_reply(value: Any, result_type: type[R]) -> JobReply[R]:
         if isinstance(value, dict) and value.get("status") != "success":
             return msgspec.convert({k: v for k, v in value.items() if k != "result"}, JobReply[result_type])  # type: ignore[valid-type]
         raise
+
+
+def reply_matches(value: Any, job_id: str, attempt: str) -> bool:
+    """True when a decoded reply names this job and this dispatch attempt (constant-time on
+    the attempt id, which is the secret part)."""
+    if not isinstance(value, dict) or not attempt:
+        return False
+    got_job, got_attempt = value.get("job_id"), value.get("attempt")
+    if not isinstance(got_job, str) or not isinstance(got_attempt, str) or got_job != job_id:
+        return False
+    return hmac.compare_digest(got_attempt.encode(), attempt.encode())
+
+
+def new_attempt() -> str:
+    """A fresh dispatch attempt id (128 random bits)."""
+    return secrets.token_hex(16)
 
 
 def job_subject(names: Names, job_type: JobType, run_id: str, job_id: str | None = None) -> str:

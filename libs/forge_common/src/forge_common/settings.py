@@ -127,6 +127,13 @@ class CommonSettings(msgspec.Struct, kw_only=True):
     # Prefix for every stream name and subject; empty in production. Tests use one per session
     # so several suites can share one NATS server.
     nats_prefix: str = ""
+    # NATS credentials of this process's identity (docs/operations.md, "NATS credentials"): a
+    # user and password, or an NKey/JWT ``.creds`` file. Credentials inside FORGE_NATS_URL
+    # (nats://user:password@host:4222) work as well. All empty: an anonymous connection, which
+    # only a server without authentication accepts.
+    nats_user: str = ""
+    nats_password: str = ""
+    nats_creds: str = ""
     s3_url: str = ""
     s3_bucket: str = "forge"
     s3_region: str = "us-east-1"
@@ -157,6 +164,10 @@ class CommonSettings(msgspec.Struct, kw_only=True):
             problems.append("FORGE_DATABASE_URL must be a postgresql:// URL")
         if not self.nats_url.startswith(("nats://", "tls://")):
             problems.append("FORGE_NATS_URL must be a nats:// URL")
+        if self.nats_password and not self.nats_user:
+            problems.append("FORGE_NATS_PASSWORD is set without FORGE_NATS_USER")
+        if self.nats_creds and not os.path.isfile(self.nats_creds):
+            problems.append(f"FORGE_NATS_CREDS={self.nats_creds!r}: no such file")
         if self.db_pool_min < 1 or self.db_pool_max < self.db_pool_min:
             problems.append("FORGE_DB_POOL_MIN must be >= 1 and <= FORGE_DB_POOL_MAX")
         if self.otel_exporter not in ("none", "console", "otlp"):

@@ -89,12 +89,15 @@ async def run_for_dispatch(conn: Conn, run_id: str) -> DispatchRun | None:
 
 
 async def mark_dispatched(conn: Conn, task_ids: list[str]) -> dict[str, Dispatched]:
-    """Record the first dispatch of each task."""
+    """Record the first dispatch of each task, and its dispatch attempt id (kept when the job
+    is re-published: the message a worker may already hold carries the first one)."""
     cur = conn.cursor(row_factory=kwargs_row(Dispatched))
     await cur.execute(
         """
-        UPDATE pipeline.tasks SET dispatched_at = coalesce(dispatched_at, now())
-        WHERE id = ANY(%s::uuid[]) RETURNING id::text AS id, dispatched_at, now() AS now
+        UPDATE pipeline.tasks SET dispatched_at = coalesce(dispatched_at, now()),
+            dispatch_attempt = coalesce(dispatch_attempt, replace(gen_random_uuid()::text, '-', ''))
+        WHERE id = ANY(%s::uuid[])
+        RETURNING id::text AS id, dispatched_at, now() AS now, dispatch_attempt AS attempt
         """,
         (task_ids,),
     )

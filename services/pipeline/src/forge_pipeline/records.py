@@ -155,8 +155,10 @@ class TaskState(msgspec.Struct, kw_only=True):
 
 
 class Dispatched(msgspec.Struct, kw_only=True):
-    """When a task was first dispatched, and the database's clock at this dispatch."""
+    """When a task was first dispatched, the database's clock at this dispatch, and the
+    dispatch attempt id its job carries."""
 
     id: str
     dispatched_at: dt.datetime
     now: dt.datetime
+    attempt: str

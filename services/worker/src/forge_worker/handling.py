@@ -135,6 +135,8 @@ class JobHandler:
             reply = await self._run(job_type, payload, ref, deliveries)
             if reply.error:
                 reply.error = self.redact(reply.error)
+            # The dispatcher accepts only a reply naming the job and its dispatch attempt.
+            reply.job_id, reply.attempt = ref.job_id or None, ref.attempt or None
             if reply.status != "success":
                 span.set_status(Status(StatusCode.ERROR, reply.error or reply.status))
             reply_to = headers.get(jobs.HDR_REPLY_TO, "")
@@ -210,7 +212,13 @@ class JobHandler:
             )
             reply_to = headers.get(jobs.HDR_REPLY_TO)
             if reply_to:
-                reply = JobReply(status="failed", error=why, result=DeadLettered())
+                reply = JobReply(
+                    status="failed",
+                    error=why,
+                    result=DeadLettered(),
+                    job_id=ref.job_id or None,
+                    attempt=ref.attempt or None,
+                )
                 await jobs.publish_reply(self.nc, reply_to, msgspec.json.encode(reply))
             await msg.term()
         except Exception as dl_exc:  # noqa: BLE001 - the advisory path in the dispatcher still covers it

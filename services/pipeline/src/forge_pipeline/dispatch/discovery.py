@@ -27,9 +27,15 @@ async def discover(driver: RunDriver, run: DispatchRun) -> None:
     timeout = driver.job_settings.timeout("discovery")
     async with driver.pool.connection() as conn, conn.transaction():
         await store.set_run_running(conn, run_id)
-    waiter = driver.waiter(job_id)
+    attempt = jobs.new_attempt()
+    waiter = driver.waiter(job_id, attempt)
     job = jobs.DiscoveryJob(
-        job_id=job_id, run_id=run_id, repository=run.repository, commit_sha=run.commit_sha, branch=run.branch
+        job_id=job_id,
+        run_id=run_id,
+        repository=run.repository,
+        commit_sha=run.commit_sha,
+        branch=run.branch,
+        attempt=attempt,
     )
     await driver.queue.publish("discovery", job, f"discovery:{job_id}")
     try:

@@ -52,8 +52,9 @@ async def release(driver: RunDriver) -> None:
     """Queue the release job of a successful run (at most once per run) and wait for its reply."""
     job_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"forge:release:{driver.run_id}"))
     # Listening before the job can be published: the relay sends it as soon as we commit.
-    waiter = driver.waiter(job_id)
-    projects = await _queue_release(driver, job_id)
+    attempt = jobs.new_attempt()
+    waiter = driver.waiter(job_id, attempt)
+    projects = await _queue_release(driver, job_id, attempt)
     if projects is None:
         return
     if driver.runtime.relay is not None:
@@ -69,7 +70,7 @@ async def release(driver: RunDriver) -> None:
     log_fn("dispatcher.release_done", run_id=driver.run_id, status=reply.status, error=reply.error, result=reply.result)
 
 
-async def _queue_release(driver: RunDriver, job_id: str) -> list[ReleaseProject] | None:
+async def _queue_release(driver: RunDriver, job_id: str, attempt: str) -> list[ReleaseProject] | None:
     """Evaluate the triggers and queue the job; the projects, or None when there is nothing to
     release (or another driver already evaluated this run)."""
     run_id = driver.run_id
@@ -93,6 +94,7 @@ async def _queue_release(driver: RunDriver, job_id: str) -> list[ReleaseProject]
             repository=fresh.repository,
             commit_sha=fresh.commit_sha,
             projects=projects,
+            attempt=attempt,
         )
         headers = jobs.job_headers(names, "release", run_id, job_id)
         # Queued with the decision: the relay publishes it (Nats-Msg-Id = job id) even if
