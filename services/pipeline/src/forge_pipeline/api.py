@@ -8,7 +8,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post, put
 from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import HeaderParameter
 from litestar.response import Stream
 
 from forge_common import event_feed, sse
@@ -165,9 +165,11 @@ _SSE_RESPONSES = {
 # Request headers, declared so that they appear in the OpenAPI document.
 _LastEventId = Annotated[
     str | None,
-    Parameter(header="Last-Event-ID", description="resume after this event id (0: the run's whole history)"),
+    HeaderParameter(name="Last-Event-ID", description="resume after this event id (0: the run's whole history)"),
 ]
-_Range = Annotated[str | None, Parameter(header="Range", description="one byte range: bytes=START-[END] or bytes=-N")]
+_Range = Annotated[
+    str | None, HeaderParameter(name="Range", description="one byte range: bytes=START-[END] or bytes=-N")
+]
 
 
 def _settings(runtime: Runtime) -> Settings:
