@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, delete, get, post, put
 from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
+from litestar.params import HeaderParameter
 from litestar.response import Stream
 
 from forge_common import event_feed, sse
@@ -161,6 +162,16 @@ _SSE_RESPONSES = {
 }
 
 
+# Request headers, declared so that they appear in the OpenAPI document.
+_LastEventId = Annotated[
+    str | None,
+    HeaderParameter(name="Last-Event-ID", description="resume after this event id (0: the run's whole history)"),
+]
+_Range = Annotated[
+    str | None, HeaderParameter(name="Range", description="one byte range: bytes=START-[END] or bytes=-N")
+]
+
+
 def _settings(runtime: Runtime) -> Settings:
     settings = runtime.settings
     assert isinstance(settings, Settings)
@@ -184,9 +195,9 @@ def _hub(runtime: Runtime) -> live.ChangeHub:
     ),
     responses=_SSE_RESPONSES,
 )
-async def run_events(request: Request[Any, Any, Any], run_id: str, runtime: Runtime) -> Stream:
+async def run_events(run_id: str, runtime: Runtime, last_event_id: _LastEventId = None) -> Stream:
     rid = domain.parse_uuid(run_id, "run")
-    after = sse.last_event_id(request.headers.get("last-event-id"))
+    after = sse.last_event_id(last_event_id)
     if await live.run_state(runtime.pool, rid) is None:
         raise NotFound(f"pipeline run {rid} not found", {"id": rid})
     service = _service(runtime)
@@ -206,10 +217,10 @@ async def run_events(request: Request[Any, Any, Any], run_id: str, runtime: Runt
     responses=_SSE_RESPONSES,
 )
 async def platform_events(
-    request: Request[Any, Any, Any], runtime: Runtime, types: str | None = None, repository: str | None = None
+    runtime: Runtime, types: str | None = None, repository: str | None = None, last_event_id: _LastEventId = None
 ) -> Stream:
     event_filter = event_feed.parse_filter(types, repository)
-    after = sse.last_event_id(request.headers.get("last-event-id"))
+    after = sse.last_event_id(last_event_id)
     stream = await event_feed.feed(runtime.js, runtime.names, event_filter, after)
     return sse.response(stream, _settings(runtime).stream_heartbeat)
 
@@ -233,11 +244,11 @@ def _follow_flag(value: str | None) -> bool:
     },
 )
 async def step_logs(
-    request: Request[Any, Any, Any], step_id: str, runtime: Runtime, follow: str | None = None
+    step_id: str, runtime: Runtime, follow: str | None = None, byte_range_header: _Range = None
 ) -> Response[bytes] | Stream:
     sid = domain.parse_uuid(step_id, "step")
     following = _follow_flag(follow)
-    byte_range = live.parse_range(request.headers.get("range"))
+    byte_range = live.parse_range(byte_range_header)
     info = await live.step_log(runtime.pool, sid)
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store", "X-Step-Status": info.status}
     if following:
