@@ -132,7 +132,9 @@ async def test_bad_batches_are_refused_whole_and_change_nothing(
     assert await _statuses(runs_db, repository) == {run_id: "pending"}
 
 
-async def test_the_cancel_path_is_not_taken_for_a_run_id(gw: httpx.AsyncClient, platform: Platform) -> None:
-    resp = await gw.get("/v1/runs/cancel", headers=platform.headers(DEVELOPER, "viewer"))
-    assert resp.status_code == 400
-    assert resp.json()["error"]["code"] == "invalid_request"
+async def test_the_cancel_path_is_an_operation_not_a_run_id(gw: httpx.AsyncClient, platform: Platform) -> None:
+    # Neither read nor deleted as a run called "cancel": the path only takes POST.
+    for method in ("GET", "DELETE"):
+        resp = await gw.request(method, "/v1/runs/cancel", headers=platform.headers(DEVELOPER, "developer"))
+        assert resp.status_code == 405, (method, resp.text)
+        assert resp.json()["error"]["code"] == "method_not_allowed"
