@@ -101,6 +101,17 @@ class DeploymentStore:
         )
         return await cur.fetchone()
 
+    async def active_projects(self, environment: str, repository: str, limit: int) -> list[str]:
+        """The projects of a repository with an active deployment in the environment (by name),
+        at most ``limit``: a range of ``deployments_one_active_idx``."""
+        cur = await self.conn.execute(
+            "SELECT project FROM deployment.deployments "
+            "WHERE environment = %s AND repository_key = lower(%s) AND status = 'active' "
+            "ORDER BY project_key LIMIT %s",
+            (environment, repository, limit),
+        )
+        return [str(row["project"]) for row in await cur.fetchall()]
+
     async def history(
         self, target: Target, limit: int, offset: int, before: tuple[dt.datetime, str] | None = None
     ) -> tuple[list[Row], int]:

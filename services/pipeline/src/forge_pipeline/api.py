@@ -13,6 +13,7 @@ from litestar.response import Stream
 
 from forge_common import event_feed, sse
 from forge_common.auth import Permission, Principal
+from forge_common.batch import MAX_BATCH_ITEMS, BatchResult
 from forge_common.errors import InvalidRequest, NotFound
 from forge_common.events import isoformat
 from forge_common.http import decode_body
@@ -28,6 +29,7 @@ from .schemas import (
     RunCreated,
     RunDetail,
     RunList,
+    RunsCancel,
     StepStatusUpdate,
     StepStatusView,
     TaskReportBody,
@@ -36,7 +38,7 @@ from .schemas import (
     TaskStatusView,
     WebhookResult,
 )
-from .service import CreateRun, PipelineService
+from .service import CancelRuns, CreateRun, PipelineService
 from .settings import Settings
 
 __all__ = ["ROUTES", "SERVICE_KEY"]
@@ -300,6 +302,35 @@ async def cancel_run(run_id: str, runtime: Runtime) -> None:
     await _service(runtime).cancel_run(domain.parse_uuid(run_id, "run"))
 
 
+@post(
+    "/v1/runs/cancel",
+    opt={"permission": Permission.RUNS_WRITE},
+    status_code=200,
+    summary="Cancel many runs: a list of ids, or a repository's active runs (optionally one branch)",
+    description="One result per run, in order, each with the status `DELETE /v1/runs/{id}` would answer "
+    "(204, or 400/404/409 with its error); each run is cancelled in a transaction of its own. A filter "
+    "matches only pending and running runs. `dry_run: true` answers what each cancellation would answer "
+    f"and changes nothing. At most {MAX_BATCH_ITEMS} runs per request (ids given, or runs matching): "
+    "more is a 400 and nothing is cancelled.",
+    operation_class=body_operation(RunsCancel, "`ids`, or `repository` with optional `branch` and `status`"),
+    responses=_doc(200, BatchResult, "one result per run", 400, 401, 403),
+)
+async def cancel_runs(request: Request[Any, Any, Any], runtime: Runtime) -> Response[bytes]:
+    body = decode_body(await request.body(), RunsCancel)
+    if (body.ids is None) == (body.repository is None):
+        raise InvalidRequest("give either `ids` or a filter with `repository`", {"field": "ids"})
+    if body.ids is not None and (body.branch is not None or body.status is not None):
+        raise InvalidRequest("`branch` and `status` filter a repository's runs; not with `ids`", {"field": "ids"})
+    command = CancelRuns(
+        ids=body.ids,
+        repository=domain.validate_repository(body.repository) if body.repository is not None else None,
+        branch=domain.validate_branch(body.branch) if body.branch is not None else None,
+        status=body.status,
+        dry_run=body.dry_run,
+    )
+    return _json(200, await _service(runtime).cancel_runs(command))
+
+
 @put(
     "/v1/tasks/{task_id:str}/status",
     opt={"permission": Permission.INTERNAL_STATUS, **internal()},
@@ -408,6 +439,7 @@ ROUTES: list[Any] = [
     platform_events,
     step_logs,
     cancel_run,
+    cancel_runs,
     update_task_status,
     update_step_status,
     report_task,

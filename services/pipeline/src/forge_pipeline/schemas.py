@@ -20,6 +20,7 @@ __all__ = [
     "RunDetail",
     "RunList",
     "RunSummary",
+    "RunsCancel",
     "StepReportBody",
     "StepStatusUpdate",
     "StepStatusView",
@@ -50,6 +51,19 @@ class RunCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     trigger_type: TriggerType
     # Recorded as given only for webhook-created runs; for API calls the caller's identity wins.
     triggered_by: str | None = None
+
+
+class RunsCancel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /v1/runs/cancel``: ``ids``, or a filter (``repository``, optionally
+    ``branch`` and ``status``: `pending` or `running`); ``dry_run`` changes nothing."""
+
+    example: ClassVar[dict[str, Any]] = {"repository": "mycompany/myrepo", "branch": "feature/old", "dry_run": True}
+
+    ids: list[str] | None = None
+    repository: str | None = None
+    branch: str | None = None
+    status: Literal["pending", "running"] | None = None
+    dry_run: bool = False
 
 
 class RunCreated(msgspec.Struct, kw_only=True):

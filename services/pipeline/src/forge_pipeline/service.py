@@ -21,6 +21,7 @@ deadlock.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import uuid
 from collections import OrderedDict
@@ -30,6 +31,8 @@ import msgspec
 import psycopg
 import structlog
 
+from forge_common import batch
+from forge_common.batch import BatchResult
 from forge_common.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from forge_common.events import PipelineRunCreated, isoformat
 from forge_common.repositories import RepositoryAllowList
@@ -52,6 +55,7 @@ from .schemas import (
 from .store import Conn, UnitOfWork
 
 __all__ = [
+    "CancelRuns",
     "CreateRun",
     "PipelineService",
     "TreeCache",
@@ -218,10 +222,8 @@ async def fail_run(conn: Conn, run_id: str, error_message: str, failed_phase: st
     return True
 
 
-async def cancel_run(conn: Conn, run_id: str) -> Run:
-    """Cancel a pending or running run (409 when finished). Workers are told after commit
-    (``PipelineService.cancel_run``)."""
-    run = await store.lock_run(conn, run_id)
+def _cancellable(run_id: str, run: Run | None) -> Run:
+    """The run, when a cancellation may proceed; else the 404 / 409 a cancellation answers."""
     if run is None:
         raise NotFound(f"pipeline run {run_id} not found", {"id": run_id})
     if run.status not in domain.ACTIVE_RUN_STATUSES:
@@ -229,6 +231,13 @@ async def cancel_run(conn: Conn, run_id: str) -> Run:
             f"pipeline run {run_id} is already {run.status} and cannot be cancelled",
             {"id": run_id, "status": run.status},
         )
+    return run
+
+
+async def cancel_run(conn: Conn, run_id: str) -> Run:
+    """Cancel a pending or running run (409 when finished). Workers are told after commit
+    (``PipelineService.cancel_run``)."""
+    run = _cancellable(run_id, await store.lock_run(conn, run_id))
     await store.close_open_work(conn, run_id)
     run = await _finish_run(conn, run, "cancelled", "cancelled by request")
     log.info("pipeline.run_cancelled", run_id=run_id)
@@ -435,6 +444,19 @@ def _first(item: tuple[int, StepView]) -> int:
 
 # --- the HTTP side: one unit of work per request --------------------------------------------------
 
+
+@dataclasses.dataclass(frozen=True)
+class CancelRuns:
+    """Which runs ``POST /v1/runs/cancel`` cancels: ``ids``, or a repository's active runs
+    (optionally one branch, one active status). Validated by ``domain.validate_cancel_filter``."""
+
+    ids: list[str] | None = None
+    repository: str | None = None
+    branch: str | None = None
+    status: str | None = None
+    dry_run: bool = False
+
+
 CancelPublisher = Callable[[str], Awaitable[None]]
 
 
@@ -505,6 +527,38 @@ class PipelineService:
         async with self.uow.begin() as conn:
             await cancel_run(conn, run_id)
         await self.publish_cancel(run_id)
+
+    async def cancel_runs(self, cmd: CancelRuns) -> BatchResult:
+        """``POST /v1/runs/cancel``: each run cancelled as ``DELETE /v1/runs/{id}`` would, in a
+        transaction of its own; a dry run answers what each cancellation would answer now."""
+        if cmd.ids is not None:
+            ids = cmd.ids
+            batch.check_size(len(ids), "ids")
+        else:
+            assert cmd.repository is not None
+            async with self.uow.begin() as conn:
+                ids = await store.active_run_ids(
+                    conn, cmd.repository, cmd.branch, cmd.status, batch.MAX_BATCH_ITEMS + 1
+                )
+            if len(ids) > batch.MAX_BATCH_ITEMS:
+                raise InvalidRequest(
+                    f"more than {batch.MAX_BATCH_ITEMS} runs match the filter; narrow it (branch, status) "
+                    "or cancel in several requests",
+                    {"field": "repository", "limit": batch.MAX_BATCH_ITEMS},
+                )
+        results = []
+        for raw_id in ids:
+            operation = self._would_cancel if cmd.dry_run else self._cancel_one
+            results.append(await batch.apply(raw_id, 204, functools.partial(operation, raw_id)))
+        return batch.summarize(results, dry_run=cmd.dry_run)
+
+    async def _cancel_one(self, raw_id: str) -> None:
+        await self.cancel_run(domain.parse_uuid(raw_id, "run"))
+
+    async def _would_cancel(self, raw_id: str) -> None:
+        run_id = domain.parse_uuid(raw_id, "run")
+        async with self.uow.begin() as conn:
+            _cancellable(run_id, await store.get_run(conn, run_id))
 
     async def task_status(self, task_id: str, status: WorkStatus, error: str | None) -> TaskStatusView:
         async with self.uow.begin() as conn:

@@ -24,7 +24,7 @@ from forge_common.events import EventData
 from forge_common.outbox import add_event
 from forge_common.tracing import inject
 
-from .domain import ListQuery, PhasePlan, ReportWrites, Snapshot, StepPlan, StepWrite, TaskPlan
+from .domain import ACTIVE_RUN_STATUSES, ListQuery, PhasePlan, ReportWrites, Snapshot, StepPlan, StepWrite, TaskPlan
 from .records import CommitStatusDue, Delivery, PhaseTally, Run, RunSummary, Step, Task, TaskInPhase, WorkStatus
 
 __all__ = ["SCHEMA", "Conn", "UnitOfWork", "record"]
@@ -194,6 +194,24 @@ async def lock_run(conn: Conn, run_id: str) -> Run | None:
 async def tree_version(conn: Conn, run_id: str) -> int | None:
     version = await _scalar(conn, "SELECT tree_version FROM pipeline.runs WHERE id = %s", (run_id,))
     return int(version) if isinstance(version, int) else None
+
+
+async def get_run(conn: Conn, run_id: str) -> Run | None:
+    """The run row, unlocked (a dry run's look at what a cancellation would find)."""
+    return await _one(conn, Run, f"SELECT {_RUN_COLUMNS} FROM pipeline.runs AS r WHERE r.id = %s", (run_id,))
+
+
+async def active_run_ids(conn: Conn, repository: str, branch: str | None, status: str | None, limit: int) -> list[str]:
+    """Ids of a repository's pending/running runs (optionally of one branch or one of the two
+    statuses), oldest first; at most ``limit``. A scan of ``runs_active_repository_idx``."""
+    statuses = [status] if status is not None else list(ACTIVE_RUN_STATUSES)
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(
+        "SELECT id::text FROM pipeline.runs WHERE repository = %s AND status IN ('pending', 'running') "
+        "AND status::text = ANY(%s) AND (%s::text IS NULL OR branch = %s) ORDER BY created_at, id LIMIT %s",
+        (repository, statuses, branch, branch, limit),
+    )
+    return [str(row[0]) for row in await cur.fetchall()]
 
 
 async def set_run_running(conn: Conn, run_id: str) -> None:
