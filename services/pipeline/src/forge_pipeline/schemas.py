@@ -12,6 +12,7 @@ from forge_common.events import isoformat
 from .records import Step, Task
 
 __all__ = [
+    "ArtifactView",
     "ErrorBody",
     "PhaseView",
     "RunCreate",
@@ -170,6 +171,21 @@ class PhaseView(msgspec.Struct, kw_only=True):
     tasks: list[TaskView]
 
 
+class ArtifactView(msgspec.Struct, kw_only=True):
+    """An artifact the run builds (issue 14): its step's status, and once built where it is."""
+
+    name: str
+    project: str
+    type: str
+    status: str
+    digest: str | None = None
+    size: int | None = None
+    tracking_oci_uri: str | None = None
+    primary_published_uri: str | None = None
+    published_uris: list[str] = msgspec.field(default_factory=list)
+    error: str | None = None
+
+
 class RunDetail(msgspec.Struct, kw_only=True):
     id: str
     repository: str
@@ -183,6 +199,7 @@ class RunDetail(msgspec.Struct, kw_only=True):
     error: str | None = None
     failed_phase: str | None = None
     phases: list[PhaseView]
+    artifacts: list[ArtifactView] = msgspec.field(default_factory=list)
 
 
 class WebhookResult(msgspec.Struct, kw_only=True):

@@ -48,7 +48,7 @@ class ReleaseJobRunner:
             "repository": job.repository,
             "project": item.project,
             "commit_sha": job.commit_sha,
-            "artifacts": [],
+            "artifacts": item.artifacts,
             "trigger": item.trigger,
         }
         token = await self.credentials.token()
