@@ -147,6 +147,16 @@ class GitCache:
         await self._maybe_prune(repository)
         return full, path
 
+    async def fresh_checkout(self, repository: str, sha: str, dest: Path) -> tuple[str, Path]:
+        """A private checkout of ``sha`` at ``dest`` (artifact builds: nothing another job left
+        in the shared worktree can leak into what is published). Objects are borrowed from the
+        mirror (``--shared``), read-only; the clone's own ``.git`` takes every write."""
+        full = await self.resolve(repository, sha)
+        mirror = self.mirror_path(repository)
+        await self._git("clone", "-q", "--shared", "--no-checkout", str(mirror), str(dest))
+        await self._git("-c", "advice.detachedHead=false", "checkout", "-q", "--detach", full, cwd=dest)
+        return full, dest
+
     async def list_files(self, repository: str, full_sha: str) -> list[str]:
         mirror = self.mirror_path(repository)
         _, out, _ = await self._git("--git-dir", str(mirror), "ls-tree", "-r", "--name-only", "-z", full_sha)

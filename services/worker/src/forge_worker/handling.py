@@ -23,6 +23,8 @@ from nats.js import JetStreamContext
 
 from forge_common import jobs
 from forge_common.jobs import (
+    ArtifactJob,
+    ArtifactResult,
     CiJob,
     CiResult,
     DeadLettered,
@@ -40,6 +42,7 @@ from forge_common.results import encode_result, resolve_result
 from forge_common.s3 import S3
 
 from . import health
+from .artifacts import ArtifactJobRunner
 from .ci import CiJobRunner
 from .discovery import run_discovery
 from .git import GitCache
@@ -50,7 +53,9 @@ __all__ = ["CancelledRuns", "JobHandler"]
 
 log = structlog.get_logger(__name__)
 
-AnyReply = JobReply[CiResult] | JobReply[DiscoveryResult] | JobReply[ReleaseResult] | JobReply[None]
+AnyReply = (
+    JobReply[CiResult] | JobReply[DiscoveryResult] | JobReply[ReleaseResult] | JobReply[ArtifactResult] | JobReply[None]
+)
 
 
 class CancelledRuns:
@@ -81,6 +86,7 @@ class JobHandler:
         git: GitCache,
         ci: CiJobRunner,
         releases: ReleaseJobRunner,
+        artifacts: ArtifactJobRunner | None = None,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -91,6 +97,7 @@ class JobHandler:
         self.git = git
         self.ci = ci
         self.releases = releases
+        self.artifacts = artifacts
         # Stream sequence -> newest delivery of each job this process is running.
         self._deliveries: dict[int, Msg] = {}
 
@@ -138,6 +145,8 @@ class JobHandler:
             return await run_discovery(self.git, msgspec.convert(payload, DiscoveryJob))
         if job_type == "release":
             return await self.releases.run(msgspec.convert(payload, ReleaseJob))
+        if job_type == "artifact" and self.artifacts is not None:
+            return await self.artifacts.run(msgspec.convert(payload, ArtifactJob))
         return JobReply[None](status="failed", error=f"this worker cannot run {job_type} jobs")
 
     def _done(self, job_type: JobType, ref: JobRef, reply: AnyReply, deliveries: int, started: float) -> None:

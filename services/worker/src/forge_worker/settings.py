@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from forge_common.settings import CommonSettings
 
 
@@ -27,13 +29,25 @@ class Settings(CommonSettings, kw_only=True):
     worker_client_id: str = "forge-worker"
     worker_client_secret: str = "forge-worker-secret"  # noqa: S105 - the dev issuer's client
     # Which job types this worker pulls, and how many jobs of each it runs at once.
-    worker_types: str = "discovery,ci,release"
+    worker_types: str = "discovery,ci,artifact,release"
     worker_concurrency: int = 8
     # A running step's log is uploaded this often while it runs; the final upload is complete.
     log_flush_interval: float = 2.0
     log_max_bytes: int = 256 * 1024 * 1024
     # SIGTERM grace for a cancelled or timed-out step before SIGKILL of its process group.
     step_kill_grace: float = 1.0
+    # Artifact builds (issue 14). The platform registry for tracking artifacts: empty = the
+    # embedded default, OCI image layouts under oci_layout_dir (the release service's root);
+    # else host[:port][/namespace] (loopback registries over plain HTTP, others with oci_insecure).
+    oci_registry: str = ""
+    oci_insecure: bool = False
+    oci_username: str = ""
+    oci_password: str = ""
+    oci_layout_dir: str = ""
+    data_dir: str = ".forge-data"
+    # github-release destinations: the GitHub REST API and a token allowed to write releases.
+    github_api_url: str = "https://api.github.com"
+    github_token: str = ""
     # Port of the optional /healthz, /readyz, /metrics listener (0: none).
     worker_http_port: int = 0
     # On SIGTERM the worker stops pulling and lets running jobs finish for this long.
@@ -42,6 +56,10 @@ class Settings(CommonSettings, kw_only=True):
     @property
     def callback_url(self) -> str:
         return (self.status_url or self.pipeline_url or self.gateway_url).rstrip("/")
+
+    @property
+    def layout_root(self) -> Path:
+        return Path(self.oci_layout_dir or str(Path(self.data_dir) / "oci")).resolve()
 
     def job_types(self) -> list[str]:
         return [t.strip() for t in self.worker_types.split(",") if t.strip()]

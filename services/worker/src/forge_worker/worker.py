@@ -27,12 +27,15 @@ from forge_common import jobs
 from forge_common.client import ClientCredentials, ServiceClient
 from forge_common.jobs import JobSettings, JobType
 from forge_common.nats import Names, connect
+from forge_common.oci import LayoutStore, OciStore, RegistryStore
 from forge_common.s3 import S3
 
 from . import health
+from .artifacts import ArtifactJobRunner
 from .ci import CiJobRunner
 from .git import GitCache
 from .handling import CancelledRuns, JobHandler
+from .publish import Destinations
 from .release import ReleaseJobRunner
 from .reporter import Reporter
 from .settings import Settings
@@ -75,8 +78,18 @@ class Worker:
         self._nc = nc = await connect(self.settings.nats_url, f"forge-worker-{os.getpid()}")
         js = nc.jetstream(timeout=5.0)
         await jobs.ensure_job_streams(js, self.names, self.job_settings, update=False)
+        ci = await self._ci()
         self.handler = JobHandler(
-            nc, js, self.names, self.s3, self.job_settings, self.cancelled, self.git, await self._ci(), self._release()
+            nc,
+            js,
+            self.names,
+            self.s3,
+            self.job_settings,
+            self.cancelled,
+            self.git,
+            ci,
+            self._release(),
+            self._artifacts(ci),
         )
         await nc.subscribe(self.names.subject("pipeline.cancel.*"), cb=self._on_cancel)
         if self.settings.worker_http_port:
@@ -106,6 +119,29 @@ class Worker:
             step_env,
             self.settings.running_report_delay,
             self.cancelled.__contains__,
+        )
+
+    def _artifacts(self, ci: CiJobRunner) -> ArtifactJobRunner:
+        s = self.settings
+        store: OciStore = (
+            RegistryStore(s.oci_registry, s.oci_insecure, s.oci_username, s.oci_password)
+            if s.oci_registry
+            else LayoutStore(s.layout_root)
+        )
+        destinations = Destinations(
+            ci.runner.s3, s.github_api_url, s.github_token, s.oci_insecure, s.oci_username, s.oci_password
+        )
+        return ArtifactJobRunner(
+            self.git,
+            ci.runner,
+            self.reporter,
+            ci.step_env,
+            store,
+            destinations,
+            self.job_settings.timeout("artifact"),
+            s.running_report_delay,
+            self.cancelled.__contains__,
+            Path(s.git_cache_dir) / "artifact-builds",
         )
 
     def _release(self) -> ReleaseJobRunner:
