@@ -151,7 +151,7 @@ def validate_oci_reference(value: str, field_name: str) -> str:
 
 
 def validate_published_uri(value: str, field_name: str) -> str:
-    if _OCI_REF.match(value):
+    if _OCI_REF.match(value) or _LAYOUT_REF.match(value):
         return value
     try:
         parts = urlsplit(value)
