@@ -31,6 +31,7 @@ import yaml
 
 from forge_common.s3 import S3
 from forge_common.settings import CommonSettings, load
+from forge_dev.stack import wait_http
 from forge_dev.testing import Platform, wait_for_event
 from tests.e2e.test_lifecycle import Lane, _poll, _push
 from tests.release.test_release_oci import REGISTRY_BINARY, Registry
@@ -323,26 +324,30 @@ async def test_a_failed_artifact_fails_the_run_without_a_release(embedded: tuple
     await _expect_failure(lane, gateway, f"acme{lane.tag}/fail-{case}", declaration, cause)
 
 
+class ReadOnlyRegistry(Registry):
+    """Debian's docker-registry in maintenance (read-only) mode: it refuses every push."""
+
+    def start(self) -> None:
+        assert REGISTRY_BINARY is not None
+        config = self.root / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: warn\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
+            "  maintenance:\n    readonly:\n      enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+        )
+        with (self.root / "registry.log").open("ab") as log:
+            self.proc = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)], stdout=log, stderr=log)
+        wait_http(f"http://{self.host}/v2/", 30, self.proc, "docker-registry")
+
+
 @pytest.fixture(scope="module")
 def refusing_lane(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ArtifactLane, str]]:
-    """A real registry in read-only (maintenance) mode: it answers every push with an error."""
     if REGISTRY_BINARY is None:
         pytest.skip("Debian's docker-registry is not installed (apt-get install docker-registry)")
-    root = tmp_path_factory.mktemp("readonly")
-    reg = Registry(root)
-    original = reg.start
-
-    def start_readonly() -> None:
-        original()
-        assert reg.proc is not None
-        reg.stop()
-        config = root / "config.yml"
-        config.write_text(
-            config.read_text().replace("  delete:\n", "  maintenance:\n    readonly:\n      enabled: true\n  delete:\n")
-        )
-        original()
-
-    start_readonly()
+    reg = ReadOnlyRegistry(tmp_path_factory.mktemp("readonly"))
+    reg.start()
     try:
         yield from _lane(platform, tmp_path_factory.mktemp("readonly-lane"), {"FORGE_OCI_REGISTRY": reg.host})
     finally:
