@@ -130,6 +130,8 @@ class CommonSettings(msgspec.Struct, kw_only=True):
             problems.append("FORGE_NATS_URL must be a nats:// URL")
         if self.db_pool_min < 1 or self.db_pool_max < self.db_pool_min:
             problems.append("FORGE_DB_POOL_MIN must be >= 1 and <= FORGE_DB_POOL_MAX")
+        if self.otel_exporter not in ("none", "console", "otlp"):
+            problems.append(f"FORGE_OTEL_EXPORTER={self.otel_exporter!r}: use none, console or otlp")
         if self.outbox_retention <= 0:
             problems.append("FORGE_OUTBOX_RETENTION must be a positive duration such as 7d or 36h")
         return problems
