@@ -143,7 +143,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(10)
     print(f"push of a {size_mb:.0f} MB binary artifact to docker-registry on loopback, {args.rounds} rounds")
-    print(f"{"client":<32}{'median s':>10}{'MB/s':>10}")
+    print(f"{'client':<32}{'median s':>10}{'MB/s':>10}")
     for label, times in results.items():
         median = statistics.median(times)
         print(f"{label:<32}{median:>10.2f}{size_mb / median:>10.1f}")
