@@ -97,7 +97,8 @@ class ArtifactJobRunner:
         running = asyncio.create_task(self.reporter.running_after(job.job_id, self.running_report_delay, cancel))
         outcome = await self.runner.run(
             run_id=job.run_id,
-            argv=["bash", "-e", "-c", job.build],
+            # The same argv and runner as a CI shell step: whatever wraps steps wraps builds.
+            argv=self.runner.argv("shell", job.build) or ["bash", "-e", "-c", job.build],
             cwd=workdir,
             env=self._env(job, checkout, workdir),
             timeout=timeout,
