@@ -319,7 +319,21 @@ async def list_runs(conn: Conn, query: ListQuery) -> tuple[list[RunSummary], int
         """,
         params,
     )
-    total = await _scalar(conn, f"SELECT count(*) FROM pipeline.runs WHERE {cond}", params)
+    if (
+        query.branch is None
+        and query.triggered_by is None
+        and query.created_after is None
+        and query.created_before is None
+    ):
+        # Kept by triggers (migration 0011): no count over a repository's every run.
+        status_cond = " AND status = %(status)s::pipeline.run_status" if query.status is not None else ""
+        total = await _scalar(
+            conn,
+            f"SELECT coalesce(sum(runs), 0)::bigint FROM pipeline.run_counts WHERE repository = %(repository)s{status_cond}",
+            params,
+        )
+    else:
+        total = await _scalar(conn, f"SELECT count(*) FROM pipeline.runs WHERE {cond}", params)
     return rows, int(total) if isinstance(total, int) else 0
 
 
