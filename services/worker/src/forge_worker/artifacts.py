@@ -30,7 +30,8 @@ from forge_common.oci import OciError, OciStore
 from .git import GitCache, GitError
 from .packaging import Packaged, PackageError, package
 from .publish import Destinations, PublishError
-from .reporter import Reporter
+from .reporter import InfraError, Reporter
+from .sandbox import Limits, Workspace
 from .steps import StepRunner, log_key
 
 __all__ = ["ArtifactJobRunner", "tracking_repository"]
@@ -50,7 +51,7 @@ class ArtifactJobRunner:
         git: GitCache,
         runner: StepRunner,
         reporter: Reporter,
-        step_env: dict[str, str],
+        defaults: Limits,
         store: OciStore,
         destinations: Destinations,
         default_timeout: float,
@@ -61,7 +62,7 @@ class ArtifactJobRunner:
         self.git = git
         self.runner = runner
         self.reporter = reporter
-        self.step_env = step_env
+        self.defaults = defaults
         self.store = store
         self.destinations = destinations
         self.default_timeout = default_timeout
@@ -93,37 +94,53 @@ class ArtifactJobRunner:
             return self._failed(job, f"project directory {job.project_path!r} does not exist at {full}")
         key = log_key(job.run_id, "artifacts", job.project, job.name)
         timeout = float(job.timeout_seconds) if job.timeout_seconds else self.default_timeout
-        cancel = asyncio.Event()
-        running = asyncio.create_task(self.reporter.running_after(job.job_id, self.running_report_delay, cancel))
-        outcome = await self.runner.run(
-            run_id=job.run_id,
-            # The same argv and runner as a CI shell step: whatever wraps steps wraps builds.
-            argv=self.runner.argv("shell", job.build) or ["bash", "-e", "-c", job.build],
-            cwd=workdir,
-            env=self._env(job, checkout, workdir),
-            timeout=timeout,
-            key=key,
-            cancel=cancel,
-        )
-        if not running.done():
-            running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
-        logs = key if outcome.has_log else None
-        if outcome.cancelled or self.is_cancelled(job.run_id):
-            return ArtifactReply(status="cancelled", error="the run was cancelled")
-        if outcome.timed_out:
-            return self._failed(job, f"the build timed out after {timeout:g}s", logs)
-        if outcome.exit_code != 0:
-            return self._failed(job, f"the build failed with exit code {outcome.exit_code}", logs)
-        product = (workdir / job.path).resolve()
-        if not product.is_relative_to(checkout.resolve()):
-            return self._failed(job, f"path {job.path!r} points outside the checkout", logs)
+        cwd = str(workdir.relative_to(checkout.resolve()))
+        # The build runs exactly as a CI step does: the same sandbox, a private workspace copy.
         try:
-            packaged = await asyncio.to_thread(package, job.type, job.name, product, scratch)
-        except PackageError as exc:
-            return self._failed(job, f"path {job.path!r}: {exc}", logs)
-        return await self._push(job, packaged, logs)
+            workspace = await Workspace.for_sandbox(self.runner.sandbox, checkout)
+        except OSError as exc:
+            raise InfraError(f"cannot prepare the build's workspace: {exc}") from exc
+        try:
+            cancel = asyncio.Event()
+            running = asyncio.create_task(self.reporter.running_after(job.job_id, self.running_report_delay, cancel))
+            limits = Limits(
+                memory=self.defaults.memory, processes=self.defaults.processes, timeout=timeout, network=True
+            )
+            outcome = await self.runner.run(
+                run_id=job.run_id,
+                # The same argv and runner as a CI shell step: whatever wraps steps wraps builds.
+                argv=self.runner.argv("shell", job.build) or ["bash", "-e", "-c", job.build],
+                workspace=workspace,
+                cwd=cwd,
+                env=self._env(job),
+                limits=limits,
+                key=key,
+                cancel=cancel,
+            )
+            if not running.done():
+                running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            logs = key if outcome.has_log else None
+            if outcome.cancelled or self.is_cancelled(job.run_id):
+                return ArtifactReply(status="cancelled", error="the run was cancelled")
+            if outcome.timed_out:
+                return self._failed(job, f"the build timed out after {timeout:g}s", logs)
+            if outcome.limit:
+                return self._failed(job, f"the build exceeded its {outcome.limit} limit", logs)
+            if outcome.exit_code != 0:
+                return self._failed(job, f"the build failed with exit code {outcome.exit_code}", logs)
+            root = workspace.path.resolve()
+            product = (root / cwd / job.path).resolve()
+            if not product.is_relative_to(root):
+                return self._failed(job, f"path {job.path!r} points outside the checkout", logs)
+            try:
+                packaged = await asyncio.to_thread(package, job.type, job.name, product, scratch)
+            except PackageError as exc:
+                return self._failed(job, f"path {job.path!r}: {exc}", logs)
+            return await self._push(job, packaged, logs)
+        finally:
+            await asyncio.to_thread(workspace.remove)
 
     async def _push(self, job: ArtifactJob, packaged: Packaged, logs: str | None) -> ArtifactReply:
         try:
@@ -154,9 +171,10 @@ class ArtifactJobRunner:
         log.info("artifact.built", run_id=job.run_id, project=job.project, artifact=job.name, digest=ref.digest)
         return ArtifactReply(status="success", result=result)
 
-    def _env(self, job: ArtifactJob, checkout: Path, workdir: Path) -> dict[str, str]:
+    @staticmethod
+    def _env(job: ArtifactJob) -> dict[str, str]:
+        """The build's whole environment, like a step's (sandbox.ENVIRONMENT_ALLOW_LIST)."""
         return {
-            **self.step_env,
             "CI": "true",
             "FORGE_RUN_ID": job.run_id,
             "FORGE_TASK_ID": job.task_id,
@@ -167,8 +185,8 @@ class ArtifactJobRunner:
             "FORGE_PHASE": "artifacts",
             "FORGE_PROJECT": job.project,
             "FORGE_STEP": job.name,
-            "FORGE_CHECKOUT": str(checkout),
             "FORGE_ARTIFACT": job.name,
             "FORGE_ARTIFACT_TYPE": job.type,
-            "FORGE_ARTIFACT_PATH": str(workdir / job.path),
+            # Relative to the project directory (the build's working directory).
+            "FORGE_ARTIFACT_PATH": job.path,
         }

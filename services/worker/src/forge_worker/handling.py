@@ -40,6 +40,7 @@ from forge_common.jobs import (
     ReleaseResult,
 )
 from forge_common.nats import Names
+from forge_common.redact import Redactor
 from forge_common.results import encode_result, resolve_result
 from forge_common.s3 import S3
 from forge_common.tracing import extract
@@ -91,6 +92,7 @@ class JobHandler:
         ci: CiJobRunner,
         releases: ReleaseJobRunner,
         artifacts: ArtifactJobRunner | None = None,
+        redact: Redactor | None = None,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -102,6 +104,8 @@ class JobHandler:
         self.ci = ci
         self.releases = releases
         self.artifacts = artifacts
+        # Replies and dead-letter reasons become run errors: no secret of this process in them.
+        self.redact = redact or Redactor()
         # Stream sequence -> newest delivery of each job this process is running.
         self._deliveries: dict[int, Msg] = {}
 
@@ -136,6 +140,8 @@ class JobHandler:
             ref = msgspec.convert(payload, JobRef)
             span.set_attribute("forge.run_id", ref.run_id)
             reply = await self._run(job_type, payload, ref, deliveries)
+            if reply.error:
+                reply.error = self.redact(reply.error)
             if reply.status != "success":
                 span.set_status(Status(StatusCode.ERROR, reply.error or reply.status))
             reply_to = headers.get(jobs.HDR_REPLY_TO, "")
@@ -191,7 +197,7 @@ class JobHandler:
     async def _failed_delivery(
         self, job_type: JobType, msg: Msg, headers: dict[str, str], ref: JobRef, deliveries: int, exc: Exception
     ) -> None:
-        reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, InfraError) else str(exc)
+        reason = self.redact(f"{type(exc).__name__}: {exc}" if not isinstance(exc, InfraError) else str(exc))
         limit = self.job_settings.job_max_deliver
         log.warning("worker.job_failed", job_type=job_type, run_id=ref.run_id, deliveries=deliveries, error=reason)
         if deliveries < limit:

@@ -28,6 +28,7 @@ from forge_common.client import ClientCredentials, ServiceClient
 from forge_common.jobs import JobSettings, JobType
 from forge_common.nats import Names, connect
 from forge_common.oci import LayoutStore, OciStore, RegistryStore
+from forge_common.redact import Redactor, url_credentials
 from forge_common.s3 import S3
 
 from . import health
@@ -38,6 +39,7 @@ from .handling import CancelledRuns, JobHandler
 from .publish import Destinations
 from .release import ReleaseJobRunner
 from .reporter import Reporter
+from .sandbox import Limits, Sandbox
 from .settings import Settings
 from .steps import ProcessTable, StepRunner
 
@@ -53,16 +55,29 @@ class Worker:
         self.names = Names(settings.nats_prefix)
         self.s3 = S3.from_settings(settings)
         cache = Path(settings.git_cache_dir)
-        self.git = GitCache(cache, settings.git_url_template)
+        # What must never appear in a run's errors or the logs this worker writes.
+        self.redact = Redactor(
+            [
+                settings.worker_client_secret,
+                settings.s3_secret_key,
+                *url_credentials(settings.git_url_template),
+                *url_credentials(settings.nats_url),
+                *url_credentials(settings.database_url),
+            ]
+        )
+        self.git = GitCache(cache, settings.git_url_template, redact=self.redact)
         self.table = ProcessTable(cache / "running")
         self.credentials = ClientCredentials(
             settings.oidc_issuer, settings.worker_client_id, settings.worker_client_secret
         )
-        self.reporter = Reporter(settings.callback_url, self.credentials, attempts=settings.status_attempts)
+        self.reporter = Reporter(
+            settings.callback_url, self.credentials, attempts=settings.status_attempts, redact=self.redact
+        )
         self.releases = ServiceClient(
             (settings.release_url or settings.gateway_url or "http://invalid").rstrip("/"), "release"
         )
         self.cancelled = CancelledRuns()
+        self.sandbox: Sandbox | None = None
         self.handler: JobHandler | None = None
         self._nc: NATS | None = None
         # aiobotocore's client and its context manager have no type information.
@@ -73,7 +88,23 @@ class Worker:
         self._http: web.AppRunner | None = None
 
     async def start(self) -> None:
+        """Raises :class:`SandboxUnavailable` (before connecting anywhere) when steps cannot be
+        sandboxed on this machine and FORGE_STEP_SANDBOX is not ``none``."""
         _use_pidfd_child_watcher()
+        settings = self.settings
+        self.sandbox = await Sandbox.create(
+            settings.step_sandbox,
+            work_dir=settings.step_work_path,
+            user_name=settings.step_user,
+            readonly_paths=tuple(p for p in settings.step_readonly_paths.split(":") if p),
+            writable_paths=tuple(p for p in settings.step_writable_paths.split(":") if p),
+            watch_interval=settings.step_watch_interval,
+            kill_grace=settings.step_kill_grace,
+        )
+        if self.sandbox.kind == "none":
+            log.warning("worker.no_sandbox", detail="FORGE_STEP_SANDBOX=none: steps run unsandboxed")
+        else:
+            log.info("worker.sandbox", kind=self.sandbox.kind, tool=self.sandbox.tool, user=self.sandbox.user)
         self.table.reap_orphans()
         self._nc = nc = await connect(self.settings.nats_url, f"forge-worker-{os.getpid()}")
         js = nc.jetstream(timeout=5.0)
@@ -90,6 +121,7 @@ class Worker:
             ci,
             self._release(),
             self._artifacts(ci),
+            redact=self.redact,
         )
         await nc.subscribe(self.names.subject("pipeline.cancel.*"), cb=self._on_cancel)
         if self.settings.worker_http_port:
@@ -102,21 +134,26 @@ class Worker:
     async def _ci(self) -> CiJobRunner:
         self._s3_context = self.s3.client()
         s3_client = await self._s3_context.__aenter__()
+        assert self.sandbox is not None
         runner = StepRunner(
             s3_client,
             self.s3.bucket,
             self.table,
             self.settings.log_flush_interval,
-            self.settings.step_kill_grace,
             self.settings.log_max_bytes,
+            self.sandbox,
         )
-        step_env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
+        defaults = Limits(
+            memory=self.settings.step_memory_bytes,
+            processes=self.settings.step_processes,
+            timeout=self.settings.step_timeout,
+        )
         return CiJobRunner(
             self.git,
             runner,
             self.table,
             self.reporter,
-            step_env,
+            defaults,
             self.settings.running_report_delay,
             self.cancelled.__contains__,
         )
@@ -135,7 +172,7 @@ class Worker:
             self.git,
             ci.runner,
             self.reporter,
-            ci.step_env,
+            ci.defaults,
             store,
             destinations,
             self.job_settings.timeout("artifact"),
