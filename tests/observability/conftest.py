@@ -151,6 +151,9 @@ def observed() -> Iterator[Observed]:
         "FORGE_GIT_URL_TEMPLATE": repos.as_uri() + "/{repository}.git",
         "FORGE_WORKER_HTTP_PORT": str(worker_port),
         "FORGE_STEP_READONLY_PATHS": str(gates),
+        # Workers pull artifact jobs by default; this one leaves them queued, so an artifact job
+        # published by a test is consumer lag (forge_jobs_pending{job_type="artifact"}).
+        "FORGE_WORKER_TYPES": "discovery,ci,release",
     }
     try:
         with session_platform(env=env, workers=1) as platform:

@@ -36,6 +36,7 @@ def add_api_commands(sub: Any, leaf: Any) -> None:
     """``leaf(group, name, help=...)`` adds a command that takes the common options."""
     _runs_commands(sub, leaf)
     _release_commands(sub, leaf)
+    _artifact_commands(sub, leaf)
     _deployment_commands(sub, leaf)
     _approval_commands(sub, leaf)
 
@@ -163,6 +164,31 @@ def _release_commands(sub: Any, leaf: Any) -> None:
             params={"limit": a.limit, "offset": a.offset, "cursor": a.cursor},
         )
     )
+
+
+def _artifact_commands(sub: Any, leaf: Any) -> None:
+    art = sub.add_parser("artifacts", help="artifacts of releases").add_subparsers(
+        dest="artifacts_command", required=True
+    )
+    p = leaf(art, "pull", writes_file=True, help="download a release's artifact, verifying its digest")
+    p.add_argument("repository")
+    p.add_argument("project")
+    p.add_argument("release_id", metavar="release", help="commit SHA, number, tag or alias")
+    p.add_argument("artifact", help="the artifact's name")
+    p.add_argument(
+        "-o",
+        "--output",
+        dest="path",
+        required=True,
+        help="where to write it (a file; a container becomes an OCI image layout directory)",
+    )
+
+    def pull(args: argparse.Namespace) -> int:
+        from .artifacts import pull as run
+
+        return run(args)
+
+    p.set_defaults(func=pull)
 
 
 def _deployment_commands(sub: Any, leaf: Any) -> None:

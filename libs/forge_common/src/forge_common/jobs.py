@@ -52,6 +52,9 @@ __all__ = [
     "HDR_REPLY_TO",
     "JOBS_STREAM",
     "JOB_TYPES",
+    "ArtifactJob",
+    "ArtifactResult",
+    "ArtifactType",
     "CiJob",
     "CiResult",
     "DeadLettered",
@@ -62,9 +65,11 @@ __all__ = [
     "JobSettings",
     "JobType",
     "Plan",
+    "PlannedArtifact",
     "PlannedPhase",
     "PlannedStep",
     "PlannedTask",
+    "ReleaseArtifact",
     "ReleaseCreated",
     "ReleaseJob",
     "ReleaseProject",
@@ -207,6 +212,34 @@ class CiJob(msgspec.Struct, kw_only=True):
     attempt: str = ""
 
 
+ArtifactType = Literal["container", "binary", "archive"]
+
+
+class ArtifactJob(msgspec.Struct, kw_only=True):
+    """``pipeline.artifacts.{run}.{artifact}``: build one artifact a project declares on a fresh
+    checkout, push the tracking artifact, publish it to its primary destinations.
+
+    ``job_id`` is the artifact's id (its step in the run's ``artifacts`` phase)."""
+
+    job_id: str
+    # The dispatch attempt's secret id; the reply must carry it back (see ``JobReply``).
+    attempt: str = ""
+    run_id: str
+    task_id: str
+    repository: str
+    commit_sha: str
+    branch: str = ""
+    tag: str | None = None
+    project: str
+    project_path: str = "."
+    name: str
+    type: ArtifactType
+    build: str
+    path: str
+    publish: list[str] = msgspec.field(default_factory=list)
+    timeout_seconds: int | None = None
+
+
 class ReleaseTrigger(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Why a project is released; sent as is to ``POST /v1/releases``."""
 
@@ -216,9 +249,21 @@ class ReleaseTrigger(msgspec.Struct, kw_only=True, omit_defaults=True):
     triggered_by: str | None = None
 
 
+class ReleaseArtifact(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One built artifact as a release lists it (``POST /v1/releases`` ``artifacts[]``)."""
+
+    name: str
+    type: ArtifactType
+    tracking_oci_uri: str
+    primary_published_uri: str
+    digest: str | None = None
+    size: int | None = None
+
+
 class ReleaseProject(msgspec.Struct, kw_only=True):
     project: str
     trigger: ReleaseTrigger
+    artifacts: list[ReleaseArtifact] = msgspec.field(default_factory=list)
 
 
 class ReleaseJob(msgspec.Struct, kw_only=True):
@@ -278,6 +323,19 @@ class PlannedTask(msgspec.Struct, kw_only=True):
     steps: list[PlannedStep] = msgspec.field(default_factory=list)
 
 
+class PlannedArtifact(msgspec.Struct, kw_only=True):
+    """One ``[[artifacts]]`` entry of a project file."""
+
+    project: str
+    project_path: str = "."
+    name: str
+    type: ArtifactType
+    build: str
+    path: str
+    publish: list[str] = msgspec.field(default_factory=list)
+    timeout_seconds: int | None = None
+
+
 class PlannedPhase(msgspec.Struct, kw_only=True):
     name: str
     group_number: int
@@ -291,6 +349,8 @@ class Plan(msgspec.Struct, kw_only=True):
 
     phases: list[PlannedPhase]
     release_triggers: dict[str, list[ReleaseRule]] = msgspec.field(default_factory=dict)
+    # Built once every CI phase succeeded, in a phase named ``artifacts`` after the last group.
+    artifacts: list[PlannedArtifact] = msgspec.field(default_factory=list)
 
 
 class DiscoveryResult(Plan, kw_only=True):
@@ -310,6 +370,19 @@ class CiResult(msgspec.Struct, kw_only=True):
     """The steps that ran (or had run on an earlier delivery), in order."""
 
     steps: list[StepResult] = msgspec.field(default_factory=list)
+
+
+class ArtifactResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What an artifact job built and where it went. ``digest`` is the tracking artifact's
+    manifest digest (a container's own image digest); ``size`` the bytes of its content."""
+
+    name: str
+    type: ArtifactType
+    digest: str = ""
+    size: int = 0
+    tracking_oci_uri: str = ""
+    published_uris: list[str] = msgspec.field(default_factory=list)
+    logs_s3_key: str | None = None
 
 
 class ReleaseCreated(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -13,6 +13,7 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "ArtifactRow",
     "CommitStatusDue",
     "Delivery",
     "DispatchRun",
@@ -162,3 +163,24 @@ class Dispatched(msgspec.Struct, kw_only=True):
     dispatched_at: dt.datetime
     now: dt.datetime
     attempt: str
+
+
+class ArtifactRow(msgspec.Struct, kw_only=True):
+    """One artifact of a run (``pipeline.artifacts``) with its step's status."""
+
+    id: str
+    task_id: str
+    project: str
+    project_path: str
+    name: str
+    artifact_type: Literal["container", "binary", "archive"]
+    build: str
+    path: str
+    publish: list[str]
+    timeout_seconds: int | None
+    status: WorkStatus
+    digest: str | None
+    size: int | None
+    tracking_oci_uri: str | None
+    published_uris: list[str]
+    error: str | None

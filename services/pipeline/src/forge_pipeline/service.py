@@ -35,6 +35,7 @@ from forge_common import batch
 from forge_common.batch import BatchResult
 from forge_common.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from forge_common.events import PipelineRunCreated, isoformat
+from forge_common.jobs import PlannedArtifact
 from forge_common.repositories import RepositoryAllowList
 
 from . import domain, metrics, store
@@ -42,6 +43,7 @@ from .domain import ListQuery, PhasePlan, StepReport, TaskReport
 from .presign import Presigner
 from .records import PhaseTally, Run, RunStatus, Step, Task, WorkStatus
 from .schemas import (
+    ArtifactView,
     PhaseView,
     RunDetail,
     RunList,
@@ -248,9 +250,14 @@ async def cancel_run(conn: Conn, run_id: str) -> Run:
 
 
 async def store_discovery(
-    conn: Conn, run_id: str, phases: list[PhasePlan], release_triggers: object = None
+    conn: Conn,
+    run_id: str,
+    phases: list[PhasePlan],
+    release_triggers: object = None,
+    artifacts: list[PlannedArtifact] | None = None,
 ) -> list[PhasePlan]:
-    """Record what discovery found: phases -> tasks -> steps, ids assigned in the returned plan.
+    """Record what discovery found: phases -> tasks -> steps, ids assigned in the returned plan,
+    and the projects' artifacts as a last phase, ``artifacts`` (``domain.artifacts_phase``).
 
     Idempotent: when the run already has a tree (a redelivered discovery reply, or another
     orchestrator replica got there first) the stored tree is returned unchanged.
@@ -260,8 +267,13 @@ async def store_discovery(
         raise NotFound(f"pipeline run {run_id} not found", {"id": run_id})
     if run.discovered_at is not None or await store.has_phases(conn, run_id):
         return await store.load_plan(conn, run_id)
+    building = domain.artifacts_phase(phases, artifacts or [])
+    if building is not None:
+        phases = [*phases, building]
     domain.check_plan(phases)
     await store.insert_plan(conn, run_id, phases)
+    if building is not None:
+        await store.insert_artifacts(conn, run_id, building, artifacts or [])
     await store.mark_discovered(conn, run_id, release_triggers)
     return phases
 
@@ -365,7 +377,32 @@ class TreeCache:
             self._bytes -= len(evicted)
 
 
-def _run_detail(run: Run, phase_rows: list[store.PhaseTuple], tasks_by_phase: dict[str, list[TaskView]]) -> RunDetail:
+def _artifact_views(rows: list[store.ArtifactTuple]) -> list[ArtifactView]:
+    views = []
+    for name, project, kind, status, digest, size, tracking, published, error in rows:
+        views.append(
+            ArtifactView(
+                name=name,
+                project=project,
+                type=kind,
+                status=status,
+                digest=digest,
+                size=size,
+                tracking_oci_uri=tracking,
+                primary_published_uri=(published[0] if published else tracking),
+                published_uris=published,
+                error=error,
+            )
+        )
+    return views
+
+
+def _run_detail(
+    run: Run,
+    phase_rows: list[store.PhaseTuple],
+    tasks_by_phase: dict[str, list[TaskView]],
+    artifact_rows: list[store.ArtifactTuple],
+) -> RunDetail:
     phases = [
         PhaseView(
             id=pid,
@@ -392,6 +429,7 @@ def _run_detail(run: Run, phase_rows: list[store.PhaseTuple], tasks_by_phase: di
         error=run.error,
         failed_phase=run.failed_phase,
         phases=phases,
+        artifacts=_artifact_views(artifact_rows),
     )
 
 
@@ -409,7 +447,7 @@ async def run_tree_json(
         cached = cache.get(run_id, version, window)
         if cached is not None:
             return cached
-    run, phase_rows, task_rows, step_rows = await store.tree_rows(conn, run_id)
+    run, phase_rows, task_rows, step_rows, artifact_rows = await store.tree_rows(conn, run_id)
     if run is None:
         raise NotFound(f"pipeline run {run_id} not found", {"id": run_id})
 
@@ -431,7 +469,7 @@ async def run_tree_json(
         task = TaskView(id=tid, project_name=project, status=status, steps=[s for _, s in ordered])
         tasks_by_phase.setdefault(phase_id, []).append(task)
 
-    encoded = _encoder.encode(_run_detail(run, phase_rows, tasks_by_phase))
+    encoded = _encoder.encode(_run_detail(run, phase_rows, tasks_by_phase, artifact_rows))
     if cache is not None:
         # Under the version read with the tree: the tree rows are at least that new.
         cache.put(run_id, run.tree_version, window, encoded)

@@ -12,7 +12,7 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Literal, TypeVar, cast
+from typing import Literal, NamedTuple, TypeVar, cast
 
 import msgspec
 import psycopg
@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from forge_common.events import EventData
+from forge_common.jobs import PlannedArtifact
 from forge_common.outbox import add_event
 from forge_common.tracing import inject
 
@@ -371,25 +372,49 @@ FROM pipeline.steps s WHERE s.run_id = %s
 """
 
 
+# An artifact's status is its step's.
+_TREE_ARTIFACTS = """
+SELECT a.name, a.project, a.artifact_type, s.status::text, a.digest, a.size, a.tracking_oci_uri,
+       a.published_uris, a.error
+FROM pipeline.artifacts a JOIN pipeline.steps s ON s.id = a.id
+WHERE a.run_id = %s ORDER BY a.project, a.name
+"""
+
+
 # The tree's rows stay plain tuples (no per-row object) for the thousand-step case.
 PhaseTuple = tuple[str, str, int, str, dt.datetime | None, dt.datetime | None]
 TaskTuple = tuple[str, str, str, str]
 StepTuple = tuple[str, int, str, str, str, int | None, str | None]
+ArtifactTuple = tuple[str, str, str, str, str | None, int | None, str | None, list[str], str | None]
 
 
-async def tree_rows(conn: Conn, run_id: str) -> tuple[Run | None, list[PhaseTuple], list[TaskTuple], list[StepTuple]]:
-    """The run and its phases, tasks and steps: four queries sent in one round trip, whatever
-    the size of the tree; plain tuples (no per-row dict) for the thousand-step case."""
+class TreeRows(NamedTuple):
+    run: Run | None
+    phases: list[PhaseTuple]
+    tasks: list[TaskTuple]
+    steps: list[StepTuple]
+    artifacts: list[ArtifactTuple]
+
+
+async def tree_rows(conn: Conn, run_id: str) -> TreeRows:
+    """The run and its phases, tasks, steps and artifacts: five queries sent in one round trip,
+    whatever the size of the tree; plain tuples (no per-row dict) for the thousand-step case."""
     async with conn.pipeline():
         run_cur = await _send(conn, Run, f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.id = %s", (run_id,))
         cursors = []
-        for sql in (_TREE_PHASES, _TREE_TASKS, _TREE_STEPS):
+        for sql in (_TREE_PHASES, _TREE_TASKS, _TREE_STEPS, _TREE_ARTIFACTS):
             cur = conn.cursor(row_factory=tuple_row)
             await cur.execute(sql, (run_id,))
             cursors.append(cur)
     run = await run_cur.fetchone()
-    phases, tasks, steps = [await c.fetchall() for c in cursors]
-    return run, cast(list[PhaseTuple], phases), cast(list[TaskTuple], tasks), cast(list[StepTuple], steps)
+    phases, tasks, steps, artifacts = [await c.fetchall() for c in cursors]
+    return TreeRows(
+        run,
+        cast(list[PhaseTuple], phases),
+        cast(list[TaskTuple], tasks),
+        cast(list[StepTuple], steps),
+        cast(list[ArtifactTuple], artifacts),
+    )
 
 
 # --- discovery ----------------------------------------------------------------------------------
@@ -452,6 +477,37 @@ async def insert_plan(conn: Conn, run_id: str, phases: list[PhasePlan]) -> None:
             "steps",
             "id, task_id, run_id, position, name, action, command, timeout_seconds, memory_bytes, processes, network",
             step_rows,
+        )
+
+
+async def insert_artifacts(conn: Conn, run_id: str, phase: PhasePlan, artifacts: list[PlannedArtifact]) -> None:
+    """The declarations behind the ``artifacts`` phase (inserted by ``insert_plan`` just
+    before, so its steps have ids): one row per artifact, keyed by its step's id."""
+    step_ids = {(t.project_name, s.name): (t.id, s.id) for t in phase.tasks for s in t.steps}
+    rows: list[tuple[object, ...]] = []
+    for a in artifacts:
+        task_id, step_id = step_ids[(a.project, a.name)]
+        rows.append(
+            (
+                step_id,
+                run_id,
+                task_id,
+                a.project,
+                a.project_path,
+                a.name,
+                a.type,
+                a.build,
+                a.path,
+                Jsonb(a.publish),
+                a.timeout_seconds,
+            )
+        )
+    if rows:
+        await _copy(
+            conn,
+            "artifacts",
+            "id, run_id, task_id, project, project_path, name, artifact_type, build, path, publish, timeout_seconds",
+            rows,
         )
 
 

@@ -98,7 +98,9 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
             project=data.project,
             commit_sha=data.commit_sha,
             pipeline_run_id=data.pipeline_run_id,
-            artifacts=[(a.name, a.type, a.tracking_oci_uri, a.primary_published_uri) for a in data.artifacts],
+            artifacts=[
+                (a.name, a.type, a.tracking_oci_uri, a.primary_published_uri, a.digest, a.size) for a in data.artifacts
+            ],
             trigger=(data.trigger.trigger_type, data.trigger.branch, data.trigger.tag) if data.trigger else None,
             created_by=principal.identity,
             service_account=principal.service_account,

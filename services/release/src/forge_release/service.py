@@ -38,6 +38,7 @@ from forge_common.repositories import RepositoryAllowList
 from . import store
 from .domain import (
     AliasRow,
+    ArtifactFields,
     NewRelease,
     classify_identifier,
     creation_aliases,
@@ -98,8 +99,8 @@ class CreateRelease:
     project: str
     commit_sha: str
     pipeline_run_id: str | None
-    # (name, type, tracking_oci_uri, primary_published_uri) per artifact
-    artifacts: list[tuple[str, str, str, str]]
+    # (name, type, tracking_oci_uri, primary_published_uri, digest, size) per artifact
+    artifacts: list[ArtifactFields]
     # (trigger_type, branch, tag); None is a manual release
     trigger: tuple[str, str | None, str | None] | None
     created_by: str

@@ -29,13 +29,16 @@ from forge_common.client import ClientCredentials, ServiceClient
 from forge_common.jobs import JobSettings, JobType
 from forge_common.nats import Names, connect
 from forge_common.nats_auth import connect_options
+from forge_common.oci import LayoutStore, OciStore, RegistryStore
 from forge_common.redact import Redactor, url_credentials
 from forge_common.s3 import S3
 
 from . import health
+from .artifacts import ArtifactJobRunner
 from .ci import CiJobRunner
 from .git import GitCache
 from .handling import CancelledRuns, JobHandler
+from .publish import Destinations
 from .release import ReleaseJobRunner
 from .reporter import Reporter
 from .sandbox import Limits, Sandbox
@@ -112,6 +115,7 @@ class Worker:
         )
         js = nc.jetstream(timeout=5.0)
         await self._wait_job_streams(js)
+        ci = await self._ci()
         self.handler = JobHandler(
             nc,
             js,
@@ -120,8 +124,9 @@ class Worker:
             self.job_settings,
             self.cancelled,
             self.git,
-            await self._ci(),
+            ci,
             self._release(),
+            self._artifacts(ci),
             redact=self.redact,
         )
         await nc.subscribe(self.names.subject("pipeline.cancel.*"), cb=self._on_cancel)
@@ -168,6 +173,29 @@ class Worker:
             defaults,
             self.settings.running_report_delay,
             self.cancelled.__contains__,
+        )
+
+    def _artifacts(self, ci: CiJobRunner) -> ArtifactJobRunner:
+        s = self.settings
+        store: OciStore = (
+            RegistryStore(s.oci_registry, s.oci_insecure, s.oci_username, s.oci_password)
+            if s.oci_registry
+            else LayoutStore(s.layout_root)
+        )
+        destinations = Destinations(
+            ci.runner.s3, s.github_api_url, s.github_token, s.oci_insecure, s.oci_username, s.oci_password
+        )
+        return ArtifactJobRunner(
+            self.git,
+            ci.runner,
+            self.reporter,
+            ci.defaults,
+            store,
+            destinations,
+            self.job_settings.timeout("artifact"),
+            s.running_report_delay,
+            self.cancelled.__contains__,
+            Path(s.git_cache_dir) / "artifact-builds",
         )
 
     def _release(self) -> ReleaseJobRunner:

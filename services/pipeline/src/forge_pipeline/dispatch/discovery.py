@@ -62,7 +62,7 @@ async def _store_plan(driver: RunDriver, plan: jobs.DiscoveryResult) -> None:
     try:
         phases = msgspec.convert(msgspec.to_builtins(plan.phases), list[PhasePlan])
         async with driver.pool.connection() as conn, conn.transaction():
-            await service.store_discovery(conn, driver.run_id, phases, plan.release_triggers)
+            await service.store_discovery(conn, driver.run_id, phases, plan.release_triggers, plan.artifacts)
     except (msgspec.ValidationError, InvalidRequest) as exc:
         # A plan the service refuses would fail the same way on every retry.
         await driver.fail(f"discovery returned an unusable plan: {exc}", "discovery")

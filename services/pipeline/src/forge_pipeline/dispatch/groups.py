@@ -16,9 +16,10 @@ import structlog
 
 from forge_common import jobs
 from forge_pipeline import execution_store, service, store
-from forge_pipeline.domain import FINISHED, PhasePlan, TaskPlan
+from forge_pipeline.domain import ARTIFACTS_PHASE, FINISHED, PhasePlan, TaskPlan
 from forge_pipeline.records import DispatchRun
 
+from .artifacts import run_artifacts
 from .driver import RunDriver, RunEnded
 from .timeouts import TaskDeadlines
 
@@ -42,6 +43,9 @@ async def run_groups(driver: RunDriver, run: DispatchRun) -> None:
             await driver.fail_if_active("a phase failed")
             raise RunEnded
         if all(p.status in ("success", "skipped") for p in phases):
+            continue
+        if [p.name for p in phases] == [ARTIFACTS_PHASE]:
+            await run_artifacts(driver, run, phases[0])
             continue
         await _run_group(driver, run, phases)
     async with driver.pool.connection() as conn, conn.transaction():
