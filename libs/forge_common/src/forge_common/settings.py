@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from .github import GitHubConfig
+
 __all__ = ["CommonSettings", "SettingsError", "load", "parse_duration"]
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -112,6 +114,15 @@ class CommonSettings(msgspec.Struct, kw_only=True):
     otel_exporter: str = "none"
     # How long published outbox rows are kept before the relay purges them (a duration).
     outbox_retention: float = 7 * 86400.0
+    # GitHub REST API (forge_common.github): commit statuses (pipeline, release) and deployments
+    # (deployment service). Empty token: GitHub reporting is off. The sender looks for due calls
+    # every poll interval and gives one up after max attempts (retried with backoff up to then).
+    github_api_url: str = "https://api.github.com"
+    github_token: str = ""
+    github_status_poll_interval: float = 0.5
+    github_status_max_attempts: int = 8
+    # Public base URL of the platform (the gateway); links sent to GitHub start with it.
+    public_url: str = "http://127.0.0.1:8080"
     # Apply pending migrations when the service starts (`make run`, compose). The Helm charts
     # turn it off and run `forge-<service> migrate` as a Job before the pods roll instead.
     migrate_on_start: bool = True
@@ -130,9 +141,27 @@ class CommonSettings(msgspec.Struct, kw_only=True):
             problems.append("FORGE_NATS_URL must be a nats:// URL")
         if self.db_pool_min < 1 or self.db_pool_max < self.db_pool_min:
             problems.append("FORGE_DB_POOL_MIN must be >= 1 and <= FORGE_DB_POOL_MAX")
+        if not self.github_api_url.startswith(("http://", "https://")):
+            problems.append("FORGE_GITHUB_API_URL must be an http(s) URL")
+        if self.github_status_max_attempts < 1:
+            problems.append("FORGE_GITHUB_STATUS_MAX_ATTEMPTS must be >= 1")
+        if self.github_status_poll_interval <= 0:
+            problems.append("FORGE_GITHUB_STATUS_POLL_INTERVAL must be a positive duration")
         if self.outbox_retention <= 0:
             problems.append("FORGE_OUTBOX_RETENTION must be a positive duration such as 7d or 36h")
         return problems
+
+    def github_config(self, service: str, **values: str) -> GitHubConfig:
+        return GitHubConfig(
+            api_url=self.github_api_url,
+            token=self.github_token,
+            public_url=self.public_url,
+            poll_interval=self.github_status_poll_interval,
+            max_attempts=self.github_status_max_attempts,
+            retention=self.outbox_retention,
+            values=values,
+            user_agent=f"forge-{service}",
+        )
 
     @property
     def jwks_url(self) -> str:

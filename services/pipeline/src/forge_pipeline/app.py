@@ -2,6 +2,7 @@
 
 from litestar import Litestar
 
+from forge_common.github import GitHubSender
 from forge_common.http import AppSpec, build_app
 from forge_common.jobs import JobSettings
 from forge_common.runtime import Runtime
@@ -11,7 +12,6 @@ from . import webhooks
 from .api import ROUTES, SERVICE_KEY
 from .cancel import CancelNotifier
 from .dispatch import Dispatcher, DispatcherSettings, apply_log_lifecycle
-from .github import CommitStatusSender
 from .presign import Presigner
 from .retention import RunRetention
 from .service import PipelineService
@@ -49,7 +49,9 @@ def create_app(
         runtime.extras[webhooks.HANDLER_KEY] = webhooks.WebhookHandler(
             uow, settings.github_webhook_secret, settings.max_active_runs_per_repository
         )
-        sender = runtime.extras[_SENDER_KEY] = CommitStatusSender(uow, settings)
+        # Run commit statuses, posted from the GitHub outbox (forge_common.github).
+        config = settings.github_config("pipeline", status_context=settings.github_status_context)
+        sender = runtime.extras[_SENDER_KEY] = GitHubSender(runtime.pool, "pipeline", "pipeline", config)
         sender.start()
         retention = runtime.extras[_RETENTION_KEY] = RunRetention(
             runtime.pool,
@@ -76,7 +78,7 @@ def create_app(
         if isinstance(retention, RunRetention):
             await retention.stop()
         sender = runtime.extras.pop(_SENDER_KEY, None)
-        if isinstance(sender, CommitStatusSender):
+        if isinstance(sender, GitHubSender):
             await sender.stop()
 
     return build_app(
