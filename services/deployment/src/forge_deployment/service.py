@@ -12,7 +12,7 @@ from forge_common.db import Pool
 from forge_common.errors import BadGateway, GatewayTimeout, LimitExceeded, NotFound
 from forge_common.events import DeploymentCreated, utcnow
 
-from . import domain
+from . import domain, github
 from .clients import ApprovalClient, ReleaseClient
 from .domain import NewDeployment, Target
 from .gitops import Author, GitError, GitOpsRepository, GitTimeout
@@ -53,6 +53,8 @@ class DeploymentService:
         deployment = NewDeployment.create(release, cmd.environment, cmd.deployed_by, approval_id, utcnow())
         async with unit_of_work(self.pool) as store:
             pending = await store.reserve(deployment, self.max_pending)
+            if pending is None:
+                await store.report_to_github(*github.created(deployment))
         if pending is not None:
             raise LimitExceeded(
                 f"{pending} deployments are pending; at most {self.max_pending} may be pending at once",
@@ -69,7 +71,9 @@ class DeploymentService:
         except GitError as exc:
             log.error("deployment.gitops_commit_failed", deployment_id=d.id, error=str(exc))
             async with unit_of_work(self.pool) as store:
-                await store.mark_failed(d.id, f"GitOps commit failed: {exc}")
+                reason = f"GitOps commit failed: {exc}"
+                if await store.mark_failed(d.id, reason) is not None:
+                    await store.report_to_github(github.status(d.id, d.target, "failure", reason))
             if isinstance(exc, GitTimeout):
                 raise GatewayTimeout(
                     f"the GitOps repository did not answer in time: {exc}",
