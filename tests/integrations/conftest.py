@@ -25,6 +25,7 @@ from forge_dev.stack import Process, free_port, wait_tcp
 from forge_dev.testing import Platform
 
 from .github_api import FakeGitHub
+from .oidc_issuer import LocalIssuer
 
 GITHUB_TOKEN = "ghp_integration_token"
 
@@ -148,3 +149,37 @@ def github_forge(platform: Platform, fake_github: FakeGitHub, gitops_daemon: tup
 async def forge(github_forge: GitHubForge) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=github_forge.url, timeout=60.0) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+async def github_oidc() -> AsyncIterator[LocalIssuer]:
+    issuer = await LocalIssuer().start()
+    yield issuer
+    await issuer.stop()
+
+
+@pytest.fixture(scope="session")
+def workload_gateway(
+    platform: Platform, github_oidc: LocalIssuer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Process]:
+    """A gateway of the session platform that trusts the local issuer as GitHub's, with the
+    issue's configuration form: jobs of ``acme-*/*`` on main may act as developers."""
+    config = tmp_path_factory.mktemp("workload") / "trusted-issuers.toml"
+    config.write_text(
+        f"""
+[[issuers]]
+issuer = "{github_oidc.url}"
+jwks_url = "{github_oidc.jwks_url}"
+audience = "forge"
+[[issuers.rules]]
+claims = {{ repository = "acme-*/*", ref = "refs/heads/main" }}   # every listed claim must match (globs)
+role = "developer"
+repository_claim = "repository"
+[[issuers.rules]]
+claims = {{ repository = "acme-*/*", ref = "refs/tags/*" }}
+role = "viewer"
+"""
+    )
+    proc = platform.start_process("gateway", env={"FORGE_TRUSTED_ISSUERS": str(config)})
+    yield proc
+    proc.stop()

@@ -108,6 +108,11 @@ class CommonSettings(msgspec.Struct, kw_only=True):
     oidc_issuer: str = "http://127.0.0.1:8180/realms/forge"
     oidc_audience: str = "forge"
     oidc_jwks_url: str = ""
+    # The gateway's workload issuer (POST /v1/auth/token): its tokens are accepted besides the
+    # realm's, checked against the key set at FORGE_WORKLOAD_JWKS_URL (default: the issuer's
+    # /.well-known/jwks.json). Empty: only realm tokens are accepted.
+    workload_issuer: str = ""
+    workload_jwks_url: str = ""
     log_level: str = "info"
     log_format: str = "json"
     environment: str = "dev"
@@ -141,6 +146,8 @@ class CommonSettings(msgspec.Struct, kw_only=True):
             problems.append("FORGE_NATS_URL must be a nats:// URL")
         if self.db_pool_min < 1 or self.db_pool_max < self.db_pool_min:
             problems.append("FORGE_DB_POOL_MIN must be >= 1 and <= FORGE_DB_POOL_MAX")
+        if self.workload_issuer and not self.workload_issuer.startswith(("http://", "https://")):
+            problems.append("FORGE_WORKLOAD_ISSUER must be an http(s) URL (the gateway's public address)")
         if not self.github_api_url.startswith(("http://", "https://")):
             problems.append("FORGE_GITHUB_API_URL must be an http(s) URL")
         if self.github_status_max_attempts < 1:
@@ -162,6 +169,10 @@ class CommonSettings(msgspec.Struct, kw_only=True):
             values=values,
             user_agent=f"forge-{service}",
         )
+
+    @property
+    def workload_keys_url(self) -> str:
+        return self.workload_jwks_url or f"{self.workload_issuer.rstrip('/')}/.well-known/jwks.json"
 
     @property
     def jwks_url(self) -> str:

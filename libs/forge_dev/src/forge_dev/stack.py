@@ -24,7 +24,7 @@ from typing import IO
 
 import psycopg
 
-from .keys import IssuerKeys
+from .keys import IssuerKeys, ensure_workload_key
 
 __all__ = ["SERVICES", "Infra", "Process", "Stack", "StackConfig", "free_port"]
 
@@ -293,6 +293,9 @@ class Stack:
             "FORGE_APPROVAL_URL": self.service_url("approval"),
             "FORGE_GATEWAY_URL": self.gateway_url,
             "FORGE_PUBLIC_URL": self.gateway_url,
+            # Workload identity: the gateway issues exchanged tokens as itself; services trust it.
+            "FORGE_WORKLOAD_ISSUER": self.gateway_url,
+            "FORGE_WORKLOAD_SIGNING_KEY": str(ensure_workload_key(cfg.data_dir / "gateway" / "workload-key.pem")),
             "FORGE_GITOPS_URL": (cfg.data_dir / "gitops.git").as_uri(),
             "FORGE_OCI_LAYOUT_DIR": str(cfg.data_dir / "oci"),
             "FORGE_GIT_CACHE_DIR": str(cfg.data_dir / "git-cache"),

@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Request, get, post
 from litestar.openapi.datastructures import ResponseSpec
 
-from forge_common.auth import Permission, Principal
+from forge_common.auth import Permission, Principal, require_repository
 from forge_common.http import decode_body, parse_page
 from forge_common.openapi import body_operation
 from forge_common.runtime import Runtime
@@ -43,6 +43,7 @@ async def create_deployment(
             approval_id=str(data.approval_id) if data.approval_id else None,
             deployed_by=principal.identity,
             token=principal.token,
+            principal=principal,
         )
     )
 
@@ -52,6 +53,7 @@ async def read_deployments(
     path: str,
     request: Request[Any, Any, Any],
     runtime: Runtime,
+    principal: Principal,
     limit: str | None = None,
     offset: str | None = None,
 ) -> CurrentDeployment | DeploymentHistory:
@@ -60,6 +62,7 @@ async def read_deployments(
     ``limit`` (1..100, default 20) and ``offset`` page the history.
     """
     parsed = parse_target_path(raw_path_segments(request.scope, PREFIX))
+    require_repository(principal, parsed.target.repository)
     service = _service(runtime)
     if not parsed.history:
         return await service.current(parsed.target)

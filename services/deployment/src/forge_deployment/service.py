@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from forge_common.auth import Principal, require_repository
 from forge_common.db import Pool
 from forge_common.errors import BadGateway, GatewayTimeout, LimitExceeded, NotFound
 from forge_common.events import DeploymentCreated, utcnow
@@ -31,6 +32,8 @@ class CreateDeployment:
     approval_id: str | None
     deployed_by: str
     token: str  # the caller's, forwarded to the release and approval services
+    # A repository-bound (workload) caller may only deploy its repository's releases.
+    principal: Principal | None = None
 
 
 @dataclass
@@ -46,6 +49,8 @@ class DeploymentService:
         approval_id = cmd.approval_id
         domain.require_approval_id(cmd.environment, approval_id)
         release = await self.releases.get(cmd.release_id, cmd.token)
+        if cmd.principal is not None:
+            require_repository(cmd.principal, release.repository)
         if cmd.environment in domain.APPROVAL_REQUIRED_ENVIRONMENTS:
             assert approval_id is not None
             verdict = await self.approvals.check(approval_id, release.id, cmd.environment, cmd.token)

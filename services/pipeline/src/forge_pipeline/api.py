@@ -9,7 +9,7 @@ from litestar import Request, Response, delete, get, post, put
 from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
 
-from forge_common.auth import Permission, Principal
+from forge_common.auth import Permission, Principal, repository_filter, require_repository
 from forge_common.errors import InvalidRequest, NotFound
 from forge_common.events import isoformat
 from forge_common.http import decode_body
@@ -67,6 +67,7 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 )
 async def create_run(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> Response[bytes]:
     body = decode_body(await request.body(), RunCreate)
+    require_repository(principal, body.repository)
     if body.triggered_by is not None:
         domain.validate_identity(body.triggered_by)
     run, created = await _service(runtime).create_run(
@@ -94,6 +95,7 @@ async def create_run(request: Request[Any, Any, Any], principal: Principal, runt
 )
 async def list_runs(
     runtime: Runtime,
+    principal: Principal,
     repository: str | None = None,
     branch: str | None = None,
     status: str | None = None,
@@ -101,6 +103,8 @@ async def list_runs(
     offset: str | None = None,
 ) -> Response[bytes]:
     # Declared as strings (documented in the OpenAPI); domain.py validates with clear messages.
+    # A repository-bound (workload) token lists its own repository's runs only.
+    repository = repository_filter(principal, repository)
     query = domain.validate_list_query(repository, branch, status, limit, offset)
     return _json(200, await _service(runtime).list_runs(query))
 
@@ -111,16 +115,24 @@ async def list_runs(
     summary="A run with its phases, tasks and steps",
     responses=_doc(200, RunDetail, "the run tree", 400, 401, 403, 404),
 )
-async def get_run(run_id: str, runtime: Runtime) -> Response[bytes]:
+async def get_run(run_id: str, runtime: Runtime, principal: Principal) -> Response[bytes]:
     rid = domain.parse_uuid(run_id, "run")
     try:
-        return _json(200, await _service(runtime).run_tree(rid))
+        tree = await _service(runtime).run_tree(rid)
+        if principal.repository is not None:
+            require_repository(principal, msgspec.json.decode(tree, type=_RunRepository).repository)
+        return _json(200, tree)
     except NotFound:
         # Deleted by retention: what is left of it (retention.py), so references still resolve.
         tombstone = await find_tombstone(runtime.pool, rid)
         if tombstone is None:
             raise
+        require_repository(principal, tombstone.repository)
         return _json(200, tombstone)
+
+
+class _RunRepository(msgspec.Struct):
+    repository: str
 
 
 @delete(
@@ -130,8 +142,8 @@ async def get_run(run_id: str, runtime: Runtime) -> Response[bytes]:
     summary="Cancel a pending or running run",
     responses={k: v for k, v in _doc(204, None, "cancelled", 400, 401, 403, 404, 409).items() if k != 204},
 )
-async def cancel_run(run_id: str, runtime: Runtime) -> None:
-    await _service(runtime).cancel_run(domain.parse_uuid(run_id, "run"))
+async def cancel_run(run_id: str, runtime: Runtime, principal: Principal) -> None:
+    await _service(runtime).cancel_run(domain.parse_uuid(run_id, "run"), principal)
 
 
 @put(

@@ -30,6 +30,7 @@ import msgspec
 import psycopg
 import structlog
 
+from forge_common.auth import Principal, require_repository
 from forge_common.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from forge_common.events import PipelineRunCreated, isoformat
 
@@ -216,12 +217,15 @@ async def fail_run(conn: Conn, run_id: str, error_message: str, failed_phase: st
     return True
 
 
-async def cancel_run(conn: Conn, run_id: str) -> Run:
+async def cancel_run(conn: Conn, run_id: str, principal: Principal | None = None) -> Run:
     """Cancel a pending or running run (409 when finished). Workers are told after commit
-    (``PipelineService.cancel_run``)."""
+    (``PipelineService.cancel_run``). A repository-bound ``principal`` may only cancel its
+    repository's runs."""
     run = await store.lock_run(conn, run_id)
     if run is None:
         raise NotFound(f"pipeline run {run_id} not found", {"id": run_id})
+    if principal is not None:
+        require_repository(principal, run.repository)
     if run.status not in domain.ACTIVE_RUN_STATUSES:
         raise Conflict(
             f"pipeline run {run_id} is already {run.status} and cannot be cancelled",
@@ -490,9 +494,9 @@ class PipelineService:
         async with self.uow.begin() as conn:
             return await run_tree_json(conn, run_id, self.presigner, self.logs_url_ttl, self.tree_cache)
 
-    async def cancel_run(self, run_id: str) -> None:
+    async def cancel_run(self, run_id: str, principal: Principal | None = None) -> None:
         async with self.uow.begin() as conn:
-            await cancel_run(conn, run_id)
+            await cancel_run(conn, run_id, principal)
         await self.publish_cancel(run_id)
 
     async def task_status(self, task_id: str, status: WorkStatus, error: str | None) -> TaskStatusView:
