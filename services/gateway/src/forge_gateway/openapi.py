@@ -62,6 +62,53 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "responses": {k: v for k, v in proxied_responses.items() if k != "401"},
         }
     }
+    paths["/v1/auth/token"] = {
+        "post": {
+            "tags": ["auth"],
+            "summary": "RFC 8693 token exchange: a trusted CI job's OIDC token for a short-lived Forge token",
+            "security": [],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["grant_type", "subject_token", "subject_token_type"],
+                            "properties": {
+                                "grant_type": {"const": "urn:ietf:params:oauth:grant-type:token-exchange"},
+                                "subject_token": {"type": "string"},
+                                "subject_token_type": {"const": "urn:ietf:params:oauth:token-type:jwt"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "the Forge access token (at most 15 minutes, bound to one repository)",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["access_token", "issued_token_type", "token_type", "expires_in"],
+                                "properties": {
+                                    "access_token": {"type": "string"},
+                                    "issued_token_type": {"type": "string"},
+                                    "token_type": {"const": "Bearer"},
+                                    "expires_in": {"type": "integer", "maximum": 900},
+                                },
+                            }
+                        }
+                    },
+                },
+                "400": _error("not form-encoded, or a wrong grant_type / subject_token_type"),
+                "401": _error("the subject token is expired, for another audience, or from an untrusted issuer"),
+                "403": _error("no rule of the issuer grants this token a role"),
+                "404": _error("workload identity is not configured (FORGE_TRUSTED_ISSUERS)"),
+                "503": _error("the issuer's key set cannot be fetched"),
+            },
+        }
+    }
     for path, summary in (("/healthz", "liveness"), ("/readyz", "readiness: every upstream's /healthz answers")):
         paths[path] = {"get": {"summary": summary, "security": [], "responses": {"200": {"description": "ok"}}}}
     paths["/metrics"] = {
