@@ -68,7 +68,11 @@ def all_on(chart: str) -> dict[str, Any]:
     if chart == "forge-gateway":
         service["ingress"] = {"enabled": True, "className": "nginx", "tlsSecretName": "forge-tls"}
         service["fileVolumes"] = [
-            {"name": "trusted-issuers", "mountPath": "/etc/forge/trusted-issuers", "configMap": "forge-trusted-issuers"},
+            {
+                "name": "trusted-issuers",
+                "mountPath": "/etc/forge/trusted-issuers",
+                "configMap": "forge-trusted-issuers",
+            },
             {"name": "workload-key", "mountPath": "/etc/forge/workload-key", "secret": "forge-workload-key"},
         ]
     if chart == "forge-worker":
