@@ -112,6 +112,12 @@ async def test_a_job_token_is_exchanged_and_acts_on_its_own_repository_only(
     deploy = {"release_id": theirs.json()["id"], "environment": "dev"}
     assert_error(await gateway.post("/v1/deployments", json=deploy, headers=headers), 403, "authorization_failed")
     assert_error(await gateway.get(f"/v1/releases/{theirs.json()['id']}", headers=headers), 403, "authorization_failed")
+    approval = f"/v1/approvals/{theirs.json()['id']}/production"
+    assert_error(await gateway.get(approval, headers=headers), 403, "authorization_failed")
+    # Its own release: no approval yet, and it may ask.
+    assert_error(
+        await gateway.get(f"/v1/approvals/{mine.json()['id']}/production", headers=headers), 404, "resource_not_found"
+    )
 
 
 async def test_rules_decide_the_role(gateway: httpx.AsyncClient, github_oidc: LocalIssuer) -> None:

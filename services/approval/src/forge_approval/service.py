@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from forge_common.auth import Principal
 from forge_common.errors import Conflict, NotFound
 from forge_common.events import isoformat, utcnow
 
@@ -105,6 +106,12 @@ class ApprovalService:
             await tx.record(event)
         log.info("approval.created", approval_id=approval.id, release_id=release_id, environment=environment)
         return approval, approval.status_at(self.clock())
+
+    async def require_release_access(self, release_id: str, principal: Principal) -> None:
+        """A repository-bound (workload) token sees approvals of its repository's releases only:
+        the release service, asked with that token, refuses (403) a release of another one."""
+        if principal.repository is not None:
+            await self.releases.facts(domain.parse_uuid(release_id, "release_id"), principal.token)
 
     async def current(self, release_id: str, environment: str) -> tuple[Approval, ApprovalStatus]:
         rid = domain.parse_uuid(release_id, "release_id")
