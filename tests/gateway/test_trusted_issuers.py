@@ -49,6 +49,9 @@ def test_every_problem_is_named_and_the_start_refused(tmp_path: Path) -> None:
         load(Settings, environ={"FORGE_TRUSTED_ISSUERS": str(path)})
     with pytest.raises(SettingsError, match="FORGE_WORKLOAD_TOKEN_LIFETIME"):
         load(Settings, environ={"FORGE_WORKLOAD_TOKEN_LIFETIME": "1h"})
+    (tmp_path / "key.pem").write_text("not a key")
+    with pytest.raises(SettingsError, match="FORGE_WORKLOAD_SIGNING_KEY"):
+        load(Settings, environ={"FORGE_WORKLOAD_SIGNING_KEY": str(tmp_path / "key.pem")})
     (tmp_path / "broken.toml").write_text("[[issuers]\n")
     with pytest.raises(ValueError, match="Expected"):
         load_trusted_issuers(str(tmp_path / "broken.toml"))

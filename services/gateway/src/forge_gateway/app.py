@@ -66,8 +66,8 @@ def create_app(settings: Settings) -> GatewayApp:
     configure_tracing("gateway", settings.otel_exporter)
     jwks = JwksCache(settings.jwks_url)
     jwks.min_refresh_interval = settings.jwks_refresh_interval
-    key = WorkloadKey(settings.workload_signing_key)
     issuers = load_trusted_issuers(settings.trusted_issuers)
+    key = WorkloadKey(settings.workload_signing_key, in_use=bool(issuers))
     exchange = TokenExchange(
         issuers, key, settings.token_issuer, settings.oidc_audience, settings.workload_token_lifetime
     )

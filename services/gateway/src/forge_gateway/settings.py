@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from forge_common.settings import CommonSettings
 
-from .token_exchange import MAX_LIFETIME, load_trusted_issuers
+from .token_exchange import MAX_LIFETIME, WorkloadKey, load_trusted_issuers
 from .versioning import load_deprecations
 
 __all__ = ["Settings"]
@@ -106,8 +104,11 @@ class Settings(CommonSettings, kw_only=True):
             problems.append(f"FORGE_TRUSTED_ISSUERS={self.trusted_issuers!r}: {exc}")
         if not (60 <= self.workload_token_lifetime <= MAX_LIFETIME):
             problems.append("FORGE_WORKLOAD_TOKEN_LIFETIME must be between 1m and 15m")
-        if self.workload_signing_key and not Path(self.workload_signing_key).is_file():
-            problems.append(f"FORGE_WORKLOAD_SIGNING_KEY={self.workload_signing_key!r}: no such file")
+        if self.workload_signing_key:
+            try:
+                WorkloadKey(self.workload_signing_key)
+            except (OSError, ValueError, TypeError) as exc:
+                problems.append(f"FORGE_WORKLOAD_SIGNING_KEY={self.workload_signing_key!r}: {exc}")
         if self.rate_limit < 1:
             problems.append("FORGE_RATE_LIMIT must be >= 1")
         if self.rate_limit_window <= 0:

@@ -26,7 +26,10 @@ Trusted issuers come from the TOML file named by ``FORGE_TRUSTED_ISSUERS``::
 from __future__ import annotations
 
 import asyncio
+import base64
 import fnmatch
+import hashlib
+import json
 import re
 import time
 import tomllib
@@ -125,13 +128,14 @@ class WorkloadKey:
     """The gateway's signing key for exchanged tokens (RSA or EC P-256, from a PEM file; a fresh
     one when no file is configured, which only suits a single gateway replica)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, in_use: bool = True) -> None:
         if path:
             loaded = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
         else:
-            log.warning(
-                "workload.ephemeral_key", reason="FORGE_WORKLOAD_SIGNING_KEY not set; tokens die with this process"
-            )
+            if in_use:
+                log.warning(
+                    "workload.ephemeral_key", reason="FORGE_WORKLOAD_SIGNING_KEY not set; tokens die with this process"
+                )
             loaded = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         if isinstance(loaded, rsa.RSAPrivateKey):
             self.algorithm = "RS256"
@@ -142,7 +146,7 @@ class WorkloadKey:
         else:
             raise ValueError("FORGE_WORKLOAD_SIGNING_KEY must be an RSA or EC P-256 private key in PEM")
         self.private_key = loaded
-        self.kid = jwt.PyJWK(public).key_id or _thumbprint(public)
+        self.kid = _thumbprint(public)
         self.public_jwk: dict[str, Any] = {**public, "kid": self.kid, "use": "sig", "alg": self.algorithm}
 
     def pyjwk(self) -> jwt.PyJWK:
@@ -154,10 +158,6 @@ class WorkloadKey:
 
 def _thumbprint(jwk: Mapping[str, Any]) -> str:
     """RFC 7638 thumbprint: a key id derived from the key itself, the same on every replica."""
-    import base64
-    import hashlib
-    import json
-
     members = ("crv", "kty", "x", "y") if jwk["kty"] == "EC" else ("e", "kty", "n")
     canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
     return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
