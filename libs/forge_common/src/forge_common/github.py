@@ -196,8 +196,12 @@ class GitHubSender:
             return False
         results = await asyncio.gather(*(self._send(row, values) for row in rows))
         async with self.pool.connection() as conn, conn.transaction():
-            for row, (outcome, error, answer_id) in zip(rows, results, strict=True):
+            settled = [
                 await self._settle(conn, row, outcome, error, answer_id)
+                for row, (outcome, error, answer_id) in zip(rows, results, strict=True)
+            ]
+        for outcome in settled:  # counted once the outcome is recorded
+            GITHUB_REQUESTS.labels(self.service, outcome).inc()
         return len(rows) == _BATCH
 
     async def _claim(self, conn: psycopg.AsyncConnection[Any]) -> list[_Due]:
@@ -250,7 +254,8 @@ class GitHubSender:
 
     async def _settle(
         self, conn: psycopg.AsyncConnection[Any], row: _Due, outcome: str, error: str, answer_id: str | None
-    ) -> None:
+    ) -> str:
+        """Record what became of ``row``; returns sent, retry or give_up."""
         s = self.schema
         if outcome == "sent":
             await conn.execute(
@@ -262,25 +267,26 @@ class GitHubSender:
                     " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
                     (row.save_as, answer_id),
                 )
-        elif outcome == "retry" and row.attempts < self.config.max_attempts:
+            return "sent"
+        if outcome == "retry" and row.attempts < self.config.max_attempts:
             await conn.execute(
                 f'UPDATE "{s}".github_outbox SET next_attempt_at = now() + make_interval(secs => %s),'
                 " last_error = %s WHERE id = %s",
                 (backoff_seconds(row.attempts), error[:1000], row.id),
             )
-        else:
-            log.warning(
-                "github.call_gave_up",
-                service=self.service,
-                ordering_key=row.ordering_key,
-                path=row.path,
-                attempts=row.attempts,
-                error=error,
-            )
-            await conn.execute(
-                f'UPDATE "{s}".github_outbox SET skipped = true, last_error = %s WHERE id = %s', (error[:1000], row.id)
-            )
-        GITHUB_REQUESTS.labels(self.service, outcome).inc()
+            return "retry"
+        log.warning(
+            "github.call_gave_up",
+            service=self.service,
+            ordering_key=row.ordering_key,
+            path=row.path,
+            attempts=row.attempts,
+            error=error,
+        )
+        await conn.execute(
+            f'UPDATE "{s}".github_outbox SET skipped = true, last_error = %s WHERE id = %s', (error[:1000], row.id)
+        )
+        return "give_up"
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -154,6 +154,8 @@ class CommonSettings(msgspec.Struct, kw_only=True):
             problems.append("FORGE_GITHUB_STATUS_MAX_ATTEMPTS must be >= 1")
         if self.github_status_poll_interval <= 0:
             problems.append("FORGE_GITHUB_STATUS_POLL_INTERVAL must be a positive duration")
+        if self.otel_exporter not in ("none", "console", "otlp"):
+            problems.append(f"FORGE_OTEL_EXPORTER={self.otel_exporter!r}: use none, console or otlp")
         if self.outbox_retention <= 0:
             problems.append("FORGE_OUTBOX_RETENTION must be a positive duration such as 7d or 36h")
         return problems

@@ -15,7 +15,7 @@ from forge_common import metrics
 from forge_common.auth import JwksCache, LocalKeySet, TokenVerifier
 from forge_common.errors import NotFound
 from forge_common.http import EXCEPTION_HANDLERS, ObservabilityMiddleware
-from forge_common.tracing import configure_tracing
+from forge_common.tracing import configure_tracing, flush_tracing
 
 from .console import browser_run_redirect, console_handlers
 from .openapi import openapi_document
@@ -121,9 +121,9 @@ def create_app(settings: Settings) -> GatewayApp:
             "id_token_signing_alg_values_supported": [key.algorithm],
         }
 
-    @get("/metrics", sync_to_thread=False)
-    def metrics_endpoint() -> Response[bytes]:
-        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
+    @get("/metrics")
+    async def metrics_endpoint() -> Response[bytes]:
+        return Response(await metrics.collect(), media_type=metrics.CONTENT_TYPE_LATEST)
 
     @get("/schema/openapi.json", sync_to_thread=False, media_type=MediaType.JSON)
     def openapi(request: Request[Any, Any, Any]) -> dict[str, Any]:
@@ -134,6 +134,7 @@ def create_app(settings: Settings) -> GatewayApp:
 
     async def stop(_: Litestar) -> None:
         await proxy.stop()
+        flush_tracing()
 
     rest = Litestar(
         route_handlers=[

@@ -80,7 +80,7 @@ async def run_for_dispatch(conn: Conn, run_id: str) -> DispatchRun | None:
     await cur.execute(
         """
         SELECT id::text AS id, repository, branch, commit_sha, tag, triggered_by, status::text AS status, lease_owner,
-               discovered_at, release_triggers, release_evaluated_at
+               discovered_at, release_triggers, release_evaluated_at, trace_context
         FROM pipeline.runs WHERE id = %s
         """,
         (run_id,),
