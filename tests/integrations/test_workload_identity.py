@@ -98,6 +98,9 @@ async def test_a_job_token_is_exchanged_and_acts_on_its_own_repository_only(
     assert foreign.status_code == 201, foreign.text
     assert_error(await gateway.get(f"/v1/runs/{foreign.json()['id']}", headers=headers), 403, "authorization_failed")
     assert_error(await gateway.delete(f"/v1/runs/{foreign.json()['id']}", headers=headers), 403, "authorization_failed")
+    events = f"/v1/runs/{foreign.json()['id']}/events"
+    assert_error(await gateway.get(events, headers=headers), 403, "authorization_failed")
+    assert_error(await gateway.get(f"/v1/events?repository={other}", headers=headers), 403, "authorization_failed")
     other_runs = await gateway.get(f"/v1/runs?repository={other}", headers=platform.headers("dev@acme.io", "viewer"))
     assert other_runs.json()["total"] == 1
 
