@@ -2,6 +2,7 @@ from litestar import Litestar
 
 from forge_common.github import GitHubSender
 from forge_common.http import AppSpec, build_app
+from forge_common.repositories import RepositoryAllowList
 from forge_common.runtime import Runtime
 
 from .api import ROUTES
@@ -18,7 +19,9 @@ def create_app(settings: Settings) -> Litestar:
             if settings.verify_pipeline_runs
             else SkipRunCheck()
         )
-        runtime.extras["releases"] = ReleaseService(runtime.pool, make_publisher(settings), runs)
+        runtime.extras["releases"] = ReleaseService(
+            runtime.pool, make_publisher(settings), runs, RepositoryAllowList(settings.repositories)
+        )
         # Commit statuses of created releases, from the GitHub outbox (forge_common.github).
         sender = runtime.extras["github_sender"] = GitHubSender(
             runtime.pool, "release", "release", settings.github_config("release")
