@@ -123,7 +123,8 @@ def create_app(settings: Settings) -> GatewayApp:
         TOKEN_PATH,
         status_code=200,
         summary="RFC 8693 token exchange: a trusted CI job's OIDC token for a Forge token (docs/api.md)",
-        security=[],
+        # Form-encoded, OAuth-shaped: documented in docs/api.md, outside the JSON contract.
+        include_in_schema=False,
     )
     async def token(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         """Form-encoded ``grant_type``, ``subject_token``, ``subject_token_type``; answers
@@ -133,11 +134,11 @@ def create_app(settings: Settings) -> GatewayApp:
         answer = await exchange.exchange(request.headers.get("content-type", ""), await request.body())
         return Response(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
-    @get("/.well-known/jwks.json", sync_to_thread=False, summary="The workload issuer's key set")
+    @get("/.well-known/jwks.json", sync_to_thread=False, include_in_schema=False)
     def workload_jwks() -> Response[dict[str, Any]]:
         return Response(key.jwks(), headers={"Cache-Control": "public, max-age=300"})
 
-    @get("/.well-known/openid-configuration", sync_to_thread=False, summary="The workload issuer's discovery")
+    @get("/.well-known/openid-configuration", sync_to_thread=False, include_in_schema=False)
     def workload_discovery() -> dict[str, Any]:
         issuer = settings.token_issuer
         return {
