@@ -69,6 +69,14 @@ def all_on(chart: str) -> dict[str, Any]:
     }
     if chart == "forge-gateway":
         service["ingress"] = {"enabled": True, "className": "nginx", "tlsSecretName": "forge-tls"}
+        service["fileVolumes"] = [
+            {
+                "name": "trusted-issuers",
+                "mountPath": "/etc/forge/trusted-issuers",
+                "configMap": "forge-trusted-issuers",
+            },
+            {"name": "workload-key", "mountPath": "/etc/forge/workload-key", "secret": "forge-workload-key"},
+        ]
     if chart == "forge-worker":
         service["keda"] = {"enabled": True}
     if chart != "forge":
@@ -332,6 +340,15 @@ SERVICE_VALUES: dict[str, Any] = {
         "items": obj(
             {"name": STR, "mountPath": STR, "sizeLimit": STR, "persistentVolumeClaim": STR}, ("name", "mountPath")
         ),
+    },
+    # Read-only files from an existing ConfigMap or Secret (the gateway's trusted issuers, its
+    # workload signing key): exactly one of configMap / secret.
+    "fileVolumes": {
+        "type": "array",
+        "items": {
+            **obj({"name": STR, "mountPath": STR, "configMap": STR, "secret": STR}, ("name", "mountPath")),
+            "oneOf": [{"required": ["configMap"]}, {"required": ["secret"]}],
+        },
     },
     "args": {"type": "array", "items": STR},
     "podAnnotations": STRMAP,

@@ -30,7 +30,10 @@ class Runtime:
         self.schema = schema
         self.migrations = migrations
         self.names = Names(settings.nats_prefix)
-        self.verifier = TokenVerifier(settings.oidc_issuer, settings.oidc_audience, JwksCache(settings.jwks_url))
+        workload = {settings.workload_issuer: JwksCache(settings.workload_keys_url)} if settings.workload_issuer else {}
+        self.verifier = TokenVerifier(
+            settings.oidc_issuer, settings.oidc_audience, JwksCache(settings.jwks_url), also_trusted=workload
+        )
         self.s3 = S3.from_settings(settings)
         self._pool: Pool | None = None
         self._nc: NATS | None = None

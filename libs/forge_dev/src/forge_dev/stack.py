@@ -26,7 +26,7 @@ import psycopg
 
 from forge_common.nats_auth import IDENTITIES
 
-from .keys import IssuerKeys
+from .keys import IssuerKeys, ensure_workload_key
 from .nats_auth import NatsCredentials
 
 __all__ = ["SERVICES", "Infra", "Process", "Stack", "StackConfig", "free_port"]
@@ -317,6 +317,9 @@ class Stack:
             "FORGE_APPROVAL_URL": self.service_url("approval"),
             "FORGE_GATEWAY_URL": self.gateway_url,
             "FORGE_PUBLIC_URL": self.gateway_url,
+            # Workload identity: the gateway issues exchanged tokens as itself; services trust it.
+            "FORGE_WORKLOAD_ISSUER": self.gateway_url,
+            "FORGE_WORKLOAD_SIGNING_KEY": str(ensure_workload_key(cfg.data_dir / "gateway" / "workload-key.pem")),
             "FORGE_GITOPS_URL": (cfg.data_dir / "gitops.git").as_uri(),
             "FORGE_OCI_LAYOUT_DIR": str(cfg.data_dir / "oci"),
             "FORGE_GIT_CACHE_DIR": str(cfg.data_dir / "git-cache"),

@@ -100,11 +100,14 @@ async def approve_batch(request: Request[Any, Any, Any], principal: Principal, r
 )
 async def check_approval(
     runtime: Runtime,
+    principal: Principal,
     approval_id: str | None = None,
     release_id: str | None = None,
     environment: str | None = None,
 ) -> ApprovalCheck:
     """Is approval X active for release R in environment E right now? (used by deployments)"""
+    if release_id is not None:
+        await _service(runtime).require_release_access(release_id, principal)
     answer = await _service(runtime).check(approval_id, release_id, environment)
     return ApprovalCheck(
         result=answer.result,
@@ -119,8 +122,9 @@ async def check_approval(
     opt={"permission": Permission.READ},
     responses={200: response(ApprovalView, "the approval")},
 )
-async def get_approval(release_id: str, environment: str, runtime: Runtime) -> ApprovalView:
+async def get_approval(release_id: str, environment: str, runtime: Runtime, principal: Principal) -> ApprovalView:
     """The active approval of the release for the environment, else the most recent one."""
+    await _service(runtime).require_release_access(release_id, principal)
     approval, status = await _service(runtime).current(release_id, environment)
     return ApprovalView.of(approval, status)
 
@@ -130,9 +134,10 @@ async def get_approval(release_id: str, environment: str, runtime: Runtime) -> A
     opt={"permission": Permission.READ},
     responses={200: response(ApprovalView, "the approval")},
 )
-async def get_approval_by_id(approval_id: str, runtime: Runtime) -> ApprovalView:
+async def get_approval_by_id(approval_id: str, runtime: Runtime, principal: Principal) -> ApprovalView:
     """One approval by its id, whatever its status (extension)."""
     approval, status = await _service(runtime).get(approval_id)
+    await _service(runtime).require_release_access(approval.release_id, principal)
     return ApprovalView.of(approval, status)
 
 

@@ -12,6 +12,7 @@ import structlog
 from prometheus_client import Counter
 
 from forge_common import batch
+from forge_common.auth import Principal
 from forge_common.batch import BatchResult
 from forge_common.errors import Conflict, NotFound
 from forge_common.events import isoformat, utcnow
@@ -125,6 +126,12 @@ class ApprovalService:
     async def _created(self, cmd: CreateApproval) -> ApprovalCreated:
         approval, status = await self.create(cmd)
         return ApprovalCreated.of(approval, status)
+
+    async def require_release_access(self, release_id: str, principal: Principal) -> None:
+        """A repository-bound (workload) token sees approvals of its repository's releases only:
+        the release service, asked with that token, refuses (403) a release of another one."""
+        if principal.repository is not None:
+            await self.releases.facts(domain.parse_uuid(release_id, "release_id"), principal.token)
 
     async def current(self, release_id: str, environment: str) -> tuple[Approval, ApprovalStatus]:
         rid = domain.parse_uuid(release_id, "release_id")

@@ -6,7 +6,7 @@ from typing import Any
 
 from litestar import Request, get, post
 
-from forge_common.auth import Permission, Principal
+from forge_common.auth import Permission, Principal, require_repository
 from forge_common.batch import MAX_BATCH_ITEMS, BatchResult
 from forge_common.errors import InvalidRequest
 from forge_common.http import decode_body, parse_page
@@ -53,6 +53,7 @@ async def create_deployment(
             approval_id=str(data.approval_id) if data.approval_id else None,
             deployed_by=principal.identity,
             token=principal.token,
+            principal=principal,
         )
     )
 
@@ -85,6 +86,7 @@ async def promote_deployments(request: Request[Any, Any, Any], principal: Princi
             approvals={str(release): str(approval) for release, approval in data.approvals.items()},
             deployed_by=principal.identity,
             token=principal.token,
+            principal=principal,
         )
     )
 
@@ -125,6 +127,7 @@ async def read_deployments(
     path: str,
     request: Request[Any, Any, Any],
     runtime: Runtime,
+    principal: Principal,
     limit: str | None = None,
     offset: str | None = None,
     cursor: str | None = None,
@@ -135,6 +138,7 @@ async def read_deployments(
     ``next_cursor``, null on the last page).
     """
     parsed = parse_target_path(raw_path_segments(request.scope, PREFIX))
+    require_repository(principal, parsed.target.repository)
     service = _service(runtime)
     if not parsed.history:
         return await service.current(parsed.target)

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 import structlog
 
 from forge_common import batch, cursor
+from forge_common.auth import Principal, require_repository
 from forge_common.batch import BatchResult
 from forge_common.db import Pool
 from forge_common.errors import BadGateway, GatewayTimeout, InvalidRequest, LimitExceeded, NotFound
 from forge_common.events import DeploymentCreated, utcnow
 
-from . import domain
+from . import domain, github
 from .clients import ApprovalClient, ReleaseClient
 from .domain import NewDeployment, Target
 from .gitops import Author, GitError, GitOpsRepository, GitTimeout
@@ -36,6 +37,8 @@ class CreateDeployment:
     approval_id: str | None
     deployed_by: str
     token: str  # the caller's, forwarded to the release and approval services
+    # A repository-bound (workload) caller may only deploy its repository's releases.
+    principal: Principal | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class PromoteDeployments:
     approvals: dict[str, str]
     deployed_by: str
     token: str
+    # A repository-bound (workload) caller may only promote its own repository.
+    principal: Principal | None = None
 
 
 @dataclass
@@ -65,6 +70,8 @@ class DeploymentService:
         approval_id = cmd.approval_id
         domain.require_approval_id(cmd.environment, approval_id)
         release = await self.releases.get(cmd.release_id, cmd.token)
+        if cmd.principal is not None:
+            require_repository(cmd.principal, release.repository)
         if cmd.environment in domain.APPROVAL_REQUIRED_ENVIRONMENTS:
             assert approval_id is not None
             verdict = await self.approvals.check(approval_id, release.id, cmd.environment, cmd.token)
@@ -72,6 +79,8 @@ class DeploymentService:
         deployment = NewDeployment.create(release, cmd.environment, cmd.deployed_by, approval_id, utcnow())
         async with unit_of_work(self.pool) as store:
             pending = await store.reserve(deployment, self.max_pending)
+            if pending is None:
+                await store.report_to_github(*github.created(deployment))
         if pending is not None:
             raise LimitExceeded(
                 f"{pending} deployments are pending; at most {self.max_pending} may be pending at once",
@@ -85,6 +94,8 @@ class DeploymentService:
         (approval, pending limit) and its own commit; one result per project, in order."""
         if cmd.source == cmd.target:
             raise InvalidRequest("the source and target environments must differ", {"field": "to_environment"})
+        if cmd.principal is not None:
+            require_repository(cmd.principal, cmd.repository)
         projects = cmd.projects
         if projects is None:
             async with unit_of_work(self.pool) as store:
@@ -109,6 +120,7 @@ class DeploymentService:
                 approval_id=cmd.approvals.get(active.release_id),
                 deployed_by=cmd.deployed_by,
                 token=cmd.token,
+                principal=cmd.principal,
             )
         )
 
@@ -120,7 +132,9 @@ class DeploymentService:
         except GitError as exc:
             log.error("deployment.gitops_commit_failed", deployment_id=d.id, error=str(exc))
             async with unit_of_work(self.pool) as store:
-                await store.mark_failed(d.id, f"GitOps commit failed: {exc}")
+                reason = f"GitOps commit failed: {exc}"
+                if await store.mark_failed(d.id, reason) is not None:
+                    await store.report_to_github(github.status(d.id, d.target, "failure", reason))
             if isinstance(exc, GitTimeout):
                 raise GatewayTimeout(
                     f"the GitOps repository did not answer in time: {exc}",

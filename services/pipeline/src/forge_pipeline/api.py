@@ -12,7 +12,7 @@ from litestar.params import HeaderParameter
 from litestar.response import Stream
 
 from forge_common import event_feed, sse
-from forge_common.auth import Permission, Principal
+from forge_common.auth import Permission, Principal, repository_filter, require_repository
 from forge_common.batch import MAX_BATCH_ITEMS, BatchResult
 from forge_common.errors import InvalidRequest, NotFound
 from forge_common.events import isoformat
@@ -20,7 +20,7 @@ from forge_common.http import decode_body
 from forge_common.openapi import body_operation, errors, internal, response
 from forge_common.runtime import Runtime
 
-from . import domain, live, webhooks
+from . import domain, live, store, webhooks
 from .domain import StepReport, TaskReport
 from .retention import find_tombstone
 from .schemas import (
@@ -77,6 +77,7 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 )
 async def create_run(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> Response[bytes]:
     body = decode_body(await request.body(), RunCreate)
+    require_repository(principal, body.repository)
     if body.triggered_by is not None:
         domain.validate_identity(body.triggered_by)
     run, created = await _service(runtime).create_run(
@@ -108,6 +109,7 @@ async def create_run(request: Request[Any, Any, Any], principal: Principal, runt
 )
 async def list_runs(
     runtime: Runtime,
+    principal: Principal,
     repository: str | None = None,
     branch: str | None = None,
     status: str | None = None,
@@ -119,6 +121,8 @@ async def list_runs(
     offset: str | None = None,
 ) -> Response[bytes]:
     # Declared as strings (documented in the OpenAPI); domain.py validates with clear messages.
+    # A repository-bound (workload) token lists its own repository's runs only.
+    repository = repository_filter(principal, repository)
     filters = domain.ListFilters(
         repository=repository,
         branch=branch,
@@ -139,16 +143,24 @@ async def list_runs(
     summary="A run with its phases, tasks and steps",
     responses=_doc(200, RunDetail, "the run tree", 400, 401, 403, 404),
 )
-async def get_run(run_id: str, runtime: Runtime) -> Response[bytes]:
+async def get_run(run_id: str, runtime: Runtime, principal: Principal) -> Response[bytes]:
     rid = domain.parse_uuid(run_id, "run")
     try:
-        return _json(200, await _service(runtime).run_tree(rid))
+        tree = await _service(runtime).run_tree(rid)
+        if principal.repository is not None:
+            require_repository(principal, msgspec.json.decode(tree, type=_RunRepository).repository)
+        return _json(200, tree)
     except NotFound:
         # Deleted by retention: what is left of it (retention.py), so references still resolve.
         tombstone = await find_tombstone(runtime.pool, rid)
         if tombstone is None:
             raise
+        require_repository(principal, tombstone.repository)
         return _json(200, tombstone)
+
+
+class _RunRepository(msgspec.Struct):
+    repository: str
 
 
 # --- live status, events and logs (live.py; docs/api-live.md) -------------------------------------
@@ -197,11 +209,12 @@ def _hub(runtime: Runtime) -> live.ChangeHub:
     ),
     responses=_SSE_RESPONSES,
 )
-async def run_events(run_id: str, runtime: Runtime, last_event_id: _LastEventId = None) -> Stream:
+async def run_events(run_id: str, runtime: Runtime, principal: Principal, last_event_id: _LastEventId = None) -> Stream:
     rid = domain.parse_uuid(run_id, "run")
     after = sse.last_event_id(last_event_id)
     if await live.run_state(runtime.pool, rid) is None:
         raise NotFound(f"pipeline run {rid} not found", {"id": rid})
+    await _require_run_repository(runtime, principal, rid)
     service = _service(runtime)
     stream = live.run_events(runtime.pool, _hub(runtime), rid, after, service.tree_in)
     return sse.response(stream, _settings(runtime).stream_heartbeat)
@@ -219,12 +232,27 @@ async def run_events(run_id: str, runtime: Runtime, last_event_id: _LastEventId 
     responses=_SSE_RESPONSES,
 )
 async def platform_events(
-    runtime: Runtime, types: str | None = None, repository: str | None = None, last_event_id: _LastEventId = None
+    runtime: Runtime,
+    principal: Principal,
+    types: str | None = None,
+    repository: str | None = None,
+    last_event_id: _LastEventId = None,
 ) -> Stream:
-    event_filter = event_feed.parse_filter(types, repository)
+    # A repository-bound (workload) token follows its own repository's events only.
+    event_filter = event_feed.parse_filter(types, repository_filter(principal, repository))
     after = sse.last_event_id(last_event_id)
     stream = await event_feed.feed(runtime.js, runtime.names, event_filter, after)
     return sse.response(stream, _settings(runtime).stream_heartbeat)
+
+
+async def _require_run_repository(runtime: Runtime, principal: Principal, run_id: str) -> None:
+    """403 when a repository-bound (workload) token asks about another repository's run."""
+    if principal.repository is None:
+        return
+    async with runtime.pool.connection() as conn:
+        repository = await store.run_repository(conn, run_id)
+    if repository is not None:
+        require_repository(principal, repository)
 
 
 def _follow_flag(value: str | None) -> bool:
@@ -246,12 +274,13 @@ def _follow_flag(value: str | None) -> bool:
     },
 )
 async def step_logs(
-    step_id: str, runtime: Runtime, follow: str | None = None, byte_range_header: _Range = None
+    step_id: str, runtime: Runtime, principal: Principal, follow: str | None = None, byte_range_header: _Range = None
 ) -> Response[bytes] | Stream:
     sid = domain.parse_uuid(step_id, "step")
     following = _follow_flag(follow)
     byte_range = live.parse_range(byte_range_header)
     info = await live.step_log(runtime.pool, sid)
+    await _require_run_repository(runtime, principal, str(info.run_id))
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store", "X-Step-Status": info.status}
     if following:
         if byte_range is not None and (byte_range.suffix is not None or byte_range.end is not None):
@@ -298,8 +327,8 @@ async def _log_body(
     summary="Cancel a pending or running run",
     responses={k: v for k, v in _doc(204, None, "cancelled", 400, 401, 403, 404, 409).items() if k != 204},
 )
-async def cancel_run(run_id: str, runtime: Runtime) -> None:
-    await _service(runtime).cancel_run(domain.parse_uuid(run_id, "run"))
+async def cancel_run(run_id: str, runtime: Runtime, principal: Principal) -> None:
+    await _service(runtime).cancel_run(domain.parse_uuid(run_id, "run"), principal)
 
 
 @post(
@@ -315,7 +344,7 @@ async def cancel_run(run_id: str, runtime: Runtime) -> None:
     operation_class=body_operation(RunsCancel, "`ids`, or `repository` with optional `branch` and `status`"),
     responses=_doc(200, BatchResult, "one result per run", 400, 401, 403),
 )
-async def cancel_runs(request: Request[Any, Any, Any], runtime: Runtime) -> Response[bytes]:
+async def cancel_runs(request: Request[Any, Any, Any], runtime: Runtime, principal: Principal) -> Response[bytes]:
     body = decode_body(await request.body(), RunsCancel)
     if (body.ids is None) == (body.repository is None):
         raise InvalidRequest("give either `ids` or a filter with `repository`", {"field": "ids"})
@@ -327,6 +356,7 @@ async def cancel_runs(request: Request[Any, Any, Any], runtime: Runtime) -> Resp
         branch=domain.validate_branch(body.branch) if body.branch is not None else None,
         status=body.status,
         dry_run=body.dry_run,
+        principal=principal,
     )
     return _json(200, await _service(runtime).cancel_runs(command))
 

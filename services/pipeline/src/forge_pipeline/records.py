@@ -14,7 +14,6 @@ import msgspec
 
 __all__ = [
     "ArtifactRow",
-    "CommitStatusDue",
     "Delivery",
     "DispatchRun",
     "Dispatched",
@@ -101,16 +100,6 @@ class PhaseTally(msgspec.Struct, kw_only=True):
     name: str
     status: PhaseStatus
     task_statuses: list[WorkStatus]
-
-
-class CommitStatusDue(msgspec.Struct, kw_only=True):
-    id: int
-    run_id: str
-    repository: str
-    commit_sha: str
-    state: str
-    description: str
-    attempts: int
 
 
 class Delivery(msgspec.Struct, kw_only=True):

@@ -32,6 +32,7 @@ import psycopg
 import structlog
 
 from forge_common import batch
+from forge_common.auth import Principal, require_repository
 from forge_common.batch import BatchResult
 from forge_common.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from forge_common.events import PipelineRunCreated, isoformat
@@ -224,10 +225,13 @@ async def fail_run(conn: Conn, run_id: str, error_message: str, failed_phase: st
     return True
 
 
-def _cancellable(run_id: str, run: Run | None) -> Run:
-    """The run, when a cancellation may proceed; else the 404 / 409 a cancellation answers."""
+def _cancellable(run_id: str, run: Run | None, principal: Principal | None = None) -> Run:
+    """The run, when a cancellation may proceed; else the 404 / 409 a cancellation answers. A
+    repository-bound ``principal`` may only cancel its repository's runs (403)."""
     if run is None:
         raise NotFound(f"pipeline run {run_id} not found", {"id": run_id})
+    if principal is not None:
+        require_repository(principal, run.repository)
     if run.status not in domain.ACTIVE_RUN_STATUSES:
         raise Conflict(
             f"pipeline run {run_id} is already {run.status} and cannot be cancelled",
@@ -236,10 +240,10 @@ def _cancellable(run_id: str, run: Run | None) -> Run:
     return run
 
 
-async def cancel_run(conn: Conn, run_id: str) -> Run:
+async def cancel_run(conn: Conn, run_id: str, principal: Principal | None = None) -> Run:
     """Cancel a pending or running run (409 when finished). Workers are told after commit
     (``PipelineService.cancel_run``)."""
-    run = _cancellable(run_id, await store.lock_run(conn, run_id))
+    run = _cancellable(run_id, await store.lock_run(conn, run_id), principal)
     await store.close_open_work(conn, run_id)
     run = await _finish_run(conn, run, "cancelled", "cancelled by request")
     log.info("pipeline.run_cancelled", run_id=run_id)
@@ -493,6 +497,8 @@ class CancelRuns:
     branch: str | None = None
     status: str | None = None
     dry_run: bool = False
+    # A repository-bound (workload) caller may only cancel its repository's runs.
+    principal: Principal | None = None
 
 
 CancelPublisher = Callable[[str], Awaitable[None]]
@@ -561,9 +567,9 @@ class PipelineService:
         async with self.uow.begin() as conn:
             return await run_tree_json(conn, run_id, self.presigner, self.logs_url_ttl, self.tree_cache)
 
-    async def cancel_run(self, run_id: str) -> None:
+    async def cancel_run(self, run_id: str, principal: Principal | None = None) -> None:
         async with self.uow.begin() as conn:
-            await cancel_run(conn, run_id)
+            await cancel_run(conn, run_id, principal)
         await self.publish_cancel(run_id)
 
     async def cancel_runs(self, cmd: CancelRuns) -> BatchResult:
@@ -574,6 +580,8 @@ class PipelineService:
             batch.check_size(len(ids), "ids")
         else:
             assert cmd.repository is not None
+            if cmd.principal is not None:
+                require_repository(cmd.principal, cmd.repository)
             async with self.uow.begin() as conn:
                 ids = await store.active_run_ids(
                     conn, cmd.repository, cmd.branch, cmd.status, batch.MAX_BATCH_ITEMS + 1
@@ -587,16 +595,16 @@ class PipelineService:
         results = []
         for raw_id in ids:
             operation = self._would_cancel if cmd.dry_run else self._cancel_one
-            results.append(await batch.apply(raw_id, 204, functools.partial(operation, raw_id)))
+            results.append(await batch.apply(raw_id, 204, functools.partial(operation, raw_id, cmd.principal)))
         return batch.summarize(results, dry_run=cmd.dry_run)
 
-    async def _cancel_one(self, raw_id: str) -> None:
-        await self.cancel_run(domain.parse_uuid(raw_id, "run"))
+    async def _cancel_one(self, raw_id: str, principal: Principal | None) -> None:
+        await self.cancel_run(domain.parse_uuid(raw_id, "run"), principal)
 
-    async def _would_cancel(self, raw_id: str) -> None:
+    async def _would_cancel(self, raw_id: str, principal: Principal | None) -> None:
         run_id = domain.parse_uuid(raw_id, "run")
         async with self.uow.begin() as conn:
-            _cancellable(run_id, await store.get_run(conn, run_id))
+            _cancellable(run_id, await store.get_run(conn, run_id), principal)
 
     async def task_status(self, task_id: str, status: WorkStatus, error: str | None) -> TaskStatusView:
         async with self.uow.begin() as conn:

@@ -20,13 +20,14 @@ from psycopg.rows import DictRow, kwargs_row, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from forge_common import github
 from forge_common.events import EventData
 from forge_common.jobs import PlannedArtifact
 from forge_common.outbox import add_event
 from forge_common.tracing import inject
 
 from .domain import ACTIVE_RUN_STATUSES, ListQuery, PhasePlan, ReportWrites, Snapshot, StepPlan, StepWrite, TaskPlan
-from .records import CommitStatusDue, Delivery, PhaseTally, Run, RunSummary, Step, Task, TaskInPhase, WorkStatus
+from .records import Delivery, PhaseTally, Run, RunSummary, Step, Task, TaskInPhase, WorkStatus
 
 __all__ = ["SCHEMA", "Conn", "UnitOfWork", "record"]
 
@@ -751,65 +752,31 @@ async def _fetch_one(cur: psycopg.AsyncCursor[R]) -> R:
 # --- commit statuses ----------------------------------------------------------------------------
 
 
+async def run_repository(conn: Conn, run_id: str) -> str | None:
+    """The repository of a run (a primary-key lookup), for repository-bound tokens."""
+    cur = await conn.execute("SELECT repository FROM pipeline.runs WHERE id = %s", (run_id,))
+    row = await cur.fetchone()
+    return None if row is None else str(row["repository"])
+
+
 async def add_commit_status(
     conn: Conn, run_id: str, repository: str, commit_sha: str, state: str, description: str
 ) -> None:
-    await conn.execute(
-        """INSERT INTO pipeline.commit_statuses (run_id, repository, commit_sha, state, description)
-           VALUES (%s, %s, %s, %s, %s)""",
-        (run_id, repository, commit_sha, state, description),
-    )
-
-
-async def claim_commit_statuses(conn: Conn, limit: int, lease_seconds: float) -> list[CommitStatusDue]:
-    """Due statuses, oldest first, at most one per run (a run's statuses go out in order); each
-    claimed row is leased by pushing its next attempt into the future."""
-    return await _all(
+    """Queue the run's commit status (sent after commit, in order per run: forge_common.github)."""
+    await github.enqueue(
         conn,
-        CommitStatusDue,
-        """
-        WITH due AS (
-            SELECT c.id FROM pipeline.commit_statuses c
-            WHERE c.sent_at IS NULL AND NOT c.skipped AND c.next_attempt_at <= now()
-              AND NOT EXISTS (SELECT 1 FROM pipeline.commit_statuses e
-                              WHERE e.run_id = c.run_id AND e.id < c.id AND e.sent_at IS NULL AND NOT e.skipped)
-            ORDER BY c.next_attempt_at, c.id LIMIT %s FOR UPDATE SKIP LOCKED
-        )
-        UPDATE pipeline.commit_statuses c SET next_attempt_at = now() + make_interval(secs => %s),
-            attempts = c.attempts + 1
-        FROM due WHERE c.id = due.id
-        RETURNING c.id, c.run_id::text AS run_id, c.repository, c.commit_sha, c.state, c.description, c.attempts
-        """,
-        (limit, lease_seconds),
+        "pipeline",
+        github.GitHubRequest(
+            ordering_key=f"run:{run_id}",
+            path=f"/repos/{repository}/statuses/{commit_sha}",
+            body={
+                "state": state,
+                "target_url": f"${{public_url}}/v1/runs/{run_id}",
+                "description": description,
+                "context": "${status_context}",
+            },
+        ),
     )
-
-
-async def commit_status_sent(conn: Conn, status_id: int) -> None:
-    await conn.execute(
-        "UPDATE pipeline.commit_statuses SET sent_at = now(), last_error = NULL WHERE id = %s", (status_id,)
-    )
-
-
-async def commit_status_retry(conn: Conn, status_id: int, delay_seconds: float, error: str) -> None:
-    await conn.execute(
-        "UPDATE pipeline.commit_statuses SET next_attempt_at = now() + make_interval(secs => %s), last_error = %s"
-        " WHERE id = %s",
-        (delay_seconds, error[:1000], status_id),
-    )
-
-
-async def commit_status_give_up(conn: Conn, status_id: int, error: str) -> None:
-    await conn.execute(
-        "UPDATE pipeline.commit_statuses SET skipped = true, last_error = %s WHERE id = %s", (error[:1000], status_id)
-    )
-
-
-async def skip_all_commit_statuses(conn: Conn) -> int:
-    cur = await conn.execute(
-        "UPDATE pipeline.commit_statuses SET skipped = true, last_error = 'no FORGE_GITHUB_TOKEN configured'"
-        " WHERE sent_at IS NULL AND NOT skipped"
-    )
-    return cur.rowcount
 
 
 # --- webhooks -----------------------------------------------------------------------------------

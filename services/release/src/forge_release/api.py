@@ -23,7 +23,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from forge_common.auth import Permission, Principal
+from forge_common.auth import Permission, Principal, require_repository
 from forge_common.errors import NotFound
 from forge_common.http import decode_body, parse_page
 from forge_common.openapi import PathForm, body_operation, errors, path_forms, response
@@ -92,6 +92,7 @@ _REST = Annotated[
 async def create_release(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> dict[str, Any]:
     """Create a release (spec: Create Release; optional ``trigger``, contract #2)."""
     data = decode_body(await request.body(), ReleaseCreate)
+    require_repository(principal, data.repository)
     return await _service(runtime).create(
         CreateRelease(
             repository=data.repository,
@@ -141,6 +142,7 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
 async def read_releases(
     request: Request[Any, Any, Any],
     runtime: Runtime,
+    principal: Principal,
     rest: _REST,
     limit: str | None = None,
     offset: str | None = None,
@@ -156,8 +158,11 @@ async def read_releases(
             raise NotFound(
                 "resource not found: use /v1/releases/{release_uuid} or /v1/releases/{repo}/{project}[/{release-id}]"
             ) from None
-        return await svc.get_by_id(release_id)
+        found = await svc.get_by_id(release_id)
+        require_repository(principal, str(found["repository"]))
+        return found
     repo, rest_parts = _split_repo(parts)
+    require_repository(principal, repo)
     if len(rest_parts) == 1:
         page = parse_page(limit, offset)
         return await svc.list_releases(repo, rest_parts[0], page.limit, page.offset, cursor)
@@ -188,10 +193,13 @@ async def read_releases(
         **errors({409: "the alias names another release and cannot move (numeric and tag aliases never move)"}),
     },
 )
-async def add_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _REST) -> Response[dict[str, Any]]:
+async def add_alias(
+    request: Request[Any, Any, Any], runtime: Runtime, rest: _REST, principal: Principal
+) -> Response[dict[str, Any]]:
     """Add a ``tag``, ``branch`` or ``custom`` alias to a release."""
     parts = _segments(request)
     repo, rest_parts = _split_repo(parts)
+    require_repository(principal, repo)
     if len(rest_parts) != 3 or rest_parts[2] != "aliases":
         raise NotFound("resource not found: POST /v1/releases/{repo}/{project}/{release-id}/aliases")
     data = decode_body(await request.body(), AliasCreate)
@@ -215,10 +223,11 @@ async def add_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _RE
     status_code=HTTP_204_NO_CONTENT,
     responses=errors({409: "numeric and tag aliases are permanent"}),
 )
-async def remove_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _REST) -> None:
+async def remove_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _REST, principal: Principal) -> None:
     """Remove a ``branch`` or ``custom`` alias (numeric and tag aliases are permanent)."""
     parts = _segments(request)
     repo, rest_parts = _split_repo(parts)
+    require_repository(principal, repo)
     if len(rest_parts) != 4 or rest_parts[2] != "aliases":
         raise NotFound("resource not found: DELETE /v1/releases/{repo}/{project}/{release-id}/aliases/{alias}")
     await _service(runtime).remove_alias(repo, rest_parts[0], rest_parts[1], rest_parts[3])

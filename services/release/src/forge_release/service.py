@@ -28,7 +28,7 @@ import psycopg
 import structlog
 from prometheus_client import Counter
 
-from forge_common import cursor
+from forge_common import cursor, github
 from forge_common.db import Pool
 from forge_common.errors import Conflict, InvalidRequest, NotFound
 from forge_common.events import ReleaseCreated, isoformat, utcnow
@@ -49,6 +49,7 @@ from .domain import (
     validate_project,
     validate_repository,
 )
+from .github import release_status
 from .oci import Publisher, build_artifact
 from .runs import RunChecker, SkipRunCheck
 
@@ -222,6 +223,7 @@ class ReleaseService:
                     trigger_type=release.trigger.trigger_type,
                 ),
             )
+            await github.enqueue(conn, SCHEMA, release_status(release, number))
             # Last step before the commit: a failed publish rolls everything back.
             digest = await self.publisher.publish(artifact)
         RELEASES_CREATED.inc()
