@@ -103,6 +103,11 @@ class CommonSettings(msgspec.Struct, kw_only=True):
     s3_region: str = "us-east-1"
     s3_access_key: str = "forge"
     s3_secret_key: str = "forge-secret"  # noqa: S105 - the embedded dev S3 accepts any key
+    # Temporary credentials (AWS STS, IRSA, MinIO STS): sent with every request and in presigned URLs.
+    s3_session_token: str = ""
+    # Where clients outside the cluster reach the object store: presigned URLs (step logs) are
+    # signed for this address instead of FORGE_S3_URL (an in-cluster name users cannot resolve).
+    s3_public_url: str = ""
     oidc_issuer: str = "http://127.0.0.1:8180/realms/forge"
     oidc_audience: str = "forge"
     oidc_jwks_url: str = ""
@@ -130,6 +135,10 @@ class CommonSettings(msgspec.Struct, kw_only=True):
             problems.append("FORGE_NATS_URL must be a nats:// URL")
         if self.db_pool_min < 1 or self.db_pool_max < self.db_pool_min:
             problems.append("FORGE_DB_POOL_MIN must be >= 1 and <= FORGE_DB_POOL_MAX")
+        for name in ("s3_url", "s3_public_url"):
+            value = getattr(self, name)
+            if value and not value.startswith(("http://", "https://")):
+                problems.append(f"FORGE_{name.upper()}={value!r}: must be an http:// or https:// URL")
         if self.outbox_retention <= 0:
             problems.append("FORGE_OUTBOX_RETENTION must be a positive duration such as 7d or 36h")
         return problems

@@ -34,6 +34,9 @@ class Settings(CommonSettings, kw_only=True):
     log_max_bytes: int = 256 * 1024 * 1024
     # SIGTERM grace for a cancelled or timed-out step before SIGKILL of its process group.
     step_kill_grace: float = 1.0
+    # How long a release job keeps retrying a release service that cannot take the release yet
+    # (down, 5xx, 429), with exponential back-off up to 15 s; keep it under FORGE_JOB_TIMEOUT_RELEASE.
+    release_retry_for: float = 600.0
     # Port of the optional /healthz, /readyz, /metrics listener (0: none).
     worker_http_port: int = 0
     # On SIGTERM the worker stops pulling and lets running jobs finish for this long.
@@ -55,6 +58,8 @@ class Settings(CommonSettings, kw_only=True):
         bad = [t for t in self.job_types() if t not in ("discovery", "ci", "artifact", "release")]
         if bad or not self.job_types():
             problems.append("FORGE_WORKER_TYPES must list discovery, ci, artifact and/or release")
+        if self.release_retry_for <= 0:
+            problems.append("FORGE_RELEASE_RETRY_FOR must be a positive duration such as 10m")
         if self.worker_concurrency < 1:
             problems.append("FORGE_WORKER_CONCURRENCY must be >= 1")
         return problems

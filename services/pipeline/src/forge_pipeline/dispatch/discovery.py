@@ -9,7 +9,7 @@ import msgspec
 import structlog
 
 from forge_common import jobs
-from forge_common.errors import InvalidRequest
+from forge_common.errors import Conflict, InvalidRequest
 from forge_pipeline import service, store
 from forge_pipeline.domain import PhasePlan
 from forge_pipeline.records import DispatchRun
@@ -56,7 +56,11 @@ async def _store_plan(driver: RunDriver, plan: jobs.DiscoveryResult) -> None:
     try:
         phases = msgspec.convert(msgspec.to_builtins(plan.phases), list[PhasePlan])
         async with driver.pool.connection() as conn, conn.transaction():
-            await service.store_discovery(conn, driver.run_id, phases, plan.release_triggers)
+            await service.store_discovery(conn, driver.run_id, phases, plan.release_triggers, plan.commit_sha)
+    except Conflict as exc:
+        # One run per full commit SHA: this one duplicates a run created with another spelling.
+        await driver.fail(f"duplicate run: {exc.message}", "discovery")
+        raise RunEnded from exc
     except (msgspec.ValidationError, InvalidRequest) as exc:
         # A plan the service refuses would fail the same way on every retry.
         await driver.fail(f"discovery returned an unusable plan: {exc}", "discovery")
