@@ -136,15 +136,19 @@ class CiJobRunner:
         cancel = asyncio.Event()
         t0 = time.perf_counter()
         running = asyncio.create_task(self.reporter.running_after(step.id, self.running_report_delay, cancel))
-        outcome = await self.runner.run(
-            run_id=job.run_id,
-            argv=argv,
-            cwd=workdir,
-            env={**env, "FORGE_STEP": step.name},
-            timeout=float(step.timeout_seconds) if step.timeout_seconds else None,
-            key=key,
-            cancel=cancel,
-        )
+        try:
+            outcome = await self.runner.run(
+                run_id=job.run_id,
+                argv=argv,
+                cwd=workdir,
+                env={**env, "FORGE_STEP": step.name},
+                timeout=float(step.timeout_seconds) if step.timeout_seconds else None,
+                key=key,
+                cancel=cancel,
+            )
+        except BaseException:
+            running.cancel()
+            raise
         t1 = time.perf_counter()
         if not running.done():
             running.cancel()

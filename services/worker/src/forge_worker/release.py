@@ -95,7 +95,7 @@ class ReleaseJobRunner:
     async def _call(self, method: str, path: str, body: dict[str, Any] | None) -> ServiceResponse:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Transient),
-            wait=wait_exponential_jitter(initial=0.5, max=self.retry_max_wait),
+            wait=wait_exponential_jitter(multiplier=0.5, max=self.retry_max_wait),
             stop=stop_after_delay(self.retry_for),
             reraise=True,
         )

@@ -32,6 +32,9 @@ class Settings(CommonSettings, kw_only=True):
     # A running step's log is uploaded this often while it runs; the final upload is complete.
     log_flush_interval: float = 2.0
     log_max_bytes: int = 256 * 1024 * 1024
+    # How long a step's log upload keeps retrying an unreachable S3 (exponential back-off) before
+    # the job is given back for another delivery; output waits in memory, at most one 8 MiB part.
+    log_upload_retry_for: float = 300.0
     # SIGTERM grace for a cancelled or timed-out step before SIGKILL of its process group.
     step_kill_grace: float = 1.0
     # How long a release job keeps retrying a release service that cannot take the release yet
@@ -58,6 +61,8 @@ class Settings(CommonSettings, kw_only=True):
         bad = [t for t in self.job_types() if t not in ("discovery", "ci", "artifact", "release")]
         if bad or not self.job_types():
             problems.append("FORGE_WORKER_TYPES must list discovery, ci, artifact and/or release")
+        if self.log_upload_retry_for <= 0:
+            problems.append("FORGE_LOG_UPLOAD_RETRY_FOR must be a positive duration such as 5m")
         if self.release_retry_for <= 0:
             problems.append("FORGE_RELEASE_RETRY_FOR must be a positive duration such as 10m")
         if self.worker_concurrency < 1:

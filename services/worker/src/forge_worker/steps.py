@@ -1,8 +1,8 @@
 """Running one step: ``bash -e`` in its own process group, its output streamed to S3.
 
-The log object at ``pipeline-runs/{run}/logs/{phase}/{project}/{step}.log`` is rewritten every
-``flush_interval`` while the step runs (so it is visible and growing) and once more at the end,
-when it holds the whole output. Timeouts and cancellation signal the whole process group
+The log object at ``pipeline-runs/{run}/logs/{phase}/{project}/{step}.log`` grows every
+``flush_interval`` while the step runs and is complete once the step ends; the worker holds
+only what S3 does not have yet (``logs.LogObject``: bounded memory, retried uploads). Timeouts and cancellation signal the whole process group
 (SIGTERM, then SIGKILL after a grace period); the group is also killed after a normal exit so a
 step never leaves background processes behind.
 """
@@ -22,14 +22,20 @@ import msgspec
 import structlog
 
 from .health import STEPS_RUNNING
+from .logs import LogObject
 
-__all__ = ["ProcessTable", "StepOutcome", "StepRunner", "log_key"]
+__all__ = ["LogUploadFailed", "ProcessTable", "StepOutcome", "StepRunner", "log_key"]
 
 log = structlog.get_logger(__name__)
 
 
 def log_key(run_id: str, phase: str, project: str, step: str) -> str:
     return f"pipeline-runs/{run_id}/logs/{phase}/{project}/{step}.log"
+
+
+class LogUploadFailed(Exception):
+    """S3 did not take a step's log within the retry budget: the job is retried (redelivered),
+    which runs the step again, rather than a run finishing with its log missing."""
 
 
 class StepOutcome(msgspec.Struct, kw_only=True):
@@ -188,6 +194,8 @@ class StepRunner:
         flush_interval: float,
         kill_grace: float,
         max_bytes: int,
+        upload_retry_for: float = 300.0,
+        part_size: int = 8 * 1024 * 1024,
     ) -> None:
         self.s3 = s3  # a long-lived aiobotocore client
         self.bucket = bucket
@@ -195,6 +203,8 @@ class StepRunner:
         self.flush_interval = flush_interval
         self.kill_grace = kill_grace
         self.max_bytes = max_bytes
+        self.upload_retry_for = upload_retry_for
+        self.part_size = part_size
 
     @staticmethod
     def argv(action: str, command: str) -> list[str] | None:
@@ -205,8 +215,14 @@ class StepRunner:
             return None
         return [earthly, *command.split()]
 
+    def log_object(self, key: str) -> LogObject:
+        return LogObject(self.s3, self.bucket, key, part_size=self.part_size, retry_for=self.upload_retry_for)
+
     async def upload(self, key: str, body: bytes) -> None:
-        await self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="text/plain; charset=utf-8")
+        """A whole (small) log at once, retried like a step's."""
+        log_object = self.log_object(key)
+        await log_object.write(body)
+        await log_object.flush(retry=True)
 
     # Over 60 lines on purpose: the reader, the periodic flush and the timeout/cancel watch are
     # closures over one process and its buffer; split apart they would pass all of it around.
@@ -222,8 +238,8 @@ class StepRunner:
         cancel: asyncio.Event,
     ) -> StepOutcome:
         started = time.monotonic()
-        buf = bytearray()
-        state = {"dirty": False, "truncated": False, "uploaded": False}
+        output = self.log_object(key)
+        state = {"truncated": False, "broken": False}
         proc = await asyncio.create_subprocess_exec(
             *argv,
             cwd=str(cwd),
@@ -244,24 +260,33 @@ class StepRunner:
                 chunk = await stdout.read(65536)
                 if not chunk:
                     return
-                if len(buf) + len(chunk) > self.max_bytes:
+                if state["broken"]:
+                    continue  # keep draining the pipe so the step is not blocked
+                if output.total + len(chunk) > self.max_bytes:
                     if not state["truncated"]:
-                        buf.extend(b"\n[forge: log truncated at %d bytes]\n" % self.max_bytes)
+                        await write(b"\n[forge: log truncated at %d bytes]\n" % self.max_bytes)
                         state["truncated"] = True
                     continue
-                buf.extend(chunk)
-                state["dirty"] = True
+                await write(chunk)
+
+        async def write(data: bytes) -> None:
+            try:
+                await output.write(data)  # waits while S3 takes a full part: back-pressure
+            except Exception as exc:  # noqa: BLE001 - the step's outcome still counts; see below
+                state["broken"] = True
+                log.error("steps.log_upload_failed", key=key, error=str(exc))
 
         async def flush_periodically() -> None:
+            last = time.monotonic()
             while True:
                 await asyncio.sleep(self.flush_interval)
-                if state["dirty"]:
-                    state["dirty"] = False
-                    try:
-                        await self.upload(key, bytes(buf))
-                        state["uploaded"] = True
-                    except Exception as exc:  # noqa: BLE001 - the final upload still happens
-                        log.warning("steps.log_flush_failed", key=key, error=str(exc))
+                if not output.flush_due(time.monotonic() - last, self.flush_interval) or state["broken"]:
+                    continue
+                last = time.monotonic()
+                try:
+                    await output.flush()
+                except Exception as exc:  # noqa: BLE001 - the final flush retries until S3 is back
+                    log.warning("steps.log_flush_failed", key=key, error=str(exc))
 
         reader = asyncio.create_task(read())
         flusher = asyncio.create_task(flush_periodically())
@@ -273,10 +298,11 @@ class StepRunner:
             if waiter not in done:
                 if canceller in done:
                     cancelled = True
-                    buf.extend(b"\n[forge: step cancelled]\n")
+                    note = b"\n[forge: step cancelled]\n"
                 else:
                     timed_out = True
-                    buf.extend(b"\n[forge: step timed out after %ds]\n" % int(timeout or 0))
+                    note = b"\n[forge: step timed out after %ds]\n" % int(timeout or 0)
+                await write(note)
                 _kill_group(pgid, signal.SIGTERM)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(waiter), self.kill_grace)
@@ -297,9 +323,16 @@ class StepRunner:
         uploaded = time.monotonic()
         # A step that printed nothing has no log object (and so no logs_url): one S3 write
         # (client and server CPU) less per silent step.
-        has_log = bool(buf) or state["uploaded"]
+        has_log = output.total > 0
+        if state["broken"]:
+            await output.abort()
+            raise LogUploadFailed(f"the log of this step could not be written to S3 ({key})")
         if has_log:
-            await self.upload(key, bytes(buf))
+            try:
+                await output.flush(retry=True)
+            except Exception as exc:
+                await output.abort()
+                raise LogUploadFailed(f"the log of this step could not be written to S3 ({key}): {exc}") from exc
         upload_ms = (time.monotonic() - uploaded) * 1000
         code = proc.returncode if proc.returncode is not None else -9
         if code < 0:
@@ -311,7 +344,7 @@ class StepRunner:
             timed_out=timed_out,
             cancelled=cancelled,
             duration=time.monotonic() - started,
-            log_bytes=len(buf),
+            log_bytes=output.total,
             upload_ms=upload_ms,
             has_log=has_log,
         )

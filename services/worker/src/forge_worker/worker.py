@@ -96,6 +96,7 @@ class Worker:
             self.settings.log_flush_interval,
             self.settings.step_kill_grace,
             self.settings.log_max_bytes,
+            self.settings.log_upload_retry_for,
         )
         step_env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
         return CiJobRunner(
