@@ -42,8 +42,10 @@ def test_a_crashing_process_is_restarted_with_growing_back_off(tmp_path: Path) -
         assert delays == [1.0, 2.0, 4.0, 4.0]  # doubling, capped
         assert crashing.restarts == 4
         assert starts.read_text().count("started") >= 4
-        assert stable.popen.poll() is None and stable.restarts == 0  # others untouched
+        assert stable.popen.poll() is None
+        assert stable.restarts == 0
         assert any("worker exited with code 3" in line for line in lines)
-        assert crashing.log_path is not None and crashing.log_path.exists()
+        assert crashing.log_path is not None
+        assert crashing.log_path.exists()
     finally:
         infra.stop()
