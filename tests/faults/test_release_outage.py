@@ -19,7 +19,9 @@ from tests.execution.conftest import Cell
 pytestmark = pytest.mark.slow
 
 REPO_TOML = "[phases.build]\ngroup = 1\n"
-PROJECT = 'name = "api"\n[[phases.build.steps]]\nname = "make"\nrun = "echo built"\n[release]\non = [{ branch = "main" }]\n'
+PROJECT = (
+    'name = "api"\n[[phases.build.steps]]\nname = "make"\nrun = "echo built"\n[release]\non = [{ branch = "main" }]\n'
+)
 RUNS = 4
 
 
@@ -79,7 +81,9 @@ async def test_runs_finishing_during_a_release_outage_get_their_releases(
         assert (await cell.get_run(client, run_id))["release_error"] is None
 
 
-async def test_a_release_that_keeps_failing_is_visible_on_the_run(release_cell: Cell, client: httpx.AsyncClient) -> None:
+async def test_a_release_that_keeps_failing_is_visible_on_the_run(
+    release_cell: Cell, client: httpx.AsyncClient
+) -> None:
     cell = release_cell
     cell.start_worker(env={"FORGE_RELEASE_RETRY_FOR": "3s"})
     cell.wait_workers(1)

@@ -52,7 +52,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def test_logs_complete_after_a_10s_s3_outage(s3_cell: Cell, s3_proxy: TcpProxy, client: httpx.AsyncClient) -> None:
+async def test_logs_complete_after_a_10s_s3_outage(
+    s3_cell: Cell, s3_proxy: TcpProxy, client: httpx.AsyncClient
+) -> None:
     cell = s3_cell
     cell.start_worker(env={"FORGE_S3_URL": s3_proxy.url})
     cell.wait_workers(1)

@@ -39,7 +39,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def test_a_killed_workers_job_runs_again_elsewhere_within_60s(default_cell: Cell, client: httpx.AsyncClient) -> None:
+async def test_a_killed_workers_job_runs_again_elsewhere_within_60s(
+    default_cell: Cell, client: httpx.AsyncClient
+) -> None:
     cell = default_cell
     workers = [cell.start_worker(), cell.start_worker()]
     cell.wait_workers(2)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import msgspec
 import structlog
 
 from forge_common import jobs
 from forge_common.errors import Conflict, InvalidRequest
+from forge_common.nats import reconnects
 from forge_pipeline import service, store
 from forge_pipeline.domain import PhasePlan
 from forge_pipeline.records import DispatchRun
@@ -23,18 +25,11 @@ log = structlog.get_logger(__name__)
 
 async def discover(driver: RunDriver, run: DispatchRun) -> None:
     run_id = driver.run_id
-    job_id = str(uuid.uuid4())
     timeout = driver.job_settings.timeout("discovery")
     async with driver.pool.connection() as conn, conn.transaction():
         await store.set_run_running(conn, run_id)
-    waiter = driver.waiter(job_id)
-    job = jobs.DiscoveryJob(
-        job_id=job_id, run_id=run_id, repository=run.repository, commit_sha=run.commit_sha, branch=run.branch
-    )
-    await driver.queue.publish("discovery", job, f"discovery:{job_id}")
-    try:
-        raw = await asyncio.wait_for(waiter, timeout)
-    except TimeoutError:
+    raw = await _ask(driver, run, timeout)
+    if raw is None:
         await driver.queue.purge_subject(jobs.job_subject(driver.runtime.names, "discovery", run_id))
         await driver.fail(f"discovery timed out after {format_seconds(timeout)}", "discovery")
         raise RunEnded from None
@@ -50,6 +45,39 @@ async def discover(driver: RunDriver, run: DispatchRun) -> None:
         await driver.fail("discovery returned an unusable plan: no plan in its reply", "discovery")
         raise RunEnded
     await _store_plan(driver, reply.result)
+
+
+async def _ask(driver: RunDriver, run: DispatchRun, timeout: float) -> bytes | None:
+    """Publish the discovery job and wait for its reply (None after ``timeout``). A reply sent
+    while the connection to NATS was down is lost (core NATS keeps nothing), so after every
+    reconnect the job is published again under a new id; the first reply to any copy wins
+    (storing the plan is idempotent)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    changes = reconnects(driver.runtime.nc)
+    waiters: list[asyncio.Future[bytes]] = []
+    try:
+        while True:
+            job_id = str(uuid.uuid4())
+            waiters.append(driver.waiter(job_id))
+            job = jobs.DiscoveryJob(
+                job_id=job_id, run_id=run.id, repository=run.repository, commit_sha=run.commit_sha, branch=run.branch
+            )
+            await driver.queue.publish("discovery", job, f"discovery:{job_id}")
+            reconnected: asyncio.Future[Any] = asyncio.ensure_future(changes.changed())
+            watched: list[asyncio.Future[Any]] = [*waiters, reconnected]
+            left = deadline - asyncio.get_running_loop().time()
+            done, _ = await asyncio.wait(watched, timeout=max(left, 0), return_when=asyncio.FIRST_COMPLETED)
+            reconnected.cancel()
+            for waiter in waiters:
+                if waiter in done:
+                    return waiter.result()
+            if reconnected not in done:
+                return None
+            log.info("dispatcher.discovery_republished", run_id=run.id, reason="NATS reconnected")
+    finally:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.cancel()
 
 
 async def _store_plan(driver: RunDriver, plan: jobs.DiscoveryResult) -> None:
