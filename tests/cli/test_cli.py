@@ -91,7 +91,7 @@ def test_dev_token_is_accepted_by_the_platform(platform: Platform) -> None:
 
     listed = forge("runs", "list", "--repository", _repo(), api=platform.gateway_url, token=token)
     assert listed.code == 0, listed
-    assert listed.json == {"runs": [], "total": 0, "limit": 20, "offset": 0}
+    assert listed.json == {"runs": [], "total": 0, "limit": 20, "offset": 0, "next_cursor": None}
 
 
 def test_dev_token_roles_and_expiry_are_what_the_gateway_enforces(platform: Platform) -> None:

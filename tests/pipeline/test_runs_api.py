@@ -225,7 +225,7 @@ async def test_list_runs_filters_paginates_and_counts(client: httpx.AsyncClient,
     headers = platform.headers("viewer@example.com", "viewer")
 
     page = (await client.get("/v1/runs", params={"repository": repo}, headers=headers)).json()
-    assert set(page) == {"runs", "total", "limit", "offset"}
+    assert set(page) == {"runs", "total", "limit", "offset", "next_cursor"}
     assert page["total"] == 7
     assert page["limit"] == 20
     assert page["offset"] == 0

@@ -103,7 +103,7 @@ async def test_list_is_newest_first_with_total_and_paging(developer: Api, viewer
     base = f"/v1/releases/{repo if style == 'segments' else encoded(repo)}/{project}"
 
     page = (await viewer.get(base)).json()
-    assert set(page) == {"releases", "total", "limit", "offset"}
+    assert set(page) == {"releases", "total", "limit", "offset", "next_cursor"}
     assert (page["total"], page["limit"], page["offset"]) == (25, 20, 0)
     assert [r["release_number"] for r in page["releases"]] == list(range(25, 5, -1))
     newest = page["releases"][0]
@@ -122,11 +122,26 @@ async def test_list_is_newest_first_with_total_and_paging(developer: Api, viewer
     assert page["releases"] == []
     assert page["total"] == 25
 
+    # Cursor pages: every release once, newest first, next_cursor null on the last page.
+    numbers: list[int] = []
+    params: dict[str, object] = {"limit": 10}
+    while True:
+        page = (await viewer.get(base, **params)).json()
+        numbers += [r["release_number"] for r in page["releases"]]
+        if page["next_cursor"] is None:
+            break
+        params = {"limit": 10, "cursor": page["next_cursor"]}
+    assert numbers == list(range(25, 0, -1))
+    other_repo, other_project = names()
+    refused = await viewer.get(f"/v1/releases/{other_repo}/{other_project}", cursor=params["cursor"])
+    assert refused.status_code == 400
+    assert refused.json()["error"]["details"]["field"] == "cursor"
+
 
 async def test_list_of_unknown_project_is_empty(viewer: Api) -> None:
     repo, project = names()
     page = (await viewer.get(f"/v1/releases/{repo}/{project}")).json()
-    assert page == {"releases": [], "total": 0, "limit": 20, "offset": 0}
+    assert page == {"releases": [], "total": 0, "limit": 20, "offset": 0, "next_cursor": None}
 
 
 @pytest.mark.parametrize(

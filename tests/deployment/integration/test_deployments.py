@@ -123,6 +123,17 @@ async def test_deploying_release_1_then_2_supersedes_1_and_commits_both_pointers
     assert [(d["release_number"], d["status"]) for d in page["deployments"]] == [(1, "active"), (2, "superseded")]
     older = (await gw.get(f"/v1/deployments/dev/{repository}/api/history?limit=2&offset=2", headers=viewer)).json()
     assert [(d["id"], d["status"]) for d in older["deployments"]] == [(d1["id"], "superseded")]
+    # The same page by cursor; the last page has no next one; a cursor of another target is refused.
+    assert older["next_cursor"] is None
+    history = f"/v1/deployments/dev/{repository}/api/history"
+    by_cursor = (await gw.get(history, params={"limit": "2", "cursor": page["next_cursor"]}, headers=viewer)).json()
+    assert by_cursor["deployments"] == older["deployments"]
+    assert by_cursor["next_cursor"] is None
+    elsewhere = await gw.get(
+        f"/v1/deployments/staging/{repository}/api/history", params={"cursor": page["next_cursor"]}, headers=viewer
+    )
+    assert elsewhere.status_code == 400
+    assert elsewhere.json()["error"]["details"]["field"] == "cursor"
     current = (await gw.get(f"/v1/deployments/dev/{repository}/api", headers=viewer)).json()
     assert (current["deployment_id"], current["release_number"]) == (d3["id"], 1)
 
@@ -238,7 +249,7 @@ async def test_bad_requests_get_clear_4xx_envelopes(platform: Platform, gw: http
     assert none.json()["error"]["code"] == "resource_not_found"
     empty = await gw.get(f"/v1/deployments/dev/{repository}/api/history", headers=viewer)
     assert empty.status_code == 200
-    assert empty.json() == {"deployments": [], "total": 0, "limit": 20, "offset": 0}
+    assert empty.json() == {"deployments": [], "total": 0, "limit": 20, "offset": 0, "next_cursor": None}
     # Issue 10: a limit past the cap is refused like everywhere else, no longer silently clamped.
     for query, field in (("limit=0", "limit"), ("limit=1000", "limit"), ("limit=x", "limit"), ("offset=-1", "offset")):
         bad = await gw.get(f"/v1/deployments/dev/{repository}/api/history?{query}", headers=viewer)

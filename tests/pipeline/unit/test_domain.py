@@ -74,10 +74,17 @@ def test_commit_sha_rules() -> None:
             domain.normalize_commit_sha(bad)
 
 
+def _list_query(
+    repository: str | None, branch: str | None, status: str | None, limit: str | None, offset: str | None
+) -> domain.ListQuery:
+    filters = domain.ListFilters(repository=repository, branch=branch, status=status, limit=limit, offset=offset)
+    return domain.validate_list_query(filters)
+
+
 def test_list_query_defaults_and_bounds() -> None:
-    q = domain.validate_list_query("a/b", None, None, None, None)
+    q = _list_query("a/b", None, None, None, None)
     assert (q.limit, q.offset) == (20, 0)
-    assert domain.validate_list_query("a/b", "main", "failed", "100", "5").limit == 100
+    assert _list_query("a/b", "main", "failed", "100", "5").limit == 100
     for args in [
         (None, None, None, None, None),
         ("a/b", None, None, "101", None),
@@ -85,7 +92,45 @@ def test_list_query_defaults_and_bounds() -> None:
         ("a/b", None, "nope", None, None),
     ]:
         with pytest.raises(InvalidRequest):
-            domain.validate_list_query(*args)
+            _list_query(*args)
+
+
+def test_list_cursor_round_trip_and_binding() -> None:
+    import datetime as dt
+    import uuid
+
+    query = domain.validate_list_query(domain.ListFilters(repository="a/b", status="failed"))
+    at = dt.datetime(2026, 12, 1, 9, 0, 0, 123456, tzinfo=dt.UTC)
+    run_id = str(uuid.uuid4())
+    token = domain.next_cursor(query, at, run_id)
+    again = domain.validate_list_query(domain.ListFilters(repository="a/b", status="failed", cursor=token))
+    assert again.after == (at, run_id)
+    # The same cursor with other filters, with an offset, or mangled: a 400 naming the cursor.
+    for filters in (
+        domain.ListFilters(repository="a/b", cursor=token),
+        domain.ListFilters(repository="a/b", status="failed", cursor=token, offset="20"),
+        domain.ListFilters(repository="a/b", status="failed", cursor=token[:-3]),
+        domain.ListFilters(repository="a/b", status="failed", cursor="not a cursor"),
+    ):
+        with pytest.raises(InvalidRequest) as caught:
+            domain.validate_list_query(filters)
+        assert caught.value.details["field"] == "cursor"
+
+
+def test_list_time_filters() -> None:
+    q = domain.validate_list_query(
+        domain.ListFilters(
+            repository="a/b", created_after="2026-11-01T00:00:00Z", created_before="2026-12-01T00:00:00+01:00"
+        )
+    )
+    assert q.created_after is not None
+    assert q.created_after.isoformat() == "2026-11-01T00:00:00+00:00"
+    assert q.created_before is not None
+    assert q.created_before.hour == 23
+    for bad in ("yesterday", "2026-11-01T00:00:00"):
+        with pytest.raises(InvalidRequest) as caught:
+            domain.validate_list_query(domain.ListFilters(repository="a/b", created_after=bad))
+        assert caught.value.details["field"] == "created_after"
 
 
 def test_reported_transitions() -> None:

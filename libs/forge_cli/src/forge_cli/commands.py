@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import urllib.error
-import urllib.request
 from typing import Any
 from urllib.parse import quote
 
-from .http import ApiError
+from . import live
 from .session import call
 
 __all__ = ["ENVIRONMENTS", "add_api_commands"]
@@ -30,6 +27,7 @@ ENVIRONMENTS = ("dev", "staging", "production")
 def _paging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="page size (the API's default is 20, at most 100)")
     parser.add_argument("--offset", type=int, help="items to skip")
+    parser.add_argument("--cursor", help="the next_cursor of the previous page (instead of --offset)")
 
 
 def add_api_commands(sub: Any, leaf: Any) -> None:
@@ -63,7 +61,10 @@ def _runs_commands(sub: Any, leaf: Any) -> None:
     p = leaf(runs, "list", help="runs of a repository, newest first")
     p.add_argument("--repository", required=True)
     p.add_argument("--branch")
-    p.add_argument("--status")
+    p.add_argument("--status", choices=["pending", "running", "success", "failed", "cancelled"])
+    p.add_argument("--triggered-by", help="who started the runs (e.g. an email)")
+    p.add_argument("--created-after", help="RFC 3339 time, e.g. 2026-11-30T00:00:00Z")
+    p.add_argument("--created-before", help="RFC 3339 time")
     _paging(p)
     p.set_defaults(
         func=lambda a: call(
@@ -74,6 +75,10 @@ def _runs_commands(sub: Any, leaf: Any) -> None:
                 "repository": a.repository,
                 "branch": a.branch,
                 "status": a.status,
+                "triggered_by": a.triggered_by,
+                "created_after": a.created_after,
+                "created_before": a.created_before,
+                "cursor": a.cursor,
                 "limit": a.limit,
                 "offset": a.offset,
             },
@@ -90,7 +95,22 @@ def _runs_commands(sub: Any, leaf: Any) -> None:
     p.add_argument("--phase")
     p.add_argument("--project")
     p.add_argument("--step")
-    p.set_defaults(func=_run_logs)
+    p.add_argument("-f", "--follow", action="store_true", help="follow the logs while the steps run")
+    p.set_defaults(func=live.follow_logs)
+    p = leaf(
+        runs,
+        "watch",
+        help="a live tree of the run's phases, tasks and steps until it ends (exit status as `wait`)",
+    )
+    p.add_argument("run_id")
+    p.set_defaults(func=live.watch)
+    p = leaf(
+        runs,
+        "wait",
+        help="wait for the run to end: exit status 0 success, 1 failed, 2 cancelled, 3 when --timeout passes",
+    )
+    p.add_argument("run_id")
+    p.set_defaults(func=live.wait)
 
 
 def _release_commands(sub: Any, leaf: Any) -> None:
@@ -129,7 +149,7 @@ def _release_commands(sub: Any, leaf: Any) -> None:
             a,
             "GET",
             f"/v1/releases/{_repo(a.repository)}/{_seg(a.project)}",
-            params={"limit": a.limit, "offset": a.offset},
+            params={"limit": a.limit, "offset": a.offset, "cursor": a.cursor},
         )
     )
 
@@ -169,7 +189,7 @@ def _deployment_commands(sub: Any, leaf: Any) -> None:
             a,
             "GET",
             f"/v1/deployments/{a.environment}/{_repo(a.repository)}/{_seg(a.project)}/history",
-            params={"limit": a.limit, "offset": a.offset},
+            params={"limit": a.limit, "offset": a.offset, "cursor": a.cursor},
         )
     )
 
@@ -206,51 +226,6 @@ def _approval_commands(sub: Any, leaf: Any) -> None:
             a, "DELETE", f"/v1/approvals/{_seg(a.approval_id)}", {"reason": a.reason} if a.reason else None
         )
     )
-
-
-def _run_logs(args: argparse.Namespace) -> int:
-    """Each matching step's log (fetched from its presigned ``logs_url``) under a header line."""
-    run = call(args, "GET", f"/v1/runs/{_seg(args.run_id)}")
-    found = failed = 0
-    for phase in run.get("phases", []):
-        if args.phase and phase["name"] != args.phase:
-            continue
-        for task in phase.get("tasks", []):
-            if args.project and task["project_name"] != args.project:
-                continue
-            for step in task.get("steps", []):
-                if args.step and step["name"] != args.step:
-                    continue
-                found += 1
-                where = f"{phase['name']}/{task['project_name']}/{step['name']}"
-                print(f"==> {where} ({step['status']}, exit code {step.get('exit_code')}) <==", flush=True)
-                if not step.get("logs_url"):
-                    print("(no log)", flush=True)
-                    continue
-                try:
-                    sys.stdout.write(_fetch_log(step["logs_url"]))
-                except ApiError as exc:
-                    failed += 1
-                    print(f"forge: {where}: {exc}", file=sys.stderr, flush=True)
-                sys.stdout.flush()
-    if not found:
-        what = "matching the filters" if (args.phase or args.project or args.step) else "at all"
-        print(f"forge: run {args.run_id} ({run.get('status')}) has no step {what}", file=sys.stderr)
-        return 1
-    return 1 if failed else 0
-
-
-def _fetch_log(url: str) -> str:
-    # A presigned URL carries its own credentials: no Authorization header (S3 refuses two).
-    try:
-        with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - the API's presigned URL
-            data: bytes = resp.read()
-    except urllib.error.HTTPError as exc:
-        raise ApiError(f"log download failed: {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise ApiError(f"log download failed: {getattr(exc, 'reason', exc)}") from None
-    text = data.decode("utf-8", "replace")
-    return text if text.endswith("\n") or not text else text + "\n"
 
 
 def _create_release(args: argparse.Namespace) -> Any:

@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # `forge runs wait/watch --timeout S`: the whole wait is bounded only when asked.
+    args.timeout_explicit = hasattr(args, "timeout")
     for name, value in _DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, value)

@@ -14,7 +14,7 @@ from typing import Any
 from .config import Config, Context
 from .http import CliError, json_answer, request
 
-__all__ = ["DEFAULT_API", "call", "resolve_api", "resolve_context"]
+__all__ = ["DEFAULT_API", "call", "resolve_api", "resolve_context", "token"]
 
 DEFAULT_API = "http://127.0.0.1:8080"
 
@@ -40,6 +40,11 @@ def resolve_api(args: argparse.Namespace) -> None:
         name = args.context or config.current
         ctx = config.contexts.get(name) if name else None
         args.api = ctx.api if ctx is not None else DEFAULT_API
+
+
+def token(args: argparse.Namespace) -> str:
+    """The bearer token this command sends (see the module's docstring)."""
+    return _token(args)
 
 
 def _token(args: argparse.Namespace) -> str:

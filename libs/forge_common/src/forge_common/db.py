@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from importlib import resources
 from importlib.resources.abc import Traversable
+from typing import Any
 
 import psycopg
 import structlog
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["MigrationError", "Pool", "create_pool", "migrate", "migration_files"]
+__all__ = ["Connection", "MigrationError", "Pool", "create_pool", "migrate", "migration_files", "on_commit"]
 
 log = structlog.get_logger(__name__)
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -110,6 +113,46 @@ async def migrate(database_url: str, schema: str, package: str) -> list[int]:
     return applied_now
 
 
+class Connection(psycopg.AsyncConnection[DictRow]):
+    """The pools' connection: runs the callbacks given to :func:`on_commit` once its outermost
+    ``transaction()`` block has committed (and drops them when it rolls back)."""
+
+    _after_commit: list[list[Callable[[], None]]]
+
+    @asynccontextmanager
+    async def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> AsyncIterator[psycopg.AsyncTransaction]:
+        stack = self.__dict__.setdefault("_after_commit", [])
+        stack.append([])
+        try:
+            async with super().transaction(savepoint_name, force_rollback) as tx:
+                yield tx
+        except BaseException:
+            stack.pop()
+            raise
+        done = stack.pop()
+        if stack:  # a savepoint: its callbacks wait for the outer transaction
+            stack[-1].extend(done)
+        elif not force_rollback:
+            for callback in done:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("db.after_commit_failed")
+
+
+def on_commit(conn: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback`` after the transaction ``conn`` is in commits (a metric counted only for
+    a change that happened). Outside a ``transaction()`` block, or on a connection not from a
+    Forge pool, it runs at once."""
+    stack = getattr(conn, "__dict__", {}).get("_after_commit")
+    if stack:
+        stack[-1].append(callback)
+    else:
+        callback()
+
+
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
 
 
@@ -122,7 +165,7 @@ CONNECT_TIMEOUT = 3
 async def create_pool(database_url: str, min_size: int, max_size: int, name: str) -> Pool:
     pool: Pool = AsyncConnectionPool(
         database_url,
-        connection_class=psycopg.AsyncConnection[DictRow],
+        connection_class=Connection,
         min_size=min_size,
         max_size=max_size,
         name=name,

@@ -44,7 +44,7 @@ from . import metrics
 from .auth import Permission, Principal
 from .errors import ForgeError, InvalidRequest, error_body, unavailable
 from .runtime import Runtime
-from .tracing import configure_tracing, extract
+from .tracing import configure_tracing, extract, flush_tracing
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -292,9 +292,9 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
 
-@get("/metrics", include_in_schema=False, sync_to_thread=False)
-def metrics_endpoint() -> Response[bytes]:
-    return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
+@get("/metrics", include_in_schema=False)
+async def metrics_endpoint() -> Response[bytes]:
+    return Response(await metrics.collect(), media_type=metrics.CONTENT_TYPE_LATEST)
 
 
 class ObservabilityMiddleware:
@@ -331,6 +331,9 @@ class ObservabilityMiddleware:
                 span.set_attribute("url.path", path)
                 await self.app(scope, receive, _send)
                 span.set_attribute("http.response.status_code", status_holder[0])
+                if template := scope.get("path_template"):
+                    span.update_name(f"{method} {template}")  # bounded span names
+                    span.set_attribute("http.route", template)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("path_template") or ("unmatched" if status_holder[0] == 404 else path)
@@ -393,6 +396,7 @@ def build_app(spec: AppSpec) -> Litestar:
                 except Exception:
                     log.exception("service.shutdown_hook_failed")
             await runtime.stop()
+            flush_tracing()
 
     v1 = Router(path="/", route_handlers=list(spec.routes), guards=[auth_guard])
     app = Litestar(

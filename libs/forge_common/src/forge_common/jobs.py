@@ -17,6 +17,10 @@ job with that inbox as its reply subject. JetStream uses a message's own reply s
 so the inbox travels in the ``Forge-Reply-To`` header; the worker publishes the reply there and
 acks the job only afterwards.
 
+Jobs, replies and dead letters carry the W3C trace context (``traceparent``) of their sender in
+their headers (:func:`job_headers`, :func:`publish_reply`), so the worker's spans continue the
+dispatcher's trace and the dispatcher's continue the worker's.
+
 The job and reply payloads below are the contract between the two processes, defined once:
 the dispatcher builds jobs from these Structs and decodes replies with them, the worker does the
 reverse. A field added here is seen by both sides.
@@ -32,10 +36,13 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
+from prometheus_client import Counter
 
 from .nats import Names, ensure_stream
+from .tracing import inject
 
 __all__ = [
+    "DEAD_LETTERS",
     "DEAD_LETTER_STREAM",
     "HDR_DEAD_REASON",
     "HDR_DELIVERIES",
@@ -74,6 +81,7 @@ __all__ = [
     "decode_reply",
     "ensure_job_streams",
     "inbox_subject",
+    "job_headers",
     "job_subject",
     "job_type_of",
     "jobs_stream_config",
@@ -102,6 +110,12 @@ HDR_JOB_TYPE = "Forge-Job-Type"
 HDR_DEAD_REASON = "Forge-Dead-Reason"
 HDR_ORIGINAL_SUBJECT = "Forge-Original-Subject"
 HDR_DELIVERIES = "Forge-Deliveries"
+
+# Counted where a job is stored on the dead-letter stream: by the worker that gave up on its last
+# delivery, or by the dispatcher for a job no worker acknowledged (JetStream's advisory).
+DEAD_LETTERS = Counter("forge_dead_letters_total", "Jobs moved to the dead-letter stream", ["job_type"])
+for _job_type in JOB_TYPES:
+    DEAD_LETTERS.labels(_job_type)
 
 
 class JobSettings(msgspec.Struct, kw_only=True):
@@ -313,6 +327,20 @@ def job_subject(names: Names, job_type: JobType, run_id: str, job_id: str | None
     return names.subject(f"{root}.{run_id}.{job_id}")
 
 
+def job_headers(names: Names, job_type: JobType, run_id: str, job_id: str, msg_id: str | None = None) -> dict[str, str]:
+    """The headers of a job: its reply inbox, id and type, the ``Nats-Msg-Id`` that makes a
+    re-publish a no-op, and the current trace context."""
+    headers = {
+        HDR_REPLY_TO: inbox_subject(names, run_id, job_id),
+        HDR_JOB_ID: job_id,
+        HDR_JOB_TYPE: job_type,
+    }
+    if msg_id:
+        headers["Nats-Msg-Id"] = msg_id
+    inject(headers)
+    return headers
+
+
 def job_type_of(names: Names, subject: str) -> JobType | None:
     bare = names.strip(subject)
     for jt, root in _ROOTS.items():
@@ -416,11 +444,15 @@ async def dead_letter(
     job_id = hdrs.get(HDR_JOB_ID, run_id)
     hdrs["Nats-Msg-Id"] = f"dead:{job_id}"
     await js.publish(names.subject(f"pipeline.deadletter.{job_type}.{run_id}"), payload, headers=hdrs, timeout=5.0)
+    DEAD_LETTERS.labels(job_type).inc()
 
 
 async def publish_reply(nc: NATS, subject: str, body: bytes) -> None:
+    """Answer a job on its inbox, with the current trace context in the headers."""
     # Same connection as the later ack, so the server sees the reply first; no flush needed.
-    await nc.publish(subject, body)
+    headers: dict[str, str] = {}
+    inject(headers)
+    await nc.publish(subject, body, headers=headers or None)
 
 
 def decode_headers(raw: dict[str, Any] | None) -> dict[str, str]:

@@ -6,6 +6,11 @@ to JetStream with the event id as ``Nats-Msg-Id`` (so a re-publish after a crash
 the stream's duplicate window), then marks them sent. While NATS is unreachable the rows wait
 and the relay retries with backoff: events are delayed, never lost.
 
+Each row's headers carry the W3C trace context (``traceparent``) of the transaction that wrote
+it, stored with the row and published with the message, so a consumer continues the trace of
+the request that caused the event. The relay also keeps ``forge_outbox_pending`` (rows waiting)
+fresh for every scrape.
+
 Sent rows are kept for ``retention`` (``FORGE_OUTBOX_RETENTION``, seven days by default) as a
 record of what was published, then purged by the relay every ``purge_interval``; unsent rows are
 never purged, however old.
@@ -24,9 +29,11 @@ import psycopg
 import structlog
 from nats.js import JetStreamContext
 
+from . import metrics
 from .db import Pool
 from .events import Envelope, EventData, envelope
 from .nats import Names
+from .tracing import inject
 
 __all__ = ["DEFAULT_RETENTION", "OutboxRelay", "add_event", "add_message"]
 
@@ -44,10 +51,13 @@ async def add_message(
     payload: bytes,
     headers: Mapping[str, str] | None = None,
 ) -> None:
-    """Queue any message (event or job) for publication once the transaction commits."""
+    """Queue any message (event or job) for publication once the transaction commits; the
+    current trace context is added to its headers."""
+    stored = dict(headers or {})
+    inject(stored)
     await conn.execute(
         f'INSERT INTO "{schema}".outbox (message_id, subject, payload, headers) VALUES (%s, %s, %s, %s)',
-        (message_id, subject, payload, json.dumps(dict(headers or {}))),
+        (message_id, subject, payload, json.dumps(stored)),
     )
 
 
@@ -93,6 +103,7 @@ class OutboxRelay:
         self.published = 0
 
     def start(self) -> None:
+        metrics.add_refresher(self.refresh_pending)
         self._tasks = [
             asyncio.create_task(self._listen(), name=f"outbox-listen-{self.schema}"),
             asyncio.create_task(self._run(), name=f"outbox-relay-{self.schema}"),
@@ -100,6 +111,7 @@ class OutboxRelay:
         ]
 
     async def stop(self) -> None:
+        metrics.remove_refresher(self.refresh_pending)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -109,6 +121,14 @@ class OutboxRelay:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def refresh_pending(self) -> None:
+        """``forge_outbox_pending{service=<schema>}``: rows not yet published (a partial index
+        holds exactly those rows)."""
+        async with self.pool.connection(timeout=metrics.REFRESH_TIMEOUT) as conn:
+            cur = await conn.execute(f'SELECT count(*) AS n FROM "{self.schema}".outbox WHERE published_at IS NULL')
+            row = await cur.fetchone()
+        metrics.OUTBOX_PENDING.labels(self.schema).set(row["n"] if row else 0)
 
     async def _listen(self) -> None:
         channel = f"forge_outbox_{self.schema}"

@@ -139,6 +139,8 @@ class CommonSettings(msgspec.Struct, kw_only=True):
             value = getattr(self, name)
             if value and not value.startswith(("http://", "https://")):
                 problems.append(f"FORGE_{name.upper()}={value!r}: must be an http:// or https:// URL")
+        if self.otel_exporter not in ("none", "console", "otlp"):
+            problems.append(f"FORGE_OTEL_EXPORTER={self.otel_exporter!r}: use none, console or otlp")
         if self.outbox_retention <= 0:
             problems.append("FORGE_OUTBOX_RETENTION must be a positive duration such as 7d or 36h")
         return problems

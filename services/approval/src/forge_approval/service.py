@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from prometheus_client import Counter
 
 from forge_common.errors import Conflict, NotFound
 from forge_common.events import isoformat, utcnow
@@ -20,6 +21,11 @@ from .store import UnitOfWork
 __all__ = ["ApprovalService", "CheckAnswer", "CreateApproval", "RevokeApproval"]
 
 log = structlog.get_logger(__name__)
+
+# Counted after the transaction committed; `approved` = created.
+APPROVALS = Counter("forge_approvals_total", "Approvals created and revoked", ["action"])
+APPROVALS.labels("approved")
+APPROVALS.labels("revoked")
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ class ApprovalService:
                     details,
                 )
             await tx.record(event)
+        APPROVALS.labels("approved").inc()
         log.info("approval.created", approval_id=approval.id, release_id=release_id, environment=environment)
         return approval, approval.status_at(self.clock())
 
@@ -133,6 +140,7 @@ class ApprovalService:
             revoked, event = domain.revoke(approval, by=cmd.revoked_by, reason=reason, now=self.clock())
             await tx.approvals.save_revocation(revoked)
             await tx.record(event)
+        APPROVALS.labels("revoked").inc()
         log.info("approval.revoked", approval_id=approval_id, revoked_by=cmd.revoked_by)
         return revoked, "revoked"
 

@@ -54,17 +54,19 @@ async def read_deployments(
     runtime: Runtime,
     limit: str | None = None,
     offset: str | None = None,
+    cursor: str | None = None,
 ) -> CurrentDeployment | DeploymentHistory:
     """``{environment}/{repo}/{project}``: the active deployment; ``.../history``: all, newest first.
 
-    ``limit`` (1..100, default 20) and ``offset`` page the history.
+    ``limit`` (1..100, default 20) and ``offset`` page the history, or ``cursor`` (a response's
+    ``next_cursor``, null on the last page).
     """
     parsed = parse_target_path(raw_path_segments(request.scope, PREFIX))
     service = _service(runtime)
     if not parsed.history:
         return await service.current(parsed.target)
     page = parse_page(limit, offset)
-    return await service.history(parsed.target, page.limit, page.offset)
+    return await service.history(parsed.target, page.limit, page.offset, cursor)
 
 
 ROUTES: list[Any] = [create_deployment, read_deployments]

@@ -18,7 +18,7 @@ import datetime as dt
 import structlog
 from prometheus_client import Counter, Histogram
 
-from forge_common.db import Pool
+from forge_common.db import Pool, on_commit
 from forge_common.events import DeploymentCompleted, DeploymentCreated, DeploymentFailed, utcnow
 
 from . import domain
@@ -32,6 +32,13 @@ __all__ = ["Reconciler", "app_name"]
 log = structlog.get_logger(__name__)
 
 RECONCILED = Counter("forge_deployment_reconciled_total", "Deployments resolved by the reconciler", ["outcome"])
+# Finished deployments (pending -> active or failed), counted once their transaction committed.
+DEPLOYMENTS = Counter(
+    "forge_deployments_total", "Deployments finished, by environment and status", ["environment", "status"]
+)
+for _environment in ("dev", "staging", "production"):
+    for _status in ("active", "failed"):
+        DEPLOYMENTS.labels(_environment, _status)
 RECONCILE_SECONDS = Histogram(
     "forge_deployment_reconciliation_seconds",
     "From GitOps commit to active",
@@ -147,6 +154,7 @@ class Reconciler:
                     )
                 )
                 RECONCILED.labels("failed").inc()
+                on_commit(store.conn, DEPLOYMENTS.labels(row["environment"], "failed").inc)
                 expired.add(target.key)
                 log.warning("deployment.failed", deployment_id=str(row["id"]), target=target.key, error=message)
         for key in expired:
@@ -239,5 +247,6 @@ class Reconciler:
             )
         )
         RECONCILED.labels("active").inc()
+        on_commit(store.conn, DEPLOYMENTS.labels(row["environment"], "active").inc)
         RECONCILE_SECONDS.observe(seconds)
         log.info("deployment.active", deployment_id=deployment_id, target=target.key, superseded=superseded)

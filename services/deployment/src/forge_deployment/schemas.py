@@ -97,3 +97,5 @@ class DeploymentHistory(msgspec.Struct, kw_only=True):
     total: int
     limit: int
     offset: int
+    # Opaque: pass it as ?cursor= for the next page; null on the last.
+    next_cursor: str | None = None

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
+from forge_common import cursor
 from forge_common.db import Pool
-from forge_common.errors import BadGateway, GatewayTimeout, LimitExceeded, NotFound
+from forge_common.errors import BadGateway, GatewayTimeout, InvalidRequest, LimitExceeded, NotFound
 from forge_common.events import DeploymentCreated, utcnow
 
 from . import domain
@@ -111,9 +114,33 @@ class DeploymentService:
             )
         return CurrentDeployment.of(row)
 
-    async def history(self, target: Target, limit: int, offset: int) -> DeploymentHistory:
+    async def history(
+        self, target: Target, limit: int, offset: int, page_cursor: str | None = None
+    ) -> DeploymentHistory:
+        scope = cursor.fingerprint(
+            "deployments",
+            environment=target.environment,
+            repository=target.repository.lower(),
+            project=target.project.lower(),
+        )
+        before = None
+        if page_cursor is not None:
+            if offset:
+                raise InvalidRequest("cursor and offset cannot be combined", {"field": "cursor"})
+            key = cursor.decode(page_cursor, scope)
+            try:
+                before = (dt.datetime.fromisoformat(str(key[0])), str(uuid.UUID(str(key[1]))))
+            except (ValueError, IndexError, TypeError):
+                raise InvalidRequest("cursor is not a cursor this API returned", {"field": "cursor"}) from None
         async with unit_of_work(self.pool) as store:
-            rows, total = await store.history(target, limit, offset)
+            rows, total = await store.history(target, limit + 1, offset, before)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = cursor.encode(scope, [rows[-1]["deployed_at"].isoformat(), str(rows[-1]["id"])]) if more else None
         return DeploymentHistory(
-            deployments=[HistoryEntry.of(r) for r in rows], total=total, limit=limit, offset=offset
+            deployments=[HistoryEntry.of(r) for r in rows],
+            total=total,
+            limit=limit,
+            offset=offset,
+            next_cursor=next_cursor,
         )

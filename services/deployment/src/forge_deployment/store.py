@@ -101,8 +101,12 @@ class DeploymentStore:
         )
         return await cur.fetchone()
 
-    async def history(self, target: Target, limit: int, offset: int) -> tuple[list[Row], int]:
+    async def history(
+        self, target: Target, limit: int, offset: int, before: tuple[dt.datetime, str] | None = None
+    ) -> tuple[list[Row], int]:
+        """One page, newest first, and the total; ``before``: keyset continuation (a cursor)."""
         args = (target.environment, target.repository, target.project)
+        after_at, after_id = before if before is not None else (None, None)
         cur = await self.conn.execute(
             "SELECT count(*) AS n FROM deployment.deployments WHERE environment = %s AND repository_key = lower(%s) AND project_key = lower(%s)",
             args,
@@ -113,8 +117,9 @@ class DeploymentStore:
             "SELECT id, release_id, release_number, status, deployed_at, deployed_by, gitops_commit_sha, "
             "reconciled_at, error FROM deployment.deployments "
             "WHERE environment = %s AND repository_key = lower(%s) AND project_key = lower(%s) "
+            "AND (%s::timestamptz IS NULL OR (deployed_at, id) < (%s::timestamptz, %s::uuid)) "
             "ORDER BY deployed_at DESC, id DESC LIMIT %s OFFSET %s",
-            (*args, limit, offset),
+            (*args, after_at, after_at, after_id, limit, offset),
         )
         return list(await cur.fetchall()), total
 

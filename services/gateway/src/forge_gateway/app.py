@@ -14,7 +14,7 @@ from litestar import Litestar, MediaType, Request, Response, get
 from forge_common import metrics
 from forge_common.auth import JwksCache, TokenVerifier
 from forge_common.http import EXCEPTION_HANDLERS, ObservabilityMiddleware
-from forge_common.tracing import configure_tracing
+from forge_common.tracing import configure_tracing, flush_tracing
 
 from .console import browser_run_redirect, console_handlers
 from .openapi import openapi_document
@@ -86,9 +86,9 @@ def create_app(settings: Settings) -> GatewayApp:
     def meta() -> dict[str, str]:
         return {"oidc_issuer": settings.oidc_issuer, "oidc_audience": settings.oidc_audience}
 
-    @get("/metrics", sync_to_thread=False)
-    def metrics_endpoint() -> Response[bytes]:
-        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)
+    @get("/metrics")
+    async def metrics_endpoint() -> Response[bytes]:
+        return Response(await metrics.collect(), media_type=metrics.CONTENT_TYPE_LATEST)
 
     @get("/schema/openapi.json", sync_to_thread=False, media_type=MediaType.JSON)
     def openapi(request: Request[Any, Any, Any]) -> dict[str, Any]:
@@ -99,6 +99,7 @@ def create_app(settings: Settings) -> GatewayApp:
 
     async def stop(_: Litestar) -> None:
         await proxy.stop()
+        flush_tracing()
 
     rest = Litestar(
         route_handlers=[healthz, readyz, meta, metrics_endpoint, openapi, *console_handlers(settings)],

@@ -33,7 +33,7 @@ from forge_common.errors import (
     RequestTimeout,
     ServiceUnavailable,
 )
-from forge_common.tracing import extract, inject
+from forge_common.tracing import exporter_name, extract, inject
 
 from . import response_limit
 from .accesslog import AccessLog
@@ -219,9 +219,12 @@ class Proxy:
         self.access_log = AccessLog(
             settings.access_log and settings.log_level.lower() in ("debug", "info"), settings.log_format
         )
-        self.sdk_spans = settings.otel_exporter != "none"
+        # Real SDK spans only when they are exported; otherwise the W3C rules are applied by hand
+        # (cheaper per request) and the trace still continues upstream.
+        self.sdk_spans = exporter_name(settings.otel_exporter) != "none"
         self._metrics = _Metrics()
         self._in_flight: dict[str, int] = {}  # per user (token sub)
+        self._streams: dict[str, int] = {}  # open streams per user
         self.started = False
 
     async def start(self) -> None:
@@ -257,6 +260,22 @@ class Proxy:
         if decision.allowed:
             self._in_flight[principal.subject] = self._in_flight.get(principal.subject, 0) + 1
         return decision
+
+    def open_stream(self, subject: str) -> None:
+        """Count one more open stream of this user, or refuse it (429) at the cap."""
+        cap = self.settings.user_max_streams
+        if self._streams.get(subject, 0) >= cap:
+            raise RateLimited(
+                f"more than {cap} open streams from this user; close one first",
+                {"stream_limit": cap, "retry_after": 5},
+                {"Retry-After": "5"},
+            )
+        self._streams[subject] = self._streams.get(subject, 0) + 1
+
+    def close_stream(self, subject: str) -> None:
+        left = self._streams.pop(subject, 1) - 1
+        if left > 0:
+            self._streams[subject] = left
 
     def leave(self, subject: str) -> None:
         left = self._in_flight.pop(subject, 1) - 1
@@ -338,6 +357,8 @@ class Proxy:
         principal: Principal | None = None
         decision: Decision | None = None
         reader = _ClientReader(receive, self.settings.client_idle_timeout, self.settings.client_body_timeout)
+        stream = response_limit.is_stream_request(method, path, scope.get("query_string", b""))
+        stream_open = False
         try:
             if path != WEBHOOK_PATH:
                 # Two Authorization headers: this gateway and the service behind it might each act
@@ -352,6 +373,9 @@ class Proxy:
                     )
             if upstream is None:
                 raise NotFound("no API route matches this path", {"path": path})
+            if stream and principal is not None:
+                self.open_stream(principal.subject)
+                stream_open = True
 
             data: bytes | _BodyStream | None = None
             if content_length is not None:
@@ -408,7 +432,7 @@ class Proxy:
             extra = decision.headers() if decision is not None else []
             extra.append((b"x-request-id", rid))
             extra.extend(self.deprecations.headers(method, path))
-            status = await self._forward(upstream, method, head, data, send, extra, path)
+            status = await self._forward(upstream, method, head, data, send, extra, path, receive if stream else None)
         except _ClientTooSlow:
             error = reader.error()
             status = error.status
@@ -417,6 +441,8 @@ class Proxy:
             status = exc.status
             await _send_error(send, exc, rid, decision)
         finally:
+            if stream_open and principal is not None:
+                self.close_stream(principal.subject)
             if decision is not None and decision.allowed and principal is not None:
                 self.leave(principal.subject)
             elapsed = time.perf_counter() - started
@@ -444,7 +470,9 @@ class Proxy:
         send: Any,
         extra: list[tuple[bytes, bytes]],
         path: str = "",
+        stream_receive: Any = None,
     ) -> int:
+        """``stream_receive``: the client's ``receive`` when this request opens a stream."""
         timeout = self.settings.upstream_timeout
         retry = method in _IDEMPOTENT and not isinstance(data, _BodyStream)
         fresh = False
@@ -471,7 +499,7 @@ class Proxy:
                 else:
                     conn.write(head + data if data else head)
                 await conn.response_head(timeout)
-                return await self._relay(conn, send, extra, timeout, upstream.name, path)
+                return await self._relay(conn, send, extra, timeout, upstream.name, path, stream_receive)
             except UpstreamUnavailable as exc:
                 conn.abort()
                 if exc.stale and retry:
@@ -524,6 +552,7 @@ class Proxy:
         timeout: float,
         service: str = "",
         path: str = "",
+        stream_receive: Any = None,
     ) -> int:
         out: list[tuple[bytes, bytes]] = []
         length: int | None = None
@@ -553,6 +582,12 @@ class Proxy:
             return status
         await send({"type": "http.response.start", "status": status, "headers": out})
         relayed = 0
+        watcher = None
+        if stream_receive is not None:
+            # A stream runs until the service ends it or the client leaves: watch for the latter
+            # (uvicorn drops writes to a gone client silently), and allow long quiet spells.
+            timeout = self.settings.stream_idle_timeout
+            watcher = asyncio.create_task(_abort_on_disconnect(stream_receive, conn))
         try:
             async for chunk in conn.body(timeout):
                 relayed += len(chunk)
@@ -567,10 +602,23 @@ class Proxy:
             # Headers are out: the client learns of the failure from the cut connection (uvicorn
             # closes it because the response was never completed).
             conn.abort()
-            log.warning("gateway.upstream_stream_broken", status=status, error=type(exc).__name__)
+            if watcher is None or not watcher.done():
+                log.warning("gateway.upstream_stream_broken", status=status, error=type(exc).__name__)
             return status
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         await send({"type": "http.response.body", "body": b""})
         return status
+
+
+async def _abort_on_disconnect(receive: Any, conn: Connection) -> None:
+    """Abort the upstream connection of a stream once its client has gone."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            conn.abort()
+            return
 
 
 def _bad_gateway(upstream: Upstream, exc: Exception, what: str = "is unavailable") -> BadGateway:

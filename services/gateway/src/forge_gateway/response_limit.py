@@ -12,9 +12,21 @@ import re
 
 from forge_common.errors import BadGateway
 
-__all__ = ["is_stream", "too_large"]
+__all__ = ["is_stream", "is_stream_request", "too_large"]
 
 _STEP_LOGS = re.compile(r"^/v[0-9]+/steps/[^/]+/logs$")
+_EVENT_STREAMS = re.compile(r"^/v[0-9]+/(?:events|runs/[^/]+/events)$")
+_FOLLOW = re.compile(rb"(?:^|&)follow=(?:true|1)(?:&|$)", re.IGNORECASE)
+
+
+def is_stream_request(method: str, path: str, query: bytes) -> bool:
+    """Whether this request opens a long-lived stream (SSE, or a followed step log): it is
+    exempt from the upstream idle timeout and counts against the per-user stream cap."""
+    if method != "GET":
+        return False
+    if _EVENT_STREAMS.match(path):
+        return True
+    return _STEP_LOGS.match(path) is not None and _FOLLOW.search(query) is not None
 
 
 def is_stream(path: str, content_type: bytes | None) -> bool:

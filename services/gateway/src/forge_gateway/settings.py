@@ -35,6 +35,11 @@ class Settings(CommonSettings, kw_only=True):
     # one user never holds every connection, and 100+ concurrent creates (the spec's per-repository
     # run limit) still fit.
     user_max_concurrent: int = 256
+    # Streams (GET /v1/runs/{id}/events, /v1/events, /v1/steps/{id}/logs?follow=true) are cut
+    # only after this long without a byte from the service (SSE heartbeats come every 15 s), and
+    # one user may hold at most user_max_streams of them open at once (429 beyond).
+    stream_idle_timeout: float = 600.0
+    user_max_streams: int = 20
     max_body_bytes: int = 10 * 1024 * 1024
     # Largest non-streaming response relayed (see forge_gateway.response_limit).
     max_response_bytes: int = 50 * 1024 * 1024
@@ -73,6 +78,10 @@ class Settings(CommonSettings, kw_only=True):
             problems.append("FORGE_UPSTREAM_STREAM_SLOTS must be >= 1")
         if self.user_max_concurrent < 1:
             problems.append("FORGE_USER_MAX_CONCURRENT must be >= 1")
+        if self.stream_idle_timeout < 20:
+            problems.append("FORGE_STREAM_IDLE_TIMEOUT must be at least 20s (SSE heartbeats come every 15 s)")
+        if self.user_max_streams < 1:
+            problems.append("FORGE_USER_MAX_STREAMS must be >= 1")
         if self.max_body_bytes < 1:
             problems.append("FORGE_MAX_BODY_BYTES must be >= 1")
         if self.max_response_bytes < 1:

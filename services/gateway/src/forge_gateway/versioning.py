@@ -24,6 +24,7 @@ API_VERSIONS: dict[str, dict[str, str]] = {
         "tasks": "pipeline",
         "steps": "pipeline",
         "webhooks": "pipeline",
+        "events": "pipeline",  # GET /v1/events: the platform's event stream, served by the pipeline service
         "releases": "release",
         "deployments": "deployment",
         "approvals": "approval",

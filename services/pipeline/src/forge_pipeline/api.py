@@ -8,14 +8,16 @@ import msgspec
 from litestar import Request, Response, delete, get, post, put
 from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
+from litestar.response import Stream
 
+from forge_common import event_feed, sse
 from forge_common.auth import Permission, Principal
 from forge_common.errors import InvalidRequest, NotFound
 from forge_common.events import isoformat
 from forge_common.http import decode_body
 from forge_common.runtime import Runtime
 
-from . import domain, webhooks
+from . import domain, live, webhooks
 from .domain import StepReport, TaskReport
 from .retention import find_tombstone
 from .schemas import (
@@ -33,6 +35,7 @@ from .schemas import (
     WebhookResult,
 )
 from .service import CreateRun, PipelineService
+from .settings import Settings
 
 __all__ = ["ROUTES", "SERVICE_KEY"]
 
@@ -91,6 +94,10 @@ async def create_run(request: Request[Any, Any, Any], principal: Principal, runt
     "/v1/runs",
     opt={"permission": Permission.READ},
     summary="List a repository's runs, newest first",
+    description=(
+        "Filters combine with AND. Page with limit/offset, or with the opaque cursor: pass a response's"
+        " next_cursor (with the same filters) as ?cursor= for the next page; next_cursor is null on the last."
+    ),
     responses=_doc(200, RunList, "one page of runs", 400, 401, 403),
 )
 async def list_runs(
@@ -98,12 +105,26 @@ async def list_runs(
     repository: str | None = None,
     branch: str | None = None,
     status: str | None = None,
+    triggered_by: str | None = None,
+    created_after: str | None = None,
+    created_before: str | None = None,
+    cursor: str | None = None,
     limit: str | None = None,
     offset: str | None = None,
 ) -> Response[bytes]:
     # Declared as strings (documented in the OpenAPI); domain.py validates with clear messages.
-    query = domain.validate_list_query(repository, branch, status, limit, offset)
-    return _json(200, await _service(runtime).list_runs(query))
+    filters = domain.ListFilters(
+        repository=repository,
+        branch=branch,
+        status=status,
+        triggered_by=triggered_by,
+        created_after=created_after,
+        created_before=created_before,
+        cursor=cursor,
+        limit=limit,
+        offset=offset,
+    )
+    return _json(200, await _service(runtime).list_runs(domain.validate_list_query(filters)))
 
 
 @get(
@@ -122,6 +143,136 @@ async def get_run(run_id: str, runtime: Runtime) -> Response[bytes]:
         if tombstone is None:
             raise
         return _json(200, tombstone)
+
+
+# --- live status, events and logs (live.py; docs/api-live.md) -------------------------------------
+
+_SSE_RESPONSES = {
+    200: ResponseSpec(
+        data_container=str,
+        media_type=sse.CONTENT_TYPE,
+        description="Server-Sent Events; each event's data is one JSON document",
+        generate_examples=False,
+    ),
+    **{code: spec for code, spec in _doc(200, None, "", 400, 401, 403, 404).items() if code != 200},
+}
+
+
+def _settings(runtime: Runtime) -> Settings:
+    settings = runtime.settings
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def _hub(runtime: Runtime) -> live.ChangeHub:
+    hub: live.ChangeHub = runtime.extras[live.HUB_KEY]
+    return hub
+
+
+@get(
+    "/v1/runs/{run_id:str}/events",
+    opt={"permission": Permission.READ},
+    summary="Live status of a run (Server-Sent Events)",
+    description=(
+        "A first `run` event with the whole tree (as GET /v1/runs/{id}), then one event per status change"
+        " of the run, a phase, a task or a step (`event:` run, phase, task or step). Every event has an `id:`;"
+        " reconnect with `Last-Event-ID` to resume after it without loss. Ends after the run's final status."
+        " A comment heartbeat is sent at least every 15 seconds."
+    ),
+    responses=_SSE_RESPONSES,
+)
+async def run_events(request: Request[Any, Any, Any], run_id: str, runtime: Runtime) -> Stream:
+    rid = domain.parse_uuid(run_id, "run")
+    after = sse.last_event_id(request.headers.get("last-event-id"))
+    if await live.run_state(runtime.pool, rid) is None:
+        raise NotFound(f"pipeline run {rid} not found", {"id": rid})
+    service = _service(runtime)
+    stream = live.run_events(runtime.pool, _hub(runtime), rid, after, service.tree_in)
+    return sse.response(stream, _settings(runtime).stream_heartbeat)
+
+
+@get(
+    "/v1/events",
+    opt={"permission": Permission.READ},
+    summary="The platform's events as they are published (Server-Sent Events)",
+    description=(
+        "Each event is the envelope published on NATS (`event:` its type, `id:` its stream sequence)."
+        " `types` is a comma-separated list of event types; `repository` (owner/name) keeps the events"
+        " about one repository. `Last-Event-ID` resumes after that sequence (events are kept 7 days)."
+    ),
+    responses=_SSE_RESPONSES,
+)
+async def platform_events(
+    request: Request[Any, Any, Any], runtime: Runtime, types: str | None = None, repository: str | None = None
+) -> Stream:
+    event_filter = event_feed.parse_filter(types, repository)
+    after = sse.last_event_id(request.headers.get("last-event-id"))
+    stream = await event_feed.feed(runtime.js, runtime.names, event_filter, after)
+    return sse.response(stream, _settings(runtime).stream_heartbeat)
+
+
+def _follow_flag(value: str | None) -> bool:
+    if value is None or value.lower() in ("false", "0"):
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    raise InvalidRequest("follow must be true or false", {"field": "follow", "value": value[:20]})
+
+
+@get(
+    "/v1/steps/{step_id:str}/logs",
+    opt={"permission": Permission.READ},
+    summary="A step's log (text/plain; Range requests; ?follow=true streams it while the step runs)",
+    responses={
+        200: ResponseSpec(data_container=str, media_type="text/plain", description="the log", generate_examples=False),
+        206: ResponseSpec(data_container=str, media_type="text/plain", description="the requested range"),
+        **{code: spec for code, spec in _doc(200, None, "", 400, 401, 403, 404, 416).items() if code != 200},
+    },
+)
+async def step_logs(
+    request: Request[Any, Any, Any], step_id: str, runtime: Runtime, follow: str | None = None
+) -> Response[bytes] | Stream:
+    sid = domain.parse_uuid(step_id, "step")
+    following = _follow_flag(follow)
+    byte_range = live.parse_range(request.headers.get("range"))
+    info = await live.step_log(runtime.pool, sid)
+    headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store", "X-Step-Status": info.status}
+    if following:
+        if byte_range is not None and (byte_range.suffix is not None or byte_range.end is not None):
+            raise InvalidRequest("with follow=true, Range must be bytes=START-", {"field": "Range"})
+        start = byte_range.start if byte_range is not None else 0
+        interval = _settings(runtime).log_follow_interval
+        stream = live.follow_log(runtime.pool, _hub(runtime), runtime.s3, sid, start, interval)
+        return Stream(stream, media_type=_TEXT, headers={**headers, "X-Accel-Buffering": "no"})
+    return await _log_body(runtime, info.key, byte_range, headers)
+
+
+_TEXT = "text/plain; charset=utf-8"
+
+
+async def _log_body(
+    runtime: Runtime, key: str, byte_range: live.LogRange | None, headers: dict[str, str]
+) -> Response[bytes]:
+    header = None
+    if byte_range is not None:
+        if byte_range.suffix is not None:
+            header = f"bytes=-{byte_range.suffix}"
+        else:
+            header = f"bytes={byte_range.start}-{'' if byte_range.end is None else byte_range.end}"
+    async with runtime.s3.client() as client:
+        got = await live.read_object(client, runtime.s3.bucket, key, header)
+    if got is None:  # nothing stored (yet): the step printed nothing or has not started
+        if byte_range is not None and byte_range.suffix is None and byte_range.start > 0:
+            raise live.RangeNotSatisfiable("the range starts past the end of the log", {"field": "Range"})
+        return Response(b"", status_code=200, media_type=_TEXT, headers=headers)
+    data, total = got
+    if header is None:
+        return Response(data, status_code=200, media_type=_TEXT, headers=headers)
+    first = total - len(data) if byte_range is not None and byte_range.suffix is not None else byte_range.start  # type: ignore[union-attr]
+    last = first + len(data) - 1
+    return Response(
+        data, status_code=206, media_type=_TEXT, headers={**headers, "Content-Range": f"bytes {first}-{last}/{total}"}
+    )
 
 
 @delete(
@@ -230,6 +381,9 @@ ROUTES: list[Any] = [
     create_run,
     list_runs,
     get_run,
+    run_events,
+    platform_events,
+    step_logs,
     cancel_run,
     update_task_status,
     update_step_status,

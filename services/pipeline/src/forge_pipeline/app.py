@@ -12,6 +12,7 @@ from .api import ROUTES, SERVICE_KEY
 from .cancel import CancelNotifier
 from .dispatch import Dispatcher, DispatcherSettings, apply_log_lifecycle
 from .github import CommitStatusSender
+from .live import HUB_KEY, ChangeHub
 from .presign import Presigner
 from .retention import RunRetention
 from .service import PipelineService
@@ -64,6 +65,8 @@ def create_app(
             settings.run_retention_batch,
         )
         retention.start()
+        hub = runtime.extras[HUB_KEY] = ChangeHub(settings.database_url)
+        hub.start()
 
     async def start_dispatcher(runtime: Runtime) -> None:
         await apply_log_lifecycle(runtime)
@@ -74,6 +77,9 @@ def create_app(
         runtime.extras[DISPATCHER_KEY] = dispatcher
 
     async def stop(runtime: Runtime) -> None:
+        hub = runtime.extras.pop(HUB_KEY, None)
+        if isinstance(hub, ChangeHub):
+            await hub.stop()
         dispatcher = runtime.extras.pop(DISPATCHER_KEY, None)
         if isinstance(dispatcher, Dispatcher):
             await dispatcher.stop()

@@ -6,6 +6,7 @@ makes it so inside the caller's transaction.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from typing import Literal
 
 import msgspec
 
+from forge_common import cursor
 from forge_common.errors import Conflict, InvalidRequest
 from forge_common.events import EventData, PipelineRunCompleted, PipelineRunFailed
 from forge_common.http import parse_page
@@ -22,6 +24,7 @@ from .records import PhaseStatus, PhaseTally, Run, RunStatus, Task, TaskInPhase,
 __all__ = [
     "ACTIVE_RUN_STATUSES",
     "FINISHED",
+    "ListFilters",
     "ListQuery",
     "PhasePlan",
     "ReportWrites",
@@ -36,7 +39,9 @@ __all__ = [
     "apply_report",
     "check_plan",
     "commit_state_for",
+    "next_cursor",
     "normalize_commit_sha",
+    "parse_timestamp",
     "parse_uuid",
     "phase_outcome",
     "phase_transition",
@@ -145,26 +150,88 @@ class ListQuery(msgspec.Struct, kw_only=True):
     status: str | None
     limit: int
     offset: int
+    triggered_by: str | None = None
+    created_after: dt.datetime | None = None
+    created_before: dt.datetime | None = None
+    # Keyset position from an opaque cursor: the (created_at, id) of the last run already seen.
+    after: tuple[dt.datetime, str] | None = None
+
+    def cursor_scope(self) -> str:
+        """What a cursor of this list is bound to: the list and every filter."""
+        return cursor.fingerprint(
+            "runs",
+            repository=self.repository,
+            branch=self.branch,
+            status=self.status,
+            triggered_by=self.triggered_by,
+            created_after=self.created_after,
+            created_before=self.created_before,
+        )
 
 
-def validate_list_query(
-    repository: str | None, branch: str | None, status: str | None, limit: str | None, offset: str | None
-) -> ListQuery:
+def parse_timestamp(value: str, field: str) -> dt.datetime:
+    """An RFC 3339 timestamp with an explicit offset (``Z`` or ``+hh:mm``), as UTC."""
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except (ValueError, TypeError):
+        raise _invalid(field, f"{field} must be an RFC 3339 timestamp such as 2026-11-25T19:00:00Z", value) from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise _invalid(field, f"{field} must carry a UTC offset (e.g. a trailing Z)", value)
+    return parsed.astimezone(dt.UTC)
+
+
+class ListFilters(msgspec.Struct, kw_only=True):
+    """``GET /v1/runs`` query parameters as received (all strings, validated here)."""
+
+    repository: str | None = None
+    branch: str | None = None
+    status: str | None = None
+    triggered_by: str | None = None
+    created_after: str | None = None
+    created_before: str | None = None
+    cursor: str | None = None
+    limit: str | None = None
+    offset: str | None = None
+
+
+def validate_list_query(filters: ListFilters) -> ListQuery:
+    repository = filters.repository
     if repository is None or repository == "":
         raise _invalid("repository", "query parameter 'repository' is required")
     validate_repository(repository)
-    if branch is not None:
-        validate_branch(branch)
+    if filters.branch is not None:
+        validate_branch(filters.branch)
+    status = filters.status
     if status is not None and status not in RUN_STATUSES:
         raise InvalidRequest(f"status must be one of {', '.join(RUN_STATUSES)}", {"field": "status", "value": status})
-    page = parse_page(limit, offset)
-    return ListQuery(
+    if filters.triggered_by is not None:
+        validate_identity(filters.triggered_by)
+    after = parse_timestamp(filters.created_after, "created_after") if filters.created_after is not None else None
+    before = parse_timestamp(filters.created_before, "created_before") if filters.created_before is not None else None
+    page = parse_page(filters.limit, filters.offset)
+    query = ListQuery(
         repository=repository,
-        branch=branch,
+        branch=filters.branch,
         status=status,
         limit=page.limit,
         offset=page.offset,
+        triggered_by=filters.triggered_by,
+        created_after=after,
+        created_before=before,
     )
+    if filters.cursor is not None:
+        if page.offset:
+            raise _invalid("cursor", "cursor and offset cannot be combined: the cursor already says where to go on")
+        key = cursor.decode(filters.cursor, query.cursor_scope())
+        try:
+            query.after = (dt.datetime.fromisoformat(str(key[0])), str(uuid.UUID(str(key[1]))))
+        except (ValueError, IndexError, TypeError):
+            raise _invalid("cursor", "cursor is not a cursor this API returned") from None
+    return query
+
+
+def next_cursor(query: ListQuery, created_at: dt.datetime, run_id: str) -> str:
+    return cursor.encode(query.cursor_scope(), [created_at.isoformat(), run_id])
 
 
 # --- the state machine of runs, phases, tasks and steps -------------------------------------------

@@ -81,7 +81,7 @@ async def run_for_dispatch(conn: Conn, run_id: str) -> DispatchRun | None:
         """
         SELECT id::text AS id, repository, branch, commit_sha, tag, triggered_by, triggered_by_id,
                status::text AS status, lease_owner,
-               discovered_at, release_triggers, release_evaluated_at
+               discovered_at, release_triggers, release_evaluated_at, trace_context
         FROM pipeline.runs WHERE id = %s
         """,
         (run_id,),

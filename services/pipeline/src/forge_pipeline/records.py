@@ -64,6 +64,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
     commit_sha: str
     status: RunStatus
     started_at: dt.datetime
+    created_at: dt.datetime
 
 
 class Task(msgspec.Struct, kw_only=True):
@@ -140,6 +141,8 @@ class DispatchRun(msgspec.Struct, kw_only=True):
     discovered_at: dt.datetime | None
     release_triggers: ReleaseTriggers | None
     release_evaluated_at: dt.datetime | None
+    # traceparent/tracestate of the request that created the run (the dispatcher continues it)
+    trace_context: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class LeaseState(msgspec.Struct, kw_only=True):

@@ -63,6 +63,8 @@ class RunList(msgspec.Struct, kw_only=True):
     total: int
     limit: int
     offset: int
+    # Opaque: pass it as ?cursor= (with the same filters) for the next page; null on the last.
+    next_cursor: str | None = None
 
 
 class TaskStatusUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -33,7 +33,7 @@ import structlog
 from forge_common.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from forge_common.events import PipelineRunCreated, isoformat
 
-from . import domain, store
+from . import domain, metrics, store
 from .domain import ListQuery, PhasePlan, StepReport, TaskReport
 from .presign import Presigner
 from .records import PhaseTally, Run, RunStatus, Step, Task, WorkStatus
@@ -193,6 +193,7 @@ async def _finish_run(
     for event in domain.run_finished_events(finished):
         await store.record(conn, event)
     await _commit_status(conn, finished, status)
+    metrics.run_finished(conn, finished)
     return finished
 
 
@@ -302,7 +303,8 @@ async def report_task(conn: Conn, report: TaskReport) -> tuple[Task | None, list
 async def _roll_up(conn: Conn, run: Run, task: Task, phase: PhaseTally) -> None:
     decision = domain.roll_up(run.status, run.discovered_at is not None, task, phase)
     if decision.finish_phase is not None:
-        await store.finish_phase(conn, phase.id, decision.finish_phase)
+        name, seconds = await store.finish_phase(conn, phase.id, decision.finish_phase)
+        metrics.phase_finished(conn, name, decision.finish_phase, seconds)
     if decision.fail_run is not None:
         await fail_run(conn, run.id, decision.fail_run, decision.failed_phase)
     elif decision.check_run_success and domain.run_succeeded(await store.phase_statuses(conn, run.id)):
@@ -487,9 +489,9 @@ class PipelineService:
 
     async def list_runs(self, query: ListQuery) -> RunList:
         async with self.uow.begin() as conn:
-            rows, total = await store.list_runs(
-                conn, query.repository, query.branch, query.status, query.limit, query.offset
-            )
+            rows, total = await store.list_runs(conn, query)
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
         runs = [
             RunSummary(
                 id=r.id,
@@ -500,7 +502,12 @@ class PipelineService:
             )
             for r in rows
         ]
-        return RunList(runs=runs, total=total, limit=query.limit, offset=query.offset)
+        cursor = domain.next_cursor(query, rows[-1].created_at, rows[-1].id) if more else None
+        return RunList(runs=runs, total=total, limit=query.limit, offset=query.offset, next_cursor=cursor)
+
+    async def tree_in(self, conn: Conn, run_id: str) -> bytes:
+        """The run's tree read on the caller's connection (its snapshot: live.snapshot)."""
+        return await run_tree_json(conn, run_id, self.presigner, self.logs_url_ttl, self.tree_cache)
 
     async def run_tree(self, run_id: str) -> bytes:
         async with self.uow.begin() as conn:

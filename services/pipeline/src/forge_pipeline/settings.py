@@ -28,12 +28,22 @@ class Settings(CommonSettings, kw_only=True):
     run_retention_interval: float = 3600.0
     run_retention_batch: int = 500
 
+    # GET /v1/steps/{id}/logs?follow=true looks for more log this often while the step runs
+    # (the worker uploads the growing log every FORGE_LOG_FLUSH_INTERVAL, 2 s by default).
+    log_follow_interval: float = 1.0
+    # Longest quiet time of a Server-Sent Events stream before a comment heartbeat (spec: 15 s).
+    stream_heartbeat: float = 15.0
+
     def validate(self) -> list[str]:
         problems = super().validate()
         if self.run_retention <= 0 or self.run_retention_interval <= 0:
             problems.append("FORGE_RUN_RETENTION and FORGE_RUN_RETENTION_INTERVAL must be positive durations")
         if not (1 <= self.run_retention_batch <= 10000):
             problems.append("FORGE_RUN_RETENTION_BATCH must be between 1 and 10000")
+        if not (0.05 <= self.log_follow_interval <= 60):
+            problems.append("FORGE_LOG_FOLLOW_INTERVAL must be between 50ms and 60s")
+        if not (0.1 <= self.stream_heartbeat <= 15):
+            problems.append("FORGE_STREAM_HEARTBEAT must be between 100ms and 15s")
         if self.max_active_runs_per_repository < 1:
             problems.append("FORGE_MAX_ACTIVE_RUNS_PER_REPOSITORY must be >= 1")
         if not (1 <= self.logs_url_ttl <= 7 * 24 * 3600):

@@ -22,8 +22,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from forge_common.events import EventData
 from forge_common.outbox import add_event
+from forge_common.tracing import inject
 
-from .domain import PhasePlan, ReportWrites, Snapshot, StepPlan, StepWrite, TaskPlan
+from .domain import ListQuery, PhasePlan, ReportWrites, Snapshot, StepPlan, StepWrite, TaskPlan
 from .records import CommitStatusDue, Delivery, PhaseTally, Run, RunSummary, Step, Task, TaskInPhase, WorkStatus
 
 __all__ = ["SCHEMA", "Conn", "UnitOfWork", "record"]
@@ -193,14 +194,15 @@ async def insert_run(
     request_fingerprint: str | None = None,
 ) -> psycopg.AsyncCursor[Run]:
     """Send the insert; the stored row is read from the returned cursor (so that the caller can
-    pipeline the insert with the event and the commit status)."""
+    pipeline the insert with the event and the commit status). The current trace context is
+    stored with the run: the dispatcher continues that trace."""
     return await _send(
         conn,
         Run,
         f"""
         INSERT INTO pipeline.runs AS r (id, repository, branch, commit_sha, tag, pull_request_number,
-            triggered_by, trigger_type, idempotency_key, request_fingerprint, triggered_by_id)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            triggered_by, trigger_type, idempotency_key, request_fingerprint, triggered_by_id, trace_context)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         RETURNING {_RUN_COLUMNS}
         """,
         (
@@ -215,6 +217,7 @@ async def insert_run(
             idempotency_key,
             request_fingerprint,
             triggered_by_id,
+            Jsonb(dict(inject({}))),
         ),
     )
 
@@ -321,22 +324,43 @@ async def skip_pending_work(conn: Conn, run_id: str) -> None:
     )
 
 
-async def list_runs(
-    conn: Conn, repository: str, branch: str | None, status: str | None, limit: int, offset: int
-) -> tuple[list[RunSummary], int]:
+async def list_runs(conn: Conn, query: ListQuery) -> tuple[list[RunSummary], int]:
+    """One page, newest first, and the count of every run matching the filters. Each filter
+    combination is a range scan of a ``(repository[, branch | status | triggered_by],
+    created_at, id)`` index; a cursor continues below the last row seen (keyset), one more row
+    than the page is read to tell whether there is a next page."""
     where = ["repository_key = lower(%(repository)s)"]
-    if branch is not None:
+    if query.branch is not None:
         where.append("branch = %(branch)s")
-    if status is not None:
+    if query.status is not None:
         where.append("status = %(status)s::pipeline.run_status")
+    if query.triggered_by is not None:
+        where.append("triggered_by = %(triggered_by)s")
+    if query.created_after is not None:
+        where.append("created_at > %(created_after)s")
+    if query.created_before is not None:
+        where.append("created_at < %(created_before)s")
     cond = " AND ".join(where)
-    params = {"repository": repository, "branch": branch, "status": status, "limit": limit, "offset": offset}
+    params: dict[str, object] = {
+        "repository": query.repository,
+        "branch": query.branch,
+        "status": query.status,
+        "triggered_by": query.triggered_by,
+        "created_after": query.created_after,
+        "created_before": query.created_before,
+        "limit": query.limit + 1,
+        "offset": query.offset,
+    }
+    page_cond = cond
+    if query.after is not None:
+        page_cond += " AND (created_at, id) < (%(after_at)s, %(after_id)s::uuid)"
+        params["after_at"], params["after_id"] = query.after
     rows = await _all(
         conn,
         RunSummary,
         f"""
-        SELECT id::text AS id, repository, commit_sha, status::text AS status, started_at
-        FROM pipeline.runs WHERE {cond}
+        SELECT id::text AS id, repository, commit_sha, status::text AS status, started_at, created_at
+        FROM pipeline.runs WHERE {page_cond}
         ORDER BY created_at DESC, id DESC LIMIT %(limit)s OFFSET %(offset)s
         """,
         params,
@@ -519,13 +543,18 @@ async def task_of_step(conn: Conn, step_id: str) -> str | None:
     return task_id if isinstance(task_id, str) else None
 
 
-async def finish_phase(conn: Conn, phase_id: str, status: str) -> None:
-    await conn.execute(
+async def finish_phase(conn: Conn, phase_id: str, status: str) -> tuple[str, float]:
+    """Finish a phase; returns its name and how long it ran (seconds)."""
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(
         """UPDATE pipeline.phases SET status = %s::pipeline.phase_status,
                started_at = coalesce(started_at, now()), completed_at = now()
-           WHERE id = %s""",
+           WHERE id = %s
+           RETURNING name, extract(epoch FROM completed_at - started_at)::float8""",
         (status, phase_id),
     )
+    row = await cur.fetchone()
+    return (str(row[0]), float(row[1])) if row is not None else ("", 0.0)
 
 
 async def phase_statuses(conn: Conn, run_id: str) -> list[str]:

@@ -106,7 +106,8 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
             Release,
             description="`{release_uuid}` and `{repo}/{project}/{release-id}`: one release (Get Release). "
             "`{repo}/{project}?limit=&offset=`: a page `{releases: [{id, commit_sha, release_number, created_at}], "
-            "total, limit, offset}`, newest first (limit 1..100, default 20).",
+            "total, limit, offset, next_cursor}`, newest first (limit 1..100, default 20); pass next_cursor "
+            "as `?cursor=` for the next page (null on the last).",
             generate_examples=False,
         )
     },
@@ -117,6 +118,7 @@ async def read_releases(
     rest: _REST,
     limit: str | None = None,
     offset: str | None = None,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
     """Get a release by UUID, list a project's releases, or get one by ``{release-id}``."""
     parts = _segments(request)
@@ -132,7 +134,7 @@ async def read_releases(
     repo, rest_parts = _split_repo(parts)
     if len(rest_parts) == 1:
         page = parse_page(limit, offset)
-        return await svc.list_releases(repo, rest_parts[0], page.limit, page.offset)
+        return await svc.list_releases(repo, rest_parts[0], page.limit, page.offset, cursor)
     if len(rest_parts) == 2:
         return await svc.get(repo, rest_parts[0], rest_parts[1])
     raise NotFound("resource not found")

@@ -26,7 +26,9 @@ from typing import Any
 
 import psycopg
 import structlog
+from prometheus_client import Counter
 
+from forge_common import cursor
 from forge_common.db import Pool
 from forge_common.errors import Conflict, InvalidRequest, NotFound
 from forge_common.events import ReleaseCreated, isoformat, utcnow
@@ -51,6 +53,9 @@ from .runs import RunChecker, SkipRunCheck
 __all__ = ["CreateRelease", "ReleaseService"]
 
 log = structlog.get_logger(__name__)
+
+# Counted after the release's transaction committed (a duplicate or a failed publish is not).
+RELEASES_CREATED = Counter("forge_releases_created_total", "Releases created")
 
 SCHEMA = "release"
 MAX_CANDIDATES = 10
@@ -209,6 +214,7 @@ class ReleaseService:
             )
             # Last step before the commit: a failed publish rolls everything back.
             digest = await self.publisher.publish(artifact)
+        RELEASES_CREATED.inc()
         log.info(
             "release.created",
             release_id=release.id,
@@ -306,11 +312,24 @@ class ReleaseService:
             {"repository": repository, "project": project, "release_id": raw_id},
         )
 
-    async def list_releases(self, repository: str, project: str, limit: int, offset: int) -> dict[str, Any]:
+    async def list_releases(
+        self, repository: str, project: str, limit: int, offset: int, page_cursor: str | None = None
+    ) -> dict[str, Any]:
         validate_repository(repository)
         validate_project(project)
+        scope = cursor.fingerprint("releases", repository=repository.lower(), project=project.lower())
+        below = None
+        if page_cursor is not None:
+            if offset:
+                raise InvalidRequest("cursor and offset cannot be combined", {"field": "cursor"})
+            key = cursor.decode(page_cursor, scope)
+            if len(key) != 1 or not isinstance(key[0], int):
+                raise InvalidRequest("cursor is not a cursor this API returned", {"field": "cursor"})
+            below = key[0]
         async with self.pool.connection() as conn:
-            total, rows = await store.count_and_page(conn, repository, project, limit, offset)
+            total, rows = await store.count_and_page(conn, repository, project, limit + 1, offset, below)
+        more = len(rows) > limit
+        rows = rows[:limit]
         return {
             "releases": [
                 {
@@ -324,6 +343,7 @@ class ReleaseService:
             "total": total,
             "limit": limit,
             "offset": offset,
+            "next_cursor": cursor.encode(scope, [int(rows[-1]["release_number"])]) if more else None,
         }
 
     # --- aliases -------------------------------------------------------------------------------

@@ -255,16 +255,19 @@ async def release_by_alias(conn: Conn, repository: str, project: str, alias: str
 
 
 async def count_and_page(
-    conn: Conn, repository: str, project: str, limit: int, offset: int
+    conn: Conn, repository: str, project: str, limit: int, offset: int, below: int | None = None
 ) -> tuple[int, list[dict[str, Any]]]:
-    """Total and one page, newest first, in one round trip (both served by releases_number_key)."""
+    """Total and one page, newest first, in one round trip (both served by releases_number_key).
+    ``below``: keyset continuation (a cursor), the page starts under that release number."""
     cur = await conn.execute(
         "SELECT c.total, p.id, p.commit_sha, p.release_number, p.created_at "
         "FROM (SELECT count(*) AS total FROM release.releases WHERE repository_key = lower(%(r)s) AND project_key = lower(%(p)s)) c "
         "LEFT JOIN LATERAL (SELECT id::text AS id, commit_sha, release_number, created_at FROM release.releases "
-        "  WHERE repository_key = lower(%(r)s) AND project_key = lower(%(p)s) ORDER BY release_number DESC LIMIT %(l)s OFFSET %(o)s) p ON true "
+        "  WHERE repository_key = lower(%(r)s) AND project_key = lower(%(p)s) "
+        "  AND (%(b)s::bigint IS NULL OR release_number < %(b)s::bigint) "
+        "  ORDER BY release_number DESC LIMIT %(l)s OFFSET %(o)s) p ON true "
         "ORDER BY p.release_number DESC",
-        {"r": repository, "p": project, "l": limit, "o": offset},
+        {"r": repository, "p": project, "l": limit, "o": offset, "b": below},
     )
     rows = await cur.fetchall()
     total = int(rows[0]["total"]) if rows else 0

@@ -9,6 +9,7 @@ import sys
 from forge_common.jobs import JobSettings
 from forge_common.logging import configure_logging
 from forge_common.settings import SettingsError, load
+from forge_common.tracing import configure_tracing, shutdown_tracing
 
 from .settings import Settings
 from .worker import Worker
@@ -29,9 +30,13 @@ def main() -> None:
         print(f"forge-worker: {exc}", file=sys.stderr)  # noqa: T201 - before logging exists
         raise SystemExit(2) from None
     configure_logging("worker", settings.log_level, settings.log_format)
+    configure_tracing("worker", settings.otel_exporter)
     # The standard event loop on purpose: its subprocess spawn (vfork) costs ~0.9 ms of CPU
     # per step where uvloop's fork of a ~100 MB worker costs ~5 ms (measured, bench/pipeline_exec.py).
-    asyncio.run(Worker(settings, job_settings).run_forever())
+    try:
+        asyncio.run(Worker(settings, job_settings).run_forever())
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

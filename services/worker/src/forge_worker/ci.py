@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 import structlog
+from opentelemetry import trace
 
 from forge_common.jobs import CiJob, CiResult, JobReply, StepJob, StepResult
+from forge_common.tracing import inject
 
 from .git import GitCache, GitError
 from .reporter import FINAL_TASK_STATUSES, Reporter, StepReport, StepState
@@ -26,6 +28,7 @@ from .steps import ProcessTable, StepRunner, log_key
 __all__ = ["CiJobRunner"]
 
 log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer("forge.worker")
 
 CiReply = JobReply[CiResult]
 
@@ -112,7 +115,16 @@ class CiJobRunner:
                 )
                 continue
             try:
-                result, task_reported = await self._step(job, step, workdir, env, last=step is todo[-1])
+                # One span per step (the name is the repository's, so it is an attribute); the
+                # step's processes get its context as TRACEPARENT, the OpenTelemetry environment
+                # carrier, so instrumented build tools continue the run's trace.
+                with _tracer.start_as_current_span(
+                    "step", attributes={"forge.step": step.name, "forge.phase": job.phase, "forge.project": job.project}
+                ):
+                    carrier: dict[str, str] = {}
+                    inject(carrier)
+                    step_env = {**env, **{k.upper(): v for k, v in carrier.items()}}
+                    result, task_reported = await self._step(job, step, workdir, step_env, last=step is todo[-1])
             except _Cancelled:
                 return CiReply(status="cancelled", error="the run was cancelled", result=CiResult(steps=results))
             results.append(result)

@@ -20,6 +20,8 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from forge_common import jobs
 from forge_common.jobs import (
@@ -38,6 +40,7 @@ from forge_common.jobs import (
 from forge_common.nats import Names
 from forge_common.results import encode_result, resolve_result
 from forge_common.s3 import S3
+from forge_common.tracing import extract
 
 from . import health
 from .ci import CiJobRunner
@@ -49,6 +52,7 @@ from .reporter import InfraError
 __all__ = ["CancelledRuns", "JobHandler"]
 
 log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer("forge.worker")
 
 AnyReply = JobReply[CiResult] | JobReply[DiscoveryResult] | JobReply[ReleaseResult] | JobReply[None]
 
@@ -105,6 +109,17 @@ class JobHandler:
             return
         self._deliveries[seq] = msg
         headers = jobs.decode_headers(msg.headers)
+        # The job's span continues the dispatcher's trace (traceparent in the job's headers);
+        # status reports, the release request and the reply carry it on.
+        with _tracer.start_as_current_span(
+            f"{job_type} job",
+            context=extract(headers),
+            kind=SpanKind.CONSUMER,
+            attributes={"forge.job_type": job_type, "forge.delivery": msg.metadata.num_delivered or 1},
+        ) as span:
+            await self._handle(job_type, msg, seq, headers, span)
+
+    async def _handle(self, job_type: JobType, msg: Msg, seq: int, headers: dict[str, str], span: trace.Span) -> None:
         deliveries = msg.metadata.num_delivered or 1
         started = time.perf_counter()
         beat = asyncio.create_task(self._heartbeat(seq, job_type))
@@ -112,7 +127,10 @@ class JobHandler:
         try:
             payload = await resolve_result(self.s3, msg.data)
             ref = msgspec.convert(payload, JobRef)
+            span.set_attribute("forge.run_id", ref.run_id)
             reply = await self._run(job_type, payload, ref, deliveries)
+            if reply.status != "success":
+                span.set_status(Status(StatusCode.ERROR, reply.error or reply.status))
             reply_to = headers.get(jobs.HDR_REPLY_TO, "")
             if reply_to:
                 body = await encode_result(self.s3, ref.run_id, job_type, ref.job_id or ref.run_id, reply)

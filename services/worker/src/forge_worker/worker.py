@@ -114,12 +114,16 @@ class Worker:
 
     async def _start_pulling(self, js: JetStreamContext) -> None:
         stream = self.names.stream(jobs.JOBS_STREAM)
+        total = 0
         for job_type in self.settings.job_types():
             concurrency = self.settings.worker_concurrency
             slots = concurrency if job_type == "ci" else max(2, concurrency // 4)
+            total += slots
             for _ in range(slots):
                 sub = await js.pull_subscribe_bind(durable=jobs.consumer_name(self.names, job_type), stream=stream)  # type: ignore[arg-type]
                 self._loops.append(asyncio.create_task(self._pull(job_type, sub)))  # type: ignore[arg-type]
+        health.SLOTS.labels("busy").set(0)
+        health.SLOTS.labels("idle").set(total)
 
     async def stop(self) -> None:
         """Stop pulling; let running jobs finish for ``shutdown_grace``, then kill their steps
@@ -183,10 +187,14 @@ class Worker:
                 task = asyncio.current_task()
                 assert task is not None
                 self._inflight.add(task)
+                health.SLOTS.labels("busy").inc()
+                health.SLOTS.labels("idle").dec()
                 try:
                     await self.handler.handle(job_type, msg)
                 finally:
                     self._inflight.discard(task)
+                    health.SLOTS.labels("busy").dec()
+                    health.SLOTS.labels("idle").inc()
 
     async def _on_cancel(self, msg: Msg) -> None:
         run_id = msg.subject.rsplit(".", 1)[-1]

@@ -71,5 +71,5 @@ class DeadLetters:
         reply_to = headers.get(jobs.HDR_REPLY_TO)
         if reply_to:
             reply = jobs.JobReply(status="failed", error=f"dead-lettered: {reason}", result=jobs.DeadLettered())
-            await self.runtime.nc.publish(reply_to, msgspec.json.encode(reply))
+            await jobs.publish_reply(self.runtime.nc, reply_to, msgspec.json.encode(reply))
         log.warning("dispatcher.dead_lettered", run_id=run_id, job_type=job_type, seq=seq)

@@ -16,11 +16,14 @@ import uuid
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry import trace
 
-from forge_common import jobs
+from forge_common import jobs, metrics
 from forge_common.jobs import JobSettings
 from forge_common.runtime import Runtime
+from forge_common.tracing import extract
 from forge_pipeline import execution_store
+from forge_pipeline.metrics import JOBS_PENDING
 
 from .dead_letters import DeadLetters
 from .discovery import discover
@@ -34,6 +37,7 @@ from .settings import DispatcherSettings
 __all__ = ["Dispatcher"]
 
 log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer("forge.dispatcher")
 
 
 class Dispatcher:
@@ -63,6 +67,7 @@ class Dispatcher:
                 cb=self.dead_letters.on_max_deliveries,
             )
         )
+        metrics.add_refresher(self.refresh_jobs_pending)
         self._loops = [
             asyncio.create_task(self.leases.claim_loop(), name="dispatcher-claim"),
             asyncio.create_task(self.leases.renew_loop(), name="dispatcher-renew"),
@@ -70,7 +75,15 @@ class Dispatcher:
         ]
         log.info("dispatcher.started", owner=self.owner, lease_ttl=self.settings.dispatcher_lease_ttl)
 
+    async def refresh_jobs_pending(self) -> None:
+        """``forge_jobs_pending{job_type}``: each consumer's lag, read at scrape time."""
+        stream = self.runtime.names.stream(jobs.JOBS_STREAM)
+        for job_type in jobs.JOB_TYPES:
+            info = await self.runtime.js.consumer_info(stream, jobs.consumer_name(self.runtime.names, job_type))
+            JOBS_PENDING.labels(job_type).set(info.num_pending or 0)
+
     async def stop(self) -> None:
+        metrics.remove_refresher(self.refresh_jobs_pending)
         self.leases.stopping = True
         for task in [*self._loops, *self.drivers.values()]:
             task.cancel()
@@ -126,8 +139,15 @@ async def _drive_run(driver: RunDriver) -> None:
         run = await execution_store.run_for_dispatch(conn, driver.run_id)
     if run is None:
         return
-    if run.status in ("pending", "running"):
-        if run.discovered_at is None:
-            await discover(driver, run)
-        await run_groups(driver, run)
-    await release(driver)
+    # The span continues the trace of the request that created the run (stored with it), so
+    # jobs, worker spans, reports and events of the run share that request's trace id.
+    with _tracer.start_as_current_span(
+        "dispatch run",
+        context=extract(run.trace_context),
+        attributes={"forge.run_id": run.id, "forge.repository": run.repository},
+    ):
+        if run.status in ("pending", "running"):
+            if run.discovered_at is None:
+                await discover(driver, run)
+            await run_groups(driver, run)
+        await release(driver)

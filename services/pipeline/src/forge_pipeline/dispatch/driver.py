@@ -12,11 +12,14 @@ import contextlib
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from forge_common import jobs
 from forge_common.db import Pool
 from forge_common.jobs import JobSettings
 from forge_common.runtime import Runtime
+from forge_common.tracing import extract
 from forge_pipeline import execution_store, service
 
 from .queue import JobQueue
@@ -25,6 +28,7 @@ from .settings import DispatcherSettings
 __all__ = ["RunDriver", "RunEnded", "format_seconds"]
 
 log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer("forge.dispatcher")
 
 
 class RunEnded(Exception):
@@ -66,11 +70,16 @@ class RunDriver:
 
     async def _on_reply(self, msg: Msg) -> None:
         job_id = msg.subject.rsplit(".", 1)[-1]
-        waiter = self.waiters.get(job_id)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(msg.data)
-        else:
-            log.info("dispatcher.late_reply_ignored", run_id=self.run_id, job_id=job_id)
+        attributes = {"forge.run_id": self.run_id, "forge.job_id": job_id}
+        # A reply carries the worker's trace context: this span is a child of the job's span.
+        with _tracer.start_as_current_span(
+            "job reply", context=extract(msg.headers), kind=SpanKind.CONSUMER, attributes=attributes
+        ):
+            waiter = self.waiters.get(job_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(msg.data)
+            else:
+                log.info("dispatcher.late_reply_ignored", run_id=self.run_id, job_id=job_id)
 
     def waiter(self, job_id: str) -> asyncio.Future[bytes]:
         """The future the reply to ``job_id`` resolves; create it before publishing the job."""

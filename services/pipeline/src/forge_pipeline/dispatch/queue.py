@@ -6,6 +6,8 @@ import contextlib
 from typing import TypeVar
 
 import msgspec
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from forge_common import jobs
 from forge_common.results import encode_result, resolve_result
@@ -14,6 +16,7 @@ from forge_common.runtime import Runtime
 __all__ = ["JobQueue"]
 
 R = TypeVar("R")
+_tracer = trace.get_tracer("forge.dispatcher")
 
 
 class JobQueue:
@@ -23,16 +26,14 @@ class JobQueue:
 
     async def publish(self, job_type: jobs.JobType, job: jobs.DiscoveryJob | jobs.CiJob, msg_id: str) -> None:
         run_id, job_id = job.run_id, job.job_id
-        headers = {
-            jobs.HDR_REPLY_TO: jobs.inbox_subject(self.names, run_id, job_id),
-            jobs.HDR_JOB_ID: job_id,
-            jobs.HDR_JOB_TYPE: job_type,
-            "Nats-Msg-Id": msg_id,
-        }
         subject = jobs.job_subject(self.names, job_type, run_id, job_id)
-        # A job over 1 MB (huge step commands) travels through S3 like a large result.
-        body = await encode_result(self.runtime.s3, run_id, f"{job_type}-job", job_id, job)
-        await self.runtime.js.publish(subject, body, headers=headers, timeout=5.0)
+        attributes = {"forge.run_id": run_id, "forge.job_id": job_id, "forge.job_type": job_type}
+        with _tracer.start_as_current_span(f"{job_type} job publish", kind=SpanKind.PRODUCER, attributes=attributes):
+            # The job's headers carry this span's context: the worker's spans are its children.
+            headers = jobs.job_headers(self.names, job_type, run_id, job_id, msg_id)
+            # A job over 1 MB (huge step commands) travels through S3 like a large result.
+            body = await encode_result(self.runtime.s3, run_id, f"{job_type}-job", job_id, job)
+            await self.runtime.js.publish(subject, body, headers=headers, timeout=5.0)
 
     async def read_reply(self, raw: bytes, result_type: type[R]) -> jobs.JobReply[R]:
         """Raises ``msgspec.ValidationError`` for a reply that is not one."""

@@ -117,11 +117,7 @@ async def _queue_release(driver: RunDriver, job_id: str) -> list[ReleaseProject]
             commit_sha=fresh.commit_sha,
             projects=projects,
         )
-        headers = {
-            jobs.HDR_REPLY_TO: jobs.inbox_subject(names, run_id, job_id),
-            jobs.HDR_JOB_ID: job_id,
-            jobs.HDR_JOB_TYPE: "release",
-        }
+        headers = jobs.job_headers(names, "release", run_id, job_id)
         # Queued with the decision: the relay publishes it (Nats-Msg-Id = job id) even if
         # this replica dies right after the commit.
         await add_message(conn, "pipeline", job_id, f"pipeline.releases.{run_id}", msgspec.json.encode(job), headers)

@@ -37,10 +37,12 @@ DROP INDEX IF EXISTS pipeline.runs_repository_branch_created_idx;
 DROP INDEX IF EXISTS pipeline.runs_repository_created_idx;
 DROP INDEX IF EXISTS pipeline.runs_repository_status_created_idx;
 DROP INDEX IF EXISTS pipeline.runs_active_repository_idx;
+DROP INDEX IF EXISTS pipeline.runs_repository_triggered_created_idx;
 CREATE INDEX runs_repository_branch_created_idx ON pipeline.runs (repository_key, branch, created_at, id);
 CREATE INDEX runs_repository_created_idx ON pipeline.runs (repository_key, created_at, id);
 CREATE INDEX runs_repository_status_created_idx ON pipeline.runs (repository_key, status, created_at, id);
 CREATE INDEX runs_active_repository_idx ON pipeline.runs (repository_key) WHERE status IN ('pending', 'running');
+CREATE INDEX runs_repository_triggered_created_idx ON pipeline.runs (repository_key, triggered_by, created_at, id);
 
 ALTER TABLE pipeline.tag_pushes
     ADD COLUMN repository_key text GENERATED ALWAYS AS (lower(repository)) STORED;
