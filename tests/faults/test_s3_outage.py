@@ -95,7 +95,7 @@ run = "while [ ! -e {gate} ]; do sleep 0.1; done; echo done during the outage"
     await asyncio.sleep(10)  # the outage
     await s3_proxy.up()
 
-    run = await cell.wait_run(client, run_id, timeout=120)
+    run = await cell.wait_run(client, run_id, timeout=240)
     assert run["status"] == "success", run
     steps = steps_of(run)
     chatty = (await client.get(steps[("test", "chatty", "count")]["logs_url"])).text
