@@ -2,7 +2,11 @@
 1,000-step run (10 phases x 20 tasks x 5 steps, every step finished with a log, so every step
 carries a presigned ``logs_url``), through the gateway and directly against the service.
 
-    .venv/bin/python -m bench.pipeline_api [--posts 1000] [--gets 1000] [--concurrency 1,16]
+    .venv/bin/python -m bench.pipeline_api [--posts 1000] [--gets 1000] [--concurrency 1,16] [--list-runs 1000000]
+
+``--list-runs N`` then fills the table with N runs of one repository and measures
+``GET /v1/runs`` through the gateway: the first page, a page reached by cursor 90% down the
+list, a filtered first page, and (for comparison) the same deep page by offset.
 
 Starts a test platform (FORGE_TEST_* servers when set, else embedded ones) with the dispatcher
 off (runs stay pending; nothing but the API is measured) and the gateway's per-user rate limit
@@ -163,16 +167,102 @@ async def run(platform: Platform, posts: int, gets: int, concurrencies: list[int
     return results
 
 
+# --- GET /v1/runs of a repository with a million runs: first page, a cursor page deep in the list --
+
+
+async def _seed_runs(database_url: str, repository: str, count: int) -> None:
+    """``count`` finished runs of one repository, a second apart, written in one statement
+    (triggers off: the live-status rows of a million runs are not what is measured)."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute(
+            """
+            INSERT INTO pipeline.runs (id, repository, branch, commit_sha, triggered_by, trigger_type, status,
+                                       created_at, started_at, completed_at)
+            SELECT gen_random_uuid(), %s, CASE WHEN i %% 10 = 0 THEN 'develop' ELSE 'main' END,
+                   md5(i::text), 'bench@acme.io', 'push',
+                   CASE WHEN i %% 20 = 0 THEN 'failed' ELSE 'success' END::pipeline.run_status,
+                   now() - make_interval(secs => i), now() - make_interval(secs => i),
+                   now() - make_interval(secs => i - 1)
+            FROM generate_series(1, %s) AS i
+            """,
+            (repository, count),
+        )
+        # What the (disabled) triggers would have counted.
+        await conn.execute(
+            """
+            INSERT INTO pipeline.run_counts AS c (repository, status, runs)
+            SELECT repository, status, count(*) FROM pipeline.runs WHERE repository = %s GROUP BY repository, status
+            ON CONFLICT (repository, status) DO UPDATE SET runs = c.runs + excluded.runs
+            """,
+            (repository,),
+        )
+        await conn.execute("ANALYZE pipeline.runs")
+
+
+async def _deep_cursor(database_url: str, repository: str, position: int) -> str:
+    """The cursor a client holds after paging down to ``position`` (built as the service does)."""
+    from forge_pipeline import domain
+
+    async with await psycopg.AsyncConnection.connect(database_url, row_factory=dict_row) as conn:
+        cur = await conn.execute(
+            "SELECT id::text AS id, created_at FROM pipeline.runs WHERE repository = %s"
+            " ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 1",
+            (repository, position),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    query = domain.validate_list_query(domain.ListFilters(repository=repository))
+    return domain.next_cursor(query, row["created_at"], row["id"])
+
+
+async def list_runs(platform: Platform, count: int, gets: int) -> list[dict[str, Any]]:
+    repository = f"bench-{uuid.uuid4().hex[:6]}/big"
+    t0 = time.perf_counter()
+    await _seed_runs(platform.database_url, repository, count)
+    print(f"seeded {count:,} runs in {time.perf_counter() - t0:.1f} s")
+    deep = await _deep_cursor(platform.database_url, repository, count * 9 // 10)
+    headers = platform.headers("bench@acme.io", "viewer")
+    url = f"{platform.gateway_url}/v1/runs"
+    results = []
+    async with aiohttp.ClientSession() as session:
+
+        def getter(params: dict[str, str]) -> Callable[[int], Awaitable[None]]:
+            async def get(_: int) -> None:
+                async with session.get(url, params=params, headers=headers) as resp:
+                    assert resp.status == 200, await resp.text()
+                    await resp.read()
+
+            return get
+
+        first = {"repository": repository, "limit": "20"}
+        await getter(first)(0)
+        results.append(await _measure(f"GET /v1/runs first page ({count:,} runs)", gets, 1, getter(first)))
+        by_cursor = {**first, "cursor": deep}
+        results.append(await _measure("GET /v1/runs by cursor at 90%", gets, 1, getter(by_cursor)))
+        filtered = {**first, "status": "failed"}
+        results.append(await _measure("GET /v1/runs?status=failed first page", gets, 1, getter(filtered)))
+        by_offset = {**first, "offset": str(count * 9 // 10)}
+        results.append(await _measure("GET /v1/runs by offset at 90%", max(gets // 10, 5), 1, getter(by_offset)))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--posts", type=int, default=1000)
     parser.add_argument("--gets", type=int, default=1000)
     parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument(
+        "--list-runs", type=int, default=1_000_000, help="runs in the table for the list benchmark (0: skip)"
+    )
+    parser.add_argument("--list-gets", type=int, default=200)
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     env = {"FORGE_DISPATCHER_ENABLED": "false", "FORGE_RATE_LIMIT": "100000000", "FORGE_LOG_LEVEL": "warning"}
     with session_platform(env=env, workers=0) as platform:
-        results = asyncio.run(run(platform, args.posts, args.gets, concurrencies))
+        results = asyncio.run(run(platform, args.posts, args.gets, concurrencies)) if args.posts or args.gets else []
+        if args.list_runs:
+            results += asyncio.run(list_runs(platform, args.list_runs, args.list_gets))
     print(f"| {'operation':<48} | {'n':>5} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} |")
     print(f"|{'-' * 50}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 9}|")
     for r in results:

@@ -60,7 +60,7 @@ async def test_filters_and_cursor_pages(lane: Lane, client: httpx.AsyncClient) -
 
     # A run created after the first page does not shift the next one (keyset, not offset).
     first = await page(limit="3")
-    await _create(client, lane, repository, "main", alice)
+    await _create(client, lane, repository, "hotfix", "carol@acme.io")
     second = await page(limit="3", cursor=str(first["next_cursor"]))
     assert [r["id"] for r in second["runs"]] == newest_first[3:6]  # type: ignore[attr-defined]
 
@@ -108,3 +108,27 @@ async def test_bad_values_name_the_field(lane: Lane, client: httpx.AsyncClient) 
         )
         assert resp.status_code == 400, (params, resp.text)
         assert resp.json()["error"]["details"]["field"] == field, (params, resp.text)
+
+
+async def test_totals_follow_status_changes(lane: Lane, client: httpx.AsyncClient) -> None:
+    repository = f"totals-{uuid.uuid4().hex[:8]}/shop"
+    ids = [await _create(client, lane, repository, "main", "dora@acme.io") for _ in range(3)]
+    # The commits do not exist: each run fails in discovery. Wait for each to end.
+    for run_id in ids:
+        async with client.stream(
+            "GET", f"{lane.gateway_url}/v1/runs/{run_id}/events", headers=lane.headers("viewer")
+        ) as resp:
+            async for _ in resp.aiter_lines():
+                pass
+    url = f"{lane.gateway_url}/v1/runs"
+
+    async def total(**params: str) -> int:
+        resp = await client.get(url, params={"repository": repository, **params}, headers=lane.headers("viewer"))
+        assert resp.status_code == 200, resp.text
+        return int(resp.json()["total"])
+
+    assert await total() == 3
+    assert await total(status="failed") == 3
+    assert await total(status="pending") == 0
+    assert await total(status="running") == 0
+    assert await total(branch="main") == 3  # counted from the rows: the same answer

@@ -66,14 +66,15 @@ class Observed:
             urls[name] = f"{self.platform.service_url(name)}/metrics"
         return urls
 
-    def push(self, repository: str) -> str:
-        """A bare repository with one commit on main holding a project released from main."""
+    def push(self, repository: str, project_toml: str = PROJECT_TOML) -> str:
+        """A bare repository with one commit on main holding one project (by default one that
+        is released from main)."""
         bare = self.repos / f"{repository}.git"
         work = self.repos / "work" / repository
         work.mkdir(parents=True)
         _git("init", "-q", "--bare", "-b", "main", str(bare), cwd=self.repos)
         _git("init", "-q", "-b", "main", cwd=work)
-        for path, content in {".forge/repo.toml": REPO_TOML, "api/.forge/project.toml": PROJECT_TOML}.items():
+        for path, content in {".forge/repo.toml": REPO_TOML, "api/.forge/project.toml": project_toml}.items():
             (work / path).parent.mkdir(parents=True, exist_ok=True)
             (work / path).write_text(content)
         _git("add", "-A", cwd=work)
@@ -81,17 +82,30 @@ class Observed:
         _git("push", "-q", str(bare), "HEAD:refs/heads/main", cwd=work)
         return _git("rev-parse", "HEAD", cwd=work).strip()
 
-    async def run_pipeline(self, client: httpx.AsyncClient, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    async def run_pipeline(
+        self,
+        client: httpx.AsyncClient,
+        headers: dict[str, str] | None = None,
+        project_toml: str = PROJECT_TOML,
+        expect: str = "success",
+    ) -> dict[str, Any]:
         """Push a repository, create a run through the gateway, wait for it to finish."""
         repository = f"obs{uuid.uuid4().hex[:8]}/shop"
-        sha = self.push(repository)
+        run_id = await self.start_run(client, repository, self.push(repository, project_toml), headers)
+        return {"run": await self.wait_run(client, run_id, expect), "repository": repository}
+
+    async def start_run(
+        self, client: httpx.AsyncClient, repository: str, sha: str, headers: dict[str, str] | None = None
+    ) -> str:
         resp = await client.post(
             "/v1/runs",
             json={"repository": repository, "branch": "main", "commit_sha": sha, "trigger_type": "manual"},
             headers={**self.platform.headers(DEVELOPER, "developer"), **(headers or {})},
         )
         assert resp.status_code == 201, resp.text
-        run_id = resp.json()["id"]
+        return str(resp.json()["id"])
+
+    async def wait_run(self, client: httpx.AsyncClient, run_id: str, expect: str = "success") -> dict[str, Any]:
         viewer = self.platform.headers(DEVELOPER, "viewer")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 120
@@ -101,8 +115,8 @@ class Observed:
                 break
             assert loop.time() < deadline, f"run {run_id} did not finish: {run}\n{self.logs()}"
             await asyncio.sleep(0.1)
-        assert run["status"] == "success", f"{run}\n{self.logs()}"
-        return {"run": run, "repository": repository, "sha": sha}
+        assert run["status"] == expect, f"{run}\n{self.logs()}"
+        return dict(run)
 
     def logs(self) -> str:
         return "\n".join(

@@ -8,6 +8,7 @@ ConfigMaps and PrometheusRule switched on (Helm's own engine, as ``make lint`` r
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import sys
@@ -16,8 +17,11 @@ from pathlib import Path
 from types import ModuleType
 
 import httpx
+import nats
 from prometheus_client.parser import text_string_to_metric_families
 
+from forge_common import jobs
+from forge_common.nats import Names
 from forge_dev.testing import wait_for_event
 
 from .conftest import APPROVER, DEVELOPER, Observed
@@ -155,3 +159,80 @@ async def test_every_dashboard_and_alert_metric_is_exposed_after_a_run(
     # Labels stay bounded: route templates, never raw paths with ids.
     routes = {lbl["route"] for lbl, _ in after["pipeline"]["forge_http_requests_total"]}
     assert not any(run["id"] in route for route in routes), routes
+
+
+BLOCKING_PROJECT = """
+name = "api"
+[[phases.test.steps]]
+name = "unit"
+action = "shell"
+run = "while [ ! -e {marker} ]; do sleep 0.05; done; echo failing on purpose; exit 3"
+[[phases.build.steps]]
+name = "package"
+action = "shell"
+run = "echo never runs"
+"""
+
+
+async def _poll_metric(
+    client: httpx.AsyncClient, url: str, name: str, labels: dict[str, str], want: float, timeout: float = 30.0
+) -> None:
+    """Scrape ``url`` until the sample has the value (a gauge has no event to wait on)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        text = (await client.get(url)).text
+        samples: Samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+        seen = value(samples, name, **labels)
+        if seen == want:
+            return
+        assert loop.time() < deadline, f"{name}{labels} stayed {seen}, expected {want}"
+        await asyncio.sleep(0.05)
+
+
+async def test_queue_lag_busy_slots_and_a_failed_run_show_in_the_metrics(
+    observed: Observed, gateway: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    platform = observed.platform
+    urls = observed.metrics_urls()
+    names = Names(platform.nats_prefix)
+    async with httpx.AsyncClient(timeout=30.0) as plain:
+        before = await scrape(plain, observed)
+
+        # A job of a type no worker here pulls (artifact) waits: it is the consumer's lag.
+        nc = await nats.connect(platform.nats_url)
+        try:
+            js = nc.jetstream()
+            subject = jobs.job_subject(names, "artifact", str(uuid.uuid4()), str(uuid.uuid4()))
+            await js.publish(subject, b'{"job_id": "waiting"}')
+            await _poll_metric(plain, urls["pipeline"], "forge_jobs_pending", {"job_type": "artifact"}, 1)
+            await js.purge_stream(names.stream(jobs.JOBS_STREAM), subject=subject)
+            await _poll_metric(plain, urls["pipeline"], "forge_jobs_pending", {"job_type": "artifact"}, 0)
+        finally:
+            await nc.close()
+
+        # A step that runs until the test lets it go holds one of the worker's slots.
+        marker = tmp_path / "go"
+        repository = f"obs{uuid.uuid4().hex[:8]}/gauges"
+        sha = observed.push(repository, BLOCKING_PROJECT.format(marker=marker))
+        run_id = await observed.start_run(gateway, repository, sha)
+        await _poll_metric(plain, urls["worker"], "forge_worker_slots", {"state": "busy"}, 1)
+        marker.write_text("go\n")
+        run = await observed.wait_run(gateway, run_id, expect="failed")
+        await _poll_metric(plain, urls["worker"], "forge_worker_slots", {"state": "busy"}, 0)
+        after = await scrape(plain, observed)
+
+    assert run["failed_phase"] == "test"
+
+    def delta(process: str, name: str, **labels: str) -> float:
+        return value(after[process], name, **labels) - value(before[process], name, **labels)
+
+    assert delta("pipeline", "forge_pipeline_runs_total", status="failed") == 1
+    assert delta("pipeline", "forge_pipeline_run_duration_seconds_count", status="failed") == 1
+    assert delta("pipeline", "forge_pipeline_phase_duration_seconds_count", phase="test", status="failed") == 1
+    # The build phase never ran: it has no duration.
+    assert delta("pipeline", "forge_pipeline_phase_duration_seconds_count", phase="build") == 0
+    assert delta("worker", "forge_worker_jobs_total", job_type="ci", status="failed") == 1

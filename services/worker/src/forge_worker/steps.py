@@ -1,10 +1,10 @@
-"""Running one step: ``bash -e`` in its own process group, its output streamed to S3.
+"""Running one step: ``bash -e`` in the step sandbox (``sandbox``), its output streamed to S3.
 
-The log object at ``pipeline-runs/{run}/logs/{phase}/{project}/{step}.log`` grows every
-``flush_interval`` while the step runs and is complete once the step ends; the worker holds
-only what S3 does not have yet (``logs.LogObject``: bounded memory, retried uploads). Timeouts and cancellation signal the whole process group
-(SIGTERM, then SIGKILL after a grace period); the group is also killed after a normal exit so a
-step never leaves background processes behind.
+The log object at ``pipeline-runs/{run}/logs/{phase}/{project}/{step}.log`` is rewritten every
+``flush_interval`` while the step runs (so it is visible and growing) and once more at the end,
+when it holds the whole output. Timeouts, limits and cancellation end the whole sandbox (see
+``sandbox.run_sandboxed``); it also ends with the step's first process, so a step never leaves
+background processes behind.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import structlog
 
 from .health import STEPS_RUNNING
 from .logs import LogObject
+from .sandbox import Limits, Sandbox, Workspace, run_sandboxed
 
-__all__ = ["LogUploadFailed", "ProcessTable", "StepOutcome", "StepRunner", "log_key"]
+__all__ = ["ProcessTable", "StepOutcome", "StepRunner", "log_key"]
 
 log = structlog.get_logger(__name__)
 
@@ -33,15 +34,12 @@ def log_key(run_id: str, phase: str, project: str, step: str) -> str:
     return f"pipeline-runs/{run_id}/logs/{phase}/{project}/{step}.log"
 
 
-class LogUploadFailed(Exception):
-    """S3 did not take a step's log within the retry budget: the job is retried (redelivered),
-    which runs the step again, rather than a run finishing with its log missing."""
-
-
 class StepOutcome(msgspec.Struct, kw_only=True):
     exit_code: int
     timed_out: bool = False
     cancelled: bool = False
+    # "timeout", "memory" or "processes": the limit that ended the step
+    limit: str | None = None
     duration: float = 0.0
     log_bytes: int = 0
     upload_ms: float = 0.0
@@ -180,31 +178,24 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _kill_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
 class StepRunner:
+    UPLOAD_RETRY_FOR = 300.0
+
     def __init__(
         self,
         s3: Any,
         bucket: str,
         table: ProcessTable,
         flush_interval: float,
-        kill_grace: float,
         max_bytes: int,
-        upload_retry_for: float = 300.0,
-        part_size: int = 8 * 1024 * 1024,
+        sandbox: Sandbox,
     ) -> None:
         self.s3 = s3  # a long-lived aiobotocore client
         self.bucket = bucket
         self.table = table
         self.flush_interval = flush_interval
-        self.kill_grace = kill_grace
         self.max_bytes = max_bytes
-        self.upload_retry_for = upload_retry_for
-        self.part_size = part_size
+        self.sandbox = sandbox
 
     @staticmethod
     def argv(action: str, command: str) -> list[str] | None:
@@ -215,136 +206,81 @@ class StepRunner:
             return None
         return [earthly, *command.split()]
 
-    def log_object(self, key: str) -> LogObject:
-        return LogObject(self.s3, self.bucket, key, part_size=self.part_size, retry_for=self.upload_retry_for)
-
-    async def upload(self, key: str, body: bytes) -> None:
-        """A whole (small) log at once, retried like a step's."""
-        log_object = self.log_object(key)
+    async def upload(self, key: str, body: bytes, *, retry: bool = True) -> None:
+        """Write a log object; ``retry``: keep retrying an unreachable S3 with back-off for
+        ``UPLOAD_RETRY_FOR`` (the step's final upload), so a log completes once S3 is back."""
+        log_object = LogObject(self.s3, self.bucket, key, retry_for=self.UPLOAD_RETRY_FOR)
         await log_object.write(body)
-        await log_object.flush(retry=True)
+        await log_object.flush(retry=retry)
 
-    # Over 60 lines on purpose: the reader, the periodic flush and the timeout/cancel watch are
-    # closures over one process and its buffer; split apart they would pass all of it around.
     async def run(
         self,
         *,
         run_id: str,
         argv: list[str],
-        cwd: Path,
+        workspace: Workspace,
+        cwd: str,
         env: dict[str, str],
-        timeout: float | None,
+        limits: Limits,
         key: str,
         cancel: asyncio.Event,
     ) -> StepOutcome:
-        started = time.monotonic()
-        output = self.log_object(key)
-        state = {"truncated": False, "broken": False}
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=str(cwd),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        pgid = proc.pid
-        self.table.add(run_id, pgid, cancel)
-        STEPS_RUNNING.inc()
-        assert proc.stdout is not None
-        stdout = proc.stdout
+        """Run one step in the sandbox, its log growing in S3 while it runs."""
+        buf = bytearray()
+        state = {"dirty": False, "truncated": False, "uploaded": False}
 
-        async def read() -> None:
-            while True:
-                chunk = await stdout.read(65536)
-                if not chunk:
+        def sink(chunk: bytes) -> None:
+            if len(buf) + len(chunk) > self.max_bytes:
+                if not state["truncated"]:
+                    buf.extend(b"\n[forge: log truncated at %d bytes]\n" % self.max_bytes)
+                    state["truncated"] = True
+                if not chunk.startswith(b"\n[forge: "):
                     return
-                if state["broken"]:
-                    continue  # keep draining the pipe so the step is not blocked
-                if output.total + len(chunk) > self.max_bytes:
-                    if not state["truncated"]:
-                        await write(b"\n[forge: log truncated at %d bytes]\n" % self.max_bytes)
-                        state["truncated"] = True
-                    continue
-                await write(chunk)
-
-        async def write(data: bytes) -> None:
-            try:
-                await output.write(data)  # waits while S3 takes a full part: back-pressure
-            except Exception as exc:  # noqa: BLE001 - the step's outcome still counts; see below
-                state["broken"] = True
-                log.error("steps.log_upload_failed", key=key, error=str(exc))
+            buf.extend(chunk)
+            state["dirty"] = True
 
         async def flush_periodically() -> None:
-            last = time.monotonic()
             while True:
                 await asyncio.sleep(self.flush_interval)
-                if not output.flush_due(time.monotonic() - last, self.flush_interval) or state["broken"]:
-                    continue
-                last = time.monotonic()
-                try:
-                    await output.flush()
-                except Exception as exc:  # noqa: BLE001 - the final flush retries until S3 is back
-                    log.warning("steps.log_flush_failed", key=key, error=str(exc))
+                if state["dirty"]:
+                    state["dirty"] = False
+                    try:
+                        await self.upload(key, bytes(buf), retry=False)
+                        state["uploaded"] = True
+                    except Exception as exc:  # noqa: BLE001 - the final upload still happens
+                        log.warning("steps.log_flush_failed", key=key, error=str(exc))
 
-        reader = asyncio.create_task(read())
         flusher = asyncio.create_task(flush_periodically())
-        waiter = asyncio.create_task(proc.wait())
-        canceller = asyncio.create_task(cancel.wait())
-        timed_out = cancelled = False
+        STEPS_RUNNING.inc()
         try:
-            done, _ = await asyncio.wait({waiter, canceller}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if waiter not in done:
-                if canceller in done:
-                    cancelled = True
-                    note = b"\n[forge: step cancelled]\n"
-                else:
-                    timed_out = True
-                    note = b"\n[forge: step timed out after %ds]\n" % int(timeout or 0)
-                await write(note)
-                _kill_group(pgid, signal.SIGTERM)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(waiter), self.kill_grace)
-            # Whatever is left of the group (background jobs, a process ignoring SIGTERM) goes.
-            _kill_group(pgid, signal.SIGKILL)
-            await waiter
-            try:
-                await asyncio.wait_for(reader, 2.0)
-            except TimeoutError:
-                reader.cancel()
+            outcome = await run_sandboxed(
+                self.sandbox,
+                argv,
+                workspace,
+                cwd,
+                env,
+                limits,
+                sink,
+                cancel=cancel,
+                on_start=lambda pgid: self.table.add(run_id, pgid, cancel),
+                on_end=lambda pgid: self.table.remove(run_id, pgid),
+            )
         finally:
-            canceller.cancel()
             flusher.cancel()
-            if not waiter.done():
-                _kill_group(pgid, signal.SIGKILL)
-            self.table.remove(run_id, pgid)
             STEPS_RUNNING.dec()
         uploaded = time.monotonic()
         # A step that printed nothing has no log object (and so no logs_url): one S3 write
         # (client and server CPU) less per silent step.
-        has_log = output.total > 0
-        if state["broken"]:
-            await output.abort()
-            raise LogUploadFailed(f"the log of this step could not be written to S3 ({key})")
+        has_log = bool(buf) or state["uploaded"]
         if has_log:
-            try:
-                await output.flush(retry=True)
-            except Exception as exc:
-                await output.abort()
-                raise LogUploadFailed(f"the log of this step could not be written to S3 ({key}): {exc}") from exc
-        upload_ms = (time.monotonic() - uploaded) * 1000
-        code = proc.returncode if proc.returncode is not None else -9
-        if code < 0:
-            code = 128 - code
-        if timed_out:
-            code = 124
+            await self.upload(key, bytes(buf))
         return StepOutcome(
-            exit_code=code,
-            timed_out=timed_out,
-            cancelled=cancelled,
-            duration=time.monotonic() - started,
-            log_bytes=output.total,
-            upload_ms=upload_ms,
+            exit_code=outcome.exit_code,
+            timed_out=outcome.timed_out,
+            cancelled=outcome.cancelled,
+            limit=outcome.limit,
+            duration=outcome.duration,
+            log_bytes=len(buf),
+            upload_ms=(time.monotonic() - uploaded) * 1000,
             has_log=has_log,
         )
