@@ -125,11 +125,19 @@ async def _fill(platform: Platform, runs: int, steps: int, lines: int, needle: s
             async with semaphore:
                 await client.put_object(Bucket=s3.bucket, Key=key, Body=data)
 
+        reporting = asyncio.Semaphore(8)
+
         async def report(task_id: str, body: list[dict[str, Any]]) -> None:
-            async with semaphore:
-                url = f"{base}/v1/tasks/{task_id}/report"
-                async with session.put(url, json={"steps": body}, headers=worker) as resp:
-                    assert resp.status == 200, await resp.text()
+            """As the worker reports: a 503 (the machine is busy) is retried."""
+            async with reporting:
+                for _ in range(30):
+                    url = f"{base}/v1/tasks/{task_id}/report"
+                    async with session.put(url, json={"steps": body}, headers=worker) as resp:
+                        if resp.status != 503:
+                            assert resp.status == 200, await resp.text()
+                            return
+                    await asyncio.sleep(1)
+                raise AssertionError("the pipeline service stayed unavailable")
 
         for r in range(runs):
             run_id, repository, sha = await _create_run(session, platform, steps)

@@ -135,10 +135,10 @@ async def test_runs_found_by_commit_prefix_branch_author_and_error(lane: Lane, c
     assert await ids(branch) == [(passed["id"], ["branch"])]
     mine = await ids(DEVELOPER, repository=repository)
     assert mine == [(passed["id"], ["author"])]
-    error = failed.get("error") or ""
-    if error:
-        word = next(w for w in error.replace(":", " ").split() if w.isalpha() and len(w) > 3)
-        assert (failed["id"], ["error"]) in [(i, m) for i, m in await ids(word, repository=broken)]
+    error = failed["error"]
+    assert error, failed
+    word = next(w for w in error.replace(":", " ").split() if w.isalpha() and len(w) > 3)
+    assert (failed["id"], ["error"]) in await ids(word, repository=broken)
     # Paging: two runs of the same author, one per page, newest first.
     first = await client.get(
         f"{lane.gateway_url}/v1/search", params={"q": DEVELOPER, "limit": "1"}, headers=lane.headers("viewer")

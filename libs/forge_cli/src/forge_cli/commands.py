@@ -287,3 +287,16 @@ def _search_commands(sub: Any, leaf: Any) -> None:
             params={"q": a.query, "repository": a.repository, "limit": a.limit, "cursor": a.cursor},
         )
     )
+    p = leaf(search, "releases", help="releases by commit prefix, branch, tag, alias or author, newest first")
+    p.add_argument("query")
+    p.add_argument("--repository", help="only this repository's releases (owner/name)")
+    p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
+    p.add_argument("--cursor", help="the next_cursor of the previous page")
+    p.set_defaults(
+        func=lambda a: call(
+            a,
+            "GET",
+            "/v1/releases/search",
+            params={"q": a.query, "repository": a.repository, "limit": a.limit, "cursor": a.cursor},
+        )
+    )

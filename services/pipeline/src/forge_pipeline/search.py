@@ -258,7 +258,7 @@ def parse_run_query(
     text = _query_text(q)
     if search_type is not None and search_type not in SEARCH_TYPES:
         raise InvalidRequest(
-            f"type must be one of {', '.join(SEARCH_TYPES)} (releases: GET /v1/releases, docs/api-search.md)",
+            f"type must be one of {', '.join(SEARCH_TYPES)} (releases: GET /v1/releases/search)",
             {"field": "type", "value": search_type[:50]},
         )
     if repository is not None:

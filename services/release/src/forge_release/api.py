@@ -32,6 +32,7 @@ from forge_common.paths import raw_path_segments
 from forge_common.runtime import Runtime
 
 from .schemas import AliasCreate, AliasResult, Release, ReleaseCreate, ReleaseCreated
+from .search import search_releases
 from .service import CreateRelease, ReleaseService
 
 __all__ = ["ROUTES"]
@@ -96,6 +97,23 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
             on_behalf_of_id=data.trigger.triggered_by_id if data.trigger else None,
         )
     )
+
+
+@get(
+    "/v1/releases/search",
+    opt={"permission": Permission.READ},
+    summary="Releases by commit prefix, branch, tag, alias or author, newest first (docs/api-search.md)",
+    description="`q` required (<= 200 characters); `repository` narrows; `limit` 1..100 (default 20); "
+    "`cursor`: the previous page's next_cursor. Answers `{results: [...], next_cursor}`.",
+)
+async def search(
+    runtime: Runtime,
+    q: str | None = None,
+    repository: str | None = None,
+    limit: str | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    return await search_releases(runtime.pool, q, repository, limit, cursor)
 
 
 @get(
@@ -170,4 +188,4 @@ async def remove_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: 
     await _service(runtime).remove_alias(repo, rest_parts[0], rest_parts[1], rest_parts[3])
 
 
-ROUTES: list[Any] = [create_release, read_releases, add_alias, remove_alias]
+ROUTES: list[Any] = [create_release, search, read_releases, add_alias, remove_alias]
