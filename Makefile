@@ -28,6 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python deploy/check.py
+	$(BIN)/python -m forge_gateway.contract --check
 
 # One image per process from the one Dockerfile, with buildah or docker, whichever is installed.
 IMAGE_REGISTRY ?= registry.example.com/forge

@@ -1,7 +1,11 @@
 """Orchestration overhead: 100 no-op steps (``true``) across 5 phases x 20 projects, from
 ``POST /v1/runs`` to ``success``, with 1 and with 4 workers.
 
-    .venv/bin/python -m bench.pipeline_exec [--runs 5] [--workers 1,4]
+    .venv/bin/python -m bench.pipeline_exec [--runs 5] [--workers 1,4] [--sandbox auto,none]
+
+With ``--sandbox`` the whole bench runs once per FORGE_STEP_SANDBOX value, side by side, after
+a direct measurement of one step's spawn-to-exit (``run_sandboxed``, ``true``, no platform) in
+each sandbox this machine has: the sandbox's own cost per step.
 
 Starts a test platform per worker count (FORGE_TEST_* servers when set, else embedded ones)
 with ``FORGE_GIT_URL_TEMPLATE`` pointing at a local repository. Every measured run is a new
@@ -143,12 +147,14 @@ async def one_run(
     return elapsed, run
 
 
-async def bench(workers: int, runs: int) -> dict[str, Any]:
+async def bench(workers: int, runs: int, sandbox: str = "") -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="forge-bench-exec-"))
     env = {
         "FORGE_GIT_URL_TEMPLATE": (root / "repos").as_uri() + "/{repository}.git",
         "FORGE_LOG_LEVEL": "debug" if VERBOSE else "warning",
     }
+    if sandbox:
+        env["FORGE_STEP_SANDBOX"] = sandbox
     with session_platform(env=env, workers=workers) as platform:
         repository = f"bench/exec-{uuid.uuid4().hex[:6]}"
         work = make_repo(root / "repos", repository)
@@ -189,6 +195,7 @@ async def bench(workers: int, runs: int) -> dict[str, Any]:
             _profile(platform)
     return {
         "workers": workers,
+        "sandbox": sandbox or "default",
         "warmup_s": warm,
         "runs": times,
         "median_s": statistics.median(times),
@@ -233,28 +240,97 @@ def _profile(platform: Platform) -> None:
         )
 
 
+async def sandbox_cost(kinds: list[str], steps: int = 200) -> None:
+    """One ``true`` step, spawn to exit, in each sandbox: wall time and CPU (ours + children's)."""
+    import resource
+
+    from forge_worker.sandbox import Limits, Sandbox, SandboxUnavailable, Workspace, run_sandboxed
+
+    work = Path(tempfile.mkdtemp(prefix="forge-bench-sandbox-"))
+    os.chmod(work, 0o711)  # noqa: S103 - the step user passes through to its workspace
+    source = work / "checkout"
+    for project in range(PROJECTS):  # the shape of the bench's repository: 20 projects
+        (source / f"p{project}" / ".forge").mkdir(parents=True)
+        (source / f"p{project}" / ".forge" / "project.toml").write_text("x\n")
+        (source / f"p{project}" / "README").write_text("bench\n")
+    limits = Limits(memory=1 << 30, processes=256, timeout=30.0)
+    for kind in kinds:
+        try:
+            sandbox = await Sandbox.create(kind, work_dir=work / "steps")
+        except SandboxUnavailable as exc:
+            print(f"  sandbox {kind}: unavailable ({exc})")
+            continue
+        workspace = await Workspace.copy_of(source, sandbox.work_dir, sandbox.user)
+        sink: list[bytes] = []
+        env = {"CI": "true"}
+        for _ in range(20):  # warm-up
+            await run_sandboxed(sandbox, ["true"], workspace, ".", env, limits, sink.append)
+        walls = []
+        cpu_before = _own_cpu(resource)
+        for _ in range(steps):
+            started = time.perf_counter()
+            outcome = await run_sandboxed(sandbox, ["true"], workspace, ".", env, limits, sink.append)
+            walls.append((time.perf_counter() - started) * 1000)
+            assert outcome.exit_code == 0, b"".join(sink)
+        cpu = (_own_cpu(resource) - cpu_before) / steps * 1000
+        workspace.remove()
+        if sandbox.kind != "none":
+            cpu_before = _own_cpu(resource)
+            copy_started = time.perf_counter()
+            for _ in range(20):
+                copied = await Workspace.copy_of(source, sandbox.work_dir, sandbox.user)
+                copied.remove()
+            print(
+                f"  per task: the checkout's copy ({PROJECTS} projects) "
+                f"{(time.perf_counter() - copy_started) / 20 * 1000:.1f} ms wall, "
+                f"{(_own_cpu(resource) - cpu_before) / 20 * 1000:.1f} ms CPU (copy, chown, removal)"
+            )
+        print(
+            f"  sandbox {sandbox.kind} ({sandbox.tool}): per step median {statistics.median(walls):.1f} ms wall, "
+            f"p90 {sorted(walls)[int(steps * 0.9)]:.1f} ms, {cpu:.1f} ms CPU (worker + sandbox + true)"
+        )
+
+
+def _own_cpu(resource: Any) -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return float(me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--workers", default="1,4")
     parser.add_argument("--step", default="true", help='the command of every step (e.g. "echo ok" to upload logs)')
     parser.add_argument("--verbose", action="store_true", help="print job and HTTP latencies (info logs)")
+    parser.add_argument("--sandbox", default="", help="FORGE_STEP_SANDBOX values to compare, e.g. auto,none")
+    parser.add_argument("--sandbox-only", action="store_true", help="only the direct per-step sandbox measurement")
     args = parser.parse_args()
     global VERBOSE, STEP
     VERBOSE = args.verbose
     STEP = args.step
+    sandboxes = [k.strip() for k in args.sandbox.split(",") if k.strip()]
+    if sandboxes or args.sandbox_only:
+        await sandbox_cost(sorted({"bwrap", "unshare", "none", *sandboxes} - {"auto"}))
+        if args.sandbox_only:
+            return
     for count in (int(w) for w in args.workers.split(",")):
-        result = await bench(count, args.runs)
-        print(
-            f"workers={result['workers']}: median {result['median_s'] * 1000:.0f} ms, best {result['best_s'] * 1000:.0f} ms, "
-            f"per step {result['per_step_ms']:.1f} ms (warm-up {result['warmup_s'] * 1000:.0f} ms; "
-            f"runs {', '.join(f'{t * 1000:.0f}' for t in result['runs'])} ms)"
-        )
-        cpu = result["cpu_ms_per_step"]
-        print(
-            f"  CPU per step: {sum(cpu.values()):.1f} ms in total; "
-            + ", ".join(f"{role} {ms:.1f} ms" for role, ms in sorted(cpu.items(), key=lambda kv: -kv[1]))
-        )
+        for sandbox in sandboxes or [""]:
+            await _print_bench(count, args.runs, sandbox)
+
+
+async def _print_bench(count: int, runs: int, sandbox: str) -> None:
+    result = await bench(count, runs, sandbox)
+    print(
+        f"sandbox={result['sandbox']} workers={result['workers']}: median {result['median_s'] * 1000:.0f} ms, "
+        f"best {result['best_s'] * 1000:.0f} ms, per step {result['per_step_ms']:.1f} ms "
+        f"(warm-up {result['warmup_s'] * 1000:.0f} ms; runs {', '.join(f'{t * 1000:.0f}' for t in result['runs'])} ms)"
+    )
+    cpu = result["cpu_ms_per_step"]
+    print(
+        f"  CPU per step: {sum(cpu.values()):.1f} ms in total; "
+        + ", ".join(f"{role} {ms:.1f} ms" for role, ms in sorted(cpu.items(), key=lambda kv: -kv[1]))
+    )
 
 
 if __name__ == "__main__":

@@ -79,6 +79,10 @@ class Cell:
         self.root = Path(tempfile.mkdtemp(prefix=f"forge-exec-{self.tag}-"))
         self.repos = self.root / "repos"
         self.cache = self.root / "git-cache"
+        # Steps run sandboxed and see nothing of the host but this directory, which the cell's
+        # workers share with them read-write (FORGE_STEP_WRITABLE_PATHS): barriers, counters.
+        self.shared = Path(tempfile.mkdtemp(prefix=f"forge-exec-shared-{self.tag}-"))
+        os.chmod(self.shared, 0o777)  # noqa: S103 - the step user (nobody) writes here
         self.database = f"forge_exec_{self.tag}"
         admin = platform.stack.infra.admin_database_url
         with psycopg.connect(admin, autocommit=True) as conn:
@@ -93,6 +97,7 @@ class Cell:
             "FORGE_GIT_CACHE_DIR": str(self.cache),
             "FORGE_LOG_FLUSH_INTERVAL": "0.3s",
             "FORGE_STEP_KILL_GRACE": "0.5s",
+            "FORGE_STEP_WRITABLE_PATHS": str(self.shared),
             "FORGE_DB_POOL_MIN": "1",
             "FORGE_DB_POOL_MAX": "4",
             **(env or {}),
@@ -101,6 +106,13 @@ class Cell:
         self.pipelines: list[Process] = []
         self.workers: list[Process] = []
         self.releases: list[Process] = []
+
+    def shared_dir(self, name: str) -> Path:
+        """A directory steps can write to."""
+        path = self.shared / name
+        path.mkdir()
+        os.chmod(path, 0o777)  # noqa: S103 - the step user (nobody) writes here
+        return path
 
     # processes
 
@@ -185,6 +197,7 @@ class Cell:
         with contextlib.suppress(Exception):
             _run_sync(_delete_streams(self.platform.nats_url, self.prefix))
         shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.shared, ignore_errors=True)
 
     # repositories and runs
 

@@ -99,7 +99,7 @@ async def test_run_claimed_during_renewal_is_not_lost(
     lease_cell: tuple[Cell, Dispatcher], client: httpx.AsyncClient
 ) -> None:
     cell, dispatcher = lease_cell
-    gates = {name: cell.root / f"gate-{name}-{uuid.uuid4().hex[:6]}" for name in ("held", "new")}
+    gates = {name: cell.shared / f"gate-{name}-{uuid.uuid4().hex[:6]}" for name in ("held", "new")}
     held_repo, new_repo = cell.repo("held"), cell.repo("new")
     try:
         held = await cell.create_run(

@@ -48,10 +48,8 @@ def _ts(value: str) -> dt.datetime:
 
 async def test_good_then_bad_commit(cell: Cell, client: httpx.AsyncClient) -> None:
     repo = cell.repo("shop")
-    good_barrier = cell.root / "barrier-good"
-    bad_barrier = cell.root / "barrier-bad"
-    good_barrier.mkdir()
-    bad_barrier.mkdir()
+    good_barrier = cell.shared_dir("barrier-good")
+    bad_barrier = cell.shared_dir("barrier-bad")
     good = repo.commit(
         {
             ".forge/repo.toml": REPO_TOML,

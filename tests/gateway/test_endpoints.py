@@ -24,8 +24,8 @@ async def test_health_readiness_metrics_and_schema(platform: Platform) -> None:
         assert "forge_http_request_duration_seconds_bucket" in text
 
         schema = (await client.get("/schema/openapi.json")).json()
-        assert schema["info"]["title"] == "Forge gateway"
-        assert "/v1/runs/{rest}" in schema["paths"]
+        assert schema["info"]["title"] == "Forge API"
+        assert "/v1/runs/{run_id}" in schema["paths"]
         assert schema["paths"]["/v1/webhooks/github"]["post"]["security"] == []
 
 

@@ -131,3 +131,54 @@ def test_duplicate_project_names(tmp_path: Path) -> None:
         },
     )
     assert problems == ["b/.forge/project.toml: name: project name 'same' is already used by a/.forge/project.toml"]
+
+
+def test_step_sandbox_limits_are_read_and_defaults_left_to_the_worker(tmp_path: Path) -> None:
+    files = _tree(
+        tmp_path,
+        {
+            ".forge/repo.toml": REPO,
+            "api/.forge/project.toml": """
+[[phases.test.steps]]
+name = "unit"
+run = "make test"
+memory = "512MiB"
+processes = 64
+network = false
+[[phases.test.steps]]
+name = "plain"
+run = "true"
+""",
+        },
+    )
+    steps = discover(tmp_path, files).phases[1].tasks[0].steps
+    assert [(s.memory_bytes, s.processes, s.network) for s in steps] == [(512 << 20, 64, False), (None, None, True)]
+
+
+def test_bad_step_limits_are_each_named(tmp_path: Path) -> None:
+    problems = _problems(
+        tmp_path,
+        {
+            ".forge/repo.toml": REPO,
+            "api/.forge/project.toml": """
+[[phases.test.steps]]
+name = "unit"
+run = "make test"
+memory = "lots"
+processes = 2
+network = "no"
+[[phases.test.steps]]
+name = "tiny"
+run = "true"
+memory = "1MiB"
+processes = true
+""",
+        },
+    )
+    assert problems == [
+        "api/.forge/project.toml: phases.test.steps[0].memory: invalid size 'lots': unknown unit 'lots' (use KiB, MiB, GiB or TiB)",
+        "api/.forge/project.toml: phases.test.steps[0].processes: must be an integer from 8 to 4194304, got 2",
+        "api/.forge/project.toml: phases.test.steps[0].network: must be true or false, got 'no'",
+        "api/.forge/project.toml: phases.test.steps[1].memory: must be at least 16MiB, got '1MiB'",
+        "api/.forge/project.toml: phases.test.steps[1].processes: must be an integer from 8 to 4194304, got True",
+    ]

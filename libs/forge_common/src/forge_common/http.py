@@ -262,6 +262,10 @@ async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
     if handler.opt.get("public"):
         return
     permission = handler.opt.get("permission")
+    if permission is None and set(getattr(handler, "http_methods", ())) == {"OPTIONS"}:
+        # Litestar's own OPTIONS answer (204 with ``Allow``): it tells what the path supports,
+        # so it is for whoever may read, like a GET.
+        permission = Permission.READ
     if not isinstance(permission, Permission):
         raise RuntimeError(f"route {handler} declares no permission")
     rt = runtime_of(connection)

@@ -178,6 +178,10 @@ class StepJob(msgspec.Struct, kw_only=True):
     action: Literal["shell", "earthly"] = "shell"
     command: str = ""
     timeout_seconds: int | None = None
+    # Sandbox limits from project.toml; None: the worker's defaults (FORGE_STEP_MEMORY, ...).
+    memory_bytes: int | None = None
+    processes: int | None = None
+    network: bool = True
 
 
 class CiJob(msgspec.Struct, kw_only=True):
@@ -247,6 +251,9 @@ class PlannedStep(msgspec.Struct, kw_only=True):
     action: Literal["shell", "earthly"] = "shell"
     command: str = ""
     timeout_seconds: int | None = None
+    memory_bytes: int | None = None
+    processes: int | None = None
+    network: bool = True
 
 
 class PlannedTask(msgspec.Struct, kw_only=True):

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-__all__ = ["CommonSettings", "SettingsError", "load", "parse_duration"]
+__all__ = ["CommonSettings", "SettingsError", "load", "parse_duration", "parse_size"]
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -43,6 +43,35 @@ def parse_duration(text: str) -> float:
         total += number * _UNITS[unit]
         i = k
     return total
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_SIZE_UNITS.update(
+    {p: 1 << (10 * (i + 1)) for i, letter in enumerate("kmgt") for p in (letter, letter + "i", letter + "ib")}
+)
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a size in bytes: ``512MiB``, ``2GiB``, ``512Mi``, ``1.5G`` (K, M, G, T and their
+    ``i``/``iB`` forms are powers of 1024; KB, MB, GB, TB powers of 1000) or a number of bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"invalid size {text!r}: must not be negative")
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f'invalid size {text!r}: use a string like "512MiB" or "2GiB"')
+    s = text.strip()
+    number = s.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ").strip()
+    unit = s[len(number) :].strip().lower()
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"invalid size {text!r}: unknown unit {s[len(number) :].strip()!r} (use KiB, MiB, GiB or TiB)")
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f'invalid size {text!r}: use a number and a unit, like "512MiB" or "2GiB"') from None
+    if value < 0 or value != value or value == float("inf"):
+        raise ValueError(f"invalid size {text!r}: must be a positive number")
+    return int(value * _SIZE_UNITS[unit])
 
 
 class SettingsError(Exception):

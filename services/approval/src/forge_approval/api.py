@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, delete, get, post
-from litestar.openapi.datastructures import ResponseSpec
 
 from forge_common.auth import Permission, Principal
 from forge_common.events import isoformat
 from forge_common.http import decode_body
-from forge_common.openapi import body_operation
+from forge_common.openapi import body_operation, errors, internal, response
 from forge_common.runtime import Runtime
 
 from .schemas import ApprovalCheck, ApprovalCreate, ApprovalCreated, ApprovalRevoke, ApprovalView
@@ -31,7 +30,16 @@ def _service(runtime: Runtime) -> ApprovalService:
     status_code=201,
     opt={"permission": Permission.APPROVALS_WRITE},
     operation_class=body_operation(ApprovalCreate, "`expires_at` (ISO-8601) asks for an earlier expiry"),
-    responses={201: ResponseSpec(ApprovalCreated, description="approved")},
+    responses={
+        201: response(ApprovalCreated, "approved"),
+        **errors(
+            {
+                403: "not an approver, or the approver created the release",
+                404: "the release does not exist",
+                409: "the release already has an active approval for the environment",
+            }
+        ),
+    },
 )
 async def create_approval(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> ApprovalCreated:
     """Approve a release for an environment (approver or admin; never the release's creator)."""
@@ -51,7 +59,11 @@ async def create_approval(request: Request[Any, Any, Any], principal: Principal,
     return ApprovalCreated.of(approval, status)
 
 
-@get("/v1/approvals/check", opt={"permission": Permission.READ})
+@get(
+    "/v1/approvals/check",
+    opt={"permission": Permission.READ, **internal()},
+    responses={200: response(ApprovalCheck, "the answer, as of `checked_at`")},
+)
 async def check_approval(
     runtime: Runtime,
     approval_id: str | None = None,
@@ -68,21 +80,40 @@ async def check_approval(
     )
 
 
-@get("/v1/approvals/{release_id:str}/{environment:str}", opt={"permission": Permission.READ})
+@get(
+    "/v1/approvals/{release_id:str}/{environment:str}",
+    opt={"permission": Permission.READ},
+    responses={200: response(ApprovalView, "the approval")},
+)
 async def get_approval(release_id: str, environment: str, runtime: Runtime) -> ApprovalView:
     """The active approval of the release for the environment, else the most recent one."""
     approval, status = await _service(runtime).current(release_id, environment)
     return ApprovalView.of(approval, status)
 
 
-@get("/v1/approvals/{approval_id:str}", opt={"permission": Permission.READ})
+@get(
+    "/v1/approvals/{approval_id:str}",
+    opt={"permission": Permission.READ},
+    responses={200: response(ApprovalView, "the approval")},
+)
 async def get_approval_by_id(approval_id: str, runtime: Runtime) -> ApprovalView:
     """One approval by its id, whatever its status (extension)."""
     approval, status = await _service(runtime).get(approval_id)
     return ApprovalView.of(approval, status)
 
 
-@delete("/v1/approvals/{approval_id:str}", status_code=200, opt={"permission": Permission.APPROVALS_WRITE})
+@delete(
+    "/v1/approvals/{approval_id:str}",
+    status_code=200,
+    opt={"permission": Permission.APPROVALS_WRITE},
+    operation_class=body_operation(
+        ApprovalRevoke, "optional; `reason` may also be given as a query parameter", required=False
+    ),
+    responses={
+        200: response(ApprovalView, "the approval, revoked"),
+        **errors({409: "the approval is already revoked or expired"}),
+    },
+)
 async def revoke_approval(
     approval_id: str,
     request: Request[Any, Any, Any],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
@@ -16,6 +16,12 @@ __all__ = ["ApprovalCheck", "ApprovalCreate", "ApprovalCreated", "ApprovalRevoke
 class ApprovalCreate(msgspec.Struct, kw_only=True):
     """Body of ``POST /v1/approvals``; ``expires_at`` (ISO-8601) asks for an earlier expiry."""
 
+    example: ClassVar[dict[str, Any]] = {
+        "release_id": "7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
+        "environment": "production",
+        "justification": "CAB-1234 approved in the change meeting",
+    }
+
     release_id: str
     environment: str
     justification: str
@@ -25,11 +31,24 @@ class ApprovalCreate(msgspec.Struct, kw_only=True):
 class ApprovalRevoke(msgspec.Struct, kw_only=True):
     """Optional body of ``DELETE /v1/approvals/{approval_id}``."""
 
+    example: ClassVar[dict[str, Any]] = {"reason": "rollback planned instead"}
+
     reason: str | None = None
 
 
 class ApprovalCreated(msgspec.Struct, kw_only=True):
     """``201`` answer of ``POST /v1/approvals``: the spec's fields plus what was approved."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "approval_id": "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b",
+        "approver": "bob@company.com",
+        "approved_at": "2025-10-05T12:05:00Z",
+        "expires_at": "2025-10-06T12:05:00Z",
+        "status": "active",
+        "justification": "CAB-1234 approved in the change meeting",
+        "release_id": "7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
+        "environment": "production",
+    }
 
     approval_id: str
     approver: str
@@ -56,6 +75,17 @@ class ApprovalCreated(msgspec.Struct, kw_only=True):
 
 class ApprovalView(msgspec.Struct, kw_only=True, omit_defaults=True):
     """An approval as ``GET`` and ``DELETE`` show it; ``revoked_*`` only once revoked."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "approval_id": "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b",
+        "approver": "bob@company.com",
+        "approved_at": "2025-10-05T12:05:00Z",
+        "expires_at": "2025-10-06T12:05:00Z",
+        "status": "active",
+        "justification": "CAB-1234 approved in the change meeting",
+        "release_id": "7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
+        "environment": "production",
+    }
 
     approval_id: str
     approver: str
@@ -88,6 +118,13 @@ class ApprovalView(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class ApprovalCheck(msgspec.Struct, kw_only=True):
     """Answer of ``GET /v1/approvals/check`` (cross-service contract #3)."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "result": "active",
+        "approval_id": "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b",
+        "expires_at": "2025-10-06T12:05:00Z",
+        "checked_at": "2025-10-05T12:09:00Z",
+    }
 
     result: CheckResult
     approval_id: str

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, get, post
-from litestar.openapi.datastructures import ResponseSpec
 
 from forge_common.auth import Permission, Principal
 from forge_common.http import decode_body, parse_page
-from forge_common.openapi import body_operation
+from forge_common.openapi import PathForm, body_operation, errors, path_forms, response
 from forge_common.runtime import Runtime
 
 from .paths import PREFIX, parse_target_path, raw_path_segments
@@ -29,7 +28,16 @@ def _service(runtime: Runtime) -> DeploymentService:
     opt={"permission": Permission.DEPLOYMENTS_CREATE},
     status_code=201,
     operation_class=body_operation(DeploymentCreate, "`approval_id` is required for production"),
-    responses={201: ResponseSpec(DeploymentAccepted, description="accepted")},
+    responses={
+        201: response(DeploymentAccepted, "accepted: the GitOps commit landed, reconciliation pending"),
+        **errors(
+            {
+                403: "not a deployer, or production without an active approval for this release",
+                404: "the release (or the approval) does not exist",
+                429: "too many deployments pending (`limit_exceeded`), or the user's rate limit",
+            }
+        ),
+    },
 )
 async def create_deployment(
     request: Request[Any, Any, Any], principal: Principal, runtime: Runtime
@@ -47,7 +55,38 @@ async def create_deployment(
     )
 
 
-@get("/v1/deployments/{path:path}", opt={"permission": Permission.READ})
+_TARGET = "/v1/deployments/{environment}/{owner}/{name}/{project}"
+_PARAMETERS = {
+    "environment": "`dev`, `staging` or `production`",
+    "owner": "the repository's owner; `{owner}/{name}` may also be sent as one segment `owner%2Fname`",
+    "name": "the repository's name",
+    "project": "the project",
+}
+
+
+@get(
+    "/v1/deployments/{path:path}",
+    opt={
+        "permission": Permission.READ,
+        **path_forms(
+            PathForm(
+                _TARGET,
+                "The active deployment of a project in an environment",
+                CurrentDeployment,
+                parameters=_PARAMETERS,
+            ),
+            PathForm(
+                _TARGET + "/history",
+                "A project's deployments to an environment, newest first",
+                DeploymentHistory,
+                description="`limit` 1..100 (default 20); then either `offset` from 0, or `cursor`: a "
+                "response's `next_cursor` (null on the last page), stable under inserts and fast at any depth.",
+                query=("limit", "offset", "cursor"),
+                parameters=_PARAMETERS,
+            ),
+        ),
+    },
+)
 async def read_deployments(
     path: str,
     request: Request[Any, Any, Any],

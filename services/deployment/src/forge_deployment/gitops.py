@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import structlog
@@ -44,6 +44,8 @@ from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 from prometheus_client import Counter, Histogram
+
+from forge_common.redact import redact_url as redact
 
 __all__ = ["Author", "GitError", "GitOpsRepository", "GitTimeout", "local_path", "redact"]
 
@@ -108,17 +110,6 @@ class Author:
             return cls(name=identity, email=identity)
         local = re.sub(r"[^A-Za-z0-9._-]+", "-", identity) or "unknown"
         return cls(name=identity or "unknown", email=f"{local}@forge.invalid")
-
-
-def redact(url: str) -> str:
-    """A URL fit for logs and error messages: no embedded credentials."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-    return url
 
 
 def local_path(url: str) -> Path | None:

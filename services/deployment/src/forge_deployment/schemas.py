@@ -7,7 +7,7 @@ reconciled_at, ...) help operators and never replace a spec field.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
@@ -22,12 +22,25 @@ Status = Literal["pending", "active", "superseded", "failed"]
 class DeploymentCreate(msgspec.Struct, kw_only=True):
     """Body of ``POST /v1/deployments``; ``approval_id`` is required for production."""
 
+    example: ClassVar[dict[str, Any]] = {
+        "release_id": "7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
+        "environment": "production",
+        "approval_id": "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b",
+    }
+
     release_id: uuid.UUID
     environment: Environment
     approval_id: uuid.UUID | None = None
 
 
 class DeploymentAccepted(msgspec.Struct, kw_only=True):
+    example: ClassVar[dict[str, Any]] = {
+        "id": "3d4e5f6a-7b8c-4d9e-8f0a-1b2c3d4e5f6a",
+        "deployment_id": "3d4e5f6a-7b8c-4d9e-8f0a-1b2c3d4e5f6a",
+        "gitops_commit_sha": "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d",
+        "status": "pending",
+    }
+
     id: str
     deployment_id: str
     gitops_commit_sha: str
@@ -35,6 +48,21 @@ class DeploymentAccepted(msgspec.Struct, kw_only=True):
 
 
 class CurrentDeployment(msgspec.Struct, kw_only=True):
+    example: ClassVar[dict[str, Any]] = {
+        "deployment_id": "3d4e5f6a-7b8c-4d9e-8f0a-1b2c3d4e5f6a",
+        "release_id": "7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
+        "release_number": 42,
+        "environment": "production",
+        "status": "active",
+        "deployed_at": "2025-10-05T12:10:00Z",
+        "deployed_by": "alice@company.com",
+        "gitops_commit_sha": "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d",
+        "repository": "mycompany/myrepo",
+        "project": "api",
+        "reconciled_at": "2025-10-05T12:10:45Z",
+        "approval_id": "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b",
+    }
+
     deployment_id: str
     release_id: str
     release_number: int
@@ -93,6 +121,26 @@ class HistoryEntry(msgspec.Struct, kw_only=True):
 
 
 class DeploymentHistory(msgspec.Struct, kw_only=True):
+    example: ClassVar[dict[str, Any]] = {
+        "deployments": [
+            {
+                "id": "3d4e5f6a-7b8c-4d9e-8f0a-1b2c3d4e5f6a",
+                "release_number": 42,
+                "status": "superseded",
+                "deployed_at": "2025-10-05T12:10:00Z",
+                "deployed_by": "alice@company.com",
+                "release_id": "7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
+                "gitops_commit_sha": "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d",
+                "reconciled_at": "2025-10-05T12:10:45Z",
+                "error": None,
+            }
+        ],
+        "total": 50,
+        "limit": 20,
+        "offset": 0,
+        "next_cursor": "eyJrIjpbNDFdfQ",
+    }
+
     deployments: list[HistoryEntry]
     total: int
     limit: int

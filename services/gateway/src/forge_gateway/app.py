@@ -1,28 +1,33 @@
 """Wiring of the gateway: the raw ``/v1`` proxy in front, a small Litestar app for the rest.
 
 ``/v1/*`` never touches the framework (see :mod:`forge_gateway.proxy`); ``/healthz``,
-``/readyz``, ``/metrics``, ``/schema/openapi.json`` and every other path go to Litestar with the
+``/readyz``, ``/metrics``, the API's documents (``/schema/openapi.json``, ``/docs``) and every other
+path go to Litestar with the
 platform's exception handlers and observability middleware, so they answer like every service.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from litestar import Litestar, MediaType, Request, Response, get
+import msgspec
+from litestar import Litestar, Response, get
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 
 from forge_common import metrics
 from forge_common.auth import JwksCache, TokenVerifier
 from forge_common.http import EXCEPTION_HANDLERS, ObservabilityMiddleware
+from forge_common.openapi import response
 from forge_common.tracing import configure_tracing, flush_tracing
 
+from .apidocs import contract_handlers
 from .console import browser_run_redirect, console_handlers
-from .openapi import openapi_document
 from .proxy import Proxy
 from .settings import Settings
 from .versioning import API_VERSIONS
 
-__all__ = ["META_PATH", "GatewayApp", "create_app"]
+__all__ = ["META_PATH", "GatewayApp", "GatewayMeta", "create_app"]
 
 # Every API version's paths go to the proxy: /v1/..., and /v2/... once versioning.py lists it.
 _API_PREFIXES = tuple(f"/{version}/" for version in API_VERSIONS)
@@ -30,6 +35,18 @@ _API_ROOTS = frozenset(f"/{version}" for version in API_VERSIONS)
 
 # Public (no token): what a client needs before it has a token, i.e. which issuer to log in at.
 META_PATH = "/v1/meta"
+
+
+class GatewayMeta(msgspec.Struct, kw_only=True):
+    """Where clients log in: the issuer (OpenID Connect discovery) and the audience tokens carry."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "oidc_issuer": "http://127.0.0.1:8180/realms/forge",
+        "oidc_audience": "forge-api",
+    }
+
+    oidc_issuer: str
+    oidc_audience: str
 
 
 class GatewayApp:
@@ -62,13 +79,12 @@ def create_app(settings: Settings) -> GatewayApp:
     jwks = JwksCache(settings.jwks_url)
     jwks.min_refresh_interval = settings.jwks_refresh_interval
     proxy = Proxy(settings, TokenVerifier(settings.oidc_issuer, settings.oidc_audience, jwks))
-    document = openapi_document(settings)
 
-    @get("/healthz", sync_to_thread=False)
+    @get("/healthz", sync_to_thread=False, summary="Liveness")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/readyz")
+    @get("/readyz", summary="Readiness of the gateway (503 while starting or stopping), with its upstreams' health")
     async def readyz() -> Response[dict[str, Any]]:
         # Readiness is the gateway's own: one service being down must not take every gateway
         # replica out of its load balancer. The upstreams' health is reported, not enforced;
@@ -82,17 +98,18 @@ def create_app(settings: Settings) -> GatewayApp:
         }
         return Response(body, status_code=200 if ready else 503)
 
-    @get(META_PATH, sync_to_thread=False)
-    def meta() -> dict[str, str]:
-        return {"oidc_issuer": settings.oidc_issuer, "oidc_audience": settings.oidc_audience}
+    @get(
+        META_PATH,
+        sync_to_thread=False,
+        summary="Which issuer and audience tokens come from",
+        responses={200: response(GatewayMeta, "the issuer and audience")},
+    )
+    def meta() -> GatewayMeta:
+        return GatewayMeta(oidc_issuer=settings.oidc_issuer, oidc_audience=settings.oidc_audience)
 
-    @get("/metrics")
+    @get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response[bytes]:
         return Response(await metrics.collect(), media_type=metrics.CONTENT_TYPE_LATEST)
-
-    @get("/schema/openapi.json", sync_to_thread=False, media_type=MediaType.JSON)
-    def openapi(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        return document
 
     async def start(_: Litestar) -> None:
         await proxy.start()
@@ -102,11 +119,14 @@ def create_app(settings: Settings) -> GatewayApp:
         flush_tracing()
 
     rest = Litestar(
-        route_handlers=[healthz, readyz, meta, metrics_endpoint, openapi, *console_handlers(settings)],
+        route_handlers=[healthz, readyz, meta, metrics_endpoint, *contract_handlers(), *console_handlers(settings)],
         exception_handlers=EXCEPTION_HANDLERS,
         on_startup=[start],
         on_shutdown=[stop],
-        openapi_config=None,
+        # The gateway's own operations; forge_gateway.contract merges them with the services'.
+        openapi_config=OpenAPIConfig(
+            title="Forge gateway", version="1.0.0", path="/schema/gateway", render_plugins=[JsonRenderPlugin()]
+        ),
         logging_config=None,
         debug=False,
     )

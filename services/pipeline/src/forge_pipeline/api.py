@@ -15,6 +15,7 @@ from forge_common.auth import Permission, Principal
 from forge_common.errors import InvalidRequest, NotFound
 from forge_common.events import isoformat
 from forge_common.http import decode_body
+from forge_common.openapi import body_operation, errors, internal, response
 from forge_common.runtime import Runtime
 
 from . import domain, live, search, webhooks
@@ -50,7 +51,7 @@ def _service(runtime: Runtime) -> PipelineService:
 
 def _doc(status: int, model: Any, description: str, *errors: int) -> dict[int, ResponseSpec]:
     """OpenAPI responses of a route whose handler returns pre-encoded JSON bytes."""
-    spec = {status: ResponseSpec(data_container=model, description=description, generate_examples=False)}
+    spec = {status: response(model, description)}
     for code in errors:
         spec[code] = ResponseSpec(data_container=ErrorBody, description="error envelope", generate_examples=False)
     return spec
@@ -66,6 +67,9 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
     opt={"permission": Permission.RUNS_WRITE},
     status_code=201,
     summary="Create a pipeline run",
+    description="`triggered_by` is the caller's identity whatever the body says; an `Idempotency-Key` "
+    "header makes a retry return the first run (`Idempotent-Replayed: true`).",
+    operation_class=body_operation(RunCreate, "the commit to run"),
     responses=_doc(201, RunCreated, "the run, pending", 400, 401, 403, 409, 429),
 )
 async def create_run(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> Response[bytes]:
@@ -287,8 +291,9 @@ async def cancel_run(run_id: str, runtime: Runtime) -> None:
 
 @put(
     "/v1/tasks/{task_id:str}/status",
-    opt={"permission": Permission.INTERNAL_STATUS},
+    opt={"permission": Permission.INTERNAL_STATUS, **internal()},
     summary="Worker report of a task's status",
+    operation_class=body_operation(TaskStatusUpdate, "the task's new status"),
     responses=_doc(200, TaskStatusView, "the task after the report", 400, 401, 403, 404, 409),
 )
 async def update_task_status(request: Request[Any, Any, Any], task_id: str, runtime: Runtime) -> Response[bytes]:
@@ -301,8 +306,9 @@ async def update_task_status(request: Request[Any, Any, Any], task_id: str, runt
 
 @put(
     "/v1/steps/{step_id:str}/status",
-    opt={"permission": Permission.INTERNAL_STATUS},
+    opt={"permission": Permission.INTERNAL_STATUS, **internal()},
     summary="Worker report of a step's status",
+    operation_class=body_operation(StepStatusUpdate, "the step's new status"),
     responses=_doc(200, StepStatusView, "the step after the report", 400, 401, 403, 404, 409),
 )
 async def update_step_status(request: Request[Any, Any, Any], step_id: str, runtime: Runtime) -> Response[bytes]:
@@ -322,8 +328,14 @@ async def update_step_status(request: Request[Any, Any, Any], step_id: str, runt
     opt={"public": True},
     status_code=202,
     summary="GitHub webhook (HMAC X-Hub-Signature-256)",
-    responses=_doc(201, WebhookResult, "run created", 400, 401, 429)
-    | {200: ResponseSpec(WebhookResult, description="ping, duplicate delivery, existing run or tag recorded")},
+    description="GitHub's JSON payload of a `push`, `pull_request` or `ping` event with its `X-GitHub-Event`, "
+    "`X-GitHub-Delivery` and `X-Hub-Signature-256` headers; no bearer token.",
+    responses=_doc(201, WebhookResult, "run created", 400, 429)
+    | {
+        200: response(WebhookResult, "ping, duplicate delivery, existing run or tag recorded"),
+        202: response(WebhookResult, "ignored: an event or ref that starts nothing"),
+        **errors({401: "missing or wrong `X-Hub-Signature-256`"}),
+    },
 )
 async def github_webhook(request: Request[Any, Any, Any], runtime: Runtime) -> Response[bytes]:
     handler: webhooks.WebhookHandler = runtime.extras[webhooks.HANDLER_KEY]
@@ -364,8 +376,9 @@ def _report_command(task_id: str, body: TaskReportBody) -> TaskReport:
 
 @put(
     "/v1/tasks/{task_id:str}/report",
-    opt={"permission": Permission.INTERNAL_STATUS},
+    opt={"permission": Permission.INTERNAL_STATUS, **internal()},
     summary="Worker report of a task's steps and status in one transaction",
+    operation_class=body_operation(TaskReportBody, "the steps' statuses in order, then the task's"),
     responses=_doc(
         200, TaskReportResult, "the task (when reported) and the steps after the report", 400, 401, 403, 404, 409
     ),

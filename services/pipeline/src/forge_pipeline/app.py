@@ -4,6 +4,7 @@ from litestar import Litestar
 
 from forge_common.http import AppSpec, build_app
 from forge_common.jobs import JobSettings
+from forge_common.repositories import RepositoryAllowList
 from forge_common.runtime import Runtime
 from forge_common.settings import load
 
@@ -46,9 +47,13 @@ def create_app(
             presigner=presigner,
             logs_url_ttl=int(settings.logs_url_ttl),
             publish_cancel=CancelNotifier(runtime.nc, runtime.names),
+            repositories=RepositoryAllowList(settings.repositories),
         )
         runtime.extras[webhooks.HANDLER_KEY] = webhooks.WebhookHandler(
-            uow, settings.github_webhook_secret, settings.max_active_runs_per_repository
+            uow,
+            settings.github_webhook_secret,
+            settings.max_active_runs_per_repository,
+            RepositoryAllowList(settings.repositories),
         )
         sender = runtime.extras[_SENDER_KEY] = CommitStatusSender(uow, settings)
         sender.start()

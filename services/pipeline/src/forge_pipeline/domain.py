@@ -521,6 +521,10 @@ class StepPlan(msgspec.Struct, kw_only=True):
     action: Literal["shell", "earthly"] = "shell"
     command: str = ""
     timeout_seconds: int | None = None
+    # Sandbox limits (project.toml memory, processes, network); None: the worker's defaults.
+    memory_bytes: int | None = None
+    processes: int | None = None
+    network: bool = True
     # Filled by service.store_discovery / load_plan.
     id: str | None = None
     position: int = 0

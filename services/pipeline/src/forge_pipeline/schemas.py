@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
 from forge_common.events import isoformat
+from forge_common.openapi import ErrorEnvelope as ErrorBody  # the platform's one error envelope
 
 from .records import Step, Task
 
@@ -36,6 +37,13 @@ ReportedStatus = Literal["running", "success", "failed"]
 
 
 class RunCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    example: ClassVar[dict[str, Any]] = {
+        "repository": "mycompany/myrepo",
+        "branch": "main",
+        "commit_sha": "4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
+        "trigger_type": "push",
+    }
+
     repository: str
     branch: str
     commit_sha: str
@@ -45,6 +53,12 @@ class RunCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class RunCreated(msgspec.Struct, kw_only=True):
+    example: ClassVar[dict[str, Any]] = {
+        "id": "0b9c7f5e-3d2a-4c1b-9e8f-6a5b4c3d2e1f",
+        "status": "pending",
+        "started_at": "2025-10-05T12:00:00Z",
+    }
+
     id: str
     status: str
     started_at: str
@@ -59,6 +73,22 @@ class RunSummary(msgspec.Struct, kw_only=True):
 
 
 class RunList(msgspec.Struct, kw_only=True):
+    example: ClassVar[dict[str, Any]] = {
+        "runs": [
+            {
+                "id": "0b9c7f5e-3d2a-4c1b-9e8f-6a5b4c3d2e1f",
+                "repository": "mycompany/myrepo",
+                "commit_sha": "4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
+                "status": "success",
+                "started_at": "2025-10-05T12:00:00Z",
+            }
+        ],
+        "total": 150,
+        "limit": 20,
+        "offset": 0,
+        "next_cursor": "eyJrIjpbIjIwMjUtMTAtMDVUMTI6MDA6MDBaIl19",
+    }
+
     runs: list[RunSummary]
     total: int
     limit: int
@@ -68,11 +98,19 @@ class RunList(msgspec.Struct, kw_only=True):
 
 
 class TaskStatusUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    example: ClassVar[dict[str, Any]] = {"status": "failed", "error": "step test exited with 1"}
+
     status: ReportedStatus
     error: str | None = None
 
 
 class StepStatusUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    example: ClassVar[dict[str, Any]] = {
+        "status": "success",
+        "exit_code": 0,
+        "logs_s3_key": "pipeline-runs/0b9c7f5e-3d2a-4c1b-9e8f-6a5b4c3d2e1f/logs/test/api/unit.log",
+    }
+
     status: ReportedStatus
     exit_code: int | None = None
     logs_s3_key: str | None = None
@@ -88,6 +126,11 @@ class StepReportBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class TaskReportBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``PUT /v1/tasks/{id}/report``: steps' statuses in order, then the task's, one transaction."""
 
+    example: ClassVar[dict[str, Any]] = {
+        "steps": [{"id": "6f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b", "status": "success", "exit_code": 0}],
+        "status": "success",
+    }
+
     steps: list[StepReportBody] = msgspec.field(default_factory=list)
     status: ReportedStatus | None = None
     error: str | None = None
@@ -98,6 +141,15 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 class TaskStatusView(msgspec.Struct, kw_only=True):
+    example: ClassVar[dict[str, Any]] = {
+        "id": "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e",
+        "run_id": "0b9c7f5e-3d2a-4c1b-9e8f-6a5b4c3d2e1f",
+        "status": "success",
+        "error": None,
+        "started_at": "2025-10-05T12:00:05Z",
+        "completed_at": "2025-10-05T12:01:55Z",
+    }
+
     id: str
     run_id: str
     status: str
@@ -118,6 +170,17 @@ class TaskStatusView(msgspec.Struct, kw_only=True):
 
 
 class StepStatusView(msgspec.Struct, kw_only=True):
+    example: ClassVar[dict[str, Any]] = {
+        "id": "6f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b",
+        "task_id": "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e",
+        "run_id": "0b9c7f5e-3d2a-4c1b-9e8f-6a5b4c3d2e1f",
+        "status": "success",
+        "exit_code": 0,
+        "logs_s3_key": "pipeline-runs/0b9c7f5e-3d2a-4c1b-9e8f-6a5b4c3d2e1f/logs/test/api/unit.log",
+        "started_at": "2025-10-05T12:00:06Z",
+        "completed_at": "2025-10-05T12:01:50Z",
+    }
+
     id: str
     task_id: str
     run_id: str
@@ -142,6 +205,11 @@ class StepStatusView(msgspec.Struct, kw_only=True):
 
 
 class TaskReportResult(msgspec.Struct, kw_only=True):
+    example: ClassVar[dict[str, Any]] = {
+        "task": TaskStatusView.example,
+        "steps": [StepStatusView.example],
+    }
+
     task: TaskStatusView | None
     steps: list[StepStatusView]
 
@@ -173,6 +241,44 @@ class PhaseView(msgspec.Struct, kw_only=True):
 
 
 class RunDetail(msgspec.Struct, kw_only=True):
+    example: ClassVar[dict[str, Any]] = {
+        "id": "0b9c7f5e-3d2a-4c1b-9e8f-6a5b4c3d2e1f",
+        "repository": "mycompany/myrepo",
+        "branch": "main",
+        "commit_sha": "4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
+        "status": "success",
+        "triggered_by": "alice@company.com",
+        "trigger_type": "push",
+        "started_at": "2025-10-05T12:00:00Z",
+        "completed_at": "2025-10-05T12:02:00Z",
+        "phases": [
+            {
+                "id": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
+                "name": "test",
+                "group_number": 1,
+                "status": "success",
+                "started_at": "2025-10-05T12:00:05Z",
+                "completed_at": "2025-10-05T12:01:55Z",
+                "tasks": [
+                    {
+                        "id": "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e",
+                        "project_name": "api",
+                        "status": "success",
+                        "steps": [
+                            {
+                                "id": "6f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b",
+                                "name": "unit",
+                                "status": "success",
+                                "exit_code": 0,
+                                "logs_url": "https://s3.example.com/forge/pipeline-runs/0b9c7f5e-3d2a-4c1b-9e8f-6a5b4c3d2e1f/logs/test/api/unit.log",
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+
     id: str
     repository: str
     branch: str
@@ -197,13 +303,3 @@ class WebhookResult(msgspec.Struct, kw_only=True):
     reason: str | msgspec.UnsetType = msgspec.UNSET
     # ``ping``: GitHub's zen line, echoed.
     zen: str | msgspec.UnsetType | None = msgspec.UNSET
-
-
-class ErrorDetail(msgspec.Struct, kw_only=True):
-    code: str
-    message: str
-    details: dict[str, object]
-
-
-class ErrorBody(msgspec.Struct, kw_only=True):
-    error: ErrorDetail

@@ -32,6 +32,7 @@ import structlog
 
 from forge_common.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from forge_common.events import PipelineRunCreated, isoformat
+from forge_common.repositories import RepositoryAllowList
 
 from . import domain, metrics, store
 from .domain import ListQuery, PhasePlan, StepReport, TaskReport
@@ -450,8 +451,10 @@ class PipelineService:
         logs_url_ttl: int,
         publish_cancel: CancelPublisher,
         tree_cache: TreeCache | None = None,
+        repositories: RepositoryAllowList | None = None,
     ) -> None:
         self.uow = uow
+        self.repositories = repositories or RepositoryAllowList()
         self.max_active_runs = max_active_runs
         self.presigner = presigner
         self.logs_url_ttl = logs_url_ttl
@@ -462,6 +465,7 @@ class PipelineService:
         """``create_run`` in a transaction of its own. A unique violation can only come from a
         concurrent request racing for the same Idempotency-Key in another repository (runs of
         one repository are created one at a time); the retry then finds the winner's run."""
+        self.repositories.check(_validated(cmd).repository)
         for attempt in range(2):
             try:
                 async with self.uow.begin() as conn:

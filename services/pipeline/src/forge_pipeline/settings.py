@@ -1,3 +1,4 @@
+from forge_common.repositories import RepositoryAllowList
 from forge_common.settings import CommonSettings
 
 
@@ -11,6 +12,9 @@ class Settings(CommonSettings, kw_only=True):
     public_url: str = "http://127.0.0.1:8080"
     # At most this many pending+running runs per repository (spec: 100).
     max_active_runs_per_repository: int = 100
+    # Which repositories this platform builds: comma-separated globs over owner/name (runs and
+    # webhooks for others are refused with 400 invalid_request, details.field = "repository").
+    repositories: str = "*"
     # Lifetime of the presigned logs_url of a step, in seconds (Go durations accepted).
     logs_url_ttl: float = 3600.0
     # GitHub: webhook HMAC secret, REST API for commit statuses, token (empty: statuses off).
@@ -44,6 +48,7 @@ class Settings(CommonSettings, kw_only=True):
             problems.append("FORGE_RUN_RETENTION and FORGE_RUN_RETENTION_INTERVAL must be positive durations")
         if not (1 <= self.run_retention_batch <= 10000):
             problems.append("FORGE_RUN_RETENTION_BATCH must be between 1 and 10000")
+        problems.extend(RepositoryAllowList.problems(self.repositories))
         if not (0.05 <= self.log_follow_interval <= 60):
             problems.append("FORGE_LOG_FOLLOW_INTERVAL must be between 50ms and 60s")
         if not (0.1 <= self.stream_heartbeat <= 15):

@@ -410,14 +410,31 @@ async def insert_plan(conn: Conn, run_id: str, phases: list[PhasePlan]) -> None:
                 step.id = step.id or str(uuid.uuid4())
                 step.position = position
                 step_rows.append(
-                    (step.id, task.id, run_id, position, step.name, step.action, step.command, step.timeout_seconds)
+                    (
+                        step.id,
+                        task.id,
+                        run_id,
+                        position,
+                        step.name,
+                        step.action,
+                        step.command,
+                        step.timeout_seconds,
+                        step.memory_bytes,
+                        step.processes,
+                        step.network,
+                    )
                 )
     if phase_rows:
         await _copy(conn, "phases", "id, run_id, name, group_number, timeout_seconds", phase_rows)
     if task_rows:
         await _copy(conn, "tasks", "id, run_id, phase_id, project_name, project_path", task_rows)
     if step_rows:
-        await _copy(conn, "steps", "id, task_id, run_id, position, name, action, command, timeout_seconds", step_rows)
+        await _copy(
+            conn,
+            "steps",
+            "id, task_id, run_id, position, name, action, command, timeout_seconds, memory_bytes, processes, network",
+            step_rows,
+        )
 
 
 class _PlanRow(msgspec.Struct):
@@ -435,6 +452,9 @@ class _PlanRow(msgspec.Struct):
     action: Literal["shell", "earthly"] | None
     command: str | None
     step_timeout: int | None
+    memory_bytes: int | None
+    processes: int | None
+    network: bool | None
     position: int | None
     step_status: str | None
 
@@ -444,7 +464,7 @@ SELECT p.id::text AS phase_id, p.name AS phase_name, p.group_number, p.timeout_s
        p.status::text AS phase_status,
        t.id::text AS task_id, t.project_name, t.project_path, t.status::text AS task_status,
        s.id::text AS step_id, s.name AS step_name, s.action, s.command, s.timeout_seconds AS step_timeout,
-       s.position, s.status::text AS step_status
+       s.memory_bytes, s.processes, s.network, s.position, s.status::text AS step_status
 FROM pipeline.phases p
 LEFT JOIN pipeline.tasks t ON t.phase_id = p.id
 LEFT JOIN pipeline.steps s ON s.task_id = t.id
@@ -486,6 +506,9 @@ async def load_plan(conn: Conn, run_id: str) -> list[PhasePlan]:
                     action=r.action or "shell",
                     command=r.command or "",
                     timeout_seconds=r.step_timeout,
+                    memory_bytes=r.memory_bytes,
+                    processes=r.processes,
+                    network=r.network is not False,
                     position=r.position or 0,
                     status=r.step_status or "",
                 )

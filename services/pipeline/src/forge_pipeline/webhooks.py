@@ -16,6 +16,7 @@ import msgspec
 import structlog
 
 from forge_common.errors import AuthenticationFailed, Conflict, InvalidRequest
+from forge_common.repositories import RepositoryAllowList
 
 from . import domain, service, store
 from .schemas import WebhookResult
@@ -110,10 +111,13 @@ def _decode(event: str, body: bytes) -> GitHubEvent:
 class WebhookHandler:
     """Built in ``app.create_app`` with the secret and the run limit; one unit of work per delivery."""
 
-    def __init__(self, uow: UnitOfWork, secret: str, max_active_runs: int) -> None:
+    def __init__(
+        self, uow: UnitOfWork, secret: str, max_active_runs: int, repositories: RepositoryAllowList | None = None
+    ) -> None:
         self.uow = uow
         self.secret = secret
         self.max_active = max_active_runs
+        self.repositories = repositories or RepositoryAllowList()
 
     async def handle(self, headers: dict[str, str], body: bytes) -> tuple[int, WebhookResult]:
         lower = {k.lower(): v for k, v in headers.items()}
@@ -125,6 +129,9 @@ class WebhookHandler:
         if not delivery_id or len(delivery_id) > 200:
             raise InvalidRequest("missing or invalid X-GitHub-Delivery header", {"header": "X-GitHub-Delivery"})
         payload = _decode(event, body)
+        if event in ("push", "pull_request") and payload.repository and payload.repository.full_name:
+            # Refused before the delivery is recorded: nothing changes.
+            self.repositories.check(payload.repository.full_name)
         async with self.uow.begin() as conn:
             if not await store.record_delivery(conn, delivery_id, event, "processing"):
                 previous = await store.delivery(conn, delivery_id)

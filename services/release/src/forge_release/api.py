@@ -20,18 +20,17 @@ import uuid
 from typing import Annotated, Any
 
 from litestar import Request, Response, delete, get, post
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from forge_common.auth import Permission, Principal
 from forge_common.errors import NotFound
 from forge_common.http import decode_body, parse_page
-from forge_common.openapi import body_operation
+from forge_common.openapi import PathForm, body_operation, errors, path_forms, response
 from forge_common.paths import raw_path_segments
 from forge_common.runtime import Runtime
 
-from .schemas import AliasCreate, AliasResult, Release, ReleaseCreate, ReleaseCreated
+from .schemas import AliasCreate, AliasResult, Release, ReleaseCreate, ReleaseCreated, ReleaseList
 from .search import search_releases
 from .service import CreateRelease, ReleaseService
 
@@ -61,6 +60,16 @@ def _split_repo(parts: list[str]) -> tuple[str, list[str]]:
     return f"{parts[0]}/{parts[1]}", parts[2:]
 
 
+# What the OpenAPI document shows in place of the catch-all routes (forge_common.openapi).
+_PROJECT = "/v1/releases/{owner}/{name}/{project}"
+_PARAMETERS = {
+    "owner": "the repository's owner; `{owner}/{name}` may also be sent as one segment `owner%2Fname`",
+    "name": "the repository's name",
+    "project": "the project (a directory of the repository holding `.forge/project.toml`)",
+    "release_id": "a full or abbreviated (7+ hex) commit SHA, a release number, a tag or any alias, tried in that order",
+    "release_uuid": "the release's id",
+    "alias": "a `branch` or `custom` alias of the release",
+}
 _REST = Annotated[
     str,
     Parameter(
@@ -76,7 +85,10 @@ _REST = Annotated[
     opt={"permission": Permission.RELEASES_CREATE},
     status_code=HTTP_201_CREATED,
     operation_class=body_operation(ReleaseCreate, "the release; `trigger` is optional (absent: manual)"),
-    responses={201: ResponseSpec(ReleaseCreated, description="created")},
+    responses={
+        201: response(ReleaseCreated, "created"),
+        **errors({409: "a release of this commit exists already, or its number is taken"}),
+    },
 )
 async def create_release(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> dict[str, Any]:
     """Create a release (spec: Create Release; optional ``trigger``, contract #2)."""
@@ -118,17 +130,29 @@ async def search(
 
 @get(
     "/v1/releases/{rest:path}",
-    opt={"permission": Permission.READ},
-    responses={
-        200: ResponseSpec(
-            Release,
-            description="`{release_uuid}` and `{repo}/{project}/{release-id}`: one release (Get Release). "
-            "`{repo}/{project}?limit=&offset=`: a page `{releases: [{id, commit_sha, release_number, created_at}], "
-            "total, limit, offset, next_cursor}`, newest first (limit 1..100, default 20); pass next_cursor "
-            "as `?cursor=` for the next page (null on the last).",
-            generate_examples=False,
-        )
+    opt={
+        "permission": Permission.READ,
+        **path_forms(
+            PathForm(
+                "/v1/releases/{release_uuid}",
+                "Get a release by its id",
+                Release,
+                parameters=_PARAMETERS,
+                internal=True,
+            ),
+            PathForm(
+                _PROJECT,
+                "List a project's releases, newest first",
+                ReleaseList,
+                description="`limit` 1..100 (default 20); then either `offset` from 0, or `cursor`: a "
+                "response's `next_cursor` (null on the last page), stable under inserts and fast at any depth.",
+                query=("limit", "offset", "cursor"),
+                parameters=_PARAMETERS,
+            ),
+            PathForm(_PROJECT + "/{release_id}", "Get a release", Release, parameters=_PARAMETERS),
+        ),
     },
+    responses={200: response(Release, "one release")},
 )
 async def read_releases(
     request: Request[Any, Any, Any],
@@ -160,11 +184,24 @@ async def read_releases(
 
 @post(
     "/v1/releases/{rest:path}",
-    opt={"permission": Permission.RELEASES_ALIAS},
+    opt={
+        "permission": Permission.RELEASES_ALIAS,
+        **path_forms(
+            PathForm(
+                _PROJECT + "/{release_id}/aliases",
+                "Add an alias to a release (201 created or moved, 200 already there)",
+                AliasResult,
+                status=201,
+                also=(200,),
+                parameters=_PARAMETERS,
+            )
+        ),
+    },
     operation_class=body_operation(AliasCreate, "`alias_type`: tag, branch or custom"),
     responses={
-        201: ResponseSpec(AliasResult, description="alias created or moved"),
-        200: ResponseSpec(AliasResult, description="already there"),
+        201: response(AliasResult, "alias created or moved"),
+        200: response(AliasResult, "already there"),
+        **errors({409: "the alias names another release and cannot move (numeric and tag aliases never move)"}),
     },
 )
 async def add_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _REST) -> Response[dict[str, Any]]:
@@ -178,7 +215,22 @@ async def add_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _RE
     return Response(body, status_code=status)
 
 
-@delete("/v1/releases/{rest:path}", opt={"permission": Permission.RELEASES_ALIAS}, status_code=HTTP_204_NO_CONTENT)
+@delete(
+    "/v1/releases/{rest:path}",
+    opt={
+        "permission": Permission.RELEASES_ALIAS,
+        **path_forms(
+            PathForm(
+                _PROJECT + "/{release_id}/aliases/{alias}",
+                "Remove a branch or custom alias",
+                status=204,
+                parameters=_PARAMETERS,
+            )
+        ),
+    },
+    status_code=HTTP_204_NO_CONTENT,
+    responses=errors({409: "numeric and tag aliases are permanent"}),
+)
 async def remove_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _REST) -> None:
     """Remove a ``branch`` or ``custom`` alias (numeric and tag aliases are permanent)."""
     parts = _segments(request)

@@ -1,6 +1,7 @@
 from litestar import Litestar
 
 from forge_common.http import AppSpec, build_app
+from forge_common.repositories import RepositoryAllowList
 from forge_common.runtime import Runtime
 
 from .api import ROUTES
@@ -17,7 +18,9 @@ def create_app(settings: Settings) -> Litestar:
             if settings.verify_pipeline_runs
             else SkipRunCheck()
         )
-        runtime.extras["releases"] = ReleaseService(runtime.pool, make_publisher(settings), runs)
+        runtime.extras["releases"] = ReleaseService(
+            runtime.pool, make_publisher(settings), runs, RepositoryAllowList(settings.repositories)
+        )
 
     async def stop(runtime: Runtime) -> None:
         svc = runtime.extras.get("releases")

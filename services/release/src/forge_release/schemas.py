@@ -6,6 +6,8 @@ allowed ones; unknown fields are ignored.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import msgspec
 
 __all__ = [
@@ -17,6 +19,8 @@ __all__ = [
     "Release",
     "ReleaseCreate",
     "ReleaseCreated",
+    "ReleaseList",
+    "ReleaseSummary",
     "TriggerIn",
     "TriggerOut",
 ]
@@ -45,6 +49,21 @@ class TriggerIn(msgspec.Struct, kw_only=True):
 
 
 class ReleaseCreate(msgspec.Struct, kw_only=True):
+    example: ClassVar[dict[str, Any]] = {
+        "pipeline_run_id": "0b9c7f5e-3d2a-4c1b-9e8f-6a5b4c3d2e1f",
+        "repository": "mycompany/myrepo",
+        "project": "api",
+        "commit_sha": "4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
+        "artifacts": [
+            {
+                "name": "api",
+                "type": "container",
+                "tracking_oci_uri": "oci://registry.example.com/forge/mycompany/myrepo/api:4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
+                "primary_published_uri": "ghcr.io/mycompany/api:v1.2.3",
+            }
+        ],
+    }
+
     repository: str
     project: str
     commit_sha: str
@@ -54,6 +73,8 @@ class ReleaseCreate(msgspec.Struct, kw_only=True):
 
 
 class AliasCreate(msgspec.Struct, kw_only=True):
+    example: ClassVar[dict[str, Any]] = {"alias": "v1.2.3", "alias_type": "tag"}
+
     alias: str
     alias_type: str
 
@@ -62,6 +83,15 @@ class AliasCreate(msgspec.Struct, kw_only=True):
 
 
 class ReleaseCreated(msgspec.Struct, kw_only=True):
+    example: ClassVar[dict[str, Any]] = {
+        "id": "7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
+        "release_number": 42,
+        "oci_uri": "oci://registry.example.com/forge/releases/mycompany/myrepo/api:42",
+        "oci_digest": "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "canonical_id": "mycompany/myrepo/api/4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
+        "created_at": "2025-10-05T12:03:00Z",
+    }
+
     id: str
     release_number: int
     oci_uri: str
@@ -90,6 +120,31 @@ class TriggerOut(msgspec.Struct, kw_only=True):
 
 
 class Release(msgspec.Struct, kw_only=True):
+    example: ClassVar[dict[str, Any]] = {
+        "id": "7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
+        "repository": "mycompany/myrepo",
+        "project": "api",
+        "commit_sha": "4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
+        "release_number": 42,
+        "oci_uri": "oci://registry.example.com/forge/releases/mycompany/myrepo/api:42",
+        "oci_digest": "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "created_at": "2025-10-05T12:03:00Z",
+        "created_by": "alice@company.com",
+        "created_by_id": "sub:1f0e2d3c",
+        "triggered_by_id": "sub:1f0e2d3c",
+        "pipeline_run_id": "0b9c7f5e-3d2a-4c1b-9e8f-6a5b4c3d2e1f",
+        "artifacts": [
+            {
+                "name": "api",
+                "type": "container",
+                "tracking_oci_uri": "oci://registry.example.com/forge/mycompany/myrepo/api:4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
+                "primary_published_uri": "ghcr.io/mycompany/api:v1.2.3",
+            }
+        ],
+        "aliases": [{"alias": "v1.2.3", "alias_type": "tag"}, {"alias": "42", "alias_type": "numeric"}],
+        "trigger": {"trigger_type": "branch_push", "branch": "main", "tag": None, "triggered_by": "alice@company.com"},
+    }
+
     id: str
     repository: str
     project: str
@@ -108,8 +163,49 @@ class Release(msgspec.Struct, kw_only=True):
 
 
 class AliasResult(msgspec.Struct, kw_only=True):
+    example: ClassVar[dict[str, Any]] = {
+        "alias": "v1.2.3",
+        "alias_type": "tag",
+        "release_id": "7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
+        "release_number": 42,
+        "moved_from": None,
+    }
+
     alias: str
     alias_type: str
     release_id: str
     release_number: int
     moved_from: str | None
+
+
+class ReleaseSummary(msgspec.Struct, kw_only=True):
+    id: str
+    commit_sha: str
+    release_number: int
+    created_at: str
+
+
+class ReleaseList(msgspec.Struct, kw_only=True):
+    """A page of a project's releases, newest first."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "releases": [
+            {
+                "id": "7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
+                "commit_sha": "4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
+                "release_number": 42,
+                "created_at": "2025-10-05T12:03:00Z",
+            }
+        ],
+        "total": 150,
+        "limit": 20,
+        "offset": 0,
+        "next_cursor": "eyJrIjpbNDFdfQ",
+    }
+
+    releases: list[ReleaseSummary]
+    total: int
+    limit: int
+    offset: int
+    # Pass as ``?cursor=`` for the next page; null on the last one.
+    next_cursor: str | None

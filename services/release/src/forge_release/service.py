@@ -33,6 +33,7 @@ from forge_common.db import Pool
 from forge_common.errors import Conflict, InvalidRequest, NotFound
 from forge_common.events import ReleaseCreated, isoformat, utcnow
 from forge_common.outbox import add_event
+from forge_common.repositories import RepositoryAllowList
 
 from . import store
 from .domain import (
@@ -142,8 +143,15 @@ def _triggered_by(cmd: CreateRelease) -> str | None:
 
 
 class ReleaseService:
-    def __init__(self, pool: Pool, publisher: Publisher, runs: RunChecker | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        publisher: Publisher,
+        runs: RunChecker | None = None,
+        repositories: RepositoryAllowList | None = None,
+    ) -> None:
         self.pool = pool
+        self.repositories = repositories or RepositoryAllowList()
         self.publisher = publisher
         self.runs: RunChecker = runs or SkipRunCheck()
         self._project_lock = _ProjectLocks()
@@ -151,6 +159,7 @@ class ReleaseService:
     # --- create --------------------------------------------------------------------------------
 
     async def create(self, cmd: CreateRelease) -> dict[str, Any]:
+        self.repositories.check(cmd.repository)
         release = NewRelease.parse(
             repository=cmd.repository,
             project=cmd.project,

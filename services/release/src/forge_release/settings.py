@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from forge_common.repositories import RepositoryAllowList
 from forge_common.settings import CommonSettings
 
 
@@ -20,6 +21,9 @@ class Settings(CommonSettings, kw_only=True):
     # release whose artifact is gone. Turning it off keeps process-crash safety only.
     oci_layout_fsync: bool = True
     data_dir: str = ".forge-data"
+    # Which repositories this platform builds (and so releases): comma-separated globs over
+    # owner/name; POST /v1/releases for others: 400 invalid_request, details.field = "repository".
+    repositories: str = "*"
     # Check a create's pipeline_run_id with the pipeline service (GET /v1/runs/{id} with the
     # caller's token): the run exists, built the same repository and commit, and succeeded.
     # Turning it off only checks ids to be UUIDs (a release could then name any run).
@@ -40,6 +44,7 @@ class Settings(CommonSettings, kw_only=True):
             )
         if self.verify_pipeline_runs and not self.pipeline_url.startswith(("http://", "https://")):
             problems.append("FORGE_VERIFY_PIPELINE_RUNS needs FORGE_PIPELINE_URL (an http:// or https:// URL)")
+        problems.extend(RepositoryAllowList.problems(self.repositories))
         if self.pipeline_timeout <= 0:
             problems.append("FORGE_PIPELINE_TIMEOUT must be a positive duration")
         if bool(self.oci_username) != bool(self.oci_password):

@@ -11,6 +11,7 @@ from forge_common.logging import configure_logging
 from forge_common.settings import SettingsError, load
 from forge_common.tracing import configure_tracing, shutdown_tracing
 
+from .sandbox import SandboxUnavailable
 from .settings import Settings
 from .worker import Worker
 
@@ -35,6 +36,9 @@ def main() -> None:
     # per step where uvloop's fork of a ~100 MB worker costs ~5 ms (measured, bench/pipeline_exec.py).
     try:
         asyncio.run(Worker(settings, job_settings).run_forever())
+    except SandboxUnavailable as exc:
+        print(f"forge-worker: cannot start: {exc}", file=sys.stderr)  # noqa: T201 - the operator's answer
+        raise SystemExit(3) from None
     finally:
         shutdown_tracing()
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
 import structlog
@@ -22,7 +21,8 @@ from forge_common.jobs import CiJob, CiResult, JobReply, StepJob, StepResult
 from forge_common.tracing import inject
 
 from .git import GitCache, GitError
-from .reporter import FINAL_TASK_STATUSES, Reporter, StepReport, StepState
+from .reporter import FINAL_TASK_STATUSES, InfraError, Reporter, StepReport, StepState
+from .sandbox import Limits, Workspace, format_bytes
 from .steps import ProcessTable, StepRunner, log_key
 
 __all__ = ["CiJobRunner"]
@@ -44,7 +44,7 @@ class CiJobRunner:
         runner: StepRunner,
         table: ProcessTable,
         reporter: Reporter,
-        step_env: dict[str, str],
+        defaults: Limits,
         running_report_delay: float,
         is_cancelled: Callable[[str], bool],
     ) -> None:
@@ -52,7 +52,7 @@ class CiJobRunner:
         self.runner = runner
         self.table = table
         self.reporter = reporter
-        self.step_env = step_env
+        self.defaults = defaults
         self.running_report_delay = running_report_delay
         self.is_cancelled = is_cancelled
 
@@ -75,7 +75,17 @@ class CiJobRunner:
             missing = f"project directory {job.project_path!r} does not exist at {job.commit_sha}"
             await self.reporter.finish_task(job.task_id, "failed", missing)
             return CiReply(status="failed", error=missing)
-        return await self._run_steps(job, done, workdir, self._env(job, checkout))
+        cwd = str(workdir.relative_to(checkout.resolve()))
+        # The task's own writable copy: its steps share it, nothing else sees it.
+        sandbox = self.runner.sandbox
+        try:
+            workspace = await Workspace.for_sandbox(sandbox, checkout)
+        except OSError as exc:
+            raise InfraError(f"cannot prepare the task's workspace: {exc}") from exc
+        try:
+            return await self._run_steps(job, done, workspace, cwd, self._env(job))
+        finally:
+            await asyncio.to_thread(workspace.remove)
 
     async def _resume(self, job: CiJob) -> dict[str, StepState] | CiReply:
         """A redelivery: a previous attempt may have finished some steps (or the whole task)."""
@@ -88,9 +98,11 @@ class CiJobRunner:
             return CiReply(status=_reply_status(task.status), error=task.error)
         return {s.id: s for s in task.steps if s.status == "success"}
 
-    def _env(self, job: CiJob, checkout: Path) -> dict[str, str]:
+    @staticmethod
+    def _env(job: CiJob) -> dict[str, str]:
+        """The step's whole environment (sandbox.ENVIRONMENT_ALLOW_LIST; PATH and HOME are added
+        by the sandbox): nothing of the worker's."""
         return {
-            **self.step_env,
             "CI": "true",
             "FORGE_RUN_ID": job.run_id,
             "FORGE_TASK_ID": job.task_id,
@@ -99,10 +111,11 @@ class CiJobRunner:
             "FORGE_BRANCH": job.branch,
             "FORGE_PHASE": job.phase,
             "FORGE_PROJECT": job.project,
-            "FORGE_CHECKOUT": str(checkout),
         }
 
-    async def _run_steps(self, job: CiJob, done: dict[str, StepState], workdir: Path, env: dict[str, str]) -> CiReply:
+    async def _run_steps(
+        self, job: CiJob, done: dict[str, StepState], workspace: Workspace, cwd: str, env: dict[str, str]
+    ) -> CiReply:
         results: list[StepResult] = []
         status: Literal["success", "failed"] = "success"
         error: str | None = None
@@ -124,7 +137,7 @@ class CiJobRunner:
                     carrier: dict[str, str] = {}
                     inject(carrier)
                     step_env = {**env, **{k.upper(): v for k, v in carrier.items()}}
-                    result, task_reported = await self._step(job, step, workdir, step_env, last=step is todo[-1])
+                    result, task_reported = await self._step(job, step, workspace, cwd, step_env, last=step is todo[-1])
             except _Cancelled:
                 return CiReply(status="cancelled", error="the run was cancelled", result=CiResult(steps=results))
             results.append(result)
@@ -135,8 +148,18 @@ class CiJobRunner:
             await self.reporter.finish_task(job.task_id, status, error)
         return CiReply(status=status, error=error, result=CiResult(steps=results))
 
+    def limits(self, step: StepJob) -> Limits:
+        """The step's limits: its own from project.toml, else the worker's defaults."""
+        return Limits(
+            memory=step.memory_bytes or self.defaults.memory,
+            processes=step.processes or self.defaults.processes,
+            timeout=float(step.timeout_seconds) if step.timeout_seconds else self.defaults.timeout,
+            network=step.network,
+        )
+
+    # Over 60 lines on purpose: one step from start to report, in the order it happens.
     async def _step(
-        self, job: CiJob, step: StepJob, workdir: Path, env: dict[str, str], last: bool
+        self, job: CiJob, step: StepJob, workspace: Workspace, cwd: str, env: dict[str, str], last: bool
     ) -> tuple[StepResult, bool]:
         """Run one step and report it; the result and whether the task's outcome went with it."""
         if self.is_cancelled(job.run_id):
@@ -148,12 +171,14 @@ class CiJobRunner:
         cancel = asyncio.Event()
         t0 = time.perf_counter()
         running = asyncio.create_task(self.reporter.running_after(step.id, self.running_report_delay, cancel))
+        limits = self.limits(step)
         outcome = await self.runner.run(
             run_id=job.run_id,
             argv=argv,
-            cwd=workdir,
+            workspace=workspace,
+            cwd=cwd,
             env={**env, "FORGE_STEP": step.name},
-            timeout=float(step.timeout_seconds) if step.timeout_seconds else None,
+            limits=limits,
             key=key,
             cancel=cancel,
         )
@@ -175,8 +200,8 @@ class CiJobRunner:
             exit_code=outcome.exit_code,
             logs_s3_key=logs,
         )
-        if outcome.timed_out:
-            result.error = f"step {step.name} timed out after {step.timeout_seconds}s"
+        if outcome.limit is not None:
+            result.error = _limit_error(step.name, outcome.limit, limits)
         elif outcome.exit_code != 0:
             result.error = f"step {step.name} failed with exit code {outcome.exit_code}"
         report = StepReport(id=step.id, status=result.status, exit_code=outcome.exit_code, logs_s3_key=logs)
@@ -196,6 +221,14 @@ class CiJobRunner:
         report = StepReport(id=step.id, status="failed", exit_code=127, logs_s3_key=key)
         reported = await self.reporter.outcome(job.task_id, report, "failed", message)
         return StepResult(id=step.id, name=step.name, status="failed", exit_code=127, error=message), reported
+
+
+def _limit_error(step: str, limit: str, limits: Limits) -> str:
+    if limit == "timeout":
+        return f"step {step} timed out after {round(limits.timeout or 0)}s"
+    if limit == "memory":
+        return f"step {step} was killed: it used more than its memory limit of {format_bytes(limits.memory)}"
+    return f"step {step} was killed: it reached its limit of {limits.processes} processes"
 
 
 def _reply_status(current: str) -> Literal["success", "failed", "cancelled"]:

@@ -26,7 +26,7 @@ from forge_common.jobs import (
     PlannedTask,
     ReleaseRule,
 )
-from forge_common.settings import parse_duration
+from forge_common.settings import parse_duration, parse_size
 
 from .git import GitCache, GitError
 
@@ -107,6 +107,42 @@ def _duration(value: Any, file: str, field: str, problems: _Problems) -> int | N
         problems.add(file, field, f"must be at least 1s, got {value!r}")
         return None
     return max(1, round(seconds))
+
+
+_STEP_KEYS = {"name", "action", "run", "target", "timeout", "memory", "processes", "network"}
+MIN_MEMORY = 16 << 20
+MIN_PROCESSES = 8
+MAX_PROCESSES = 1 << 22
+
+
+def _limits(step: dict[str, Any], file: str, field: str, problems: _Problems) -> tuple[int | None, int | None, bool]:
+    """A step's sandbox limits: ``memory`` (a size), ``processes`` (a count), ``network``."""
+    memory = processes = None
+    if "memory" in step:
+        raw = step["memory"]
+        try:
+            memory = parse_size(raw) if isinstance(raw, str) else None
+        except ValueError as exc:
+            problems.add(file, f"{field}.memory", str(exc))
+        else:
+            if memory is None:
+                problems.add(file, f"{field}.memory", f'must be a size string like "512MiB" or "2GiB", got {raw!r}')
+            elif memory < MIN_MEMORY:
+                problems.add(file, f"{field}.memory", f"must be at least 16MiB, got {raw!r}")
+                memory = None
+    if "processes" in step:
+        raw = step["processes"]
+        if isinstance(raw, bool) or not isinstance(raw, int) or not MIN_PROCESSES <= raw <= MAX_PROCESSES:
+            problems.add(
+                file, f"{field}.processes", f"must be an integer from {MIN_PROCESSES} to {MAX_PROCESSES}, got {raw!r}"
+            )
+        else:
+            processes = raw
+    network = step.get("network", True)
+    if not isinstance(network, bool):
+        problems.add(file, f"{field}.network", f"must be true or false, got {network!r}")
+        network = True
+    return memory, processes, network
 
 
 def _check_keys(table: dict[str, Any], allowed: set[str], file: str, prefix: str, problems: _Problems) -> None:
@@ -215,7 +251,7 @@ def _project(
             if not isinstance(step, dict):
                 problems.add(file, sfield, "must be a table with name, action and run (or target)")
                 continue
-            _check_keys(step, {"name", "action", "run", "target", "timeout"}, file, sfield, problems)
+            _check_keys(step, _STEP_KEYS, file, sfield, problems)
             sname = step.get("name")
             if not isinstance(sname, str) or not _NAME.match(sname):
                 problems.add(file, f"{sfield}.name", f"is required; a step name {_NAME_RULE}, got {sname!r}")
@@ -239,7 +275,18 @@ def _project(
                     problems.add(file, f"{sfield}.target", 'is required for an earthly step, e.g. "+build"')
                     continue
             timeout = _duration(step.get("timeout"), file, f"{sfield}.timeout", problems)
-            steps.append(PlannedStep(name=sname, action=action, command=command, timeout_seconds=timeout))
+            memory, processes, network = _limits(step, file, sfield, problems)
+            steps.append(
+                PlannedStep(
+                    name=sname,
+                    action=action,
+                    command=command,
+                    timeout_seconds=timeout,
+                    memory_bytes=memory,
+                    processes=processes,
+                    network=network,
+                )
+            )
         if steps:
             steps_by_phase[phase_name] = steps
     rules: list[ReleaseRule] = []

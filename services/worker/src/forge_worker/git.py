@@ -20,11 +20,29 @@ from pathlib import Path
 
 import structlog
 
+from forge_common.redact import Redactor, redact_url, url_credentials
+
 __all__ = ["GitCache", "GitError"]
 
 log = structlog.get_logger(__name__)
 _MARKER = ".forge-checkout-complete"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# Every git command the worker runs: no repository hooks (a hook planted in a mirror would run
+# inside the worker), no fsmonitor program, no ext:: or fd:: transport (they run commands), no
+# replace refs. Steps cannot write the cache anyway (it is not in their sandbox); this holds
+# even if a mirror's files were changed some other way. The worker's own git configuration
+# (credential helpers, git-lfs) still applies: the operator's, not a repository's.
+_SAFE_OPTIONS = (
+    "-c",
+    f"core.hooksPath={os.devnull}",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "protocol.ext.allow=never",
+    "-c",
+    "protocol.fd.allow=never",
+    "--no-replace-objects",
+)
 
 
 class GitError(Exception):
@@ -32,7 +50,13 @@ class GitError(Exception):
 
 
 class GitCache:
-    def __init__(self, cache_dir: Path, url_template: str, max_idle_checkouts: float = 6 * 3600.0) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        url_template: str,
+        max_idle_checkouts: float = 6 * 3600.0,
+        redact: Redactor | None = None,
+    ) -> None:
         self.root = cache_dir
         self.url_template = url_template
         self.max_idle = max_idle_checkouts
@@ -40,7 +64,18 @@ class GitCache:
         self._known: dict[tuple[str, str], str] = {}  # (repository, sha) -> full sha
         self._checkouts: dict[tuple[str, str], Path] = {}
         self._last_prune = 0.0
-        self._env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
+        # Errors are shown on runs: without the credentials of FORGE_GIT_URL_TEMPLATE.
+        self.redact = redact or Redactor(url_credentials(url_template))
+        self._env = {
+            **os.environ,
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ASKPASS": "true",
+            "LC_ALL": "C",
+        }
+
+    def display_url(self, repository: str) -> str:
+        """The repository's URL for messages: no credentials."""
+        return redact_url(self.url(repository))
 
     def url(self, repository: str) -> str:
         return self.url_template.replace("{repository}", repository)
@@ -55,6 +90,7 @@ class GitCache:
     async def _git(self, *args: str, cwd: Path | None = None, check: bool = True) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
             "git",
+            *_SAFE_OPTIONS,
             *args,
             cwd=str(cwd) if cwd else None,
             stdout=asyncio.subprocess.PIPE,
@@ -64,7 +100,7 @@ class GitCache:
         out, err = await proc.communicate()
         code = proc.returncode or 0
         if check and code != 0:
-            raise GitError(f"git {args[0]} failed: {err.decode(errors='replace').strip()[:500]}")
+            raise GitError(self.redact(f"git {args[0]} failed: {err.decode(errors='replace').strip()[:500]}"))
         return code, out.decode(errors="replace"), err.decode(errors="replace")
 
     @contextlib.asynccontextmanager
@@ -101,7 +137,7 @@ class GitCache:
                 await self._fetch(repository, mirror)
                 full = await self._resolve(mirror, sha)
             if full is None:
-                raise GitError(f"commit {sha} not found in {repository} ({self.url(repository)})")
+                raise GitError(f"commit {sha} not found in {repository} ({self.display_url(repository)})")
         self._known[(repository, sha)] = full
         return full
 
@@ -124,7 +160,9 @@ class GitCache:
             check=False,
         )
         if code != 0:
-            raise GitError(f"cannot fetch {repository} from {self.url(repository)}: {err.strip()[:500]}")
+            raise GitError(
+                self.redact(f"cannot fetch {repository} from {self.display_url(repository)}: {err.strip()[:500]}")
+            )
         log.info("git.fetched", repository=repository, duration_ms=round((time.monotonic() - started) * 1000, 1))
 
     async def checkout(self, repository: str, sha: str) -> tuple[str, Path]:

@@ -38,6 +38,7 @@ from forge_common.jobs import (
     ReleaseResult,
 )
 from forge_common.nats import Names
+from forge_common.redact import Redactor
 from forge_common.results import encode_result, resolve_result
 from forge_common.s3 import S3
 from forge_common.tracing import extract
@@ -85,6 +86,7 @@ class JobHandler:
         git: GitCache,
         ci: CiJobRunner,
         releases: ReleaseJobRunner,
+        redact: Redactor | None = None,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -95,6 +97,8 @@ class JobHandler:
         self.git = git
         self.ci = ci
         self.releases = releases
+        # Replies and dead-letter reasons become run errors: no secret of this process in them.
+        self.redact = redact or Redactor()
         # Stream sequence -> newest delivery of each job this process is running.
         self._deliveries: dict[int, Msg] = {}
 
@@ -129,6 +133,8 @@ class JobHandler:
             ref = msgspec.convert(payload, JobRef)
             span.set_attribute("forge.run_id", ref.run_id)
             reply = await self._run(job_type, payload, ref, deliveries)
+            if reply.error:
+                reply.error = self.redact(reply.error)
             if reply.status != "success":
                 span.set_status(Status(StatusCode.ERROR, reply.error or reply.status))
             reply_to = headers.get(jobs.HDR_REPLY_TO, "")
@@ -182,7 +188,7 @@ class JobHandler:
     async def _failed_delivery(
         self, job_type: JobType, msg: Msg, headers: dict[str, str], ref: JobRef, deliveries: int, exc: Exception
     ) -> None:
-        reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, InfraError) else str(exc)
+        reason = self.redact(f"{type(exc).__name__}: {exc}" if not isinstance(exc, InfraError) else str(exc))
         limit = self.job_settings.job_max_deliver
         log.warning("worker.job_failed", job_type=job_type, run_id=ref.run_id, deliveries=deliveries, error=reason)
         if deliveries < limit:

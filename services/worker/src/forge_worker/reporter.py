@@ -11,6 +11,7 @@ import structlog
 
 from forge_common.client import ClientCredentials, ServiceClient, ServiceResponse
 from forge_common.errors import BadGateway, GatewayTimeout
+from forge_common.redact import Redactor
 
 __all__ = ["Conflict", "InfraError", "Reporter", "RunState", "StepReport", "TaskState"]
 
@@ -92,11 +93,18 @@ class RunState(msgspec.Struct, kw_only=True):
 
 class Reporter:
     def __init__(
-        self, base_url: str, credentials: ClientCredentials, name: str = "pipeline", attempts: int = 4
+        self,
+        base_url: str,
+        credentials: ClientCredentials,
+        name: str = "pipeline",
+        attempts: int = 4,
+        redact: Redactor | None = None,
     ) -> None:
         self.client = ServiceClient(base_url, name, timeout=10.0, limit=64)
         self.credentials = credentials
         self.attempts = attempts
+        # Task errors are shown to every viewer of the run: no secret of this process in them.
+        self.redact = redact or Redactor()
 
     async def close(self) -> None:
         await self.client.close()
@@ -124,7 +132,8 @@ class Reporter:
             if attempt + 1 < attempts:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2.5, 3.0)
-        raise InfraError(f"{method} {self.client.base_url}{path} failed: {last}")
+        # Named by service, not by host: this message can end up on the run.
+        raise InfraError(f"{method} {path} on the {self.client.name} service failed: {last}")
 
     async def _status(self, kind: str, entity_id: str, body: msgspec.Struct, action: str = "status") -> None:
         resp = await self.call("PUT", f"/v1/{kind}/{entity_id}/{action}", body)
@@ -138,7 +147,8 @@ class Reporter:
         raise InfraError(f"PUT /v1/{kind}/{entity_id}/{action} answered {resp.status}: {resp.body}")
 
     async def task(self, task_id: str, status: str, error: str | None = None) -> None:
-        await self._status("tasks", task_id, _TaskStatus(status=status, error=error[:4000] if error else None))
+        text = self.redact(error)[:4000] if error else None
+        await self._status("tasks", task_id, _TaskStatus(status=status, error=text))
 
     async def step(
         self, step_id: str, status: str, exit_code: int | None = None, logs_s3_key: str | None = None
@@ -150,7 +160,7 @@ class Reporter:
         self, task_id: str, steps: list[StepReport], status: str | None = None, error: str | None = None
     ) -> None:
         """Steps' and (optionally) the task's status in one request (``PUT /v1/tasks/{id}/report``)."""
-        body = _TaskReport(steps=steps, status=status, error=error[:4000] if error else None)
+        body = _TaskReport(steps=steps, status=status, error=self.redact(error)[:4000] if error else None)
         await self._status("tasks", task_id, body, "report")
 
     async def run(self, run_id: str) -> RunState | None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from forge_common.settings import CommonSettings
+import os
+import tempfile
+from pathlib import Path
+
+from forge_common.settings import CommonSettings, parse_size
 
 
 class Settings(CommonSettings, kw_only=True):
@@ -34,6 +38,24 @@ class Settings(CommonSettings, kw_only=True):
     log_max_bytes: int = 256 * 1024 * 1024
     # SIGTERM grace for a cancelled or timed-out step before SIGKILL of its process group.
     step_kill_grace: float = 1.0
+    # The step sandbox (worker README, "The step sandbox"): auto (bwrap, else unshare), bwrap,
+    # unshare, or none (no isolation: every step log starts with a warning).
+    step_sandbox: str = "auto"
+    # Whom steps run as when the worker runs as root (never root).
+    step_user: str = "nobody"
+    # Where each job's copy of the checkout lives (default: <temp dir>/forge-steps-<uid>).
+    step_work_dir: str = ""
+    # Extra directories a step sees read-only (colon-separated), e.g. /opt:/nix.
+    step_readonly_paths: str = ""
+    # Directories steps share read-write (colon-separated), e.g. a dependency cache. Every step
+    # of every repository on this worker can write there: never the git cache or data directory.
+    step_writable_paths: str = ""
+    # Default limits of a step; project.toml's memory, processes, timeout override them.
+    step_memory: str = "4GiB"
+    step_processes: int = 1024
+    step_timeout: float = 3600.0
+    # How often the worker checks a running step's memory and process count.
+    step_watch_interval: float = 0.05
     # Port of the optional /healthz, /readyz, /metrics listener (0: none).
     worker_http_port: int = 0
     # On SIGTERM the worker stops pulling and lets running jobs finish for this long.
@@ -42,6 +64,14 @@ class Settings(CommonSettings, kw_only=True):
     @property
     def callback_url(self) -> str:
         return (self.status_url or self.pipeline_url or self.gateway_url).rstrip("/")
+
+    @property
+    def step_memory_bytes(self) -> int:
+        return parse_size(self.step_memory)
+
+    @property
+    def step_work_path(self) -> Path:
+        return Path(self.step_work_dir or os.path.join(tempfile.gettempdir(), f"forge-steps-{os.getuid()}"))
 
     def job_types(self) -> list[str]:
         return [t.strip() for t in self.worker_types.split(",") if t.strip()]
@@ -55,6 +85,17 @@ class Settings(CommonSettings, kw_only=True):
         bad = [t for t in self.job_types() if t not in ("discovery", "ci", "artifact", "release")]
         if bad or not self.job_types():
             problems.append("FORGE_WORKER_TYPES must list discovery, ci, artifact and/or release")
+        if self.step_sandbox not in ("auto", "bwrap", "unshare", "none"):
+            problems.append('FORGE_STEP_SANDBOX must be "auto", "bwrap", "unshare" or "none"')
+        try:
+            if parse_size(self.step_memory) < 16 << 20:
+                problems.append("FORGE_STEP_MEMORY must be at least 16MiB")
+        except ValueError as exc:
+            problems.append(f"FORGE_STEP_MEMORY: {exc}")
+        if self.step_processes < 8:
+            problems.append("FORGE_STEP_PROCESSES must be >= 8")
+        if self.step_timeout <= 0:
+            problems.append("FORGE_STEP_TIMEOUT must be a positive duration")
         if self.worker_concurrency < 1:
             problems.append("FORGE_WORKER_CONCURRENCY must be >= 1")
         return problems

@@ -1,10 +1,10 @@
-"""Running one step: ``bash -e`` in its own process group, its output streamed to S3.
+"""Running one step: ``bash -e`` in the step sandbox (``sandbox``), its output streamed to S3.
 
 The log object at ``pipeline-runs/{run}/logs/{phase}/{project}/{step}.log`` is rewritten every
 ``flush_interval`` while the step runs (so it is visible and growing) and once more at the end,
-when it holds the whole output. Timeouts and cancellation signal the whole process group
-(SIGTERM, then SIGKILL after a grace period); the group is also killed after a normal exit so a
-step never leaves background processes behind.
+when it holds the whole output. Timeouts, limits and cancellation end the whole sandbox (see
+``sandbox.run_sandboxed``); it also ends with the step's first process, so a step never leaves
+background processes behind.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import msgspec
 import structlog
 
 from .health import STEPS_RUNNING
+from .sandbox import Limits, Sandbox, Workspace, run_sandboxed
 
 __all__ = ["ProcessTable", "StepOutcome", "StepRunner", "log_key"]
 
@@ -36,6 +37,8 @@ class StepOutcome(msgspec.Struct, kw_only=True):
     exit_code: int
     timed_out: bool = False
     cancelled: bool = False
+    # "timeout", "memory" or "processes": the limit that ended the step
+    limit: str | None = None
     duration: float = 0.0
     log_bytes: int = 0
     upload_ms: float = 0.0
@@ -174,11 +177,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _kill_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
 class StepRunner:
     def __init__(
         self,
@@ -186,15 +184,15 @@ class StepRunner:
         bucket: str,
         table: ProcessTable,
         flush_interval: float,
-        kill_grace: float,
         max_bytes: int,
+        sandbox: Sandbox,
     ) -> None:
         self.s3 = s3  # a long-lived aiobotocore client
         self.bucket = bucket
         self.table = table
         self.flush_interval = flush_interval
-        self.kill_grace = kill_grace
         self.max_bytes = max_bytes
+        self.sandbox = sandbox
 
     @staticmethod
     def argv(action: str, command: str) -> list[str] | None:
@@ -208,49 +206,31 @@ class StepRunner:
     async def upload(self, key: str, body: bytes) -> None:
         await self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="text/plain; charset=utf-8")
 
-    # Over 60 lines on purpose: the reader, the periodic flush and the timeout/cancel watch are
-    # closures over one process and its buffer; split apart they would pass all of it around.
     async def run(
         self,
         *,
         run_id: str,
         argv: list[str],
-        cwd: Path,
+        workspace: Workspace,
+        cwd: str,
         env: dict[str, str],
-        timeout: float | None,
+        limits: Limits,
         key: str,
         cancel: asyncio.Event,
     ) -> StepOutcome:
-        started = time.monotonic()
+        """Run one step in the sandbox, its log growing in S3 while it runs."""
         buf = bytearray()
         state = {"dirty": False, "truncated": False, "uploaded": False}
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=str(cwd),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        pgid = proc.pid
-        self.table.add(run_id, pgid, cancel)
-        STEPS_RUNNING.inc()
-        assert proc.stdout is not None
-        stdout = proc.stdout
 
-        async def read() -> None:
-            while True:
-                chunk = await stdout.read(65536)
-                if not chunk:
+        def sink(chunk: bytes) -> None:
+            if len(buf) + len(chunk) > self.max_bytes:
+                if not state["truncated"]:
+                    buf.extend(b"\n[forge: log truncated at %d bytes]\n" % self.max_bytes)
+                    state["truncated"] = True
+                if not chunk.startswith(b"\n[forge: "):
                     return
-                if len(buf) + len(chunk) > self.max_bytes:
-                    if not state["truncated"]:
-                        buf.extend(b"\n[forge: log truncated at %d bytes]\n" % self.max_bytes)
-                        state["truncated"] = True
-                    continue
-                buf.extend(chunk)
-                state["dirty"] = True
+            buf.extend(chunk)
+            state["dirty"] = True
 
         async def flush_periodically() -> None:
             while True:
@@ -263,36 +243,23 @@ class StepRunner:
                     except Exception as exc:  # noqa: BLE001 - the final upload still happens
                         log.warning("steps.log_flush_failed", key=key, error=str(exc))
 
-        reader = asyncio.create_task(read())
         flusher = asyncio.create_task(flush_periodically())
-        waiter = asyncio.create_task(proc.wait())
-        canceller = asyncio.create_task(cancel.wait())
-        timed_out = cancelled = False
+        STEPS_RUNNING.inc()
         try:
-            done, _ = await asyncio.wait({waiter, canceller}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if waiter not in done:
-                if canceller in done:
-                    cancelled = True
-                    buf.extend(b"\n[forge: step cancelled]\n")
-                else:
-                    timed_out = True
-                    buf.extend(b"\n[forge: step timed out after %ds]\n" % int(timeout or 0))
-                _kill_group(pgid, signal.SIGTERM)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(waiter), self.kill_grace)
-            # Whatever is left of the group (background jobs, a process ignoring SIGTERM) goes.
-            _kill_group(pgid, signal.SIGKILL)
-            await waiter
-            try:
-                await asyncio.wait_for(reader, 2.0)
-            except TimeoutError:
-                reader.cancel()
+            outcome = await run_sandboxed(
+                self.sandbox,
+                argv,
+                workspace,
+                cwd,
+                env,
+                limits,
+                sink,
+                cancel=cancel,
+                on_start=lambda pgid: self.table.add(run_id, pgid, cancel),
+                on_end=lambda pgid: self.table.remove(run_id, pgid),
+            )
         finally:
-            canceller.cancel()
             flusher.cancel()
-            if not waiter.done():
-                _kill_group(pgid, signal.SIGKILL)
-            self.table.remove(run_id, pgid)
             STEPS_RUNNING.dec()
         uploaded = time.monotonic()
         # A step that printed nothing has no log object (and so no logs_url): one S3 write
@@ -300,18 +267,13 @@ class StepRunner:
         has_log = bool(buf) or state["uploaded"]
         if has_log:
             await self.upload(key, bytes(buf))
-        upload_ms = (time.monotonic() - uploaded) * 1000
-        code = proc.returncode if proc.returncode is not None else -9
-        if code < 0:
-            code = 128 - code
-        if timed_out:
-            code = 124
         return StepOutcome(
-            exit_code=code,
-            timed_out=timed_out,
-            cancelled=cancelled,
-            duration=time.monotonic() - started,
+            exit_code=outcome.exit_code,
+            timed_out=outcome.timed_out,
+            cancelled=outcome.cancelled,
+            limit=outcome.limit,
+            duration=outcome.duration,
             log_bytes=len(buf),
-            upload_ms=upload_ms,
+            upload_ms=(time.monotonic() - uploaded) * 1000,
             has_log=has_log,
         )

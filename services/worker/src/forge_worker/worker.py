@@ -27,6 +27,7 @@ from forge_common import jobs
 from forge_common.client import ClientCredentials, ServiceClient
 from forge_common.jobs import JobSettings, JobType
 from forge_common.nats import Names, connect
+from forge_common.redact import Redactor, url_credentials
 from forge_common.s3 import S3
 
 from . import health
@@ -35,6 +36,7 @@ from .git import GitCache
 from .handling import CancelledRuns, JobHandler
 from .release import ReleaseJobRunner
 from .reporter import Reporter
+from .sandbox import Limits, Sandbox
 from .settings import Settings
 from .steps import ProcessTable, StepRunner
 
@@ -50,16 +52,29 @@ class Worker:
         self.names = Names(settings.nats_prefix)
         self.s3 = S3.from_settings(settings)
         cache = Path(settings.git_cache_dir)
-        self.git = GitCache(cache, settings.git_url_template)
+        # What must never appear in a run's errors or the logs this worker writes.
+        self.redact = Redactor(
+            [
+                settings.worker_client_secret,
+                settings.s3_secret_key,
+                *url_credentials(settings.git_url_template),
+                *url_credentials(settings.nats_url),
+                *url_credentials(settings.database_url),
+            ]
+        )
+        self.git = GitCache(cache, settings.git_url_template, redact=self.redact)
         self.table = ProcessTable(cache / "running")
         self.credentials = ClientCredentials(
             settings.oidc_issuer, settings.worker_client_id, settings.worker_client_secret
         )
-        self.reporter = Reporter(settings.callback_url, self.credentials, attempts=settings.status_attempts)
+        self.reporter = Reporter(
+            settings.callback_url, self.credentials, attempts=settings.status_attempts, redact=self.redact
+        )
         self.releases = ServiceClient(
             (settings.release_url or settings.gateway_url or "http://invalid").rstrip("/"), "release"
         )
         self.cancelled = CancelledRuns()
+        self.sandbox: Sandbox | None = None
         self.handler: JobHandler | None = None
         self._nc: NATS | None = None
         # aiobotocore's client and its context manager have no type information.
@@ -70,13 +85,38 @@ class Worker:
         self._http: web.AppRunner | None = None
 
     async def start(self) -> None:
+        """Raises :class:`SandboxUnavailable` (before connecting anywhere) when steps cannot be
+        sandboxed on this machine and FORGE_STEP_SANDBOX is not ``none``."""
         _use_pidfd_child_watcher()
+        settings = self.settings
+        self.sandbox = await Sandbox.create(
+            settings.step_sandbox,
+            work_dir=settings.step_work_path,
+            user_name=settings.step_user,
+            readonly_paths=tuple(p for p in settings.step_readonly_paths.split(":") if p),
+            writable_paths=tuple(p for p in settings.step_writable_paths.split(":") if p),
+            watch_interval=settings.step_watch_interval,
+            kill_grace=settings.step_kill_grace,
+        )
+        if self.sandbox.kind == "none":
+            log.warning("worker.no_sandbox", detail="FORGE_STEP_SANDBOX=none: steps run unsandboxed")
+        else:
+            log.info("worker.sandbox", kind=self.sandbox.kind, tool=self.sandbox.tool, user=self.sandbox.user)
         self.table.reap_orphans()
         self._nc = nc = await connect(self.settings.nats_url, f"forge-worker-{os.getpid()}")
         js = nc.jetstream(timeout=5.0)
         await jobs.ensure_job_streams(js, self.names, self.job_settings, update=False)
         self.handler = JobHandler(
-            nc, js, self.names, self.s3, self.job_settings, self.cancelled, self.git, await self._ci(), self._release()
+            nc,
+            js,
+            self.names,
+            self.s3,
+            self.job_settings,
+            self.cancelled,
+            self.git,
+            await self._ci(),
+            self._release(),
+            redact=self.redact,
         )
         await nc.subscribe(self.names.subject("pipeline.cancel.*"), cb=self._on_cancel)
         if self.settings.worker_http_port:
@@ -89,21 +129,26 @@ class Worker:
     async def _ci(self) -> CiJobRunner:
         self._s3_context = self.s3.client()
         s3_client = await self._s3_context.__aenter__()
+        assert self.sandbox is not None
         runner = StepRunner(
             s3_client,
             self.s3.bucket,
             self.table,
             self.settings.log_flush_interval,
-            self.settings.step_kill_grace,
             self.settings.log_max_bytes,
+            self.sandbox,
         )
-        step_env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
+        defaults = Limits(
+            memory=self.settings.step_memory_bytes,
+            processes=self.settings.step_processes,
+            timeout=self.settings.step_timeout,
+        )
         return CiJobRunner(
             self.git,
             runner,
             self.table,
             self.reporter,
-            step_env,
+            defaults,
             self.settings.running_report_delay,
             self.cancelled.__contains__,
         )

@@ -150,7 +150,14 @@ def _ci_job(driver: RunDriver, run: DispatchRun, phase: PhasePlan, task: TaskPla
         project_path=task.project_path,
         steps=[
             jobs.StepJob(
-                id=s.id or "", name=s.name, action=s.action, command=s.command, timeout_seconds=s.timeout_seconds
+                id=s.id or "",
+                name=s.name,
+                action=s.action,
+                command=s.command,
+                timeout_seconds=s.timeout_seconds,
+                memory_bytes=s.memory_bytes,
+                processes=s.processes,
+                network=s.network,
             )
             for s in task.steps
         ],
