@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import structlog
@@ -177,6 +177,26 @@ class LogHit(msgspec.Struct, kw_only=True):
 
 
 class LogResults(msgspec.Struct, kw_only=True):
+    """One page of matching log lines, newest logs first."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "results": [
+            {
+                "run_id": "0b5f2a4e-8c1d-4e7a-9f3b-2d6c8e1a4b7f",
+                "step_id": "5e8a1c3f-2b4d-4f6e-8a9c-1d3e5f7a9b2c",
+                "repository": "acme/shop",
+                "phase": "test",
+                "project": "api",
+                "step": "unit",
+                "line_number": 812,
+                "line": "FAILED tests/test_cache.py::test_expiry - TimeoutError",
+                "indexed_at": "2025-10-05T12:03:00Z",
+                "step_url": "/v1/steps/5e8a1c3f-2b4d-4f6e-8a9c-1d3e5f7a9b2c/logs",
+                "run_url": "/v1/runs/0b5f2a4e-8c1d-4e7a-9f3b-2d6c8e1a4b7f",
+            }
+        ],
+        "next_cursor": "WzEsImFiYyIsWyIyMDI1Il1d",
+    }
     results: list[LogHit]
     next_cursor: str | None = None
 
@@ -291,6 +311,27 @@ class RunHit(msgspec.Struct, kw_only=True):
 
 
 class RunResults(msgspec.Struct, kw_only=True):
+    """One page of matching runs, newest first."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "results": [
+            {
+                "type": "run",
+                "id": "0b5f2a4e-8c1d-4e7a-9f3b-2d6c8e1a4b7f",
+                "repository": "acme/shop",
+                "branch": "main",
+                "commit_sha": "4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
+                "tag": None,
+                "status": "failed",
+                "triggered_by": "dev@acme.io",
+                "error": "task api of phase test failed",
+                "created_at": "2025-10-05T12:03:00Z",
+                "matched": ["commit"],
+                "url": "/v1/runs/0b5f2a4e-8c1d-4e7a-9f3b-2d6c8e1a4b7f",
+            }
+        ],
+        "next_cursor": None,
+    }
     results: list[RunHit]
     next_cursor: str | None = None
 

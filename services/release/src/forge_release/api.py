@@ -30,7 +30,15 @@ from forge_common.openapi import PathForm, body_operation, errors, path_forms, r
 from forge_common.paths import raw_path_segments
 from forge_common.runtime import Runtime
 
-from .schemas import AliasCreate, AliasResult, Release, ReleaseCreate, ReleaseCreated, ReleaseList
+from .schemas import (
+    AliasCreate,
+    AliasResult,
+    Release,
+    ReleaseCreate,
+    ReleaseCreated,
+    ReleaseList,
+    ReleaseSearchResults,
+)
 from .search import search_releases
 from .service import CreateRelease, ReleaseService
 
@@ -116,7 +124,8 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
     opt={"permission": Permission.READ},
     summary="Releases by commit prefix, branch, tag, alias or author, newest first (docs/api-search.md)",
     description="`q` required (<= 200 characters); `repository` narrows; `limit` 1..100 (default 20); "
-    "`cursor`: the previous page's next_cursor. Answers `{results: [...], next_cursor}`.",
+    "`cursor`: the previous page's next_cursor.",
+    responses={200: response(ReleaseSearchResults, "one page of matching releases")},
 )
 async def search(
     runtime: Runtime,
