@@ -247,7 +247,7 @@ def main() -> None:
         repository, sha, ingest = asyncio.run(
             _fill(platform, args.runs, args.reported_runs, args.steps_per_run, args.lines, needle)
         )
-        with psycopg.connect(platform.database_url) as conn:
+        with psycopg.connect(platform.database_url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE pipeline.log_lines")
         results = asyncio.run(_measure(platform, needle, repository, sha, args.gets))
     print(
