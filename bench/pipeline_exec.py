@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -242,9 +243,8 @@ def _profile(platform: Platform) -> None:
 
 async def sandbox_cost(kinds: list[str], steps: int = 200) -> None:
     """One ``true`` step, spawn to exit, in each sandbox: wall time and CPU (ours + children's)."""
-    import resource
 
-    from forge_worker.sandbox import Limits, Sandbox, SandboxUnavailable, Workspace, run_sandboxed
+    from forge_worker.sandbox import Limits
 
     work = Path(tempfile.mkdtemp(prefix="forge-bench-sandbox-"))
     os.chmod(work, 0o711)  # noqa: S103 - the step user passes through to its workspace
@@ -254,6 +254,17 @@ async def sandbox_cost(kinds: list[str], steps: int = 200) -> None:
         (source / f"p{project}" / ".forge" / "project.toml").write_text("x\n")
         (source / f"p{project}" / "README").write_text("bench\n")
     limits = Limits(memory=1 << 30, processes=256, timeout=30.0)
+    try:
+        await _sandbox_kinds(kinds, work, source, limits, steps)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def _sandbox_kinds(kinds: list[str], work: Path, source: Path, limits: Any, steps: int) -> None:
+    import resource
+
+    from forge_worker.sandbox import Sandbox, SandboxUnavailable, Workspace, run_sandboxed
+
     for kind in kinds:
         try:
             sandbox = await Sandbox.create(kind, work_dir=work / "steps")

@@ -39,6 +39,8 @@ ALERTS = DEPLOY / "prometheus" / "forge-alerts.yaml"
 DASHBOARDS = DEPLOY / "grafana"
 OPERATIONS = ROOT / "docs" / "operations.md"
 COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_NATS = DEPLOY / "compose" / "nats.conf"
+HELM_NATS = HELM / "forge" / "files" / "nats-authorization.conf"
 DOCKERFILE = ROOT / "Dockerfile"
 KUBERNETES_VERSION = "1.30.0"
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - what a container must listen on
@@ -67,6 +69,14 @@ def all_on(chart: str) -> dict[str, Any]:
     }
     if chart == "forge-gateway":
         service["ingress"] = {"enabled": True, "className": "nginx", "tlsSecretName": "forge-tls"}
+        service["fileVolumes"] = [
+            {
+                "name": "trusted-issuers",
+                "mountPath": "/etc/forge/trusted-issuers",
+                "configMap": "forge-trusted-issuers",
+            },
+            {"name": "workload-key", "mountPath": "/etc/forge/workload-key", "secret": "forge-workload-key"},
+        ]
     if chart == "forge-worker":
         service["keda"] = {"enabled": True}
     if chart != "forge":
@@ -331,6 +341,15 @@ SERVICE_VALUES: dict[str, Any] = {
             {"name": STR, "mountPath": STR, "sizeLimit": STR, "persistentVolumeClaim": STR}, ("name", "mountPath")
         ),
     },
+    # Read-only files from an existing ConfigMap or Secret (the gateway's trusted issuers, its
+    # workload signing key): exactly one of configMap / secret.
+    "fileVolumes": {
+        "type": "array",
+        "items": {
+            **obj({"name": STR, "mountPath": STR, "configMap": STR, "secret": STR}, ("name", "mountPath")),
+            "oneOf": [{"required": ["configMap"]}, {"required": ["secret"]}],
+        },
+    },
     "args": {"type": "array", "items": STR},
     "podAnnotations": STRMAP,
     "nodeSelector": STRMAP,
@@ -388,6 +407,7 @@ def umbrella_schema() -> dict[str, Any]:
                     "networkPolicy": obj({"enabled": BOOL}),
                 }
             ),
+            "natsAuthorization": obj({"enabled": BOOL}),
             "prometheusRule": obj({"enabled": BOOL, "labels": STRMAP}),
             "dashboards": obj(
                 {"enabled": BOOL, "label": STR, "labelValue": STR, "folderAnnotation": STR, "folder": STR}
@@ -580,6 +600,44 @@ def check_compose() -> list[str]:
     return problems
 
 
+def check_compose_nats() -> list[str]:
+    """deploy/compose/nats.conf holds exactly the permission model's authorization block (with
+    its development passwords), and every Forge container connects as its own identity."""
+    from urllib.parse import urlsplit
+
+    from forge_common.nats_auth import IDENTITIES, authorization_block
+
+    conf = COMPOSE_NATS.read_text()
+    passwords = dict(re.findall(r'\{"user": "([a-z]+)", "password": "([^"]*)"', conf))
+    problems: list[str] = []
+    if set(passwords) != set(IDENTITIES):
+        problems.append(f"{COMPOSE_NATS.name}: users {sorted(passwords)}, expected {sorted(IDENTITIES)}")
+    elif authorization_block({i: passwords[i] for i in IDENTITIES}) not in conf:
+        problems.append(
+            f"{COMPOSE_NATS.name}: the authorization block differs from forge_common.nats_auth "
+            "(regenerate it: python -m forge_common.nats_auth --password-suffix=-dev)"
+        )
+    if re.search(r"^\s*(no_auth_user|accounts)\b", conf, re.MULTILINE):
+        problems.append(f"{COMPOSE_NATS.name}: anonymous or extra accounts configured")
+    document = yaml.safe_load(COMPOSE.read_text())
+    for name, service in document.get("services", {}).items():
+        url = (service.get("environment") or {}).get("FORGE_NATS_URL")
+        if name not in IDENTITIES or name in ("events", "admin"):
+            if url is not None and name not in IDENTITIES:
+                problems.append(f"docker-compose.yml: {name} sets FORGE_NATS_URL but has no NATS identity")
+            continue
+        parts = urlsplit(url or "")
+        if parts.username != name or parts.password != passwords.get(name):
+            problems.append(f"docker-compose.yml: {name} does not connect to NATS as its identity {name!r}")
+    if HELM_NATS.read_text() != authorization_block(None):
+        problems.append(
+            f"{HELM_NATS.relative_to(ROOT)} differs from forge_common.nats_auth "
+            f"(regenerate it: python -m forge_common.nats_auth > {HELM_NATS.relative_to(ROOT)})"
+        )
+    say(f"{COMPOSE_NATS.name}, {HELM_NATS.name}: NATS identities checked against forge_common.nats_auth")
+    return problems
+
+
 # --- Dockerfile -------------------------------------------------------------------------------
 
 
@@ -620,6 +678,7 @@ def main(argv: list[str]) -> int:
         problems.extend(check_chart(path))
     problems.extend(check_observability())
     problems.extend(check_compose())
+    problems.extend(check_compose_nats())
     problems.extend(check_dockerfile())
     for problem in problems:
         say(f"PROBLEM {problem}")

@@ -304,6 +304,8 @@ def test_releases_create_get_list(cli: Any) -> None:
                 "type": "container",
                 "tracking_oci_uri": "registry.example.com/acme/api:build-1",
                 "primary_published_uri": "ghcr.io/acme/api:1.0.0",
+                "digest": None,
+                "size": None,
             }
         ]
         assert {"alias": "1", "alias_type": "numeric"} in rel["aliases"]

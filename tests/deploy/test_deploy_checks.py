@@ -99,7 +99,8 @@ def test_umbrella_migrates_before_pods_and_pods_do_not_migrate_at_start() -> Non
     docs = check.render(check.HELM / "forge", None)
     jobs = {d["metadata"]["name"] for d in docs if d["kind"] == "Job"}
     assert jobs == {f"forge-{s}-migrate" for s in ("pipeline", "release", "deployment", "approval")}
-    for configmap in (d for d in docs if d["kind"] == "ConfigMap"):
+    settings = {f"forge-{s}" for s in check.SERVICES}  # the services' settings, not other ConfigMaps
+    for configmap in (d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] in settings):
         name = configmap["metadata"]["name"]
         if name in {"forge-gateway", "forge-worker"}:
             assert "FORGE_MIGRATE_ON_START" not in configmap["data"]
@@ -122,3 +123,26 @@ def test_a_setting_moved_to_a_secret_leaves_the_configmap() -> None:
         "name": "FORGE_NATS_URL",
         "valueFrom": {"secretKeyRef": {"name": "forge-nats-pipeline", "key": "url", "optional": False}},
     } in [{k: e[k] for k in ("name", "valueFrom")} for e in env]
+
+
+def test_compose_and_helm_nats_authorization_follow_the_permission_model() -> None:
+    assert check.check_compose_nats() == []
+    docs = check.render(check.HELM / "forge", None)
+    [authorization] = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-nats-authorization")
+    ]
+    text = authorization["data"]["authorization.conf"]
+    for identity in ("pipeline", "release", "deployment", "approval", "worker", "events", "admin"):
+        assert f'{{"user": "{identity}", "password": $NATS_PASSWORD_{identity.upper()}' in text
+
+
+def test_every_nats_client_chart_connects_as_its_own_identity() -> None:
+    for service in ("pipeline", "release", "deployment", "approval", "worker"):
+        docs = check.render(check.HELM / f"forge-{service}", None)
+        [configmap] = [d for d in docs if d["kind"] == "ConfigMap"]
+        [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+        assert configmap["data"]["FORGE_NATS_USER"] == service
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        password = next(e for e in env if e["name"] == "FORGE_NATS_PASSWORD")
+        assert password["valueFrom"]["secretKeyRef"]["name"] == "forge-nats"
+        assert password["valueFrom"]["secretKeyRef"]["key"] == f"{service}-password"

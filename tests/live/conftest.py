@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -59,8 +61,10 @@ class Lane:
         self.root = root
         self.tag = uuid.uuid4().hex[:8]
         self.repos = root / "repos"
-        self.signals = root / "signals"
-        self.signals.mkdir(parents=True)
+        # Steps run sandboxed and see nothing of the host but this directory, read-only
+        # (FORGE_STEP_READONLY_PATHS); outside the 0700 pytest directory, so the step user can reach it.
+        self.signals = Path(tempfile.mkdtemp(prefix=f"forge-live-signals-{self.tag}-"))
+        os.chmod(self.signals, 0o755)  # noqa: S103 - the step user (nobody) reads the signals
         self.database = f"forge_live_{self.tag}"
         self.admin = platform.stack.infra.admin_database_url
         with psycopg.connect(self.admin, autocommit=True) as conn:
@@ -73,6 +77,7 @@ class Lane:
             "FORGE_GIT_URL_TEMPLATE": self.repos.as_uri() + "/{repository}.git",
             "FORGE_GIT_CACHE_DIR": str(root / "git-cache"),
             "FORGE_LOG_FLUSH_INTERVAL": "0.2s",
+            "FORGE_STEP_READONLY_PATHS": str(self.signals),
             "FORGE_LOG_FOLLOW_INTERVAL": "0.2s",
             "FORGE_DB_POOL_MIN": "1",
             "FORGE_DB_POOL_MAX": "6",
@@ -107,6 +112,7 @@ class Lane:
                 proc.stop(timeout=5)
         with contextlib.suppress(Exception), psycopg.connect(self.admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        shutil.rmtree(self.signals, ignore_errors=True)
 
     # --- repositories, runs, signals --------------------------------------------------------------
 

@@ -59,6 +59,8 @@ class Observed:
     receiver: OtlpReceiver
     repos: Path
     worker_metrics_url: str
+    # Steps run sandboxed and see nothing of the host but this directory (read-only): gates.
+    gates: Path
 
     def metrics_urls(self) -> dict[str, str]:
         urls = {"gateway": f"{self.platform.gateway_url}/metrics", "worker": self.worker_metrics_url}
@@ -139,6 +141,8 @@ def _git(*args: str, cwd: Path) -> str:
 def observed() -> Iterator[Observed]:
     receiver = OtlpReceiver().start()
     repos = Path(tempfile.mkdtemp(prefix="forge-obs-repos-"))
+    gates = Path(tempfile.mkdtemp(prefix="forge-obs-gates-"))
+    os.chmod(gates, 0o755)  # noqa: S103 - the step user (nobody) reads the gates
     worker_port = free_port()
     env = {
         # The standard OpenTelemetry settings, nothing Forge-specific: every process exports.
@@ -146,15 +150,20 @@ def observed() -> Iterator[Observed]:
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms: export promptly instead of every 5 s
         "FORGE_GIT_URL_TEMPLATE": repos.as_uri() + "/{repository}.git",
         "FORGE_WORKER_HTTP_PORT": str(worker_port),
+        "FORGE_STEP_READONLY_PATHS": str(gates),
+        # Workers pull artifact jobs by default; this one leaves them queued, so an artifact job
+        # published by a test is consumer lag (forge_jobs_pending{job_type="artifact"}).
+        "FORGE_WORKER_TYPES": "discovery,ci,release",
     }
     try:
         with session_platform(env=env, workers=1) as platform:
             # The worker's listener answers once it is connected and pulling.
             wait_http(f"http://127.0.0.1:{worker_port}/readyz", 60, platform.stack.workers[0].popen, "worker")
-            yield Observed(platform, receiver, repos, f"http://127.0.0.1:{worker_port}/metrics")
+            yield Observed(platform, receiver, repos, f"http://127.0.0.1:{worker_port}/metrics", gates)
     finally:
         receiver.stop()
         shutil.rmtree(repos, ignore_errors=True)
+        shutil.rmtree(gates, ignore_errors=True)
 
 
 @pytest.fixture

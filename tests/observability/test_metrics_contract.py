@@ -194,7 +194,7 @@ async def _poll_metric(
 
 
 async def test_queue_lag_busy_slots_and_a_failed_run_show_in_the_metrics(
-    observed: Observed, gateway: httpx.AsyncClient, tmp_path: Path
+    observed: Observed, gateway: httpx.AsyncClient
 ) -> None:
     platform = observed.platform
     urls = observed.metrics_urls()
@@ -215,7 +215,7 @@ async def test_queue_lag_busy_slots_and_a_failed_run_show_in_the_metrics(
             await nc.close()
 
         # A step that runs until the test lets it go holds one of the worker's slots.
-        marker = tmp_path / "go"
+        marker = observed.gates / f"go-{uuid.uuid4().hex[:8]}"
         repository = f"obs{uuid.uuid4().hex[:8]}/gauges"
         sha = observed.push(repository, BLOCKING_PROJECT.format(marker=marker))
         run_id = await observed.start_run(gateway, repository, sha)

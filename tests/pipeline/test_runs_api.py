@@ -90,6 +90,7 @@ async def test_create_run_returns_spec_shape_and_emits_created_event(
         "error": None,
         "failed_phase": None,
         "phases": [],
+        "artifacts": [],
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
@@ -61,7 +62,7 @@ async def test_get_by_uuid_returns_every_field_of_the_spec(developer: Api) -> No
         "created_by_id": f"sub:{developer.identity}",  # the token's subject: a stable identity
         "triggered_by_id": f"sub:{developer.identity}",
         "pipeline_run_id": None,
-        "artifacts": arts,
+        "artifacts": [{**a, "digest": None, "size": None} for a in arts],
         "aliases": [{"alias": "1", "alias_type": "numeric"}],
         "trigger": {"trigger_type": "manual", "branch": None, "tag": None, "triggered_by": developer.identity},
     }
@@ -164,6 +165,8 @@ _GOOD_ART = artifact()
         (_with(artifacts=[{**_GOOD_ART, "tracking_oci_uri": "nginx:latest"}]), "artifacts[0].tracking_oci_uri"),
         (_with(artifacts=[{**_GOOD_ART, "tracking_oci_uri": ""}]), "artifacts[0].tracking_oci_uri"),
         (_with(artifacts=[{**_GOOD_ART, "primary_published_uri": "not a uri"}]), "artifacts[0].primary_published_uri"),
+        (_with(artifacts=[{**_GOOD_ART, "digest": "md5:abc"}]), "artifacts[0].digest"),
+        (_with(artifacts=[{**_GOOD_ART, "size": -1}]), "artifacts[0].size"),
         (_with(artifacts=[{**_GOOD_ART, "primary_published_uri": "ftp://x/y"}]), "artifacts[0].primary_published_uri"),
         (_with(trigger={"trigger_type": "cron"}), "trigger.trigger_type"),
         (_with(trigger={"trigger_type": "branch_push"}), "trigger.branch"),
@@ -304,3 +307,18 @@ async def test_worker_records_who_triggered_the_run(worker: Api, developer: Api,
     assert resp.status_code == 201, resp.text
     got = (await viewer.get(f"/v1/releases/{resp.json()['id']}")).json()
     assert got["trigger"]["triggered_by"] == developer.identity
+
+
+async def test_artifact_digests_are_kept_and_the_manifest_names_them(developer: Api, platform: Platform) -> None:
+    repo, project = names()
+    digest = "sha256:" + "ab" * 32
+    art = {**artifact("api", "container"), "digest": digest, "size": 1234}
+    created = (await developer.create(release_body(repo, project, artifacts=[art]))).json()
+    resp = await developer.get(f"/v1/releases/{created['id']}")
+    assert resp.status_code == 200, resp.text
+    got = resp.json()
+    assert got["artifacts"] == [art]
+    layout = platform.data_dir / "oci" / repo.lower() / project.lower()
+    manifest = json.loads((layout / "blobs" / "sha256" / got["oci_digest"].removeprefix("sha256:")).read_bytes())
+    tracked = art["tracking_oci_uri"].rsplit(":", 1)[0]
+    assert manifest["annotations"]["dev.forge.artifact.api"] == f"{tracked}@{digest}"

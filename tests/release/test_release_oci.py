@@ -42,7 +42,8 @@ def _expected_document(got: dict[str, Any]) -> dict[str, Any]:
         "created_at": got["created_at"],
         "created_by": got["created_by"],
         "trigger": got["trigger"],
-        "artifacts": got["artifacts"],
+        # digest and size are in the document only when the release recorded them
+        "artifacts": [{k: v for k, v in a.items() if v is not None} for a in got["artifacts"]],
     }
 
 

@@ -65,6 +65,17 @@ async def test_a_word_printed_by_one_step_is_found_with_its_line_and_step(
     assert (await _logs(client, lane, q=word, since="2999-01-01T00:00:00Z")).json()["results"] == []
     assert len((await _logs(client, lane, q=word, since="2020-01-01T00:00:00Z")).json()["results"]) == 1
 
+    # A token bound to one repository (forge_repository claim) searches that repository only.
+    def bound(to: str) -> dict[str, str]:
+        token = lane.platform.keys.sign(DEVELOPER, ["viewer"], extra={"forge_repository": to})
+        return {"Authorization": f"Bearer {token}"}
+
+    url = f"{lane.gateway_url}/v1/search/logs"
+    assert len((await client.get(url, params={"q": word}, headers=bound(repository))).json()["results"]) == 1
+    assert (await client.get(url, params={"q": word}, headers=bound(f"{repository}-other"))).json()["results"] == []
+    refused = await client.get(url, params={"q": word, "repository": repository}, headers=bound(f"{repository}-other"))
+    assert refused.status_code == 403
+
 
 async def test_log_results_page_by_cursor(lane: Lane, client: httpx.AsyncClient) -> None:
     word = f"okapi{uuid.uuid4().hex[:10]}"

@@ -133,6 +133,64 @@ def test_duplicate_project_names(tmp_path: Path) -> None:
     assert problems == ["b/.forge/project.toml: name: project name 'same' is already used by a/.forge/project.toml"]
 
 
+ARTIFACTS = """
+[[phases.build.steps]]
+name = "package"
+run = "make dist"
+[[artifacts]]
+name = "api"
+type = "container"
+build = "make image"
+path = "dist/api.oci"
+publish = ["oci://registry.example.com/acme/api", "s3://bucket/prefix", "github-release"]
+timeout = "30m"
+[[artifacts]]
+name = "cli"
+type = "binary"
+build = "make cli"
+path = "dist/cli"
+"""
+
+
+def test_artifacts_are_part_of_the_plan(tmp_path: Path) -> None:
+    files = _tree(tmp_path, {".forge/repo.toml": REPO, "services/api/.forge/project.toml": ARTIFACTS})
+    plan = discover(tmp_path, files)
+    assert [(a.project, a.project_path, a.name, a.type, a.path, a.timeout_seconds) for a in plan.artifacts] == [
+        ("api", "services/api", "api", "container", "dist/api.oci", 1800),
+        ("api", "services/api", "cli", "binary", "dist/cli", None),
+    ]
+    assert plan.artifacts[0].publish == ["oci://registry.example.com/acme/api", "s3://bucket/prefix", "github-release"]
+
+
+@pytest.mark.parametrize(
+    ("artifact", "expected"),
+    [
+        ('name = "API"\ntype = "binary"\nbuild = "x"\npath = "a"', "artifacts[0].name: is required; 1-100 lower-case"),
+        ('name = "a"\ntype = "docker"\nbuild = "x"\npath = "a"', 'artifacts[0].type: must be "container", "binary"'),
+        ('name = "a"\ntype = "binary"\npath = "a"', "artifacts[0].build: is required"),
+        ('name = "a"\ntype = "binary"\nbuild = "x"\npath = "../a"', "artifacts[0].path: is required: a relative path"),
+        ('name = "a"\ntype = "binary"\nbuild = "x"\npath = "a"\npublish = ["ftp://x/y"]', "artifacts[0].publish[0]"),
+        ('name = "a"\ntype = "binary"\nbuild = "x"\npath = "a"\ntimeout = "soon"', "artifacts[0].timeout"),
+        (
+            'name = "a"\ntype = "binary"\nbuild = "x"\npath = "a"\nregistry = "x"',
+            "artifacts[0].registry: unknown field",
+        ),
+    ],
+)
+def test_artifact_problems_name_file_and_field(tmp_path: Path, artifact: str, expected: str) -> None:
+    problems = _problems(
+        tmp_path, {".forge/repo.toml": REPO, "api/.forge/project.toml": f"[[artifacts]]\n{artifact}\n"}
+    )
+    assert any(p.startswith("api/.forge/project.toml: ") and expected in p for p in problems), problems
+
+
+def test_artifacts_is_a_reserved_phase_name(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, {".forge/repo.toml": "[phases.artifacts]\ngroup = 1\n"})
+    assert problems == [
+        ".forge/repo.toml: phases.artifacts: 'artifacts' is reserved for the phase that builds [[artifacts]]; rename it"
+    ]
+
+
 def test_step_sandbox_limits_are_read_and_defaults_left_to_the_worker(tmp_path: Path) -> None:
     files = _tree(
         tmp_path,

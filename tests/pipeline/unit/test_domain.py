@@ -10,6 +10,7 @@ import pytest
 from botocore.config import Config
 
 from forge_common.errors import AuthenticationFailed, Conflict, InvalidRequest
+from forge_common.jobs import PlannedArtifact
 from forge_pipeline import domain
 from forge_pipeline.presign import Presigner
 from forge_pipeline.webhooks import sign, verify_signature
@@ -230,3 +231,22 @@ def test_tree_cache_is_keyed_by_version_and_window_and_bounded() -> None:
     assert cache.get("a", 1, 10) is not None
     cache.put("huge", 1, 10, b"h" * 30)  # over a quarter of the budget: not kept
     assert cache.get("huge", 1, 10) is None
+
+
+def test_artifacts_phase_comes_after_the_last_group_one_task_per_project() -> None:
+    phases = [domain.PhasePlan(name="test", group_number=1), domain.PhasePlan(name="build", group_number=3)]
+    declared = [
+        PlannedArtifact(project="api", project_path="svc/api", name="image", type="container", build="b", path="p"),
+        PlannedArtifact(project="api", project_path="svc/api", name="cli", type="binary", build="c", path="q"),
+        PlannedArtifact(project="web", name="site", type="archive", build="d", path="r", timeout_seconds=60),
+    ]
+    phase = domain.artifacts_phase(phases, declared)
+    assert phase is not None
+    assert (phase.name, phase.group_number) == ("artifacts", 4)
+    assert [
+        (t.project_name, t.project_path, [(s.name, s.command, s.timeout_seconds) for s in t.steps]) for t in phase.tasks
+    ] == [
+        ("api", "svc/api", [("image", "b", None), ("cli", "c", None)]),
+        ("web", ".", [("site", "d", 60)]),
+    ]
+    assert domain.artifacts_phase(phases, []) is None

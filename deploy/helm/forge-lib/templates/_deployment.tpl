@@ -92,9 +92,24 @@ spec:
             - name: {{ .name }}
               mountPath: {{ .mountPath }}
             {{- end }}
+            {{- range (.Values.fileVolumes | default list) }}
+            - name: {{ .name }}
+              mountPath: {{ .mountPath }}
+              readOnly: true
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir: {}
+        {{- range (.Values.fileVolumes | default list) }}
+        - name: {{ .name }}
+          {{- if .secret }}
+          secret:
+            secretName: {{ .secret }}
+          {{- else }}
+          configMap:
+            name: {{ .configMap }}
+          {{- end }}
+        {{- end }}
         {{- range .Values.dataVolumes }}
         - name: {{ .name }}
           {{- if .persistentVolumeClaim }}

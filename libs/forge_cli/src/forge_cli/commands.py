@@ -7,6 +7,8 @@ from typing import Any
 from urllib.parse import quote
 
 from . import live
+from .http import EXIT_FAILED, EXIT_OK, UsageError
+from .output import render
 from .session import call
 
 __all__ = ["ENVIRONMENTS", "add_api_commands"]
@@ -34,6 +36,7 @@ def add_api_commands(sub: Any, leaf: Any) -> None:
     """``leaf(group, name, help=...)`` adds a command that takes the common options."""
     _runs_commands(sub, leaf)
     _release_commands(sub, leaf)
+    _artifact_commands(sub, leaf)
     _deployment_commands(sub, leaf)
     _approval_commands(sub, leaf)
     _search_commands(sub, leaf)
@@ -88,9 +91,18 @@ def _runs_commands(sub: Any, leaf: Any) -> None:
     p = leaf(runs, "get", help="a run with its phases, tasks and steps")
     p.add_argument("run_id")
     p.set_defaults(func=lambda a: call(a, "GET", f"/v1/runs/{_seg(a.run_id)}"))
-    p = leaf(runs, "cancel", help="cancel a pending or running run")
-    p.add_argument("run_id")
-    p.set_defaults(func=lambda a: call(a, "DELETE", f"/v1/runs/{_seg(a.run_id)}"))
+    p = leaf(
+        runs,
+        "cancel",
+        help="cancel a run; several (RUN_ID ...), or a repository's active runs (--repository, "
+        "optionally --branch, --status); exit status 1 when any was refused",
+    )
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID")
+    p.add_argument("--repository", help="cancel this repository's pending and running runs")
+    p.add_argument("--branch", help="only the runs of this branch (with --repository)")
+    p.add_argument("--status", choices=["pending", "running"], help="only runs in this status (with --repository)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be cancelled, change nothing")
+    p.set_defaults(func=_cancel_runs)
     p = leaf(runs, "logs", help="print the logs of a run's steps (all, or those matching the filters)")
     p.add_argument("run_id")
     p.add_argument("--phase")
@@ -155,6 +167,31 @@ def _release_commands(sub: Any, leaf: Any) -> None:
     )
 
 
+def _artifact_commands(sub: Any, leaf: Any) -> None:
+    art = sub.add_parser("artifacts", help="artifacts of releases").add_subparsers(
+        dest="artifacts_command", required=True
+    )
+    p = leaf(art, "pull", writes_file=True, help="download a release's artifact, verifying its digest")
+    p.add_argument("repository")
+    p.add_argument("project")
+    p.add_argument("release_id", metavar="release", help="commit SHA, number, tag or alias")
+    p.add_argument("artifact", help="the artifact's name")
+    p.add_argument(
+        "-o",
+        "--output",
+        dest="path",
+        required=True,
+        help="where to write it (a file; a container becomes an OCI image layout directory)",
+    )
+
+    def pull(args: argparse.Namespace) -> int:
+        from .artifacts import pull as run
+
+        return run(args)
+
+    p.set_defaults(func=pull)
+
+
 def _deployment_commands(sub: Any, leaf: Any) -> None:
     dep = sub.add_parser("deployments", help="deployments").add_subparsers(dest="deployments_command", required=True)
     p = leaf(dep, "create", help="deploy a release to an environment")
@@ -173,6 +210,24 @@ def _deployment_commands(sub: Any, leaf: Any) -> None:
             },
         )
     )
+    p = leaf(
+        dep,
+        "promote",
+        help="deploy the releases active in one environment to another, per project (exit status 1 "
+        "when any was refused)",
+    )
+    p.add_argument("repository")
+    p.add_argument("projects", nargs="*", metavar="PROJECT", help="default: every project active in --from")
+    p.add_argument("--from", dest="source", required=True, choices=ENVIRONMENTS)
+    p.add_argument("--to", dest="target", required=True, choices=ENVIRONMENTS)
+    p.add_argument(
+        "--approval",
+        action="append",
+        default=[],
+        metavar="RELEASE_ID=APPROVAL_ID",
+        help="the approval of one release (production); repeat per release",
+    )
+    p.set_defaults(func=_promote)
     p = leaf(dep, "current", help="the active deployment of a project in an environment")
     p.add_argument("environment", choices=ENVIRONMENTS)
     p.add_argument("repository")
@@ -207,6 +262,21 @@ def _approval_commands(sub: Any, leaf: Any) -> None:
             "POST",
             "/v1/approvals",
             {"release_id": a.release_id, "environment": a.environment, "justification": a.justification},
+        )
+    )
+    p = leaf(
+        apr,
+        "batch",
+        help="approve several releases for an environment with one justification (exit status 1 when any was refused)",
+    )
+    p.add_argument("release_ids", nargs="+", metavar="RELEASE_ID")
+    p.add_argument("--environment", required=True, choices=ENVIRONMENTS)
+    p.add_argument("--justification", required=True)
+    p.set_defaults(
+        func=lambda a: _batch(
+            a,
+            "/v1/approvals/batch",
+            {"release_ids": a.release_ids, "environment": a.environment, "justification": a.justification},
         )
     )
     p = leaf(
@@ -300,3 +370,45 @@ def _search_commands(sub: Any, leaf: Any) -> None:
             params={"q": a.query, "repository": a.repository, "limit": a.limit, "cursor": a.cursor},
         )
     )
+
+
+def _batch(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
+    """A batch operation: print the per-item results; exit status 1 when any item was refused."""
+    answer = call(args, "POST", path, body)
+    render(answer, args.output)
+    return EXIT_FAILED if isinstance(answer, dict) and answer.get("failed") else EXIT_OK
+
+
+def _cancel_runs(args: argparse.Namespace) -> Any:
+    filtered = args.repository is not None
+    if (args.branch or args.status) and not filtered:
+        raise UsageError("--branch and --status filter a repository's runs: give --repository too")
+    if filtered == bool(args.run_ids):
+        raise UsageError("give RUN_ID(s) or --repository, not both and not neither")
+    if len(args.run_ids) == 1 and not args.dry_run:
+        return call(args, "DELETE", f"/v1/runs/{_seg(args.run_ids[0])}")
+    body: dict[str, Any] = {"dry_run": args.dry_run}
+    if filtered:
+        body |= {"repository": args.repository, "branch": args.branch, "status": args.status}
+        body = {key: value for key, value in body.items() if value is not None}
+    else:
+        body["ids"] = args.run_ids
+    return _batch(args, "/v1/runs/cancel", body)
+
+
+def _promote(args: argparse.Namespace) -> int:
+    approvals: dict[str, str] = {}
+    for pair in args.approval:
+        release_id, sep, approval_id = pair.partition("=")
+        if not sep or not release_id or not approval_id:
+            raise UsageError(f"--approval takes RELEASE_ID=APPROVAL_ID, not {pair!r}")
+        approvals[release_id] = approval_id
+    body: dict[str, Any] = {
+        "repository": args.repository,
+        "from_environment": args.source,
+        "to_environment": args.target,
+        "approvals": approvals,
+    }
+    if args.projects:
+        body["projects"] = args.projects
+    return _batch(args, "/v1/deployments/promote", body)

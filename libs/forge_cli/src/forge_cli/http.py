@@ -23,6 +23,7 @@ __all__ = [
     "AuthError",
     "CliError",
     "TimeoutFailure",
+    "UsageError",
     "json_answer",
     "request",
 ]
@@ -47,6 +48,12 @@ class ApiError(CliError):
         self.status = status
         if status is not None and status >= 500:
             self.exit_code = EXIT_SERVER
+
+
+class UsageError(CliError):
+    """Arguments that do not go together (argparse cannot say it)."""
+
+    exit_code = EXIT_USAGE
 
 
 class AuthError(CliError):

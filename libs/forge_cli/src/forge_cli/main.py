@@ -26,16 +26,18 @@ PLUGIN_GROUP = "forge_cli.commands"
 _DEFAULTS: dict[str, Any] = {"output": None, "api": None, "token": None, "context": None, "timeout": 30.0}
 
 
-def _common() -> argparse.ArgumentParser:
-    """Options every command takes, before or after its name (defaults: on the top parser)."""
+def _common(with_output: bool = True) -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name (defaults: on the top parser).
+    Commands that write a file (``artifacts pull -o PATH``) take every option but the format."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-o",
-        "--output",
-        choices=FORMATS,
-        default=argparse.SUPPRESS,
-        help="output format (default: table on a terminal, json otherwise)",
-    )
+    if with_output:
+        common.add_argument(
+            "-o",
+            "--output",
+            choices=FORMATS,
+            default=argparse.SUPPRESS,
+            help="output format (default: table on a terminal, json otherwise)",
+        )
     common.add_argument(
         "--api", default=argparse.SUPPRESS, help="gateway URL (default: $FORGE_API_URL, the context's, or :8080)"
     )
@@ -169,11 +171,13 @@ def _add_plugins(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
+    without_output = _common(with_output=False)
     parser = argparse.ArgumentParser(prog="forge", description="Forge CI/CD platform command line", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def leaf(group: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = group.add_parser(name, parents=[common], **kwargs)
+    def leaf(group: Any, name: str, *, writes_file: bool = False, **kwargs: Any) -> argparse.ArgumentParser:
+        parents = [without_output if writes_file else common]
+        p: argparse.ArgumentParser = group.add_parser(name, parents=parents, **kwargs)
         return p
 
     add_api_commands(sub, leaf)

@@ -76,13 +76,35 @@ def _table(result: Any) -> None:
     table.add_column("value", overflow="fold")
     nested = {}
     for key, value in result.items():
-        if key == "phases" and isinstance(value, list):
+        if key in ("phases", "artifacts") and isinstance(value, list) and value:
             nested[key] = value
             continue
         table.add_row(key, _cell(value))
     console.print(table)
     if "phases" in nested:
         console.print(_steps_table(nested["phases"]))
+    if "artifacts" in nested:
+        console.print(_artifacts_table(nested["artifacts"]))
+
+
+def _artifacts_table(artifacts: list[dict[str, Any]]) -> Any:
+    """A release's (or run's) artifacts: name, type, digest, size, where they are."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("ARTIFACT", "TYPE", "DIGEST", "SIZE", "TRACKING", "PUBLISHED"):
+        table.add_column(column, overflow="fold")
+    for artifact in artifacts:
+        table.add_row(
+            _cell(artifact.get("name")),
+            _cell(artifact.get("type")),
+            _cell(artifact.get("digest")),
+            _cell(artifact.get("size")),
+            _cell(artifact.get("tracking_oci_uri")),
+            _cell(artifact.get("primary_published_uri")),
+        )
+    return table
 
 
 def _steps_table(phases: list[dict[str, Any]]) -> Any:

@@ -3,6 +3,12 @@
 Tokens are verified with pyjwt against the realm's JWKS: the signing key is looked up by
 ``kid`` in a cached key set that is refreshed when an unknown ``kid`` appears (key rotation),
 at most once per :attr:`JwksCache.min_refresh_interval`. Only RS256 and ES256 are accepted.
+
+Besides the realm, a service may trust the gateway's workload issuer (``FORGE_WORKLOAD_ISSUER``):
+the short-lived tokens ``POST /v1/auth/token`` issues in exchange for a CI job's OIDC token. Such
+a token carries a ``forge_repository`` claim; :func:`require_repository` refuses (403) any
+operation of its holder on another repository. A realm token may carry the claim as well (a
+Keycloak token exchange with a mapper adding it): it binds the same way.
 """
 
 from __future__ import annotations
@@ -10,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import aiohttp
 import jwt
@@ -22,17 +28,25 @@ from .errors import AuthenticationFailed, AuthorizationFailed, InvalidRequest, u
 __all__ = [
     "ACCESS_TOKEN_TYPE",
     "ALLOWED_ALGORITHMS",
+    "REPOSITORY_CLAIM",
+    "USER_ROLES",
     "JwksCache",
+    "KeySet",
+    "LocalKeySet",
     "Permission",
     "Principal",
     "TokenVerifier",
     "permissions_for",
+    "repository_filter",
     "require",
+    "require_repository",
 ]
 
 ALLOWED_ALGORITHMS = ("RS256", "ES256")
 # Keycloak's ``typ`` claim of an access token; its ID tokens say "ID", refresh tokens "Refresh".
 ACCESS_TOKEN_TYPE = "Bearer"  # noqa: S105 - a token type, not a secret
+# The one repository a workload token may act on.
+REPOSITORY_CLAIM = "forge_repository"
 
 
 class Permission(enum.Enum):
@@ -59,6 +73,7 @@ _USER_ROLES: dict[str, frozenset[Permission]] = {
     "approver": frozenset({Permission.READ, Permission.APPROVALS_WRITE}),
 }
 _USER_ROLES["admin"] = frozenset().union(*_USER_ROLES.values())
+USER_ROLES = frozenset(_USER_ROLES)
 _WORKER = frozenset({Permission.READ, Permission.INTERNAL_STATUS, Permission.RELEASES_CREATE})
 
 
@@ -83,9 +98,31 @@ class Principal(msgspec.Struct, frozen=True):
     token: str
     # The verified token's claims, for services that match a configured claim (e.g. a GitHub id).
     claims: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Set for a workload token: the only repository (owner/name) it may act on.
+    repository: str | None = None
 
     def can(self, permission: Permission) -> bool:
         return permission in self.permissions
+
+
+def require_repository(principal: Principal, repository: str) -> None:
+    """403 unless the principal may act on ``repository`` (names compare case-insensitively,
+    as GitHub's do). Tokens without a repository claim act on every repository."""
+    if principal.repository is not None and principal.repository.lower() != repository.lower():
+        raise AuthorizationFailed(
+            f"this token may only act on repository {principal.repository}",
+            {"token_repository": principal.repository, "repository": repository},
+        )
+
+
+def repository_filter(principal: Principal, requested: str | None) -> str | None:
+    """The repository a list may show: a repository-bound token sees its own repository only."""
+    if principal.repository is None:
+        return requested
+    if requested is None:
+        return principal.repository
+    require_repository(principal, requested)
+    return requested
 
 
 def require(principal: Principal, permission: Permission) -> None:
@@ -95,6 +132,23 @@ def require(principal: Principal, permission: Permission) -> None:
             f"this {kind} token may not perform this action",
             {"required_permission": permission.value, "roles": sorted(principal.roles)},
         )
+
+
+class KeySet(Protocol):
+    async def get(self, kid: str) -> jwt.PyJWK: ...
+
+
+class LocalKeySet:
+    """Keys known without fetching them (the gateway verifying tokens it signed itself)."""
+
+    def __init__(self, keys: Mapping[str, jwt.PyJWK]) -> None:
+        self._keys = dict(keys)
+
+    async def get(self, kid: str) -> jwt.PyJWK:
+        key = self._keys.get(kid)
+        if key is None:
+            raise AuthenticationFailed("token signed with an unknown key", {"kid": kid})
+        return key
 
 
 class JwksCache:
@@ -147,13 +201,25 @@ class JwksCache:
 
 
 class TokenVerifier:
-    """Verifies bearer tokens; remembers verified tokens until they expire."""
+    """Verifies bearer tokens; remembers verified tokens until they expire.
 
-    def __init__(self, issuer: str, audience: str, jwks: JwksCache, leeway: float = 10.0) -> None:
+    ``also_trusted`` maps more issuers (the gateway's workload issuer) to their key sets; a
+    token's unverified ``iss`` only picks which key set its signature must verify against."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        jwks: KeySet,
+        leeway: float = 10.0,
+        also_trusted: Mapping[str, KeySet] | None = None,
+    ) -> None:
         self.issuer = issuer.rstrip("/")
         self.audience = audience
         self.jwks = jwks
         self.leeway = leeway
+        self._issuers: dict[str, KeySet] = {i.rstrip("/"): k for i, k in (also_trusted or {}).items()}
+        self._issuers[self.issuer] = jwks
         self._verified: dict[str, Principal] = {}
 
     async def verify_headers(self, values: Sequence[str]) -> Principal:
@@ -170,6 +236,20 @@ class TokenVerifier:
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationFailed("authorization header must be 'Bearer <token>'")
         return await self.verify(token.strip())
+
+    def _key_set(self, token: str) -> tuple[str, KeySet]:
+        if len(self._issuers) == 1:
+            return self.issuer, self.jwks
+        try:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise AuthenticationFailed("malformed token") from exc
+        issuer = str(unverified.get("iss") or "").rstrip("/")
+        keys = self._issuers.get(issuer)
+        if keys is None:
+            # Judged as a realm token, as without other issuers: the realm's checks say why not.
+            return self.issuer, self.jwks
+        return issuer, keys
 
     async def verify(self, token: str) -> Principal:
         cached = self._verified.get(token)
@@ -188,7 +268,8 @@ class TokenVerifier:
         kid = header.get("kid")
         if not kid:
             raise AuthenticationFailed("token has no key id")
-        key = await self.jwks.get(kid)
+        issuer, keys = self._key_set(token)
+        key = await keys.get(kid)
         if key.algorithm_name != alg:
             raise AuthenticationFailed("token algorithm does not match its key")
         try:
@@ -196,7 +277,7 @@ class TokenVerifier:
                 token,
                 key=key,
                 algorithms=[alg],
-                issuer=self.issuer,
+                issuer=issuer,
                 leeway=self.leeway,
                 options={"require": ["exp", "iat", "iss", "sub"], "verify_aud": False},
             )
@@ -226,6 +307,7 @@ class TokenVerifier:
 
 
 def _principal(claims: dict[str, Any], token: str) -> Principal:
+    repository = claims.get(REPOSITORY_CLAIM)
     roles = frozenset(str(r) for r in (claims.get("realm_access") or {}).get("roles", []))
     username = str(claims.get("preferred_username") or "")
     service_account = username.startswith("service-account-") or bool(claims.get("client_id") or claims.get("clientId"))
@@ -239,4 +321,5 @@ def _principal(claims: dict[str, Any], token: str) -> Principal:
         expires_at=float(claims["exp"]),
         token=token,
         claims=claims,
+        repository=str(repository) if repository is not None else None,
     )

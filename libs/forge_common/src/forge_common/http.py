@@ -48,6 +48,7 @@ from .tracing import configure_tracing, extract, flush_tracing
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "DEPENDENCY_ERRORS",
     "MAX_LIMIT",
     "MAX_OFFSET",
     "AppSpec",
@@ -72,6 +73,8 @@ _NATS_UNAVAILABLE: tuple[type[Exception], ...] = (
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,
 )
+# Every exception that means "a dependency is down" (answered 503 by :data:`EXCEPTION_HANDLERS`).
+DEPENDENCY_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, *_NATS_UNAVAILABLE)
 
 _STATUS_CODES = {
     400: "invalid_request",

@@ -26,6 +26,8 @@ reverse. A field added here is seen by both sides.
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
@@ -50,6 +52,9 @@ __all__ = [
     "HDR_REPLY_TO",
     "JOBS_STREAM",
     "JOB_TYPES",
+    "ArtifactJob",
+    "ArtifactResult",
+    "ArtifactType",
     "CiJob",
     "CiResult",
     "DeadLettered",
@@ -60,9 +65,11 @@ __all__ = [
     "JobSettings",
     "JobType",
     "Plan",
+    "PlannedArtifact",
     "PlannedPhase",
     "PlannedStep",
     "PlannedTask",
+    "ReleaseArtifact",
     "ReleaseCreated",
     "ReleaseJob",
     "ReleaseProject",
@@ -84,7 +91,9 @@ __all__ = [
     "job_type_of",
     "jobs_stream_config",
     "max_deliveries_advisory",
+    "new_attempt",
     "publish_reply",
+    "reply_matches",
 ]
 
 log = structlog.get_logger(__name__)
@@ -160,6 +169,7 @@ class JobRef(msgspec.Struct, kw_only=True):
     run_id: str = "unknown"
     job_id: str = ""
     task_id: str | None = None
+    attempt: str = ""
 
 
 class DiscoveryJob(msgspec.Struct, kw_only=True):
@@ -170,6 +180,8 @@ class DiscoveryJob(msgspec.Struct, kw_only=True):
     repository: str
     commit_sha: str
     branch: str = ""
+    # The dispatch attempt's secret id; the reply must carry it back (see ``JobReply``).
+    attempt: str = ""
 
 
 class StepJob(msgspec.Struct, kw_only=True):
@@ -197,6 +209,35 @@ class CiJob(msgspec.Struct, kw_only=True):
     project: str
     project_path: str = "."
     steps: list[StepJob]
+    attempt: str = ""
+
+
+ArtifactType = Literal["container", "binary", "archive"]
+
+
+class ArtifactJob(msgspec.Struct, kw_only=True):
+    """``pipeline.artifacts.{run}.{artifact}``: build one artifact a project declares on a fresh
+    checkout, push the tracking artifact, publish it to its primary destinations.
+
+    ``job_id`` is the artifact's id (its step in the run's ``artifacts`` phase)."""
+
+    job_id: str
+    # The dispatch attempt's secret id; the reply must carry it back (see ``JobReply``).
+    attempt: str = ""
+    run_id: str
+    task_id: str
+    repository: str
+    commit_sha: str
+    branch: str = ""
+    tag: str | None = None
+    project: str
+    project_path: str = "."
+    name: str
+    type: ArtifactType
+    build: str
+    path: str
+    publish: list[str] = msgspec.field(default_factory=list)
+    timeout_seconds: int | None = None
 
 
 class ReleaseTrigger(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -208,9 +249,21 @@ class ReleaseTrigger(msgspec.Struct, kw_only=True, omit_defaults=True):
     triggered_by: str | None = None
 
 
+class ReleaseArtifact(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One built artifact as a release lists it (``POST /v1/releases`` ``artifacts[]``)."""
+
+    name: str
+    type: ArtifactType
+    tracking_oci_uri: str
+    primary_published_uri: str
+    digest: str | None = None
+    size: int | None = None
+
+
 class ReleaseProject(msgspec.Struct, kw_only=True):
     project: str
     trigger: ReleaseTrigger
+    artifacts: list[ReleaseArtifact] = msgspec.field(default_factory=list)
 
 
 class ReleaseJob(msgspec.Struct, kw_only=True):
@@ -221,6 +274,7 @@ class ReleaseJob(msgspec.Struct, kw_only=True):
     repository: str
     commit_sha: str
     projects: list[ReleaseProject]
+    attempt: str = ""
 
 
 # --- replies ------------------------------------------------------------------------------------
@@ -229,11 +283,18 @@ R = TypeVar("R")
 
 
 class JobReply(msgspec.Struct, Generic[R], kw_only=True, omit_defaults=True):
-    """What a worker answers for any job; ``result`` is the job type's result Struct."""
+    """What a worker answers for any job; ``result`` is the job type's result Struct.
+
+    ``job_id`` and ``attempt`` echo the job's: the dispatcher accepts a reply only when both
+    match the job it waits for (the attempt id is a secret only job consumers ever see), and
+    drops anything else (:func:`reply_matches`).
+    """
 
     status: Literal["success", "failed", "cancelled"]
     error: str | None = None
     result: R | None = None
+    job_id: str | None = None
+    attempt: str | None = None
 
 
 class DeadLettered(msgspec.Struct, kw_only=True):
@@ -262,6 +323,19 @@ class PlannedTask(msgspec.Struct, kw_only=True):
     steps: list[PlannedStep] = msgspec.field(default_factory=list)
 
 
+class PlannedArtifact(msgspec.Struct, kw_only=True):
+    """One ``[[artifacts]]`` entry of a project file."""
+
+    project: str
+    project_path: str = "."
+    name: str
+    type: ArtifactType
+    build: str
+    path: str
+    publish: list[str] = msgspec.field(default_factory=list)
+    timeout_seconds: int | None = None
+
+
 class PlannedPhase(msgspec.Struct, kw_only=True):
     name: str
     group_number: int
@@ -275,6 +349,8 @@ class Plan(msgspec.Struct, kw_only=True):
 
     phases: list[PlannedPhase]
     release_triggers: dict[str, list[ReleaseRule]] = msgspec.field(default_factory=dict)
+    # Built once every CI phase succeeded, in a phase named ``artifacts`` after the last group.
+    artifacts: list[PlannedArtifact] = msgspec.field(default_factory=list)
 
 
 class DiscoveryResult(Plan, kw_only=True):
@@ -294,6 +370,19 @@ class CiResult(msgspec.Struct, kw_only=True):
     """The steps that ran (or had run on an earlier delivery), in order."""
 
     steps: list[StepResult] = msgspec.field(default_factory=list)
+
+
+class ArtifactResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What an artifact job built and where it went. ``digest`` is the tracking artifact's
+    manifest digest (a container's own image digest); ``size`` the bytes of its content."""
+
+    name: str
+    type: ArtifactType
+    digest: str = ""
+    size: int = 0
+    tracking_oci_uri: str = ""
+    published_uris: list[str] = msgspec.field(default_factory=list)
+    logs_s3_key: str | None = None
 
 
 class ReleaseCreated(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -318,6 +407,22 @@ def decode_reply(value: Any, result_type: type[R]) -> JobReply[R]:
         if isinstance(value, dict) and value.get("status") != "success":
             return msgspec.convert({k: v for k, v in value.items() if k != "result"}, JobReply[result_type])  # type: ignore[valid-type]
         raise
+
+
+def reply_matches(value: Any, job_id: str, attempt: str) -> bool:
+    """True when a decoded reply names this job and this dispatch attempt (constant-time on
+    the attempt id, which is the secret part)."""
+    if not isinstance(value, dict) or not attempt:
+        return False
+    got_job, got_attempt = value.get("job_id"), value.get("attempt")
+    if not isinstance(got_job, str) or not isinstance(got_attempt, str) or got_job != job_id:
+        return False
+    return hmac.compare_digest(got_attempt.encode(), attempt.encode())
+
+
+def new_attempt() -> str:
+    """A fresh dispatch attempt id (128 random bits)."""
+    return secrets.token_hex(16)
 
 
 def job_subject(names: Names, job_type: JobType, run_id: str, job_id: str | None = None) -> str:

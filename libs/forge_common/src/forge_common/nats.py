@@ -57,7 +57,13 @@ async def connect(url: str, name: str, **kwargs: Any) -> NATS:
         log.info("nats.reconnected", client=name)
 
     async def _error(exc: Exception) -> None:
-        log.debug("nats.error", client=name, error=str(exc))
+        text = str(exc)
+        if "permissions violation" in text.lower():
+            # This identity may not do that (docs/operations.md, "NATS credentials"): a bug or a
+            # permission model out of step with the server's configuration, never routine.
+            log.error("nats.permission_denied", client=name, error=text)
+        else:
+            log.debug("nats.error", client=name, error=text)
 
     options: dict[str, Any] = {
         "servers": [url],

@@ -13,7 +13,7 @@ import msgspec
 
 from .s3 import S3
 
-__all__ = ["INLINE_LIMIT", "encode_result", "resolve_result", "result_key"]
+__all__ = ["INLINE_LIMIT", "encode_result", "is_result_ref", "resolve_result", "result_key"]
 
 INLINE_LIMIT = 1024 * 1024
 _REF = "$result_ref"
@@ -33,9 +33,14 @@ async def encode_result(s3: S3, run_id: str, job_type: str, job_id: str, result:
     return msgspec.json.encode({_REF: {"bucket": s3.bucket, "key": key, "size": len(body)}})
 
 
+def is_result_ref(value: Any) -> bool:
+    """True for a decoded payload that is a reference to a result stored in S3."""
+    return isinstance(value, dict) and set(value) == {_REF}
+
+
 async def resolve_result(s3: S3, payload: bytes) -> Any:
     value = msgspec.json.decode(payload)
-    if isinstance(value, dict) and set(value) == {_REF}:
+    if is_result_ref(value):
         ref = value[_REF]
         async with s3.client() as client:
             obj = await client.get_object(Bucket=ref["bucket"], Key=ref["key"])

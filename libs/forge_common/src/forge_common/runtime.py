@@ -11,6 +11,7 @@ from nats.js import JetStreamContext
 from .auth import JwksCache, TokenVerifier
 from .db import Pool, create_pool, migrate
 from .nats import Names, connect, ensure_stream, events_stream_config
+from .nats_auth import connect_options
 from .outbox import OutboxRelay
 from .s3 import S3
 from .settings import CommonSettings
@@ -29,7 +30,10 @@ class Runtime:
         self.schema = schema
         self.migrations = migrations
         self.names = Names(settings.nats_prefix)
-        self.verifier = TokenVerifier(settings.oidc_issuer, settings.oidc_audience, JwksCache(settings.jwks_url))
+        workload = {settings.workload_issuer: JwksCache(settings.workload_keys_url)} if settings.workload_issuer else {}
+        self.verifier = TokenVerifier(
+            settings.oidc_issuer, settings.oidc_audience, JwksCache(settings.jwks_url), also_trusted=workload
+        )
         self.s3 = S3.from_settings(settings)
         self._pool: Pool | None = None
         self._nc: NATS | None = None
@@ -58,7 +62,11 @@ class Runtime:
             if s.migrate_on_start:
                 await migrate(s.database_url, self.schema, self.migrations)
             self._pool = await create_pool(s.database_url, s.db_pool_min, s.db_pool_max, self.service)
-        self._nc = await connect(s.nats_url, f"forge-{self.service}")
+        self._nc = await connect(
+            s.nats_url,
+            f"forge-{self.service}",
+            **connect_options(self.service, s.nats_user, s.nats_password, s.nats_creds),
+        )
         self._js = self._nc.jetstream(timeout=5.0)
         await ensure_stream(self._js, events_stream_config(self.names))
         if self._pool is not None and self.schema:

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from .github import GitHubConfig
+
 __all__ = ["CommonSettings", "SettingsError", "load", "parse_duration", "parse_size"]
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -127,6 +129,13 @@ class CommonSettings(msgspec.Struct, kw_only=True):
     # Prefix for every stream name and subject; empty in production. Tests use one per session
     # so several suites can share one NATS server.
     nats_prefix: str = ""
+    # NATS credentials of this process's identity (docs/operations.md, "NATS credentials"): a
+    # user and password, or an NKey/JWT ``.creds`` file. Credentials inside FORGE_NATS_URL
+    # (nats://user:password@host:4222) work as well. All empty: an anonymous connection, which
+    # only a server without authentication accepts.
+    nats_user: str = ""
+    nats_password: str = ""
+    nats_creds: str = ""
     s3_url: str = ""
     s3_bucket: str = "forge"
     s3_region: str = "us-east-1"
@@ -135,12 +144,26 @@ class CommonSettings(msgspec.Struct, kw_only=True):
     oidc_issuer: str = "http://127.0.0.1:8180/realms/forge"
     oidc_audience: str = "forge"
     oidc_jwks_url: str = ""
+    # The gateway's workload issuer (POST /v1/auth/token): its tokens are accepted besides the
+    # realm's, checked against the key set at FORGE_WORKLOAD_JWKS_URL (default: the issuer's
+    # /.well-known/jwks.json). Empty: only realm tokens are accepted.
+    workload_issuer: str = ""
+    workload_jwks_url: str = ""
     log_level: str = "info"
     log_format: str = "json"
     environment: str = "dev"
     otel_exporter: str = "none"
     # How long published outbox rows are kept before the relay purges them (a duration).
     outbox_retention: float = 7 * 86400.0
+    # GitHub REST API (forge_common.github): commit statuses (pipeline, release) and deployments
+    # (deployment service). Empty token: GitHub reporting is off. The sender looks for due calls
+    # every poll interval and gives one up after max attempts (retried with backoff up to then).
+    github_api_url: str = "https://api.github.com"
+    github_token: str = ""
+    github_status_poll_interval: float = 0.5
+    github_status_max_attempts: int = 8
+    # Public base URL of the platform (the gateway); links sent to GitHub start with it.
+    public_url: str = "http://127.0.0.1:8080"
     # Apply pending migrations when the service starts (`make run`, compose). The Helm charts
     # turn it off and run `forge-<service> migrate` as a Job before the pods roll instead.
     migrate_on_start: bool = True
@@ -157,13 +180,41 @@ class CommonSettings(msgspec.Struct, kw_only=True):
             problems.append("FORGE_DATABASE_URL must be a postgresql:// URL")
         if not self.nats_url.startswith(("nats://", "tls://")):
             problems.append("FORGE_NATS_URL must be a nats:// URL")
+        if self.nats_password and not self.nats_user:
+            problems.append("FORGE_NATS_PASSWORD is set without FORGE_NATS_USER")
+        if self.nats_creds and not os.path.isfile(self.nats_creds):
+            problems.append(f"FORGE_NATS_CREDS={self.nats_creds!r}: no such file")
         if self.db_pool_min < 1 or self.db_pool_max < self.db_pool_min:
             problems.append("FORGE_DB_POOL_MIN must be >= 1 and <= FORGE_DB_POOL_MAX")
+        if self.workload_issuer and not self.workload_issuer.startswith(("http://", "https://")):
+            problems.append("FORGE_WORKLOAD_ISSUER must be an http(s) URL (the gateway's public address)")
+        if not self.github_api_url.startswith(("http://", "https://")):
+            problems.append("FORGE_GITHUB_API_URL must be an http(s) URL")
+        if self.github_status_max_attempts < 1:
+            problems.append("FORGE_GITHUB_STATUS_MAX_ATTEMPTS must be >= 1")
+        if self.github_status_poll_interval <= 0:
+            problems.append("FORGE_GITHUB_STATUS_POLL_INTERVAL must be a positive duration")
         if self.otel_exporter not in ("none", "console", "otlp"):
             problems.append(f"FORGE_OTEL_EXPORTER={self.otel_exporter!r}: use none, console or otlp")
         if self.outbox_retention <= 0:
             problems.append("FORGE_OUTBOX_RETENTION must be a positive duration such as 7d or 36h")
         return problems
+
+    def github_config(self, service: str, **values: str) -> GitHubConfig:
+        return GitHubConfig(
+            api_url=self.github_api_url,
+            token=self.github_token,
+            public_url=self.public_url,
+            poll_interval=self.github_status_poll_interval,
+            max_attempts=self.github_status_max_attempts,
+            retention=self.outbox_retention,
+            values=values,
+            user_agent=f"forge-{service}",
+        )
+
+    @property
+    def workload_keys_url(self) -> str:
+        return self.workload_jwks_url or f"{self.workload_issuer.rstrip('/')}/.well-known/jwks.json"
 
     @property
     def jwks_url(self) -> str:

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from forge_common.nats_auth import IDENTITIES
+
 __all__ = ["ROLES", "register"]
 
 ROLES = ("viewer", "developer", "approver", "admin", "worker")
@@ -44,6 +46,24 @@ def _dev_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_nats_url(args: argparse.Namespace) -> int:
+    from .keys import default_data_dir
+    from .nats_auth import NatsCredentials
+
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    creds = NatsCredentials.load(data_dir)
+    if creds is None:
+        print(
+            f"forge: no NATS credentials in {data_dir}: start the platform with `make run` first "
+            "(with FORGE_NATS_URL set, make run uses that server: ask its operator for an events identity)",
+            file=sys.stderr,
+        )
+        return 1
+    # Default: the read-only `events` identity (FORGE_EVENTS and its own consumers, nothing else).
+    print(creds.url(args.identity))
+    return 0
+
+
 def register(sub: Any) -> None:
     """Adds ``forge dev`` to the top-level subparsers of ``forge``."""
     dev = sub.add_parser("dev", help="local development helpers").add_subparsers(dest="dev_command", required=True)
@@ -58,3 +78,19 @@ def register(sub: Any) -> None:
         "--issuer", default=None, help="issuer URL when creating a new key (e.g. http://127.0.0.1:8180/realms/forge)"
     )
     tok.set_defaults(func=_dev_token)
+    url = dev.add_parser(
+        "nats-url",
+        help="print the local NATS URL, credentials included, of the read-only events identity",
+        description=(
+            "Prints nats://events:PASSWORD@127.0.0.1:14222 for `make run`'s NATS server: it may read the "
+            "FORGE_EVENTS stream (create its own consumers) and nothing else."
+        ),
+    )
+    url.add_argument("--data-dir", default=None, help="platform state directory (default .forge-data)")
+    url.add_argument(
+        "--identity",
+        default="events",
+        choices=IDENTITIES,
+        help="another identity's URL, e.g. to run one service by hand against make run's NATS (default: events)",
+    )
+    url.set_defaults(func=_dev_nats_url)

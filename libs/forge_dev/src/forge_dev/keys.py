@@ -13,7 +13,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-__all__ = ["AUDIENCE", "DEFAULT_ISSUER", "IssuerKeys", "default_data_dir"]
+__all__ = ["AUDIENCE", "DEFAULT_ISSUER", "IssuerKeys", "default_data_dir", "ensure_workload_key"]
 
 DEFAULT_ISSUER = "http://127.0.0.1:8180/realms/forge"
 AUDIENCE = "forge"
@@ -28,6 +28,22 @@ def default_data_dir() -> Path:
         return cwd
     # libs/forge_dev/src/forge_dev/keys.py -> repository root
     return Path(__file__).resolve().parents[4] / ".forge-data"
+
+
+def ensure_workload_key(path: Path) -> Path:
+    """The gateway's signing key for exchanged workload tokens (PEM), created once and kept, so
+    every gateway process of the dev platform signs with the same key."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(pem)
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return path
 
 
 class IssuerKeys:

@@ -94,7 +94,8 @@ def _banner(stack: Stack) -> None:
         f"  workers      {len(stack.workers)}",
         f"  issuer       {infra.issuer_url}",
         f"  postgres     {infra.database_url}",
-        f"  nats         {infra.nats_url}",
+        f"  nats         {infra.nats_url}"
+        + ("  (authenticated; events: `.venv/bin/forge dev nats-url`)" if infra.nats_credentials else ""),
         f"  s3           {infra.s3_url}  (bucket {stack.config.s3_bucket})",
         f"  logs         {stack.config.data_dir / 'logs'} (nats, s3, issuer); services log here",
         "",

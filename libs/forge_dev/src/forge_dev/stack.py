@@ -24,7 +24,10 @@ from typing import IO
 
 import psycopg
 
-from .keys import IssuerKeys
+from forge_common.nats_auth import IDENTITIES
+
+from .keys import IssuerKeys, ensure_workload_key
+from .nats_auth import NatsCredentials
 
 __all__ = ["SERVICES", "Infra", "Process", "Stack", "StackConfig", "free_port"]
 
@@ -123,6 +126,9 @@ class StackConfig:
         default_factory=lambda: {"pipeline": 8081, "release": 8082, "deployment": 8083, "approval": 8084}
     )
     nats_port: int = 14222
+    # The embedded NATS server refuses anonymous connections; every process gets its identity's
+    # credentials (forge_common.nats_auth). Tests sharing one external server turn it off.
+    nats_auth: bool = True
     s3_port: int = 19000
     env: dict[str, str] = field(default_factory=dict)
     log_to_files: bool = False  # tests: per-process log files; make run: inherit the terminal
@@ -139,6 +145,7 @@ class Infra:
         self.database_url = ""
         self.admin_database_url = ""
         self.nats_url = ""
+        self.nats_credentials: NatsCredentials | None = None
         self.s3_url = ""
         self.issuer_url = ""
         self.keys: IssuerKeys | None = None
@@ -201,12 +208,29 @@ class Infra:
             raise RuntimeError(f"port {cfg.nats_port} for the embedded NATS server is already in use")
         store = cfg.data_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
-        self._spawn(
-            "nats",
-            [binary, "-a", "127.0.0.1", "-p", str(cfg.nats_port), "-js", "-sd", str(store)],
-        )
+        if cfg.nats_auth:
+            creds = NatsCredentials.load_or_create(cfg.data_dir, "127.0.0.1", cfg.nats_port)
+            conf = creds.write_config(cfg.data_dir / "nats.conf", store, cfg.nats_prefix)
+            self.nats_credentials = creds
+            argv = [binary, "-c", str(conf)]
+        else:
+            argv = [binary, "-a", "127.0.0.1", "-p", str(cfg.nats_port), "-js", "-sd", str(store)]
+        self._spawn("nats", argv)
         wait_tcp(cfg.nats_port, 15)
         self.nats_url = f"nats://127.0.0.1:{cfg.nats_port}"
+
+    def nats_url_for(self, identity: str) -> str:
+        """The NATS URL ``identity`` connects with: its credentials on the embedded server; the
+        external server's URL as given (credentials come from it or from FORGE_NATS_*)."""
+        if self.nats_credentials is None:
+            return self.nats_url
+        return self.nats_credentials.url(identity)
+
+    def nats_env(self, identity: str) -> dict[str, str]:
+        """FORGE_NATS_USER/PASSWORD of ``identity`` on the embedded server (nothing otherwise)."""
+        if self.nats_credentials is None:
+            return {}
+        return {"FORGE_NATS_USER": identity, "FORGE_NATS_PASSWORD": self.nats_credentials.passwords[identity]}
 
     def start_s3(self) -> None:
         cfg = self.config
@@ -293,6 +317,9 @@ class Stack:
             "FORGE_APPROVAL_URL": self.service_url("approval"),
             "FORGE_GATEWAY_URL": self.gateway_url,
             "FORGE_PUBLIC_URL": self.gateway_url,
+            # Workload identity: the gateway issues exchanged tokens as itself; services trust it.
+            "FORGE_WORKLOAD_ISSUER": self.gateway_url,
+            "FORGE_WORKLOAD_SIGNING_KEY": str(ensure_workload_key(cfg.data_dir / "gateway" / "workload-key.pem")),
             "FORGE_GITOPS_URL": (cfg.data_dir / "gitops.git").as_uri(),
             "FORGE_OCI_LAYOUT_DIR": str(cfg.data_dir / "oci"),
             "FORGE_GIT_CACHE_DIR": str(cfg.data_dir / "git-cache"),
@@ -307,6 +334,8 @@ class Stack:
         if name in HTTP_SERVICES:
             port = port or (self.config.gateway_port if name == "gateway" else self.config.service_ports[name])
             full["FORGE_PORT"] = str(port)
+        if name in IDENTITIES:  # the gateway does not use NATS
+            full.update(self.infra.nats_env(name))
         full.update(env or {})
         url = f"http://127.0.0.1:{port}" if port else ""
         label = (

@@ -50,7 +50,13 @@ class Platform:
 
     @property
     def nats_url(self) -> str:
-        return self.stack.infra.nats_url
+        """The URL the harness itself uses: the ``admin`` identity on an authenticated server."""
+        return self.stack.infra.nats_url_for("admin")
+
+    def nats_url_for(self, identity: str) -> str:
+        """The URL of one NATS identity (``events``, ``worker``, ...); the plain URL on a server
+        without authentication."""
+        return self.stack.infra.nats_url_for(identity)
 
     @property
     def nats_prefix(self) -> str:
@@ -155,15 +161,22 @@ async def _delete_bucket(stack: Stack) -> None:
 
 
 @contextlib.contextmanager
-def session_platform(env: dict[str, str] | None = None, workers: int = 1) -> Iterator[Platform]:
+def session_platform(
+    env: dict[str, str] | None = None, workers: int = 1, secure_nats: bool = False
+) -> Iterator[Platform]:
+    """The platform of a test session. ``secure_nats``: on a NATS server of its own that refuses
+    anonymous connections and gives every process its identity's permissions (as ``make run``
+    does), whatever ``FORGE_TEST_NATS_URL`` says; else on the shared (or an embedded) server
+    without authentication, where cells may use NATS prefixes of their own."""
     tag = uuid.uuid4().hex[:10]
     data_dir = Path(tempfile.mkdtemp(prefix=f"forge-test-{tag}-"))
     config = StackConfig(
         data_dir=data_dir,
         database_url=os.environ.get("FORGE_TEST_DATABASE_URL") or None,
         database_name=f"forge_test_{tag}",
-        nats_url=os.environ.get("FORGE_TEST_NATS_URL") or None,
+        nats_url=None if secure_nats else (os.environ.get("FORGE_TEST_NATS_URL") or None),
         nats_prefix=f"t{tag}",
+        nats_auth=secure_nats,
         s3_url=os.environ.get("FORGE_TEST_S3_URL") or None,
         s3_bucket=f"forge-test-{tag}",
         gateway_port=free_port(),

@@ -6,13 +6,15 @@ from typing import Any
 
 from litestar import Request, delete, get, post
 
+from forge_common import batch
 from forge_common.auth import Permission, Principal
+from forge_common.batch import MAX_BATCH_ITEMS, BatchResult
 from forge_common.events import isoformat
 from forge_common.http import decode_body
 from forge_common.openapi import body_operation, errors, internal, response
 from forge_common.runtime import Runtime
 
-from .schemas import ApprovalCheck, ApprovalCreate, ApprovalCreated, ApprovalRevoke, ApprovalView
+from .schemas import ApprovalBatch, ApprovalCheck, ApprovalCreate, ApprovalCreated, ApprovalRevoke, ApprovalView
 from .service import ApprovalService, CreateApproval, RevokeApproval
 
 __all__ = ["ROUTES"]
@@ -59,6 +61,38 @@ async def create_approval(request: Request[Any, Any, Any], principal: Principal,
     return ApprovalCreated.of(approval, status)
 
 
+@post(
+    "/v1/approvals/batch",
+    status_code=200,
+    opt={"permission": Permission.APPROVALS_WRITE},
+    operation_class=body_operation(ApprovalBatch, "the releases, the environment, one justification"),
+    description="One result per release, in order, each with the status and body (or error) `POST "
+    "/v1/approvals` answers for it: 201, or 400, 403 (the approver created the release), 404, 409 (already "
+    f"approved). Each approval is recorded on its own. At most {MAX_BATCH_ITEMS} releases per request "
+    "(400 beyond).",
+    responses={200: response(BatchResult, "one result per release")},
+)
+async def approve_batch(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> BatchResult:
+    """Approve many releases for one environment with one justification."""
+    data = decode_body(await request.body(), ApprovalBatch)
+    batch.check_size(len(data.release_ids), "release_ids")
+    return await _service(runtime).create_many(
+        [
+            CreateApproval(
+                release_id=release_id,
+                environment=data.environment,
+                justification=data.justification,
+                approver=principal.identity,
+                token=principal.token,
+                expires_at=data.expires_at,
+                approver_subject=principal.subject,
+                approver_claims=principal.claims,
+            )
+            for release_id in data.release_ids
+        ]
+    )
+
+
 @get(
     "/v1/approvals/check",
     opt={"permission": Permission.READ, **internal()},
@@ -66,11 +100,14 @@ async def create_approval(request: Request[Any, Any, Any], principal: Principal,
 )
 async def check_approval(
     runtime: Runtime,
+    principal: Principal,
     approval_id: str | None = None,
     release_id: str | None = None,
     environment: str | None = None,
 ) -> ApprovalCheck:
     """Is approval X active for release R in environment E right now? (used by deployments)"""
+    if release_id is not None:
+        await _service(runtime).require_release_access(release_id, principal)
     answer = await _service(runtime).check(approval_id, release_id, environment)
     return ApprovalCheck(
         result=answer.result,
@@ -85,8 +122,9 @@ async def check_approval(
     opt={"permission": Permission.READ},
     responses={200: response(ApprovalView, "the approval")},
 )
-async def get_approval(release_id: str, environment: str, runtime: Runtime) -> ApprovalView:
+async def get_approval(release_id: str, environment: str, runtime: Runtime, principal: Principal) -> ApprovalView:
     """The active approval of the release for the environment, else the most recent one."""
+    await _service(runtime).require_release_access(release_id, principal)
     approval, status = await _service(runtime).current(release_id, environment)
     return ApprovalView.of(approval, status)
 
@@ -96,9 +134,10 @@ async def get_approval(release_id: str, environment: str, runtime: Runtime) -> A
     opt={"permission": Permission.READ},
     responses={200: response(ApprovalView, "the approval")},
 )
-async def get_approval_by_id(approval_id: str, runtime: Runtime) -> ApprovalView:
+async def get_approval_by_id(approval_id: str, runtime: Runtime, principal: Principal) -> ApprovalView:
     """One approval by its id, whatever its status (extension)."""
     approval, status = await _service(runtime).get(approval_id)
+    await _service(runtime).require_release_access(approval.release_id, principal)
     return ApprovalView.of(approval, status)
 
 
@@ -133,4 +172,4 @@ async def revoke_approval(
     return ApprovalView.of(approval, status)
 
 
-ROUTES: list[Any] = [create_approval, check_approval, get_approval, get_approval_by_id, revoke_approval]
+ROUTES: list[Any] = [create_approval, approve_batch, check_approval, get_approval, get_approval_by_id, revoke_approval]

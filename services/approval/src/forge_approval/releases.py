@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from forge_common.client import ServiceClient
-from forge_common.errors import BadGateway, NotFound
+from forge_common.errors import AuthorizationFailed, BadGateway, NotFound
 
 from .domain import ReleaseFacts
 
@@ -32,6 +32,11 @@ class HttpReleases:
         resp = await self.client.get(f"/v1/releases/{release_id}", token=token)
         if resp.status == 404:
             raise _not_found(release_id)
+        if resp.status == 403:
+            # The caller's token may not read it (a workload token bound to another repository).
+            raise AuthorizationFailed(
+                "this token may not act on the release's repository", {"release_id": release_id, "field": "release_id"}
+            )
         if resp.status != 200 or not isinstance(resp.body, dict):
             raise BadGateway(
                 "the release service could not confirm the release",

@@ -10,7 +10,7 @@ from forge_common.events import isoformat
 
 from .domain import Approval, CheckResult
 
-__all__ = ["ApprovalCheck", "ApprovalCreate", "ApprovalCreated", "ApprovalRevoke", "ApprovalView"]
+__all__ = ["ApprovalBatch", "ApprovalCheck", "ApprovalCreate", "ApprovalCreated", "ApprovalRevoke", "ApprovalView"]
 
 
 class ApprovalCreate(msgspec.Struct, kw_only=True):
@@ -23,6 +23,22 @@ class ApprovalCreate(msgspec.Struct, kw_only=True):
     }
 
     release_id: str
+    environment: str
+    justification: str
+    expires_at: str | None = None
+
+
+class ApprovalBatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /v1/approvals/batch``: approve each release for the environment, with one
+    justification (and optionally one ``expires_at``)."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "release_ids": ["7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d", "8d7c6b5a-4e3f-4b2a-9c1d-0e1f2a3b4c5d"],
+        "environment": "production",
+        "justification": "CAB-1234: weekly release train approved",
+    }
+
+    release_ids: list[str]
     environment: str
     justification: str
     expires_at: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,12 +11,16 @@ from typing import Any
 import structlog
 from prometheus_client import Counter
 
+from forge_common import batch
+from forge_common.auth import Principal
+from forge_common.batch import BatchResult
 from forge_common.errors import Conflict, NotFound
 from forge_common.events import isoformat, utcnow
 
 from . import domain
 from .domain import Approval, ApprovalStatus, CheckResult
 from .releases import Releases
+from .schemas import ApprovalCreated
 from .store import UnitOfWork
 
 __all__ = ["ApprovalService", "CheckAnswer", "CreateApproval", "RevokeApproval"]
@@ -112,6 +117,21 @@ class ApprovalService:
         APPROVALS.labels("approved").inc()
         log.info("approval.created", approval_id=approval.id, release_id=release_id, environment=environment)
         return approval, approval.status_at(self.clock())
+
+    async def create_many(self, commands: list[CreateApproval]) -> BatchResult:
+        """``POST /v1/approvals/batch``: ``create`` per release, each in its own transaction."""
+        results = [await batch.apply(cmd.release_id, 201, functools.partial(self._created, cmd)) for cmd in commands]
+        return batch.summarize(results)
+
+    async def _created(self, cmd: CreateApproval) -> ApprovalCreated:
+        approval, status = await self.create(cmd)
+        return ApprovalCreated.of(approval, status)
+
+    async def require_release_access(self, release_id: str, principal: Principal) -> None:
+        """A repository-bound (workload) token sees approvals of its repository's releases only:
+        the release service, asked with that token, refuses (403) a release of another one."""
+        if principal.repository is not None:
+            await self.releases.facts(domain.parse_uuid(release_id, "release_id"), principal.token)
 
     async def current(self, release_id: str, environment: str) -> tuple[Approval, ApprovalStatus]:
         rid = domain.parse_uuid(release_id, "release_id")

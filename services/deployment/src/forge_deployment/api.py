@@ -6,14 +6,16 @@ from typing import Any
 
 from litestar import Request, get, post
 
-from forge_common.auth import Permission, Principal
+from forge_common.auth import Permission, Principal, require_repository
+from forge_common.batch import MAX_BATCH_ITEMS, BatchResult
+from forge_common.errors import InvalidRequest
 from forge_common.http import decode_body, parse_page
 from forge_common.openapi import PathForm, body_operation, errors, path_forms, response
 from forge_common.runtime import Runtime
 
 from .paths import PREFIX, parse_target_path, raw_path_segments
-from .schemas import CurrentDeployment, DeploymentAccepted, DeploymentCreate, DeploymentHistory
-from .service import CreateDeployment, DeploymentService
+from .schemas import CurrentDeployment, DeploymentAccepted, DeploymentCreate, DeploymentHistory, DeploymentsPromote
+from .service import CreateDeployment, DeploymentService, PromoteDeployments
 
 __all__ = ["ROUTES"]
 
@@ -51,6 +53,40 @@ async def create_deployment(
             approval_id=str(data.approval_id) if data.approval_id else None,
             deployed_by=principal.identity,
             token=principal.token,
+            principal=principal,
+        )
+    )
+
+
+@post(
+    "/v1/deployments/promote",
+    opt={"permission": Permission.DEPLOYMENTS_CREATE},
+    status_code=200,
+    operation_class=body_operation(DeploymentsPromote, "`approvals` (release id -> approval id) for production"),
+    description="One result per project, in order, each with the status and body (or error) `POST "
+    "/v1/deployments` answers for the release active in `from_environment` (404 when none is): 201, or "
+    "400 (no approval given for production), 403 (approval not active), 429 (too many pending). Each "
+    f"project is deployed on its own; at most {MAX_BATCH_ITEMS} projects per request (400 beyond).",
+    responses={
+        200: response(BatchResult, "one result per project"),
+        **errors({404: "`projects` omitted and nothing of the repository is active in `from_environment`"}),
+    },
+)
+async def promote_deployments(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> BatchResult:
+    """Promote what runs in one environment to another, for many projects of a repository."""
+    data = decode_body(await request.body(), DeploymentsPromote)
+    if not data.repository.strip():
+        raise InvalidRequest("`repository` must not be empty", {"field": "repository"})
+    return await _service(runtime).promote(
+        PromoteDeployments(
+            repository=data.repository,
+            projects=data.projects,
+            source=data.from_environment,
+            target=data.to_environment,
+            approvals={str(release): str(approval) for release, approval in data.approvals.items()},
+            deployed_by=principal.identity,
+            token=principal.token,
+            principal=principal,
         )
     )
 
@@ -91,6 +127,7 @@ async def read_deployments(
     path: str,
     request: Request[Any, Any, Any],
     runtime: Runtime,
+    principal: Principal,
     limit: str | None = None,
     offset: str | None = None,
     cursor: str | None = None,
@@ -101,6 +138,7 @@ async def read_deployments(
     ``next_cursor``, null on the last page).
     """
     parsed = parse_target_path(raw_path_segments(request.scope, PREFIX))
+    require_repository(principal, parsed.target.repository)
     service = _service(runtime)
     if not parsed.history:
         return await service.current(parsed.target)
@@ -108,4 +146,4 @@ async def read_deployments(
     return await service.history(parsed.target, page.limit, page.offset, cursor)
 
 
-ROUTES: list[Any] = [create_deployment, read_deployments]
+ROUTES: list[Any] = [create_deployment, promote_deployments, read_deployments]

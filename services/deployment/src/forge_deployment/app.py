@@ -8,6 +8,7 @@ from pathlib import Path
 
 from litestar import Litestar
 
+from forge_common.github import GitHubSender
 from forge_common.http import AppSpec, build_app
 from forge_common.runtime import Runtime
 
@@ -49,7 +50,12 @@ def create_app(settings: Settings) -> Litestar:
         releases = ReleaseClient(settings.release_url, settings.service_timeout)
         approvals = ApprovalClient(settings.approval_url, settings.service_timeout)
         service = DeploymentService(runtime.pool, releases, approvals, gitops, settings.max_pending_deployments)
-        runtime.extras.update(gitops=gitops, releases=releases, approvals=approvals, deployments=service)
+        # GitHub deployments and their statuses, from the GitHub outbox (forge_common.github).
+        sender = GitHubSender(runtime.pool, "deployment", "deployment", settings.github_config("deployment"))
+        sender.start()
+        runtime.extras.update(
+            gitops=gitops, releases=releases, approvals=approvals, deployments=service, github_sender=sender
+        )
         if settings.reconciler_enabled:
             argocd = ArgoCDClient(settings.argocd_url, settings.argocd_token) if settings.argocd_url else None
             reconciler = Reconciler(
@@ -69,6 +75,9 @@ def create_app(settings: Settings) -> Litestar:
         reconciler: Reconciler | None = runtime.extras.get("reconciler")
         if reconciler is not None:
             await reconciler.stop()
+        sender: GitHubSender | None = runtime.extras.get("github_sender")
+        if sender is not None:
+            await sender.stop()
         argocd: ArgoCDClient | None = runtime.extras.get("argocd")
         if argocd is not None:
             await argocd.close()

@@ -12,7 +12,7 @@ import aiohttp
 from forge_common.client import ServiceClient, ServiceResponse
 from forge_common.errors import AuthenticationFailed, AuthorizationFailed, BadGateway, NotFound
 
-from .domain import Release
+from .domain import PinnedArtifact, Release
 
 __all__ = ["ApplicationStatus", "ApprovalClient", "ArgoCDClient", "ReleaseClient"]
 
@@ -32,6 +32,21 @@ def _raise_auth(resp: ServiceResponse) -> None:
         raise AuthenticationFailed(message or "the token was refused")
     if resp.status == 403:
         raise AuthorizationFailed(message or "this token may not read the release")
+
+
+def _pinned_artifacts(items: list[Any]) -> tuple[PinnedArtifact, ...]:
+    """The release's artifacts that carry a digest, named by it (tag dropped)."""
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or not item.get("digest"):
+            continue
+        digest = str(item["digest"])
+        ref = str(item.get("tracking_oci_uri") or "").split("@", 1)[0]
+        head, _, last = ref.rpartition("/")
+        if ":" in last:
+            ref = f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+        out.append(PinnedArtifact(str(item["name"]), str(item.get("type") or ""), digest, f"{ref}@{digest}"))
+    return tuple(out)
 
 
 class ReleaseClient:
@@ -56,6 +71,7 @@ class ReleaseClient:
                 release_number=int(body["release_number"]),
                 oci_uri=str(body.get("oci_uri") or ""),
                 aliases=aliases,
+                artifacts=_pinned_artifacts(body.get("artifacts") or []),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BadGateway("the release service sent an incomplete release", {"missing": str(exc)}) from exc

@@ -21,6 +21,7 @@ __all__ = [
     "ApprovalVerdict",
     "NewDeployment",
     "PendingDeployment",
+    "PinnedArtifact",
     "Release",
     "Resolution",
     "Target",
@@ -60,6 +61,16 @@ class Target:
 
 
 @dataclass(frozen=True)
+class PinnedArtifact:
+    """A release's artifact as a deployment points at it: by digest, never by tag."""
+
+    name: str
+    type: str
+    digest: str
+    reference: str  # the tracking artifact, ``...@sha256:...``
+
+
+@dataclass(frozen=True)
 class Release:
     """What the deployment service needs to know of a release (from the release service)."""
 
@@ -70,6 +81,7 @@ class Release:
     release_number: int
     oci_uri: str
     aliases: tuple[str, ...] = ()
+    artifacts: tuple[PinnedArtifact, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -231,6 +243,16 @@ def release_pointer(d: NewDeployment) -> bytes:
         lines += [f"    - {_q(a)}" for a in r.aliases]
     else:
         lines.append("  aliases: []")
+    if r.artifacts:
+        # What a GitOps consumer deploys: each artifact pinned by digest, exactly what was built.
+        lines.append("  artifacts:")
+        for a in r.artifacts:
+            lines += [
+                f"    - name: {_q(a.name)}",
+                f"      type: {_q(a.type)}",
+                f"      digest: {_q(a.digest)}",
+                f"      reference: {_q(a.reference)}",
+            ]
     lines += [
         f"  ociUri: {_q(r.oci_uri)}",
         f"  deployedBy: {_q(d.deployed_by)}",

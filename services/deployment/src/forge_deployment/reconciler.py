@@ -21,7 +21,7 @@ from prometheus_client import Counter, Histogram
 from forge_common.db import Pool, on_commit
 from forge_common.events import DeploymentCompleted, DeploymentCreated, DeploymentFailed, utcnow
 
-from . import domain
+from . import domain, github
 from .clients import ArgoCDClient
 from .domain import Target
 from .gitops import GitOpsRepository
@@ -145,6 +145,7 @@ class Reconciler:
                 if seen := self._observed.get(target.key):
                     message += f"; last seen: {seen}"
                 await store.set_error(str(row["id"]), message)
+                await store.report_to_github(github.status(str(row["id"]), target, "failure", message))
                 await store.add_event(
                     DeploymentFailed(
                         deployment_id=str(row["id"]),
@@ -199,6 +200,8 @@ class Reconciler:
             if resolution.activate is not None:
                 await self._activate(store, resolution.activate, target)
             overtaken = await store.overtake(resolution.overtaken, applied)
+            reason = f"superseded by deployment {applied}" if applied else "superseded before it was applied"
+            await store.report_to_github(*(github.status(d, target, "inactive", reason) for d in overtaken))
         for deployment_id in overtaken:
             RECONCILED.labels("overtaken").inc()
             log.info("deployment.overtaken", deployment_id=deployment_id, by=applied, target=target.key)
@@ -236,6 +239,10 @@ class Reconciler:
         row, superseded = await store.activate(deployment_id, target)
         if row is None:
             return
+        await store.report_to_github(
+            github.status(deployment_id, target, "success", "active"),
+            *(github.status(d, target, "inactive", f"superseded by deployment {deployment_id}") for d in superseded),
+        )
         started = row["committed_at"] or row["deployed_at"]
         seconds = max(0.0, (row["reconciled_at"] - started).total_seconds())
         await store.add_event(

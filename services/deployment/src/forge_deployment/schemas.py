@@ -13,7 +13,14 @@ import msgspec
 
 from forge_common.events import isoformat, isoformat_or_none
 
-__all__ = ["CurrentDeployment", "DeploymentAccepted", "DeploymentCreate", "DeploymentHistory", "HistoryEntry"]
+__all__ = [
+    "CurrentDeployment",
+    "DeploymentAccepted",
+    "DeploymentCreate",
+    "DeploymentHistory",
+    "DeploymentsPromote",
+    "HistoryEntry",
+]
 
 Environment = Literal["dev", "staging", "production"]
 Status = Literal["pending", "active", "superseded", "failed"]
@@ -31,6 +38,30 @@ class DeploymentCreate(msgspec.Struct, kw_only=True):
     release_id: uuid.UUID
     environment: Environment
     approval_id: uuid.UUID | None = None
+
+
+class DeploymentsPromote(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /v1/deployments/promote``: per project (``projects``, or every project of the
+    repository active in ``from_environment``), deploy the release active in ``from_environment``
+    to ``to_environment``. ``approvals`` maps release id -> approval id; production needs one
+    per release."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "repository": "mycompany/myrepo",
+        "projects": ["api", "web"],
+        "from_environment": "staging",
+        "to_environment": "production",
+        "approvals": {
+            "7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d": "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b",
+            "8d7c6b5a-4e3f-4b2a-9c1d-0e1f2a3b4c5d": "6f7a8b9c-0d1e-4f2a-8b3c-4d5e6f7a8b9c",
+        },
+    }
+
+    repository: str
+    from_environment: Environment
+    to_environment: Environment
+    projects: list[str] | None = None
+    approvals: dict[uuid.UUID, uuid.UUID] = msgspec.field(default_factory=dict)
 
 
 class DeploymentAccepted(msgspec.Struct, kw_only=True):

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
-from forge_common import cursor
+from forge_common import batch, cursor
+from forge_common.auth import Principal, require_repository
+from forge_common.batch import BatchResult
 from forge_common.db import Pool
 from forge_common.errors import BadGateway, GatewayTimeout, InvalidRequest, LimitExceeded, NotFound
 from forge_common.events import DeploymentCreated, utcnow
 
-from . import domain
+from . import domain, github
 from .clients import ApprovalClient, ReleaseClient
 from .domain import NewDeployment, Target
 from .gitops import Author, GitError, GitOpsRepository, GitTimeout
 from .schemas import CurrentDeployment, DeploymentAccepted, DeploymentHistory, HistoryEntry
 from .store import unit_of_work
 
-__all__ = ["CreateDeployment", "DeploymentService"]
+__all__ = ["CreateDeployment", "DeploymentService", "PromoteDeployments"]
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +37,24 @@ class CreateDeployment:
     approval_id: str | None
     deployed_by: str
     token: str  # the caller's, forwarded to the release and approval services
+    # A repository-bound (workload) caller may only deploy its repository's releases.
+    principal: Principal | None = None
+
+
+@dataclass(frozen=True)
+class PromoteDeployments:
+    """Deploy, per project, the release active in ``source`` to ``target``; ``projects`` None:
+    every project of the repository active in ``source``. ``approvals``: release id -> approval id."""
+
+    repository: str
+    projects: list[str] | None
+    source: str
+    target: str
+    approvals: dict[str, str]
+    deployed_by: str
+    token: str
+    # A repository-bound (workload) caller may only promote its own repository.
+    principal: Principal | None = None
 
 
 @dataclass
@@ -49,6 +70,8 @@ class DeploymentService:
         approval_id = cmd.approval_id
         domain.require_approval_id(cmd.environment, approval_id)
         release = await self.releases.get(cmd.release_id, cmd.token)
+        if cmd.principal is not None:
+            require_repository(cmd.principal, release.repository)
         if cmd.environment in domain.APPROVAL_REQUIRED_ENVIRONMENTS:
             assert approval_id is not None
             verdict = await self.approvals.check(approval_id, release.id, cmd.environment, cmd.token)
@@ -56,6 +79,8 @@ class DeploymentService:
         deployment = NewDeployment.create(release, cmd.environment, cmd.deployed_by, approval_id, utcnow())
         async with unit_of_work(self.pool) as store:
             pending = await store.reserve(deployment, self.max_pending)
+            if pending is None:
+                await store.report_to_github(*github.created(deployment))
         if pending is not None:
             raise LimitExceeded(
                 f"{pending} deployments are pending; at most {self.max_pending} may be pending at once",
@@ -63,6 +88,41 @@ class DeploymentService:
             )
         # The slot is ours: finish even if the client goes away, or it would stay pending.
         return await asyncio.shield(self._commit(deployment))
+
+    async def promote(self, cmd: PromoteDeployments) -> BatchResult:
+        """``POST /v1/deployments/promote``: one ``create`` per project, each with its own checks
+        (approval, pending limit) and its own commit; one result per project, in order."""
+        if cmd.source == cmd.target:
+            raise InvalidRequest("the source and target environments must differ", {"field": "to_environment"})
+        if cmd.principal is not None:
+            require_repository(cmd.principal, cmd.repository)
+        projects = cmd.projects
+        if projects is None:
+            async with unit_of_work(self.pool) as store:
+                projects = await store.active_projects(cmd.source, cmd.repository, batch.MAX_BATCH_ITEMS + 1)
+            if not projects:
+                raise NotFound(
+                    f"nothing of {cmd.repository} is deployed to {cmd.source}",
+                    {"environment": cmd.source, "repository": cmd.repository},
+                )
+        batch.check_size(len(projects), "projects")
+        results = []
+        for project in projects:
+            results.append(await batch.apply(project, 201, functools.partial(self._promote_one, cmd, project)))
+        return batch.summarize(results)
+
+    async def _promote_one(self, cmd: PromoteDeployments, project: str) -> DeploymentAccepted:
+        active = await self.current(Target(cmd.source, cmd.repository, project))
+        return await self.create(
+            CreateDeployment(
+                release_id=active.release_id,
+                environment=cmd.target,
+                approval_id=cmd.approvals.get(active.release_id),
+                deployed_by=cmd.deployed_by,
+                token=cmd.token,
+                principal=cmd.principal,
+            )
+        )
 
     async def _commit(self, d: NewDeployment) -> DeploymentAccepted:
         try:
@@ -72,7 +132,9 @@ class DeploymentService:
         except GitError as exc:
             log.error("deployment.gitops_commit_failed", deployment_id=d.id, error=str(exc))
             async with unit_of_work(self.pool) as store:
-                await store.mark_failed(d.id, f"GitOps commit failed: {exc}")
+                reason = f"GitOps commit failed: {exc}"
+                if await store.mark_failed(d.id, reason) is not None:
+                    await store.report_to_github(github.status(d.id, d.target, "failure", reason))
             if isinstance(exc, GitTimeout):
                 raise GatewayTimeout(
                     f"the GitOps repository did not answer in time: {exc}",

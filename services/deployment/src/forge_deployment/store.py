@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import DictRow
 
+from forge_common import github
 from forge_common.db import Pool
 from forge_common.events import EventData
 from forge_common.outbox import add_event
@@ -36,6 +37,11 @@ class DeploymentStore:
 
     async def add_event(self, data: EventData) -> None:
         await add_event(self.conn, SCHEMA, data)
+
+    async def report_to_github(self, *requests: github.GitHubRequest) -> None:
+        """Queue GitHub calls with this transaction's change (sent after commit, in order)."""
+        for request in requests:
+            await github.enqueue(self.conn, SCHEMA, request)
 
     async def reserve(self, d: NewDeployment, max_pending: int) -> int | None:
         """Insert ``d`` as pending unless ``max_pending`` are pending already.
@@ -88,7 +94,7 @@ class DeploymentStore:
     async def mark_failed(self, deployment_id: str, error: str) -> Row | None:
         cur = await self.conn.execute(
             "UPDATE deployment.deployments SET status = 'failed', error = %s "
-            "WHERE id = %s AND status = 'pending' RETURNING id, environment",
+            "WHERE id = %s AND status = 'pending' RETURNING id, environment, repository, project",
             (error, deployment_id),
         )
         return await cur.fetchone()
@@ -100,6 +106,17 @@ class DeploymentStore:
             (target.environment, target.repository, target.project),
         )
         return await cur.fetchone()
+
+    async def active_projects(self, environment: str, repository: str, limit: int) -> list[str]:
+        """The projects of a repository with an active deployment in the environment (by name),
+        at most ``limit``: a range of ``deployments_one_active_idx``."""
+        cur = await self.conn.execute(
+            "SELECT project FROM deployment.deployments "
+            "WHERE environment = %s AND repository_key = lower(%s) AND status = 'active' "
+            "ORDER BY project_key LIMIT %s",
+            (environment, repository, limit),
+        )
+        return [str(row["project"]) for row in await cur.fetchall()]
 
     async def history(
         self, target: Target, limit: int, offset: int, before: tuple[dt.datetime, str] | None = None

@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import msgspec
-from litestar import Litestar, Response, get
+from litestar import Litestar, Request, Response, get, post
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from forge_common import metrics
-from forge_common.auth import JwksCache, TokenVerifier
+from forge_common.auth import JwksCache, LocalKeySet, TokenVerifier
+from forge_common.errors import NotFound
 from forge_common.http import EXCEPTION_HANDLERS, ObservabilityMiddleware
 from forge_common.openapi import response
 from forge_common.tracing import configure_tracing, flush_tracing
@@ -25,9 +26,10 @@ from .apidocs import contract_handlers
 from .console import browser_run_redirect, console_handlers
 from .proxy import Proxy
 from .settings import Settings
+from .token_exchange import GRANT_TYPE, TokenExchange, WorkloadKey, load_trusted_issuers
 from .versioning import API_VERSIONS
 
-__all__ = ["META_PATH", "GatewayApp", "GatewayMeta", "create_app"]
+__all__ = ["META_PATH", "TOKEN_PATH", "GatewayApp", "GatewayMeta", "create_app"]
 
 # Every API version's paths go to the proxy: /v1/..., and /v2/... once versioning.py lists it.
 _API_PREFIXES = tuple(f"/{version}/" for version in API_VERSIONS)
@@ -35,6 +37,9 @@ _API_ROOTS = frozenset(f"/{version}" for version in API_VERSIONS)
 
 # Public (no token): what a client needs before it has a token, i.e. which issuer to log in at.
 META_PATH = "/v1/meta"
+# Public too: the RFC 8693 token exchange authenticates by the subject token in its body.
+TOKEN_PATH = "/v1/auth/token"  # noqa: S105 - a path, not a secret
+_OWN_PATHS = frozenset({META_PATH, TOKEN_PATH})
 
 
 class GatewayMeta(msgspec.Struct, kw_only=True):
@@ -59,7 +64,7 @@ class GatewayApp:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if (path.startswith(_API_PREFIXES) or path in _API_ROOTS) and path != META_PATH:
+            if (path.startswith(_API_PREFIXES) or path in _API_ROOTS) and path not in _OWN_PATHS:
                 if path.startswith("/v1/runs/") and (page := browser_run_redirect(scope)):
                     await _redirect(send, page)
                     return
@@ -78,7 +83,14 @@ def create_app(settings: Settings) -> GatewayApp:
     configure_tracing("gateway", settings.otel_exporter)
     jwks = JwksCache(settings.jwks_url)
     jwks.min_refresh_interval = settings.jwks_refresh_interval
-    proxy = Proxy(settings, TokenVerifier(settings.oidc_issuer, settings.oidc_audience, jwks))
+    issuers = load_trusted_issuers(settings.trusted_issuers)
+    key = WorkloadKey(settings.workload_signing_key, in_use=bool(issuers))
+    exchange = TokenExchange(
+        issuers, key, settings.token_issuer, settings.oidc_audience, settings.workload_token_lifetime
+    )
+    # The gateway accepts the tokens it issues with its own key in hand (no fetch from itself).
+    workload = {settings.token_issuer: LocalKeySet({key.kid: key.pyjwk()})}
+    proxy = Proxy(settings, TokenVerifier(settings.oidc_issuer, settings.oidc_audience, jwks, also_trusted=workload))
 
     @get("/healthz", sync_to_thread=False, summary="Liveness")
     def healthz() -> dict[str, str]:
@@ -107,6 +119,36 @@ def create_app(settings: Settings) -> GatewayApp:
     def meta() -> GatewayMeta:
         return GatewayMeta(oidc_issuer=settings.oidc_issuer, oidc_audience=settings.oidc_audience)
 
+    @post(
+        TOKEN_PATH,
+        status_code=200,
+        summary="RFC 8693 token exchange: a trusted CI job's OIDC token for a Forge token (docs/api.md)",
+        # Form-encoded, OAuth-shaped: documented in docs/api.md, outside the JSON contract.
+        include_in_schema=False,
+    )
+    async def token(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        """Form-encoded ``grant_type``, ``subject_token``, ``subject_token_type``; answers
+        ``access_token``, ``issued_token_type``, ``token_type``, ``expires_in`` (at most 900)."""
+        if not issuers:
+            raise NotFound("workload identity is not configured on this platform (FORGE_TRUSTED_ISSUERS)")
+        answer = await exchange.exchange(request.headers.get("content-type", ""), await request.body())
+        return Response(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    @get("/.well-known/jwks.json", sync_to_thread=False, include_in_schema=False)
+    def workload_jwks() -> Response[dict[str, Any]]:
+        return Response(key.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+    @get("/.well-known/openid-configuration", sync_to_thread=False, include_in_schema=False)
+    def workload_discovery() -> dict[str, Any]:
+        issuer = settings.token_issuer
+        return {
+            "issuer": issuer,
+            "jwks_uri": f"{issuer}/.well-known/jwks.json",
+            "token_endpoint": f"{issuer}{TOKEN_PATH}",
+            "grant_types_supported": [GRANT_TYPE],
+            "id_token_signing_alg_values_supported": [key.algorithm],
+        }
+
     @get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response[bytes]:
         return Response(await metrics.collect(), media_type=metrics.CONTENT_TYPE_LATEST)
@@ -119,7 +161,17 @@ def create_app(settings: Settings) -> GatewayApp:
         flush_tracing()
 
     rest = Litestar(
-        route_handlers=[healthz, readyz, meta, metrics_endpoint, *contract_handlers(), *console_handlers(settings)],
+        route_handlers=[
+            healthz,
+            readyz,
+            meta,
+            token,
+            workload_jwks,
+            workload_discovery,
+            metrics_endpoint,
+            *contract_handlers(),
+            *console_handlers(settings),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         on_startup=[start],
         on_shutdown=[stop],

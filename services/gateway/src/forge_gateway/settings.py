@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from forge_common.settings import CommonSettings
 
+from .token_exchange import MAX_LIFETIME, WorkloadKey, load_trusted_issuers
 from .versioning import load_deprecations
 
 __all__ = ["Settings"]
@@ -50,6 +51,14 @@ class Settings(CommonSettings, kw_only=True):
     # Minimum interval between two JWKS fetches triggered by unknown key ids.
     jwks_refresh_interval: float = 5.0
     access_log: bool = True
+    # Workload identity (forge_gateway.token_exchange): the TOML file of trusted external OIDC
+    # issuers and their rules; empty: POST /v1/auth/token answers 404. Exchanged tokens are
+    # issued as FORGE_WORKLOAD_ISSUER (default FORGE_PUBLIC_URL), signed with the PEM private
+    # key at FORGE_WORKLOAD_SIGNING_KEY (every replica needs the same; empty: a key generated at
+    # start, for a single gateway), and live FORGE_WORKLOAD_TOKEN_LIFETIME (at most 15m).
+    trusted_issuers: str = ""
+    workload_signing_key: str = ""
+    workload_token_lifetime: float = float(MAX_LIFETIME)
     # Web console (served at /): the issuer and public client its "Log in" button uses. The issuer
     # defaults to FORGE_OIDC_ISSUER; set it when browsers reach the issuer at another address.
     console_enabled: bool = True
@@ -61,6 +70,11 @@ class Settings(CommonSettings, kw_only=True):
     # Where browsers reach the log store when presigned logs_url links name a public address
     # (docker-compose.yml sets it); its origin joins the console's connect-src.
     s3_public_url: str = ""
+
+    @property
+    def token_issuer(self) -> str:
+        """The ``iss`` of exchanged tokens (what services trust as FORGE_WORKLOAD_ISSUER)."""
+        return (self.workload_issuer or self.public_url).rstrip("/")
 
     def validate(self) -> list[str]:
         problems = super().validate()
@@ -93,6 +107,17 @@ class Settings(CommonSettings, kw_only=True):
             load_deprecations(self.deprecations)
         except (OSError, ValueError) as exc:
             problems.append(f"FORGE_DEPRECATIONS={self.deprecations!r}: {exc}")
+        try:
+            load_trusted_issuers(self.trusted_issuers)
+        except ValueError as exc:
+            problems.append(f"FORGE_TRUSTED_ISSUERS={self.trusted_issuers!r}: {exc}")
+        if not (60 <= self.workload_token_lifetime <= MAX_LIFETIME):
+            problems.append("FORGE_WORKLOAD_TOKEN_LIFETIME must be between 1m and 15m")
+        if self.workload_signing_key:
+            try:
+                WorkloadKey(self.workload_signing_key)
+            except (OSError, ValueError, TypeError) as exc:
+                problems.append(f"FORGE_WORKLOAD_SIGNING_KEY={self.workload_signing_key!r}: {exc}")
         if self.rate_limit < 1:
             problems.append("FORGE_RATE_LIMIT must be >= 1")
         if self.rate_limit_window <= 0:

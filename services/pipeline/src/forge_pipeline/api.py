@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, delete, get, post, put
 from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
+from litestar.params import HeaderParameter
 from litestar.response import Stream
 
 from forge_common import event_feed, sse
-from forge_common.auth import Permission, Principal
+from forge_common.auth import Permission, Principal, repository_filter, require_repository
+from forge_common.batch import MAX_BATCH_ITEMS, BatchResult
 from forge_common.errors import InvalidRequest, NotFound
 from forge_common.events import isoformat
 from forge_common.http import decode_body
 from forge_common.openapi import body_operation, errors, internal, response
 from forge_common.runtime import Runtime
 
-from . import domain, live, search, webhooks
+from . import domain, live, search, store, webhooks
 from .domain import StepReport, TaskReport
 from .retention import find_tombstone
 from .schemas import (
@@ -27,6 +29,7 @@ from .schemas import (
     RunCreated,
     RunDetail,
     RunList,
+    RunsCancel,
     StepStatusUpdate,
     StepStatusView,
     TaskReportBody,
@@ -35,7 +38,7 @@ from .schemas import (
     TaskStatusView,
     WebhookResult,
 )
-from .service import CreateRun, PipelineService
+from .service import CancelRuns, CreateRun, PipelineService
 from .settings import Settings
 
 __all__ = ["ROUTES", "SERVICE_KEY"]
@@ -74,6 +77,7 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 )
 async def create_run(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> Response[bytes]:
     body = decode_body(await request.body(), RunCreate)
+    require_repository(principal, body.repository)
     if body.triggered_by is not None:
         domain.validate_identity(body.triggered_by)
     run, created = await _service(runtime).create_run(
@@ -105,6 +109,7 @@ async def create_run(request: Request[Any, Any, Any], principal: Principal, runt
 )
 async def list_runs(
     runtime: Runtime,
+    principal: Principal,
     repository: str | None = None,
     branch: str | None = None,
     status: str | None = None,
@@ -116,6 +121,8 @@ async def list_runs(
     offset: str | None = None,
 ) -> Response[bytes]:
     # Declared as strings (documented in the OpenAPI); domain.py validates with clear messages.
+    # A repository-bound (workload) token lists its own repository's runs only.
+    repository = repository_filter(principal, repository)
     filters = domain.ListFilters(
         repository=repository,
         branch=branch,
@@ -136,16 +143,24 @@ async def list_runs(
     summary="A run with its phases, tasks and steps",
     responses=_doc(200, RunDetail, "the run tree", 400, 401, 403, 404),
 )
-async def get_run(run_id: str, runtime: Runtime) -> Response[bytes]:
+async def get_run(run_id: str, runtime: Runtime, principal: Principal) -> Response[bytes]:
     rid = domain.parse_uuid(run_id, "run")
     try:
-        return _json(200, await _service(runtime).run_tree(rid))
+        tree = await _service(runtime).run_tree(rid)
+        if principal.repository is not None:
+            require_repository(principal, msgspec.json.decode(tree, type=_RunRepository).repository)
+        return _json(200, tree)
     except NotFound:
         # Deleted by retention: what is left of it (retention.py), so references still resolve.
         tombstone = await find_tombstone(runtime.pool, rid)
         if tombstone is None:
             raise
+        require_repository(principal, tombstone.repository)
         return _json(200, tombstone)
+
+
+class _RunRepository(msgspec.Struct):
+    repository: str
 
 
 # --- live status, events and logs (live.py; docs/api-live.md) -------------------------------------
@@ -159,6 +174,16 @@ _SSE_RESPONSES = {
     ),
     **{code: spec for code, spec in _doc(200, None, "", 400, 401, 403, 404).items() if code != 200},
 }
+
+
+# Request headers, declared so that they appear in the OpenAPI document.
+_LastEventId = Annotated[
+    str | None,
+    HeaderParameter(name="Last-Event-ID", description="resume after this event id (0: the run's whole history)"),
+]
+_Range = Annotated[
+    str | None, HeaderParameter(name="Range", description="one byte range: bytes=START-[END] or bytes=-N")
+]
 
 
 def _settings(runtime: Runtime) -> Settings:
@@ -184,11 +209,12 @@ def _hub(runtime: Runtime) -> live.ChangeHub:
     ),
     responses=_SSE_RESPONSES,
 )
-async def run_events(request: Request[Any, Any, Any], run_id: str, runtime: Runtime) -> Stream:
+async def run_events(run_id: str, runtime: Runtime, principal: Principal, last_event_id: _LastEventId = None) -> Stream:
     rid = domain.parse_uuid(run_id, "run")
-    after = sse.last_event_id(request.headers.get("last-event-id"))
+    after = sse.last_event_id(last_event_id)
     if await live.run_state(runtime.pool, rid) is None:
         raise NotFound(f"pipeline run {rid} not found", {"id": rid})
+    await _require_run_repository(runtime, principal, rid)
     service = _service(runtime)
     stream = live.run_events(runtime.pool, _hub(runtime), rid, after, service.tree_in)
     return sse.response(stream, _settings(runtime).stream_heartbeat)
@@ -206,12 +232,27 @@ async def run_events(request: Request[Any, Any, Any], run_id: str, runtime: Runt
     responses=_SSE_RESPONSES,
 )
 async def platform_events(
-    request: Request[Any, Any, Any], runtime: Runtime, types: str | None = None, repository: str | None = None
+    runtime: Runtime,
+    principal: Principal,
+    types: str | None = None,
+    repository: str | None = None,
+    last_event_id: _LastEventId = None,
 ) -> Stream:
-    event_filter = event_feed.parse_filter(types, repository)
-    after = sse.last_event_id(request.headers.get("last-event-id"))
+    # A repository-bound (workload) token follows its own repository's events only.
+    event_filter = event_feed.parse_filter(types, repository_filter(principal, repository))
+    after = sse.last_event_id(last_event_id)
     stream = await event_feed.feed(runtime.js, runtime.names, event_filter, after)
     return sse.response(stream, _settings(runtime).stream_heartbeat)
+
+
+async def _require_run_repository(runtime: Runtime, principal: Principal, run_id: str) -> None:
+    """403 when a repository-bound (workload) token asks about another repository's run."""
+    if principal.repository is None:
+        return
+    async with runtime.pool.connection() as conn:
+        repository = await store.run_repository(conn, run_id)
+    if repository is not None:
+        require_repository(principal, repository)
 
 
 def _follow_flag(value: str | None) -> bool:
@@ -233,12 +274,13 @@ def _follow_flag(value: str | None) -> bool:
     },
 )
 async def step_logs(
-    request: Request[Any, Any, Any], step_id: str, runtime: Runtime, follow: str | None = None
+    step_id: str, runtime: Runtime, principal: Principal, follow: str | None = None, byte_range_header: _Range = None
 ) -> Response[bytes] | Stream:
     sid = domain.parse_uuid(step_id, "step")
     following = _follow_flag(follow)
-    byte_range = live.parse_range(request.headers.get("range"))
+    byte_range = live.parse_range(byte_range_header)
     info = await live.step_log(runtime.pool, sid)
+    await _require_run_repository(runtime, principal, str(info.run_id))
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store", "X-Step-Status": info.status}
     if following:
         if byte_range is not None and (byte_range.suffix is not None or byte_range.end is not None):
@@ -285,8 +327,38 @@ async def _log_body(
     summary="Cancel a pending or running run",
     responses={k: v for k, v in _doc(204, None, "cancelled", 400, 401, 403, 404, 409).items() if k != 204},
 )
-async def cancel_run(run_id: str, runtime: Runtime) -> None:
-    await _service(runtime).cancel_run(domain.parse_uuid(run_id, "run"))
+async def cancel_run(run_id: str, runtime: Runtime, principal: Principal) -> None:
+    await _service(runtime).cancel_run(domain.parse_uuid(run_id, "run"), principal)
+
+
+@post(
+    "/v1/runs/cancel",
+    opt={"permission": Permission.RUNS_WRITE},
+    status_code=200,
+    summary="Cancel many runs: a list of ids, or a repository's active runs (optionally one branch)",
+    description="One result per run, in order, each with the status `DELETE /v1/runs/{id}` would answer "
+    "(204, or 400/404/409 with its error); each run is cancelled in a transaction of its own. A filter "
+    "matches only pending and running runs. `dry_run: true` answers what each cancellation would answer "
+    f"and changes nothing. At most {MAX_BATCH_ITEMS} runs per request (ids given, or runs matching): "
+    "more is a 400 and nothing is cancelled.",
+    operation_class=body_operation(RunsCancel, "`ids`, or `repository` with optional `branch` and `status`"),
+    responses=_doc(200, BatchResult, "one result per run", 400, 401, 403),
+)
+async def cancel_runs(request: Request[Any, Any, Any], runtime: Runtime, principal: Principal) -> Response[bytes]:
+    body = decode_body(await request.body(), RunsCancel)
+    if (body.ids is None) == (body.repository is None):
+        raise InvalidRequest("give either `ids` or a filter with `repository`", {"field": "ids"})
+    if body.ids is not None and (body.branch is not None or body.status is not None):
+        raise InvalidRequest("`branch` and `status` filter a repository's runs; not with `ids`", {"field": "ids"})
+    command = CancelRuns(
+        ids=body.ids,
+        repository=domain.validate_repository(body.repository) if body.repository is not None else None,
+        branch=domain.validate_branch(body.branch) if body.branch is not None else None,
+        status=body.status,
+        dry_run=body.dry_run,
+        principal=principal,
+    )
+    return _json(200, await _service(runtime).cancel_runs(command))
 
 
 @put(
@@ -414,13 +486,15 @@ async def _index_logs(runtime: Runtime, steps: list[StepStatusView]) -> None:
 )
 async def search_logs(
     runtime: Runtime,
+    principal: Principal,
     q: str | None = None,
     repository: str | None = None,
     since: str | None = None,
     limit: str | None = None,
     cursor: str | None = None,
 ) -> Response[bytes]:
-    query = search.parse_log_query(q, repository, since, limit, cursor)
+    # A repository-bound token (forge_repository claim) searches its own repository only.
+    query = search.parse_log_query(q, repository_filter(principal, repository), since, limit, cursor)
     return _json(200, await search.search_logs(runtime.pool, query))
 
 
@@ -432,13 +506,14 @@ async def search_logs(
 )
 async def search_runs(
     runtime: Runtime,
+    principal: Principal,
     q: str | None = None,
     type: str | None = None,
     repository: str | None = None,
     limit: str | None = None,
     cursor: str | None = None,
 ) -> Response[bytes]:
-    query = search.parse_run_query(q, type, repository, limit, cursor)
+    query = search.parse_run_query(q, type, repository_filter(principal, repository), limit, cursor)
     return _json(200, await search.search_runs(runtime.pool, query))
 
 
@@ -450,6 +525,7 @@ ROUTES: list[Any] = [
     platform_events,
     step_logs,
     cancel_run,
+    cancel_runs,
     update_task_status,
     update_step_status,
     report_task,

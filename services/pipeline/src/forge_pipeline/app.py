@@ -2,6 +2,7 @@
 
 from litestar import Litestar
 
+from forge_common.github import GitHubSender
 from forge_common.http import AppSpec, build_app
 from forge_common.jobs import JobSettings
 from forge_common.repositories import RepositoryAllowList
@@ -12,7 +13,6 @@ from . import webhooks
 from .api import ROUTES, SERVICE_KEY
 from .cancel import CancelNotifier
 from .dispatch import Dispatcher, DispatcherSettings, apply_log_lifecycle
-from .github import CommitStatusSender
 from .live import HUB_KEY, ChangeHub
 from .presign import Presigner
 from .retention import RunRetention
@@ -55,7 +55,9 @@ def create_app(
             settings.max_active_runs_per_repository,
             RepositoryAllowList(settings.repositories),
         )
-        sender = runtime.extras[_SENDER_KEY] = CommitStatusSender(uow, settings)
+        # Run commit statuses, posted from the GitHub outbox (forge_common.github).
+        config = settings.github_config("pipeline", status_context=settings.github_status_context)
+        sender = runtime.extras[_SENDER_KEY] = GitHubSender(runtime.pool, "pipeline", "pipeline", config)
         sender.start()
         retention = runtime.extras[_RETENTION_KEY] = RunRetention(
             runtime.pool,
@@ -87,7 +89,7 @@ def create_app(
         if isinstance(retention, RunRetention):
             await retention.stop()
         sender = runtime.extras.pop(_SENDER_KEY, None)
-        if isinstance(sender, CommitStatusSender):
+        if isinstance(sender, GitHubSender):
             await sender.stop()
 
     return build_app(

@@ -18,11 +18,13 @@ from forge_common import cursor
 from forge_common.errors import Conflict, InvalidRequest
 from forge_common.events import EventData, PipelineRunCompleted, PipelineRunFailed
 from forge_common.http import parse_page
+from forge_common.jobs import PlannedArtifact
 
 from .records import PhaseStatus, PhaseTally, Run, RunStatus, Task, TaskInPhase, WorkStatus
 
 __all__ = [
     "ACTIVE_RUN_STATUSES",
+    "ARTIFACTS_PHASE",
     "FINISHED",
     "ListFilters",
     "ListQuery",
@@ -37,6 +39,7 @@ __all__ = [
     "TaskReport",
     "Transition",
     "apply_report",
+    "artifacts_phase",
     "check_plan",
     "commit_state_for",
     "next_cursor",
@@ -60,6 +63,8 @@ __all__ = [
 ]
 
 ACTIVE_RUN_STATUSES = ("pending", "running")
+# The phase that builds a run's [[artifacts]], after every CI phase (discovery reserves the name).
+ARTIFACTS_PHASE = "artifacts"
 FINISHED = frozenset({"success", "failed", "skipped", "cancelled"})
 
 # GitHub's rules: owner 1-39 alphanumerics or single hyphens; repository name 1-100 of [A-Za-z0-9._-].
@@ -546,3 +551,20 @@ class PhasePlan(msgspec.Struct, kw_only=True):
     tasks: list[TaskPlan] = msgspec.field(default_factory=list)
     id: str | None = None
     status: str = "pending"
+
+
+def artifacts_phase(phases: list[PhasePlan], artifacts: list[PlannedArtifact]) -> PhasePlan | None:
+    """The run's ``artifacts`` phase: one group after the last CI group, one task per project,
+    one step per artifact (its build command). None when no project declares an artifact."""
+    if not artifacts:
+        return None
+    tasks: dict[str, TaskPlan] = {}
+    for artifact in artifacts:
+        task = tasks.setdefault(
+            artifact.project, TaskPlan(project_name=artifact.project, project_path=artifact.project_path)
+        )
+        task.steps.append(
+            StepPlan(name=artifact.name, command=artifact.build, timeout_seconds=artifact.timeout_seconds)
+        )
+    last_group = max((p.group_number for p in phases), default=0)
+    return PhasePlan(name=ARTIFACTS_PHASE, group_number=last_group + 1, tasks=[tasks[k] for k in sorted(tasks)])

@@ -7,11 +7,20 @@ the HTTP API serves); only what is the dispatcher's own lives here.
 from __future__ import annotations
 
 from psycopg.rows import kwargs_row
+from psycopg.types.json import Jsonb
 
-from .records import Dispatched, DispatchRun, LeaseState, TaskState
+from .records import ArtifactRow, Dispatched, DispatchRun, LeaseState, TaskState
 from .store import Conn
 
-__all__ = ["claim_runs", "mark_dispatched", "mark_release_evaluated", "renew_leases", "run_for_dispatch"]
+__all__ = [
+    "claim_runs",
+    "mark_dispatched",
+    "mark_release_evaluated",
+    "record_artifact",
+    "renew_leases",
+    "run_artifacts",
+    "run_for_dispatch",
+]
 
 
 async def claim_runs(conn: Conn, owner: str, ttl: float, limit: int, exclude: list[str]) -> list[str]:
@@ -89,12 +98,15 @@ async def run_for_dispatch(conn: Conn, run_id: str) -> DispatchRun | None:
 
 
 async def mark_dispatched(conn: Conn, task_ids: list[str]) -> dict[str, Dispatched]:
-    """Record the first dispatch of each task."""
+    """Record the first dispatch of each task, and its dispatch attempt id (kept when the job
+    is re-published: the message a worker may already hold carries the first one)."""
     cur = conn.cursor(row_factory=kwargs_row(Dispatched))
     await cur.execute(
         """
-        UPDATE pipeline.tasks SET dispatched_at = coalesce(dispatched_at, now())
-        WHERE id = ANY(%s::uuid[]) RETURNING id::text AS id, dispatched_at, now() AS now
+        UPDATE pipeline.tasks SET dispatched_at = coalesce(dispatched_at, now()),
+            dispatch_attempt = coalesce(dispatch_attempt, replace(gen_random_uuid()::text, '-', ''))
+        WHERE id = ANY(%s::uuid[])
+        RETURNING id::text AS id, dispatched_at, now() AS now, dispatch_attempt AS attempt
         """,
         (task_ids,),
     )
@@ -132,4 +144,39 @@ async def fail_phase_if_open(conn: Conn, phase_id: str) -> None:
                completed_at = now()
            WHERE id = %s AND status IN ('pending', 'running')""",
         (phase_id,),
+    )
+
+
+async def run_artifacts(conn: Conn, run_id: str) -> list[ArtifactRow]:
+    """The run's artifacts with their steps' statuses (by ``artifacts_run_name_key``)."""
+    cur = conn.cursor(row_factory=kwargs_row(ArtifactRow))
+    await cur.execute(
+        """
+        SELECT a.id::text AS id, a.task_id::text AS task_id, a.project, a.project_path, a.name, a.artifact_type,
+               a.build, a.path, a.publish, a.timeout_seconds, s.status::text AS status, a.digest, a.size,
+               a.tracking_oci_uri, a.published_uris, a.error
+        FROM pipeline.artifacts a JOIN pipeline.steps s ON s.id = a.id
+        WHERE a.run_id = %s ORDER BY a.project, a.name
+        """,
+        (run_id,),
+    )
+    return await cur.fetchall()
+
+
+async def record_artifact(
+    conn: Conn,
+    artifact_id: str,
+    *,
+    digest: str | None,
+    size: int | None,
+    tracking_oci_uri: str | None,
+    published_uris: list[str],
+    error: str | None,
+) -> None:
+    """What an artifact job answered; the caller holds the run lock (``store.lock_run``), which
+    also bumps the tree version so ``GET /v1/runs/{id}`` shows it."""
+    await conn.execute(
+        """UPDATE pipeline.artifacts SET digest = %s, size = %s, tracking_oci_uri = %s, published_uris = %s,
+               error = %s WHERE id = %s""",
+        (digest, size, tracking_oci_uri, Jsonb(published_uris), error, artifact_id),
     )

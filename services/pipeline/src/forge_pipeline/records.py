@@ -13,7 +13,7 @@ from typing import Literal
 import msgspec
 
 __all__ = [
-    "CommitStatusDue",
+    "ArtifactRow",
     "Delivery",
     "DispatchRun",
     "Dispatched",
@@ -102,16 +102,6 @@ class PhaseTally(msgspec.Struct, kw_only=True):
     task_statuses: list[WorkStatus]
 
 
-class CommitStatusDue(msgspec.Struct, kw_only=True):
-    id: int
-    run_id: str
-    repository: str
-    commit_sha: str
-    state: str
-    description: str
-    attempts: int
-
-
 class Delivery(msgspec.Struct, kw_only=True):
     delivery_id: str
     event: str
@@ -155,8 +145,31 @@ class TaskState(msgspec.Struct, kw_only=True):
 
 
 class Dispatched(msgspec.Struct, kw_only=True):
-    """When a task was first dispatched, and the database's clock at this dispatch."""
+    """When a task was first dispatched, the database's clock at this dispatch, and the
+    dispatch attempt id its job carries."""
 
     id: str
     dispatched_at: dt.datetime
     now: dt.datetime
+    attempt: str
+
+
+class ArtifactRow(msgspec.Struct, kw_only=True):
+    """One artifact of a run (``pipeline.artifacts``) with its step's status."""
+
+    id: str
+    task_id: str
+    project: str
+    project_path: str
+    name: str
+    artifact_type: Literal["container", "binary", "archive"]
+    build: str
+    path: str
+    publish: list[str]
+    timeout_seconds: int | None
+    status: WorkStatus
+    digest: str | None
+    size: int | None
+    tracking_oci_uri: str | None
+    published_uris: list[str]
+    error: str | None

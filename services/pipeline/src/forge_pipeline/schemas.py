@@ -13,6 +13,7 @@ from forge_common.openapi import ErrorEnvelope as ErrorBody  # the platform's on
 from .records import Step, Task
 
 __all__ = [
+    "ArtifactView",
     "ErrorBody",
     "PhaseView",
     "RunCreate",
@@ -20,6 +21,7 @@ __all__ = [
     "RunDetail",
     "RunList",
     "RunSummary",
+    "RunsCancel",
     "StepReportBody",
     "StepStatusUpdate",
     "StepStatusView",
@@ -50,6 +52,19 @@ class RunCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     trigger_type: TriggerType
     # Recorded as given only for webhook-created runs; for API calls the caller's identity wins.
     triggered_by: str | None = None
+
+
+class RunsCancel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /v1/runs/cancel``: ``ids``, or a filter (``repository``, optionally
+    ``branch`` and ``status``: `pending` or `running`); ``dry_run`` changes nothing."""
+
+    example: ClassVar[dict[str, Any]] = {"repository": "mycompany/myrepo", "branch": "feature/old", "dry_run": True}
+
+    ids: list[str] | None = None
+    repository: str | None = None
+    branch: str | None = None
+    status: Literal["pending", "running"] | None = None
+    dry_run: bool = False
 
 
 class RunCreated(msgspec.Struct, kw_only=True):
@@ -240,6 +255,21 @@ class PhaseView(msgspec.Struct, kw_only=True):
     tasks: list[TaskView]
 
 
+class ArtifactView(msgspec.Struct, kw_only=True):
+    """An artifact the run builds (issue 14): its step's status, and once built where it is."""
+
+    name: str
+    project: str
+    type: str
+    status: str
+    digest: str | None = None
+    size: int | None = None
+    tracking_oci_uri: str | None = None
+    primary_published_uri: str | None = None
+    published_uris: list[str] = msgspec.field(default_factory=list)
+    error: str | None = None
+
+
 class RunDetail(msgspec.Struct, kw_only=True):
     example: ClassVar[dict[str, Any]] = {
         "id": "0b9c7f5e-3d2a-4c1b-9e8f-6a5b4c3d2e1f",
@@ -291,6 +321,7 @@ class RunDetail(msgspec.Struct, kw_only=True):
     error: str | None = None
     failed_phase: str | None = None
     phases: list[PhaseView]
+    artifacts: list[ArtifactView] = msgspec.field(default_factory=list)
 
 
 class WebhookResult(msgspec.Struct, kw_only=True):

@@ -21,6 +21,7 @@ deadlock.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import uuid
 from collections import OrderedDict
@@ -30,8 +31,12 @@ import msgspec
 import psycopg
 import structlog
 
+from forge_common import batch
+from forge_common.auth import Principal, require_repository
+from forge_common.batch import BatchResult
 from forge_common.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from forge_common.events import PipelineRunCreated, isoformat
+from forge_common.jobs import PlannedArtifact
 from forge_common.repositories import RepositoryAllowList
 
 from . import domain, metrics, store
@@ -39,6 +44,7 @@ from .domain import ListQuery, PhasePlan, StepReport, TaskReport
 from .presign import Presigner
 from .records import PhaseTally, Run, RunStatus, Step, Task, WorkStatus
 from .schemas import (
+    ArtifactView,
     PhaseView,
     RunDetail,
     RunList,
@@ -52,6 +58,7 @@ from .schemas import (
 from .store import Conn, UnitOfWork
 
 __all__ = [
+    "CancelRuns",
     "CreateRun",
     "PipelineService",
     "TreeCache",
@@ -218,17 +225,25 @@ async def fail_run(conn: Conn, run_id: str, error_message: str, failed_phase: st
     return True
 
 
-async def cancel_run(conn: Conn, run_id: str) -> Run:
-    """Cancel a pending or running run (409 when finished). Workers are told after commit
-    (``PipelineService.cancel_run``)."""
-    run = await store.lock_run(conn, run_id)
+def _cancellable(run_id: str, run: Run | None, principal: Principal | None = None) -> Run:
+    """The run, when a cancellation may proceed; else the 404 / 409 a cancellation answers. A
+    repository-bound ``principal`` may only cancel its repository's runs (403)."""
     if run is None:
         raise NotFound(f"pipeline run {run_id} not found", {"id": run_id})
+    if principal is not None:
+        require_repository(principal, run.repository)
     if run.status not in domain.ACTIVE_RUN_STATUSES:
         raise Conflict(
             f"pipeline run {run_id} is already {run.status} and cannot be cancelled",
             {"id": run_id, "status": run.status},
         )
+    return run
+
+
+async def cancel_run(conn: Conn, run_id: str, principal: Principal | None = None) -> Run:
+    """Cancel a pending or running run (409 when finished). Workers are told after commit
+    (``PipelineService.cancel_run``)."""
+    run = _cancellable(run_id, await store.lock_run(conn, run_id), principal)
     await store.close_open_work(conn, run_id)
     run = await _finish_run(conn, run, "cancelled", "cancelled by request")
     log.info("pipeline.run_cancelled", run_id=run_id)
@@ -239,9 +254,14 @@ async def cancel_run(conn: Conn, run_id: str) -> Run:
 
 
 async def store_discovery(
-    conn: Conn, run_id: str, phases: list[PhasePlan], release_triggers: object = None
+    conn: Conn,
+    run_id: str,
+    phases: list[PhasePlan],
+    release_triggers: object = None,
+    artifacts: list[PlannedArtifact] | None = None,
 ) -> list[PhasePlan]:
-    """Record what discovery found: phases -> tasks -> steps, ids assigned in the returned plan.
+    """Record what discovery found: phases -> tasks -> steps, ids assigned in the returned plan,
+    and the projects' artifacts as a last phase, ``artifacts`` (``domain.artifacts_phase``).
 
     Idempotent: when the run already has a tree (a redelivered discovery reply, or another
     orchestrator replica got there first) the stored tree is returned unchanged.
@@ -251,8 +271,13 @@ async def store_discovery(
         raise NotFound(f"pipeline run {run_id} not found", {"id": run_id})
     if run.discovered_at is not None or await store.has_phases(conn, run_id):
         return await store.load_plan(conn, run_id)
+    building = domain.artifacts_phase(phases, artifacts or [])
+    if building is not None:
+        phases = [*phases, building]
     domain.check_plan(phases)
     await store.insert_plan(conn, run_id, phases)
+    if building is not None:
+        await store.insert_artifacts(conn, run_id, building, artifacts or [])
     await store.mark_discovered(conn, run_id, release_triggers)
     return phases
 
@@ -356,7 +381,32 @@ class TreeCache:
             self._bytes -= len(evicted)
 
 
-def _run_detail(run: Run, phase_rows: list[store.PhaseTuple], tasks_by_phase: dict[str, list[TaskView]]) -> RunDetail:
+def _artifact_views(rows: list[store.ArtifactTuple]) -> list[ArtifactView]:
+    views = []
+    for name, project, kind, status, digest, size, tracking, published, error in rows:
+        views.append(
+            ArtifactView(
+                name=name,
+                project=project,
+                type=kind,
+                status=status,
+                digest=digest,
+                size=size,
+                tracking_oci_uri=tracking,
+                primary_published_uri=(published[0] if published else tracking),
+                published_uris=published,
+                error=error,
+            )
+        )
+    return views
+
+
+def _run_detail(
+    run: Run,
+    phase_rows: list[store.PhaseTuple],
+    tasks_by_phase: dict[str, list[TaskView]],
+    artifact_rows: list[store.ArtifactTuple],
+) -> RunDetail:
     phases = [
         PhaseView(
             id=pid,
@@ -383,6 +433,7 @@ def _run_detail(run: Run, phase_rows: list[store.PhaseTuple], tasks_by_phase: di
         error=run.error,
         failed_phase=run.failed_phase,
         phases=phases,
+        artifacts=_artifact_views(artifact_rows),
     )
 
 
@@ -400,7 +451,7 @@ async def run_tree_json(
         cached = cache.get(run_id, version, window)
         if cached is not None:
             return cached
-    run, phase_rows, task_rows, step_rows = await store.tree_rows(conn, run_id)
+    run, phase_rows, task_rows, step_rows, artifact_rows = await store.tree_rows(conn, run_id)
     if run is None:
         raise NotFound(f"pipeline run {run_id} not found", {"id": run_id})
 
@@ -422,7 +473,7 @@ async def run_tree_json(
         task = TaskView(id=tid, project_name=project, status=status, steps=[s for _, s in ordered])
         tasks_by_phase.setdefault(phase_id, []).append(task)
 
-    encoded = _encoder.encode(_run_detail(run, phase_rows, tasks_by_phase))
+    encoded = _encoder.encode(_run_detail(run, phase_rows, tasks_by_phase, artifact_rows))
     if cache is not None:
         # Under the version read with the tree: the tree rows are at least that new.
         cache.put(run_id, run.tree_version, window, encoded)
@@ -434,6 +485,21 @@ def _first(item: tuple[int, StepView]) -> int:
 
 
 # --- the HTTP side: one unit of work per request --------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelRuns:
+    """Which runs ``POST /v1/runs/cancel`` cancels: ``ids``, or a repository's active runs
+    (optionally one branch, one active status). Validated by ``domain.validate_cancel_filter``."""
+
+    ids: list[str] | None = None
+    repository: str | None = None
+    branch: str | None = None
+    status: str | None = None
+    dry_run: bool = False
+    # A repository-bound (workload) caller may only cancel its repository's runs.
+    principal: Principal | None = None
+
 
 CancelPublisher = Callable[[str], Awaitable[None]]
 
@@ -501,10 +567,44 @@ class PipelineService:
         async with self.uow.begin() as conn:
             return await run_tree_json(conn, run_id, self.presigner, self.logs_url_ttl, self.tree_cache)
 
-    async def cancel_run(self, run_id: str) -> None:
+    async def cancel_run(self, run_id: str, principal: Principal | None = None) -> None:
         async with self.uow.begin() as conn:
-            await cancel_run(conn, run_id)
+            await cancel_run(conn, run_id, principal)
         await self.publish_cancel(run_id)
+
+    async def cancel_runs(self, cmd: CancelRuns) -> BatchResult:
+        """``POST /v1/runs/cancel``: each run cancelled as ``DELETE /v1/runs/{id}`` would, in a
+        transaction of its own; a dry run answers what each cancellation would answer now."""
+        if cmd.ids is not None:
+            ids = cmd.ids
+            batch.check_size(len(ids), "ids")
+        else:
+            assert cmd.repository is not None
+            if cmd.principal is not None:
+                require_repository(cmd.principal, cmd.repository)
+            async with self.uow.begin() as conn:
+                ids = await store.active_run_ids(
+                    conn, cmd.repository, cmd.branch, cmd.status, batch.MAX_BATCH_ITEMS + 1
+                )
+            if len(ids) > batch.MAX_BATCH_ITEMS:
+                raise InvalidRequest(
+                    f"more than {batch.MAX_BATCH_ITEMS} runs match the filter; narrow it (branch, status) "
+                    "or cancel in several requests",
+                    {"field": "repository", "limit": batch.MAX_BATCH_ITEMS},
+                )
+        results = []
+        for raw_id in ids:
+            operation = self._would_cancel if cmd.dry_run else self._cancel_one
+            results.append(await batch.apply(raw_id, 204, functools.partial(operation, raw_id, cmd.principal)))
+        return batch.summarize(results, dry_run=cmd.dry_run)
+
+    async def _cancel_one(self, raw_id: str, principal: Principal | None) -> None:
+        await self.cancel_run(domain.parse_uuid(raw_id, "run"), principal)
+
+    async def _would_cancel(self, raw_id: str, principal: Principal | None) -> None:
+        run_id = domain.parse_uuid(raw_id, "run")
+        async with self.uow.begin() as conn:
+            _cancellable(run_id, await store.get_run(conn, run_id), principal)
 
     async def task_status(self, task_id: str, status: WorkStatus, error: str | None) -> TaskStatusView:
         async with self.uow.begin() as conn:

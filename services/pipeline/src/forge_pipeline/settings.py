@@ -8,8 +8,6 @@ class Settings(CommonSettings, kw_only=True):
     # Run orchestration in this process (read by create_app). False gives an API-only
     # instance: runs stay where the API and the internal status endpoints put them.
     dispatcher_enabled: bool = True
-    # Public base URL of the platform; commit statuses link to {public_url}/v1/runs/{id}.
-    public_url: str = "http://127.0.0.1:8080"
     # At most this many pending+running runs per repository (spec: 100).
     max_active_runs_per_repository: int = 100
     # Which repositories this platform builds: comma-separated globs over owner/name (runs and
@@ -17,14 +15,10 @@ class Settings(CommonSettings, kw_only=True):
     repositories: str = "*"
     # Lifetime of the presigned logs_url of a step, in seconds (Go durations accepted).
     logs_url_ttl: float = 3600.0
-    # GitHub: webhook HMAC secret, REST API for commit statuses, token (empty: statuses off).
+    # GitHub: webhook HMAC secret and the context of run commit statuses (the API URL, token and
+    # sender settings are the common FORGE_GITHUB_* ones; statuses link to FORGE_PUBLIC_URL).
     github_webhook_secret: str = ""
-    github_api_url: str = "https://api.github.com"
-    github_token: str = ""
     github_status_context: str = "forge/pipeline"
-    # How often the commit-status sender looks for due statuses, and when it gives up.
-    github_status_poll_interval: float = 0.5
-    github_status_max_attempts: int = 8
 
     # Finished runs older than this are deleted (retention.py), checked every interval, in
     # batches of at most run_retention_batch runs.
@@ -57,10 +51,6 @@ class Settings(CommonSettings, kw_only=True):
             problems.append("FORGE_MAX_ACTIVE_RUNS_PER_REPOSITORY must be >= 1")
         if not (1 <= self.logs_url_ttl <= 7 * 24 * 3600):
             problems.append("FORGE_LOGS_URL_TTL must be between 1s and 7 days")
-        if not self.github_api_url.startswith(("http://", "https://")):
-            problems.append("FORGE_GITHUB_API_URL must be an http(s) URL")
-        if self.github_status_max_attempts < 1:
-            problems.append("FORGE_GITHUB_STATUS_MAX_ATTEMPTS must be >= 1")
         if not (0 <= self.search_log_index_bytes <= 64 * 1024 * 1024):
             problems.append("FORGE_SEARCH_LOG_INDEX_BYTES must be between 0 and 67108864 (64 MiB)")
         return problems

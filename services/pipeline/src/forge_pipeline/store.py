@@ -12,7 +12,7 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Literal, TypeVar, cast
+from typing import Literal, NamedTuple, TypeVar, cast
 
 import msgspec
 import psycopg
@@ -20,12 +20,14 @@ from psycopg.rows import DictRow, kwargs_row, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from forge_common import github
 from forge_common.events import EventData
+from forge_common.jobs import PlannedArtifact
 from forge_common.outbox import add_event
 from forge_common.tracing import inject
 
-from .domain import ListQuery, PhasePlan, ReportWrites, Snapshot, StepPlan, StepWrite, TaskPlan
-from .records import CommitStatusDue, Delivery, PhaseTally, Run, RunSummary, Step, Task, TaskInPhase, WorkStatus
+from .domain import ACTIVE_RUN_STATUSES, ListQuery, PhasePlan, ReportWrites, Snapshot, StepPlan, StepWrite, TaskPlan
+from .records import Delivery, PhaseTally, Run, RunSummary, Step, Task, TaskInPhase, WorkStatus
 
 __all__ = ["SCHEMA", "Conn", "UnitOfWork", "record"]
 
@@ -196,6 +198,24 @@ async def tree_version(conn: Conn, run_id: str) -> int | None:
     return int(version) if isinstance(version, int) else None
 
 
+async def get_run(conn: Conn, run_id: str) -> Run | None:
+    """The run row, unlocked (a dry run's look at what a cancellation would find)."""
+    return await _one(conn, Run, f"SELECT {_RUN_COLUMNS} FROM pipeline.runs AS r WHERE r.id = %s", (run_id,))
+
+
+async def active_run_ids(conn: Conn, repository: str, branch: str | None, status: str | None, limit: int) -> list[str]:
+    """Ids of a repository's pending/running runs (optionally of one branch or one of the two
+    statuses), oldest first; at most ``limit``. A scan of ``runs_active_repository_idx``."""
+    statuses = [status] if status is not None else list(ACTIVE_RUN_STATUSES)
+    cur = conn.cursor(row_factory=tuple_row)
+    await cur.execute(
+        "SELECT id::text FROM pipeline.runs WHERE repository = %s AND status IN ('pending', 'running') "
+        "AND status::text = ANY(%s) AND (%s::text IS NULL OR branch = %s) ORDER BY created_at, id LIMIT %s",
+        (repository, statuses, branch, branch, limit),
+    )
+    return [str(row[0]) for row in await cur.fetchall()]
+
+
 async def set_run_running(conn: Conn, run_id: str) -> None:
     await conn.execute(
         "UPDATE pipeline.runs SET status = 'running', updated_at = now() WHERE id = %s AND status = 'pending'",
@@ -353,25 +373,49 @@ FROM pipeline.steps s WHERE s.run_id = %s
 """
 
 
+# An artifact's status is its step's.
+_TREE_ARTIFACTS = """
+SELECT a.name, a.project, a.artifact_type, s.status::text, a.digest, a.size, a.tracking_oci_uri,
+       a.published_uris, a.error
+FROM pipeline.artifacts a JOIN pipeline.steps s ON s.id = a.id
+WHERE a.run_id = %s ORDER BY a.project, a.name
+"""
+
+
 # The tree's rows stay plain tuples (no per-row object) for the thousand-step case.
 PhaseTuple = tuple[str, str, int, str, dt.datetime | None, dt.datetime | None]
 TaskTuple = tuple[str, str, str, str]
 StepTuple = tuple[str, int, str, str, str, int | None, str | None]
+ArtifactTuple = tuple[str, str, str, str, str | None, int | None, str | None, list[str], str | None]
 
 
-async def tree_rows(conn: Conn, run_id: str) -> tuple[Run | None, list[PhaseTuple], list[TaskTuple], list[StepTuple]]:
-    """The run and its phases, tasks and steps: four queries sent in one round trip, whatever
-    the size of the tree; plain tuples (no per-row dict) for the thousand-step case."""
+class TreeRows(NamedTuple):
+    run: Run | None
+    phases: list[PhaseTuple]
+    tasks: list[TaskTuple]
+    steps: list[StepTuple]
+    artifacts: list[ArtifactTuple]
+
+
+async def tree_rows(conn: Conn, run_id: str) -> TreeRows:
+    """The run and its phases, tasks, steps and artifacts: five queries sent in one round trip,
+    whatever the size of the tree; plain tuples (no per-row dict) for the thousand-step case."""
     async with conn.pipeline():
         run_cur = await _send(conn, Run, f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.id = %s", (run_id,))
         cursors = []
-        for sql in (_TREE_PHASES, _TREE_TASKS, _TREE_STEPS):
+        for sql in (_TREE_PHASES, _TREE_TASKS, _TREE_STEPS, _TREE_ARTIFACTS):
             cur = conn.cursor(row_factory=tuple_row)
             await cur.execute(sql, (run_id,))
             cursors.append(cur)
     run = await run_cur.fetchone()
-    phases, tasks, steps = [await c.fetchall() for c in cursors]
-    return run, cast(list[PhaseTuple], phases), cast(list[TaskTuple], tasks), cast(list[StepTuple], steps)
+    phases, tasks, steps, artifacts = [await c.fetchall() for c in cursors]
+    return TreeRows(
+        run,
+        cast(list[PhaseTuple], phases),
+        cast(list[TaskTuple], tasks),
+        cast(list[StepTuple], steps),
+        cast(list[ArtifactTuple], artifacts),
+    )
 
 
 # --- discovery ----------------------------------------------------------------------------------
@@ -434,6 +478,37 @@ async def insert_plan(conn: Conn, run_id: str, phases: list[PhasePlan]) -> None:
             "steps",
             "id, task_id, run_id, position, name, action, command, timeout_seconds, memory_bytes, processes, network",
             step_rows,
+        )
+
+
+async def insert_artifacts(conn: Conn, run_id: str, phase: PhasePlan, artifacts: list[PlannedArtifact]) -> None:
+    """The declarations behind the ``artifacts`` phase (inserted by ``insert_plan`` just
+    before, so its steps have ids): one row per artifact, keyed by its step's id."""
+    step_ids = {(t.project_name, s.name): (t.id, s.id) for t in phase.tasks for s in t.steps}
+    rows: list[tuple[object, ...]] = []
+    for a in artifacts:
+        task_id, step_id = step_ids[(a.project, a.name)]
+        rows.append(
+            (
+                step_id,
+                run_id,
+                task_id,
+                a.project,
+                a.project_path,
+                a.name,
+                a.type,
+                a.build,
+                a.path,
+                Jsonb(a.publish),
+                a.timeout_seconds,
+            )
+        )
+    if rows:
+        await _copy(
+            conn,
+            "artifacts",
+            "id, run_id, task_id, project, project_path, name, artifact_type, build, path, publish, timeout_seconds",
+            rows,
         )
 
 
@@ -677,65 +752,31 @@ async def _fetch_one(cur: psycopg.AsyncCursor[R]) -> R:
 # --- commit statuses ----------------------------------------------------------------------------
 
 
+async def run_repository(conn: Conn, run_id: str) -> str | None:
+    """The repository of a run (a primary-key lookup), for repository-bound tokens."""
+    cur = await conn.execute("SELECT repository FROM pipeline.runs WHERE id = %s", (run_id,))
+    row = await cur.fetchone()
+    return None if row is None else str(row["repository"])
+
+
 async def add_commit_status(
     conn: Conn, run_id: str, repository: str, commit_sha: str, state: str, description: str
 ) -> None:
-    await conn.execute(
-        """INSERT INTO pipeline.commit_statuses (run_id, repository, commit_sha, state, description)
-           VALUES (%s, %s, %s, %s, %s)""",
-        (run_id, repository, commit_sha, state, description),
-    )
-
-
-async def claim_commit_statuses(conn: Conn, limit: int, lease_seconds: float) -> list[CommitStatusDue]:
-    """Due statuses, oldest first, at most one per run (a run's statuses go out in order); each
-    claimed row is leased by pushing its next attempt into the future."""
-    return await _all(
+    """Queue the run's commit status (sent after commit, in order per run: forge_common.github)."""
+    await github.enqueue(
         conn,
-        CommitStatusDue,
-        """
-        WITH due AS (
-            SELECT c.id FROM pipeline.commit_statuses c
-            WHERE c.sent_at IS NULL AND NOT c.skipped AND c.next_attempt_at <= now()
-              AND NOT EXISTS (SELECT 1 FROM pipeline.commit_statuses e
-                              WHERE e.run_id = c.run_id AND e.id < c.id AND e.sent_at IS NULL AND NOT e.skipped)
-            ORDER BY c.next_attempt_at, c.id LIMIT %s FOR UPDATE SKIP LOCKED
-        )
-        UPDATE pipeline.commit_statuses c SET next_attempt_at = now() + make_interval(secs => %s),
-            attempts = c.attempts + 1
-        FROM due WHERE c.id = due.id
-        RETURNING c.id, c.run_id::text AS run_id, c.repository, c.commit_sha, c.state, c.description, c.attempts
-        """,
-        (limit, lease_seconds),
+        "pipeline",
+        github.GitHubRequest(
+            ordering_key=f"run:{run_id}",
+            path=f"/repos/{repository}/statuses/{commit_sha}",
+            body={
+                "state": state,
+                "target_url": f"${{public_url}}/v1/runs/{run_id}",
+                "description": description,
+                "context": "${status_context}",
+            },
+        ),
     )
-
-
-async def commit_status_sent(conn: Conn, status_id: int) -> None:
-    await conn.execute(
-        "UPDATE pipeline.commit_statuses SET sent_at = now(), last_error = NULL WHERE id = %s", (status_id,)
-    )
-
-
-async def commit_status_retry(conn: Conn, status_id: int, delay_seconds: float, error: str) -> None:
-    await conn.execute(
-        "UPDATE pipeline.commit_statuses SET next_attempt_at = now() + make_interval(secs => %s), last_error = %s"
-        " WHERE id = %s",
-        (delay_seconds, error[:1000], status_id),
-    )
-
-
-async def commit_status_give_up(conn: Conn, status_id: int, error: str) -> None:
-    await conn.execute(
-        "UPDATE pipeline.commit_statuses SET skipped = true, last_error = %s WHERE id = %s", (error[:1000], status_id)
-    )
-
-
-async def skip_all_commit_statuses(conn: Conn) -> int:
-    cur = await conn.execute(
-        "UPDATE pipeline.commit_statuses SET skipped = true, last_error = 'no FORGE_GITHUB_TOKEN configured'"
-        " WHERE sent_at IS NULL AND NOT skipped"
-    )
-    return cur.rowcount
 
 
 # --- webhooks -----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from forge_common.auth import Permission, Principal
+from forge_common.auth import Permission, Principal, repository_filter, require_repository
 from forge_common.errors import NotFound
 from forge_common.http import decode_body, parse_page
 from forge_common.openapi import PathForm, body_operation, errors, path_forms, response
@@ -101,13 +101,16 @@ _REST = Annotated[
 async def create_release(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> dict[str, Any]:
     """Create a release (spec: Create Release; optional ``trigger``, contract #2)."""
     data = decode_body(await request.body(), ReleaseCreate)
+    require_repository(principal, data.repository)
     return await _service(runtime).create(
         CreateRelease(
             repository=data.repository,
             project=data.project,
             commit_sha=data.commit_sha,
             pipeline_run_id=data.pipeline_run_id,
-            artifacts=[(a.name, a.type, a.tracking_oci_uri, a.primary_published_uri) for a in data.artifacts],
+            artifacts=[
+                (a.name, a.type, a.tracking_oci_uri, a.primary_published_uri, a.digest, a.size) for a in data.artifacts
+            ],
             trigger=(data.trigger.trigger_type, data.trigger.branch, data.trigger.tag) if data.trigger else None,
             created_by=principal.identity,
             service_account=principal.service_account,
@@ -129,12 +132,14 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
 )
 async def search(
     runtime: Runtime,
+    principal: Principal,
     q: str | None = None,
     repository: str | None = None,
     limit: str | None = None,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    return await search_releases(runtime.pool, q, repository, limit, cursor)
+    # A repository-bound token (forge_repository claim) searches its own repository only.
+    return await search_releases(runtime.pool, q, repository_filter(principal, repository), limit, cursor)
 
 
 @get(
@@ -166,6 +171,7 @@ async def search(
 async def read_releases(
     request: Request[Any, Any, Any],
     runtime: Runtime,
+    principal: Principal,
     rest: _REST,
     limit: str | None = None,
     offset: str | None = None,
@@ -181,8 +187,11 @@ async def read_releases(
             raise NotFound(
                 "resource not found: use /v1/releases/{release_uuid} or /v1/releases/{repo}/{project}[/{release-id}]"
             ) from None
-        return await svc.get_by_id(release_id)
+        found = await svc.get_by_id(release_id)
+        require_repository(principal, str(found["repository"]))
+        return found
     repo, rest_parts = _split_repo(parts)
+    require_repository(principal, repo)
     if len(rest_parts) == 1:
         page = parse_page(limit, offset)
         return await svc.list_releases(repo, rest_parts[0], page.limit, page.offset, cursor)
@@ -213,10 +222,13 @@ async def read_releases(
         **errors({409: "the alias names another release and cannot move (numeric and tag aliases never move)"}),
     },
 )
-async def add_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _REST) -> Response[dict[str, Any]]:
+async def add_alias(
+    request: Request[Any, Any, Any], runtime: Runtime, rest: _REST, principal: Principal
+) -> Response[dict[str, Any]]:
     """Add a ``tag``, ``branch`` or ``custom`` alias to a release."""
     parts = _segments(request)
     repo, rest_parts = _split_repo(parts)
+    require_repository(principal, repo)
     if len(rest_parts) != 3 or rest_parts[2] != "aliases":
         raise NotFound("resource not found: POST /v1/releases/{repo}/{project}/{release-id}/aliases")
     data = decode_body(await request.body(), AliasCreate)
@@ -240,10 +252,11 @@ async def add_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _RE
     status_code=HTTP_204_NO_CONTENT,
     responses=errors({409: "numeric and tag aliases are permanent"}),
 )
-async def remove_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _REST) -> None:
+async def remove_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: _REST, principal: Principal) -> None:
     """Remove a ``branch`` or ``custom`` alias (numeric and tag aliases are permanent)."""
     parts = _segments(request)
     repo, rest_parts = _split_repo(parts)
+    require_repository(principal, repo)
     if len(rest_parts) != 4 or rest_parts[2] != "aliases":
         raise NotFound("resource not found: DELETE /v1/releases/{repo}/{project}/{release-id}/aliases/{alias}")
     await _service(runtime).remove_alias(repo, rest_parts[0], rest_parts[1], rest_parts[3])

@@ -1,5 +1,6 @@
 from litestar import Litestar
 
+from forge_common.github import GitHubSender
 from forge_common.http import AppSpec, build_app
 from forge_common.repositories import RepositoryAllowList
 from forge_common.runtime import Runtime
@@ -21,8 +22,16 @@ def create_app(settings: Settings) -> Litestar:
         runtime.extras["releases"] = ReleaseService(
             runtime.pool, make_publisher(settings), runs, RepositoryAllowList(settings.repositories)
         )
+        # Commit statuses of created releases, from the GitHub outbox (forge_common.github).
+        sender = runtime.extras["github_sender"] = GitHubSender(
+            runtime.pool, "release", "release", settings.github_config("release")
+        )
+        sender.start()
 
     async def stop(runtime: Runtime) -> None:
+        sender = runtime.extras.get("github_sender")
+        if isinstance(sender, GitHubSender):
+            await sender.stop()
         svc = runtime.extras.get("releases")
         if isinstance(svc, ReleaseService):
             await svc.publisher.close()

@@ -20,6 +20,7 @@ __all__ = [
     "AliasAction",
     "AliasRow",
     "Artifact",
+    "ArtifactFields",
     "Identifier",
     "NewRelease",
     "Trigger",
@@ -55,6 +56,8 @@ _DIGITS = re.compile(r"^[0-9]+$")
 _ALIAS = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/@+-]*$")
 _ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _OCI_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+# The embedded platform registry: an OCI image layout on disk (absolute path, then :tag/@digest).
+_LAYOUT_REF = re.compile(r"^oci-layout:///[^\s:@]+(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
 _OCI_REF = re.compile(
     r"^(?:oci://)?"
     r"(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|[A-Za-z0-9-]+(?=:[0-9])|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?"
@@ -138,7 +141,7 @@ def _alias_ok(value: str) -> bool:
 
 
 def validate_oci_reference(value: str, field_name: str) -> str:
-    if not _OCI_REF.match(value):
+    if not _OCI_REF.match(value) and not _LAYOUT_REF.match(value):
         raise _bad(
             field_name,
             f"{field_name} {value!r} is not a fully qualified OCI reference "
@@ -148,7 +151,7 @@ def validate_oci_reference(value: str, field_name: str) -> str:
 
 
 def validate_published_uri(value: str, field_name: str) -> str:
-    if _OCI_REF.match(value):
+    if _OCI_REF.match(value) or _LAYOUT_REF.match(value):
         return value
     try:
         parts = urlsplit(value)
@@ -168,15 +171,42 @@ def _clean_text(value: str, field_name: str, limit: int = 2048) -> str:
     return value
 
 
+# (name, type, tracking_oci_uri, primary_published_uri, digest, size) as a request gives them.
+ArtifactFields = tuple[str, str, str, str, str | None, int | None]
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
 @dataclass(frozen=True)
 class Artifact:
     name: str
     type: ArtifactType
     tracking_oci_uri: str
     primary_published_uri: str
+    digest: str | None = None
+    size: int | None = None
+
+    @property
+    def pinned_reference(self) -> str | None:
+        """The tracking artifact named by its digest (tag dropped), or None without a digest."""
+        if self.digest is None:
+            return None
+        ref = self.tracking_oci_uri.split("@", 1)[0]
+        last = ref.rsplit("/", 1)
+        if ":" in last[-1]:
+            ref = ref[: ref.rindex(":")]
+        return f"{ref}@{self.digest}"
 
     @classmethod
-    def parse(cls, index: int, name: str, type_: str, tracking: str, published: str) -> Artifact:
+    def parse(
+        cls,
+        index: int,
+        name: str,
+        type_: str,
+        tracking: str,
+        published: str,
+        digest: str | None = None,
+        size: int | None = None,
+    ) -> Artifact:
         prefix = f"artifacts[{index}]"
         if not name or len(name) > 128 or not _ARTIFACT_NAME.match(name):
             raise _bad(f"{prefix}.name", f"{prefix}.name {name!r} is invalid: 1-128 letters, digits, '.', '_' or '-'")
@@ -186,7 +216,11 @@ class Artifact:
         validate_oci_reference(tracking, f"{prefix}.tracking_oci_uri")
         _clean_text(published, f"{prefix}.primary_published_uri")
         validate_published_uri(published, f"{prefix}.primary_published_uri")
-        return cls(name, type_, tracking, published)  # type: ignore[arg-type]
+        if digest is not None and not _DIGEST.match(digest):
+            raise _bad(f"{prefix}.digest", f"{prefix}.digest must be 'sha256:' and 64 lower-case hex digits")
+        if size is not None and (isinstance(size, bool) or size < 0):
+            raise _bad(f"{prefix}.size", f"{prefix}.size must be a byte count >= 0")
+        return cls(name, type_, tracking, published, digest, size)  # type: ignore[arg-type]
 
 
 # A stable identity: "sub:<token subject>" or "github:<numeric GitHub user id>".
@@ -264,7 +298,7 @@ class NewRelease:
         project: str,
         commit_sha: str,
         pipeline_run_id: str | None,
-        artifacts: list[tuple[str, str, str, str]],
+        artifacts: list[ArtifactFields],
         trigger: tuple[str, str | None, str | None] | None,
         created_by: str,
         now: dt.datetime,

@@ -41,7 +41,7 @@ from requests.adapters import HTTPAdapter
 from forge_common.errors import BadGateway
 from forge_common.events import isoformat
 
-from .domain import NewRelease
+from .domain import Artifact, NewRelease
 from .settings import Settings
 
 __all__ = [
@@ -106,6 +106,18 @@ def oci_path(repository: str, project: str) -> str:
     return f"{repository}/{project}".lower()
 
 
+def _artifact_entry(artifact: Artifact) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": artifact.name,
+        "type": artifact.type,
+        "tracking_oci_uri": artifact.tracking_oci_uri,
+        "primary_published_uri": artifact.primary_published_uri,
+    }
+    if artifact.digest is not None:
+        entry.update(digest=artifact.digest, size=artifact.size, reference=artifact.pinned_reference)
+    return entry
+
+
 def build_artifact(release: NewRelease, release_number: int) -> OciArtifact:
     """The manifest and blobs of a release; deterministic for the same release."""
     trigger = {
@@ -128,15 +140,7 @@ def build_artifact(release: NewRelease, release_number: int) -> OciArtifact:
     }
     document = {
         **meta,
-        "artifacts": [
-            {
-                "name": a.name,
-                "type": a.type,
-                "tracking_oci_uri": a.tracking_oci_uri,
-                "primary_published_uri": a.primary_published_uri,
-            }
-            for a in release.artifacts
-        ],
+        "artifacts": [_artifact_entry(a) for a in release.artifacts],
     }
     config = Blob(CONFIG_MEDIA_TYPE, _canonical(meta))
     layer = Blob(LAYER_MEDIA_TYPE, _canonical(document))
@@ -152,6 +156,8 @@ def build_artifact(release: NewRelease, release_number: int) -> OciArtifact:
             "org.opencontainers.image.version": str(release_number),
             "org.opencontainers.image.title": f"{release.repository}/{release.project} release {release_number}",
             "dev.forge.release.id": release.id,
+            # Each built artifact by digest: what this release is, byte for byte.
+            **{f"dev.forge.artifact.{a.name}": a.pinned_reference for a in release.artifacts if a.pinned_reference},
         },
     }
     return OciArtifact(

@@ -31,6 +31,10 @@ class ArtifactIn(msgspec.Struct, kw_only=True):
     type: str
     tracking_oci_uri: str
     primary_published_uri: str
+    # Beyond the spec (issue 14): the tracking artifact's manifest digest and the content's size,
+    # as the worker that built it reports them.
+    digest: str | None = None
+    size: int | None = None
 
 
 class TriggerIn(msgspec.Struct, kw_only=True):
@@ -105,6 +109,8 @@ class ArtifactOut(msgspec.Struct, kw_only=True):
     type: str
     tracking_oci_uri: str
     primary_published_uri: str
+    digest: str | None
+    size: int | None
 
 
 class AliasOut(msgspec.Struct, kw_only=True):

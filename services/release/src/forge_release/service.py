@@ -28,7 +28,7 @@ import psycopg
 import structlog
 from prometheus_client import Counter
 
-from forge_common import cursor
+from forge_common import cursor, github
 from forge_common.db import Pool
 from forge_common.errors import Conflict, InvalidRequest, NotFound
 from forge_common.events import ReleaseCreated, isoformat, utcnow
@@ -38,6 +38,7 @@ from forge_common.repositories import RepositoryAllowList
 from . import store
 from .domain import (
     AliasRow,
+    ArtifactFields,
     NewRelease,
     classify_identifier,
     creation_aliases,
@@ -48,6 +49,7 @@ from .domain import (
     validate_project,
     validate_repository,
 )
+from .github import release_status
 from .oci import Publisher, build_artifact
 from .runs import RunChecker, SkipRunCheck
 
@@ -98,8 +100,8 @@ class CreateRelease:
     project: str
     commit_sha: str
     pipeline_run_id: str | None
-    # (name, type, tracking_oci_uri, primary_published_uri) per artifact
-    artifacts: list[tuple[str, str, str, str]]
+    # (name, type, tracking_oci_uri, primary_published_uri, digest, size) per artifact
+    artifacts: list[ArtifactFields]
     # (trigger_type, branch, tag); None is a manual release
     trigger: tuple[str, str | None, str | None] | None
     created_by: str
@@ -221,6 +223,7 @@ class ReleaseService:
                     trigger_type=release.trigger.trigger_type,
                 ),
             )
+            await github.enqueue(conn, SCHEMA, release_status(release, number))
             # Last step before the commit: a failed publish rolls everything back.
             digest = await self.publisher.publish(artifact)
         RELEASES_CREATED.inc()

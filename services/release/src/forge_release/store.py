@@ -41,7 +41,8 @@ SELECT r.id::text AS id, r.repository, r.project, r.commit_sha, r.release_number
        r.created_by_id, t.trigger_type::text AS trigger_type, t.branch, t.tag, t.triggered_by, t.triggered_by_id,
        COALESCE((SELECT json_agg(json_build_object(
                     'name', a.name, 'type', a.artifact_type, 'tracking_oci_uri', a.tracking_oci_uri,
-                    'primary_published_uri', a.primary_published_uri) ORDER BY a.position)
+                    'primary_published_uri', a.primary_published_uri, 'digest', a.digest, 'size', a.size)
+                    ORDER BY a.position)
                  FROM release.artifacts a WHERE a.release_id = r.id), '[]'::json) AS artifacts,
        COALESCE((SELECT json_agg(json_build_object('alias', l.alias, 'alias_type', l.alias_type)
                     ORDER BY (l.alias_type = 'numeric'), l.alias_type, l.alias)
@@ -121,10 +122,12 @@ WITH r AS (
     INSERT INTO release.triggers (release_id, trigger_type, branch, tag, triggered_by, triggered_by_id)
     SELECT r.id, %(ttype)s::release.trigger_type, %(branch)s, %(tag)s, %(tby)s, %(tby_id)s FROM r
 ), a AS (
-    INSERT INTO release.artifacts (release_id, name, position, artifact_type, tracking_oci_uri, primary_published_uri)
-    SELECT r.id, x.name, x.position, x.type::release.artifact_type, x.tracking, x.published
-    FROM r, unnest(%(a_name)s::text[], %(a_pos)s::int[], %(a_type)s::text[], %(a_track)s::text[], %(a_pub)s::text[])
-         AS x(name, position, type, tracking, published)
+    INSERT INTO release.artifacts (release_id, name, position, artifact_type, tracking_oci_uri, primary_published_uri,
+                                   digest, size)
+    SELECT r.id, x.name, x.position, x.type::release.artifact_type, x.tracking, x.published, x.digest, x.size
+    FROM r, unnest(%(a_name)s::text[], %(a_pos)s::int[], %(a_type)s::text[], %(a_track)s::text[], %(a_pub)s::text[],
+                   %(a_digest)s::text[], %(a_size)s::bigint[])
+         AS x(name, position, type, tracking, published, digest, size)
 )
 INSERT INTO release.aliases AS l (repository, project, alias, release_id, alias_type, created_at)
 SELECT %(repository)s, %(project)s, y.alias, r.id, y.type::release.alias_type, now()
@@ -154,6 +157,8 @@ WHERE l.alias_type = 'branch' AND EXCLUDED.alias_type = 'branch'
             "a_type": [a.type for a in arts],
             "a_track": [a.tracking_oci_uri for a in arts],
             "a_pub": [a.primary_published_uri for a in arts],
+            "a_digest": [a.digest for a in arts],
+            "a_size": [a.size for a in arts],
             "l_alias": [alias for alias, _ in aliases],
             "l_type": [alias_type for _, alias_type in aliases],
         },

@@ -21,6 +21,7 @@ from forge_common.jobs import (
     DiscoveryResult,
     JobReply,
     Plan,
+    PlannedArtifact,
     PlannedPhase,
     PlannedStep,
     PlannedTask,
@@ -36,6 +37,12 @@ REPO_FILE = ".forge/repo"
 PROJECT_FILE = ".forge/project"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _NAME_RULE = "must be 1-100 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
+# An artifact's name is a component of its OCI repository path, hence lower-case.
+_ARTIFACT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+ARTIFACT_TYPES = ("container", "binary", "archive")
+# The phase in which artifacts are built; no repository phase may take its name.
+ARTIFACTS_PHASE = "artifacts"
+PUBLISH_SCHEMES = ("oci://", "s3://", "github-release")
 
 
 class ConfigError(Exception):
@@ -170,6 +177,9 @@ def _repo_phases(file: str, data: dict[str, Any], problems: _Problems) -> dict[s
         if not _NAME.match(name):
             problems.add(file, field, f"phase name {_NAME_RULE}")
             continue
+        if name == ARTIFACTS_PHASE:
+            problems.add(file, field, f"{name!r} is reserved for the phase that builds [[artifacts]]; rename it")
+            continue
         if not isinstance(spec, dict):
             problems.add(file, field, "must be a table with a group number")
             continue
@@ -216,8 +226,8 @@ def _trigger_rules(file: str, release: Any, problems: _Problems) -> list[Release
 # of the error messages expects; each branch is a single check.
 def _project(
     file: str, directory: str, data: dict[str, Any], phases: dict[str, PlannedPhase], problems: _Problems
-) -> tuple[str, dict[str, list[PlannedStep]], list[ReleaseRule]] | None:
-    _check_keys(data, {"name", "phases", "release"}, file, "", problems)
+) -> tuple[str, dict[str, list[PlannedStep]], list[ReleaseRule], list[PlannedArtifact]] | None:
+    _check_keys(data, {"name", "phases", "release", "artifacts"}, file, "", problems)
     default_name = Path(directory).name if directory != "." else "root"
     name = data.get("name", default_name)
     if not isinstance(name, str) or not _NAME.match(name):
@@ -292,7 +302,88 @@ def _project(
     rules: list[ReleaseRule] = []
     if "release" in data:
         rules = _trigger_rules(file, data["release"], problems)
-    return name, steps_by_phase, rules
+    artifacts = _artifacts(file, name, directory, data.get("artifacts", []), problems)
+    return name, steps_by_phase, rules, artifacts
+
+
+def _publish_targets(file: str, field: str, value: Any, problems: _Problems) -> list[str] | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.add(file, field, 'must be a list of destinations, e.g. ["oci://registry.example.com/acme/api"]')
+        return None
+    out: list[str] = []
+    for i, target in enumerate(value):
+        clean = not any(c.isspace() for c in target)
+        oci = target.startswith("oci://") and "/" in target[6:].strip("/")
+        s3 = target.startswith("s3://") and bool(target[5:].split("/", 1)[0])
+        if target == "github-release" or (clean and (oci or s3)):
+            out.append(target.rstrip("/"))
+        else:
+            problems.add(
+                file,
+                f"{field}[{i}]",
+                f'must be "oci://<registry>/<repository>", "s3://<bucket>[/<prefix>]" or "github-release", got {target!r}',
+            )
+            return None
+    return out
+
+
+def _artifacts(file: str, project: str, directory: str, raw: Any, problems: _Problems) -> list[PlannedArtifact]:
+    """``[[artifacts]]``: what a project builds once every CI phase of its run succeeded."""
+    if not isinstance(raw, list):
+        problems.add(file, "artifacts", 'must be a list of tables ([[artifacts]] name = "api" ...)')
+        return []
+    out: list[PlannedArtifact] = []
+    seen: set[str] = set()
+    allowed = {"name", "type", "build", "path", "publish", "timeout"}
+    for i, item in enumerate(raw):
+        field = f"artifacts[{i}]"
+        if not isinstance(item, dict):
+            problems.add(file, field, "must be a table with name, type, build and path")
+            continue
+        _check_keys(item, allowed, file, field, problems)
+        name = item.get("name")
+        if not isinstance(name, str) or not _ARTIFACT_NAME.match(name):
+            problems.add(
+                file,
+                f"{field}.name",
+                f"is required; 1-100 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit, got {name!r}",
+            )
+            continue
+        if name in seen:
+            problems.add(file, f"{field}.name", f"duplicate artifact name {name!r} in project {project!r}")
+            continue
+        seen.add(name)
+        kind = item.get("type")
+        if kind not in ARTIFACT_TYPES:
+            problems.add(file, f"{field}.type", f'must be "container", "binary" or "archive", got {kind!r}')
+            continue
+        build = item.get("build")
+        if not isinstance(build, str) or not build.strip():
+            problems.add(file, f"{field}.build", "is required: the shell command that builds the artifact")
+            continue
+        path = item.get("path")
+        if not isinstance(path, str) or not path.strip() or path.startswith("/") or ".." in Path(path).parts:
+            problems.add(
+                file, f"{field}.path", f"is required: a relative path inside the project (no '..'), got {path!r}"
+            )
+            continue
+        publish = _publish_targets(file, f"{field}.publish", item.get("publish", []), problems)
+        if publish is None:
+            continue
+        timeout = _duration(item.get("timeout"), file, f"{field}.timeout", problems)
+        out.append(
+            PlannedArtifact(
+                project=project,
+                project_path=directory,
+                name=name,
+                type=kind,
+                build=build,
+                path=path,
+                publish=publish,
+                timeout_seconds=timeout,
+            )
+        )
+    return out
 
 
 def project_dirs(files: list[str]) -> list[str]:
@@ -318,6 +409,7 @@ def discover(root: Path, files: list[str]) -> Plan:
         raise ConfigError(problems.items)
     phases = _repo_phases(repo_file, repo_data, problems)
     triggers: dict[str, list[ReleaseRule]] = {}
+    artifacts: list[PlannedArtifact] = []
     names: dict[str, str] = {}
     for directory in project_dirs(files):
         stem = PROJECT_FILE if directory == "." else f"{directory}/{PROJECT_FILE}"
@@ -330,7 +422,7 @@ def discover(root: Path, files: list[str]) -> Plan:
         found = _project(file, directory, data, phases, problems)
         if found is None:
             continue
-        name, steps_by_phase, rules = found
+        name, steps_by_phase, rules, declared = found
         if name in names:
             problems.add(file, "name", f"project name {name!r} is already used by {names[name]}")
             continue
@@ -339,12 +431,14 @@ def discover(root: Path, files: list[str]) -> Plan:
             phases[phase_name].tasks.append(PlannedTask(project_name=name, project_path=directory, steps=steps))
         if rules:
             triggers[name] = rules
+        artifacts.extend(declared)
     if problems.items:
         raise ConfigError(problems.items)
     ordered = sorted(phases.values(), key=lambda p: (p.group_number, p.name))
     for phase in ordered:
         phase.tasks.sort(key=lambda t: t.project_name)
-    return Plan(phases=ordered, release_triggers=triggers)
+    artifacts.sort(key=lambda a: (a.project, a.name))
+    return Plan(phases=ordered, release_triggers=triggers, artifacts=artifacts)
 
 
 async def run_discovery(git: GitCache, job: DiscoveryJob) -> JobReply[DiscoveryResult]:
@@ -357,5 +451,7 @@ async def run_discovery(git: GitCache, job: DiscoveryJob) -> JobReply[DiscoveryR
         return JobReply(status="failed", error=str(exc))
     except ConfigError as exc:
         return JobReply(status="failed", error="\n".join(exc.problems))
-    result = DiscoveryResult(commit_sha=full, phases=plan.phases, release_triggers=plan.release_triggers)
+    result = DiscoveryResult(
+        commit_sha=full, phases=plan.phases, release_triggers=plan.release_triggers, artifacts=plan.artifacts
+    )
     return JobReply(status="success", result=result)

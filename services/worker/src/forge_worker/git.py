@@ -185,6 +185,18 @@ class GitCache:
         await self._maybe_prune(repository)
         return full, path
 
+    async def fresh_checkout(self, repository: str, sha: str, dest: Path) -> tuple[str, Path]:
+        """A private checkout of ``sha`` at ``dest`` (artifact builds: nothing another job left
+        in the shared worktree can leak into what is published): cloned from the mirror, then
+        its ``.git`` removed, leaving the commit's files."""
+        full = await self.resolve(repository, sha)
+        mirror = self.mirror_path(repository)
+        await self._git("clone", "-q", "--shared", "--no-checkout", str(mirror), str(dest))
+        await self._git("-c", "advice.detachedHead=false", "checkout", "-q", "--detach", full, cwd=dest)
+        # The files alone, as a CI step's workspace has them (sandbox.Workspace copies no .git).
+        await asyncio.to_thread(shutil.rmtree, dest / ".git")
+        return full, dest
+
     async def list_files(self, repository: str, full_sha: str) -> list[str]:
         mirror = self.mirror_path(repository)
         _, out, _ = await self._git("--git-dir", str(mirror), "ls-tree", "-r", "--name-only", "-z", full_sha)

@@ -25,6 +25,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from forge_common import jobs
 from forge_common.jobs import (
+    ArtifactJob,
+    ArtifactResult,
     CiJob,
     CiResult,
     DeadLettered,
@@ -44,6 +46,7 @@ from forge_common.s3 import S3
 from forge_common.tracing import extract
 
 from . import health
+from .artifacts import ArtifactJobRunner
 from .ci import CiJobRunner
 from .discovery import run_discovery
 from .git import GitCache
@@ -55,7 +58,9 @@ __all__ = ["CancelledRuns", "JobHandler"]
 log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer("forge.worker")
 
-AnyReply = JobReply[CiResult] | JobReply[DiscoveryResult] | JobReply[ReleaseResult] | JobReply[None]
+AnyReply = (
+    JobReply[CiResult] | JobReply[DiscoveryResult] | JobReply[ReleaseResult] | JobReply[ArtifactResult] | JobReply[None]
+)
 
 
 class CancelledRuns:
@@ -86,6 +91,7 @@ class JobHandler:
         git: GitCache,
         ci: CiJobRunner,
         releases: ReleaseJobRunner,
+        artifacts: ArtifactJobRunner | None = None,
         redact: Redactor | None = None,
     ) -> None:
         self.nc = nc
@@ -97,6 +103,7 @@ class JobHandler:
         self.git = git
         self.ci = ci
         self.releases = releases
+        self.artifacts = artifacts
         # Replies and dead-letter reasons become run errors: no secret of this process in them.
         self.redact = redact or Redactor()
         # Stream sequence -> newest delivery of each job this process is running.
@@ -135,6 +142,8 @@ class JobHandler:
             reply = await self._run(job_type, payload, ref, deliveries)
             if reply.error:
                 reply.error = self.redact(reply.error)
+            # The dispatcher accepts only a reply naming the job and its dispatch attempt.
+            reply.job_id, reply.attempt = ref.job_id or None, ref.attempt or None
             if reply.status != "success":
                 span.set_status(Status(StatusCode.ERROR, reply.error or reply.status))
             reply_to = headers.get(jobs.HDR_REPLY_TO, "")
@@ -162,6 +171,8 @@ class JobHandler:
             return await run_discovery(self.git, msgspec.convert(payload, DiscoveryJob))
         if job_type == "release":
             return await self.releases.run(msgspec.convert(payload, ReleaseJob))
+        if job_type == "artifact" and self.artifacts is not None:
+            return await self.artifacts.run(msgspec.convert(payload, ArtifactJob))
         return JobReply[None](status="failed", error=f"this worker cannot run {job_type} jobs")
 
     def _done(self, job_type: JobType, ref: JobRef, reply: AnyReply, deliveries: int, started: float) -> None:
@@ -210,7 +221,13 @@ class JobHandler:
             )
             reply_to = headers.get(jobs.HDR_REPLY_TO)
             if reply_to:
-                reply = JobReply(status="failed", error=why, result=DeadLettered())
+                reply = JobReply(
+                    status="failed",
+                    error=why,
+                    result=DeadLettered(),
+                    job_id=ref.job_id or None,
+                    attempt=ref.attempt or None,
+                )
                 await jobs.publish_reply(self.nc, reply_to, msgspec.json.encode(reply))
             await msg.term()
         except Exception as dl_exc:  # noqa: BLE001 - the advisory path in the dispatcher still covers it

@@ -37,7 +37,7 @@ class ReleaseJobRunner:
             elif resp.status >= 500 or resp.status == 401:
                 raise InfraError(f"POST /v1/releases for {item.project} answered {resp.status}: {resp.body}")
             else:
-                failures.append(f"{item.project}: HTTP {resp.status}: {resp.error_code() or resp.body}")
+                failures.append(f"{item.project}: HTTP {resp.status}: {resp.body}")
         if failures:
             return JobReply(status="failed", error="; ".join(failures), result=ReleaseResult(releases=created))
         return JobReply(status="success", result=ReleaseResult(releases=created))
@@ -48,7 +48,7 @@ class ReleaseJobRunner:
             "repository": job.repository,
             "project": item.project,
             "commit_sha": job.commit_sha,
-            "artifacts": [],
+            "artifacts": item.artifacts,
             "trigger": item.trigger,
         }
         token = await self.credentials.token()

@@ -69,6 +69,11 @@ ENVIRONMENT_ALLOW_LIST = (
     "FORGE_PHASE",
     "FORGE_PROJECT",
     "FORGE_STEP",
+    # Artifact builds (artifacts.py): the tag of a tag run, what is built and where it is left.
+    "FORGE_TAG",
+    "FORGE_ARTIFACT",
+    "FORGE_ARTIFACT_TYPE",
+    "FORGE_ARTIFACT_PATH",
     # The step's trace context (OpenTelemetry's environment carrier), when tracing is on.
     "TRACEPARENT",
     "TRACESTATE",

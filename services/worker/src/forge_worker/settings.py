@@ -31,13 +31,25 @@ class Settings(CommonSettings, kw_only=True):
     worker_client_id: str = "forge-worker"
     worker_client_secret: str = "forge-worker-secret"  # noqa: S105 - the dev issuer's client
     # Which job types this worker pulls, and how many jobs of each it runs at once.
-    worker_types: str = "discovery,ci,release"
+    worker_types: str = "discovery,ci,artifact,release"
     worker_concurrency: int = 8
     # A running step's log is uploaded this often while it runs; the final upload is complete.
     log_flush_interval: float = 2.0
     log_max_bytes: int = 256 * 1024 * 1024
     # SIGTERM grace for a cancelled or timed-out step before SIGKILL of its process group.
     step_kill_grace: float = 1.0
+    # Artifact builds (issue 14). The platform registry for tracking artifacts: empty = the
+    # embedded default, OCI image layouts under oci_layout_dir (the release service's root);
+    # else host[:port][/namespace] (loopback registries over plain HTTP, others with oci_insecure).
+    oci_registry: str = ""
+    oci_insecure: bool = False
+    oci_username: str = ""
+    oci_password: str = ""
+    oci_layout_dir: str = ""
+    data_dir: str = ".forge-data"
+    # github-release destinations: the GitHub REST API and a token allowed to write releases.
+    github_api_url: str = "https://api.github.com"
+    github_token: str = ""
     # The step sandbox (worker README, "The step sandbox"): auto (bwrap, else unshare), bwrap,
     # unshare, or none (no isolation: every step log starts with a warning).
     step_sandbox: str = "auto"
@@ -64,6 +76,10 @@ class Settings(CommonSettings, kw_only=True):
     @property
     def callback_url(self) -> str:
         return (self.status_url or self.pipeline_url or self.gateway_url).rstrip("/")
+
+    @property
+    def layout_root(self) -> Path:
+        return Path(self.oci_layout_dir or str(Path(self.data_dir) / "oci")).resolve()
 
     @property
     def step_memory_bytes(self) -> int:

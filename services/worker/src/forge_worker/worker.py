@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
@@ -27,13 +28,17 @@ from forge_common import jobs
 from forge_common.client import ClientCredentials, ServiceClient
 from forge_common.jobs import JobSettings, JobType
 from forge_common.nats import Names, connect
+from forge_common.nats_auth import connect_options
+from forge_common.oci import LayoutStore, OciStore, RegistryStore
 from forge_common.redact import Redactor, url_credentials
 from forge_common.s3 import S3
 
 from . import health
+from .artifacts import ArtifactJobRunner
 from .ci import CiJobRunner
 from .git import GitCache
 from .handling import CancelledRuns, JobHandler
+from .publish import Destinations
 from .release import ReleaseJobRunner
 from .reporter import Reporter
 from .sandbox import Limits, Sandbox
@@ -103,9 +108,14 @@ class Worker:
         else:
             log.info("worker.sandbox", kind=self.sandbox.kind, tool=self.sandbox.tool, user=self.sandbox.user)
         self.table.reap_orphans()
-        self._nc = nc = await connect(self.settings.nats_url, f"forge-worker-{os.getpid()}")
+        self._nc = nc = await connect(
+            settings.nats_url,
+            f"forge-worker-{os.getpid()}",
+            **connect_options("worker", settings.nats_user, settings.nats_password, settings.nats_creds),
+        )
         js = nc.jetstream(timeout=5.0)
-        await jobs.ensure_job_streams(js, self.names, self.job_settings, update=False)
+        await self._wait_job_streams(js)
+        ci = await self._ci()
         self.handler = JobHandler(
             nc,
             js,
@@ -114,8 +124,9 @@ class Worker:
             self.job_settings,
             self.cancelled,
             self.git,
-            await self._ci(),
+            ci,
             self._release(),
+            self._artifacts(ci),
             redact=self.redact,
         )
         await nc.subscribe(self.names.subject("pipeline.cancel.*"), cb=self._on_cancel)
@@ -125,6 +136,17 @@ class Worker:
             )
         await self._start_pulling(js)
         log.info("worker.started", types=self.settings.job_types(), concurrency=self.settings.worker_concurrency)
+
+    async def _wait_job_streams(self, js: JetStreamContext) -> None:
+        """Until the job streams exist. On an authenticated NATS only the pipeline service may
+        create them (docs/operations.md, "NATS credentials"): a worker that starts first waits."""
+        while True:
+            try:
+                await jobs.ensure_job_streams(js, self.names, self.job_settings, update=False)
+                return
+            except (NatsTimeoutError, TimeoutError, NatsError) as exc:
+                log.warning("worker.waiting_for_job_streams", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(2.0)
 
     async def _ci(self) -> CiJobRunner:
         self._s3_context = self.s3.client()
@@ -151,6 +173,29 @@ class Worker:
             defaults,
             self.settings.running_report_delay,
             self.cancelled.__contains__,
+        )
+
+    def _artifacts(self, ci: CiJobRunner) -> ArtifactJobRunner:
+        s = self.settings
+        store: OciStore = (
+            RegistryStore(s.oci_registry, s.oci_insecure, s.oci_username, s.oci_password)
+            if s.oci_registry
+            else LayoutStore(s.layout_root)
+        )
+        destinations = Destinations(
+            ci.runner.s3, s.github_api_url, s.github_token, s.oci_insecure, s.oci_username, s.oci_password
+        )
+        return ArtifactJobRunner(
+            self.git,
+            ci.runner,
+            self.reporter,
+            ci.defaults,
+            store,
+            destinations,
+            self.job_settings.timeout("artifact"),
+            s.running_report_delay,
+            self.cancelled.__contains__,
+            Path(s.git_cache_dir) / "artifact-builds",
         )
 
     def _release(self) -> ReleaseJobRunner:

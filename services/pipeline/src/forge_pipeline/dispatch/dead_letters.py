@@ -70,6 +70,12 @@ class DeadLetters:
                     await service.mark_task(conn, ref.task_id, "failed", f"dead-lettered: {reason}")
         reply_to = headers.get(jobs.HDR_REPLY_TO)
         if reply_to:
-            reply = jobs.JobReply(status="failed", error=f"dead-lettered: {reason}", result=jobs.DeadLettered())
+            reply = jobs.JobReply(
+                status="failed",
+                error=f"dead-lettered: {reason}",
+                result=jobs.DeadLettered(),
+                job_id=ref.job_id or None,
+                attempt=ref.attempt or None,
+            )
             await jobs.publish_reply(self.runtime.nc, reply_to, msgspec.json.encode(reply))
         log.warning("dispatcher.dead_lettered", run_id=run_id, job_type=job_type, seq=seq)

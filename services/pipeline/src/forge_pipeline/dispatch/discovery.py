@@ -27,9 +27,15 @@ async def discover(driver: RunDriver, run: DispatchRun) -> None:
     timeout = driver.job_settings.timeout("discovery")
     async with driver.pool.connection() as conn, conn.transaction():
         await store.set_run_running(conn, run_id)
-    waiter = driver.waiter(job_id)
+    attempt = jobs.new_attempt()
+    waiter = driver.waiter(job_id, attempt)
     job = jobs.DiscoveryJob(
-        job_id=job_id, run_id=run_id, repository=run.repository, commit_sha=run.commit_sha, branch=run.branch
+        job_id=job_id,
+        run_id=run_id,
+        repository=run.repository,
+        commit_sha=run.commit_sha,
+        branch=run.branch,
+        attempt=attempt,
     )
     await driver.queue.publish("discovery", job, f"discovery:{job_id}")
     try:
@@ -56,7 +62,7 @@ async def _store_plan(driver: RunDriver, plan: jobs.DiscoveryResult) -> None:
     try:
         phases = msgspec.convert(msgspec.to_builtins(plan.phases), list[PhasePlan])
         async with driver.pool.connection() as conn, conn.transaction():
-            await service.store_discovery(conn, driver.run_id, phases, plan.release_triggers)
+            await service.store_discovery(conn, driver.run_id, phases, plan.release_triggers, plan.artifacts)
     except (msgspec.ValidationError, InvalidRequest) as exc:
         # A plan the service refuses would fail the same way on every retry.
         await driver.fail(f"discovery returned an unusable plan: {exc}", "discovery")

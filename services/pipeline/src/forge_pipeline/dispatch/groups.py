@@ -16,9 +16,10 @@ import structlog
 
 from forge_common import jobs
 from forge_pipeline import execution_store, service, store
-from forge_pipeline.domain import FINISHED, PhasePlan, TaskPlan
+from forge_pipeline.domain import ARTIFACTS_PHASE, FINISHED, PhasePlan, TaskPlan
 from forge_pipeline.records import DispatchRun
 
+from .artifacts import run_artifacts
 from .driver import RunDriver, RunEnded
 from .timeouts import TaskDeadlines
 
@@ -43,6 +44,9 @@ async def run_groups(driver: RunDriver, run: DispatchRun) -> None:
             raise RunEnded
         if all(p.status in ("success", "skipped") for p in phases):
             continue
+        if [p.name for p in phases] == [ARTIFACTS_PHASE]:
+            await run_artifacts(driver, run, phases[0])
+            continue
         await _run_group(driver, run, phases)
     async with driver.pool.connection() as conn, conn.transaction():
         completed = await service.complete_run(conn, driver.run_id)
@@ -52,13 +56,13 @@ async def run_groups(driver: RunDriver, run: DispatchRun) -> None:
 
 async def _run_group(driver: RunDriver, run: DispatchRun, phases: list[PhasePlan]) -> None:
     tasks: GroupTasks = {t.id: (p, t) for p in phases for t in p.tasks if t.id and t.status not in FINISHED}
-    deadlines = await _start_group(driver, phases, tasks)
+    deadlines, attempts = await _start_group(driver, phases, tasks)
     if not tasks:
         return
-    replies = {task_id: driver.waiter(task_id) for task_id in tasks}
+    replies = {task_id: driver.waiter(task_id, attempts[task_id]) for task_id in tasks}
     await asyncio.gather(
         *(
-            driver.queue.publish("ci", _ci_job(driver, run, phase, task), f"ci:{task_id}")
+            driver.queue.publish("ci", _ci_job(driver, run, phase, task, attempts[task_id]), f"ci:{task_id}")
             for task_id, (phase, task) in tasks.items()
         )
     )
@@ -66,8 +70,11 @@ async def _run_group(driver: RunDriver, run: DispatchRun, phases: list[PhasePlan
     await _settle(driver, list(tasks))
 
 
-async def _start_group(driver: RunDriver, phases: list[PhasePlan], tasks: GroupTasks) -> TaskDeadlines:
-    """Finish the group's empty phases and record the first dispatch of its tasks."""
+async def _start_group(
+    driver: RunDriver, phases: list[PhasePlan], tasks: GroupTasks
+) -> tuple[TaskDeadlines, dict[str, str]]:
+    """Finish the group's empty phases and record the first dispatch of its tasks; their
+    deadlines and dispatch attempt ids."""
     empty = [p for p in phases if not p.tasks and p.status not in FINISHED]
     async with driver.pool.connection() as conn, conn.transaction():
         for phase in empty:
@@ -79,7 +86,7 @@ async def _start_group(driver: RunDriver, phases: list[PhasePlan], tasks: GroupT
         timeout = float(phase.timeout_seconds) if phase.timeout_seconds else driver.job_settings.timeout("ci")
         first, db_now = dispatched[task_id].dispatched_at, dispatched[task_id].now
         deadlines.add(task_id, timeout, first, db_now)
-    return deadlines
+    return deadlines, {task_id: row.attempt for task_id, row in dispatched.items()}
 
 
 async def _await_replies(
@@ -135,7 +142,7 @@ async def _settle(driver: RunDriver, task_ids: list[str]) -> None:
     log.warning("dispatcher.settled_from_replies", run_id=driver.run_id, tasks=len(missing))
 
 
-def _ci_job(driver: RunDriver, run: DispatchRun, phase: PhasePlan, task: TaskPlan) -> jobs.CiJob:
+def _ci_job(driver: RunDriver, run: DispatchRun, phase: PhasePlan, task: TaskPlan, attempt: str) -> jobs.CiJob:
     # A plan loaded from the database has every id.
     assert task.id is not None
     return jobs.CiJob(
@@ -148,6 +155,7 @@ def _ci_job(driver: RunDriver, run: DispatchRun, phase: PhasePlan, task: TaskPla
         phase=phase.name,
         project=task.project_name,
         project_path=task.project_path,
+        attempt=attempt,
         steps=[
             jobs.StepJob(
                 id=s.id or "",

@@ -24,7 +24,9 @@ class JobQueue:
         self.runtime = runtime
         self.names = runtime.names
 
-    async def publish(self, job_type: jobs.JobType, job: jobs.DiscoveryJob | jobs.CiJob, msg_id: str) -> None:
+    async def publish(
+        self, job_type: jobs.JobType, job: jobs.DiscoveryJob | jobs.CiJob | jobs.ArtifactJob, msg_id: str
+    ) -> None:
         run_id, job_id = job.run_id, job.job_id
         subject = jobs.job_subject(self.names, job_type, run_id, job_id)
         attributes = {"forge.run_id": run_id, "forge.job_id": job_id, "forge.job_type": job_type}
@@ -40,9 +42,11 @@ class JobQueue:
         return jobs.decode_reply(await resolve_result(self.runtime.s3, raw), result_type)
 
     async def purge_run(self, run_id: str) -> None:
-        """Drop the run's queued discovery and CI jobs (the run ended; nobody should start them)."""
+        """Drop the run's queued discovery, CI and artifact jobs (the run ended; nobody should
+        start them)."""
         await self.purge_subject(jobs.job_subject(self.names, "discovery", run_id))
         await self.purge_subject(self.names.subject(f"pipeline.tasks.{run_id}.>"))
+        await self.purge_subject(self.names.subject(f"pipeline.artifacts.{run_id}.>"))
 
     async def purge_subject(self, subject: str) -> None:
         with contextlib.suppress(Exception):

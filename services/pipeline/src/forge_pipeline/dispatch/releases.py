@@ -11,9 +11,17 @@ import msgspec
 import structlog
 
 from forge_common import jobs
-from forge_common.jobs import ReleaseJob, ReleaseProject, ReleaseResult, ReleaseRule, ReleaseTrigger
+from forge_common.jobs import (
+    ReleaseArtifact,
+    ReleaseJob,
+    ReleaseProject,
+    ReleaseResult,
+    ReleaseRule,
+    ReleaseTrigger,
+)
 from forge_common.outbox import add_message
 from forge_pipeline import execution_store
+from forge_pipeline.records import ArtifactRow
 
 from .driver import RunDriver
 
@@ -52,8 +60,9 @@ async def release(driver: RunDriver) -> None:
     """Queue the release job of a successful run (at most once per run) and wait for its reply."""
     job_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"forge:release:{driver.run_id}"))
     # Listening before the job can be published: the relay sends it as soon as we commit.
-    waiter = driver.waiter(job_id)
-    projects = await _queue_release(driver, job_id)
+    attempt = jobs.new_attempt()
+    waiter = driver.waiter(job_id, attempt)
+    projects = await _queue_release(driver, job_id, attempt)
     if projects is None:
         return
     if driver.runtime.relay is not None:
@@ -69,7 +78,28 @@ async def release(driver: RunDriver) -> None:
     log_fn("dispatcher.release_done", run_id=driver.run_id, status=reply.status, error=reply.error, result=reply.result)
 
 
-async def _queue_release(driver: RunDriver, job_id: str) -> list[ReleaseProject] | None:
+def _built_artifacts(rows: list[ArtifactRow]) -> dict[str, list[ReleaseArtifact]]:
+    """Each project's built artifacts as its release lists them (a run reaches its release
+    only when all of them were built). The primary URI is the first destination published to,
+    else the tracking artifact itself."""
+    out: dict[str, list[ReleaseArtifact]] = {}
+    for row in rows:
+        if row.status != "success" or not row.tracking_oci_uri or not row.digest:
+            continue
+        out.setdefault(row.project, []).append(
+            ReleaseArtifact(
+                name=row.name,
+                type=row.artifact_type,
+                tracking_oci_uri=row.tracking_oci_uri,
+                primary_published_uri=row.published_uris[0] if row.published_uris else row.tracking_oci_uri,
+                digest=row.digest,
+                size=row.size,
+            )
+        )
+    return out
+
+
+async def _queue_release(driver: RunDriver, job_id: str, attempt: str) -> list[ReleaseProject] | None:
     """Evaluate the triggers and queue the job; the projects, or None when there is nothing to
     release (or another driver already evaluated this run)."""
     run_id = driver.run_id
@@ -81,9 +111,11 @@ async def _queue_release(driver: RunDriver, job_id: str) -> list[ReleaseProject]
         if not await execution_store.mark_release_evaluated(conn, run_id):
             return None
         projects = evaluate_release_triggers(fresh.release_triggers, fresh.branch, fresh.tag)
+        built = _built_artifacts(await execution_store.run_artifacts(conn, run_id)) if projects else {}
         for project in projects:
             # The release service records the run's author (not the worker) as the trigger.
             project.trigger.triggered_by = fresh.triggered_by
+            project.artifacts = built.get(project.project, [])
         if not projects:
             await execution_store.release_lease(conn, driver.owner, run_id)
             return None
@@ -93,6 +125,7 @@ async def _queue_release(driver: RunDriver, job_id: str) -> list[ReleaseProject]
             repository=fresh.repository,
             commit_sha=fresh.commit_sha,
             projects=projects,
+            attempt=attempt,
         )
         headers = jobs.job_headers(names, "release", run_id, job_id)
         # Queued with the decision: the relay publishes it (Nats-Msg-Id = job id) even if
