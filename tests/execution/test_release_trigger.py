@@ -59,6 +59,8 @@ async def test_branch_push_releases_matching_projects(cell: Cell, client: httpx.
     assert release["trigger"]["trigger_type"] == "branch_push"
     assert release["trigger"]["branch"] == "main"
     assert release["trigger"]["triggered_by"] == "dev@forge.local"  # the run's author, not the worker
+    # ... by stable identity too (the approval service checks self-approval on it).
+    assert release["triggered_by_id"] == "sub:dev@forge.local"
     await _evaluated(cell, run_id)
     # web's rule does not match main; docs has none.
     for name in ("web", "docs"):
@@ -84,3 +86,39 @@ async def test_feature_branch_releases_nothing(cell: Cell, client: httpx.AsyncCl
         headers=cell.headers("viewer"),
     )
     assert resp.status_code == 404
+
+
+async def test_a_run_for_an_abbreviated_sha_keeps_and_releases_the_full_sha(
+    cell: Cell, client: httpx.AsyncClient
+) -> None:
+    repo = cell.repo("short")
+    sha = repo.commit(
+        {
+            ".forge/repo.toml": REPO_TOML,
+            "api/.forge/project.toml": project("api", '[release]\non = [{ branch = "main" }]\n'),
+        }
+    )
+    run_id = await cell.create_run(client, repo, sha[:10])
+    run = await cell.wait_run(client, run_id, timeout=60)
+    assert run["status"] == "success", run
+    assert run["commit_sha"] == sha  # resolved by discovery
+    release_url = cell.platform.service_url("release")
+    deadline = time.monotonic() + 30
+    while True:
+        resp = await client.get(
+            f"{release_url}/v1/releases/{repo.repository}/api/{sha}", headers=cell.headers("viewer")
+        )
+        if resp.status_code == 200 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["commit_sha"] == sha
+    assert run["release_error"] is None
+    # The full SHA now names the same run.
+    again = await client.post(
+        f"{cell.url}/v1/runs",
+        json={"repository": repo.repository, "branch": "main", "commit_sha": sha, "trigger_type": "push"},
+        headers=cell.headers(),
+    )
+    assert again.status_code == 409, again.text
+    assert again.json()["error"]["details"]["existing_id"] == run_id

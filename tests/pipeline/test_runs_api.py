@@ -89,6 +89,7 @@ async def test_create_run_returns_spec_shape_and_emits_created_event(
         "completed_at": None,
         "error": None,
         "failed_phase": None,
+        "release_error": None,
         "phases": [],
         "artifacts": [],
     }

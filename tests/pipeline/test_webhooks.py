@@ -302,3 +302,27 @@ async def test_tag_pushed_after_a_successful_run_reopens_release_evaluation(
     row = await cur.fetchone()
     await db.rollback()
     assert row == {"tag": "v3.0.0", "release_evaluated_at": None, "status": "success"}
+
+
+async def test_runs_record_who_triggered_them_by_stable_identity(
+    client: httpx.AsyncClient, platform: Platform, db: Any
+) -> None:
+    """Webhook runs keep the GitHub user id next to the login (logins are renamed and reused);
+    API runs keep the token subject. The release job hands these on for separation of duties."""
+    repo = unique_repo()
+    hook = await deliver(client, "push", push_payload(repo, "refs/heads/main", sha40()))
+    assert hook.status_code == 201, hook.text
+    api = await client.post(
+        "/v1/runs",
+        json={"repository": repo, "branch": "main", "commit_sha": sha40(), "trigger_type": "manual"},
+        headers=platform.headers("alice@example.com", "developer"),
+    )
+    assert api.status_code == 201, api.text
+    async with db.transaction():
+        cur = await db.execute(
+            "SELECT id::text AS id, triggered_by, triggered_by_id FROM pipeline.runs WHERE id = ANY(%s::uuid[])",
+            ([hook.json()["run_id"], api.json()["id"]],),
+        )
+        rows = {r["id"]: (r["triggered_by"], r["triggered_by_id"]) for r in await cur.fetchall()}
+    assert rows[hook.json()["run_id"]] == ("octocat", "github:583231")
+    assert rows[api.json()["id"]] == ("alice@example.com", "sub:alice@example.com")

@@ -250,3 +250,26 @@ def test_artifacts_phase_comes_after_the_last_group_one_task_per_project() -> No
         ("web", ".", [("site", "d", 60)]),
     ]
     assert domain.artifacts_phase(phases, []) is None
+
+
+def test_presigned_urls_carry_the_session_token_as_botocore_signs_it() -> None:
+    """Temporary credentials (FORGE_S3_SESSION_TOKEN): the token is signed into the URL, and the
+    URL is for the public address (FORGE_S3_PUBLIC_URL) the pipeline service passes in."""
+    client = boto3.client(
+        "s3",
+        endpoint_url="https://logs.example.com",
+        aws_access_key_id="ASIATEMP",
+        aws_secret_access_key="secret",
+        aws_session_token="token/with+chars=",
+        region_name="us-east-1",
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+    expected = client.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": "k/x.log"}, ExpiresIn=600)
+    stamp = parse_qs(urlsplit(expected).query)["X-Amz-Date"][0]
+    now = dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    got = Presigner("https://logs.example.com", "b", "ASIATEMP", "secret", "us-east-1", "token/with+chars=").url(
+        "k/x.log", 600, now
+    )
+    assert urlsplit(got).netloc == "logs.example.com"
+    assert parse_qs(urlsplit(got).query) == parse_qs(urlsplit(expected).query)
+    assert parse_qs(urlsplit(got).query)["X-Amz-Security-Token"] == ["token/with+chars="]

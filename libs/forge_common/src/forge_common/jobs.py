@@ -6,7 +6,9 @@ The dispatcher (pipeline service) and the workers agree on everything here:
   ``pipeline.discovery.{run}``, ``pipeline.tasks.{run}.{task}``, ``pipeline.artifacts.{run}.{id}``
   and ``pipeline.releases.{run}``;
 * one durable pull consumer per worker type (``discovery``, ``ci``, ``artifact``, ``release``),
-  explicit ack, ack wait = the job type's timeout, max deliver 3;
+  explicit ack, ack wait ``FORGE_JOB_ACK_WAIT`` (30 s; workers heartbeat a running job with
+  in-progress acks, so a live job is never redelivered and a killed worker's job comes back
+  within the ack wait), max deliver 3;
 * a dead-letter stream ``PIPELINE_DEAD_LETTERS`` (``pipeline.deadletter.{type}.{run}``) for jobs
   that exhausted their deliveries, with the reason in the ``Forge-Dead-Reason`` header.
 
@@ -128,8 +130,8 @@ for _job_type in JOB_TYPES:
 class JobSettings(msgspec.Struct, kw_only=True):
     """Per-job-type timeouts (``FORGE_JOB_TIMEOUT_*``, Go durations) and the delivery limit.
 
-    The dispatcher waits this long for a reply, and the consumer's ack wait is the same value.
-    A repository's phase ``timeout`` overrides ``job_timeout_ci`` for that phase's tasks.
+    The dispatcher waits this long for a reply. A repository's phase ``timeout`` overrides
+    ``job_timeout_ci`` for that phase's tasks. The consumers' ack wait is ``job_ack_wait``.
     """
 
     job_timeout_discovery: float = 600.0
@@ -138,9 +140,10 @@ class JobSettings(msgspec.Struct, kw_only=True):
     job_timeout_release: float = 900.0
     job_max_deliver: int = 3
     job_max_age: float = 3600.0
-    # 0: a consumer's ack wait is its job type's timeout (the spec). Workers send in-progress
-    # heartbeats, so a shorter ack wait is safe and redelivers a crashed worker's job sooner.
-    job_ack_wait: float = 0.0
+    # How long a delivered job may go without an ack or an in-progress heartbeat (workers send
+    # one every quarter of it) before JetStream redelivers it: a worker killed mid-job has its
+    # job run again elsewhere after at most this long. 0: the job type's timeout.
+    job_ack_wait: float = 30.0
 
     def ack_wait(self, job_type: JobType) -> float:
         return self.job_ack_wait if self.job_ack_wait > 0 else self.timeout(job_type)
@@ -154,6 +157,8 @@ class JobSettings(msgspec.Struct, kw_only=True):
         for jt in JOB_TYPES:
             if self.timeout(jt) <= 0:
                 problems.append(f"FORGE_JOB_TIMEOUT_{jt.upper()} must be a positive duration")
+        if self.job_ack_wait < 0:
+            problems.append("FORGE_JOB_ACK_WAIT must be a duration >= 0 (0: the job type's timeout)")
         if self.job_max_deliver < 1:
             problems.append("FORGE_JOB_MAX_DELIVER must be >= 1")
         return problems
@@ -247,6 +252,8 @@ class ReleaseTrigger(msgspec.Struct, kw_only=True, omit_defaults=True):
     branch: str | None = None
     tag: str | None = None
     triggered_by: str | None = None
+    # The run author's stable identity ("sub:..." or "github:<id>"), for separation of duties.
+    triggered_by_id: str | None = None
 
 
 class ReleaseArtifact(msgspec.Struct, kw_only=True, omit_defaults=True):

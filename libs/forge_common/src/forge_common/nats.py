@@ -7,6 +7,7 @@ production, one per test session in tests) isolates deployments sharing a NATS s
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 import nats
@@ -16,7 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-__all__ = ["EVENTS_STREAM", "Names", "connect", "ensure_stream"]
+__all__ = ["EVENTS_STREAM", "Names", "Reconnects", "connect", "ensure_stream", "reconnects"]
 
 EVENTS_STREAM = "FORGE_EVENTS"
 log = structlog.get_logger(__name__)
@@ -47,14 +48,46 @@ class Names:
         return self.subject(f"events.{event_type}")
 
 
+class Reconnects:
+    """How often a client's connection came back. Core NATS keeps nothing for a subscriber
+    that is away: a reply published while the server restarted is gone, so whoever waits for
+    one asks again after a reconnect (``changed`` wakes it)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = asyncio.Event()
+
+    def bump(self) -> None:
+        self.count += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+
+_RECONNECTS: weakref.WeakKeyDictionary[NATS, Reconnects] = weakref.WeakKeyDictionary()
+
+
+def reconnects(nc: NATS) -> Reconnects:
+    """The reconnect count of a client made by :func:`connect` (a fresh one for any other)."""
+    found = _RECONNECTS.get(nc)
+    if found is None:
+        found = _RECONNECTS[nc] = Reconnects()
+    return found
+
+
 async def connect(url: str, name: str, **kwargs: Any) -> NATS:
     """Connect, retrying until the server answers; reconnects forever afterwards."""
 
     async def _disconnected() -> None:
         log.warning("nats.disconnected", client=name)
 
+    counter = Reconnects()
+
     async def _reconnected() -> None:
         log.info("nats.reconnected", client=name)
+        counter.bump()
 
     async def _error(exc: Exception) -> None:
         text = str(exc)
@@ -80,7 +113,9 @@ async def connect(url: str, name: str, **kwargs: Any) -> NATS:
     delay = 0.2
     for attempt in range(30):
         try:
-            return await nats.connect(**options)
+            nc = await nats.connect(**options)
+            _RECONNECTS[nc] = counter
+            return nc
         except Exception as exc:
             if attempt == 29:
                 raise

@@ -13,11 +13,22 @@ __all__ = ["S3"]
 
 
 class S3:
-    def __init__(self, endpoint_url: str, bucket: str, access_key: str, secret_key: str, region: str) -> None:
+    def __init__(
+        self,
+        endpoint_url: str,
+        bucket: str,
+        access_key: str,
+        secret_key: str,
+        region: str,
+        session_token: str = "",
+    ) -> None:
         self.endpoint_url = endpoint_url or None
         self.bucket = bucket
         self._session = aioboto3.Session(
-            aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            aws_session_token=session_token or None,
+            region_name=region,
         )
         self._config = Config(
             signature_version="s3v4",
@@ -30,7 +41,12 @@ class S3:
     @classmethod
     def from_settings(cls, settings: Any) -> S3:
         return cls(
-            settings.s3_url, settings.s3_bucket, settings.s3_access_key, settings.s3_secret_key, settings.s3_region
+            settings.s3_url,
+            settings.s3_bucket,
+            settings.s3_access_key,
+            settings.s3_secret_key,
+            settings.s3_region,
+            getattr(settings, "s3_session_token", ""),
         )
 
     def client(self) -> AbstractAsyncContextManager[Any]:

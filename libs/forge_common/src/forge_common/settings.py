@@ -141,6 +141,11 @@ class CommonSettings(msgspec.Struct, kw_only=True):
     s3_region: str = "us-east-1"
     s3_access_key: str = "forge"
     s3_secret_key: str = "forge-secret"  # noqa: S105 - the embedded dev S3 accepts any key
+    # Temporary credentials (AWS STS, IRSA, MinIO STS): sent with every request and in presigned URLs.
+    s3_session_token: str = ""
+    # Where clients outside the cluster reach the object store: presigned URLs (step logs) are
+    # signed for this address instead of FORGE_S3_URL (an in-cluster name users cannot resolve).
+    s3_public_url: str = ""
     oidc_issuer: str = "http://127.0.0.1:8180/realms/forge"
     oidc_audience: str = "forge"
     oidc_jwks_url: str = ""
@@ -194,6 +199,10 @@ class CommonSettings(msgspec.Struct, kw_only=True):
             problems.append("FORGE_GITHUB_STATUS_MAX_ATTEMPTS must be >= 1")
         if self.github_status_poll_interval <= 0:
             problems.append("FORGE_GITHUB_STATUS_POLL_INTERVAL must be a positive duration")
+        for name in ("s3_url", "s3_public_url"):
+            value = getattr(self, name)
+            if value and not value.startswith(("http://", "https://")):
+                problems.append(f"FORGE_{name.upper()}={value!r}: must be an http:// or https:// URL")
         if self.otel_exporter not in ("none", "console", "otlp"):
             problems.append(f"FORGE_OTEL_EXPORTER={self.otel_exporter!r}: use none, console or otlp")
         if self.outbox_retention <= 0:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .keys import default_data_dir
-from .stack import Stack, StackConfig
+from .stack import Stack, StackConfig, Supervisor
 
 
 def main() -> int:
@@ -63,12 +63,11 @@ def main() -> int:
     try:
         stack.start()
         _banner(stack)
+        # A process that dies is started again (with back-off), as Kubernetes restarts a pod.
+        supervisor = Supervisor(stack.infra, lambda line: print(f"forge: {line}", file=sys.stderr, flush=True))
         while True:
-            dead = stack.dead()
-            if dead:
-                print(f"process(es) exited unexpectedly: {', '.join(dead)}; stopping (logs above)", file=sys.stderr)
-                return 1
-            time.sleep(1.0)
+            supervisor.check()
+            time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nStopping Forge ...", flush=True)
         return 0

@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -29,7 +30,7 @@ from forge_common.nats_auth import IDENTITIES
 from .keys import IssuerKeys, ensure_workload_key
 from .nats_auth import NatsCredentials
 
-__all__ = ["SERVICES", "Infra", "Process", "Stack", "StackConfig", "free_port"]
+__all__ = ["SERVICES", "Infra", "Process", "Stack", "StackConfig", "Supervisor", "free_port"]
 
 # Start order: domain services first, then the gateway and the worker that call them.
 SERVICES = ("pipeline", "release", "approval", "deployment", "gateway", "worker")
@@ -92,6 +93,9 @@ class Process:
     log_path: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     stopped: bool = False  # stopped on purpose (by a test), not died
+    argv: list[str] = field(default_factory=list)
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
 
     def stop(self, timeout: float = 10.0) -> None:
         self.stopped = True
@@ -160,6 +164,25 @@ class Infra:
         return path.open("ab")
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None, url: str = "") -> Process:
+        proc = Process(name, self._popen(name, argv, env), url=url, env=env or {}, argv=argv)
+        self._attach_log(proc)
+        self.processes.append(proc)
+        return proc
+
+    def respawn(self, proc: Process) -> None:
+        """Start a process that died again, as it was started (same command, environment, port)."""
+        proc.popen = self._popen(proc.name, proc.argv, proc.env)
+        proc.started_at = time.monotonic()
+        proc.restarts += 1
+        self._attach_log(proc)
+
+    def _attach_log(self, proc: Process) -> None:
+        out = getattr(proc.popen, "_forge_log", None)
+        if out is not None:
+            proc.log_path = Path(out.name)
+            out.close()
+
+    def _popen(self, name: str, argv: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
         out = self._log(name)
         popen = subprocess.Popen(
             argv,
@@ -171,12 +194,9 @@ class Infra:
             # Only from the main thread: the signal follows the spawning *thread*'s exit.
             preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
         )
-        proc = Process(name, popen, url=url, env=env or {})
         if out is not None and not isinstance(out, int):
-            proc.log_path = Path(out.name)
-            out.close()
-        self.processes.append(proc)
-        return proc
+            popen._forge_log = out  # type: ignore[attr-defined]
+        return popen
 
     def start_postgres(self) -> None:
         cfg = self.config
@@ -370,3 +390,55 @@ class Stack:
 
     def dead(self) -> list[str]:
         return [p.name for p in self.infra.processes if p.popen.poll() is not None and not p.stopped]
+
+
+class Supervisor:
+    """``make run``'s answer to a process that dies: start it again, as Kubernetes restarts a
+    crashed pod, instead of stopping the whole platform. Restarts back off exponentially per
+    process (``base``, doubling, at most ``cap`` seconds); a process that then stays up for
+    ``stable`` seconds starts again from ``base``. Every death and restart is logged."""
+
+    def __init__(
+        self,
+        infra: Infra,
+        log: Callable[[str], None],
+        base: float = 1.0,
+        cap: float = 30.0,
+        stable: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.infra = infra
+        self.log = log
+        self.base = base
+        self.cap = cap
+        self.stable = stable
+        self.clock = clock
+        self._due: dict[int, float] = {}  # id(process) -> when to restart it
+        self._backoff: dict[int, float] = {}
+
+    def check(self) -> list[str]:
+        """Notice deaths and restart what is due; returns the names restarted this time."""
+        restarted = []
+        now = self.clock()
+        for proc in self.infra.processes:
+            key = id(proc)
+            if proc.stopped:
+                continue
+            code = proc.popen.poll()
+            if code is None:
+                if key in self._backoff and now - proc.started_at >= self.stable:
+                    del self._backoff[key]
+                continue
+            if key not in self._due:
+                delay = self._backoff.get(key, 0.0)
+                delay = self.base if delay == 0.0 else min(self.cap, delay * 2)
+                self._backoff[key] = delay
+                self._due[key] = now + delay
+                self.log(f"{proc.name} exited with code {code}; restarting it in {delay:.0f}s")
+                continue
+            if now >= self._due[key]:
+                del self._due[key]
+                self.infra.respawn(proc)
+                self.log(f"{proc.name} restarted (restart {proc.restarts})")
+                restarted.append(proc.name)
+        return restarted

@@ -67,9 +67,6 @@ class Settings(CommonSettings, kw_only=True):
     # Extra origins (space-separated) the console's fetch() may reach besides the gateway, the
     # issuer and FORGE_S3_URL, e.g. the public address of the log store behind logs_url.
     console_connect_src: str = ""
-    # Where browsers reach the log store when presigned logs_url links name a public address
-    # (docker-compose.yml sets it); its origin joins the console's connect-src.
-    s3_public_url: str = ""
 
     @property
     def token_issuer(self) -> str:

@@ -88,6 +88,7 @@ async def create_run(request: Request[Any, Any, Any], principal: Principal, runt
             trigger_type=body.trigger_type,
             # The authenticated caller is who triggered the run, whatever the body claims.
             triggered_by=principal.identity,
+            triggered_by_id=f"sub:{principal.subject}",
             idempotency_key=request.headers.get("idempotency-key"),
         )
     )

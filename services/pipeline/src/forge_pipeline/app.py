@@ -36,7 +36,12 @@ def create_app(
     dispatcher_settings = dispatcher_settings or load(DispatcherSettings)
     job_settings = job_settings or load(JobSettings)
     presigner = Presigner(
-        settings.s3_url or None, settings.s3_bucket, settings.s3_access_key, settings.s3_secret_key, settings.s3_region
+        settings.s3_public_url or settings.s3_url or None,
+        settings.s3_bucket,
+        settings.s3_access_key,
+        settings.s3_secret_key,
+        settings.s3_region,
+        settings.s3_session_token,
     )
 
     async def start(runtime: Runtime) -> None:

@@ -88,7 +88,8 @@ async def run_for_dispatch(conn: Conn, run_id: str) -> DispatchRun | None:
     cur = conn.cursor(row_factory=kwargs_row(DispatchRun))
     await cur.execute(
         """
-        SELECT id::text AS id, repository, branch, commit_sha, tag, triggered_by, status::text AS status, lease_owner,
+        SELECT id::text AS id, repository, branch, commit_sha, tag, triggered_by, triggered_by_id,
+               status::text AS status, lease_owner,
                discovered_at, release_triggers, release_evaluated_at, trace_context
         FROM pipeline.runs WHERE id = %s
         """,

@@ -3,6 +3,10 @@
 A run tree can hold a thousand steps with logs; botocore's ``generate_presigned_url`` costs
 about 0.15 ms per URL, this about 6 us: the signing key is derived once per day, each URL is
 one SHA-256 and one HMAC. Path-style addressing, like forge_common.s3.
+
+URLs are signed for the address clients use (``FORGE_S3_PUBLIC_URL`` when set, else
+``FORGE_S3_URL``): SigV4 signs the host, so a URL cannot be re-pointed after signing. With
+temporary credentials the session token travels in ``X-Amz-Security-Token``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ def _hmac(key: bytes, msg: str) -> bytes:
 
 
 class Presigner:
-    def __init__(self, endpoint_url: str | None, bucket: str, access_key: str, secret_key: str, region: str) -> None:
+    def __init__(
+        self,
+        endpoint_url: str | None,
+        bucket: str,
+        access_key: str,
+        secret_key: str,
+        region: str,
+        session_token: str = "",
+    ) -> None:
         endpoint = (endpoint_url or f"https://s3.{region}.amazonaws.com").rstrip("/")
         parts = urlsplit(endpoint)
         self._base = f"{parts.scheme}://{parts.netloc}"
@@ -31,6 +43,7 @@ class Presigner:
         self._access_key = access_key
         self._secret_key = secret_key
         self._region = region
+        self._session_token = session_token
         self._keys: dict[str, bytes] = {}
         self._shared: _Batch | None = None
 
@@ -75,12 +88,16 @@ class _Batch:
         datestamp = amz_date[:8]
         scope = f"{datestamp}/{owner._region}/s3/aws4_request"
         credential = quote(f"{owner._access_key}/{scope}", safe="-_.~")
+        token = ""
+        if owner._session_token:
+            token = "&X-Amz-Security-Token=" + quote(owner._session_token, safe="-_.~")
         # Sorted by parameter name, as SigV4's canonical query string requires.
         self._query = (
             "X-Amz-Algorithm=AWS4-HMAC-SHA256"
             f"&X-Amz-Credential={credential}"
             f"&X-Amz-Date={amz_date}"
             f"&X-Amz-Expires={int(expires_in)}"
+            f"{token}"
             "&X-Amz-SignedHeaders=host"
         )
         self._sts_head = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n"

@@ -45,10 +45,12 @@ class Run(msgspec.Struct, kw_only=True):
     commit_sha: str
     tag: str | None
     triggered_by: str
+    triggered_by_id: str | None = None
     trigger_type: Literal["push", "pull_request", "manual"]
     status: RunStatus
     error: str | None
     failed_phase: str | None
+    release_error: str | None = None
     request_fingerprint: str | None
     started_at: dt.datetime
     completed_at: dt.datetime | None
@@ -123,6 +125,7 @@ class DispatchRun(msgspec.Struct, kw_only=True):
     commit_sha: str
     tag: str | None
     triggered_by: str
+    triggered_by_id: str | None = None
     status: RunStatus
     lease_owner: str | None
     discovered_at: dt.datetime | None

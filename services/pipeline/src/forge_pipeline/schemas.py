@@ -320,6 +320,8 @@ class RunDetail(msgspec.Struct, kw_only=True):
     completed_at: str | None
     error: str | None = None
     failed_phase: str | None = None
+    # Beyond the spec: why the release of this successful run could not be made (after retries).
+    release_error: str | None = None
     phases: list[PhaseView]
     artifacts: list[ArtifactView] = msgspec.field(default_factory=list)
 

@@ -85,13 +85,15 @@ class CreateRun:
     commit_sha: str
     trigger_type: str
     triggered_by: str
+    # Stable identity of triggered_by: "sub:<token subject>" or "github:<numeric user id>".
+    triggered_by_id: str | None = None
     idempotency_key: str | None = None
     tag: str | None = None
     pull_request_number: int | None = None
 
 
 def _fingerprint(cmd: CreateRun) -> str:
-    text = f"{cmd.repository}\n{cmd.branch}\n{cmd.commit_sha}\n{cmd.trigger_type}"
+    text = f"{cmd.repository.lower()}\n{cmd.branch}\n{cmd.commit_sha}\n{cmd.trigger_type}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -121,7 +123,7 @@ async def create_run(conn: Conn, cmd: CreateRun, max_active: int = DEFAULT_MAX_A
     fingerprint = _fingerprint(cmd)
     # One creation at a time per repository: the active-run count and the duplicate check
     # below cannot be raced past (150 concurrent creates leave exactly 100 runs).
-    by_key, existing, active = await store.creation_checks(
+    by_key, existing, active, spelling = await store.creation_checks(
         conn, cmd.repository, cmd.commit_sha, cmd.triggered_by, cmd.idempotency_key
     )
     if by_key is not None:
@@ -133,15 +135,16 @@ async def create_run(conn: Conn, cmd: CreateRun, max_active: int = DEFAULT_MAX_A
         return by_key, False
     if existing is not None:
         raise Conflict(
-            f"a run already exists for {cmd.repository} at {cmd.commit_sha}",
-            {"existing_id": existing.id, "repository": cmd.repository, "commit_sha": cmd.commit_sha},
+            f"a run already exists for {existing.repository} at {existing.commit_sha}",
+            {"existing_id": existing.id, "repository": existing.repository, "commit_sha": existing.commit_sha},
         )
     if active >= max_active:
         raise LimitExceeded(
             f"{cmd.repository} already has {active} pending or running runs (limit {max_active})",
             {"repository": cmd.repository, "limit": max_active, "active": active},
         )
-    run = await _insert_run(conn, cmd, fingerprint)
+    # Names are case-insensitive and shown as first given.
+    run = await _insert_run(conn, dataclasses.replace(cmd, repository=spelling), fingerprint)
     log.info("pipeline.run_created", run_id=run.id, repository=cmd.repository, commit_sha=cmd.commit_sha)
     return run, True
 
@@ -158,6 +161,7 @@ async def _insert_run(conn: Conn, cmd: CreateRun, fingerprint: str) -> Run:
             branch=cmd.branch,
             commit_sha=cmd.commit_sha,
             triggered_by=cmd.triggered_by,
+            triggered_by_id=cmd.triggered_by_id,
             trigger_type=cmd.trigger_type,
             tag=cmd.tag,
             pull_request_number=cmd.pull_request_number,
@@ -259,9 +263,12 @@ async def store_discovery(
     phases: list[PhasePlan],
     release_triggers: object = None,
     artifacts: list[PlannedArtifact] | None = None,
+    commit_sha: str | None = None,
 ) -> list[PhasePlan]:
     """Record what discovery found: phases -> tasks -> steps, ids assigned in the returned plan,
-    and the projects' artifacts as a last phase, ``artifacts`` (``domain.artifacts_phase``).
+    the projects' artifacts as a last phase, ``artifacts`` (``domain.artifacts_phase``), and the
+    full ``commit_sha`` the run's (possibly abbreviated) SHA resolved to. Raises ``Conflict`` when
+    another run of the repository already builds that full SHA.
 
     Idempotent: when the run already has a tree (a redelivered discovery reply, or another
     orchestrator replica got there first) the stored tree is returned unchanged.
@@ -271,6 +278,15 @@ async def store_discovery(
         raise NotFound(f"pipeline run {run_id} not found", {"id": run_id})
     if run.discovered_at is not None or await store.has_phases(conn, run_id):
         return await store.load_plan(conn, run_id)
+    if commit_sha is not None and commit_sha != run.commit_sha:
+        # The run was created with an abbreviated SHA: from now on it names the full one.
+        full = domain.normalize_commit_sha(commit_sha, "commit_sha")
+        other = await store.set_full_commit(conn, run_id, full)
+        if other is not None:
+            raise Conflict(
+                f"commit {run.commit_sha} of {run.repository} is {full}, which run {other} already builds",
+                {"existing_id": other, "commit_sha": full},
+            )
     building = domain.artifacts_phase(phases, artifacts or [])
     if building is not None:
         phases = [*phases, building]
@@ -432,6 +448,7 @@ def _run_detail(
         # Beyond the spec: why a run failed (discovery/validation message, timeout, dead letter).
         error=run.error,
         failed_phase=run.failed_phase,
+        release_error=run.release_error,
         phases=phases,
         artifacts=_artifact_views(artifact_rows),
     )

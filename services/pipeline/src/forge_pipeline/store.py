@@ -37,8 +37,8 @@ Params = Sequence[object] | Mapping[str, object]
 R = TypeVar("R")
 
 _RUN_COLUMNS = """
-    r.id::text AS id, r.repository, r.branch, r.commit_sha, r.tag, r.triggered_by,
-    r.trigger_type::text AS trigger_type, r.status::text AS status, r.error, r.failed_phase,
+    r.id::text AS id, r.repository, r.branch, r.commit_sha, r.tag, r.triggered_by, r.triggered_by_id,
+    r.trigger_type::text AS trigger_type, r.status::text AS status, r.error, r.failed_phase, r.release_error,
     r.request_fingerprint, r.started_at, r.completed_at, r.discovered_at, r.tree_version
 """
 
@@ -89,16 +89,36 @@ async def _scalar(conn: Conn, sql: str, params: Params = ()) -> object:
 
 
 async def lock_repository(conn: Conn, repository: str) -> None:
-    """Serialise run creation per repository until the transaction ends (the active-run limit)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"forge.pipeline.runs:{repository}",))
+    """Serialise run creation per repository (case-insensitively) until the transaction ends
+    (the active-run limit, one run per commit)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"forge.pipeline.runs:{repository.lower()}",)
+    )
+
+
+# The run of a commit, whichever of the two SHAs is abbreviated: a stored SHA that is the given
+# one or a prefix of it (a run not yet discovered), or one that extends it (an index range scan
+# over the "C"-collated full SHAs). Repository names compare case-insensitively.
+_SQL_RUN_OF_COMMIT = f"""
+SELECT {_RUN_COLUMNS} FROM pipeline.runs r
+WHERE r.repository_key = lower(%(repository)s)
+  AND (r.commit_sha = ANY(%(prefixes)s) OR (r.commit_sha >= %(sha)s AND r.commit_sha < %(sha)s || 'g'))
+ORDER BY r.created_at LIMIT 1
+"""
+
+
+def _commit_params(repository: str, commit_sha: str) -> dict[str, object]:
+    prefixes = [commit_sha[:n] for n in range(7, len(commit_sha) + 1)]
+    return {"repository": repository, "sha": commit_sha, "prefixes": prefixes}
 
 
 async def creation_checks(
     conn: Conn, repository: str, commit_sha: str, triggered_by: str, idempotency_key: str | None
-) -> tuple[Run | None, Run | None, int]:
+) -> tuple[Run | None, Run | None, int, str]:
     """Take the repository's creation lock, then read (run with this Idempotency-Key, run for
-    this commit, active runs of the repository): four statements in one round trip. The
-    server runs them in order, and each read takes its snapshot after the lock is granted."""
+    this commit, active runs of the repository, the repository's name as first given): five
+    statements in one round trip. The server runs them in order, and each read takes its
+    snapshot after the lock is granted."""
     async with conn.pipeline():
         await lock_repository(conn, repository)
         by_key = None
@@ -109,29 +129,54 @@ async def creation_checks(
                 f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.triggered_by = %s AND r.idempotency_key = %s",
                 (triggered_by, idempotency_key),
             )
-        by_commit = await _send(
-            conn,
-            Run,
-            f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.repository = %s AND r.commit_sha = %s",
-            (repository, commit_sha),
-        )
+        by_commit = await _send(conn, Run, _SQL_RUN_OF_COMMIT, _commit_params(repository, commit_sha))
         active = conn.cursor(row_factory=tuple_row)
         await active.execute(
-            "SELECT count(*) FROM pipeline.runs WHERE repository = %s AND status IN ('pending', 'running')",
+            "SELECT count(*) FROM pipeline.runs WHERE repository_key = lower(%s) AND status IN ('pending', 'running')",
+            (repository,),
+        )
+        spelling = conn.cursor(row_factory=tuple_row)
+        await spelling.execute(
+            "SELECT repository FROM pipeline.runs WHERE repository_key = lower(%s) ORDER BY created_at, id LIMIT 1",
             (repository,),
         )
     key_row = await by_key.fetchone() if by_key is not None else None
     commit_row = await by_commit.fetchone()
     count_row = await active.fetchone()
-    return key_row, commit_row, int(count_row[0]) if count_row else 0
+    first = await spelling.fetchone()
+    return key_row, commit_row, int(count_row[0]) if count_row else 0, str(first[0]) if first else repository
 
 
 async def run_by_commit(conn: Conn, repository: str, commit_sha: str) -> Run | None:
-    return await _one(
+    return await _one(conn, Run, _SQL_RUN_OF_COMMIT, _commit_params(repository, commit_sha))
+
+
+async def set_full_commit(conn: Conn, run_id: str, full_sha: str) -> str | None:
+    """Store the full SHA discovery resolved. Returns the id of another run of the repository
+    that already builds that commit (then nothing changed), else None."""
+    other = await _scalar(
         conn,
-        Run,
-        f"SELECT {_RUN_COLUMNS} FROM pipeline.runs r WHERE r.repository = %s AND r.commit_sha = %s",
-        (repository, commit_sha),
+        """SELECT o.id::text FROM pipeline.runs r JOIN pipeline.runs o
+               ON o.repository_key = r.repository_key AND o.commit_sha = %s AND o.id <> r.id
+           WHERE r.id = %s""",
+        (full_sha, run_id),
+    )
+    if isinstance(other, str):
+        return other
+    await conn.execute(
+        "UPDATE pipeline.runs SET commit_sha = %s, updated_at = now() WHERE id = %s AND commit_sha <> %s",
+        (full_sha, run_id, full_sha),
+    )
+    return None
+
+
+async def set_release_error(conn: Conn, run_id: str, error: str | None) -> None:
+    """Record (or, with None, clear) why the run's release could not be made; bumps the tree
+    version so GET /v1/runs/{id} shows it at once."""
+    await conn.execute(
+        "UPDATE pipeline.runs SET release_error = %s, tree_version = tree_version + 1, updated_at = now()"
+        " WHERE id = %s",
+        (error[:4000] if error is not None else None, run_id),
     )
 
 
@@ -144,6 +189,7 @@ async def insert_run(
     commit_sha: str,
     triggered_by: str,
     trigger_type: str,
+    triggered_by_id: str | None = None,
     tag: str | None = None,
     pull_request_number: int | None = None,
     idempotency_key: str | None = None,
@@ -157,8 +203,8 @@ async def insert_run(
         Run,
         f"""
         INSERT INTO pipeline.runs AS r (id, repository, branch, commit_sha, tag, pull_request_number,
-            triggered_by, trigger_type, idempotency_key, request_fingerprint, trace_context)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            triggered_by, trigger_type, idempotency_key, request_fingerprint, triggered_by_id, trace_context)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         RETURNING {_RUN_COLUMNS}
         """,
         (
@@ -172,6 +218,7 @@ async def insert_run(
             trigger_type,
             idempotency_key,
             request_fingerprint,
+            triggered_by_id,
             Jsonb(dict(inject({}))),
         ),
     )
@@ -302,7 +349,7 @@ async def list_runs(conn: Conn, query: ListQuery) -> tuple[list[RunSummary], int
     combination is a range scan of a ``(repository[, branch | status | triggered_by],
     created_at, id)`` index; a cursor continues below the last row seen (keyset), one more row
     than the page is read to tell whether there is a next page."""
-    where = ["repository = %(repository)s"]
+    where = ["repository_key = lower(%(repository)s)"]
     if query.branch is not None:
         where.append("branch = %(branch)s")
     if query.status is not None:
@@ -815,6 +862,6 @@ async def record_tag_push(
     await conn.execute(
         """INSERT INTO pipeline.tag_pushes (id, repository, tag, commit_sha, pushed_by, run_id)
            VALUES (%s, %s, %s, %s, %s, %s)
-           ON CONFLICT (repository, tag, commit_sha) DO UPDATE SET run_id = coalesce(EXCLUDED.run_id, pipeline.tag_pushes.run_id)""",
+           ON CONFLICT (repository_key, tag, commit_sha) DO UPDATE SET run_id = coalesce(EXCLUDED.run_id, pipeline.tag_pushes.run_id)""",
         (uuid.uuid4(), repository, tag, commit_sha, pushed_by, run_id),
     )

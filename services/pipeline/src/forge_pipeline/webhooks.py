@@ -48,6 +48,7 @@ def verify_signature(secret: str, body: bytes, header: str | None) -> None:
 class _Named(msgspec.Struct):
     login: str | None = None
     name: str | None = None
+    id: int | None = None
 
 
 class _Repository(msgspec.Struct):
@@ -91,6 +92,14 @@ def _actor(payload: GitHubEvent) -> str:
         if value:
             return value[:255]
     return "github"
+
+
+def _actor_id(payload: GitHubEvent) -> str | None:
+    """The sender's stable identity, "github:<numeric user id>" (logins can be renamed and reused)."""
+    sender_id = payload.sender.id if payload.sender else None
+    if isinstance(sender_id, int) and not isinstance(sender_id, bool) and sender_id > 0:
+        return f"github:{sender_id}"
+    return None
 
 
 def _decode(event: str, body: bytes) -> GitHubEvent:
@@ -178,7 +187,12 @@ async def _push(conn: Conn, payload: GitHubEvent, max_active: int) -> tuple[int,
     if ref.startswith("refs/heads/"):
         branch = domain.validate_branch(ref.removeprefix("refs/heads/"), "ref")
         cmd = CreateRun(
-            repository=repository, branch=branch, commit_sha=commit_sha, trigger_type="push", triggered_by=actor
+            repository=repository,
+            branch=branch,
+            commit_sha=commit_sha,
+            trigger_type="push",
+            triggered_by=actor,
+            triggered_by_id=_actor_id(payload),
         )
         return await _create(conn, max_active, cmd)
     if ref.startswith("refs/tags/"):
@@ -201,7 +215,13 @@ async def _tag_push(
     base_ref = payload.base_ref
     branch = base_ref.removeprefix("refs/heads/") if base_ref and base_ref.startswith("refs/heads/") else tag
     cmd = CreateRun(
-        repository=repository, branch=branch, commit_sha=commit_sha, trigger_type="push", triggered_by=actor, tag=tag
+        repository=repository,
+        branch=branch,
+        commit_sha=commit_sha,
+        trigger_type="push",
+        triggered_by=actor,
+        triggered_by_id=_actor_id(payload),
+        tag=tag,
     )
     status, result = await _create(conn, max_active, cmd)
     run_id = result.run_id if isinstance(result.run_id, str) else None
@@ -223,6 +243,7 @@ async def _pull_request(conn: Conn, payload: GitHubEvent, max_active: int) -> tu
         commit_sha=domain.normalize_commit_sha(_required(head.sha, "pull_request.head.sha"), "pull_request.head.sha"),
         trigger_type="pull_request",
         triggered_by=_actor(payload),
+        triggered_by_id=_actor_id(payload),
         pull_request_number=payload.number,
     )
     return await _create(conn, max_active, cmd)

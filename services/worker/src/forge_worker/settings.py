@@ -50,6 +50,9 @@ class Settings(CommonSettings, kw_only=True):
     # github-release destinations: the GitHub REST API and a token allowed to write releases.
     github_api_url: str = "https://api.github.com"
     github_token: str = ""
+    # How long a release job keeps retrying a release service that cannot take the release yet
+    # (down, 5xx, 429), with exponential back-off up to 15 s; keep it under FORGE_JOB_TIMEOUT_RELEASE.
+    release_retry_for: float = 600.0
     # The step sandbox (worker README, "The step sandbox"): auto (bwrap, else unshare), bwrap,
     # unshare, or none (no isolation: every step log starts with a warning).
     step_sandbox: str = "auto"
@@ -101,6 +104,8 @@ class Settings(CommonSettings, kw_only=True):
         bad = [t for t in self.job_types() if t not in ("discovery", "ci", "artifact", "release")]
         if bad or not self.job_types():
             problems.append("FORGE_WORKER_TYPES must list discovery, ci, artifact and/or release")
+        if self.release_retry_for <= 0:
+            problems.append("FORGE_RELEASE_RETRY_FOR must be a positive duration such as 10m")
         if self.step_sandbox not in ("auto", "bwrap", "unshare", "none"):
             problems.append('FORGE_STEP_SANDBOX must be "auto", "bwrap", "unshare" or "none"')
         try:

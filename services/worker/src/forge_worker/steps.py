@@ -22,6 +22,7 @@ import msgspec
 import structlog
 
 from .health import STEPS_RUNNING
+from .logs import LogObject
 from .sandbox import Limits, Sandbox, Workspace, run_sandboxed
 
 __all__ = ["ProcessTable", "StepOutcome", "StepRunner", "log_key"]
@@ -178,6 +179,8 @@ def _alive(pid: int) -> bool:
 
 
 class StepRunner:
+    UPLOAD_RETRY_FOR = 300.0
+
     def __init__(
         self,
         s3: Any,
@@ -203,8 +206,12 @@ class StepRunner:
             return None
         return [earthly, *command.split()]
 
-    async def upload(self, key: str, body: bytes) -> None:
-        await self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="text/plain; charset=utf-8")
+    async def upload(self, key: str, body: bytes, *, retry: bool = True) -> None:
+        """Write a log object; ``retry``: keep retrying an unreachable S3 with back-off for
+        ``UPLOAD_RETRY_FOR`` (the step's final upload), so a log completes once S3 is back."""
+        log_object = LogObject(self.s3, self.bucket, key, retry_for=self.UPLOAD_RETRY_FOR)
+        await log_object.write(body)
+        await log_object.flush(retry=retry)
 
     async def run(
         self,
@@ -238,7 +245,7 @@ class StepRunner:
                 if state["dirty"]:
                     state["dirty"] = False
                     try:
-                        await self.upload(key, bytes(buf))
+                        await self.upload(key, bytes(buf), retry=False)
                         state["uploaded"] = True
                     except Exception as exc:  # noqa: BLE001 - the final upload still happens
                         log.warning("steps.log_flush_failed", key=key, error=str(exc))

@@ -199,7 +199,7 @@ class Worker:
         )
 
     def _release(self) -> ReleaseJobRunner:
-        return ReleaseJobRunner(self.credentials, self.releases)
+        return ReleaseJobRunner(self.credentials, self.releases, self.settings.release_retry_for)
 
     async def _start_pulling(self, js: JetStreamContext) -> None:
         stream = self.names.stream(jobs.JOBS_STREAM)

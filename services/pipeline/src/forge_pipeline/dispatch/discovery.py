@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import msgspec
 import structlog
 
 from forge_common import jobs
-from forge_common.errors import InvalidRequest
+from forge_common.errors import Conflict, InvalidRequest
+from forge_common.nats import reconnects
 from forge_pipeline import service, store
 from forge_pipeline.domain import PhasePlan
 from forge_pipeline.records import DispatchRun
@@ -23,24 +25,11 @@ log = structlog.get_logger(__name__)
 
 async def discover(driver: RunDriver, run: DispatchRun) -> None:
     run_id = driver.run_id
-    job_id = str(uuid.uuid4())
     timeout = driver.job_settings.timeout("discovery")
     async with driver.pool.connection() as conn, conn.transaction():
         await store.set_run_running(conn, run_id)
-    attempt = jobs.new_attempt()
-    waiter = driver.waiter(job_id, attempt)
-    job = jobs.DiscoveryJob(
-        job_id=job_id,
-        run_id=run_id,
-        repository=run.repository,
-        commit_sha=run.commit_sha,
-        branch=run.branch,
-        attempt=attempt,
-    )
-    await driver.queue.publish("discovery", job, f"discovery:{job_id}")
-    try:
-        raw = await asyncio.wait_for(waiter, timeout)
-    except TimeoutError:
+    raw = await _ask(driver, run, timeout)
+    if raw is None:
         await driver.queue.purge_subject(jobs.job_subject(driver.runtime.names, "discovery", run_id))
         await driver.fail(f"discovery timed out after {format_seconds(timeout)}", "discovery")
         raise RunEnded from None
@@ -58,11 +47,60 @@ async def discover(driver: RunDriver, run: DispatchRun) -> None:
     await _store_plan(driver, reply.result)
 
 
+async def _ask(driver: RunDriver, run: DispatchRun, timeout: float) -> bytes | None:
+    """Publish the discovery job and wait for its reply (None after ``timeout``). A reply sent
+    while the connection to NATS was down is lost (core NATS keeps nothing), so after every
+    reconnect the job is published again under a new id; the first reply to any copy wins
+    (storing the plan is idempotent)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    changes = reconnects(driver.runtime.nc)
+    waiters: list[asyncio.Future[bytes]] = []
+    try:
+        while True:
+            job_id, attempt = str(uuid.uuid4()), jobs.new_attempt()
+            waiters.append(driver.waiter(job_id, attempt))
+            job = jobs.DiscoveryJob(
+                job_id=job_id,
+                run_id=run.id,
+                repository=run.repository,
+                commit_sha=run.commit_sha,
+                branch=run.branch,
+                attempt=attempt,
+            )
+            await driver.queue.publish("discovery", job, f"discovery:{job_id}")
+            reconnected: asyncio.Future[Any] = asyncio.ensure_future(changes.changed())
+            watched: list[asyncio.Future[Any]] = [*waiters, reconnected]
+            left = deadline - asyncio.get_running_loop().time()
+            done, _ = await asyncio.wait(watched, timeout=max(left, 0), return_when=asyncio.FIRST_COMPLETED)
+            reconnected.cancel()
+            for waiter in waiters:
+                if waiter in done:
+                    return waiter.result()
+            if reconnected not in done:
+                return None
+            log.info("dispatcher.discovery_republished", run_id=run.id, reason="NATS reconnected")
+    finally:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.cancel()
+
+
 async def _store_plan(driver: RunDriver, plan: jobs.DiscoveryResult) -> None:
     try:
         phases = msgspec.convert(msgspec.to_builtins(plan.phases), list[PhasePlan])
         async with driver.pool.connection() as conn, conn.transaction():
-            await service.store_discovery(conn, driver.run_id, phases, plan.release_triggers, plan.artifacts)
+            await service.store_discovery(
+                conn,
+                driver.run_id,
+                phases,
+                plan.release_triggers,
+                artifacts=plan.artifacts,
+                commit_sha=plan.commit_sha,
+            )
+    except Conflict as exc:
+        # One run per full commit SHA: this one duplicates a run created with another spelling.
+        await driver.fail(f"duplicate run: {exc.message}", "discovery")
+        raise RunEnded from exc
     except (msgspec.ValidationError, InvalidRequest) as exc:
         # A plan the service refuses would fail the same way on every retry.
         await driver.fail(f"discovery returned an unusable plan: {exc}", "discovery")

@@ -1,5 +1,10 @@
 """Release triggers: once a run succeeded, the projects whose triggers match get a release job
-on ``pipeline.releases.{run}``, queued through the outbox in the transaction that records it."""
+on ``pipeline.releases.{run}``, queued through the outbox in the transaction that records it.
+
+The worker retries a release the release service cannot take yet (down, 5xx, 503) with
+back-off; a release that fails for good (refused, or still failing when the retries ran out,
+or no answer within the release job's timeout) is recorded on the run as ``release_error``
+(``GET /v1/runs/{id}``) and counted in ``forge_pipeline_release_failures_total``."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import uuid
 
 import msgspec
 import structlog
+from prometheus_client import Counter
 
 from forge_common import jobs
 from forge_common.jobs import (
@@ -20,7 +26,7 @@ from forge_common.jobs import (
     ReleaseTrigger,
 )
 from forge_common.outbox import add_message
-from forge_pipeline import execution_store
+from forge_pipeline import execution_store, store
 from forge_pipeline.records import ArtifactRow
 
 from .driver import RunDriver
@@ -28,6 +34,12 @@ from .driver import RunDriver
 __all__ = ["evaluate_release_triggers", "release"]
 
 log = structlog.get_logger(__name__)
+
+RELEASE_FAILURES = Counter(
+    "forge_pipeline_release_failures_total",
+    "Successful runs whose release could not be made (release_error on the run)",
+    ["reason"],
+)
 
 
 def evaluate_release_triggers(
@@ -68,14 +80,24 @@ async def release(driver: RunDriver) -> None:
     if driver.runtime.relay is not None:
         driver.runtime.relay.wake()
     log.info("dispatcher.release_queued", run_id=driver.run_id, projects=[p.project for p in projects])
+    timeout = driver.job_settings.timeout("release")
     try:
-        raw = await asyncio.wait_for(waiter, driver.job_settings.timeout("release"))
+        raw = await asyncio.wait_for(waiter, timeout)
     except TimeoutError:
         log.warning("dispatcher.release_timeout", run_id=driver.run_id)
+        await record_release_failure(driver, f"the release job did not answer within {int(timeout)}s", "timeout")
         return
     reply = await driver.queue.read_reply(raw, ReleaseResult)
     log_fn = log.info if reply.status == "success" else log.warning
     log_fn("dispatcher.release_done", run_id=driver.run_id, status=reply.status, error=reply.error, result=reply.result)
+    if reply.status != "success":
+        await record_release_failure(driver, reply.error or f"the release job ended {reply.status}", "failed")
+
+
+async def record_release_failure(driver: RunDriver, error: str, reason: str) -> None:
+    RELEASE_FAILURES.labels(reason).inc()
+    async with driver.pool.connection() as conn, conn.transaction():
+        await store.set_release_error(conn, driver.run_id, error)
 
 
 def _built_artifacts(rows: list[ArtifactRow]) -> dict[str, list[ReleaseArtifact]]:
@@ -116,6 +138,7 @@ async def _queue_release(driver: RunDriver, job_id: str, attempt: str) -> list[R
             # The release service records the run's author (not the worker) as the trigger.
             project.trigger.triggered_by = fresh.triggered_by
             project.artifacts = built.get(project.project, [])
+            project.trigger.triggered_by_id = fresh.triggered_by_id
         if not projects:
             await execution_store.release_lease(conn, driver.owner, run_id)
             return None
