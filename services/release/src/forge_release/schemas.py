@@ -145,6 +145,8 @@ class Release(msgspec.Struct, kw_only=True):
                 "type": "container",
                 "tracking_oci_uri": "oci://registry.example.com/forge/mycompany/myrepo/api:4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
                 "primary_published_uri": "ghcr.io/mycompany/api:v1.2.3",
+                "digest": "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+                "size": 52428800,
             }
         ],
         "aliases": [{"alias": "v1.2.3", "alias_type": "tag"}, {"alias": "42", "alias_type": "numeric"}],
