@@ -175,3 +175,26 @@ async def test_a_step_cannot_read_another_tasks_workspace(security_cell: Cell, c
     log = await fetch_log(client, steps["reader"])
     assert "secret-of-writer" not in log
     assert "mine\n" not in log
+
+
+async def test_a_step_gets_its_own_env_and_cannot_override_the_platforms(
+    security_cell: Cell, client: httpx.AsyncClient
+) -> None:
+    """``env`` in project.toml reaches the step's processes; a platform name is refused at
+    discovery, the run's error naming the file and the field."""
+    cell = security_cell
+    greet = _project("greet", 'echo "greeting: $GREETING"', env='{ GREETING = "hello" }')
+    run = await _run(cell, client, {"greet": greet})
+    steps = {key[1]: step for key, step in steps_of(run).items()}
+    assert run["status"] == "success", run
+    assert "greeting: hello" in await fetch_log(client, steps["greet"])
+
+    repo = cell.repo()
+    forged = _project("forged", "env", env='{ FORGE_RUN_ID = "someone-else" }')
+    sha = repo.commit({".forge/repo.toml": REPO_TOML, "forged/.forge/project.toml": forged, "forged/README": "forged"})
+    failed = await cell.wait_run(client, await cell.create_run(client, repo, sha), timeout=90)
+    assert failed["status"] == "failed"
+    assert "forged/.forge/project.toml: phases.test.steps[0].env.FORGE_RUN_ID: is set by the platform" in (
+        failed["error"] or ""
+    ), failed["error"]
+    assert failed["phases"] == []

@@ -240,3 +240,65 @@ processes = true
         "api/.forge/project.toml: phases.test.steps[1].memory: must be at least 16MiB, got '1MiB'",
         "api/.forge/project.toml: phases.test.steps[1].processes: must be an integer from 8 to 4194304, got True",
     ]
+
+
+def test_a_steps_own_environment_is_read(tmp_path: Path) -> None:
+    files = _tree(
+        tmp_path,
+        {
+            ".forge/repo.toml": REPO,
+            "api/.forge/project.toml": """
+[[phases.test.steps]]
+name = "unit"
+run = "echo $GREETING"
+env = { GREETING = "hello", _private_1 = "a b=c" }
+[[phases.test.steps]]
+name = "plain"
+run = "true"
+""",
+        },
+    )
+    steps = discover(tmp_path, files).phases[1].tasks[0].steps
+    assert [s.env for s in steps] == [{"GREETING": "hello", "_private_1": "a b=c"}, {}]
+
+
+def test_bad_step_environments_are_each_named(tmp_path: Path) -> None:
+    many = ", ".join(f"V{i} = 'x'" for i in range(65))
+    problems = _problems(
+        tmp_path,
+        {
+            ".forge/repo.toml": REPO,
+            "api/.forge/project.toml": f"""
+[[phases.test.steps]]
+name = "unit"
+run = "true"
+env = {{ "1BAD" = "x", "with-dash" = "y", PATH = "/evil", FORGE_RUN_ID = "forged", forge_x = "z", N = 1 }}
+[[phases.test.steps]]
+name = "list"
+run = "true"
+env = ["GREETING=hello"]
+[[phases.test.steps]]
+name = "many"
+run = "true"
+env = {{ {many} }}
+[[phases.test.steps]]
+name = "long"
+run = "true"
+env = {{ BIG = "{"x" * 4097}", NUL = "a\\u0000b" }}
+""",
+        },
+    )
+    field = "api/.forge/project.toml: phases.test.steps"
+    reserved = "is set by the platform and cannot be overridden (FORGE_* names are reserved)"
+    assert problems == [
+        f"{field}[0].env: variable name '1BAD' must match [A-Za-z_][A-Za-z0-9_]* (at most 128 characters)",
+        f"{field}[0].env: variable name 'with-dash' must match [A-Za-z_][A-Za-z0-9_]* (at most 128 characters)",
+        f"{field}[0].env.PATH: {reserved}",
+        f"{field}[0].env.FORGE_RUN_ID: {reserved}",
+        f"{field}[0].env.forge_x: {reserved}",
+        f"{field}[0].env.N: must be a string, got 1",
+        f"{field}[1].env: must be a table of strings like {{ GREETING = \"hello\" }}, got ['GREETING=hello']",
+        f"{field}[2].env: at most 64 variables, got 65",
+        f"{field}[3].env.BIG: must be at most 4096 bytes without NUL characters",
+        f"{field}[3].env.NUL: must be at most 4096 bytes without NUL characters",
+    ]

@@ -199,6 +199,8 @@ class StepJob(msgspec.Struct, kw_only=True):
     memory_bytes: int | None = None
     processes: int | None = None
     network: bool = True
+    # The step's own environment variables from project.toml (validated at discovery).
+    env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class CiJob(msgspec.Struct, kw_only=True):
@@ -322,6 +324,7 @@ class PlannedStep(msgspec.Struct, kw_only=True):
     memory_bytes: int | None = None
     processes: int | None = None
     network: bool = True
+    env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class PlannedTask(msgspec.Struct, kw_only=True):

@@ -530,6 +530,8 @@ class StepPlan(msgspec.Struct, kw_only=True):
     memory_bytes: int | None = None
     processes: int | None = None
     network: bool = True
+    # The step's own environment variables (project.toml ``env``).
+    env: dict[str, str] = msgspec.field(default_factory=dict)
     # Filled by service.store_discovery / load_plan.
     id: str | None = None
     position: int = 0

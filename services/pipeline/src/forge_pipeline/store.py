@@ -514,6 +514,7 @@ async def insert_plan(conn: Conn, run_id: str, phases: list[PhasePlan]) -> None:
                         step.memory_bytes,
                         step.processes,
                         step.network,
+                        Jsonb(step.env),
                     )
                 )
     if phase_rows:
@@ -524,7 +525,7 @@ async def insert_plan(conn: Conn, run_id: str, phases: list[PhasePlan]) -> None:
         await _copy(
             conn,
             "steps",
-            "id, task_id, run_id, position, name, action, command, timeout_seconds, memory_bytes, processes, network",
+            "id, task_id, run_id, position, name, action, command, timeout_seconds, memory_bytes, processes, network, env",
             step_rows,
         )
 
@@ -578,6 +579,7 @@ class _PlanRow(msgspec.Struct):
     memory_bytes: int | None
     processes: int | None
     network: bool | None
+    env: dict[str, str] | None
     position: int | None
     step_status: str | None
 
@@ -587,7 +589,7 @@ SELECT p.id::text AS phase_id, p.name AS phase_name, p.group_number, p.timeout_s
        p.status::text AS phase_status,
        t.id::text AS task_id, t.project_name, t.project_path, t.status::text AS task_status,
        s.id::text AS step_id, s.name AS step_name, s.action, s.command, s.timeout_seconds AS step_timeout,
-       s.memory_bytes, s.processes, s.network, s.position, s.status::text AS step_status
+       s.memory_bytes, s.processes, s.network, s.env, s.position, s.status::text AS step_status
 FROM pipeline.phases p
 LEFT JOIN pipeline.tasks t ON t.phase_id = p.id
 LEFT JOIN pipeline.steps s ON s.task_id = t.id
@@ -632,6 +634,7 @@ async def load_plan(conn: Conn, run_id: str) -> list[PhasePlan]:
                     memory_bytes=r.memory_bytes,
                     processes=r.processes,
                     network=r.network is not False,
+                    env=r.env or {},
                     position=r.position or 0,
                     status=r.step_status or "",
                 )

@@ -177,7 +177,9 @@ class CiJobRunner:
             argv=argv,
             workspace=workspace,
             cwd=cwd,
-            env={**env, "FORGE_STEP": step.name},
+            # The step's own variables first: the platform's (FORGE_*, PATH, ...) always win,
+            # though discovery already refuses those names.
+            env={**step.env, **env, "FORGE_STEP": step.name},
             limits=limits,
             key=key,
             cancel=cancel,

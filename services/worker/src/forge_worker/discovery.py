@@ -30,6 +30,7 @@ from forge_common.jobs import (
 from forge_common.settings import parse_duration, parse_size
 
 from .git import GitCache, GitError
+from .sandbox import ENVIRONMENT_ALLOW_LIST
 
 __all__ = ["ConfigError", "Plan", "discover", "run_discovery"]
 
@@ -116,7 +117,7 @@ def _duration(value: Any, file: str, field: str, problems: _Problems) -> int | N
     return max(1, round(seconds))
 
 
-_STEP_KEYS = {"name", "action", "run", "target", "timeout", "memory", "processes", "network"}
+_STEP_KEYS = {"name", "action", "run", "target", "timeout", "memory", "processes", "network", "env"}
 MIN_MEMORY = 16 << 20
 MIN_PROCESSES = 8
 MAX_PROCESSES = 1 << 22
@@ -150,6 +151,42 @@ def _limits(step: dict[str, Any], file: str, field: str, problems: _Problems) ->
         problems.add(file, f"{field}.network", f"must be true or false, got {network!r}")
         network = True
     return memory, processes, network
+
+
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_ENV_VARIABLES = 64
+MAX_ENV_KEY = 128
+MAX_ENV_VALUE = 4096
+
+
+def _env(step: dict[str, Any], file: str, field: str, problems: _Problems) -> dict[str, str]:
+    """A step's own environment variables (``env``): a table of strings, bounded, none of them
+    a name the platform sets (the sandbox's allow-list) or any ``FORGE_`` name."""
+    raw = step.get("env", {})
+    if not isinstance(raw, dict):
+        problems.add(file, f"{field}.env", f'must be a table of strings like {{ GREETING = "hello" }}, got {raw!r}')
+        return {}
+    if len(raw) > MAX_ENV_VARIABLES:
+        problems.add(file, f"{field}.env", f"at most {MAX_ENV_VARIABLES} variables, got {len(raw)}")
+        return {}
+    env: dict[str, str] = {}
+    for key, value in raw.items():
+        where = f"{field}.env.{key}"
+        if len(key) > MAX_ENV_KEY or not _ENV_KEY.match(key):
+            problems.add(
+                file,
+                f"{field}.env",
+                f"variable name {key!r} must match [A-Za-z_][A-Za-z0-9_]* (at most {MAX_ENV_KEY} characters)",
+            )
+        elif key in ENVIRONMENT_ALLOW_LIST or key.upper().startswith("FORGE_"):
+            problems.add(file, where, "is set by the platform and cannot be overridden (FORGE_* names are reserved)")
+        elif not isinstance(value, str):
+            problems.add(file, where, f"must be a string, got {value!r}")
+        elif len(value.encode()) > MAX_ENV_VALUE or "\0" in value:
+            problems.add(file, where, f"must be at most {MAX_ENV_VALUE} bytes without NUL characters")
+        else:
+            env[key] = value
+    return env
 
 
 def _check_keys(table: dict[str, Any], allowed: set[str], file: str, prefix: str, problems: _Problems) -> None:
@@ -286,6 +323,7 @@ def _project(
                     continue
             timeout = _duration(step.get("timeout"), file, f"{sfield}.timeout", problems)
             memory, processes, network = _limits(step, file, sfield, problems)
+            env = _env(step, file, sfield, problems)
             steps.append(
                 PlannedStep(
                     name=sname,
@@ -295,6 +333,7 @@ def _project(
                     memory_bytes=memory,
                     processes=processes,
                     network=network,
+                    env=env,
                 )
             )
         if steps:

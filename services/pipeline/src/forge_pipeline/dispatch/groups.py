@@ -166,6 +166,7 @@ def _ci_job(driver: RunDriver, run: DispatchRun, phase: PhasePlan, task: TaskPla
                 memory_bytes=s.memory_bytes,
                 processes=s.processes,
                 network=s.network,
+                env=s.env,
             )
             for s in task.steps
         ],
