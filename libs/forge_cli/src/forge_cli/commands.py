@@ -1,4 +1,4 @@
-"""The API commands: runs, releases, deployments, approvals."""
+"""The API commands: runs, releases, deployments, approvals, search."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def add_api_commands(sub: Any, leaf: Any) -> None:
     _artifact_commands(sub, leaf)
     _deployment_commands(sub, leaf)
     _approval_commands(sub, leaf)
+    _search_commands(sub, leaf)
 
 
 def _runs_commands(sub: Any, leaf: Any) -> None:
@@ -316,6 +317,59 @@ def _create_release(args: argparse.Namespace) -> Any:
     if args.pipeline_run_id:
         body["pipeline_run_id"] = args.pipeline_run_id
     return call(args, "POST", "/v1/releases", body)
+
+
+def _search_commands(sub: Any, leaf: Any) -> None:
+    """``forge search logs|runs``: GET /v1/search/logs and GET /v1/search (docs/api-search.md)."""
+    search = sub.add_parser("search", help="search step logs and runs").add_subparsers(
+        dest="search_command", required=True
+    )
+    p = leaf(search, "logs", help="lines of finished steps' logs holding the words, newest first")
+    p.add_argument("words", nargs="+", help='words (all on the line), "a phrase", -word to exclude, or')
+    p.add_argument("--repository", help="only this repository's logs (owner/name)")
+    p.add_argument("--since", help="only logs of steps finished since this RFC 3339 time")
+    p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
+    p.add_argument("--cursor", help="the next_cursor of the previous page")
+    p.set_defaults(
+        func=lambda a: call(
+            a,
+            "GET",
+            "/v1/search/logs",
+            params={
+                "q": " ".join(a.words),
+                "repository": a.repository,
+                "since": a.since,
+                "limit": a.limit,
+                "cursor": a.cursor,
+            },
+        )
+    )
+    p = leaf(search, "runs", help="runs by commit prefix, branch, tag, author or error text, newest first")
+    p.add_argument("query")
+    p.add_argument("--repository", help="only this repository's runs (owner/name)")
+    p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
+    p.add_argument("--cursor", help="the next_cursor of the previous page")
+    p.set_defaults(
+        func=lambda a: call(
+            a,
+            "GET",
+            "/v1/search",
+            params={"q": a.query, "repository": a.repository, "limit": a.limit, "cursor": a.cursor},
+        )
+    )
+    p = leaf(search, "releases", help="releases by commit prefix, branch, tag, alias or author, newest first")
+    p.add_argument("query")
+    p.add_argument("--repository", help="only this repository's releases (owner/name)")
+    p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
+    p.add_argument("--cursor", help="the next_cursor of the previous page")
+    p.set_defaults(
+        func=lambda a: call(
+            a,
+            "GET",
+            "/v1/releases/search",
+            params={"q": a.query, "repository": a.repository, "limit": a.limit, "cursor": a.cursor},
+        )
+    )
 
 
 def _batch(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:

@@ -36,7 +36,7 @@ def _items(result: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
     lists = [(k, v) for k, v in result.items() if isinstance(v, list) and all(isinstance(i, dict) for i in v)]
     if len(lists) == 1 and "total" in result:
         return lists[0]
-    if len(lists) == 1 and len(result) == 1:
+    if len(lists) == 1 and set(result) - {lists[0][0]} <= {"next_cursor"}:
         return lists[0]
     return None
 
@@ -68,6 +68,8 @@ def _table(result: Any) -> None:
         if "total" in result:
             shown = f"{result.get('offset', 0) + 1 if items else 0}-{result.get('offset', 0) + len(items)}"
             console.print(f"{name}: {shown} of {result['total']}", markup=False)
+        elif result.get("next_cursor"):
+            console.print(f"more: --cursor {result['next_cursor']}", markup=False)
         return
     table = Table(box=box.SIMPLE, show_header=False, show_edge=False)
     table.add_column("field", style="bold")

@@ -25,6 +25,7 @@ API_VERSIONS: dict[str, dict[str, str]] = {
         "steps": "pipeline",
         "webhooks": "pipeline",
         "events": "pipeline",  # GET /v1/events: the platform's event stream, served by the pipeline service
+        "search": "pipeline",  # GET /v1/search, /v1/search/logs: runs and step logs (docs/api-search.md)
         "releases": "release",
         "deployments": "deployment",
         "approvals": "approval",

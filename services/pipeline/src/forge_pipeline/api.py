@@ -20,7 +20,7 @@ from forge_common.http import decode_body
 from forge_common.openapi import body_operation, errors, internal, response
 from forge_common.runtime import Runtime
 
-from . import domain, live, store, webhooks
+from . import domain, live, search, store, webhooks
 from .domain import StepReport, TaskReport
 from .retention import find_tombstone
 from .schemas import (
@@ -392,6 +392,7 @@ async def update_step_status(request: Request[Any, Any, Any], step_id: str, runt
     if body.exit_code is not None and not (-(2**31) <= body.exit_code < 2**31):
         raise InvalidRequest("exit_code must be a 32-bit integer", {"field": "exit_code"})
     view = await _service(runtime).step_status(sid, body.status, body.exit_code, body.logs_s3_key)
+    await _index_logs(runtime, [view])
     return _json(200, view)
 
 
@@ -459,7 +460,62 @@ async def report_task(request: Request[Any, Any, Any], task_id: str, runtime: Ru
     tid = domain.parse_uuid(task_id, "task")
     body = decode_body(await request.body(), TaskReportBody)
     _validate_report(body)
-    return _json(200, await _service(runtime).report(_report_command(tid, body)))
+    result = await _service(runtime).report(_report_command(tid, body))
+    await _index_logs(runtime, result.steps)
+    return _json(200, result)
+
+
+async def _index_logs(runtime: Runtime, steps: list[StepStatusView]) -> None:
+    """Index the logs of the reported steps that finished (after the commit: search.py)."""
+    final = [step.id for step in steps if step.status in search.FINAL_STEP]
+    if final:
+        await search.index_step_logs(runtime.pool, runtime.s3, final, _settings(runtime).search_log_index_bytes)
+
+
+# --- search (search.py; docs/api-search.md) --------------------------------------------------------
+
+
+@get(
+    "/v1/search/logs",
+    opt={"permission": Permission.READ},
+    summary="Full-text search over step logs: matching lines, their numbers and links to the step",
+    description=(
+        "q: words (websearch syntax: quoted phrases, -word, or). Newest logs first; page with"
+        " ?cursor=next_cursor and the same q, repository and since."
+    ),
+    responses=_doc(200, search.LogResults, "one page of matching lines", 400, 401, 403),
+)
+async def search_logs(
+    runtime: Runtime,
+    principal: Principal,
+    q: str | None = None,
+    repository: str | None = None,
+    since: str | None = None,
+    limit: str | None = None,
+    cursor: str | None = None,
+) -> Response[bytes]:
+    # A repository-bound token (forge_repository claim) searches its own repository only.
+    query = search.parse_log_query(q, repository_filter(principal, repository), since, limit, cursor)
+    return _json(200, await search.search_logs(runtime.pool, query))
+
+
+@get(
+    "/v1/search",
+    opt={"permission": Permission.READ},
+    summary="Runs by commit prefix, branch, tag, author or error text, newest first",
+    responses=_doc(200, search.RunResults, "one page of matching runs", 400, 401, 403),
+)
+async def search_runs(
+    runtime: Runtime,
+    principal: Principal,
+    q: str | None = None,
+    type: str | None = None,
+    repository: str | None = None,
+    limit: str | None = None,
+    cursor: str | None = None,
+) -> Response[bytes]:
+    query = search.parse_run_query(q, type, repository_filter(principal, repository), limit, cursor)
+    return _json(200, await search.search_runs(runtime.pool, query))
 
 
 ROUTES: list[Any] = [
@@ -475,4 +531,6 @@ ROUTES: list[Any] = [
     update_step_status,
     report_task,
     github_webhook,
+    search_logs,
+    search_runs,
 ]

@@ -32,6 +32,10 @@ class Settings(CommonSettings, kw_only=True):
     # Longest quiet time of a Server-Sent Events stream before a comment heartbeat (spec: 15 s).
     stream_heartbeat: float = 15.0
 
+    # Search (search.py): at most this many bytes of a step's log are indexed, from its start
+    # (0 turns log indexing off). Lines past the cap are not found by GET /v1/search/logs.
+    search_log_index_bytes: int = 1024 * 1024
+
     def validate(self) -> list[str]:
         problems = super().validate()
         if self.run_retention <= 0 or self.run_retention_interval <= 0:
@@ -47,4 +51,6 @@ class Settings(CommonSettings, kw_only=True):
             problems.append("FORGE_MAX_ACTIVE_RUNS_PER_REPOSITORY must be >= 1")
         if not (1 <= self.logs_url_ttl <= 7 * 24 * 3600):
             problems.append("FORGE_LOGS_URL_TTL must be between 1s and 7 days")
+        if not (0 <= self.search_log_index_bytes <= 64 * 1024 * 1024):
+            problems.append("FORGE_SEARCH_LOG_INDEX_BYTES must be between 0 and 67108864 (64 MiB)")
         return problems

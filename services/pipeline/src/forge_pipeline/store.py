@@ -391,11 +391,12 @@ async def list_runs(conn: Conn, query: ListQuery) -> tuple[list[RunSummary], int
         and query.created_after is None
         and query.created_before is None
     ):
-        # Kept by triggers (migration 0011): no count over a repository's every run.
+        # Kept by triggers (migrations 0011, 0061; keyed by the lower-cased name): no count over
+        # a repository's every run.
         status_cond = " AND status = %(status)s::pipeline.run_status" if query.status is not None else ""
         total = await _scalar(
             conn,
-            f"SELECT coalesce(sum(runs), 0)::bigint FROM pipeline.run_counts WHERE repository = %(repository)s{status_cond}",
+            f"SELECT coalesce(sum(runs), 0)::bigint FROM pipeline.run_counts WHERE repository = lower(%(repository)s){status_cond}",
             params,
         )
     else:

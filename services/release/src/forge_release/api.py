@@ -23,14 +23,23 @@ from litestar import Request, Response, delete, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from forge_common.auth import Permission, Principal, require_repository
+from forge_common.auth import Permission, Principal, repository_filter, require_repository
 from forge_common.errors import NotFound
 from forge_common.http import decode_body, parse_page
 from forge_common.openapi import PathForm, body_operation, errors, path_forms, response
 from forge_common.paths import raw_path_segments
 from forge_common.runtime import Runtime
 
-from .schemas import AliasCreate, AliasResult, Release, ReleaseCreate, ReleaseCreated, ReleaseList
+from .schemas import (
+    AliasCreate,
+    AliasResult,
+    Release,
+    ReleaseCreate,
+    ReleaseCreated,
+    ReleaseList,
+    ReleaseSearchResults,
+)
+from .search import search_releases
 from .service import CreateRelease, ReleaseService
 
 __all__ = ["ROUTES"]
@@ -111,6 +120,26 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
             on_behalf_of_id=data.trigger.triggered_by_id if data.trigger else None,
         )
     )
+
+
+@get(
+    "/v1/releases/search",
+    opt={"permission": Permission.READ},
+    summary="Releases by commit prefix, branch, tag, alias or author, newest first (docs/api-search.md)",
+    description="`q` required (<= 200 characters); `repository` narrows; `limit` 1..100 (default 20); "
+    "`cursor`: the previous page's next_cursor.",
+    responses={200: response(ReleaseSearchResults, "one page of matching releases")},
+)
+async def search(
+    runtime: Runtime,
+    principal: Principal,
+    q: str | None = None,
+    repository: str | None = None,
+    limit: str | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    # A repository-bound token (forge_repository claim) searches its own repository only.
+    return await search_releases(runtime.pool, q, repository_filter(principal, repository), limit, cursor)
 
 
 @get(
@@ -233,4 +262,4 @@ async def remove_alias(request: Request[Any, Any, Any], runtime: Runtime, rest: 
     await _service(runtime).remove_alias(repo, rest_parts[0], rest_parts[1], rest_parts[3])
 
 
-ROUTES: list[Any] = [create_release, read_releases, add_alias, remove_alias]
+ROUTES: list[Any] = [create_release, search, read_releases, add_alias, remove_alias]

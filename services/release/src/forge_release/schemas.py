@@ -145,6 +145,8 @@ class Release(msgspec.Struct, kw_only=True):
                 "type": "container",
                 "tracking_oci_uri": "oci://registry.example.com/forge/mycompany/myrepo/api:4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
                 "primary_published_uri": "ghcr.io/mycompany/api:v1.2.3",
+                "digest": "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+                "size": 52428800,
             }
         ],
         "aliases": [{"alias": "v1.2.3", "alias_type": "tag"}, {"alias": "42", "alias_type": "numeric"}],
@@ -215,3 +217,47 @@ class ReleaseList(msgspec.Struct, kw_only=True):
     offset: int
     # Pass as ``?cursor=`` for the next page; null on the last one.
     next_cursor: str | None
+
+
+class ReleaseHit(msgspec.Struct, kw_only=True):
+    type: str
+    id: str
+    repository: str
+    project: str
+    commit_sha: str
+    release_number: int
+    created_by: str
+    branch: str | None
+    tag: str | None
+    aliases: list[str]
+    created_at: str
+    # Which of commit, branch, tag, alias, author matched.
+    matched: list[str]
+    url: str
+
+
+class ReleaseSearchResults(msgspec.Struct, kw_only=True):
+    """One page of releases matching a search, newest first (GET /v1/releases/search)."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "results": [
+            {
+                "type": "release",
+                "id": "7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
+                "repository": "acme/shop",
+                "project": "api",
+                "commit_sha": "4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
+                "release_number": 42,
+                "created_by": "dev@acme.io",
+                "branch": None,
+                "tag": "v1.4.0",
+                "aliases": ["42", "v1.4.0"],
+                "created_at": "2025-10-05T12:03:00Z",
+                "matched": ["alias", "tag"],
+                "url": "/v1/releases/7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
+            }
+        ],
+        "next_cursor": None,
+    }
+    results: list[ReleaseHit]
+    next_cursor: str | None = None

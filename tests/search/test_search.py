@@ -1,0 +1,196 @@
+"""``GET /v1/search/logs`` and ``GET /v1/search`` through the gateway (docs/api-search.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import httpx
+from live.conftest import DEVELOPER, Lane, project_files
+
+from .conftest import finished_run
+
+
+def _step(run: dict[str, Any], name: str) -> dict[str, Any]:
+    for phase in run["phases"]:
+        for task in phase["tasks"]:
+            for step in task["steps"]:
+                if step["name"] == name:
+                    return dict(step)
+    raise AssertionError(f"no step {name}")
+
+
+async def _logs(client: httpx.AsyncClient, lane: Lane, **params: str) -> httpx.Response:
+    return await client.get(f"{lane.gateway_url}/v1/search/logs", params=params, headers=lane.headers("viewer"))
+
+
+async def test_a_word_printed_by_one_step_is_found_with_its_line_and_step(
+    lane: Lane, client: httpx.AsyncClient
+) -> None:
+    word = f"zebra{uuid.uuid4().hex[:10]}"
+    steps = {"build": f"echo compiling; echo 'found the {word} here'; echo done", "check": "echo nothing to see"}
+    repository, sha = lane.push(project_files(steps))
+    run = await finished_run(client, lane, repository, sha)
+    assert run["status"] == "success"
+
+    resp = await _logs(client, lane, q=word)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["next_cursor"] is None
+    [hit] = body["results"]
+    build = _step(run, "build")
+    assert hit["line"] == f"found the {word} here"
+    assert hit["line_number"] == 2
+    assert (hit["run_id"], hit["step_id"], hit["step"], hit["project"], hit["phase"]) == (
+        run["id"],
+        build["id"],
+        "build",
+        "api",
+        "test",
+    )
+    assert hit["repository"] == repository
+    # The links lead to the step's log (which holds the line) and to the run.
+    log = await client.get(f"{lane.gateway_url}{hit['step_url']}", headers=lane.headers("viewer"))
+    assert log.text.splitlines()[hit["line_number"] - 1] == hit["line"]
+    assert (await client.get(f"{lane.gateway_url}{hit['run_url']}", headers=lane.headers("viewer"))).json()[
+        "id"
+    ] == run["id"]
+
+    # Filters: same repository finds it; another repository or a later `since` does not.
+    assert len((await _logs(client, lane, q=word, repository=repository)).json()["results"]) == 1
+    assert (await _logs(client, lane, q=word, repository=f"{repository}-other")).json()["results"] == []
+    assert (await _logs(client, lane, q=word, since="2999-01-01T00:00:00Z")).json()["results"] == []
+    assert len((await _logs(client, lane, q=word, since="2020-01-01T00:00:00Z")).json()["results"]) == 1
+
+    # A token bound to one repository (forge_repository claim) searches that repository only.
+    def bound(to: str) -> dict[str, str]:
+        token = lane.platform.keys.sign(DEVELOPER, ["viewer"], extra={"forge_repository": to})
+        return {"Authorization": f"Bearer {token}"}
+
+    url = f"{lane.gateway_url}/v1/search/logs"
+    assert len((await client.get(url, params={"q": word}, headers=bound(repository))).json()["results"]) == 1
+    assert (await client.get(url, params={"q": word}, headers=bound(f"{repository}-other"))).json()["results"] == []
+    refused = await client.get(url, params={"q": word, "repository": repository}, headers=bound(f"{repository}-other"))
+    assert refused.status_code == 403
+
+
+async def test_log_results_page_by_cursor(lane: Lane, client: httpx.AsyncClient) -> None:
+    word = f"okapi{uuid.uuid4().hex[:10]}"
+    repository, sha = lane.push(project_files({"many": f"for i in 1 2 3 4 5; do echo $i {word}; done"}))
+    await finished_run(client, lane, repository, sha)
+
+    seen: list[int] = []
+    params = {"q": word, "limit": "2"}
+    pages = 0
+    while True:
+        resp = await _logs(client, lane, **params)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        seen += [hit["line_number"] for hit in body["results"]]
+        pages += 1
+        if body["next_cursor"] is None:
+            break
+        params["cursor"] = body["next_cursor"]
+    assert seen == [1, 2, 3, 4, 5]
+    assert pages == 3
+
+    first = (await _logs(client, lane, q=word, limit="2")).json()
+    other = await _logs(client, lane, q="another", cursor=first["next_cursor"])
+    assert other.status_code == 400
+    assert other.json()["error"]["details"]["field"] == "cursor"
+
+
+async def test_bad_queries_are_refused(lane: Lane, client: httpx.AsyncClient) -> None:
+    cases = [
+        ({}, "q"),
+        ({"q": "  "}, "q"),
+        ({"q": "x" * 201}, "q"),
+        ({"q": "x", "limit": "0"}, "limit"),
+        ({"q": "x", "limit": "101"}, "limit"),
+        ({"q": "x", "since": "yesterday"}, "since"),
+        ({"q": "x", "cursor": "not-a-cursor"}, "cursor"),
+    ]
+    for params, field in cases:
+        resp = await _logs(client, lane, **params)
+        assert resp.status_code == 400, (params, resp.text)
+        assert resp.json()["error"]["details"]["field"] == field
+    resp = await client.get(
+        f"{lane.gateway_url}/v1/search", params={"q": "main", "type": "deployments"}, headers=lane.headers("viewer")
+    )
+    assert resp.status_code == 400
+    assert resp.json()["error"]["details"]["field"] == "type"
+    for path in ("/v1/search/logs", "/v1/search"):
+        assert (await client.get(f"{lane.gateway_url}{path}", params={"q": "x"})).status_code == 401
+
+
+async def test_runs_found_by_commit_prefix_branch_author_and_error(lane: Lane, client: httpx.AsyncClient) -> None:
+    branch = f"feature/search-{uuid.uuid4().hex[:8]}"
+    repository, sha = lane.push(project_files({"ok": "echo fine"}), branch=branch)
+    passed = await finished_run(client, lane, repository, sha, branch)
+    broken, broken_sha = lane.push(project_files({"boom": "echo broken; exit 3"}))
+    failed = await finished_run(client, lane, broken, broken_sha)
+    assert failed["status"] == "failed"
+
+    async def ids(q: str, **extra: str) -> list[tuple[str, list[str]]]:
+        resp = await client.get(
+            f"{lane.gateway_url}/v1/search", params={"q": q, **extra}, headers=lane.headers("viewer")
+        )
+        assert resp.status_code == 200, resp.text
+        return [(hit["id"], hit["matched"]) for hit in resp.json()["results"]]
+
+    assert await ids(sha[:10]) == [(passed["id"], ["commit"])]
+    assert await ids(sha.upper()) == [(passed["id"], ["commit"])]
+    assert await ids(branch) == [(passed["id"], ["branch"])]
+    mine = await ids(DEVELOPER, repository=repository)
+    assert mine == [(passed["id"], ["author"])]
+    error = failed["error"]
+    assert error, failed
+    word = next(w for w in error.replace(":", " ").split() if w.isalpha() and len(w) > 3)
+    assert (failed["id"], ["error"]) in await ids(word, repository=broken)
+    # Paging: two runs of the same author, one per page, newest first.
+    first = await client.get(
+        f"{lane.gateway_url}/v1/search", params={"q": DEVELOPER, "limit": "1"}, headers=lane.headers("viewer")
+    )
+    body = first.json()
+    assert len(body["results"]) == 1
+    assert body["next_cursor"] is not None
+    second = await client.get(
+        f"{lane.gateway_url}/v1/search",
+        params={"q": DEVELOPER, "limit": "1", "cursor": body["next_cursor"]},
+        headers=lane.headers("viewer"),
+    )
+    assert second.json()["results"][0]["created_at"] <= body["results"][0]["created_at"]
+
+
+def _forge(lane: Lane, *args: str) -> subprocess.CompletedProcess[str]:
+    token = lane.platform.token(DEVELOPER, "viewer")
+    return subprocess.run(
+        [sys.executable, "-m", "forge_cli", "--api", lane.gateway_url, "--token", token, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+
+
+async def test_forge_search_from_the_command_line(lane: Lane, client: httpx.AsyncClient) -> None:
+    word = f"ibex{uuid.uuid4().hex[:10]}"
+    repository, sha = lane.push(project_files({"say": f"echo first; echo {word} twice {word}"}))
+    run = await finished_run(client, lane, repository, sha)
+
+    logs = _forge(lane, "search", "logs", word, "--repository", repository)
+    assert logs.returncode == 0, logs.stderr
+    [hit] = json.loads(logs.stdout)["results"]
+    assert (hit["run_id"], hit["line_number"], hit["line"]) == (run["id"], 2, f"{word} twice {word}")
+
+    runs = _forge(lane, "search", "runs", sha[:12])
+    assert runs.returncode == 0, runs.stderr
+    assert [r["id"] for r in json.loads(runs.stdout)["results"]] == [run["id"]]
+
+    bad = _forge(lane, "search", "logs", word, "--limit", "500")
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("forge: 400 invalid_request: ")
