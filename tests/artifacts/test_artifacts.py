@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -216,6 +217,9 @@ async def _check_pulls(
     )
     assert pulled.returncode == 0, pulled.stderr
     assert cli.read_bytes() == f"cli built at {sha}\n".encode()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert cli.stat().st_mode & 0o777 == 0o666 & ~umask, "a pulled file gets the usual mode, not mkstemp's 0600"
 
     # archive: the directory, packed as a tar.gz
     site = tmp_path / "pulled" / "site.tar.gz"

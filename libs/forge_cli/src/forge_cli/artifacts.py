@@ -99,6 +99,12 @@ class _Source:
             yield resp.iter_content(_CHUNK)
 
 
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
 def _save_verified(chunks: Iterator[bytes], digest: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     hasher = hashlib.sha256()
@@ -110,6 +116,8 @@ def _save_verified(chunks: Iterator[bytes], digest: str, dest: Path) -> None:
                 out.write(chunk)
         if "sha256:" + hasher.hexdigest() != digest:
             raise CliError(f"blob {digest} arrived as sha256:{hasher.hexdigest()}: refusing to write it")
+        # mkstemp makes the file 0600; a pulled artifact gets the mode any new file gets (umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     finally:
         with contextlib.suppress(FileNotFoundError):
