@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
+from forge_dev.stack import Process
 from forge_dev.testing import Platform
 from tests.execution.conftest import Cell, pids_running, steps_of
 
@@ -45,7 +46,8 @@ async def test_a_killed_workers_job_runs_again_elsewhere_within_60s(
     cell = default_cell
     workers = [cell.start_worker(), cell.start_worker()]
     cell.wait_workers(2)
-    attempts = cell.root / "attempts"
+    # Steps run sandboxed: the cell's shared directory is the one host path they may write.
+    attempts = cell.shared / "attempts"
     repo = cell.repo()
     sha = repo.commit(
         {
@@ -68,11 +70,8 @@ run = "echo packaged"
     )
     while not attempts.exists():
         await asyncio.sleep(0.05)
-    # The worker running the step is the parent of the step's shell.
-    shell = pids_running(str(attempts))[0]
-    with open(f"/proc/{shell}/stat") as fh:
-        parent = int(fh.read().split(") ", 1)[1].split()[1])
-    victim = next(w for w in workers if w.popen.pid == parent)
+    # The worker running the step is an ancestor of the step's shell (the sandbox sits between).
+    victim = _worker_above(pids_running(str(attempts))[0], workers)
     victim.kill()  # SIGKILL mid-step: no nak, no reply, no clean-up
     killed_at = time.monotonic()
 
@@ -85,3 +84,13 @@ run = "echo packaged"
     assert attempts.read_text().count("attempt") == 2  # killed once, run again once
     log = (await client.get(steps[("test", "app", "slow")]["logs_url"])).text
     assert log == "finished\n"
+
+
+def _worker_above(pid: int, workers: list[Process]) -> Process:
+    by_pid = {w.popen.pid: w for w in workers}
+    while pid > 1:
+        if pid in by_pid:
+            return by_pid[pid]
+        with open(f"/proc/{pid}/stat") as fh:
+            pid = int(fh.read().split(") ", 1)[1].split()[1])
+    raise AssertionError("the step's shell runs under no worker of this cell")
