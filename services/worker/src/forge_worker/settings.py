@@ -47,9 +47,8 @@ class Settings(CommonSettings, kw_only=True):
     oci_password: str = ""
     oci_layout_dir: str = ""
     data_dir: str = ".forge-data"
-    # github-release destinations: the GitHub REST API and a token allowed to write releases.
-    github_api_url: str = "https://api.github.com"
-    github_token: str = ""
+    # github-release destinations use the common FORGE_GITHUB_API_URL and FORGE_GITHUB_TOKEN
+    # (CommonSettings); the token must be allowed to write releases.
     # How long a release job keeps retrying a release service that cannot take the release yet
     # (down, 5xx, 429), with exponential back-off up to 15 s; keep it under FORGE_JOB_TIMEOUT_RELEASE.
     release_retry_for: float = 600.0
