@@ -4,7 +4,7 @@
 * ``dispatcher``: one driver task per leased run, the cancel and dead-letter subscriptions;
 * ``driver``: what driving one run needs (reply inbox, job queue, failing the run);
 * ``discovery``, ``groups`` (with ``timeouts``), ``releases``: the stages of a run, in order;
-* ``queue``: publishing jobs, reading replies, purging an ended run's jobs;
+* ``queue``: publishing jobs, reading replies, deleting an ended run's jobs (by sequence);
 * ``dead_letters``: jobs JetStream gave up on;
 * ``log_lifecycle``: expiry of run logs in object storage.
 

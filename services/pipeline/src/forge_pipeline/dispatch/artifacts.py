@@ -79,8 +79,7 @@ async def _build_all(driver: RunDriver, run: DispatchRun, todo: dict[str, Artifa
         for artifact_id in deadlines.overdue(list(pending)):
             del pending[artifact_id]
             artifact = todo[artifact_id]
-            subject = jobs.job_subject(driver.runtime.names, "artifact", driver.run_id, artifact_id)
-            await driver.queue.purge_subject(subject)
+            await driver.queue.drop(driver.run_id, [artifact_id])
             why = f"timed out after {format_seconds(_timeout(driver, artifact))}"
             outcomes[artifact_id] = _Outcome(status="failed", error=why)
         if not done and pending:

@@ -106,7 +106,7 @@ class Dispatcher:
         task = self.drivers.get(run_id)
         if task is not None:
             task.cancel()
-            await self.queue.purge_run(run_id)
+            await self.queue.drop(run_id)
 
     def _start_driver(self, run_id: str) -> None:
         task = asyncio.create_task(self._drive(run_id), name=f"run-{run_id}")

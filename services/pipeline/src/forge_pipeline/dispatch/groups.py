@@ -116,7 +116,7 @@ async def _await_replies(
             errors = []
             for task_id in overdue:
                 errors.append((task_id, deadlines.error(task_id, tasks[task_id][0])))
-                await driver.queue.purge_subject(jobs.job_subject(driver.runtime.names, "ci", driver.run_id, task_id))
+                await driver.queue.drop(driver.run_id, [task_id])
             await _task_failures(driver, errors, tasks, timed_out=True)
             raise RunEnded
         if not done:

@@ -1,4 +1,14 @@
-"""The dispatcher's side of the job queue: publish jobs, read replies, purge ended runs' jobs."""
+"""The dispatcher's side of the job queue: publish jobs, read replies, drop ended runs' jobs.
+
+Jobs are removed from the work-queue stream one by one, by their stream sequence
+(``STREAM.MSG.DELETE``), never by purging a subject: on NATS servers before 2.9.12 a purge
+restricted to a subject moved the sequences of every consumer whose filter contained that
+subject past the purged range (nats-server PR #3838), so the other runs' jobs queued behind it
+were never delivered (their runs stayed ``running`` until their timeout). Deleting a message
+leaves every consumer's position alone on all versions. The queue remembers the sequence of
+every job it published until the job's reply arrives or the run's driver ends; a re-publish with
+the same ``Nats-Msg-Id`` is acknowledged with the original message's sequence.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +33,9 @@ class JobQueue:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.names = runtime.names
+        self.stream = self.names.stream(jobs.JOBS_STREAM)
+        # run id -> job id -> stream sequence of the job's message, while it may still be queued
+        self._queued: dict[str, dict[str, int]] = {}
 
     async def publish(
         self, job_type: jobs.JobType, job: jobs.DiscoveryJob | jobs.CiJob | jobs.ArtifactJob, msg_id: str
@@ -35,22 +48,36 @@ class JobQueue:
             headers = jobs.job_headers(self.names, job_type, run_id, job_id, msg_id)
             # A job over 1 MB (huge step commands) travels through S3 like a large result.
             body = await encode_result(self.runtime.s3, run_id, f"{job_type}-job", job_id, job)
-            await self.runtime.js.publish(subject, body, headers=headers, timeout=5.0)
+            ack = await self.runtime.js.publish(subject, body, headers=headers, timeout=5.0)
+        self._queued.setdefault(run_id, {})[job_id] = ack.seq
+
+    def answered(self, run_id: str, job_id: str) -> None:
+        """The job's reply arrived: the worker acknowledges (removes) it, nothing to drop."""
+        queued = self._queued.get(run_id)
+        if queued is not None:
+            queued.pop(job_id, None)
+
+    def forget(self, run_id: str) -> None:
+        """The run's driver ended here."""
+        self._queued.pop(run_id, None)
+
+    def queued(self, run_id: str) -> dict[str, int]:
+        """Job id -> stream sequence of the run's jobs published here and not answered yet."""
+        return dict(self._queued.get(run_id, {}))
 
     async def read_reply(self, raw: bytes, result_type: type[R]) -> jobs.JobReply[R]:
         """Raises ``msgspec.ValidationError`` for a reply that is not one."""
         return jobs.decode_reply(await resolve_result(self.runtime.s3, raw), result_type)
 
-    async def purge_run(self, run_id: str) -> None:
-        """Drop the run's queued discovery, CI and artifact jobs (the run ended; nobody should
-        start them)."""
-        await self.purge_subject(jobs.job_subject(self.names, "discovery", run_id))
-        await self.purge_subject(self.names.subject(f"pipeline.tasks.{run_id}.>"))
-        await self.purge_subject(self.names.subject(f"pipeline.artifacts.{run_id}.>"))
-
-    async def purge_subject(self, subject: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.runtime.js.purge_stream(self.names.stream(jobs.JOBS_STREAM), subject=subject)
+    async def drop(self, run_id: str, job_ids: list[str] | None = None) -> None:
+        """Delete the run's queued jobs (``job_ids``, or all of them: the run ended) from the
+        stream by sequence, so no worker starts them. A job already acknowledged is gone."""
+        queued = self._queued.get(run_id, {})
+        for job_id in list(queued) if job_ids is None else job_ids:
+            seq = queued.pop(job_id, None)
+            if seq is not None:
+                with contextlib.suppress(Exception):
+                    await self.runtime.js.delete_msg(self.stream, seq)
 
     async def cancel_workers(self, run_id: str) -> None:
         """Tell the workers the run ended (they stop its steps) and drop its queued jobs."""
@@ -59,4 +86,4 @@ class JobQueue:
                 self.names.subject(f"pipeline.cancel.{run_id}"),
                 msgspec.json.encode({"run_id": run_id, "reason": "run ended"}),
             )
-        await self.purge_run(run_id)
+        await self.drop(run_id)
