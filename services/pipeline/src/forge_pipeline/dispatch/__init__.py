@@ -6,6 +6,7 @@
 * ``discovery``, ``groups`` (with ``timeouts``), ``releases``: the stages of a run, in order;
 * ``queue``: publishing jobs, reading replies, deleting an ended run's jobs (by sequence);
 * ``dead_letters``: jobs JetStream gave up on;
+* ``watchdog``: unanswered jobs no longer on their way to a worker (republished, or the run failed);
 * ``log_lifecycle``: expiry of run logs in object storage.
 
 ``create_app`` builds the :class:`Dispatcher` with its settings; nothing here reads the

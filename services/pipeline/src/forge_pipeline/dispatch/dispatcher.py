@@ -22,7 +22,7 @@ from forge_common import jobs, metrics
 from forge_common.jobs import JobSettings
 from forge_common.runtime import Runtime
 from forge_common.tracing import extract
-from forge_pipeline import execution_store
+from forge_pipeline import execution_store, service
 from forge_pipeline.metrics import JOBS_PENDING
 
 from .dead_letters import DeadLetters
@@ -33,6 +33,7 @@ from .leases import LeaseKeeper
 from .queue import JobQueue
 from .releases import release
 from .settings import DispatcherSettings
+from .watchdog import Watchdog
 
 __all__ = ["Dispatcher"]
 
@@ -52,6 +53,9 @@ class Dispatcher:
             runtime.pool, runtime.settings.database_url, self.owner, settings, self.drivers, self._start_driver
         )
         self.dead_letters = DeadLetters(runtime, job_settings)
+        self.watchdog = Watchdog(
+            runtime, self.queue, settings.dispatcher_watchdog_interval, lambda: list(self.drivers), self._fail_run
+        )
         self._loops: list[asyncio.Task[None]] = []
         self._subscriptions: list[Subscription] = []
 
@@ -72,6 +76,7 @@ class Dispatcher:
             asyncio.create_task(self.leases.claim_loop(), name="dispatcher-claim"),
             asyncio.create_task(self.leases.renew_loop(), name="dispatcher-renew"),
             asyncio.create_task(self.leases.listen(), name="dispatcher-listen"),
+            asyncio.create_task(self.watchdog.loop(), name="dispatcher-watchdog"),
         ]
         log.info("dispatcher.started", owner=self.owner, lease_ttl=self.settings.dispatcher_lease_ttl)
 
@@ -107,6 +112,15 @@ class Dispatcher:
         if task is not None:
             task.cancel()
             await self.queue.drop(run_id)
+
+    async def _fail_run(self, run_id: str, reason: str) -> None:
+        """The watchdog gave up on one of the run's jobs: fail the run, stop its driver."""
+        async with self.runtime.pool.connection() as conn, conn.transaction():
+            await service.fail_run(conn, run_id, reason)
+        task = self.drivers.get(run_id)
+        if task is not None:
+            task.cancel()
+        await self.queue.cancel_workers(run_id)
 
     def _start_driver(self, run_id: str) -> None:
         task = asyncio.create_task(self._drive(run_id), name=f"run-{run_id}")

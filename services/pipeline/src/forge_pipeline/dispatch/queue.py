@@ -13,6 +13,7 @@ the same ``Nats-Msg-Id`` is acknowledged with the original message's sequence.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import TypeVar
 
 import msgspec
@@ -23,10 +24,26 @@ from forge_common import jobs
 from forge_common.results import encode_result, resolve_result
 from forge_common.runtime import Runtime
 
-__all__ = ["JobQueue"]
+__all__ = ["Job", "JobQueue", "QueuedJob"]
 
 R = TypeVar("R")
 _tracer = trace.get_tracer("forge.dispatcher")
+
+Job = jobs.DiscoveryJob | jobs.CiJob | jobs.ArtifactJob
+
+
+@dataclasses.dataclass
+class QueuedJob:
+    """A job published here whose reply has not arrived: where it is in the stream, and what
+    the watchdog needs to publish it again."""
+
+    job_type: jobs.JobType
+    job: Job
+    msg_id: str
+    seq: int
+    # Consecutive watchdog checks that found it neither in the stream's queue nor answered.
+    suspect: int = 0
+    republished: int = 0
 
 
 class JobQueue:
@@ -34,12 +51,24 @@ class JobQueue:
         self.runtime = runtime
         self.names = runtime.names
         self.stream = self.names.stream(jobs.JOBS_STREAM)
-        # run id -> job id -> stream sequence of the job's message, while it may still be queued
-        self._queued: dict[str, dict[str, int]] = {}
+        # run id -> job id -> the job, while it may still be queued
+        self._queued: dict[str, dict[str, QueuedJob]] = {}
 
-    async def publish(
-        self, job_type: jobs.JobType, job: jobs.DiscoveryJob | jobs.CiJob | jobs.ArtifactJob, msg_id: str
-    ) -> None:
+    async def publish(self, job_type: jobs.JobType, job: Job, msg_id: str) -> None:
+        seq = await self._publish(job_type, job, msg_id)
+        self._queued.setdefault(job.run_id, {})[job.job_id] = QueuedJob(job_type, job, msg_id, seq)
+
+    async def republish(self, queued: QueuedJob) -> None:
+        """Publish a job the stream lost (or will never deliver) again, under a new
+        ``Nats-Msg-Id`` (the original's is in the duplicate window), and delete the old copy."""
+        queued.republished += 1
+        old = queued.seq
+        queued.seq = await self._publish(queued.job_type, queued.job, f"{queued.msg_id}:re{queued.republished}")
+        queued.suspect = 0
+        with contextlib.suppress(Exception):
+            await self.runtime.js.delete_msg(self.stream, old)
+
+    async def _publish(self, job_type: jobs.JobType, job: Job, msg_id: str) -> int:
         run_id, job_id = job.run_id, job.job_id
         subject = jobs.job_subject(self.names, job_type, run_id, job_id)
         attributes = {"forge.run_id": run_id, "forge.job_id": job_id, "forge.job_type": job_type}
@@ -49,7 +78,7 @@ class JobQueue:
             # A job over 1 MB (huge step commands) travels through S3 like a large result.
             body = await encode_result(self.runtime.s3, run_id, f"{job_type}-job", job_id, job)
             ack = await self.runtime.js.publish(subject, body, headers=headers, timeout=5.0)
-        self._queued.setdefault(run_id, {})[job_id] = ack.seq
+        return ack.seq
 
     def answered(self, run_id: str, job_id: str) -> None:
         """The job's reply arrived: the worker acknowledges (removes) it, nothing to drop."""
@@ -61,9 +90,9 @@ class JobQueue:
         """The run's driver ended here."""
         self._queued.pop(run_id, None)
 
-    def queued(self, run_id: str) -> dict[str, int]:
-        """Job id -> stream sequence of the run's jobs published here and not answered yet."""
-        return dict(self._queued.get(run_id, {}))
+    def queued(self, run_id: str) -> list[QueuedJob]:
+        """The run's jobs published here and not answered yet."""
+        return list(self._queued.get(run_id, {}).values())
 
     async def read_reply(self, raw: bytes, result_type: type[R]) -> jobs.JobReply[R]:
         """Raises ``msgspec.ValidationError`` for a reply that is not one."""
@@ -74,10 +103,10 @@ class JobQueue:
         stream by sequence, so no worker starts them. A job already acknowledged is gone."""
         queued = self._queued.get(run_id, {})
         for job_id in list(queued) if job_ids is None else job_ids:
-            seq = queued.pop(job_id, None)
-            if seq is not None:
+            job = queued.pop(job_id, None)
+            if job is not None:
                 with contextlib.suppress(Exception):
-                    await self.runtime.js.delete_msg(self.stream, seq)
+                    await self.runtime.js.delete_msg(self.stream, job.seq)
 
     async def cancel_workers(self, run_id: str) -> None:
         """Tell the workers the run ended (they stop its steps) and drop its queued jobs."""
