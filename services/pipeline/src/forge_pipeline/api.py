@@ -479,8 +479,10 @@ async def report_task(request: Request[Any, Any, Any], task_id: str, runtime: Ru
 
 
 async def _index_logs(runtime: Runtime, steps: list[StepStatusView]) -> None:
-    """Index the logs of the reported steps that finished (after the commit: search.py)."""
-    final = [step.id for step in steps if step.status in search.FINAL_STEP]
+    """Index the logs of the reported steps that finished (after the commit: search.py). A step
+    without a log (it printed nothing: the worker reports no ``logs_s3_key``) has nothing to
+    index: no S3 client, no read (most of the service's CPU per quick step before)."""
+    final = [step.id for step in steps if step.status in search.FINAL_STEP and step.logs_s3_key]
     if final:
         await search.index_step_logs(runtime.pool, runtime.s3, final, _settings(runtime).search_log_index_bytes)
 
