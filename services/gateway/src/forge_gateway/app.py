@@ -80,7 +80,7 @@ async def _redirect(send: Any, location: str) -> None:
 
 
 def create_app(settings: Settings) -> GatewayApp:
-    configure_tracing("gateway", settings.otel_exporter)
+    exporter = configure_tracing("gateway", settings.otel_exporter)
     jwks = JwksCache(settings.jwks_url)
     jwks.min_refresh_interval = settings.jwks_refresh_interval
     issuers = load_trusted_issuers(settings.trusted_issuers)
@@ -90,7 +90,8 @@ def create_app(settings: Settings) -> GatewayApp:
     )
     # The gateway accepts the tokens it issues with its own key in hand (no fetch from itself).
     workload = {settings.token_issuer: LocalKeySet({key.kid: key.pyjwk()})}
-    proxy = Proxy(settings, TokenVerifier(settings.oidc_issuer, settings.oidc_audience, jwks, also_trusted=workload))
+    verifier = TokenVerifier(settings.oidc_issuer, settings.oidc_audience, jwks, also_trusted=workload)
+    proxy = Proxy(settings, verifier, sdk_spans=exporter != "none")
 
     @get("/healthz", sync_to_thread=False, summary="Liveness")
     def healthz() -> dict[str, str]:
