@@ -154,22 +154,18 @@ class _BodyStream:
         self.chunked = chunked
         self.limit = limit
         self.received = 0
-        self.exceeded = False
-        self.client_gone = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         more = True
         while more:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                self.client_gone = True
                 raise _ClientGone
             chunk: bytes = message.get("body", b"")
             more = message.get("more_body", False)
             if chunk:
                 self.received += len(chunk)
                 if self.received > self.limit:
-                    self.exceeded = True
                     raise _BodyTooLarge
                 yield chunk
 

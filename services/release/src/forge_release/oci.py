@@ -79,8 +79,8 @@ def oci_path(repository: str, project: str) -> str:
     return f"{repository}/{project}".lower()
 
 
-def _artifact_entry(artifact: Artifact) -> dict[str, Any]:
-    entry: dict[str, Any] = {
+def _artifact_entry(artifact: Artifact) -> dict[str, str | int | None]:
+    entry: dict[str, str | int | None] = {
         "name": artifact.name,
         "type": artifact.type,
         "tracking_oci_uri": artifact.tracking_oci_uri,

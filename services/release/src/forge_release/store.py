@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, tuple_row
@@ -337,7 +336,7 @@ class PgReleases:
 
     async def search(self, query: SearchQuery) -> list[SearchHit]:
         cur = self.conn.cursor(row_factory=tuple_row)
-        params: dict[str, Any] = {
+        params: dict[str, object] = {
             "q": query.q,
             "prefix": query.prefix,
             "repository": query.repository,
