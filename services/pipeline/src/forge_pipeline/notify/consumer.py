@@ -41,7 +41,7 @@ _ACK_WAIT = 30.0
 def consumer_config(names: Names) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=names.durable(CONSUMER),
-        filter_subject=names.subject("events.>"),
+        filter_subject=names.event_subject(">"),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=_ACK_WAIT,

@@ -102,7 +102,7 @@ def parse_repository(value: str | None) -> str | None:
     if value is None:
         return None
     owner, sep, name = value.partition("/")
-    if not sep or not _OWNER.match(owner) or not _NAME.match(name) or name in (".", ".."):
+    if not sep or not _OWNER.fullmatch(owner) or not _NAME.fullmatch(name) or name in (".", ".."):
         raise _invalid("repository", "repository must be 'owner/name' (GitHub owner and repository name)", value)
     return value
 
@@ -121,7 +121,7 @@ def parse_event_types(patterns: list[str]) -> list[str]:
         raise _invalid("event_types", f"at most {MAX_EVENT_TYPES} event types or globs")
     chosen: list[str] = []
     for pattern in patterns:
-        if not _PATTERN.match(pattern) or not any(fnmatch.fnmatchcase(t, pattern) for t in EVENT_TYPES):
+        if not _PATTERN.fullmatch(pattern) or not any(fnmatch.fnmatchcase(t, pattern) for t in EVENT_TYPES):
             raise _invalid(
                 "event_types",
                 f"{pattern[:100]!r} matches no event type; known: {', '.join(sorted(EVENT_TYPES))}",
@@ -155,8 +155,8 @@ def parse_target(url: str) -> Target:
     if parts.scheme not in ("http", "https"):
         raise _invalid("url", "url must be an http:// or https:// URL", url)
     host = parts.hostname or ""
-    if not host or any(c.isspace() for c in url):
-        raise _invalid("url", "url must name a host and contain no spaces", url)
+    if not host or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise _invalid("url", "url must name a host and contain no spaces or control characters", url)
     try:
         literal: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
     except ValueError:

@@ -72,7 +72,7 @@ async def check_target(target: Target, allow_private: bool, timeout: float = 5.0
                 await resolver.close()
     except RefusedTarget as exc:
         raise InvalidRequest(str(exc), {"field": "url", "value": target.url[:200]}) from None
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a name IDNA cannot encode
         raise InvalidRequest(
             f"the host of url ({target.host[:100]}) does not resolve: {exc}",
             {"field": "url", "value": target.url[:200]},
