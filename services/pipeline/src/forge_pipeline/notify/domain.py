@@ -216,8 +216,9 @@ def new_secret() -> str:
 class RetryPolicy:
     """Exponential backoff with jitter: the n-th retry waits between half of and the whole of
     ``min(first * 2**(n-1), longest)`` (so with ``first`` 5 s: 2.5-5 s, 5-10 s, 10-20 s, ...,
-    then 30-60 min each), until ``retry_for`` after the delivery was created. Because the
-    windows of consecutive retries do not overlap, the waits never shrink."""
+    then 30-60 min each), until ``retry_for`` after the delivery was created. While the wait
+    doubles, the windows of consecutive retries do not overlap, so the waits grow; once capped
+    they vary between half of and the whole cap (jitter spreads a failed target's retries)."""
 
     first: float
     longest: float
