@@ -146,7 +146,8 @@ class Received:
 @dataclass
 class Receiver:
     """A real HTTP server on loopback; each path answers as its script says and records what
-    arrived. A script entry is a status code, or ("sleep", seconds) for a target that hangs."""
+    arrived. A script entry is a status code, ("sleep", seconds) for a target that hangs, or
+    ("redirect", url) for a 302 to ``url``."""
 
     url: str = ""
     received: list[Received] = field(default_factory=list)
@@ -183,6 +184,8 @@ class Receiver:
             self.changed.notify_all()
         script = self.scripts.get(request.path, [])
         step = script.pop(0) if script else 200
+        if isinstance(step, tuple) and step[0] == "redirect":
+            raise web.HTTPFound(step[1])
         if isinstance(step, tuple):
             await asyncio.sleep(step[1])
             return web.Response(status=200, text="too late")

@@ -293,3 +293,15 @@ async def test_exactly_one_delivery_per_event_and_subscription_across_a_restart(
     for url in (first_url, second_url):
         ids = [r.headers["webhook-id"] for r in receiver.at(url)]
         assert sorted(ids) == sorted(events), "each event received exactly once"
+
+
+async def test_redirects_are_not_followed(client: httpx.AsyncClient, hooks: Instance, receiver: Receiver) -> None:
+    repository = _repo()
+    elsewhere = receiver.path()
+    url = receiver.path(("redirect", elsewhere), ("redirect", elsewhere))
+    sub = await subscribe(client, hooks, {"url": url, "event_types": ["*"], "repository": repository})
+    await hooks.publish(_completed(repository))
+    await receiver.wait(url, 3)  # two redirects answered, then the third attempt succeeds
+    (delivery,) = await _settled(client, hooks, sub["id"], 1)
+    assert (delivery["status"], delivery["attempt"]) == ("succeeded", 3)
+    assert receiver.at(elsewhere) == []

@@ -145,3 +145,21 @@ def test_signature_headers_follow_the_standard() -> None:
     assert headers["webhook-signature"].startswith("v1,")
     fresh = sign_headers(secret, "e1", body)
     Webhook(secret).verify(body, fresh)
+
+
+async def test_the_send_time_resolver_refuses_internal_addresses() -> None:
+    """What aiohttp connects to is what this resolver returned, so a name re-pointed at an
+    internal address after the subscription was checked (DNS rebinding) is refused here."""
+    from forge_pipeline.notify.targets import GuardedResolver, RefusedTarget, check_literal
+
+    strict, relaxed = GuardedResolver(allow_private=False), GuardedResolver(allow_private=True)
+    try:
+        with pytest.raises(RefusedTarget, match=r"localhost resolves to 127\.0\.0\.1, a loopback address"):
+            await strict.resolve("localhost", 80)
+        assert [r["host"] for r in await relaxed.resolve("localhost", 80)] == ["127.0.0.1"]
+    finally:
+        await strict.close()
+        await relaxed.close()
+    with pytest.raises(RefusedTarget, match=r"169\.254\.169\.254 is a link-local address"):
+        check_literal(parse_target("http://169.254.169.254/latest"), allow_private=False)
+    check_literal(parse_target("http://169.254.169.254/latest"), allow_private=True)

@@ -174,6 +174,9 @@ async def test_a_subscription_failing_for_the_whole_period_is_disabled_and_says_
     # No more attempts while disabled; redelivery is refused until it is re-enabled.
     deliveries = (await client.get(f"{failing.url}{BASE}/{sub['id']}/deliveries", headers=failing.headers())).json()
     (delivery,) = deliveries["deliveries"]
+    # The receiver's 10,000-byte error page is kept to its first 4 KB.
+    assert delivery["response_status"] == 500
+    assert delivery["response_body"] == "x" * 4096
     refused = await client.post(
         f"{failing.url}{BASE}/{sub['id']}/deliveries/{delivery['id']}/redeliver", headers=failing.headers()
     )

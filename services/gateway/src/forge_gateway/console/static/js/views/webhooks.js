@@ -66,10 +66,11 @@ export async function webhookView({ main, params, signal }) {
   await drawDeliveries(box, subscription, signal);
 }
 
-async function drawDeliveries(box, subscription, signal) {
-  const status = h('div', { 'aria-live': 'polite' });
+// `notice`: what the last action did, shown above the refreshed list.
+async function drawDeliveries(box, subscription, signal, notice = null) {
+  const status = h('div', { 'aria-live': 'polite', id: 'delivery-status' }, notice);
   const { deliveries } = await api(`/webhook-subscriptions/${encodeURIComponent(subscription.id)}/deliveries`, { params: { limit: PAGE }, signal });
-  const redraw = () => drawDeliveries(box, subscription, signal).catch((err) => status.replaceChildren(errorBox(err, 'Reading deliveries')));
+  const redraw = (message) => drawDeliveries(box, subscription, signal, message).catch((err) => status.replaceChildren(errorBox(err, 'Reading deliveries')));
   box.replaceChildren();
   append(box, [h('h2', {}, 'Recent deliveries'), status]);
   if (!deliveries.length) {
@@ -92,8 +93,7 @@ async function drawDeliveries(box, subscription, signal) {
         onclick: async () => {
           try {
             await api(`/webhook-subscriptions/${encodeURIComponent(subscription.id)}/deliveries/${encodeURIComponent(d.id)}/redeliver`, { method: 'POST' });
-            status.replaceChildren(h('p', { class: 'muted' }, `Delivery ${shortId(d.id)} is due again.`));
-            await redraw();
+            await redraw(h('p', { class: 'muted' }, `Delivery ${shortId(d.id)} is due again.`));
           } catch (err) {
             status.replaceChildren(errorBox(err, 'Redelivering'));
           }
