@@ -253,6 +253,27 @@ async def test_real_answers_of_every_flow_match_the_document(platform: Platform)
         await call("DELETE", "/v1/approvals/{approval_id}", f"/v1/approvals/{approval['approval_id']}", approver)
         await call("GET", "/v1/meta", "/v1/meta", {})
 
+        # Outgoing webhooks: a public literal address (no DNS here), inactive so nothing is sent.
+        hooks = "/v1/webhook-subscriptions"
+        one = "/v1/webhook-subscriptions/{subscription_id}"
+        subscription = await call(
+            "POST",
+            hooks,
+            hooks,
+            developer,
+            json={
+                "url": "https://203.0.114.10/forge",
+                "event_types": ["pipeline.run.*"],
+                "repository": repository,
+                "active": False,
+            },
+        )
+        await call("GET", hooks, hooks, developer, params={"repository": repository})
+        await call("GET", one, f"{hooks}/{subscription['id']}", developer)
+        await call("PATCH", one, f"{hooks}/{subscription['id']}", developer, json={"environment": "dev"})
+        await call("GET", one + "/deliveries", f"{hooks}/{subscription['id']}/deliveries", developer)
+        await call("DELETE", one, f"{hooks}/{subscription['id']}", developer)
+
     assert statuses["PUT /v1/tasks/{task_id}/status"] == 404
     # The run may have failed already (its repository does not exist): then cancelling is a 409.
     assert statuses.pop("DELETE /v1/runs/{run_id}") in (204, 409)

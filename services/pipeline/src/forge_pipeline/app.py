@@ -8,7 +8,7 @@ from forge_common.jobs import JobSettings
 from forge_common.repositories import RepositoryAllowList
 from forge_common.runtime import Runtime
 
-from . import webhooks
+from . import notify, webhooks
 from .api import ROUTES, SERVICE_KEY
 from .cancel import CancelNotifier
 from .dispatch import Dispatcher, DispatcherSettings, apply_log_lifecycle
@@ -19,10 +19,13 @@ from .service import PipelineService
 from .settings import Settings
 from .store import UnitOfWork
 
-DESCRIPTION = "Pipeline runs, their phases, tasks and steps; GitHub webhooks and commit statuses."
+DESCRIPTION = (
+    "Pipeline runs, their phases, tasks and steps; GitHub webhooks and commit statuses; outgoing webhook subscriptions."
+)
 DISPATCHER_KEY = "dispatcher"
 _SENDER_KEY = "pipeline.commit_statuses"
 _RETENTION_KEY = "pipeline.retention"
+_WEBHOOKS_KEY = "pipeline.outgoing_webhooks"
 
 
 # Over 60 lines on purpose: the one place the service is put together; its start and stop hooks
@@ -76,6 +79,9 @@ def create_app(
         retention.start()
         hub = runtime.extras[HUB_KEY] = ChangeHub(settings.database_url)
         hub.start()
+        outgoing = runtime.extras[_WEBHOOKS_KEY] = notify.Webhooks(runtime, settings)
+        runtime.extras[notify.SERVICE_KEY] = outgoing.service
+        await outgoing.start()
 
     async def start_dispatcher(runtime: Runtime) -> None:
         await apply_log_lifecycle(runtime)
@@ -86,6 +92,9 @@ def create_app(
         runtime.extras[DISPATCHER_KEY] = dispatcher
 
     async def stop(runtime: Runtime) -> None:
+        outgoing = runtime.extras.pop(_WEBHOOKS_KEY, None)
+        if isinstance(outgoing, notify.Webhooks):
+            await outgoing.stop()
         hub = runtime.extras.pop(HUB_KEY, None)
         if isinstance(hub, ChangeHub):
             await hub.stop()
@@ -103,7 +112,7 @@ def create_app(
         AppSpec(
             service="pipeline",
             settings=settings,
-            routes=ROUTES,
+            routes=[*ROUTES, *notify.ROUTES],
             schema="pipeline",
             migrations="forge_pipeline.migrations",
             on_startup=[start, start_dispatcher],
