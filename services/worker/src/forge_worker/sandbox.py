@@ -26,11 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
+import fcntl
 import os
 import pwd
+import re
+import secrets
 import shutil
 import signal
-import tempfile
+import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,6 +59,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 SandboxKind = Literal["bwrap", "unshare", "none"]
+WorkspaceKind = Literal["overlay", "copy"]
 LogSink = Callable[[bytes], None]
 
 # Everything a step's environment may hold, besides the step's own variables.
@@ -174,18 +180,32 @@ def _step_user(name: str) -> tuple[int, int] | None:
 
 
 class Workspace:
-    """A job's writable copy of the checkout, in a directory only the step user can enter.
+    """A job's writable view of the checkout, in a directory only the step user can enter.
 
     ``path`` is mounted at ``/workspace``; ``root`` is the empty directory the unshare backend
-    mounts the sandbox's root on. Both are removed by :meth:`remove`.
+    mounts the sandbox's root on. The job directory ``base`` is claimed with a lock file held
+    while the job runs (:func:`claim_job_dir`), so :func:`sweep_stale` can tell a live job's
+    directory from one a killed worker left behind. All of it goes in :meth:`remove`.
+
+    Two ways to make it (``Sandbox.workspace``): ``overlay`` (a worker running as root): an
+    overlay mount with the shared checkout as its read-only lower layer and an empty upper
+    directory of the job's, a constant cost however large the checkout; ``copy``: ``cp -a``.
     """
 
-    def __init__(self, base: Path, owner: tuple[int, int] | None, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        owner: tuple[int, int] | None,
+        path: Path | None = None,
+        lock_fd: int | None = None,
+    ) -> None:
         self.base = base
         self.path = path or base / "workspace"
         self.root = base / "root"
         self.owner = owner
         self.owned = path is None
+        self.lock_fd = lock_fd
+        self.mounted = False
 
     @classmethod
     def shared(cls, checkout: Path) -> Workspace:
@@ -194,16 +214,50 @@ class Workspace:
 
     @classmethod
     async def for_sandbox(cls, sandbox: Sandbox, checkout: Path) -> Workspace:
-        """What a job's commands run in: a private copy of ``checkout``, or without a sandbox
-        the checkout itself (as before sandboxing: no copy)."""
+        """What a job's commands run in: a private view of ``checkout`` (an overlay where the
+        worker may mount one, else a copy), or without a sandbox the checkout itself."""
         if sandbox.kind == "none":
             return cls.shared(checkout)
+        if sandbox.workspace == "overlay":
+            return await asyncio.to_thread(cls.overlay_of, checkout, sandbox.work_dir, sandbox.user)
         return await cls.copy_of(checkout, sandbox.work_dir, sandbox.user)
 
     @classmethod
+    def claimed(cls, parent: Path, owner: tuple[int, int] | None, prefix: str = "job-") -> Workspace:
+        base, lock_fd = claim_job_dir(parent, prefix)
+        return cls(base, owner, lock_fd=lock_fd)
+
+    @classmethod
+    def overlay_of(cls, source: Path, parent: Path, owner: tuple[int, int] | None) -> Workspace:
+        """An overlay of ``source`` (read-only lower layer) and an empty upper directory: what
+        steps write lands in the upper directory, ``source`` never changes. ``source`` is
+        handed to the step user first (once per checkout), so steps may modify its files as
+        they may a copy's; its ``.git`` file (pointing into the git cache) is hidden."""
+        workspace = cls.claimed(parent, owner)
+        try:
+            upper, work = workspace.base / "upper", workspace.base / "overlay-work"
+            for directory in (workspace.root, workspace.path, upper, work):
+                directory.mkdir()
+            if os.path.lexists(source / ".git"):
+                os.mknod(upper / ".git", stat.S_IFCHR, os.makedev(0, 0))  # an overlay whiteout
+            os.chmod(upper, stat.S_IMODE(os.stat(source).st_mode))
+            if owner is not None:
+                _give_tree(source, owner)
+                os.chown(upper, *owner)
+                os.chown(workspace.root, *owner)
+                os.chown(workspace.path, *owner)
+                os.chown(workspace.base, *owner)
+            os.chmod(workspace.base, 0o700)
+            _mount_overlay(source, upper, work, workspace.path)
+            workspace.mounted = True
+        except BaseException:
+            workspace.remove()
+            raise
+        return workspace
+
+    @classmethod
     async def copy_of(cls, source: Path, parent: Path, owner: tuple[int, int] | None) -> Workspace:
-        base = Path(tempfile.mkdtemp(prefix="job-", dir=parent))
-        workspace = cls(base, owner)
+        workspace = cls.claimed(parent, owner)
         try:
             workspace.root.mkdir()
             # cp -a: the tree as it is (modes, links, timestamps); reflinks where the file
@@ -223,17 +277,22 @@ class Workspace:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(workspace.path / ".git")
             if owner is not None:
-                await asyncio.to_thread(_chown_tree, base, owner)
+                await asyncio.to_thread(_chown_tree, workspace.base, owner)
             else:
-                os.chmod(base, 0o700)
+                os.chmod(workspace.base, 0o700)
         except BaseException:
             workspace.remove()
             raise
         return workspace
 
     def remove(self) -> None:
-        if self.owned:
-            shutil.rmtree(self.base, ignore_errors=True)
+        if not self.owned:
+            return
+        if self.mounted:
+            _unmount(self.path)
+            self.mounted = False
+        _remove_job_dir(self.base, self.lock_fd)
+        self.lock_fd = None
 
 
 def _chown_tree(base: Path, owner: tuple[int, int]) -> None:
@@ -243,6 +302,165 @@ def _chown_tree(base: Path, owner: tuple[int, int]) -> None:
     for directory, dirs, files in os.walk(base):
         for name in (*dirs, *files):
             os.chown(os.path.join(directory, name), uid, gid, follow_symlinks=False)
+
+
+def _give_tree(checkout: Path, owner: tuple[int, int]) -> None:
+    """Hand a shared checkout to the step user, once: the overlay checks a step's writes
+    against the lower layer's owners, as a copy's would be. Its top directory last, so that
+    its owner says the whole tree is done (concurrent callers do the same work, harmlessly).
+    Steps never see the checkout itself, only the overlay over it."""
+    uid, gid = owner
+    if os.stat(checkout).st_uid == uid:
+        return
+    for directory, dirs, files in os.walk(checkout):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(directory, name), uid, gid, follow_symlinks=False)
+    os.chown(checkout, uid, gid)
+
+
+# Job directories: claimed with a lock file, swept when no live worker holds the lock.
+
+_JOB_PREFIXES = ("job-", "probe-")
+
+
+def claim_job_dir(parent: Path, prefix: str) -> tuple[Path, int]:
+    """A new directory ``<parent>/<prefix><random>`` and the open descriptor of its lock
+    file ``<name>.lock``, locked (``flock``) for as long as the job runs. The lock exists before
+    the directory, so a sweeper never finds the directory unlocked while its job is alive;
+    a lock file a sweeper unlinked in between is noticed and a new name taken."""
+    while True:
+        name = f"{prefix}{secrets.token_hex(8)}"
+        lock = parent / f"{name}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _still_linked(lock, fd):
+            break
+        os.close(fd)
+    base = parent / name
+    try:
+        base.mkdir(mode=0o700)
+    except BaseException:
+        _remove_job_dir(base, fd)
+        raise
+    return base, fd
+
+
+def _still_linked(lock: Path, fd: int) -> bool:
+    try:
+        return os.stat(lock).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _remove_job_dir(base: Path, lock_fd: int | None, *, unmount: bool = False) -> None:
+    if unmount:
+        _unmount_below(base)
+    shutil.rmtree(base, ignore_errors=True)
+    if lock_fd is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{base}.lock")
+        os.close(lock_fd)
+
+
+def sweep_stale(work_dir: Path) -> int:
+    """Remove the job directories under ``work_dir`` that no live worker holds (a worker
+    killed mid-job leaves its workspace behind), and their lock files; how many went. Safe
+    with several workers sharing ``work_dir``: a live job's lock is held by its worker until
+    the directory is gone, and the kernel releases it when that worker dies."""
+    removed = 0
+    try:
+        entries = list(os.scandir(work_dir))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        name = entry.name.removesuffix(".lock")
+        if not name.startswith(_JOB_PREFIXES):
+            continue
+        if entry.name.endswith(".lock") and os.path.lexists(work_dir / name):
+            continue  # swept with its directory
+        lock = work_dir / f"{name}.lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live job
+        if not _still_linked(lock, fd):
+            os.close(fd)
+            continue
+        removed += os.path.isdir(work_dir / name)
+        _remove_job_dir(work_dir / name, fd, unmount=True)
+    return removed
+
+
+# Overlay mounts (a worker running as root): mount(2) and umount2(2) through libc.
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_MS_NOSUID, _MS_NODEV = 0x2, 0x4
+_MNT_DETACH = 0x2
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
+def _overlay_path(path: Path) -> str:
+    # overlayfs splits its options at "," and lower directories at ":"; "\\" escapes both.
+    return str(path).replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def _mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
+    # redirect_dir=on: a step may rename a directory of the checkout, as in a copy.
+    options = (
+        f"lowerdir={_overlay_path(lower)},upperdir={_overlay_path(upper)},workdir={_overlay_path(work)},redirect_dir=on"
+    )
+    if _libc.mount(b"forge-workspace", os.fsencode(target), b"overlay", _MS_NOSUID | _MS_NODEV, options.encode()):
+        error = ctypes.get_errno()
+        raise OSError(error, f"cannot mount the workspace overlay: {os.strerror(error)}")
+
+
+def _unmount(target: Path) -> None:
+    if _libc.umount2(os.fsencode(target), _MNT_DETACH):
+        error = ctypes.get_errno()
+        if error not in (errno.EINVAL, errno.ENOENT):  # not mounted, gone
+            raise OSError(error, f"cannot unmount {target}: {os.strerror(error)}")
+
+
+def _unmount_below(base: Path) -> None:
+    """Detach whatever is mounted at or below ``base`` (a killed worker's overlays)."""
+    prefix = f"{base}/"
+    try:
+        with open("/proc/self/mountinfo", "rb") as fh:
+            # The mount point is the fifth field; space, tab, newline and backslash come octal-escaped.
+            points = [os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m[1], 8)]), line.split()[4])) for line in fh]
+    except OSError:
+        return
+    inside = [p for p in points if p.startswith(prefix) or p == str(base)]
+    for point in sorted(inside, key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            _unmount(Path(point))
+
+
+def overlay_works(work_dir: Path, owner: tuple[int, int] | None) -> str | None:
+    """Why an overlay workspace cannot be made here (None: it can), after a trial mount."""
+    if owner is None or os.geteuid() != 0:
+        return "the worker is not root (overlay mounts need it)"
+    probe = Workspace.claimed(work_dir, None, "probe-")
+    try:
+        source = probe.base / "checkout"
+        source.mkdir()
+        (source / "file").write_text("probe\n")
+        workspace = Workspace.overlay_of(source, work_dir, owner)
+        try:
+            if (workspace.path / "file").read_text() != "probe\n":
+                return "the overlay does not show its lower layer"
+        finally:
+            workspace.remove()
+    except OSError as exc:
+        return str(exc)
+    finally:
+        probe.remove()
+    return None
 
 
 def _check_reachable(work_dir: Path) -> None:
@@ -273,8 +491,10 @@ class Sandbox:
         watch_interval: float = 0.05,
         kill_grace: float = 1.0,
         tool: str = "",
+        workspace: WorkspaceKind = "copy",
     ) -> None:
         self.kind = kind
+        self.workspace = workspace
         self.work_dir = work_dir
         self.user = user
         self.readonly_paths = tuple(p for p in readonly_paths if p.startswith("/") and p != "/")
@@ -294,14 +514,24 @@ class Sandbox:
         writable_paths: tuple[str, ...] = (),
         watch_interval: float = 0.05,
         kill_grace: float = 1.0,
+        workspace: str = "auto",
     ) -> Sandbox:
         """The sandbox named by ``FORGE_STEP_SANDBOX`` (``auto``: bwrap, else unshare), after a
-        trial command in it; :class:`SandboxUnavailable` when the kernel or the tools refuse."""
+        trial command in it; :class:`SandboxUnavailable` when the kernel or the tools refuse.
+        ``workspace`` (``FORGE_STEP_WORKSPACE``): ``auto`` (an overlay where a trial mount
+        works, else a copy), ``overlay`` or ``copy``."""
         user = _step_user(user_name)
         if user is not None and setting != "none":
             _check_reachable(work_dir)
         os.makedirs(work_dir, exist_ok=True)
         os.chmod(work_dir, 0o711)  # noqa: S103 - the step user enters its own workspace, lists nothing
+        workspace_kind: WorkspaceKind = "copy"
+        if workspace != "copy" and setting != "none":
+            problem = overlay_works(work_dir, user)
+            if problem is None:
+                workspace_kind = "overlay"
+            elif workspace == "overlay":
+                raise SandboxUnavailable(f"FORGE_STEP_WORKSPACE=overlay: {problem}")
         kinds: list[SandboxKind]
         if setting == "auto":
             kinds = ["bwrap", "unshare"]
@@ -326,6 +556,7 @@ class Sandbox:
                 watch_interval=watch_interval,
                 kill_grace=kill_grace,
                 tool=tool,
+                workspace=workspace_kind,
             )
             problem = await sandbox.probe()
             if problem is None:
@@ -345,13 +576,12 @@ class Sandbox:
         """Run ``true`` in the sandbox (network off, as strict as it gets); the error or None."""
         if self.kind == "none":
             return None
-        base = Path(tempfile.mkdtemp(prefix="probe-", dir=self.work_dir))
-        probe = Workspace(base, self.user)
+        probe = Workspace.claimed(self.work_dir, self.user, "probe-")
         try:
             probe.path.mkdir()
             probe.root.mkdir()
             if self.user is not None:
-                _chown_tree(base, self.user)
+                _chown_tree(probe.base, self.user)
             output = bytearray()
             limits = Limits(memory=1 << 30, processes=64, timeout=30.0, network=False)
             outcome = await run_sandboxed(self, ["true"], probe, ".", {"PATH": _DEFAULT_PATH}, limits, output.extend)
