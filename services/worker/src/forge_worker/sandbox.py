@@ -33,6 +33,7 @@ import os
 import pwd
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import stat
@@ -206,6 +207,8 @@ class Workspace:
         self.owned = path is None
         self.lock_fd = lock_fd
         self.mounted = False
+        # By network setting: the sandboxes its commands share (FORGE_STEP_SANDBOX_SCOPE=task).
+        self.task_sandboxes: dict[bool, TaskSandbox] = {}
 
     @classmethod
     def shared(cls, checkout: Path) -> Workspace:
@@ -285,9 +288,34 @@ class Workspace:
             raise
         return workspace
 
+    async def step_in_task_sandbox(
+        self, sandbox: Sandbox, argv: list[str], cwd: str, env: Mapping[str, str], limits: Limits
+    ) -> _Step | None:
+        """``argv`` started in this workspace's task sandbox for ``limits.network`` (started
+        first if need be); None when it must run in a sandbox of its own."""
+        task = self.task_sandboxes.get(limits.network)
+        if task is None or not task.alive:
+            try:
+                task = await TaskSandbox.start(sandbox, self, limits.network)
+            except OSError as exc:
+                log.warning("sandbox.task_sandbox_unavailable", error=str(exc), detail="one sandbox per step from now")
+                sandbox.scope = "step"
+                return None
+            self.task_sandboxes[limits.network] = task
+        return await task.step(argv, cwd, env, limits)
+
+    async def release(self) -> None:
+        """Stop its task sandboxes, then :meth:`remove` it (in a thread)."""
+        for task in self.task_sandboxes.values():
+            await task.close()
+        self.task_sandboxes.clear()
+        await asyncio.to_thread(self.remove)
+
     def remove(self) -> None:
         if not self.owned:
             return
+        for task in self.task_sandboxes.values():
+            task.kill()
         if self.mounted:
             _unmount(self.path)
             self.mounted = False
@@ -492,9 +520,12 @@ class Sandbox:
         kill_grace: float = 1.0,
         tool: str = "",
         workspace: WorkspaceKind = "copy",
+        scope: str = "task",
     ) -> None:
         self.kind = kind
         self.workspace = workspace
+        # "task": the commands of a workspace share one sandbox (bubblewrap); "step": each its own.
+        self.scope = scope
         self.work_dir = work_dir
         self.user = user
         self.readonly_paths = tuple(p for p in readonly_paths if p.startswith("/") and p != "/")
@@ -515,6 +546,7 @@ class Sandbox:
         watch_interval: float = 0.05,
         kill_grace: float = 1.0,
         workspace: str = "auto",
+        scope: str = "task",
     ) -> Sandbox:
         """The sandbox named by ``FORGE_STEP_SANDBOX`` (``auto``: bwrap, else unshare), after a
         trial command in it; :class:`SandboxUnavailable` when the kernel or the tools refuse.
@@ -557,6 +589,7 @@ class Sandbox:
                 kill_grace=kill_grace,
                 tool=tool,
                 workspace=workspace_kind,
+                scope=scope,
             )
             problem = await sandbox.probe()
             if problem is None:
@@ -588,7 +621,7 @@ class Sandbox:
         except OSError as exc:
             return str(exc)
         finally:
-            probe.remove()
+            await probe.release()
         if outcome.exit_code != 0:
             text = output.decode(errors="replace").strip().splitlines()
             return (text[-1] if text else f"exit code {outcome.exit_code}")[:300]
@@ -603,8 +636,21 @@ class Sandbox:
             b"worker's user, files and network; do not run untrusted code on this worker]\n"
         )
 
-    def wrap(self, argv: list[str], workspace: Workspace, cwd: str, limits: Limits) -> list[str]:
-        """The command line that runs ``argv`` in the sandbox (``cwd`` relative to the workspace)."""
+    def wrap(
+        self,
+        argv: list[str],
+        workspace: Workspace,
+        cwd: str,
+        limits: Limits,
+        *,
+        nproc: bool = True,
+        binds: tuple[tuple[str, str], ...] = (),
+        as_pid_1: bool = False,
+    ) -> list[str]:
+        """The command line that runs ``argv`` in the sandbox (``cwd`` relative to the workspace).
+
+        ``nproc=False`` leaves ``RLIMIT_NPROC`` to ``argv`` (a task sandbox's runner sets it per
+        step); ``binds`` (bubblewrap only) adds writable directories."""
         if self.kind == "none":
             return argv
         if self.kind == "unshare":
@@ -672,21 +718,26 @@ class Sandbox:
             command += ["--ro-bind-try", path_text, path_text]
         for path_text in self.writable_paths:
             command += ["--bind-try", path_text, path_text]
+        for source, target in binds:
+            command += ["--bind", source, target]
         command += [
             "--bind",
             str(workspace.path),
             WORKSPACE,
             "--chdir",
-            f"{WORKSPACE}/{cwd}".rstrip("/.") if cwd not in ("", ".") else WORKSPACE,
+            inside_path(cwd),
             "--hostname",
             "forge-step",
+            *(["--as-pid-1"] if as_pid_1 else []),
             "--",
-            # RLIMIT_NPROC set inside the namespace: counted for this sandbox alone.
-            "prlimit",
-            f"--nproc={limits.processes}",
-            *argv,
         ]
-        return command
+        # RLIMIT_NPROC set inside the namespace: counted for this sandbox alone.
+        return [*command, "prlimit", f"--nproc={limits.processes}", *argv] if nproc else [*command, *argv]
+
+
+def inside_path(cwd: str) -> str:
+    """Where ``cwd`` (relative to the workspace) is inside the sandbox."""
+    return f"{WORKSPACE}/{cwd}".rstrip("/.") if cwd not in ("", ".") else WORKSPACE
 
 
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -731,8 +782,163 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+class _Step:
+    """One running command as :func:`_supervise` sees it: an exit to wait for, its output, the
+    processes whose memory and number count, and how to stop them."""
+
+    def __init__(self, output: asyncio.StreamReader, exited: asyncio.Task[int | None], pgid: int) -> None:
+        self.output = output
+        self.exited = exited
+        self.pgid = pgid  # what a crashed worker's successor kills (steps.ProcessTable)
+
+    def counted(self) -> list[int]:
+        raise NotImplementedError
+
+    def terminate(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    async def gone(self) -> int | None:
+        """After :meth:`kill` (or the exit): until nothing of it is left; its exit code if known."""
+        raise NotImplementedError
+
+
+class _FreshStep(_Step):
+    """A command in a sandbox of its own: the sandbox goes with the command's first process."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, kind: SandboxKind) -> None:
+        assert proc.stdout is not None
+        super().__init__(proc.stdout, asyncio.create_task(proc.wait()), proc.pid)
+        self.proc = proc
+        self.kind = kind
+
+    def counted(self) -> list[int]:
+        # unshare(1) moves itself into the user namespace it creates (so the kernel counts it);
+        # bwrap's first process stays outside.
+        inside = _descendants(self.proc.pid)
+        return [self.proc.pid, *inside] if self.kind == "unshare" else inside
+
+    def terminate(self) -> None:
+        _kill_group(self.proc.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        _kill_group(self.proc.pid, signal.SIGKILL)
+
+    async def gone(self) -> int | None:
+        # Whatever is left of the group (background jobs, a process ignoring SIGTERM) goes; in a
+        # sandbox its PID namespace went with its first process already.
+        self.kill()
+        return await self.exited
+
+
+def _exit_code(code: int | None, limit: str | None) -> int:
+    code = code if code is not None else -9
+    if code < 0:
+        code = 128 - code
+    if limit == "timeout":
+        return 124
+    if limit is not None and code == 0:
+        return 137
+    return code
+
+
+def _limit_reached(step: _Step, limits: Limits, kind: SandboxKind) -> bytes | None:
+    """The log line naming the limit ``step`` is over, if any."""
+    resident, tasks = _usage(step.counted())
+    if resident > limits.memory:
+        return b"\n[forge: step killed: memory limit of %s exceeded (it used %s)]\n" % (
+            format_bytes(limits.memory).encode(),
+            format_bytes(resident).encode(),
+        )
+    if kind != "none" and tasks >= limits.processes:
+        return b"\n[forge: step killed: process limit of %d reached (processes = %d)]\n" % (
+            limits.processes,
+            limits.processes,
+        )
+    return None
+
+
 # Over 60 lines on purpose: the reader, the limit watch and the timeout/cancel wait are closures
-# over one process; apart they would pass all of it around.
+# over one step; apart they would pass all of it around.
+async def _supervise(
+    sandbox: Sandbox,
+    step: _Step,
+    limits: Limits,
+    log_sink: LogSink,
+    cancel: asyncio.Event | None,
+) -> tuple[int, str | None, bool]:
+    """Until ``step`` ends (or a limit, its timeout or ``cancel`` ends it): its exit code, the
+    limit that ended it and whether it was cancelled. Its output goes to ``log_sink``, then the
+    ``[forge: ...]`` line saying what stopped it."""
+    stopped: list[bytes] = []
+
+    async def read() -> None:
+        while chunk := await step.output.read(65536):
+            log_sink(chunk)
+
+    async def watch() -> str:
+        """Poll the sandbox's memory and process count; the limit it reached."""
+        while True:
+            await asyncio.sleep(sandbox.watch_interval)
+            line = _limit_reached(step, limits, sandbox.kind)
+            if line is not None:
+                stopped.append(line)
+                return "memory" if b"memory" in line else "processes"
+
+    reader = asyncio.create_task(read())
+    watcher = asyncio.create_task(watch())
+    waits: set[asyncio.Future[object]] = {step.exited, watcher}  # type: ignore[arg-type]
+    canceller = asyncio.create_task(cancel.wait()) if cancel is not None else None
+    if canceller is not None:
+        waits.add(canceller)  # type: ignore[arg-type]
+    limit: str | None = None
+    cancelled = False
+    try:
+        done, _ = await asyncio.wait(waits, timeout=limits.timeout, return_when=asyncio.FIRST_COMPLETED)
+        if step.exited not in done:
+            if watcher in done:
+                limit = watcher.result()
+                step.kill()
+            else:
+                if canceller is not None and canceller in done:
+                    cancelled = True
+                    stopped.append(b"\n[forge: step cancelled]\n")
+                else:
+                    limit = "timeout"
+                    stopped.append(
+                        b"\n[forge: step killed: timed out after %ds (its timeout limit)]\n"
+                        % round(limits.timeout or 0)
+                    )
+                step.terminate()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(step.exited), sandbox.kill_grace)
+        code = await step.gone()
+        try:
+            await asyncio.wait_for(reader, 2.0)
+        except TimeoutError:
+            reader.cancel()
+    finally:
+        watcher.cancel()
+        if canceller is not None:
+            canceller.cancel()
+        if not step.exited.done():
+            step.kill()
+    for line in stopped:
+        log_sink(line)
+    return _exit_code(code, limit), limit, cancelled
+
+
+def _as_step_user(sandbox: Sandbox, argv: list[str]) -> list[str]:
+    if sandbox.user is None or sandbox.kind == "none":
+        return argv
+    # setpriv rather than Popen(user=...): that would make Python fork the whole worker
+    # instead of vfork (measured: ~4 ms more per step).
+    uid, gid = sandbox.user
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+
+
 async def run_sandboxed(
     sandbox: Sandbox,
     command: list[str],
@@ -750,116 +956,219 @@ async def run_sandboxed(
     ``cwd`` inside it) and exactly ``env``; its output (stdout and stderr) goes to ``log_sink``
     as it comes, followed by a ``[forge: ...]`` line when a limit or ``cancel`` stopped it.
 
-    The whole sandbox is gone when this returns: background processes included.
+    Nothing of the command is left when this returns: background processes included. With
+    ``FORGE_STEP_SANDBOX_SCOPE=task`` (bubblewrap) the commands of one workspace share its
+    task sandbox (:class:`TaskSandbox`), else each gets a sandbox of its own.
     ``on_start``/``on_end`` get the process group (for crash clean-up records).
     """
     started = time.monotonic()
     clean_env = dict(env)
     clean_env.setdefault("PATH", _DEFAULT_PATH)
     clean_env.setdefault("HOME", HOME if sandbox.kind != "none" else str(workspace.path))
-    if sandbox.kind == "none":
-        log_sink(sandbox.warning())
-        workdir = workspace.path / cwd
-    else:
-        workdir = Path("/")
-    argv = sandbox.wrap(command, workspace, cwd, limits)
-    if sandbox.user is not None and sandbox.kind != "none":
-        # setpriv rather than Popen(user=...): that would make Python fork the whole worker
-        # instead of vfork (measured: ~4 ms more per step).
-        uid, gid = sandbox.user
-        argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=str(workdir),
-        env=clean_env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    pgid = proc.pid
+    step: _Step | None = None
+    if sandbox.scope == "task" and sandbox.kind == "bwrap" and workspace.owned:
+        step = await workspace.step_in_task_sandbox(sandbox, command, cwd, clean_env, limits)
+    if step is None:
+        if sandbox.kind == "none":
+            log_sink(sandbox.warning())
+        proc = await asyncio.create_subprocess_exec(
+            *_as_step_user(sandbox, sandbox.wrap(command, workspace, cwd, limits)),
+            cwd=str(workspace.path / cwd if sandbox.kind == "none" else "/"),
+            env=clean_env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        step = _FreshStep(proc, sandbox.kind)
     if on_start is not None:
-        on_start(pgid)
-    assert proc.stdout is not None
-    stdout = proc.stdout
-    stopped: list[bytes] = []
-
-    async def read() -> None:
-        while chunk := await stdout.read(65536):
-            log_sink(chunk)
-
-    async def watch() -> str:
-        """Poll the sandbox's memory and process count; the limit it reached."""
-        while True:
-            await asyncio.sleep(sandbox.watch_interval)
-            # unshare(1) moves itself into the user namespace it creates (so the kernel counts
-            # it); bwrap's first process stays outside.
-            inside = _descendants(proc.pid)
-            resident, tasks = _usage([proc.pid, *inside] if sandbox.kind == "unshare" else inside)
-            if resident > limits.memory:
-                stopped.append(
-                    b"\n[forge: step killed: memory limit of %s exceeded (it used %s)]\n"
-                    % (format_bytes(limits.memory).encode(), format_bytes(resident).encode())
-                )
-                return "memory"
-            if sandbox.kind != "none" and tasks >= limits.processes:
-                stopped.append(
-                    b"\n[forge: step killed: process limit of %d reached (processes = %d)]\n"
-                    % (limits.processes, limits.processes)
-                )
-                return "processes"
-
-    reader = asyncio.create_task(read())
-    waiter = asyncio.create_task(proc.wait())
-    watcher = asyncio.create_task(watch())
-    waits: set[asyncio.Future[object]] = {waiter, watcher}  # type: ignore[arg-type]
-    canceller = asyncio.create_task(cancel.wait()) if cancel is not None else None
-    if canceller is not None:
-        waits.add(canceller)  # type: ignore[arg-type]
-    limit: str | None = None
-    cancelled = False
+        on_start(step.pgid)
     try:
-        done, _ = await asyncio.wait(waits, timeout=limits.timeout, return_when=asyncio.FIRST_COMPLETED)
-        if waiter not in done:
-            if watcher in done:
-                limit = watcher.result()
-                _kill_group(pgid, signal.SIGKILL)
-            else:
-                if canceller is not None and canceller in done:
-                    cancelled = True
-                    stopped.append(b"\n[forge: step cancelled]\n")
-                else:
-                    limit = "timeout"
-                    stopped.append(
-                        b"\n[forge: step killed: timed out after %ds (its timeout limit)]\n"
-                        % round(limits.timeout or 0)
-                    )
-                _kill_group(pgid, signal.SIGTERM)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(waiter), sandbox.kill_grace)
-        # Whatever is left of the group (background jobs, a process ignoring SIGTERM) goes; in a
-        # sandbox its PID namespace went with its first process already.
-        _kill_group(pgid, signal.SIGKILL)
-        await waiter
-        try:
-            await asyncio.wait_for(reader, 2.0)
-        except TimeoutError:
-            reader.cancel()
+        code, limit, cancelled = await _supervise(sandbox, step, limits, log_sink, cancel)
     finally:
-        watcher.cancel()
-        if canceller is not None:
-            canceller.cancel()
-        if not waiter.done():
-            _kill_group(pgid, signal.SIGKILL)
         if on_end is not None:
-            on_end(pgid)
-    for line in stopped:
-        log_sink(line)
-    code = proc.returncode if proc.returncode is not None else -9
-    if code < 0:
-        code = 128 - code
-    if limit == "timeout":
-        code = 124
-    elif limit is not None and code == 0:
-        code = 137
+            on_end(step.pgid)
     return SandboxOutcome(exit_code=code, limit=limit, cancelled=cancelled, duration=time.monotonic() - started)
+
+
+# A task sandbox: one bubblewrap sandbox for the steps of a task (with one network setting).
+
+PIPES = "/run/forge-steps"
+# The task sandbox's first command (bash, in its PID namespace behind bwrap's init): runs the
+# NUL-terminated snippets the worker writes to its stdin (_step_snippet: every value quoted),
+# one at a time; reports on its stdout, which steps never get.
+_RUNNER = r"""
+exec 2>/dev/null
+printf 'ready\n'
+while IFS= read -r -d '' snippet; do eval "$snippet"; done
+"""
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _step_snippet(fifo: str, argv: list[str], cwd: str, env: Mapping[str, str], processes: int) -> str | None:
+    """What the runner evaluates for one step: a subshell with exactly ``env`` (bash adds
+    ``_``), ``RLIMIT_NPROC``, the working directory and the step's output on ``fifo``, then
+    ``exec`` of the command; None when ``env`` has a name the shell cannot export."""
+    if not all(_IDENTIFIER.fullmatch(name) for name in env):
+        return None
+    q = shlex.quote
+    exports = " ".join(f"{name}={q(value)}" for name, value in env.items())
+    return (
+        f"exec 4>{q(fifo)}\n"
+        "(exec 0</dev/null 1>&4 2>&4 4>&-\n"
+        " export -n PWD OLDPWD SHLVL; unset PATH HOME\n"
+        f" export {exports}\n"
+        f" ulimit -u {processes} || exit 125\n"
+        f" cd -- {q(cwd)} || exit 126\n"
+        f" exec {' '.join(q(a) for a in argv)}) &\n"
+        "exec 4>&-\n"
+        "printf 'started\\n'\n"
+        "wait $!\n"
+        "printf 'exit %d\\n' $?\n"
+    )
+
+
+class TaskSandbox:
+    """The sandbox the steps of one task share (``FORGE_STEP_SANDBOX_SCOPE=task``): set up once
+    (namespaces, mounts, ``/tmp``, ``$HOME``), each step then a child of its runner, with the
+    step's own environment, process limit, working directory and log. What a step leaves
+    running is killed when it ends; a limit, a timeout or a cancel ends the whole sandbox (the
+    next step gets a new one). Steps of one task trust each other as they did sharing the
+    workspace; nothing crosses tasks."""
+
+    def __init__(self, sandbox: Sandbox, proc: asyncio.subprocess.Process, pipes: Path) -> None:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        self.sandbox = sandbox
+        self.proc = proc
+        self.pipes = pipes
+        self.status = proc.stdout
+        self.keep = set(_descendants(proc.pid))  # bwrap's init and the runner
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    @classmethod
+    async def start(cls, sandbox: Sandbox, workspace: Workspace, network: bool) -> TaskSandbox:
+        pipes = workspace.base / ("pipes" if network else "pipes-offline")
+        pipes.mkdir(mode=0o700, exist_ok=True)
+        if sandbox.user is not None:
+            os.chown(pipes, *sandbox.user)
+        limits = Limits(memory=0, processes=0, timeout=None, network=network)
+        argv = sandbox.wrap(
+            ["bash", "--noprofile", "--norc", "-c", _RUNNER],
+            workspace,
+            ".",
+            limits,
+            nproc=False,
+            binds=((str(pipes), PIPES),),
+            as_pid_1=True,
+        )
+        proc = await asyncio.create_subprocess_exec(
+            *_as_step_user(sandbox, argv),
+            cwd="/",
+            env={"PATH": _DEFAULT_PATH, "HOME": HOME},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30.0)
+        except TimeoutError:
+            line = b"no answer in 30s"
+        if line != b"ready\n":
+            _kill_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            raise OSError(f"the task sandbox did not start: {line.decode(errors='replace').strip()[:300]}")
+        return cls(sandbox, proc, pipes)
+
+    async def step(self, argv: list[str], cwd: str, env: Mapping[str, str], limits: Limits) -> _Step | None:
+        """Start ``argv`` in this sandbox; None when it cannot run here (the caller then gives
+        it a sandbox of its own)."""
+        fifo = self.pipes / f"step-{secrets.token_hex(6)}"
+        snippet = _step_snippet(f"{PIPES}/{fifo.name}", argv, inside_path(cwd), env, limits.processes)
+        if snippet is None or not self.alive:
+            return None
+        os.mkfifo(fifo, 0o600)
+        if self.sandbox.user is not None:
+            os.chown(fifo, *self.sandbox.user)
+        # Our own writer keeps the FIFO from reading as ended until the step holds it.
+        read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        write_fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
+        output = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_fd, "rb", 0))
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(snippet.encode() + b"\0")
+            await self.proc.stdin.drain()
+            started = await self.status.readline()
+        except (ConnectionError, OSError):
+            started = b""
+        finally:
+            os.close(write_fd)
+            os.unlink(fifo)
+        step = _TaskStep(self, output)
+        if started != b"started\n":
+            step.kill()
+        return step
+
+    def kill(self) -> None:
+        _kill_group(self.proc.pid, signal.SIGKILL)
+
+    async def close(self) -> None:
+        self.kill()
+        await self.proc.wait()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+
+    def leftovers(self) -> list[int]:
+        """Processes in the sandbox besides bwrap's init and the runner (zombies aside)."""
+        found = []
+        for pid in _descendants(self.proc.pid):
+            if pid in self.keep:
+                continue
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as fh:
+                    if fh.read().rsplit(b") ", 1)[1][:1] == b"Z":
+                        continue
+            except (OSError, IndexError):
+                continue
+            found.append(pid)
+        return found
+
+
+class _TaskStep(_Step):
+    def __init__(self, task: TaskSandbox, output: asyncio.StreamReader) -> None:
+        super().__init__(output, asyncio.create_task(self._exit(task)), task.proc.pid)
+        self.task = task
+
+    @staticmethod
+    async def _exit(task: TaskSandbox) -> int | None:
+        line = await task.status.readline()
+        if line.startswith(b"exit ") and line[5:].strip().isdigit():
+            return int(line[5:])
+        task.kill()  # the runner is gone or talks nonsense: so is this sandbox
+        return await task.proc.wait()
+
+    def counted(self) -> list[int]:
+        return _descendants(self.task.proc.pid)
+
+    def terminate(self) -> None:
+        for pid in self.task.leftovers():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.task.kill()
+
+    async def gone(self) -> int | None:
+        if not self.exited.done() or self.task.leftovers():
+            # Stopped by a limit, a timeout or a cancel, or it left processes behind: the
+            # whole sandbox goes (its PID namespace with them); the next step gets a new one.
+            self.task.kill()
+            await self.task.proc.wait()
+        return await self.exited

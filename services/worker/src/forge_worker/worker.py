@@ -103,6 +103,7 @@ class Worker:
             watch_interval=settings.step_watch_interval,
             kill_grace=settings.step_kill_grace,
             workspace=settings.step_workspace,
+            scope=settings.step_sandbox_scope,
         )
         if self.sandbox.kind == "none":
             log.warning("worker.no_sandbox", detail="FORGE_STEP_SANDBOX=none: steps run unsandboxed")
@@ -113,6 +114,7 @@ class Worker:
                 tool=self.sandbox.tool,
                 user=self.sandbox.user,
                 workspace=self.sandbox.workspace,
+                scope=self.sandbox.scope,
                 limits="polling",
             )
         self._sweep()
