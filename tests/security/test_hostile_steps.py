@@ -157,15 +157,21 @@ async def test_the_run_error_names_the_limit(security_cell: Cell, client: httpx.
     assert "used more than its memory limit of 48 MiB" in run["error"], run["error"]
 
 
-async def test_a_step_cannot_read_another_tasks_workspace(security_cell: Cell, client: httpx.AsyncClient) -> None:
-    """Two tasks of one commit: each has its own copy; what one writes the other never sees."""
+async def test_a_step_cannot_read_another_tasks_workspace(scoped_cell: Cell, client: httpx.AsyncClient) -> None:
+    """Two tasks of one commit: each has its own view of the checkout; what one writes (new
+    files, or changes to the checkout's own) the other never sees."""
     run = await _run(
-        security_cell,
+        scoped_cell,
         client,
         {
-            "writer": _project("writer", "echo secret-of-writer > ../writer-file; echo mine > mine.txt; sleep 1"),
+            "writer": _project(
+                "writer",
+                "echo secret-of-writer > ../writer-file; echo mine > mine.txt; echo tampered >> ../reader/README;"
+                " mv ../reader ../moved; sleep 1",
+            ),
             "reader": _project(
-                "reader", "sleep 0.5; ls -la /workspace; cat ../writer-file ../writer/mine.txt || echo nothing there"
+                "reader",
+                "sleep 0.5; ls -la /workspace; cat README; cat ../writer-file ../writer/mine.txt || echo nothing there",
             ),
         },
     )
@@ -175,6 +181,8 @@ async def test_a_step_cannot_read_another_tasks_workspace(security_cell: Cell, c
     log = await fetch_log(client, steps["reader"])
     assert "secret-of-writer" not in log
     assert "mine\n" not in log
+    assert "tampered" not in log
+    assert ".git" not in log  # the checkout's .git file (pointing into the git cache) is not there
 
 
 async def test_a_step_gets_its_own_env_and_cannot_override_the_platforms(
