@@ -20,6 +20,7 @@ from forge_common import jobs
 from forge_common.nats import Names
 from forge_dev.stack import Process, free_port, wait_http
 from forge_dev.testing import Platform
+from forge_worker.sandbox import sweep_stale
 
 from .conftest import Cell, steps_of
 
@@ -317,4 +318,5 @@ run = "echo built > output.txt; echo $$ >> {started}; sleep 600"
     finally:
         for proc in cell.workers:
             proc.stop(timeout=5)
+        sweep_stale(work)  # what the stopped workers left (their overlays unmounted)
         shutil.rmtree(shared_parent, ignore_errors=True)

@@ -348,7 +348,7 @@ def _give_tree(checkout: Path, owner: tuple[int, int]) -> None:
 
 # Job directories: claimed with a lock file, swept when no live worker holds the lock.
 
-_JOB_PREFIXES = ("job-", "probe-")
+_JOB_NAME = re.compile(r"(job|probe)-[0-9a-f]{16}")
 
 
 def claim_job_dir(parent: Path, prefix: str) -> tuple[Path, int]:
@@ -402,13 +402,14 @@ def sweep_stale(work_dir: Path) -> int:
         return 0
     for entry in entries:
         name = entry.name.removesuffix(".lock")
-        if not name.startswith(_JOB_PREFIXES):
-            continue
+        if not _JOB_NAME.fullmatch(name):
+            continue  # not a claimed job directory (nor one an older worker made: left alone)
         if entry.name.endswith(".lock") and os.path.lexists(work_dir / name):
             continue  # swept with its directory
         lock = work_dir / f"{name}.lock"
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            # Never created here: a directory without its lock file is not ours to judge.
+            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
             continue
         try:
