@@ -86,7 +86,7 @@ class CiJobRunner:
         try:
             return await self._run_steps(job, done, workspace, cwd, self._env(job))
         finally:
-            await asyncio.to_thread(workspace.remove)
+            await workspace.release()
 
     async def _resume(self, job: CiJob) -> dict[str, StepState] | CiReply:
         """A redelivery: a previous attempt may have finished some steps (or the whole task)."""

@@ -41,7 +41,7 @@ from .handling import CancelledRuns, JobHandler
 from .publish import Destinations
 from .release import ReleaseJobRunner
 from .reporter import Reporter
-from .sandbox import Limits, Sandbox
+from .sandbox import Limits, Sandbox, sweep_stale
 from .settings import Settings
 from .steps import ProcessTable, StepRunner
 
@@ -102,11 +102,23 @@ class Worker:
             writable_paths=tuple(p for p in settings.step_writable_paths.split(":") if p),
             watch_interval=settings.step_watch_interval,
             kill_grace=settings.step_kill_grace,
+            workspace=settings.step_workspace,
+            scope=settings.step_sandbox_scope,
         )
         if self.sandbox.kind == "none":
             log.warning("worker.no_sandbox", detail="FORGE_STEP_SANDBOX=none: steps run unsandboxed")
         else:
-            log.info("worker.sandbox", kind=self.sandbox.kind, tool=self.sandbox.tool, user=self.sandbox.user)
+            log.info(
+                "worker.sandbox",
+                kind=self.sandbox.kind,
+                tool=self.sandbox.tool,
+                user=self.sandbox.user,
+                workspace=self.sandbox.workspace,
+                scope=self.sandbox.scope,
+                limits="polling",
+            )
+        self._sweep()
+        self._loops.append(asyncio.create_task(self._sweep_periodically()))
         self.table.reap_orphans()
         self._nc = nc = await connect(
             settings.nats_url,
@@ -291,6 +303,17 @@ class Worker:
         killed = self.table.cancel_run(run_id)
         if killed:
             log.info("worker.cancel", run_id=run_id, steps=killed)
+
+    def _sweep(self) -> None:
+        """Remove the job directories a killed worker left in the step work directory."""
+        removed = sweep_stale(self.settings.step_work_path)
+        if removed:
+            log.info("worker.stale_workspaces_removed", count=removed)
+
+    async def _sweep_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.step_sweep_interval)
+            await asyncio.to_thread(self._sweep)
 
 
 def _use_pidfd_child_watcher() -> None:
