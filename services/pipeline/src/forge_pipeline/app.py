@@ -12,7 +12,7 @@ from forge_common.settings import load
 from . import webhooks
 from .api import ROUTES, SERVICE_KEY
 from .cancel import CancelNotifier
-from .dispatch import Dispatcher, DispatcherSettings, apply_log_lifecycle
+from .dispatch import ArgoSettings, Dispatcher, DispatcherSettings, apply_log_lifecycle
 from .live import HUB_KEY, ChangeHub
 from .presign import Presigner
 from .retention import RunRetention
@@ -30,11 +30,14 @@ def create_app(
     settings: Settings,
     dispatcher_settings: DispatcherSettings | None = None,
     job_settings: JobSettings | None = None,
+    argo_settings: ArgoSettings | None = None,
 ) -> Litestar:
-    """``dispatcher_settings`` and ``job_settings`` default to ``FORGE_DISPATCHER_*`` and
-    ``FORGE_JOB_*`` from the environment, read here so that an invalid value stops the start."""
+    """``dispatcher_settings``, ``job_settings`` and ``argo_settings`` default to
+    ``FORGE_DISPATCHER_*``, ``FORGE_JOB_*`` and ``FORGE_EXECUTOR`` / ``FORGE_ARGO_*`` from the
+    environment, read here so that an invalid value stops the start."""
     dispatcher_settings = dispatcher_settings or load(DispatcherSettings)
     job_settings = job_settings or load(JobSettings)
+    argo_settings = argo_settings or load(ArgoSettings)
     presigner = Presigner(
         settings.s3_public_url or settings.s3_url or None,
         settings.s3_bucket,
@@ -79,7 +82,7 @@ def create_app(
         await apply_log_lifecycle(runtime)
         if not settings.dispatcher_enabled:
             return
-        dispatcher = Dispatcher(runtime, dispatcher_settings, job_settings)
+        dispatcher = Dispatcher(runtime, dispatcher_settings, job_settings, argo_settings)
         await dispatcher.start()
         runtime.extras[DISPATCHER_KEY] = dispatcher
 
