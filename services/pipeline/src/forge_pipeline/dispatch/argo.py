@@ -161,6 +161,8 @@ def build_workflow(
         annotations={ANNOTATION_ATTEMPT: job.attempt, ANNOTATION_TIMEOUT: str(deadline)},
         active_deadline_seconds=deadline,
         service_account_name=settings.argo_service_account or None,
+        # The job pods are the platform's workers to its network policies (the chart's allowFrom).
+        pod_metadata=m.Metadata(labels={"app.kubernetes.io/part-of": "forge", "app.kubernetes.io/component": "worker"}),
         pod_gc=m.PodGC(strategy="OnPodCompletion"),
         ttl_strategy=m.TTLStrategy(seconds_after_completion=int(settings.argo_ttl_after_finished)),
     ) as workflow:
