@@ -48,7 +48,9 @@ async def argo_cell(platform: Platform) -> AsyncIterator[ArgoCell]:
                 # The "image" is this repository's venv: the worker's single-job command.
                 "FORGE_ARGO_COMMAND": f"{sys.executable} -m forge_worker run-job",
                 "FORGE_ARGO_ENV_SECRET": "forge-worker",
-                "FORGE_ARGO_POLL_INTERVAL": "0.2s",
+                # Longer than any test waits: finished workflows are seen through the event
+                # stream (the watch), not by polling.
+                "FORGE_ARGO_POLL_INTERVAL": "5m",
                 # Argo's activeDeadlineSeconds decides timeouts; the dispatcher's backstop is far.
                 "FORGE_ARGO_DEADLINE_GRACE": "60s",
             }

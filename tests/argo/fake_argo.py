@@ -1,6 +1,7 @@
 """A local stand-in for the Argo Workflows server: a real HTTP server speaking the parts of its
-REST API the Argo executor uses (submit, get, list with a label selector, stop), which ACTUALLY
-runs each submitted workflow's one container template: its command in a subprocess.
+REST API the Argo executor uses (submit, get, list with a label selector, the workflow event
+stream, stop), which ACTUALLY runs each submitted workflow's one container template: its command
+in a subprocess. A submitted workflow must validate against hera's models of the Argo API.
 
 What a cluster would give the pod is emulated: the environment is the template's ``env`` plus
 ``envFrom`` Secrets / ConfigMaps registered with :meth:`FakeArgo.add_secret` (a missing one fails
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -26,11 +28,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pydantic
 from aiohttp import web
+from hera.workflows import models as m
 
 from forge_dev.stack import free_port
 
 KILL_GRACE = 10.0
+
+
+def _selector(text: str) -> dict[str, str]:
+    """``a=b,c=d`` (equality requirements only: what the executor sends)."""
+    return dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+
+
+def _selected(workflow: dict[str, Any], wanted: dict[str, str]) -> bool:
+    labels = workflow["metadata"].get("labels") or {}
+    return all(labels.get(k) == v for k, v in wanted.items())
 
 
 def _now() -> str:
@@ -64,6 +78,8 @@ class FakeArgo:
         self._root = Path(tempfile.mkdtemp(prefix="fake-argo-"))
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Condition()
+        self._watchers: list[tuple[dict[str, str], asyncio.Queue[tuple[str, dict[str, Any]]]]] = []
+        self.watch_connections = 0
 
     def add_secret(self, name: str, data: dict[str, str]) -> None:
         self.secrets[name] = dict(data)
@@ -74,12 +90,15 @@ class FakeArgo:
         app.router.add_get("/api/v1/workflows/{namespace}", self._list)
         app.router.add_get("/api/v1/workflows/{namespace}/{name}", self._get)
         app.router.add_put("/api/v1/workflows/{namespace}/{name}/stop", self._stop)
+        app.router.add_get("/api/v1/workflow-events/{namespace}", self._events)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
         return self
 
     async def stop(self) -> None:
+        for _, queue in self._watchers:
+            queue.put_nowait(("", {}))  # ends the stream
         for pod in self._pods.values():
             if pod.process is not None and pod.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -106,7 +125,13 @@ class FakeArgo:
     def by_label(self, key: str, value: str) -> list[dict[str, Any]]:
         return [w for w in self.workflows.values() if (w["metadata"].get("labels") or {}).get(key) == value]
 
-    async def _notify(self) -> None:
+    async def _notify(self, workflow: dict[str, Any] | None = None, kind: str = "MODIFIED") -> None:
+        if workflow is not None:
+            metadata = workflow["metadata"]
+            metadata["resourceVersion"] = str(int(metadata.get("resourceVersion") or "0") + 1)
+            for wanted, queue in self._watchers:
+                if _selected(workflow, wanted):
+                    queue.put_nowait((kind, json.loads(json.dumps(workflow))))
         async with self._changed:
             self._changed.notify_all()
 
@@ -121,6 +146,8 @@ class FakeArgo:
         namespace = request.match_info["namespace"]
         try:
             body = await request.json()
+            # What the real server would refuse: a body that is no WorkflowCreateRequest.
+            m.WorkflowCreateRequest.model_validate(body)
             workflow = body["workflow"]
             name = workflow["metadata"].get("name") or workflow["metadata"]["generateName"] + uuid.uuid4().hex[:5]
             spec = workflow["spec"]
@@ -128,7 +155,7 @@ class FakeArgo:
             container = template["container"]
             if not (container["image"] and container["command"]):
                 raise ValueError("a container needs an image and a command")
-        except (ValueError, KeyError, TypeError, StopIteration) as exc:
+        except (ValueError, KeyError, TypeError, StopIteration, pydantic.ValidationError) as exc:
             return _error(400, 3, f"invalid workflow: {exc!r}")
         if (namespace, name) in self.workflows:
             return _error(409, 6, f'workflows.argoproj.io "{name}" already exists')
@@ -140,7 +167,7 @@ class FakeArgo:
         self.submitted.append(workflow)
         pod = self._pods[(namespace, name)] = _Pod(workflow)
         pod.task = asyncio.create_task(self._execute(pod, template, int(spec.get("activeDeadlineSeconds") or 0)))
-        await self._notify()
+        await self._notify(workflow, "ADDED")
         return web.json_response(workflow)
 
     async def _get(self, request: web.Request) -> web.Response:
@@ -156,14 +183,34 @@ class FakeArgo:
         if not self._authorized(request):
             return _error(401, 16, "token not valid")
         namespace = request.match_info["namespace"]
-        selector = request.query.get("listOptions.labelSelector", "")
-        wanted = dict(part.split("=", 1) for part in selector.split(",") if "=" in part)
-        items = [
-            w
-            for (ns, _), w in self.workflows.items()
-            if ns == namespace and all((w["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
-        ]
+        wanted = _selector(request.query.get("listOptions.labelSelector", ""))
+        items = [w for (ns, _), w in self.workflows.items() if ns == namespace and _selected(w, wanted)]
         return web.json_response({"metadata": {"resourceVersion": "1"}, "items": items})
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        """The watch: one JSON line ``{"result": {"type", "object"}}`` per change, until the
+        client goes."""
+        if not self._authorized(request):
+            return _error(401, 16, "token not valid")
+        wanted = _selector(request.query.get("listOptions.labelSelector", ""))
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        entry = (wanted, queue)
+        self._watchers.append(entry)
+        self.watch_connections += 1
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        try:
+            while True:
+                kind, workflow = await queue.get()
+                if not kind:
+                    break
+                line = json.dumps({"result": {"type": kind, "object": workflow}}) + "\n"
+                await response.write(line.encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._watchers.remove(entry)
+        return response
 
     async def _stop(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -177,7 +224,7 @@ class FakeArgo:
         if workflow["status"]["phase"] in ("Pending", "Running"):
             workflow["status"]["message"] = "Stopped with strategy 'Stop'"
             pod.stopped.set()
-        await self._notify()
+        await self._notify(workflow)
         return web.json_response(workflow)
 
     # --- running the pod ------------------------------------------------------------------------
@@ -219,8 +266,7 @@ class FakeArgo:
                     node.update(phase="Failed", message="Step exceeded its deadline", finishedAt=_now())
         status["phase"] = phase if not pod.stopped.is_set() else "Failed"
         status["finishedAt"] = _now()
-        workflow["metadata"]["resourceVersion"] = str(int(workflow["metadata"]["resourceVersion"]) + 1)
-        await self._notify()
+        await self._notify(workflow)
 
     async def _attempt(self, pod: _Pod, template: dict[str, Any], retries: int) -> str:
         workflow = pod.workflow
@@ -238,7 +284,7 @@ class FakeArgo:
         }
         status["nodes"][node_id] = node
         status["phase"] = "Running"
-        await self._notify()
+        await self._notify(workflow)
         rootfs = self._root / node_id
         rootfs.mkdir(parents=True)
         outputs = (template.get("outputs") or {}).get("parameters") or []

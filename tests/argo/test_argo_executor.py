@@ -120,6 +120,8 @@ async def test_a_run_executes_as_argo_workflows_and_releases(argo_cell: ArgoCell
     assert resp.status_code == 200, resp.text
     assert resp.json()["pipeline_run_id"] == run_id
     assert (await client.get(f"/v1/runs/{run_id}")).json()["release_error"] is None
+    # The dispatcher watched the workflow events (its polling is slower than this test).
+    assert argo_cell.argo.watch_connections >= 1
 
 
 async def test_cancelling_a_run_stops_its_workflow(argo_cell: ArgoCell, client: httpx.AsyncClient) -> None:

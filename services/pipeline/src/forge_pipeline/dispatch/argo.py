@@ -10,6 +10,10 @@ phase and message) and publishes it on the job's reply inbox: the driver handles
 a worker's reply (attempt check, S3 result references, the same run/phase/task state, events
 and logs: the pod reports steps and uploads logs as a worker does).
 
+Monitors are woken by the Argo server's event stream (``GET /api/v1/workflow-events/{ns}``,
+Forge's workflows only), so a finished workflow is seen at once; each also looks every
+``FORGE_ARGO_POLL_INTERVAL`` on its own, which covers a broken stream.
+
 Workflow names derive from the job id (``forge-{type}-{job id}``), so a replica taking a run
 over re-submits nothing: the existing workflow (409) is adopted with the dispatch attempt it
 carries. Cancelling a run stops its workflows (``PUT .../stop``), found by the run label.
@@ -26,7 +30,9 @@ import shlex
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
+import httpx
 import msgspec
 import structlog
 from hera.exceptions import AlreadyExists, HeraException
@@ -55,6 +61,7 @@ FINISHED_PHASES = frozenset({"Succeeded", "Failed", "Error"})
 LABEL_RUN = "forge.dev/run-id"
 LABEL_JOB = "forge.dev/job-id"
 LABEL_TYPE = "forge.dev/job-type"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
 ANNOTATION_ATTEMPT = "forge.dev/attempt"
 ANNOTATION_TIMEOUT = "forge.dev/timeout-seconds"
 
@@ -84,8 +91,8 @@ class ArgoSettings(msgspec.Struct, kw_only=True):
     argo_service_account: str = ""
     argo_env_secret: str = ""
     argo_env_config_map: str = ""
-    # How often a running workflow is looked at.
-    argo_poll_interval: float = 2.0
+    # How often a running workflow is looked at besides the event stream's wake-ups.
+    argo_poll_interval: float = 10.0
     # The dispatcher's own deadline for a job is its activeDeadlineSeconds plus this (pod
     # scheduling, image pulls and the last poll): Argo's deadline decides, this is the backstop.
     argo_deadline_grace: float = 30.0
@@ -200,8 +207,10 @@ class ArgoExecutor:
             token=settings.argo_token or None,
             namespace=settings.argo_namespace,
         )
-        # workflow name -> its monitor
+        # workflow name -> its monitor, and the event the watch stream sets when it changed
         self._monitors: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def deadline_grace(self) -> float:
@@ -233,7 +242,10 @@ class ArgoExecutor:
             attempt = (existing.metadata.annotations or {}).get(ANNOTATION_ATTEMPT, attempt)
             WORKFLOWS.labels(job_type, "adopted").inc()
             log.info("argo.adopted", workflow=name, run_id=job.run_id, job_type=job_type)
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch(), name="argo-watch")
         if name not in self._monitors or self._monitors[name].done():
+            self._wake[name] = asyncio.Event()
             task = asyncio.create_task(self._monitor(name, job_type, job.run_id, job.job_id, attempt))
             self._monitors[name] = task
             task.add_done_callback(lambda done: self._forget(name, done))
@@ -242,19 +254,51 @@ class ArgoExecutor:
     def _forget(self, name: str, task: asyncio.Task[None]) -> None:
         if self._monitors.get(name) is task:
             del self._monitors[name]
+            self._wake.pop(name, None)
+
+    async def _watch(self) -> None:
+        """Wake the monitor of every Forge workflow the server reports a change of. The monitor
+        reads the workflow itself: the stream only says when to look."""
+        url = urljoin(self.service.host, f"api/v1/workflow-events/{self.settings.argo_namespace}")
+        params = {"listOptions.labelSelector": f"{LABEL_PART_OF}=forge"}
+        while True:
+            try:
+                self._authorize()
+                async with self.service.session.stream(
+                    "GET",
+                    url,
+                    params=params,
+                    headers={"Authorization": self.service.token or ""},
+                    timeout=httpx.Timeout(10.0, read=None),
+                ) as response:
+                    if response.status_code != 200:
+                        raise HeraException(f"the workflow event stream answered {response.status_code}")
+                    async for line in response.aiter_lines():
+                        name = _event_workflow(line)
+                        if name and (wake := self._wake.get(name)) is not None:
+                            wake.set()
+            except asyncio.CancelledError:
+                raise
+            except (HeraException, httpx.HTTPError, OSError) as exc:
+                log.warning("argo.watch_failed", error=str(exc) or type(exc).__name__)
+            # The stream ended (the server closes it now and then): open it again.
+            await asyncio.sleep(min(self.settings.argo_poll_interval, 5.0))
 
     async def _monitor(self, name: str, job_type: JobType, run_id: str, job_id: str, attempt: str) -> None:
         """Until the workflow ends; then its reply goes to the job's inbox."""
+        wake = self._wake.setdefault(name, asyncio.Event())
         while True:
+            # Cleared before looking: a change reported while the request is out wakes the next wait.
+            wake.clear()
             try:
                 self._authorize()
                 workflow = await self.service.get_workflow(name)
             except ArgoNotFound:
                 reply = _failure(job_id, attempt, f"the Argo workflow {name} was deleted before it ended")
                 break
-            except (HeraException, OSError, ValueError) as exc:  # Argo server restarting: look again
+            except (HeraException, httpx.HTTPError, OSError, ValueError) as exc:  # Argo server restarting
                 log.warning("argo.poll_failed", workflow=name, error=str(exc) or type(exc).__name__)
-                await asyncio.sleep(self.settings.argo_poll_interval)
+                await asyncio.sleep(min(self.settings.argo_poll_interval, 5.0))
                 continue
             status = workflow.status
             if status is not None and status.phase in FINISHED_PHASES:
@@ -262,7 +306,8 @@ class ArgoExecutor:
                 WORKFLOWS.labels(job_type, "succeeded" if status.phase == "Succeeded" else "failed").inc()
                 log.info("argo.finished", workflow=name, run_id=run_id, phase=status.phase, message=status.message)
                 break
-            await asyncio.sleep(self.settings.argo_poll_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.settings.argo_poll_interval)
         with contextlib.suppress(Exception):  # nobody listens any more: the driver ended
             await jobs.publish_reply(self.runtime.nc, jobs.inbox_subject(self.runtime.names, run_id, job_id), reply)
 
@@ -275,7 +320,7 @@ class ArgoExecutor:
         try:
             self._authorize()
             listed = await self.service.list_workflows(label_selector=f"{LABEL_RUN}={run_id}")
-        except (HeraException, OSError, ValueError) as exc:
+        except (HeraException, httpx.HTTPError, OSError, ValueError) as exc:
             log.warning("argo.list_failed", run_id=run_id, error=str(exc) or type(exc).__name__)
             return
         for workflow in listed.items or []:
@@ -292,10 +337,14 @@ class ArgoExecutor:
             log.info("argo.stopped", workflow=name)
         except ArgoNotFound:
             return
-        except (HeraException, OSError, ValueError) as exc:
+        except (HeraException, httpx.HTTPError, OSError, ValueError) as exc:
             log.warning("argo.stop_failed", workflow=name, error=str(exc) or type(exc).__name__)
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
         for task in list(self._monitors.values()):
             task.cancel()
         for task in list(self._monitors.values()):
@@ -304,6 +353,33 @@ class ArgoExecutor:
         self._monitors.clear()
         with contextlib.suppress(Exception):
             await self.service.close()  # type: ignore[no-untyped-call] # hera leaves it untyped
+
+
+class _EventMetadata(msgspec.Struct):
+    name: str = ""
+
+
+class _EventObject(msgspec.Struct):
+    metadata: _EventMetadata = msgspec.field(default_factory=_EventMetadata)
+
+
+class _Event(msgspec.Struct):
+    object: _EventObject = msgspec.field(default_factory=_EventObject)
+
+
+class _EventLine(msgspec.Struct):
+    """One line of the event stream: ``{"result": {"type": ..., "object": <workflow>}}``."""
+
+    result: _Event | None = None
+
+
+def _event_workflow(line: str) -> str:
+    """The name of the workflow an event line is about ("" for anything else)."""
+    try:
+        event = msgspec.json.decode(line, type=_EventLine)
+    except msgspec.DecodeError:  # also ValidationError: not an event
+        return ""
+    return event.result.object.metadata.name if event.result is not None else ""
 
 
 def _failure(job_id: str, attempt: str, error: str) -> bytes:
