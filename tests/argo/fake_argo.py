@@ -11,6 +11,7 @@ substituted. The workflow goes Pending -> Running -> Succeeded / Failed with ``s
 and the global ``status.outputs.parameters``; ``retryStrategy.limit`` retries a failed pod;
 ``activeDeadlineSeconds`` terminates it ("Step exceeded its deadline"); ``PUT .../stop``
 terminates it (SIGTERM, SIGKILL after a grace) and is recorded in :attr:`FakeArgo.stops`.
+:attr:`FakeArgo.refusing` makes it refuse submissions, as a cluster whose RBAC says no.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class FakeArgo:
         self._root = Path(tempfile.mkdtemp(prefix="fake-argo-"))
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Condition()
+        # (status, message): every submission is refused so (a cluster whose RBAC says no).
+        self.refusing: tuple[int, str] | None = None
         self._watchers: list[tuple[dict[str, str], asyncio.Queue[tuple[str, dict[str, Any]]]]] = []
         self.watch_connections = 0
 
@@ -144,6 +147,8 @@ class FakeArgo:
         if not self._authorized(request):
             return _error(401, 16, "token not valid")
         namespace = request.match_info["namespace"]
+        if self.refusing is not None:
+            return _error(self.refusing[0], 7, self.refusing[1])
         try:
             body = await request.json()
             # What the real server would refuse: a body that is no WorkflowCreateRequest.

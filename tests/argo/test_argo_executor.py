@@ -8,6 +8,8 @@ output parameter carries the reply the dispatcher acts on.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 import uuid
 from typing import Any
@@ -173,3 +175,45 @@ async def test_a_job_over_its_timeout_fails_the_run_at_the_workflow_deadline(
     # Argo's deadline ended it, not a stop from the dispatcher.
     assert workflow["status"]["phase"] == "Failed"
     assert workflow["status"]["message"] == "Step exceeded its deadline"
+
+
+async def test_a_job_over_64_kib_reaches_its_pod_through_s3(argo_cell: ArgoCell, client: httpx.AsyncClient) -> None:
+    """Two steps with 40 kB commands: the CI job is over the 64 KiB a workflow carries inline,
+    so the workflow holds a reference to it in S3, which the pod resolves."""
+    repo = argo_cell.cell.repo("big")
+    filler = "x" * 40_000
+    steps = "".join(f'[[phases.lint.steps]]\nname = "s{i}"\nrun = "echo s{i} # {filler}"\n' for i in range(2))
+    sha = repo.commit({".forge/repo.toml": REPO_TOML.format(extra=""), "api/.forge/project.toml": project(steps)})
+    run_id = await _create(client, repo, sha)
+    run = await _wait(client, run_id)
+    assert run["status"] == "success", run
+    assert [s["status"] for s in steps_of(run).values()] == ["success", "success"]
+    (workflow,) = _workflows(argo_cell, run_id, "ci")
+    env = {e["name"]: e["value"] for e in workflow["spec"]["templates"][0]["container"]["env"]}
+    job = json.loads(base64.b64decode(env["FORGE_JOB"]))
+    assert set(job) == {"$result_ref"}
+    assert job["$result_ref"]["key"].startswith(f"pipeline-runs/{run_id}/results/ci-job/")
+    assert job["$result_ref"]["size"] > 64 * 1024
+
+
+async def test_a_workflow_the_server_refuses_fails_the_run_with_its_reason(
+    argo_cell: ArgoCell, client: httpx.AsyncClient
+) -> None:
+    repo = argo_cell.cell.repo("refused")
+    sha = repo.commit(
+        {
+            ".forge/repo.toml": REPO_TOML.format(extra=""),
+            "api/.forge/project.toml": project('[[phases.lint.steps]]\nname = "style"\nrun = "echo ok"\n'),
+        }
+    )
+    denial = 'workflows.argoproj.io is forbidden: User "system:serviceaccount:forge:forge-pipeline" cannot create'
+    argo_cell.argo.refusing = (403, denial)
+    try:
+        run_id = await _create(client, repo, sha)
+        run = await _wait(client, run_id)
+    finally:
+        argo_cell.argo.refusing = None
+    assert run["status"] == "failed", run
+    assert "the Argo server refused workflow" in run["error"]
+    assert "is forbidden" in run["error"]
+    assert _workflows(argo_cell, run_id) == []

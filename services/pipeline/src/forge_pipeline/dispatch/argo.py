@@ -58,6 +58,8 @@ warnings.filterwarnings("ignore", category=PydanticDeprecatedSince20, module=r"h
 
 ARGO_JOB_TYPES: frozenset[JobType] = frozenset({"ci", "artifact", "release"})
 FINISHED_PHASES = frozenset({"Succeeded", "Failed", "Error"})
+# Answers of the Argo server that another try would get again.
+REFUSALS = frozenset({400, 401, 403, 404, 422})
 LABEL_RUN = "forge.dev/run-id"
 LABEL_JOB = "forge.dev/job-id"
 LABEL_TYPE = "forge.dev/job-type"
@@ -67,7 +69,7 @@ ANNOTATION_TIMEOUT = "forge.dev/timeout-seconds"
 
 WORKFLOWS = Counter(
     "forge_pipeline_argo_workflows_total",
-    "Argo workflows of jobs, by job type and how they ended (submitted, adopted, succeeded, failed, stopped)",
+    "Argo workflows of jobs, by job type and what happened (submitted, adopted, refused, succeeded, failed, stopped)",
     ["job_type", "outcome"],
 )
 
@@ -242,6 +244,18 @@ class ArgoExecutor:
             attempt = (existing.metadata.annotations or {}).get(ANNOTATION_ATTEMPT, attempt)
             WORKFLOWS.labels(job_type, "adopted").inc()
             log.info("argo.adopted", workflow=name, run_id=job.run_id, job_type=job_type)
+        except HeraException as exc:
+            if getattr(exc, "status_code", 0) not in REFUSALS:
+                raise  # the server is down or failing: the driver tries again (dispatcher.py)
+            # Refused for good (RBAC, a missing namespace, a manifest the server rejects): the
+            # job fails with the server's reason instead of being submitted forever.
+            WORKFLOWS.labels(job_type, "refused").inc()
+            log.error("argo.refused", workflow=name, run_id=job.run_id, error=str(exc))
+            reply = _failure(job.job_id, attempt, f"the Argo server refused workflow {name}: {exc}")
+            await jobs.publish_reply(
+                self.runtime.nc, jobs.inbox_subject(self.runtime.names, job.run_id, job.job_id), reply
+            )
+            return attempt
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.create_task(self._watch(), name="argo-watch")
         if name not in self._monitors or self._monitors[name].done():
