@@ -51,6 +51,7 @@ __all__ = [
     "ARGO_REPLY_FILE",
     "ARGO_REPLY_FILE_ENV",
     "ARGO_REPLY_PARAMETER",
+    "ARGO_TRACE_ENV",
     "DEAD_LETTERS",
     "DEAD_LETTER_STREAM",
     "HDR_DEAD_REASON",
@@ -188,6 +189,8 @@ ARGO_DELIVERY_ENV = "FORGE_JOB_DELIVERY"
 ARGO_REPLY_FILE_ENV = "FORGE_JOB_REPLY_FILE"
 ARGO_REPLY_FILE = "/tmp/forge-job/reply.json"  # noqa: S108 - a path inside the job's own pod
 ARGO_REPLY_PARAMETER = "forge-reply"
+# The dispatcher's trace context (JSON of traceparent/tracestate): the pod's spans continue it.
+ARGO_TRACE_ENV = "FORGE_JOB_TRACE"
 
 
 # --- jobs ---------------------------------------------------------------------------------------

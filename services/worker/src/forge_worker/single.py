@@ -27,10 +27,13 @@ from typing import Any
 
 import msgspec
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from forge_common import jobs
 from forge_common.jobs import JobRef, JobReply, JobSettings, JobType
 from forge_common.results import encode_result, resolve_result
+from forge_common.tracing import extract
 
 from .handling import AnyReply
 from .reporter import InfraError
@@ -40,6 +43,7 @@ from .worker import Worker
 __all__ = ["JobInputError", "main_run_job", "read_job", "run_job"]
 
 log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer("forge.worker")
 
 
 class JobInputError(Exception):
@@ -67,6 +71,27 @@ def read_job(environ: Mapping[str, str]) -> tuple[JobType, bytes, int, Path]:
 
 
 async def run_job(settings: Settings, job_settings: JobSettings, environ: Mapping[str, str]) -> int:
+    """Run the job of ``environ``; the exit status (module docstring). Its span continues the
+    dispatcher's trace (``FORGE_JOB_TRACE``), as a worker's continues the job's NATS headers."""
+    job_type = environ.get(jobs.ARGO_JOB_TYPE_ENV, "")
+    with _tracer.start_as_current_span(
+        f"{job_type} job",
+        context=extract(_trace_context(environ)),
+        kind=SpanKind.CONSUMER,
+        attributes={"forge.job_type": job_type, "forge.executor": "argo"},
+    ):
+        return await _run_job(settings, job_settings, environ)
+
+
+def _trace_context(environ: Mapping[str, str]) -> dict[str, str]:
+    try:
+        value = msgspec.json.decode(environ.get(jobs.ARGO_TRACE_ENV) or "{}", type=dict[str, str])
+    except msgspec.DecodeError:
+        return {}
+    return value
+
+
+async def _run_job(settings: Settings, job_settings: JobSettings, environ: Mapping[str, str]) -> int:
     job_type, raw, delivery, reply_file = read_job(environ)
     worker = Worker(settings, job_settings)
     ref = JobRef()
@@ -74,6 +99,7 @@ async def run_job(settings: Settings, job_settings: JobSettings, environ: Mappin
     try:
         payload: Any = await resolve_result(worker.s3, raw)
         ref = msgspec.convert(payload, JobRef)
+        trace.get_current_span().set_attribute("forge.run_id", ref.run_id)
         runners = await worker.prepare()
         _stop_on_sigterm(worker, ref.run_id)
         reply: AnyReply = await runners.run(job_type, payload, ref, delivery)

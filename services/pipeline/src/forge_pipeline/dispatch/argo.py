@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import math
 import shlex
 import warnings
@@ -40,6 +41,8 @@ from hera.exceptions import NotFound as ArgoNotFound
 from hera.workflows import ConfigMapEnvFrom, Container, Env, Parameter, RetryStrategy, SecretEnvFrom, Workflow
 from hera.workflows import models as m
 from hera.workflows.async_service import AsyncWorkflowsService
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 from pydantic import PydanticDeprecatedSince20
 
@@ -47,10 +50,12 @@ from forge_common import jobs
 from forge_common.jobs import JobReply, JobSettings, JobType
 from forge_common.results import encode_result
 from forge_common.runtime import Runtime
+from forge_common.tracing import inject
 
 __all__ = ["ARGO_JOB_TYPES", "ArgoExecutor", "ArgoSettings", "build_workflow", "workflow_name"]
 
 log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer("forge.dispatcher")
 
 # hera's service serializes requests with pydantic's v1-style ``.json()``: a deprecation warning
 # per request that says nothing about this code.
@@ -153,6 +158,9 @@ def build_workflow(
         Env(name=jobs.ARGO_JOB_ENV, value=base64.b64encode(encoded_job).decode()),
         Env(name=jobs.ARGO_REPLY_FILE_ENV, value=jobs.ARGO_REPLY_FILE),
     ]
+    trace = inject({})
+    if trace:
+        env.append(Env(name=jobs.ARGO_TRACE_ENV, value=json.dumps(trace)))
     if retries:
         # Argo's retry count (0 on the first attempt; defined only with a retry strategy): a
         # retried pod resumes like a redelivered job.
@@ -228,11 +236,19 @@ class ArgoExecutor:
     ) -> str:
         """Submit the job's workflow (or adopt the one a predecessor submitted) and monitor it;
         the dispatch attempt its reply will carry."""
+        name = workflow_name(job_type, job.job_id)
+        attributes = {"forge.run_id": job.run_id, "forge.job_id": job.job_id, "forge.job_type": job_type}
+        # The pod's spans are children of this one (its context travels in the manifest).
+        with _tracer.start_as_current_span(f"{job_type} job submit", kind=SpanKind.PRODUCER, attributes=attributes):
+            return await self._submit(job_type, job, timeout, name)
+
+    async def _submit(
+        self, job_type: JobType, job: jobs.CiJob | jobs.ArtifactJob | jobs.ReleaseJob, timeout: float, name: str
+    ) -> str:
         encoded = await encode_result(
             self.runtime.s3, job.run_id, f"{job_type}-job", job.job_id, job, limit=jobs.ARGO_INLINE_LIMIT
         )
         manifest = build_workflow(self.settings, job_type, job, encoded, timeout, self.job_settings.job_max_deliver)
-        name = workflow_name(job_type, job.job_id)
         attempt = job.attempt
         self._authorize()
         try:
