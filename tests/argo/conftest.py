@@ -33,42 +33,49 @@ class ArgoCell:
         return self.gateway.url
 
 
+def executor_env(argo: FakeArgo) -> dict[str, str]:
+    """A pipeline instance's settings for the fake Argo server."""
+    return {
+        "FORGE_EXECUTOR": "argo",
+        "FORGE_ARGO_SERVER_URL": argo.url,
+        "FORGE_ARGO_NAMESPACE": "forge-jobs",
+        "FORGE_ARGO_TOKEN": ARGO_TOKEN,
+        "FORGE_ARGO_IMAGE": "registry.example.com/forge/forge-worker:test",
+        # The "image" is this repository's venv: the worker's single-job command.
+        "FORGE_ARGO_COMMAND": f"{sys.executable} -m forge_worker run-job",
+        "FORGE_ARGO_ENV_SECRET": "forge-worker",
+        # Longer than any test waits: finished workflows are seen through the event stream
+        # (the watch), not by polling.
+        "FORGE_ARGO_POLL_INTERVAL": "5m",
+        # Argo's activeDeadlineSeconds decides timeouts; the dispatcher's backstop is far.
+        "FORGE_ARGO_DEADLINE_GRACE": "60s",
+    }
+
+
+def add_worker_secret(argo: FakeArgo, cell: Cell, pipeline_url: str, release_url: str) -> None:
+    """What the Helm chart's job Secret holds: the worker's settings, for the job pods."""
+    argo.add_secret(
+        "forge-worker",
+        {
+            **cell.platform.env(),
+            **cell.env,
+            "FORGE_PIPELINE_URL": pipeline_url,
+            "FORGE_RELEASE_URL": release_url,
+            "FORGE_LOG_FORMAT": "json",
+        },
+    )
+
+
 @pytest.fixture(scope="module")
 async def argo_cell(platform: Platform) -> AsyncIterator[ArgoCell]:
     argo = await FakeArgo(token=ARGO_TOKEN).start()
     cell = Cell(platform, "argo")
     try:
-        cell.start_pipeline(
-            env={
-                "FORGE_EXECUTOR": "argo",
-                "FORGE_ARGO_SERVER_URL": argo.url,
-                "FORGE_ARGO_NAMESPACE": "forge-jobs",
-                "FORGE_ARGO_TOKEN": ARGO_TOKEN,
-                "FORGE_ARGO_IMAGE": "registry.example.com/forge/forge-worker:test",
-                # The "image" is this repository's venv: the worker's single-job command.
-                "FORGE_ARGO_COMMAND": f"{sys.executable} -m forge_worker run-job",
-                "FORGE_ARGO_ENV_SECRET": "forge-worker",
-                # Longer than any test waits: finished workflows are seen through the event
-                # stream (the watch), not by polling.
-                "FORGE_ARGO_POLL_INTERVAL": "5m",
-                # Argo's activeDeadlineSeconds decides timeouts; the dispatcher's backstop is far.
-                "FORGE_ARGO_DEADLINE_GRACE": "60s",
-            }
-        )
+        cell.start_pipeline(env=executor_env(argo))
         cell.start_worker(env={"FORGE_WORKER_TYPES": "discovery"})
         release = cell.start_release()
         pipeline_url = cell.pipelines[0].url or ""
-        # What the Helm chart's worker Secret holds: the worker's settings, for the job pods.
-        argo.add_secret(
-            "forge-worker",
-            {
-                **cell.platform.env(),
-                **cell.env,
-                "FORGE_PIPELINE_URL": pipeline_url,
-                "FORGE_RELEASE_URL": release.url or "",
-                "FORGE_LOG_FORMAT": "json",
-            },
-        )
+        add_worker_secret(argo, cell, pipeline_url, release.url or "")
         gateway = cell.platform.start_process(
             "gateway", env={"FORGE_PIPELINE_URL": pipeline_url, "FORGE_RELEASE_URL": release.url or ""}
         )
