@@ -71,14 +71,18 @@ def _workflows(argo_cell: ArgoCell, run_id: str, job_type: str | None = None) ->
     return [w for w in found if job_type is None or w["metadata"]["labels"][LABEL_TYPE] == job_type]
 
 
-async def test_a_run_executes_as_argo_workflows_and_releases(argo_cell: ArgoCell, client: httpx.AsyncClient) -> None:
+async def test_a_run_executes_as_argo_workflows_builds_and_releases(
+    argo_cell: ArgoCell, client: httpx.AsyncClient
+) -> None:
     repo = argo_cell.cell.repo("shop")
     sha = repo.commit(
         {
             ".forge/repo.toml": REPO_TOML.format(extra=""),
             "api/.forge/project.toml": project(
                 '[[phases.lint.steps]]\nname = "style"\nrun = "echo lint ok"\n'
-                '[[phases.test.steps]]\nname = "unit"\nrun = "echo unit at $FORGE_COMMIT_SHA; echo warn >&2"\n',
+                '[[phases.test.steps]]\nname = "unit"\nrun = "echo unit at $FORGE_COMMIT_SHA; echo warn >&2"\n'
+                '[[artifacts]]\nname = "cli"\ntype = "binary"\n'
+                'build = "mkdir -p dist && echo cli $FORGE_COMMIT_SHA > dist/cli"\npath = "dist/cli"\n',
                 '[release]\non = [{ branch = "main" }]\n',
             ),
         }
@@ -86,12 +90,23 @@ async def test_a_run_executes_as_argo_workflows_and_releases(argo_cell: ArgoCell
     run_id = await _create(client, repo, sha)
     run = await _wait(client, run_id)
     assert run["status"] == "success", run
-    assert [(p["name"], p["status"]) for p in run["phases"]] == [("lint", "success"), ("test", "success")]
+    assert [(p["name"], p["status"]) for p in run["phases"]] == [
+        ("lint", "success"),
+        ("test", "success"),
+        ("artifacts", "success"),
+    ]
     steps = steps_of(run)
-    assert {k: s["status"] for k, s in steps.items()} == {
+    assert {k: s["status"] for k, s in steps.items() if k[0] != "artifacts"} == {
         ("lint", "api", "style"): "success",
         ("test", "api", "unit"): "success",
     }
+    # The artifact was built by its own workflow's pod (deadline: its timeout plus the grace
+    # that lets the worker's own account of a timeout arrive first).
+    (artifact,) = run["artifacts"]
+    assert (artifact["name"], artifact["status"]) == ("cli", "success")
+    assert artifact["digest"].startswith("sha256:")
+    (built,) = _workflows(argo_cell, run_id, "artifact")
+    assert built["spec"]["activeDeadlineSeconds"] == 1200 + 15
     # The pods uploaded the steps' logs as a worker does; the API serves them.
     for key, expected in {
         ("lint", "api", "style"): "lint ok\n",
@@ -121,6 +136,7 @@ async def test_a_run_executes_as_argo_workflows_and_releases(argo_cell: ArgoCell
         await asyncio.sleep(0.2)
     assert resp.status_code == 200, resp.text
     assert resp.json()["pipeline_run_id"] == run_id
+    assert [a["digest"] for a in resp.json()["artifacts"]] == [artifact["digest"]]
     assert (await client.get(f"/v1/runs/{run_id}")).json()["release_error"] is None
     # The dispatcher watched the workflow events (its polling is slower than this test).
     assert argo_cell.argo.watch_connections >= 1
