@@ -4,7 +4,7 @@ Instead of publishing a CI, artifact or release job on NATS for the workers, the
 submits one Argo Workflow per job through the Argo server's REST API (hera's
 :class:`AsyncWorkflowsService`). The workflow is one pod running ``forge-worker run-job``
 (forge_worker.single) with the job in its environment; the job's timeout is the workflow's
-``activeDeadlineSeconds``. A monitor polls the workflow until it ends, takes the reply from its
+``activeDeadlineSeconds``. A monitor follows the workflow until it ends, takes the reply from its
 output parameter (or, when the pod wrote none, makes a ``failed`` reply from the workflow's
 phase and message) and publishes it on the job's reply inbox: the driver handles it exactly as
 a worker's reply (attempt check, S3 result references, the same run/phase/task state, events
@@ -80,7 +80,7 @@ WORKFLOWS = Counter(
 
 
 class ArgoSettings(msgspec.Struct, kw_only=True):
-    """``FORGE_EXECUTOR`` and ``FORGE_ARGO_*`` (pipeline README, "Executors")."""
+    """``FORGE_EXECUTOR`` and ``FORGE_ARGO_*`` (docs/argo.md, "Settings")."""
 
     executor: str = "nats"
     argo_server_url: str = ""
@@ -158,9 +158,9 @@ def build_workflow(
         Env(name=jobs.ARGO_JOB_ENV, value=base64.b64encode(encoded_job).decode()),
         Env(name=jobs.ARGO_REPLY_FILE_ENV, value=jobs.ARGO_REPLY_FILE),
     ]
-    trace = inject({})
-    if trace:
-        env.append(Env(name=jobs.ARGO_TRACE_ENV, value=json.dumps(trace)))
+    trace_context = inject({})
+    if trace_context:
+        env.append(Env(name=jobs.ARGO_TRACE_ENV, value=json.dumps(trace_context)))
     if retries:
         # Argo's retry count (0 on the first attempt; defined only with a retry strategy): a
         # retried pod resumes like a redelivered job.
@@ -173,13 +173,13 @@ def build_workflow(
             LABEL_RUN: job.run_id,
             LABEL_JOB: job.job_id,
             LABEL_TYPE: job_type,
-            "app.kubernetes.io/part-of": "forge",
+            LABEL_PART_OF: "forge",
         },
         annotations={ANNOTATION_ATTEMPT: job.attempt, ANNOTATION_TIMEOUT: str(deadline)},
         active_deadline_seconds=deadline,
         service_account_name=settings.argo_service_account or None,
         # The job pods are the platform's workers to its network policies (the chart's allowFrom).
-        pod_metadata=m.Metadata(labels={"app.kubernetes.io/part-of": "forge", "app.kubernetes.io/component": "worker"}),
+        pod_metadata=m.Metadata(labels={LABEL_PART_OF: "forge", "app.kubernetes.io/component": "worker"}),
         pod_gc=m.PodGC(strategy="OnPodCompletion"),
         ttl_strategy=m.TTLStrategy(seconds_after_completion=int(settings.argo_ttl_after_finished)),
     ) as workflow:
@@ -245,8 +245,15 @@ class ArgoExecutor:
     async def _submit(
         self, job_type: JobType, job: jobs.CiJob | jobs.ArtifactJob | jobs.ReleaseJob, timeout: float, name: str
     ) -> str:
+        # A large job is stored under its attempt: a re-submission meeting the existing workflow
+        # never replaces the job that workflow's pod is about to read.
         encoded = await encode_result(
-            self.runtime.s3, job.run_id, f"{job_type}-job", job.job_id, job, limit=jobs.ARGO_INLINE_LIMIT
+            self.runtime.s3,
+            job.run_id,
+            f"{job_type}-job",
+            f"{job.job_id}-{job.attempt}",
+            job,
+            limit=jobs.ARGO_INLINE_LIMIT,
         )
         manifest = build_workflow(self.settings, job_type, job, encoded, timeout, self.job_settings.job_max_deliver)
         attempt = job.attempt
