@@ -37,7 +37,7 @@ from . import health
 from .artifacts import ArtifactJobRunner
 from .ci import CiJobRunner
 from .git import GitCache
-from .handling import CancelledRuns, JobHandler
+from .handling import CancelledRuns, JobHandler, Runners
 from .publish import Destinations
 from .release import ReleaseJobRunner
 from .reporter import Reporter
@@ -89,9 +89,10 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._http: web.AppRunner | None = None
 
-    async def start(self) -> None:
-        """Raises :class:`SandboxUnavailable` (before connecting anywhere) when steps cannot be
-        sandboxed on this machine and FORGE_STEP_SANDBOX is not ``none``."""
+    async def prepare(self) -> Runners:
+        """The sandbox and the job runners, without NATS (the single-job command uses only
+        this). Raises :class:`SandboxUnavailable` when steps cannot be sandboxed on this
+        machine and FORGE_STEP_SANDBOX is not ``none``."""
         _use_pidfd_child_watcher()
         settings = self.settings
         self.sandbox = await Sandbox.create(
@@ -120,6 +121,14 @@ class Worker:
         self._sweep()
         self._loops.append(asyncio.create_task(self._sweep_periodically()))
         self.table.reap_orphans()
+        ci = await self._ci()
+        return Runners(self.git, ci, self._release(), self._artifacts(ci), self.cancelled)
+
+    async def start(self) -> None:
+        """Raises :class:`SandboxUnavailable` (before connecting anywhere) when steps cannot be
+        sandboxed on this machine and FORGE_STEP_SANDBOX is not ``none``."""
+        runners = await self.prepare()
+        settings = self.settings
         self._nc = nc = await connect(
             settings.nats_url,
             f"forge-worker-{os.getpid()}",
@@ -127,7 +136,6 @@ class Worker:
         )
         js = nc.jetstream(timeout=5.0)
         await self._wait_job_streams(js)
-        ci = await self._ci()
         self.handler = JobHandler(
             nc,
             js,
@@ -136,9 +144,9 @@ class Worker:
             self.job_settings,
             self.cancelled,
             self.git,
-            ci,
-            self._release(),
-            self._artifacts(ci),
+            runners.ci,
+            runners.releases,
+            runners.artifacts,
             redact=self.redact,
         )
         await nc.subscribe(self.names.subject("pipeline.cancel.*"), cb=self._on_cancel)
@@ -239,18 +247,24 @@ class Worker:
         for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.reporter.close()
-        await self.releases.close()
         if self._http is not None:
             await self._http.cleanup()
-        if self._s3_context is not None:
-            await self._s3_context.__aexit__(None, None, None)
+        await self.close()
         if self._nc is not None and not self._nc.is_closed:
             # Every reply and ack is already written; closing beats draining 30 pull requests.
             with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=2)
             with contextlib.suppress(Exception):
                 await self._nc.close()
+
+    async def close(self) -> None:
+        """Close what :meth:`prepare` opened: the reporter's and release client's connections,
+        the S3 client."""
+        await self.reporter.close()
+        await self.releases.close()
+        if self._s3_context is not None:
+            await self._s3_context.__aexit__(None, None, None)
+            self._s3_context = None
 
     async def _drain(self, busy: set[asyncio.Task[None]]) -> None:
         log.info("worker.draining", jobs=len(busy))
