@@ -36,6 +36,8 @@ from forge_common.jobs import (
     JobReply,
     JobSettings,
     JobType,
+    PublishJob,
+    PublishResult,
     ReleaseJob,
     ReleaseResult,
 )
@@ -52,6 +54,7 @@ from .discovery import run_discovery
 from .git import GitCache
 from .release import ReleaseJobRunner
 from .reporter import InfraError
+from .republish import PublishJobRunner
 
 __all__ = ["CancelledRuns", "JobHandler"]
 
@@ -59,7 +62,12 @@ log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer("forge.worker")
 
 AnyReply = (
-    JobReply[CiResult] | JobReply[DiscoveryResult] | JobReply[ReleaseResult] | JobReply[ArtifactResult] | JobReply[None]
+    JobReply[CiResult]
+    | JobReply[DiscoveryResult]
+    | JobReply[ReleaseResult]
+    | JobReply[ArtifactResult]
+    | JobReply[PublishResult]
+    | JobReply[None]
 )
 
 
@@ -93,6 +101,7 @@ class JobHandler:
         releases: ReleaseJobRunner,
         artifacts: ArtifactJobRunner | None = None,
         redact: Redactor | None = None,
+        publisher: PublishJobRunner | None = None,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -104,6 +113,7 @@ class JobHandler:
         self.ci = ci
         self.releases = releases
         self.artifacts = artifacts
+        self.publisher = publisher
         # Replies and dead-letter reasons become run errors: no secret of this process in them.
         self.redact = redact or Redactor()
         # Stream sequence -> newest delivery of each job this process is running.
@@ -173,6 +183,8 @@ class JobHandler:
             return await self.releases.run(msgspec.convert(payload, ReleaseJob))
         if job_type == "artifact" and self.artifacts is not None:
             return await self.artifacts.run(msgspec.convert(payload, ArtifactJob))
+        if job_type == "publish" and self.publisher is not None:
+            return await self.publisher.run(msgspec.convert(payload, PublishJob))
         return JobReply[None](status="failed", error=f"this worker cannot run {job_type} jobs")
 
     def _done(self, job_type: JobType, ref: JobRef, reply: AnyReply, deliveries: int, started: float) -> None:

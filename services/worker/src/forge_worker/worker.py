@@ -41,6 +41,7 @@ from .handling import CancelledRuns, JobHandler
 from .publish import Destinations
 from .release import ReleaseJobRunner
 from .reporter import Reporter
+from .republish import PublishJobRunner
 from .sandbox import Limits, Sandbox
 from .settings import Settings
 from .steps import ProcessTable, StepRunner
@@ -116,6 +117,7 @@ class Worker:
         js = nc.jetstream(timeout=5.0)
         await self._wait_job_streams(js)
         ci = await self._ci()
+        artifacts = self._artifacts(ci)
         self.handler = JobHandler(
             nc,
             js,
@@ -126,8 +128,15 @@ class Worker:
             self.git,
             ci,
             self._release(),
-            self._artifacts(ci),
+            artifacts,
             redact=self.redact,
+            publisher=PublishJobRunner(
+                artifacts.destinations,
+                Path(self.settings.git_cache_dir) / "artifact-publish",
+                self.settings.oci_insecure,
+                self.settings.oci_username,
+                self.settings.oci_password,
+            ),
         )
         await nc.subscribe(self.names.subject("pipeline.cancel.*"), cb=self._on_cancel)
         if self.settings.worker_http_port:
