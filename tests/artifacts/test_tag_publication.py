@@ -9,7 +9,9 @@ the asset's URL, and Forge's release of the tag names it as the primary publishe
 redelivering the tag webhook, or a second delivery of the same tag push, uploads nothing again.
 
 A tag that arrives while the artifact is still being built is attached once the build is done,
-exactly once.
+exactly once. GitHub refusing the tag's release (403) shows on the artifact as its error, counts
+in ``forge_pipeline_tag_publication_failures_total``, and leaves the run (and the artifact) a
+success: what was built did not change; pushing the tag again tries it again.
 """
 
 from __future__ import annotations
@@ -224,3 +226,54 @@ async def test_a_tag_pushed_during_the_build_is_attached_once_the_artifact_exist
     ]
     uploaded = {(tag, name): data for (repo, tag, name), data in github.assets.items() if repo == repository}
     assert uploaded == {(TAG, "api-cli"): f"cli built at {sha}\n".encode()}
+
+
+async def test_github_refusing_a_later_tag_shows_on_the_artifact_and_leaves_the_run_a_success(
+    lane: tuple[ArtifactLane, str], github: FakeGitHub
+) -> None:
+    app, gateway = lane
+    repository = f"acme{app.tag}/cli-refused"
+    github.refuse_releases.add(repository)  # 403, as for a token without contents: write
+    viewer = app.platform.headers(VIEWER, "viewer")
+    pipeline = app.processes[0]
+    async with httpx.AsyncClient(base_url=gateway, timeout=60.0) as client:
+        before = _failures(await client.get(f"{pipeline.url}/metrics"))
+        sha, run_id = await _main_run(client, app, repository, _project(GITHUB_ARTIFACT, release=False))
+        run = await _finished(client, run_id, viewer)
+        assert run["status"] == "success", f"{run}\n{app.log_tails()}"
+
+        await _tag(client, repository, sha, TAG)
+
+        run = await _poll(client, f"/v1/runs/{run_id}", viewer, lambda r: r["artifacts"][0]["error"] is not None, 120)
+        [artifact] = run["artifacts"]
+        # built and still a success, like its run; the error says which tag and why not
+        assert (run["status"], artifact["status"], artifact["published_uris"]) == ("success", "success", [])
+        for part in (
+            f"github-release of tag {TAG}",
+            "artifact cli of project api",
+            "GitHub refused to create the release: HTTP 403",
+            "Resource not accessible by integration",
+        ):
+            assert part in artifact["error"], artifact["error"]
+        # a refusal is not retried
+        assert _release_calls(github, repository) == [("release_lookup", TAG, 404), ("release_create", TAG, 403)]
+        after = _failures(await client.get(f"{pipeline.url}/metrics"))
+        assert after == before + 1
+
+        # the token fixed, the tag pushed again: the failed publication is tried again, and made
+        github.refuse_releases.discard(repository)
+        assert (await _tag(client, repository, sha, TAG))["status"] == "tag_recorded"
+        await _uploaded(github, app, repository, TAG)
+        download = f"{github.url}/{repository}/releases/download/{TAG}/api-cli"
+        run = await _poll(
+            client, f"/v1/runs/{run_id}", viewer, lambda r: r["artifacts"][0]["published_uris"] == [download], 60
+        )
+    assert (run["status"], run["artifacts"][0]["error"]) == ("success", None)
+    assert github.assets[(repository, TAG, "api-cli")] == f"cli built at {sha}\n".encode()
+
+
+def _failures(metrics: httpx.Response) -> float:
+    for line in metrics.text.splitlines():
+        if line.startswith('forge_pipeline_tag_publication_failures_total{reason="failed"}'):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("forge_pipeline_tag_publication_failures_total is not exported")

@@ -235,14 +235,22 @@ async def finish_publication(conn: Conn, publication: Publication, uri: str | No
     if await cur.fetchone() is None:
         return False
     if error is None:
+        # A retried publication that succeeds clears the error its failure left.
         await conn.execute(
-            """UPDATE pipeline.artifacts SET published_uris = published_uris || %s
-               WHERE id = %s AND NOT published_uris @> %s""",
-            (Jsonb([uri]), publication.artifact_id, Jsonb([uri])),
+            """UPDATE pipeline.artifacts SET
+                   published_uris = CASE WHEN published_uris @> %(uri)s THEN published_uris
+                                         ELSE published_uris || %(uri)s END,
+                   error = CASE WHEN starts_with(error, %(prefix)s) THEN NULL ELSE error END
+               WHERE id = %(id)s""",
+            {"uri": Jsonb([uri]), "prefix": _failure_prefix(publication.tag), "id": publication.artifact_id},
         )
     else:
         await conn.execute(
             "UPDATE pipeline.artifacts SET error = %s WHERE id = %s",
-            (f"github-release of tag {publication.tag}: {error}", publication.artifact_id),
+            (f"{_failure_prefix(publication.tag)}{error}", publication.artifact_id),
         )
     return True
+
+
+def _failure_prefix(tag: str) -> str:
+    return f"github-release of tag {tag}: "

@@ -300,11 +300,20 @@ async def set_run_tag(conn: Conn, run_id: str, tag: str) -> None:
     )
 
 
-async def plan_tag_publications(conn: Conn, run_id: str) -> int:
+async def plan_tag_publications(conn: Conn, run_id: str, retry_tag: str | None = None) -> int:
     """For a successful run: one ``pending`` publication per built artifact that declares
     ``github-release`` and per tag pushed onto the run's commit (``pipeline.tag_pushes``) that it
     was not published to yet; the number added. Idempotent (a redelivered tag push adds none);
-    a run not (yet) successful gets none: the dispatcher plans again when it succeeds."""
+    a run not (yet) successful gets none: the dispatcher plans again when it succeeds.
+
+    ``retry_tag``: a new push of that tag, whose failed publications are tried again (the
+    successful ones never are)."""
+    if retry_tag is not None:
+        await conn.execute(
+            """UPDATE pipeline.artifact_publications SET status = 'pending', error = NULL, completed_at = NULL
+               WHERE run_id = %s AND tag = %s AND status = 'failed'""",
+            (run_id, retry_tag),
+        )
     cur = await conn.execute(
         """
         INSERT INTO pipeline.artifact_publications (id, run_id, artifact_id, tag)

@@ -213,7 +213,7 @@ async def _tag_push(
     if existing is not None:
         await store.set_run_tag(conn, existing.id, tag)
         await store.record_tag_push(conn, repository, tag, commit_sha, actor, existing.id)
-        await store.plan_tag_publications(conn, existing.id)
+        await store.plan_tag_publications(conn, existing.id, retry_tag=tag)
         return 200, WebhookResult(delivery_id="", status="tag_recorded", run_id=existing.id, tag=tag)
     base_ref = payload.base_ref
     branch = base_ref.removeprefix("refs/heads/") if base_ref and base_ref.startswith("refs/heads/") else tag

@@ -58,7 +58,7 @@ async def publish_for_tags(driver: RunDriver) -> None:
         if driver.runtime.relay is not None:
             driver.runtime.relay.wake()
         log.info("dispatcher.publications_queued", run_id=driver.run_id, publications=len(queued))
-        waiters = {p.id: driver.waiter(p.id, p.attempt) for p in queued}
+        waiters = {p.id: driver.waiters[p.id] for p in queued}
         timeout = driver.job_settings.timeout("publish")
         done, _ = await asyncio.wait(waiters.values(), timeout=timeout)
         for publication in queued:
@@ -81,6 +81,8 @@ async def _queue(driver: RunDriver) -> list[Publication]:
         await store.plan_tag_publications(conn, run.id)
         queued = await execution_store.dispatch_publications(conn, run.id)
         for publication in queued:
+            # Listening before the job can be published: the relay sends it once we commit.
+            driver.waiter(publication.id, publication.attempt)
             job = PublishJob(
                 job_id=publication.id,
                 attempt=publication.attempt,
