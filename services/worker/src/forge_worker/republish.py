@@ -53,7 +53,7 @@ class PublishJobRunner:
     async def run(self, job: PublishJob) -> PublishReply:
         self.scratch_root.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix="publish-", dir=self.scratch_root))
-        what = f"artifact {job.name} of project {job.project}, {job.destination} of tag {job.tag}"
+        what = f"artifact {job.name} of project {job.project}"
         try:
             try:
                 file = await asyncio.to_thread(materialize, job, scratch, *self.oci)
