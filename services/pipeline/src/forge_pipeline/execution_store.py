@@ -45,11 +45,11 @@ async def claim_runs(conn: Conn, owner: str, ttl: float, limit: int, exclude: li
                AND completed_at > now() - interval '1 day'
              ORDER BY completed_at LIMIT %(limit)s)
             UNION  -- not ALL: a run may be in both of the last two sets
-            (SELECT r.id, r.created_at FROM pipeline.runs r
-             WHERE r.status = 'success'
+            -- from the (few) pending publications, by their partial index, to their runs
+            (SELECT DISTINCT r.id, r.created_at
+             FROM pipeline.artifact_publications p JOIN pipeline.runs r ON r.id = p.run_id
+             WHERE p.status = 'pending' AND r.status = 'success'
                AND (r.lease_expires_at IS NULL OR r.lease_expires_at < now())
-               AND EXISTS (SELECT 1 FROM pipeline.artifact_publications p
-                           WHERE p.run_id = r.id AND p.status = 'pending')
              LIMIT %(limit)s)
         ),
         claimable AS (
