@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from forge_common.jobs import JOB_TYPES
 from forge_common.settings import CommonSettings, parse_size
 
 
@@ -31,7 +32,7 @@ class Settings(CommonSettings, kw_only=True):
     worker_client_id: str = "forge-worker"
     worker_client_secret: str = "forge-worker-secret"  # noqa: S105 - the dev issuer's client
     # Which job types this worker pulls, and how many jobs of each it runs at once.
-    worker_types: str = "discovery,ci,artifact,release"
+    worker_types: str = "discovery,ci,artifact,release,publish"
     worker_concurrency: int = 8
     # A running step's log is uploaded this often while it runs; the final upload is complete.
     log_flush_interval: float = 2.0
@@ -108,9 +109,9 @@ class Settings(CommonSettings, kw_only=True):
             problems.append("FORGE_GIT_URL_TEMPLATE must contain {repository}")
         if not self.callback_url:
             problems.append("FORGE_STATUS_URL, FORGE_PIPELINE_URL or FORGE_GATEWAY_URL is required")
-        bad = [t for t in self.job_types() if t not in ("discovery", "ci", "artifact", "release")]
+        bad = [t for t in self.job_types() if t not in JOB_TYPES]
         if bad or not self.job_types():
-            problems.append("FORGE_WORKER_TYPES must list discovery, ci, artifact and/or release")
+            problems.append("FORGE_WORKER_TYPES must list discovery, ci, artifact, release and/or publish")
         if self.release_retry_for <= 0:
             problems.append("FORGE_RELEASE_RETRY_FOR must be a positive duration such as 10m")
         if self.step_workspace not in ("auto", "overlay", "copy"):

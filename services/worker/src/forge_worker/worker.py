@@ -41,6 +41,7 @@ from .handling import CancelledRuns, JobHandler, Runners
 from .publish import Destinations
 from .release import ReleaseJobRunner
 from .reporter import Reporter
+from .republish import PublishJobRunner
 from .sandbox import Limits, Sandbox, sweep_stale
 from .settings import Settings
 from .steps import ProcessTable, StepRunner
@@ -122,7 +123,15 @@ class Worker:
         self._loops.append(asyncio.create_task(self._sweep_periodically()))
         self.table.reap_orphans()
         ci = await self._ci()
-        return Runners(self.git, ci, self._release(), self._artifacts(ci), self.cancelled)
+        artifacts = self._artifacts(ci)
+        publisher = PublishJobRunner(
+            artifacts.destinations,
+            Path(settings.git_cache_dir) / "artifact-publish",
+            settings.oci_insecure,
+            settings.oci_username,
+            settings.oci_password,
+        )
+        return Runners(self.git, ci, self._release(), artifacts, self.cancelled, publisher)
 
     async def start(self) -> None:
         """Raises :class:`SandboxUnavailable` (before connecting anywhere) when steps cannot be
@@ -148,6 +157,7 @@ class Worker:
             runners.releases,
             runners.artifacts,
             redact=self.redact,
+            publisher=runners.publisher,
         )
         await nc.subscribe(self.names.subject("pipeline.cancel.*"), cb=self._on_cancel)
         if self.settings.worker_http_port:
