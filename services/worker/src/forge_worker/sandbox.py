@@ -807,6 +807,9 @@ class _Step:
         """After :meth:`kill` (or the exit): until nothing of it is left; its exit code if known."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Its output is read (or given up on)."""
+
 
 class _FreshStep(_Step):
     """A command in a sandbox of its own: the sandbox goes with the command's first process."""
@@ -928,6 +931,7 @@ async def _supervise(
             canceller.cancel()
         if not step.exited.done():
             step.kill()
+        step.close()
     for line in stopped:
         log_sink(line)
     return _exit_code(code, limit), limit, cancelled
@@ -1103,21 +1107,25 @@ class TaskSandbox:
         write_fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
         output = asyncio.StreamReader()
         loop = asyncio.get_running_loop()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_fd, "rb", 0))
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_fd, "rb", 0)
+        )
         try:
             assert self.proc.stdin is not None
             self.proc.stdin.write(snippet.encode() + b"\0")
             await self.proc.stdin.drain()
-            started = await self.status.readline()
-        except (ConnectionError, OSError):
+            # At once, unless an earlier step of the task tampered with its runner.
+            started = await asyncio.wait_for(self.status.readline(), 30.0)
+        except (ConnectionError, OSError, TimeoutError):
             started = b""
         finally:
             os.close(write_fd)
             os.unlink(fifo)
-        step = _TaskStep(self, output)
         if started != b"started\n":
-            step.kill()
-        return step
+            transport.close()
+            await self.close()
+            return None
+        return _TaskStep(self, output, transport)
 
     def kill(self) -> None:
         _kill_group(self.proc.pid, signal.SIGKILL)
@@ -1145,9 +1153,13 @@ class TaskSandbox:
 
 
 class _TaskStep(_Step):
-    def __init__(self, task: TaskSandbox, output: asyncio.StreamReader) -> None:
+    def __init__(self, task: TaskSandbox, output: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
         super().__init__(output, asyncio.create_task(self._exit(task)), task.proc.pid)
         self.task = task
+        self.transport = transport
+
+    def close(self) -> None:
+        self.transport.close()
 
     @staticmethod
     async def _exit(task: TaskSandbox) -> int | None:
