@@ -4,16 +4,23 @@ behalf) runs in its own user, PID, mount, IPC and UTS namespaces (and network na
 
 Two tools build it, both maintained and found on ordinary Linux machines:
 
-- ``bwrap`` (bubblewrap, what Flatpak uses): preferred; a few milliseconds per step;
+- ``bwrap`` (bubblewrap, what Flatpak uses): preferred;
 - ``unshare`` from util-linux (present on every Linux userland) plus ``mount``, ``pivot_root``
   and ``setpriv`` from the same package: the fallback when bubblewrap is not installed.
 
 What a sandboxed command sees: ``/usr``, ``/etc`` and the ``/bin``/``/lib`` links read-only (plus
 ``FORGE_STEP_READONLY_PATHS``; ``FORGE_STEP_WRITABLE_PATHS`` read-write, e.g. a shared cache), a fresh ``/proc`` of its own PID namespace, a private ``/tmp``
 and ``/dev/shm``, ``$HOME`` (``/home/forge``) on a tmpfs, and ``/workspace``: the job's own
-writable copy of the checkout. The git cache, the data directory, other jobs' workspaces and
-the worker's environment are not there. When the worker runs as root, commands run as
+writable view of the checkout (:class:`Workspace`: an overlay over the shared checkout when the
+worker runs as root, else a copy). The git cache, the data directory, other jobs' workspaces
+and the worker's environment are not there. When the worker runs as root, commands run as
 ``FORGE_STEP_USER`` (``nobody``), never as root.
+
+With bubblewrap the commands of one job share one sandbox by default (:class:`TaskSandbox`,
+``FORGE_STEP_SANDBOX_SCOPE=task``): a new mount namespace costs 15-30 ms of wall time on a
+loaded machine (docs/performance.md), a step in an existing sandbox ~3 ms. What a step leaves
+running is killed when it ends. Job directories are claimed with a lock file
+(:func:`claim_job_dir`) so that :func:`sweep_stale` can remove what a killed worker left.
 
 Limits (:class:`Limits`): ``processes`` is ``RLIMIT_NPROC`` set inside the sandbox's own user
 namespace (the kernel counts it per namespace, so a fork bomb stops there); ``memory`` is the
