@@ -4,16 +4,23 @@ behalf) runs in its own user, PID, mount, IPC and UTS namespaces (and network na
 
 Two tools build it, both maintained and found on ordinary Linux machines:
 
-- ``bwrap`` (bubblewrap, what Flatpak uses): preferred; a few milliseconds per step;
+- ``bwrap`` (bubblewrap, what Flatpak uses): preferred;
 - ``unshare`` from util-linux (present on every Linux userland) plus ``mount``, ``pivot_root``
   and ``setpriv`` from the same package: the fallback when bubblewrap is not installed.
 
 What a sandboxed command sees: ``/usr``, ``/etc`` and the ``/bin``/``/lib`` links read-only (plus
 ``FORGE_STEP_READONLY_PATHS``; ``FORGE_STEP_WRITABLE_PATHS`` read-write, e.g. a shared cache), a fresh ``/proc`` of its own PID namespace, a private ``/tmp``
 and ``/dev/shm``, ``$HOME`` (``/home/forge``) on a tmpfs, and ``/workspace``: the job's own
-writable copy of the checkout. The git cache, the data directory, other jobs' workspaces and
-the worker's environment are not there. When the worker runs as root, commands run as
+writable view of the checkout (:class:`Workspace`: an overlay over the shared checkout when the
+worker runs as root, else a copy). The git cache, the data directory, other jobs' workspaces
+and the worker's environment are not there. When the worker runs as root, commands run as
 ``FORGE_STEP_USER`` (``nobody``), never as root.
+
+With bubblewrap the commands of one job share one sandbox by default (:class:`TaskSandbox`,
+``FORGE_STEP_SANDBOX_SCOPE=task``): a new mount namespace costs 15-30 ms of wall time on a
+loaded machine (docs/performance.md), a step in an existing sandbox ~3 ms. What a step leaves
+running is killed when it ends. Job directories are claimed with a lock file
+(:func:`claim_job_dir`) so that :func:`sweep_stale` can remove what a killed worker left.
 
 Limits (:class:`Limits`): ``processes`` is ``RLIMIT_NPROC`` set inside the sandbox's own user
 namespace (the kernel counts it per namespace, so a fork bomb stops there); ``memory`` is the
@@ -807,6 +814,9 @@ class _Step:
         """After :meth:`kill` (or the exit): until nothing of it is left; its exit code if known."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Its output is read (or given up on)."""
+
 
 class _FreshStep(_Step):
     """A command in a sandbox of its own: the sandbox goes with the command's first process."""
@@ -928,6 +938,7 @@ async def _supervise(
             canceller.cancel()
         if not step.exited.done():
             step.kill()
+        step.close()
     for line in stopped:
         log_sink(line)
     return _exit_code(code, limit), limit, cancelled
@@ -1103,21 +1114,25 @@ class TaskSandbox:
         write_fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
         output = asyncio.StreamReader()
         loop = asyncio.get_running_loop()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_fd, "rb", 0))
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_fd, "rb", 0)
+        )
         try:
             assert self.proc.stdin is not None
             self.proc.stdin.write(snippet.encode() + b"\0")
             await self.proc.stdin.drain()
-            started = await self.status.readline()
-        except (ConnectionError, OSError):
+            # At once, unless an earlier step of the task tampered with its runner.
+            started = await asyncio.wait_for(self.status.readline(), 30.0)
+        except (ConnectionError, OSError, TimeoutError):
             started = b""
         finally:
             os.close(write_fd)
             os.unlink(fifo)
-        step = _TaskStep(self, output)
         if started != b"started\n":
-            step.kill()
-        return step
+            transport.close()
+            await self.close()
+            return None
+        return _TaskStep(self, output, transport)
 
     def kill(self) -> None:
         _kill_group(self.proc.pid, signal.SIGKILL)
@@ -1145,9 +1160,13 @@ class TaskSandbox:
 
 
 class _TaskStep(_Step):
-    def __init__(self, task: TaskSandbox, output: asyncio.StreamReader) -> None:
+    def __init__(self, task: TaskSandbox, output: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
         super().__init__(output, asyncio.create_task(self._exit(task)), task.proc.pid)
         self.task = task
+        self.transport = transport
+
+    def close(self) -> None:
+        self.transport.close()
 
     @staticmethod
     async def _exit(task: TaskSandbox) -> int | None:
