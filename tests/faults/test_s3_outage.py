@@ -21,13 +21,7 @@ from tests.execution.conftest import Cell, steps_of
 
 from .proxy import TcpProxy
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skip(
-        reason="after main's step sandbox (run_sandboxed with a synchronous log sink) the bounded-memory "
-        "LogObject is not wired into the step runner yet; only the final upload is retried (issue 13, open)"
-    ),
-]
+pytestmark = pytest.mark.slow
 
 REPO_TOML = '[phases.test]\ngroup = 1\ntimeout = "5m"\n'
 LOUD_BYTES = 12 * 1024 * 1024
@@ -64,7 +58,7 @@ async def test_logs_complete_after_a_10s_s3_outage(
     cell = s3_cell
     cell.start_worker(env={"FORGE_S3_URL": s3_proxy.url})
     cell.wait_workers(1)
-    gate = cell.root / "outage-started"
+    gate = cell.shared_dir("s3-outage") / "started"  # steps see the shared directory alone
     repo = cell.repo()
     sha = repo.commit(
         {

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import pwd
 import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,7 +55,9 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 SandboxKind = Literal["bwrap", "unshare", "none"]
-LogSink = Callable[[bytes], None]
+# Takes the command's output as it comes; a sink that returns an awaitable is awaited before the
+# next read (back-pressure: the command waits on its full pipe meanwhile, nothing piles up).
+LogSink = Callable[[bytes], Awaitable[None] | None]
 
 # Everything a step's environment may hold, besides the step's own variables.
 ENVIRONMENT_ALLOW_LIST = (
@@ -496,6 +499,53 @@ def _usage(pids: list[int]) -> tuple[int, int]:
     return resident, tasks
 
 
+class _Reader:
+    """Copies a command's output to a sink, timing what is not spent in the sink.
+
+    After the command ended, a background process that escaped its group may still hold the
+    pipe open: reading stops after ``grace`` seconds of reading. Time in the sink does not count
+    (it has its own bound: a log upload waiting for S3 to come back), so nothing the command
+    printed before it ended is dropped because the sink was slow.
+    """
+
+    def __init__(self, stdout: asyncio.StreamReader, sink: LogSink) -> None:
+        self.stdout = stdout
+        self.sink = sink
+        self._sinking_since: float | None = None
+        self._in_sink = 0.0
+
+    async def run(self) -> None:
+        while chunk := await self.stdout.read(65536):
+            await self.feed(chunk)
+
+    async def feed(self, chunk: bytes) -> None:
+        self._sinking_since = time.monotonic()
+        try:
+            result = self.sink(chunk)
+            if inspect.isawaitable(result):
+                await result
+        finally:
+            self._in_sink += time.monotonic() - self._sinking_since
+            self._sinking_since = None
+
+    def sink_seconds(self) -> float:
+        now = time.monotonic()
+        return self._in_sink + (now - self._sinking_since if self._sinking_since is not None else 0.0)
+
+    async def finish(self, task: asyncio.Task[None], grace: float) -> None:
+        """Wait for ``task`` (running :meth:`run`) until it has read for ``grace`` seconds more."""
+        ended, in_sink = time.monotonic(), self.sink_seconds()
+        while not task.done():
+            await asyncio.wait({task}, timeout=grace / 4)
+            reading = (time.monotonic() - ended) - (self.sink_seconds() - in_sink)
+            if not task.done() and reading >= grace:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return
+        task.result()
+
+
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -518,7 +568,7 @@ async def run_sandboxed(
 ) -> SandboxOutcome:
     """Run ``command`` in ``sandbox`` with ``workspace`` at ``/workspace`` (working directory
     ``cwd`` inside it) and exactly ``env``; its output (stdout and stderr) goes to ``log_sink``
-    as it comes, followed by a ``[forge: ...]`` line when a limit or ``cancel`` stopped it.
+    as it comes (awaited when it returns an awaitable), followed by a ``[forge: ...]`` line when a limit or ``cancel`` stopped it.
 
     The whole sandbox is gone when this returns: background processes included.
     ``on_start``/``on_end`` get the process group (for crash clean-up records).
@@ -527,11 +577,7 @@ async def run_sandboxed(
     clean_env = dict(env)
     clean_env.setdefault("PATH", _DEFAULT_PATH)
     clean_env.setdefault("HOME", HOME if sandbox.kind != "none" else str(workspace.path))
-    if sandbox.kind == "none":
-        log_sink(sandbox.warning())
-        workdir = workspace.path / cwd
-    else:
-        workdir = Path("/")
+    workdir = workspace.path / cwd if sandbox.kind == "none" else Path("/")
     argv = sandbox.wrap(command, workspace, cwd, limits)
     if sandbox.user is not None and sandbox.kind != "none":
         # setpriv rather than Popen(user=...): that would make Python fork the whole worker
@@ -551,12 +597,8 @@ async def run_sandboxed(
     if on_start is not None:
         on_start(pgid)
     assert proc.stdout is not None
-    stdout = proc.stdout
+    output = _Reader(proc.stdout, log_sink)
     stopped: list[bytes] = []
-
-    async def read() -> None:
-        while chunk := await stdout.read(65536):
-            log_sink(chunk)
 
     async def watch() -> str:
         """Poll the sandbox's memory and process count; the limit it reached."""
@@ -578,6 +620,11 @@ async def run_sandboxed(
                     % (limits.processes, limits.processes)
                 )
                 return "processes"
+
+    async def read() -> None:
+        if sandbox.kind == "none":
+            await output.feed(sandbox.warning())
+        await output.run()
 
     reader = asyncio.create_task(read())
     waiter = asyncio.create_task(proc.wait())
@@ -611,12 +658,11 @@ async def run_sandboxed(
         # sandbox its PID namespace went with its first process already.
         _kill_group(pgid, signal.SIGKILL)
         await waiter
-        try:
-            await asyncio.wait_for(reader, 2.0)
-        except TimeoutError:
-            reader.cancel()
+        await output.finish(reader, 2.0)
     finally:
         watcher.cancel()
+        if not reader.done():
+            reader.cancel()
         if canceller is not None:
             canceller.cancel()
         if not waiter.done():
@@ -624,7 +670,7 @@ async def run_sandboxed(
         if on_end is not None:
             on_end(pgid)
     for line in stopped:
-        log_sink(line)
+        await output.feed(line)
     code = proc.returncode if proc.returncode is not None else -9
     if code < 0:
         code = 128 - code

@@ -159,6 +159,8 @@ class Worker:
             self.settings.log_flush_interval,
             self.settings.log_max_bytes,
             self.sandbox,
+            upload_retry_for=self.settings.log_upload_retry_for,
+            part_size=self.settings.log_part_bytes,
         )
         defaults = Limits(
             memory=self.settings.step_memory_bytes,
