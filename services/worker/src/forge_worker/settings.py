@@ -16,6 +16,9 @@ class Settings(CommonSettings, kw_only=True):
     # serves local repositories.
     git_url_template: str = "https://github.com/{repository}.git"
     git_cache_dir: str = "/var/cache/forge/git"
+    # Deadline of every git command (a fetch from the repository's remote above all): past it the
+    # command is killed and the job fails naming the operation and the remote.
+    git_timeout: float = 600.0
     # Status callbacks go here (the pipeline service, or the gateway); default: pipeline_url,
     # else gateway_url.
     status_url: str = ""
@@ -118,6 +121,8 @@ class Settings(CommonSettings, kw_only=True):
                 problems.append("FORGE_LOG_PART_SIZE must be at least 5MiB (S3's smallest multipart part)")
         except ValueError as exc:
             problems.append(f"FORGE_LOG_PART_SIZE: {exc}")
+        if self.git_timeout <= 0:
+            problems.append("FORGE_GIT_TIMEOUT must be a positive duration such as 10m")
         if self.log_upload_retry_for <= 0:
             problems.append("FORGE_LOG_UPLOAD_RETRY_FOR must be a positive duration such as 5m")
         if self.release_retry_for <= 0:

@@ -67,7 +67,7 @@ class Worker:
                 *url_credentials(settings.database_url),
             ]
         )
-        self.git = GitCache(cache, settings.git_url_template, redact=self.redact)
+        self.git = GitCache(cache, settings.git_url_template, redact=self.redact, timeout=settings.git_timeout)
         self.table = ProcessTable(cache / "running")
         self.credentials = ClientCredentials(
             settings.oidc_issuer, settings.worker_client_id, settings.worker_client_secret
