@@ -3,7 +3,8 @@
 The workers reach S3 through a proxy the test takes down (connections refused, open ones cut)
 and brings back 10 s later. Steps keep running; what they print waits in the worker (at most
 one part per step) and each log is complete once S3 is back: a chatty step, a step that
-prints 12 MiB, and a step that ends during the outage.
+prints 12 MiB, and a step that ends during the outage. The run is created and read, and the
+logs fetched from their ``logs_url``, through a gateway, as a client does.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def s3_cell(platform: Platform) -> Iterator[Cell]:
     cell = Cell(platform, "s3out")
     try:
         cell.start_pipeline()  # presigns log URLs for the real S3 address
+        cell.start_gateway()  # the run is created and read through it
         yield cell
     finally:
         cell.close()
