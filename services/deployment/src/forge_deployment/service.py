@@ -16,7 +16,7 @@ from forge_common.auth import Principal, require_repository
 from forge_common.batch import BatchResult
 from forge_common.db import Pool
 from forge_common.errors import BadGateway, GatewayTimeout, InvalidRequest, LimitExceeded, NotFound
-from forge_common.events import DeploymentCreated, utcnow
+from forge_common.events import utcnow
 
 from . import domain, github
 from .clients import ApprovalClient, ReleaseClient
@@ -145,15 +145,8 @@ class DeploymentService:
             ) from exc
         async with unit_of_work(self.pool) as store:
             if await store.record_commit(d.id, sha) is not None:
-                await store.add_event(
-                    DeploymentCreated(
-                        deployment_id=d.id,
-                        release_id=d.release.id,
-                        environment=d.environment,
-                        deployed_by=d.deployed_by,
-                        gitops_commit_sha=sha,
-                    )
-                )
+                _, event = domain.committed(d.id, d.release.id, d.environment, d.deployed_by, sha)
+                await store.record(event)
         log.info(
             "deployment.created",
             deployment_id=d.id,

@@ -35,8 +35,9 @@ class DeploymentStore:
     def __init__(self, conn: psycopg.AsyncConnection[DictRow]) -> None:
         self.conn = conn
 
-    async def add_event(self, data: EventData) -> None:
-        await add_event(self.conn, SCHEMA, data)
+    async def record(self, event: EventData) -> None:
+        """Record ``event`` in the outbox, in this transaction (published after the commit)."""
+        await add_event(self.conn, SCHEMA, event)
 
     async def report_to_github(self, *requests: github.GitHubRequest) -> None:
         """Queue GitHub calls with this transaction's change (sent after commit, in order)."""

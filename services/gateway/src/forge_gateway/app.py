@@ -26,7 +26,7 @@ from .apidocs import contract_handlers
 from .console import browser_run_redirect, console_handlers
 from .proxy import Proxy
 from .settings import Settings
-from .token_exchange import GRANT_TYPE, TokenExchange, WorkloadKey, load_trusted_issuers
+from .token_exchange import GRANT_TYPE, IssuerConfig, TokenExchange, WorkloadKey, load_trusted_issuers
 from .versioning import API_VERSIONS
 
 __all__ = ["META_PATH", "TOKEN_PATH", "GatewayApp", "GatewayMeta", "create_app"]
@@ -79,18 +79,8 @@ async def _redirect(send: Any, location: str) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def create_app(settings: Settings) -> GatewayApp:
-    configure_tracing("gateway", settings.otel_exporter)
-    jwks = JwksCache(settings.jwks_url)
-    jwks.min_refresh_interval = settings.jwks_refresh_interval
-    issuers = load_trusted_issuers(settings.trusted_issuers)
-    key = WorkloadKey(settings.workload_signing_key, in_use=bool(issuers))
-    exchange = TokenExchange(
-        issuers, key, settings.token_issuer, settings.oidc_audience, settings.workload_token_lifetime
-    )
-    # The gateway accepts the tokens it issues with its own key in hand (no fetch from itself).
-    workload = {settings.token_issuer: LocalKeySet({key.kid: key.pyjwk()})}
-    proxy = Proxy(settings, TokenVerifier(settings.oidc_issuer, settings.oidc_audience, jwks, also_trusted=workload))
+def _health_routes(proxy: Proxy) -> list[Any]:
+    """``/healthz``, ``/readyz`` and ``/metrics``: the gateway answers them like every service."""
 
     @get("/healthz", sync_to_thread=False, summary="Liveness")
     def healthz() -> dict[str, str]:
@@ -109,6 +99,19 @@ def create_app(settings: Settings) -> GatewayApp:
             "checks": checks,
         }
         return Response(body, status_code=200 if ready else 503)
+
+    @get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response[bytes]:
+        return Response(await metrics.collect(), media_type=metrics.CONTENT_TYPE_LATEST)
+
+    return [healthz, readyz, metrics_endpoint]
+
+
+def _identity_routes(
+    settings: Settings, issuers: list[IssuerConfig], key: WorkloadKey, exchange: TokenExchange
+) -> list[Any]:
+    """Where clients log in (``/v1/meta``), and the gateway as the issuer of workload tokens:
+    the RFC 8693 exchange, its JWKS and its OpenID configuration."""
 
     @get(
         META_PATH,
@@ -149,9 +152,22 @@ def create_app(settings: Settings) -> GatewayApp:
             "id_token_signing_alg_values_supported": [key.algorithm],
         }
 
-    @get("/metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response[bytes]:
-        return Response(await metrics.collect(), media_type=metrics.CONTENT_TYPE_LATEST)
+    return [meta, token, workload_jwks, workload_discovery]
+
+
+def create_app(settings: Settings) -> GatewayApp:
+    exporter = configure_tracing("gateway", settings.otel_exporter)
+    jwks = JwksCache(settings.jwks_url)
+    jwks.min_refresh_interval = settings.jwks_refresh_interval
+    issuers = load_trusted_issuers(settings.trusted_issuers)
+    key = WorkloadKey(settings.workload_signing_key, in_use=bool(issuers))
+    exchange = TokenExchange(
+        issuers, key, settings.token_issuer, settings.oidc_audience, settings.workload_token_lifetime
+    )
+    # The gateway accepts the tokens it issues with its own key in hand (no fetch from itself).
+    workload = {settings.token_issuer: LocalKeySet({key.kid: key.pyjwk()})}
+    verifier = TokenVerifier(settings.oidc_issuer, settings.oidc_audience, jwks, also_trusted=workload)
+    proxy = Proxy(settings, verifier, sdk_spans=exporter != "none")
 
     async def start(_: Litestar) -> None:
         await proxy.start()
@@ -162,13 +178,8 @@ def create_app(settings: Settings) -> GatewayApp:
 
     rest = Litestar(
         route_handlers=[
-            healthz,
-            readyz,
-            meta,
-            token,
-            workload_jwks,
-            workload_discovery,
-            metrics_endpoint,
+            *_health_routes(proxy),
+            *_identity_routes(settings, issuers, key, exchange),
             *contract_handlers(),
             *console_handlers(settings),
         ],

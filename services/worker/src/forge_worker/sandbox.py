@@ -376,6 +376,8 @@ class Sandbox:
             b"worker's user, files and network; do not run untrusted code on this worker]\n"
         )
 
+    # Over 60 lines on purpose: two command lines (unshare, bubblewrap) spelled out flag by flag,
+    # in the order the tools apply them; split, the order would have to be read across functions.
     def wrap(self, argv: list[str], workspace: Workspace, cwd: str, limits: Limits) -> list[str]:
         """The command line that runs ``argv`` in the sandbox (``cwd`` relative to the workspace)."""
         if self.kind == "none":
