@@ -289,8 +289,6 @@ class StepRunner:
         await log_object.write(body)
         await log_object.flush(retry=True)
 
-    # Over 60 lines on purpose: the log sink and the periodic flush are closures over one step's
-    # log buffer and its state; apart they would pass both around.
     async def run(
         self,
         *,
