@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import shutil
 import signal
@@ -43,6 +44,8 @@ class StepOutcome(msgspec.Struct, kw_only=True):
     # "timeout", "memory" or "processes": the limit that ended the step
     limit: str | None = None
     duration: float = 0.0
+    # The wall-clock time the step's process ended (before its log's final upload).
+    ended_at: dt.datetime | None = None
     log_bytes: int = 0
     upload_ms: float = 0.0
     has_log: bool = True
@@ -325,6 +328,7 @@ class StepRunner:
             raise
         finally:
             STEPS_RUNNING.dec()
+        ended_at = dt.datetime.now(dt.UTC)
         stop_flushing.set()
         await flusher  # a flush under way ends first (bounded by the S3 client's timeouts)
         uploaded = time.monotonic()
@@ -342,4 +346,5 @@ class StepRunner:
             log_bytes=step_log.output.total,
             upload_ms=(time.monotonic() - uploaded) * 1000,
             has_log=has_log,
+            ended_at=ended_at,
         )
