@@ -130,6 +130,27 @@ def _identity_routes(
     def meta() -> GatewayMeta:
         return GatewayMeta(oidc_issuer=settings.oidc_issuer, oidc_audience=settings.oidc_audience)
 
+    @get("/.well-known/jwks.json", sync_to_thread=False, include_in_schema=False)
+    def workload_jwks() -> Response[dict[str, Any]]:
+        return Response(key.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+    @get("/.well-known/openid-configuration", sync_to_thread=False, include_in_schema=False)
+    def workload_discovery() -> dict[str, Any]:
+        issuer = settings.token_issuer
+        return {
+            "issuer": issuer,
+            "jwks_uri": f"{issuer}/.well-known/jwks.json",
+            "token_endpoint": f"{issuer}{TOKEN_PATH}",
+            "grant_types_supported": [GRANT_TYPE],
+            "id_token_signing_alg_values_supported": [key.algorithm],
+        }
+
+    return [meta, _token_exchange_route(issuers, exchange), workload_jwks, workload_discovery]
+
+
+def _token_exchange_route(issuers: list[IssuerConfig], exchange: TokenExchange) -> Any:
+    """``POST /v1/auth/token``: the RFC 8693 exchange, with its documented form and errors."""
+
     @post(
         TOKEN_PATH,
         status_code=200,
@@ -170,22 +191,7 @@ def _identity_routes(
         answer = await exchange.exchange(request.headers.get("content-type", ""), await request.body())
         return Response(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
-    @get("/.well-known/jwks.json", sync_to_thread=False, include_in_schema=False)
-    def workload_jwks() -> Response[dict[str, Any]]:
-        return Response(key.jwks(), headers={"Cache-Control": "public, max-age=300"})
-
-    @get("/.well-known/openid-configuration", sync_to_thread=False, include_in_schema=False)
-    def workload_discovery() -> dict[str, Any]:
-        issuer = settings.token_issuer
-        return {
-            "issuer": issuer,
-            "jwks_uri": f"{issuer}/.well-known/jwks.json",
-            "token_endpoint": f"{issuer}{TOKEN_PATH}",
-            "grant_types_supported": [GRANT_TYPE],
-            "id_token_signing_alg_values_supported": [key.algorithm],
-        }
-
-    return [meta, token, workload_jwks, workload_discovery]
+    return token
 
 
 def create_app(settings: Settings) -> GatewayApp:
