@@ -136,23 +136,16 @@ def workflow_name(job_type: JobType, job_id: str) -> str:
     return f"forge-{job_type}-{job_id}".lower()
 
 
-def build_workflow(
-    settings: ArgoSettings,
-    job_type: JobType,
-    job: jobs.CiJob | jobs.ArtifactJob | jobs.ReleaseJob,
-    encoded_job: bytes,
-    timeout: float,
-    max_deliver: int,
-) -> m.Workflow:
-    """The workflow of one job, built and validated by hera's models (pydantic): one container
-    template, the job in its environment, the reply as a global output parameter."""
+def _job_env(
+    settings: ArgoSettings, job_type: JobType, encoded_job: bytes, retries: int
+) -> tuple[list[Env], list[SecretEnvFrom | ConfigMapEnvFrom]]:
+    """The job pod's environment: the job itself, where to write the reply, the trace context,
+    the retry count; and the operator's config map and secret, if named."""
     env_from: list[SecretEnvFrom | ConfigMapEnvFrom] = []
     if settings.argo_env_config_map:
         env_from.append(ConfigMapEnvFrom(name=settings.argo_env_config_map))
     if settings.argo_env_secret:
         env_from.append(SecretEnvFrom(name=settings.argo_env_secret))
-    deadline = max(1, math.ceil(timeout))
-    retries = max(0, max_deliver - 1)
     env = [
         Env(name=jobs.ARGO_JOB_TYPE_ENV, value=job_type),
         Env(name=jobs.ARGO_JOB_ENV, value=base64.b64encode(encoded_job).decode()),
@@ -165,6 +158,22 @@ def build_workflow(
         # Argo's retry count (0 on the first attempt; defined only with a retry strategy): a
         # retried pod resumes like a redelivered job.
         env.append(Env(name=jobs.ARGO_DELIVERY_ENV, value="{{retries}}"))
+    return env, env_from
+
+
+def build_workflow(
+    settings: ArgoSettings,
+    job_type: JobType,
+    job: jobs.CiJob | jobs.ArtifactJob | jobs.ReleaseJob,
+    encoded_job: bytes,
+    timeout: float,
+    max_deliver: int,
+) -> m.Workflow:
+    """The workflow of one job, built and validated by hera's models (pydantic): one container
+    template, the job in its environment, the reply as a global output parameter."""
+    deadline = max(1, math.ceil(timeout))
+    retries = max(0, max_deliver - 1)
+    env, env_from = _job_env(settings, job_type, encoded_job, retries)
     with Workflow(
         name=workflow_name(job_type, job.job_id),
         namespace=settings.argo_namespace,
