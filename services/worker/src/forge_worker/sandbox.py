@@ -516,6 +516,37 @@ def _check_reachable(work_dir: Path) -> None:
             )
 
 
+_SANDBOX_HELP = (
+    "Install bubblewrap (apt-get install bubblewrap) and allow unprivileged user namespaces "
+    "(sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 23.10+ also "
+    "kernel.apparmor_restrict_unprivileged_userns=0; in a container see the worker README), "
+    "or set FORGE_STEP_SANDBOX=none to run steps unsandboxed, with the worker's privileges "
+    "(never with untrusted code)"
+)
+
+
+def _sandbox_kinds(setting: str) -> list[SandboxKind]:
+    """The sandboxes ``FORGE_STEP_SANDBOX`` allows, in the order they are tried."""
+    if setting == "auto":
+        return ["bwrap", "unshare"]
+    if setting in ("bwrap", "unshare", "none"):
+        return [setting]  # type: ignore[list-item]
+    raise SandboxUnavailable(f'FORGE_STEP_SANDBOX must be "auto", "bwrap", "unshare" or "none", got {setting!r}')
+
+
+def _workspace_kind(workspace: str, setting: str, work_dir: Path, user: tuple[int, int] | None) -> WorkspaceKind:
+    """``FORGE_STEP_WORKSPACE``: an overlay where asked for (or, with ``auto``, where a trial
+    mount works), else a copy."""
+    if workspace == "copy" or setting == "none":
+        return "copy"
+    problem = overlay_works(work_dir, user)
+    if problem is None:
+        return "overlay"
+    if workspace == "overlay":
+        raise SandboxUnavailable(f"FORGE_STEP_WORKSPACE=overlay: {problem}")
+    return "copy"
+
+
 class Sandbox:
     """How commands are wrapped; pick one with :meth:`create` (which checks it works)."""
 
@@ -568,24 +599,9 @@ class Sandbox:
             _check_reachable(work_dir)
         os.makedirs(work_dir, exist_ok=True)
         os.chmod(work_dir, 0o711)  # noqa: S103 - the step user enters its own workspace, lists nothing
-        workspace_kind: WorkspaceKind = "copy"
-        if workspace != "copy" and setting != "none":
-            problem = overlay_works(work_dir, user)
-            if problem is None:
-                workspace_kind = "overlay"
-            elif workspace == "overlay":
-                raise SandboxUnavailable(f"FORGE_STEP_WORKSPACE=overlay: {problem}")
-        kinds: list[SandboxKind]
-        if setting == "auto":
-            kinds = ["bwrap", "unshare"]
-        elif setting in ("bwrap", "unshare", "none"):
-            kinds = [setting]  # type: ignore[list-item]
-        else:
-            raise SandboxUnavailable(
-                f'FORGE_STEP_SANDBOX must be "auto", "bwrap", "unshare" or "none", got {setting!r}'
-            )
+        workspace_kind = _workspace_kind(workspace, setting, work_dir, user)
         failures: list[str] = []
-        for kind in kinds:
+        for kind in _sandbox_kinds(setting):
             tool = "none" if kind == "none" else (shutil.which(kind) or "")
             if not tool:
                 failures.append(f"{kind}: not installed")
@@ -607,13 +623,7 @@ class Sandbox:
                 return sandbox
             failures.append(f"{kind}: {problem}")
         raise SandboxUnavailable(
-            "the step sandbox does not work on this machine ("
-            + "; ".join(failures)
-            + "). Install bubblewrap (apt-get install bubblewrap) and allow unprivileged user namespaces "
-            "(sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 23.10+ also "
-            "kernel.apparmor_restrict_unprivileged_userns=0; in a container see the worker README), "
-            "or set FORGE_STEP_SANDBOX=none to run steps unsandboxed, with the worker's privileges "
-            "(never with untrusted code)"
+            "the step sandbox does not work on this machine (" + "; ".join(failures) + "). " + _SANDBOX_HELP
         )
 
     async def probe(self) -> str | None:
