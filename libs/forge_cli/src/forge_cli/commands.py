@@ -92,6 +92,11 @@ def _runs_commands(sub: Any, leaf: Any) -> None:
     p = leaf(runs, "get", help="a run with its phases, tasks and steps")
     p.add_argument("run_id")
     p.set_defaults(func=lambda a: call(a, "GET", f"/v1/runs/{_seg(a.run_id)}"))
+    _run_follow_commands(runs, leaf)
+
+
+def _run_follow_commands(runs: Any, leaf: Any) -> None:
+    """What is done to a started run: cancel it, read its logs, watch it, wait for it."""
     p = leaf(
         runs,
         "cancel",
