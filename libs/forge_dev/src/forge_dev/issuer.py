@@ -293,27 +293,31 @@ class _Issuer:
         }
 
 
+def _discovery_document(iss: str) -> dict[str, Any]:
+    """The issuer's OpenID configuration (what Keycloak publishes for a realm, the parts Forge uses)."""
+    oidc = f"{iss}/protocol/openid-connect"
+    return {
+        "issuer": iss,
+        "authorization_endpoint": f"{oidc}/auth",
+        "token_endpoint": f"{oidc}/token",
+        "jwks_uri": f"{oidc}/certs",
+        "revocation_endpoint": f"{oidc}/revoke",
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "authorization_response_iss_parameter_supported": True,
+    }
+
+
 def create_issuer_app(keys: IssuerKeys, realm: Realm | None = None, sessions: Sessions | None = None) -> Litestar:
     state = _Issuer(keys, realm or load_realm(), sessions or Sessions(keys.path.parent / "sessions.json"))
     base = f"/realms/{state.realm.name}"
 
     @get(f"{base}/.well-known/openid-configuration", sync_to_thread=False)
     def discovery() -> dict[str, Any]:
-        iss = keys.issuer
-        oidc = f"{iss}/protocol/openid-connect"
-        return {
-            "issuer": iss,
-            "authorization_endpoint": f"{oidc}/auth",
-            "token_endpoint": f"{oidc}/token",
-            "jwks_uri": f"{oidc}/certs",
-            "revocation_endpoint": f"{oidc}/revoke",
-            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
-            "response_types_supported": ["code"],
-            "code_challenge_methods_supported": ["S256"],
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-            "authorization_response_iss_parameter_supported": True,
-        }
+        return _discovery_document(keys.issuer)
 
     @get(f"{base}/protocol/openid-connect/certs", sync_to_thread=False)
     def certs() -> dict[str, Any]:
