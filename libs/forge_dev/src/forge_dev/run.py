@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TextIO
 
 from .keys import default_data_dir
 from .stack import Stack, StackConfig, Supervisor
@@ -19,24 +20,9 @@ def main() -> int:
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     data_dir = Path(os.environ.get("FORGE_DATA_DIR") or default_data_dir()).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    lock_path = data_dir / "run.lock"
-    lock = lock_path.open("a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        owner = lock.read().strip() or "another process"
-        print(
-            f"Forge is already running from {data_dir} ({owner}); gateway at http://127.0.0.1:8080.\n"
-            "Use that one, or stop it first (Ctrl-C in its terminal, or kill -TERM the pid above).",
-            file=sys.stderr,
-        )
+    lock = _lock(data_dir)
+    if lock is None:
         return 1
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"pid {os.getpid()}")
-    lock.flush()
-
     config = StackConfig(
         data_dir=data_dir,
         database_url=os.environ.get("FORGE_DATABASE_URL") or None,
@@ -48,7 +34,7 @@ def main() -> int:
     stack = Stack(config)
     stopping = False
 
-    def _stop(signum: int, _frame: object) -> None:
+    def _stop(_signum: int, _frame: object) -> None:
         nonlocal stopping
         if stopping:
             return
@@ -78,6 +64,29 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stack.stop()
         print("Forge stopped.", flush=True)
+
+
+def _lock(data_dir: Path) -> TextIO | None:
+    """The data directory's lock, held (with this pid in it) while the platform runs; None,
+    after saying who holds it, when another ``make run`` does."""
+    lock = (data_dir / "run.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "another process"
+        print(
+            f"Forge is already running from {data_dir} ({owner}); gateway at http://127.0.0.1:8080.\n"
+            "Use that one, or stop it first (Ctrl-C in its terminal, or kill -TERM the pid above).",
+            file=sys.stderr,
+        )
+        lock.close()
+        return None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}")
+    lock.flush()
+    return lock
 
 
 _STACK_KEYS = {"FORGE_DATABASE_URL", "FORGE_NATS_URL", "FORGE_S3_URL", "FORGE_DATA_DIR", "FORGE_WORKERS"}
