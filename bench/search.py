@@ -219,6 +219,12 @@ async def _measure(platform: Platform, needle: str, repository: str, sha: str, g
             ("logs: one step's word", "/v1/search/logs", {"q": needle}, 1),
             ("logs: one step's word, repository", "/v1/search/logs", {"q": needle, "repository": repository}, 1),
             ("logs: word in every log, first 20", "/v1/search/logs", {"q": "checksum", "limit": "20"}, 20),
+            (
+                "logs: word in every log, repository, first 20",
+                "/v1/search/logs",
+                {"q": "checksum", "repository": repository, "limit": "20"},
+                20,
+            ),
             ("runs: commit prefix", "/v1/search", {"q": sha[:12]}, 1),
         ]
         for label, path, params, count in cases:

@@ -1,4 +1,5 @@
-"""``GET /v1/search/logs`` and ``GET /v1/search`` through the gateway (docs/api-search.md)."""
+"""``GET /v1/search/logs`` and ``GET /v1/search`` (runs and releases) through the gateway
+(docs/api-search.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 import httpx
 from live.conftest import DEVELOPER, Lane, project_files
+
+from forge_dev.stack import free_port
 
 from .conftest import finished_run
 
@@ -165,6 +168,75 @@ async def test_runs_found_by_commit_prefix_branch_author_and_error(lane: Lane, c
     assert second.json()["results"][0]["created_at"] <= body["results"][0]["created_at"]
 
 
+async def _release(client: httpx.AsyncClient, lane: Lane, repository: str, sha: str) -> dict[str, Any]:
+    body = {"repository": repository, "project": "api", "commit_sha": sha}
+    created = await client.post(f"{lane.gateway_url}/v1/releases", json=body, headers=lane.headers("developer"))
+    assert created.status_code == 201, created.text
+    return dict(created.json())
+
+
+async def test_runs_and_releases_in_one_list(lane: Lane, client: httpx.AsyncClient) -> None:
+    repository, sha = lane.push(project_files({"ok": "echo fine"}))
+    run = await finished_run(client, lane, repository, sha)
+    release = await _release(client, lane, repository, sha)
+
+    async def page(headers: dict[str, str] | None = None, **params: str) -> httpx.Response:
+        return await client.get(
+            f"{lane.gateway_url}/v1/search", params={"q": sha[:12], **params}, headers=headers or lane.headers("viewer")
+        )
+
+    both = (await page()).json()
+    assert [(hit["type"], hit["id"], hit["matched"]) for hit in both["results"]] == [
+        ("release", release["id"], ["commit"]),
+        ("run", run["id"], ["commit"]),
+    ]
+    assert both["results"][0]["release_number"] == release["release_number"]
+    assert both["results"][1]["status"] == "success"
+    assert both["next_cursor"] is None
+
+    # One a page, newest first, across the two kinds.
+    first = (await page(limit="1")).json()
+    assert [hit["id"] for hit in first["results"]] == [release["id"]]
+    second = (await page(limit="1", cursor=first["next_cursor"])).json()
+    assert [hit["id"] for hit in second["results"]] == [run["id"]]
+    assert second["next_cursor"] is None
+    # A cursor belongs to its query: another type is a 400.
+    other = await page(limit="1", type="runs", cursor=first["next_cursor"])
+    assert other.status_code == 400
+    assert other.json()["error"]["details"]["field"] == "cursor"
+
+    assert [hit["type"] for hit in (await page(type="runs")).json()["results"]] == ["run"]
+    assert [hit["type"] for hit in (await page(type="releases")).json()["results"]] == ["release"]
+
+    # A token bound to one repository finds that repository's runs and releases only.
+    def bound(to: str) -> dict[str, str]:
+        token = lane.platform.keys.sign(DEVELOPER, ["viewer"], extra={"forge_repository": to})
+        return {"Authorization": f"Bearer {token}"}
+
+    assert len((await page(bound(repository))).json()["results"]) == 2
+    assert (await page(bound(f"{repository}-other"))).json()["results"] == []
+    refused = await page(bound(f"{repository}-other"), repository=repository)
+    assert refused.status_code == 403
+
+
+async def test_search_without_the_release_service_is_a_503(lane: Lane, client: httpx.AsyncClient) -> None:
+    """Runs alone still answer; the merged list waits for the release service (no half lists)."""
+    pipeline = lane.platform.start_process(
+        "pipeline",
+        env={**lane.env, "FORGE_DISPATCHER_ENABLED": "false", "FORGE_RELEASE_URL": f"http://127.0.0.1:{free_port()}"},
+    )
+    try:
+        url = f"{pipeline.url}/v1/search"
+        down = await client.get(url, params={"q": "main"}, headers=lane.headers("viewer"))
+        assert down.status_code == 503, down.text
+        assert down.json()["error"]["details"]["dependency"] == "the release service"
+        assert down.headers["retry-after"]
+        runs = await client.get(url, params={"q": "main", "type": "runs"}, headers=lane.headers("viewer"))
+        assert runs.status_code == 200, runs.text
+    finally:
+        pipeline.stop()
+
+
 def _forge(lane: Lane, *args: str) -> subprocess.CompletedProcess[str]:
     token = lane.platform.token(DEVELOPER, "viewer")
     return subprocess.run(
@@ -190,6 +262,15 @@ async def test_forge_search_from_the_command_line(lane: Lane, client: httpx.Asyn
     runs = _forge(lane, "search", "runs", sha[:12])
     assert runs.returncode == 0, runs.stderr
     assert [r["id"] for r in json.loads(runs.stdout)["results"]] == [run["id"]]
+
+    release = await _release(client, lane, repository, sha)
+    both = _forge(lane, "search", sha[:12])
+    assert both.returncode == 0, both.stderr
+    found = [(r["type"], r["id"]) for r in json.loads(both.stdout)["results"]]
+    assert found == [("release", release["id"]), ("run", run["id"])]
+    releases = _forge(lane, "search", "releases", sha[:12], "--repository", repository)
+    assert [r["id"] for r in json.loads(releases.stdout)["results"]] == [release["id"]]
+    assert _forge(lane, "search", "runs", sha[:12], "--since", "2026-01-01T00:00:00Z").returncode == 2
 
     bad = _forge(lane, "search", "logs", word, "--limit", "500")
     assert bad.returncode == 1

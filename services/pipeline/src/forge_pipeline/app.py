@@ -2,6 +2,7 @@
 
 from litestar import Litestar
 
+from forge_common.client import ServiceClient
 from forge_common.github import GitHubSender
 from forge_common.http import AppSpec, build_app
 from forge_common.jobs import JobSettings
@@ -9,7 +10,7 @@ from forge_common.repositories import RepositoryAllowList
 from forge_common.runtime import Runtime
 from forge_common.settings import load
 
-from . import webhooks
+from . import search, webhooks
 from .api import ROUTES, SERVICE_KEY
 from .cancel import CancelNotifier
 from .dispatch import Dispatcher, DispatcherSettings, apply_log_lifecycle
@@ -74,6 +75,8 @@ def create_app(
         retention.start()
         hub = runtime.extras[HUB_KEY] = ChangeHub(settings.database_url)
         hub.start()
+        client = ServiceClient(settings.release_url, "release", timeout=settings.release_timeout)
+        runtime.extras[search.RELEASES_KEY] = search.ReleaseSearch(client)
 
     async def start_dispatcher(runtime: Runtime) -> None:
         await apply_log_lifecycle(runtime)
@@ -84,6 +87,9 @@ def create_app(
         runtime.extras[DISPATCHER_KEY] = dispatcher
 
     async def stop(runtime: Runtime) -> None:
+        releases = runtime.extras.pop(search.RELEASES_KEY, None)
+        if isinstance(releases, search.ReleaseSearch):
+            await releases.close()
         hub = runtime.extras.pop(HUB_KEY, None)
         if isinstance(hub, ChangeHub):
             await hub.stop()

@@ -35,6 +35,10 @@ class Settings(CommonSettings, kw_only=True):
     # Search (search.py): at most this many bytes of a step's log are indexed, from its start
     # (0 turns log indexing off). Lines past the cap are not found by GET /v1/search/logs.
     search_log_index_bytes: int = 1024 * 1024
+    # The release service, whose search GET /v1/search merges with the runs it finds, and the
+    # upper bound of one call to it (a Go duration).
+    release_url: str = "http://127.0.0.1:8082"
+    release_timeout: float = 5.0
 
     def validate(self) -> list[str]:
         problems = super().validate()
@@ -51,6 +55,10 @@ class Settings(CommonSettings, kw_only=True):
             problems.append("FORGE_MAX_ACTIVE_RUNS_PER_REPOSITORY must be >= 1")
         if not (1 <= self.logs_url_ttl <= 7 * 24 * 3600):
             problems.append("FORGE_LOGS_URL_TTL must be between 1s and 7 days")
+        if not self.release_url.startswith(("http://", "https://")):
+            problems.append("FORGE_RELEASE_URL must be an http:// or https:// URL")
+        if not (0 < self.release_timeout <= 60):
+            problems.append("FORGE_RELEASE_TIMEOUT must be a duration between 0 and 60s")
         if not (0 <= self.search_log_index_bytes <= 64 * 1024 * 1024):
             problems.append("FORGE_SEARCH_LOG_INDEX_BYTES must be between 0 and 67108864 (64 MiB)")
         return problems

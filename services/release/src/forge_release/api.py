@@ -29,6 +29,7 @@ from forge_common.http import decode_body, parse_page
 from forge_common.openapi import PathForm, body_operation, errors, path_forms, response
 from forge_common.paths import raw_path_segments
 from forge_common.runtime import Runtime
+from forge_common.search import ReleasePage
 
 from .schemas import (
     AliasCreate,
@@ -37,7 +38,6 @@ from .schemas import (
     ReleaseCreate,
     ReleaseCreated,
     ReleaseList,
-    ReleaseSearchResults,
 )
 from .search import search_releases
 from .service import CreateRelease, ReleaseService
@@ -128,7 +128,7 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
     summary="Releases by commit prefix, branch, tag, alias or author, newest first (docs/api-search.md)",
     description="`q` required (<= 200 characters); `repository` narrows; `limit` 1..100 (default 20); "
     "`cursor`: the previous page's next_cursor.",
-    responses={200: response(ReleaseSearchResults, "one page of matching releases")},
+    responses={200: response(ReleasePage, "one page of matching releases")},
 )
 async def search(
     runtime: Runtime,
@@ -137,7 +137,7 @@ async def search(
     repository: str | None = None,
     limit: str | None = None,
     cursor: str | None = None,
-) -> dict[str, Any]:
+) -> ReleasePage:
     # A repository-bound token (forge_repository claim) searches its own repository only.
     return await search_releases(runtime.pool, q, repository_filter(principal, repository), limit, cursor)
 

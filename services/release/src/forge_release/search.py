@@ -1,5 +1,6 @@
 """``GET /v1/releases/search?q=``: releases by commit prefix, branch, tag, alias or author
-(docs/api-search.md; runs and step logs are searched by the pipeline service, ``/v1/search``).
+(docs/api-search.md). The pipeline service's ``GET /v1/search`` calls it for the releases of its
+merged list of runs and releases (forge_common.search).
 
 Newest first, paged by an opaque cursor (forge_common.cursor) bound to the query. Each source
 of a match is one indexed arm of a UNION (migration 0080_search.sql).
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
 
 from psycopg.rows import tuple_row
 
@@ -17,14 +17,11 @@ from forge_common import cursor
 from forge_common.db import Pool
 from forge_common.errors import InvalidRequest
 from forge_common.events import isoformat
+from forge_common.search import ReleaseHit, ReleasePage, page_limit, query_text, release_scope
 
 from .domain import validate_repository
 
 __all__ = ["search_releases"]
-
-_QUERY_CHARACTERS = 200
-_DEFAULT_LIMIT = 20
-_MAX_LIMIT = 100
 
 _SQL = """
 WITH hits AS (
@@ -57,26 +54,14 @@ def _prefix(q: str) -> str | None:
     return None
 
 
-def _limit(value: str | None) -> int:
-    if value is None:
-        return _DEFAULT_LIMIT
-    if not value.isdigit() or not (1 <= int(value) <= _MAX_LIMIT):
-        raise InvalidRequest(f"limit must be an integer from 1 to {_MAX_LIMIT}", {"field": "limit"})
-    return int(value)
-
-
 async def search_releases(
     pool: Pool, q: str | None, repository: str | None, limit: str | None, page_cursor: str | None
-) -> dict[str, Any]:
-    if q is None or not q.strip():
-        raise InvalidRequest("query parameter 'q' is required", {"field": "q"})
-    if len(q) > _QUERY_CHARACTERS:
-        raise InvalidRequest(f"q must be at most {_QUERY_CHARACTERS} characters", {"field": "q"})
-    text = q.strip()
+) -> ReleasePage:
+    text = query_text(q)
     if repository is not None:
         validate_repository(repository)
-    size = _limit(limit)
-    scope = cursor.fingerprint("search.releases", q=text, repository=(repository or "").lower())
+    size = page_limit(limit)
+    scope = release_scope(text, repository)
     at: dt.datetime | None = None
     after: str | None = None
     if page_cursor is not None:
@@ -98,25 +83,24 @@ async def search_releases(
         await cur.execute(_SQL, params)
         rows = await cur.fetchall()
     results = [
-        {
-            "type": "release",
-            "id": row[1],
-            "repository": row[2],
-            "project": row[3],
-            "commit_sha": row[4],
-            "release_number": int(row[5]),
-            "created_by": row[6],
-            "branch": row[7],
-            "tag": row[8],
-            "aliases": list(row[10]),
-            "created_at": isoformat(row[0]),
-            "matched": list(row[9]),
-            "url": f"/v1/releases/{row[1]}",
-        }
+        ReleaseHit(
+            id=row[1],
+            repository=row[2],
+            project=row[3],
+            commit_sha=row[4],
+            release_number=int(row[5]),
+            created_by=row[6],
+            branch=row[7],
+            tag=row[8],
+            aliases=list(row[10]),
+            created_at=isoformat(row[0]),
+            matched=list(row[9]),
+            url=f"/v1/releases/{row[1]}",
+        )
         for row in rows[:size]
     ]
     next_cursor = None
     if len(rows) > size:
         last = rows[size - 1]
         next_cursor = cursor.encode(scope, [last[0].isoformat(), last[1]])
-    return {"results": results, "next_cursor": next_cursor}
+    return ReleasePage(results=results, next_cursor=next_cursor)
