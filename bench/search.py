@@ -136,7 +136,10 @@ async def _fill(
     sha = ""
     indexed_bytes = 0
     report_seconds = 0.0
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session, s3.client() as client:
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=1.0)) as session,
+        s3.client() as client,
+    ):
         semaphore = asyncio.Semaphore(32)
 
         async def put(key: str, data: bytes) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import schemathesis
 
+from forge_common.sse import MAX_TIMEOUT
 from forge_gateway.contract import OPENAPI_PATH
 
 _STREAM_SECONDS = 1
@@ -31,7 +32,7 @@ STREAMS = frozenset(
 def _accepted(value: Any) -> bool:
     """Whether the server takes ``value`` as a ``timeout`` (whole seconds, in its range)."""
     text = str(value).strip()
-    return text.isascii() and text.isdigit() and int(text) >= 1
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_TIMEOUT
 
 
 @schemathesis.hook

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import uuid
 from typing import Any
 
 import httpx
+import psycopg
 from live.conftest import DEVELOPER, Lane, project_files
 
 from forge_dev.stack import free_port
@@ -104,6 +106,48 @@ async def test_log_results_page_by_cursor(lane: Lane, client: httpx.AsyncClient)
     other = await _logs(client, lane, q="another", cursor=first["next_cursor"])
     assert other.status_code == 400
     assert other.json()["error"]["details"]["field"] == "cursor"
+
+
+async def test_pages_are_the_same_whatever_plan_serves_them(lane: Lane, client: httpx.AsyncClient) -> None:
+    """A word on every other line (read from the top of the order index), one on every 150th (a
+    longer walk), one on three lines (the word index): paged by cursor, each gives exactly its
+    lines, newest first, then by step and line, with ties of indexed_at between steps."""
+    tag = uuid.uuid4().hex[:8]
+    common, sparse, rare = f"alpha{tag}", f"beta{tag}", f"gamma{tag}"
+    repository, sha = lane.push(project_files({"a": "echo a", "b": "echo b", "c": "echo c"}))
+    run = await finished_run(client, lane, repository, sha)
+    steps = [_step(run, name)["id"] for name in ("a", "b", "c")]
+    at = [
+        dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(2029, 1, 1, tzinfo=dt.UTC),
+    ]
+    rows = []
+    for step_id, indexed_at in zip(steps, at, strict=True):
+        for number in range(1000, 1600):
+            words = ["noise", common if number % 2 == 0 else "", sparse if number % 150 == 0 else ""]
+            if number in (1001, 1503) and step_id != steps[1]:
+                words.append(rare)
+            rows.append((step_id, run["id"], repository, number, " ".join(words), indexed_at))
+    async with await psycopg.AsyncConnection.connect(lane.env["FORGE_DATABASE_URL"]) as conn:
+        copy_sql = "COPY pipeline.log_lines (step_id, run_id, repository, line_number, line, indexed_at) FROM STDIN"
+        async with conn.cursor().copy(copy_sql) as copy:
+            for row in rows:
+                await copy.write_row(row)
+    newest_first = sorted(rows, key=lambda r: (-r[5].timestamp(), r[0], r[3]))
+
+    for word, limit in ((common, "50"), (sparse, "7"), (rare, "7")):
+        expected = [(r[0], r[3]) for r in newest_first if word in r[4].split()]
+        for extra in ({}, {"repository": repository}):
+            seen: list[tuple[str, int]] = []
+            params = {"q": word, "limit": limit, **extra}
+            while True:
+                body = (await _logs(client, lane, **params)).json()
+                seen += [(hit["step_id"], hit["line_number"]) for hit in body["results"]]
+                if body["next_cursor"] is None or len(seen) > len(expected):
+                    break
+                params["cursor"] = body["next_cursor"]
+            assert seen == expected, (word, extra)
 
 
 async def test_bad_queries_are_refused(lane: Lane, client: httpx.AsyncClient) -> None:

@@ -328,11 +328,17 @@ def _search_commands(sub: Any, leaf: Any) -> None:
         sub,
         "search",
         help="find runs and releases (by commit prefix, branch, tag, alias, author or error text) or log lines",
+        usage="forge search [all|runs|releases|logs] QUERY... [options]",
         description="forge search QUERY finds runs and releases, newest first (GET /v1/search); a first word"
         " runs, releases or logs keeps one kind (logs: lines of finished steps' logs, GET /v1/search/logs);"
         " all QUERY searches both kinds for a query that is itself one of those words.",
     )
-    p.add_argument("words", nargs="+", metavar="[KIND] QUERY", help="logs: words (all on the line), a phrase, -word")
+    p.add_argument(
+        "words",
+        nargs="+",
+        metavar="QUERY",
+        help="[all|runs|releases|logs] then the query (logs: words, a phrase, -word)",
+    )
     p.add_argument("--repository", help="only this repository (owner/name)")
     p.add_argument("--since", help="logs only: steps finished since this RFC 3339 time")
     p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
