@@ -4,7 +4,8 @@
 
 Needs Debian's ``docker-registry`` (started on loopback, storage in a temporary directory); the
 ``oras`` CLI is measured when it is on PATH (else the report says it was not: it is a Go program
-that neither Debian bookworm nor PyPI ships), and Debian's ``skopeo`` (the Go
+that neither Debian bookworm nor PyPI ships; see docs/performance.md for how it was measured),
+and Debian's ``skopeo`` (the Go
 containers/image library) when installed, copying the same content from an OCI layout. Each
 round pushes to a fresh repository, so no blob is already there. Measured:
 
@@ -147,8 +148,14 @@ def main() -> None:
     for label, times in results.items():
         median = statistics.median(times)
         print(f"{label:<32}{median:>10.2f}{size_mb / median:>10.1f}")
-    if not oras:
-        print("oras CLI: not on PATH (not measured)")
+    if oras:
+        version = subprocess.run([oras, "version"], capture_output=True, text=True, check=False).stdout
+        print(f"oras CLI: {oras}, {version.splitlines()[0] if version else 'version unknown'}")
+        reference = statistics.median(results["oras push (CLI)"])
+        for label in ("forge (registry)", "forge (registry, upload only)"):
+            print(f"{label} at {100 * reference / statistics.median(results[label]):.0f}% of oras push's throughput")
+    else:
+        print("oras CLI: not on PATH (not measured; see docs/performance.md)")
 
 
 if __name__ == "__main__":

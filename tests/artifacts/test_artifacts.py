@@ -2,10 +2,18 @@
 
 A repository whose project declares a binary, an archive and a container artifact -> the run
 succeeds with an ``artifacts`` phase -> one release listing the three artifacts with digests ->
-``forge artifacts pull`` returns bytes whose sha256 is what the build produced (the container:
-the same manifest digest, which skopeo reads) -> deploy to dev -> the GitOps ``release.yaml``
-lists the three digest-pinned references. Once against the embedded platform registry (an OCI
+``forge artifacts pull`` returns bytes whose sha256 is what the build produced and the layer
+digest of the manifest the release's digest names, read back from the registry (or the layout
+on disk) without Forge's code (the container: the same manifest digest, which skopeo reads from
+the pulled layout and from the registry) -> deploy to dev -> the GitOps ``release.yaml`` lists
+the three digest-pinned references. Once against the embedded platform registry (an OCI
 layout on disk) and once against Debian's ``docker-registry`` on loopback when it is installed.
+
+A tag run whose artifact is published to ``github-release`` (the run started by GitHub's signed
+push of the tag, the GitHub API a local server speaking its releases and asset-upload API):
+the tag's release is looked up, created, and the artifact's exact bytes uploaded to it, the
+upload that GitHub first answers 502 retried; the run's artifact shows the asset's URL. A GitHub
+that refuses the release (403) fails the run in phase ``artifacts``, naming the cause.
 
 Failures: a build that exits 1, a ``path`` the build did not leave, a registry that refuses the
 push and a build past its timeout each fail the run in phase ``artifacts``, with an error that
@@ -22,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +42,16 @@ from forge_common.s3 import S3
 from forge_common.settings import CommonSettings, load
 from forge_dev.stack import wait_http
 from forge_dev.testing import Platform, wait_for_event
-from tests.e2e.test_lifecycle import Lane, _poll, _push
+from tests.e2e.test_lifecycle import Lane, _deliver_push, _poll, _push
+from tests.integrations.github_api import FakeGitHub
 from tests.release.test_release_oci import REGISTRY_BINARY, Registry
 
 pytestmark = pytest.mark.slow
 
 DEVELOPER = "dana.dev@acme.io"
 VIEWER = "vic.viewer@acme.io"
+GITHUB_TOKEN = "ghs_artifacts_test"
+TAG = "v1.4.0"
 MAKE_IMAGE = (Path(__file__).parent / "make_image.py").read_text()
 
 REPO_TOML = """
@@ -117,8 +128,21 @@ def _lane(platform: Platform, root: Path, extra: dict[str, str]) -> Iterator[tup
 
 
 @pytest.fixture(scope="module")
-def embedded(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ArtifactLane, str]]:
-    yield from _lane(platform, tmp_path_factory.mktemp("embedded"), {})
+async def github() -> AsyncIterator[FakeGitHub]:
+    fake = await FakeGitHub(token=GITHUB_TOKEN).start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture(scope="module")
+def embedded(
+    platform: Platform, github: FakeGitHub, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ArtifactLane, str]]:
+    # GitHub is the local fake (the pipeline's commit statuses go there too)
+    extra = {"FORGE_GITHUB_API_URL": github.url, "FORGE_GITHUB_TOKEN": GITHUB_TOKEN}
+    yield from _lane(platform, tmp_path_factory.mktemp("embedded"), extra)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +184,8 @@ async def _run(lane: ArtifactLane, gateway: str, repository: str, files: dict[st
 
 async def _check_release_flow(
     platform: Platform, lane: ArtifactLane, gateway: str, repository: str, tmp_path: Path
-) -> None:
+) -> dict[str, Any]:
+    """The whole flow of the issue's Done-when; the run's artifacts by name."""
     s3 = S3.from_settings(load(CommonSettings, platform.env()))
     s3_target = f"s3://{s3.bucket}/published-{lane.tag}"
     sha, run = await _run(lane, gateway, repository, _files(_project(_three_artifacts(s3_target))))
@@ -205,18 +230,42 @@ async def _check_release_flow(
 
     await _check_pulls(platform, gateway, repository, sha, by_name, tmp_path)
     await _check_deploy(platform, gateway, repository, release, by_name, tmp_path)
+    return by_name
+
+
+def _tracked_manifest(artifact: dict[str, Any]) -> dict[str, Any]:
+    """The manifest the platform registry holds under the artifact's digest, read without Forge's
+    code: the blob file of the OCI layout (embedded default), or the registry's HTTP API."""
+    location = artifact["tracking_oci_uri"].rsplit(":", 1)[0]  # without the commit tag
+    digest = artifact["digest"]
+    if location.startswith("oci-layout://"):
+        blob = Path(location.removeprefix("oci-layout://")) / "blobs" / "sha256" / digest.removeprefix("sha256:")
+        raw = blob.read_bytes()
+    else:
+        host, _, name = location.partition("/")
+        accept = "application/vnd.oci.image.manifest.v1+json"
+        resp = httpx.get(f"http://{host}/v2/{name}/manifests/{digest}", headers={"Accept": accept}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        raw = resp.content
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == digest
+    manifest: dict[str, Any] = json.loads(raw)
+    return manifest
 
 
 async def _check_pulls(
     platform: Platform, gateway: str, repository: str, sha: str, by_name: dict[str, Any], tmp_path: Path
 ) -> None:
-    # binary: exactly the bytes the build wrote
+    # binary: exactly the bytes the build wrote, the one layer of the artifact the release names
     cli = tmp_path / "pulled" / "cli"
     pulled = await asyncio.to_thread(
         _forge, platform, gateway, "artifacts", "pull", repository, "api", "1", "cli", "-o", str(cli)
     )
     assert pulled.returncode == 0, pulled.stderr
     assert cli.read_bytes() == f"cli built at {sha}\n".encode()
+    manifest = _tracked_manifest(by_name["cli"])
+    assert manifest["artifactType"] == "application/vnd.forge.artifact.binary.v1"
+    assert [layer["digest"] for layer in manifest["layers"]] == [_sha256(cli)]
+    assert manifest["layers"][0]["annotations"]["org.opencontainers.image.title"] == "cli"
     umask = os.umask(0o022)
     os.umask(umask)
     assert cli.stat().st_mode & 0o777 == 0o666 & ~umask, "a pulled file gets the usual mode, not mkstemp's 0600"
@@ -231,6 +280,9 @@ async def _check_pulls(
         member = tar.extractfile("index.html")
         assert member is not None
         assert member.read() == b"<h1>hello</h1>\n"
+    manifest = _tracked_manifest(by_name["site"])
+    assert manifest["artifactType"] == "application/vnd.forge.artifact.archive.v1"
+    assert [layer["digest"] for layer in manifest["layers"]] == [_sha256(site)]
 
     # container: the image the build made (built here again from the same input: same digest)
     rootfs = tmp_path / "rootfs"
@@ -251,6 +303,7 @@ async def _check_pulls(
     assert pulled.returncode == 0, pulled.stderr
     index = json.loads((image / "index.json").read_text())
     assert index["manifests"][0]["digest"] == by_name["image"]["digest"]
+    assert _tracked_manifest(by_name["image"])["layers"], "the registry holds the image under the build's digest"
     skopeo = shutil.which("skopeo")
     if skopeo is not None:
         raw = subprocess.run(
@@ -290,10 +343,18 @@ async def test_three_artifacts_with_a_real_registry(
     platform: Platform, registry_lane: tuple[ArtifactLane, str], registry: Registry, tmp_path: Path
 ) -> None:
     lane, gateway = registry_lane
-    await _check_release_flow(platform, lane, gateway, f"acme{lane.tag}/shop", tmp_path)
+    by_name = await _check_release_flow(platform, lane, gateway, f"acme{lane.tag}/shop", tmp_path)
     # the tracking artifacts are in the registry, where oras-py (and any OCI client) reads them
     tags = await asyncio.to_thread(registry.client().get_tags, f"{registry.host}/acme{lane.tag}/shop/api/image")
     assert len(tags) == 1
+    skopeo = shutil.which("skopeo")
+    if skopeo is not None:  # the container, read from the registry by another client, is the build's
+        digest = by_name["image"]["digest"]
+        reference = f"docker://{registry.host}/acme{lane.tag}/shop/api/image@{digest}"
+        raw = subprocess.run(
+            [skopeo, "inspect", "--raw", "--tls-verify=false", reference], capture_output=True, check=True, timeout=60
+        ).stdout
+        assert "sha256:" + hashlib.sha256(raw).hexdigest() == digest
 
 
 FAILURES = {
@@ -371,3 +432,111 @@ async def _expect_failure_all(lane: ArtifactLane, gateway: str, repository: str,
     assert run["failed_phase"] == "artifacts"
     for part in ("artifact broken", "the platform registry refused the push"):
         assert part in run["error"], run["error"]
+
+
+# --- github-release: tag runs ---------------------------------------------------------------
+
+GITHUB_ARTIFACT = """
+[[artifacts]]
+name = "cli"
+type = "binary"
+build = "mkdir -p dist && printf 'cli built at %s\\n' $FORGE_COMMIT_SHA > dist/cli"
+path = "dist/cli"
+publish = ["github-release"]
+[release]
+on = [{ tag = "v*" }]
+"""
+
+
+async def _tag_run(lane: ArtifactLane, gateway: str, repository: str) -> tuple[str, dict[str, Any]]:
+    """The commit pushed, then its tag: GitHub's signed push of ``refs/tags/{TAG}`` starts the run."""
+    sha = _push(lane.repos, repository, _files(_project(GITHUB_ARTIFACT, release=False)))
+    viewer = lane.platform.headers(VIEWER, "viewer")
+    async with httpx.AsyncClient(base_url=gateway, timeout=60.0) as client:
+        resp = await _deliver_push(client, repository, sha, ref=f"refs/tags/{TAG}", base_ref="refs/heads/main")
+        assert resp.status_code == 201, resp.text
+        assert (resp.json()["status"], resp.json()["tag"]) == ("created", TAG)
+        run = await _poll(
+            client,
+            f"/v1/runs/{resp.json()['run_id']}",
+            viewer,
+            lambda r: r["status"] in ("success", "failed", "cancelled"),
+            240,
+        )
+    return sha, run
+
+
+def _release_calls(github: FakeGitHub, repository: str) -> list[tuple[str, str, int]]:
+    kinds = ("release_lookup", "release_create", "asset_upload")
+    return [
+        (c["kind"], c["tag"], c["status"]) for c in github.calls if c["kind"] in kinds and c["repository"] == repository
+    ]
+
+
+async def test_a_tag_run_attaches_its_artifact_to_the_github_release(
+    platform: Platform, embedded: tuple[ArtifactLane, str], github: FakeGitHub
+) -> None:
+    lane, gateway = embedded
+    repository = f"acme{lane.tag}/cli-tool"
+    github.fail_uploads = 1  # GitHub's uploads host answers the first upload 502
+
+    sha, run = await _tag_run(lane, gateway, repository)
+
+    assert run["status"] == "success", f"{run}\n{lane.log_tails()}"
+    assert [(p["name"], p["status"]) for p in run["phases"]] == [("test", "success"), ("artifacts", "success")]
+    # the tag's release looked up (none), created, the upload refused with 502 and retried
+    assert _release_calls(github, repository) == [
+        ("release_lookup", TAG, 404),
+        ("release_create", TAG, 201),
+        ("asset_upload", TAG, 502),
+        ("release_lookup", TAG, 200),
+        ("asset_upload", TAG, 201),
+    ]
+    # the asset is exactly what the build wrote
+    uploaded = {(tag, name): data for (repo, tag, name), data in github.assets.items() if repo == repository}
+    assert uploaded == {(TAG, "api-cli"): f"cli built at {sha}\n".encode()}
+    [artifact] = run["artifacts"]
+    download = f"{github.url}/{repository}/releases/download/{TAG}/api-cli"
+    assert (artifact["name"], artifact["status"]) == ("cli", "success")
+    assert artifact["primary_published_uri"] == download
+    assert artifact["published_uris"] == [download]
+
+    # Forge's own release of the tag lists the artifact, with where it was published
+    created = await wait_for_event(
+        platform, "release.created", lambda e: e["data"]["repository"] == repository, timeout=120
+    )
+    assert created["data"]["trigger_type"] == "tag"
+    viewer = platform.headers(VIEWER, "viewer")
+    async with httpx.AsyncClient(base_url=gateway, timeout=60.0) as client:
+        release = (await client.get(f"/v1/releases/{repository}/api/{TAG}", headers=viewer)).json()
+    assert release["id"] == created["data"]["release_id"]
+    [listed] = release["artifacts"]
+    assert (listed["name"], listed["digest"], listed["primary_published_uri"]) == ("cli", artifact["digest"], download)
+
+
+async def test_github_refusing_the_release_fails_the_run_without_a_release(
+    embedded: tuple[ArtifactLane, str], github: FakeGitHub
+) -> None:
+    lane, gateway = embedded
+    repository = f"acme{lane.tag}/no-permission"
+    github.refuse_releases.add(repository)  # 403, as for a token without contents: write
+
+    _, run = await _tag_run(lane, gateway, repository)
+
+    assert run["status"] == "failed", f"{run}\n{lane.log_tails()}"
+    assert run["failed_phase"] == "artifacts"
+    for part in (
+        "task api of phase artifacts failed",
+        "artifact cli of project api",
+        "github-release: GitHub refused to create the release: HTTP 403",
+        "Resource not accessible by integration",
+    ):
+        assert part in run["error"], run["error"]
+    assert [(a["name"], a["status"]) for a in run["artifacts"]] == [("cli", "failed")]
+    # a refusal is not retried, and nothing was released, on GitHub or in Forge
+    assert _release_calls(github, repository) == [("release_lookup", TAG, 404), ("release_create", TAG, 403)]
+    assert not [key for key in github.releases if key[0] == repository]
+    viewer = lane.platform.headers(VIEWER, "viewer")
+    async with httpx.AsyncClient(base_url=gateway, timeout=30.0) as client:
+        listing = await client.get(f"/v1/releases/{repository}/api", headers=viewer)
+    assert listing.status_code == 404 or listing.json()["total"] == 0, listing.text

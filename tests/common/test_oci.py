@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from forge_common.oci import BlobFile, DigestMismatch, LayoutStore, Reference, sha256_file
+from forge_common.oci import BlobBytes, BlobFile, DigestMismatch, LayoutStore, Reference, sha256_file
 
 
 def test_references_parse_and_pin() -> None:
@@ -64,3 +64,26 @@ def test_a_tampered_blob_is_refused_and_nothing_is_written(tmp_path: Path) -> No
     with pytest.raises(DigestMismatch):
         store.fetch_blob(ref, blob.digest, out)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_in_memory_blobs_land_like_files_and_a_tag_moves(tmp_path: Path, fsync: bool) -> None:
+    """The release service's publish: small blobs from memory, the artifact type in the index,
+    a second push of the same tag replacing the first (a retried create converges)."""
+    store = LayoutStore(tmp_path / "oci", fsync=fsync)
+    manifests = []
+    for text in (b"first", b"second"):
+        layer = BlobBytes(text, "application/json", {"org.opencontainers.image.title": "release.json"})
+        manifest = json.dumps({"schemaVersion": 2, "layers": [layer.descriptor()]}).encode()
+        manifests.append(manifest)
+        ref = store.push("acme/shop/api", "abc", [layer], manifest, "application/vnd.oci.image.manifest.v1+json", "x/y")
+    layout = tmp_path / "oci" / "acme" / "shop" / "api"
+    index = json.loads((layout / "index.json").read_bytes())["manifests"]
+    assert len(index) == 1
+    assert index[0]["artifactType"] == "x/y"
+    assert index[0]["digest"] == ref.digest == "sha256:" + hashlib.sha256(manifests[1]).hexdigest()
+    out = tmp_path / "pulled"
+    store.fetch_blob(ref, "sha256:" + hashlib.sha256(b"second").hexdigest(), out)
+    assert out.read_bytes() == b"second"
+    assert json.loads((layout / "oci-layout").read_bytes()) == {"imageLayoutVersion": "1.0.0"}
+    assert not list(layout.rglob("*.part"))  # no temporary file left behind

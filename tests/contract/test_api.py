@@ -26,7 +26,7 @@ import httpx
 import jsonschema
 import pytest
 
-from forge_dev.stack import Process
+from forge_dev.stack import Process, free_port
 from forge_dev.testing import Platform, read_events, wait_for_event
 from forge_gateway.contract import ASYNCAPI_PATH, OPENAPI_PATH
 
@@ -45,10 +45,28 @@ CHECKS = (
 
 
 @pytest.fixture(scope="module")
-def contract_gateway(platform: Platform) -> Iterator[Process]:
+def contract_gateway(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """A gateway of its own in front of the session's services, with a rate limit a fuzzer does
-    not exhaust (the limit itself is tested in tests/gateway)."""
-    proc = platform.start_process("gateway", {"FORGE_RATE_LIMIT": "10000000", "FORGE_USER_MAX_CONCURRENT": "1024"})
+    not exhaust (the limit itself is tested in tests/gateway), and workload identity on, so that
+    ``POST /v1/auth/token`` judges what the fuzzer sends instead of answering 404: its issuer's
+    key set is unreachable (a token naming that issuer gets the documented 503; the exchange
+    itself is tested in tests/integrations)."""
+    issuers = tmp_path_factory.mktemp("contract-issuers") / "trusted-issuers.toml"
+    issuers.write_text(
+        f"""
+[[issuers]]
+issuer = "https://token.actions.githubusercontent.com"
+jwks_url = "http://127.0.0.1:{free_port()}/.well-known/jwks"
+audience = "forge"
+[[issuers.rules]]
+claims = {{ repository = "contract/*" }}
+role = "developer"
+"""
+    )
+    proc = platform.start_process(
+        "gateway",
+        {"FORGE_RATE_LIMIT": "10000000", "FORGE_USER_MAX_CONCURRENT": "1024", "FORGE_TRUSTED_ISSUERS": str(issuers)},
+    )
     yield proc
     proc.stop()
 
@@ -277,6 +295,27 @@ async def test_real_answers_of_every_flow_match_the_document(platform: Platform)
         await call("GET", current + "/history", target + "/history", developer)
         await call("DELETE", "/v1/approvals/{approval_id}", f"/v1/approvals/{approval['approval_id']}", approver)
         await call("GET", "/v1/meta", "/v1/meta", {})
+
+        # Outgoing webhooks: a public literal address (no DNS here), inactive so nothing is sent.
+        hooks = "/v1/webhook-subscriptions"
+        one = "/v1/webhook-subscriptions/{subscription_id}"
+        subscription = await call(
+            "POST",
+            hooks,
+            hooks,
+            developer,
+            json={
+                "url": "https://203.0.114.10/forge",
+                "event_types": ["pipeline.run.*"],
+                "repository": repository,
+                "active": False,
+            },
+        )
+        await call("GET", hooks, hooks, developer, params={"repository": repository})
+        await call("GET", one, f"{hooks}/{subscription['id']}", developer)
+        await call("PATCH", one, f"{hooks}/{subscription['id']}", developer, json={"environment": "dev"})
+        await call("GET", one + "/deliveries", f"{hooks}/{subscription['id']}/deliveries", developer)
+        await call("DELETE", one, f"{hooks}/{subscription['id']}", developer)
 
     assert statuses["PUT /v1/tasks/{task_id}/status"] == 404
     # The run may have failed already (its repository does not exist): then cancelling is a 409.

@@ -151,10 +151,14 @@ def lane(platform: Platform, tmp_path: Path) -> Iterator[Lane]:
         lane.close()
 
 
-async def _deliver_push(client: httpx.AsyncClient, repository: str, sha: str) -> httpx.Response:
+async def _deliver_push(
+    client: httpx.AsyncClient, repository: str, sha: str, ref: str = "refs/heads/main", base_ref: str | None = None
+) -> httpx.Response:
+    """GitHub's signed ``push`` delivery of ``sha`` to ``ref`` (a tag push carries ``base_ref``)."""
     owner, name = repository.split("/")
-    payload = {
-        "ref": "refs/heads/main",
+    payload: dict[str, Any] = {
+        "ref": ref,
+        "base_ref": base_ref,
         "before": "0" * 40,
         "after": sha,
         "created": True,

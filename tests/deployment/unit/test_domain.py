@@ -153,3 +153,43 @@ def test_resolve_does_nothing_without_an_applied_pointer() -> None:
     result = domain.resolve([PendingDeployment("d1", "c1")], "d0", ["d1"])
     assert result.activate is None
     assert result.overtaken == ["d1"]
+
+
+# --- transitions return (state, event) -------------------------------------------------------
+
+
+def test_committed_keeps_the_deployment_pending_with_its_commit_and_says_so() -> None:
+    d = _deployment()
+    state, event = domain.committed(d.id, d.release.id, d.environment, d.deployed_by, "c" * 40)
+    assert state == PendingDeployment(d.id, "c" * 40)
+    assert (event.deployment_id, event.release_id, event.environment, event.deployed_by, event.gitops_commit_sha) == (
+        d.id,
+        RELEASE.id,
+        "production",
+        d.deployed_by,
+        "c" * 40,
+    )
+
+
+def test_fail_carries_the_message_in_state_and_event() -> None:
+    state, event = domain.fail("d1", "staging", "not reconciled within 10m")
+    assert (state.id, state.environment, state.error) == ("d1", "staging", "not reconciled within 10m")
+    assert (event.deployment_id, event.status, event.error_message) == ("d1", "failed", "not reconciled within 10m")
+
+
+@pytest.mark.parametrize(
+    ("started", "reconciled", "seconds"),
+    [
+        (NOW, NOW + dt.timedelta(seconds=90.4), 90),
+        (NOW, NOW, 0),
+        # A clock step backwards never yields a negative duration.
+        (NOW, NOW - dt.timedelta(seconds=5), 0),
+    ],
+)
+def test_activate_measures_reconciliation_from_the_commit(
+    started: dt.datetime, reconciled: dt.datetime, seconds: int
+) -> None:
+    state, event = domain.activate("d1", "dev", started, reconciled)
+    assert state.environment == "dev"
+    assert round(state.reconciliation_seconds) == seconds
+    assert (event.deployment_id, event.status, event.reconciliation_duration_seconds) == ("d1", "active", seconds)

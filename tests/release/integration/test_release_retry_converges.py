@@ -22,6 +22,7 @@ from forge_dev.testing import Platform
 from forge_release.domain import NewRelease
 from forge_release.oci import LayoutPublisher, OciArtifact
 from forge_release.service import ReleaseService
+from forge_release.store import UnitOfWork
 
 
 def names() -> tuple[str, str]:
@@ -66,24 +67,24 @@ def _release(repo: str, project: str, commit: str) -> NewRelease:
 async def test_publish_then_crash_leaves_no_release_and_the_retry_converges(pool: Pool, tmp_path: Path) -> None:
     repo, project = names()
     commit = sha()
-    dying = ReleaseService(pool, DiesAfterPublishing(tmp_path))
+    dying = ReleaseService(UnitOfWork(pool), DiesAfterPublishing(tmp_path))
     with pytest.raises(ProcessDied):
         await dying.create_release(_release(repo, project, commit))
 
     layout = tmp_path / repo.lower() / project.lower()
     orphan = json.loads((layout / "index.json").read_bytes())["manifests"]
     assert len(orphan) == 1  # the registry side got the artifact ...
-    healthy = ReleaseService(pool, LayoutPublisher(tmp_path))
+    healthy = ReleaseService(UnitOfWork(pool), LayoutPublisher(tmp_path))
     listing = await healthy.list_releases(repo, project, 20, 0)
-    assert listing["total"] == 0  # ... the database did not: no release, no number used
+    assert listing.total == 0  # ... the database did not: no release, no number used
 
     created = await healthy.create_release(_release(repo, project, commit))
-    assert created["release_number"] == 1
+    assert created.number == 1
     index = json.loads((layout / "index.json").read_bytes())["manifests"]
     assert [m["annotations"]["org.opencontainers.image.ref.name"] for m in index] == [commit]
-    assert index[0]["digest"] == created["oci_digest"] != orphan[0]["digest"]
-    got = await healthy.get_by_id(created["id"])
-    assert got["oci_digest"] == created["oci_digest"]
-    manifest = json.loads((layout / "blobs" / "sha256" / created["oci_digest"].removeprefix("sha256:")).read_bytes())
-    assert manifest["annotations"]["dev.forge.release.id"] == created["id"]
-    assert str(uuid.UUID(created["id"])) == created["id"]
+    assert index[0]["digest"] == created.oci_digest != orphan[0]["digest"]
+    got = await healthy.get_by_id(created.id)
+    assert got.oci_digest == created.oci_digest
+    manifest = json.loads((layout / "blobs" / "sha256" / created.oci_digest.removeprefix("sha256:")).read_bytes())
+    assert manifest["annotations"]["dev.forge.release.id"] == created.id
+    assert str(uuid.UUID(created.id)) == created.id

@@ -22,6 +22,7 @@ from forge_release.domain import NewRelease
 from forge_release.oci import LayoutPublisher
 from forge_release.runs import PipelineRuns
 from forge_release.service import ReleaseService
+from forge_release.store import UnitOfWork
 from release._support import finished_run
 
 
@@ -30,7 +31,7 @@ async def service(platform: Platform) -> AsyncIterator[ReleaseService]:
     pool: Pool = await create_pool(platform.database_url, 1, 2, "release-run-check")
     runs = PipelineRuns(platform.service_url("pipeline"))
     with tempfile.TemporaryDirectory() as tmp:
-        yield ReleaseService(pool, LayoutPublisher(Path(tmp)), runs)
+        yield ReleaseService(UnitOfWork(pool), LayoutPublisher(Path(tmp)), runs)
     await runs.close()
     await pool.close()
 
@@ -65,5 +66,5 @@ async def test_run_must_exist_and_match(platform: Platform, service: ReleaseServ
         await service.create_release(_release(f"other-{tag}/repo", commit, run_id), worker)
 
     created = await service.create_release(_release(repo, commit, run_id), worker)
-    assert created["release_number"] == 1
-    assert (await service.get_by_id(created["id"]))["pipeline_run_id"] == run_id
+    assert created.number == 1
+    assert (await service.get_by_id(created.id)).pipeline_run_id == run_id

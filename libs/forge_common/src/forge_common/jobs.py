@@ -44,6 +44,14 @@ from .nats import Names, ensure_stream
 from .tracing import inject
 
 __all__ = [
+    "ARGO_DELIVERY_ENV",
+    "ARGO_INLINE_LIMIT",
+    "ARGO_JOB_ENV",
+    "ARGO_JOB_TYPE_ENV",
+    "ARGO_REPLY_FILE",
+    "ARGO_REPLY_FILE_ENV",
+    "ARGO_REPLY_PARAMETER",
+    "ARGO_TRACE_ENV",
     "DEAD_LETTERS",
     "DEAD_LETTER_STREAM",
     "HDR_DEAD_REASON",
@@ -162,6 +170,27 @@ class JobSettings(msgspec.Struct, kw_only=True):
         if self.job_max_deliver < 1:
             problems.append("FORGE_JOB_MAX_DELIVER must be >= 1")
         return problems
+
+
+# --- the Argo executor ---------------------------------------------------------------------------
+# With FORGE_EXECUTOR=argo a CI, artifact or release job is one Argo Workflow whose pod runs
+# ``forge-worker run-job`` (forge_worker.single). The job reaches the pod in ARGO_JOB_ENV (base64
+# of its JSON: no ``{{`` for Argo's template engine to trip on), the job type in
+# ARGO_JOB_TYPE_ENV, the delivery number (Argo's ``{{retries}}`` + 1) in ARGO_DELIVERY_ENV. The
+# pod writes its reply (the same JobReply a worker publishes) to the file named by
+# ARGO_REPLY_FILE_ENV, which the workflow exports as its output parameter ARGO_REPLY_PARAMETER.
+# Job and reply stay under ARGO_INLINE_LIMIT, larger ones travel through S3 as result
+# references (forge_common.results): Kubernetes keeps them in a pod's environment, its
+# annotations and the workflow's status, objects of bounded size.
+ARGO_INLINE_LIMIT = 64 * 1024
+ARGO_JOB_ENV = "FORGE_JOB"
+ARGO_JOB_TYPE_ENV = "FORGE_JOB_TYPE"
+ARGO_DELIVERY_ENV = "FORGE_JOB_DELIVERY"
+ARGO_REPLY_FILE_ENV = "FORGE_JOB_REPLY_FILE"
+ARGO_REPLY_FILE = "/tmp/forge-job/reply.json"  # noqa: S108 - a path inside the job's own pod
+ARGO_REPLY_PARAMETER = "forge-reply"
+# The dispatcher's trace context (JSON of traceparent/tracestate): the pod's spans continue it.
+ARGO_TRACE_ENV = "FORGE_JOB_TRACE"
 
 
 # --- jobs ---------------------------------------------------------------------------------------

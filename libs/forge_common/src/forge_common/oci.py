@@ -13,6 +13,9 @@ Two stores speak the same interface:
 
 Manifests are pushed as the caller's exact bytes, so the digest a build produced is the digest
 the registry serves. Pulls check every digest before anything is written to its destination.
+Blobs come from files (:class:`BlobFile`, the worker's artifacts) or memory (:class:`BlobBytes`,
+the release service's small documents). Both the worker's artifact push and the release
+service's publish go through these stores.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 __all__ = [
     "EMPTY_CONFIG_MEDIA_TYPE",
@@ -35,6 +41,8 @@ __all__ = [
     "MANIFEST_MEDIA_TYPES",
     "REF_NAME",
     "TITLE",
+    "Blob",
+    "BlobBytes",
     "BlobFile",
     "DigestMismatch",
     "LayoutStore",
@@ -87,10 +95,49 @@ class BlobFile:
         return cls(path, media_type, sha256_file(path), path.stat().st_size, annotations or {})
 
     def descriptor(self) -> dict[str, Any]:
-        desc: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
-        if self.annotations:
-            desc["annotations"] = self.annotations
-        return desc
+        return _descriptor(self.media_type, self.digest, self.size, self.annotations)
+
+    def open(self) -> IO[bytes]:
+        return self.path.open("rb")
+
+    def chunks(self) -> Iterator[bytes]:
+        return _file_chunks(self.path)
+
+
+@dataclass(frozen=True)
+class BlobBytes:
+    """A blob held in memory (a small document: a config, a manifest's one layer)."""
+
+    data: bytes
+    media_type: str
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def descriptor(self) -> dict[str, Any]:
+        return _descriptor(self.media_type, self.digest, self.size, self.annotations)
+
+    def open(self) -> IO[bytes]:
+        return io.BytesIO(self.data)
+
+    def chunks(self) -> Iterator[bytes]:
+        return iter([self.data])
+
+
+Blob = BlobFile | BlobBytes
+
+
+def _descriptor(media_type: str, digest: str, size: int, annotations: dict[str, str]) -> dict[str, Any]:
+    desc: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size}
+    if annotations:
+        desc["annotations"] = annotations
+    return desc
 
 
 @dataclass(frozen=True)
@@ -133,8 +180,17 @@ class Reference:
 
 
 class OciStore(Protocol):
-    def push(self, repository: str, tag: str, blobs: list[BlobFile], manifest: bytes, media_type: str) -> Reference:
-        """Store the blobs and the manifest (exact bytes) under ``repository:tag``."""
+    def push(
+        self,
+        repository: str,
+        tag: str,
+        blobs: Sequence[Blob],
+        manifest: bytes,
+        media_type: str,
+        artifact_type: str | None = None,
+    ) -> Reference:
+        """Store the blobs and the manifest (exact bytes) under ``repository:tag``
+        (``artifact_type``: also named in a layout's index entry)."""
         ...
 
     def fetch_manifest(self, ref: Reference) -> tuple[bytes, str]:
@@ -155,8 +211,9 @@ def _verify_manifest(ref: Reference, data: bytes) -> None:
         raise DigestMismatch(f"{ref}: the manifest's digest is {_manifest_digest(data)}, not {ref.digest}")
 
 
-def _copy_verified(source: Iterator[bytes], digest: str, dest: Path) -> None:
-    """Stream into a temporary file next to ``dest``, renamed into place only if it hashes right."""
+def _stage(source: Iterator[bytes], digest: str | None, dest: Path) -> Path:
+    """Write into a temporary file next to ``dest`` (checked against ``digest`` when given) and
+    return it; the caller renames it into place, or removes it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     hasher = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -166,8 +223,19 @@ def _copy_verified(source: Iterator[bytes], digest: str, dest: Path) -> None:
                 hasher.update(chunk)
                 out.write(chunk)
         got = "sha256:" + hasher.hexdigest()
-        if got != digest:
+        if digest is not None and got != digest:
             raise DigestMismatch(f"blob {digest} hashed to {got}")
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def _copy_verified(source: Iterator[bytes], digest: str, dest: Path) -> None:
+    """Stream into a temporary file next to ``dest``, renamed into place only if it hashes right."""
+    tmp = _stage(source, digest, dest)
+    try:
         os.replace(tmp, dest)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -193,43 +261,100 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_FSYNC_POOL: ThreadPoolExecutor | None = None
+_FSYNC_POOL_LOCK = threading.Lock()
+
+
+def _fsync_files(paths: list[Path]) -> None:
+    """fsync several new files at once: the filesystem's journal commits them together, so
+    this costs about one fsync instead of one per file (docs/performance.md, release service)."""
+    global _FSYNC_POOL
+    if len(paths) <= 1:
+        for path in paths:
+            _fsync(path)
+        return
+    with _FSYNC_POOL_LOCK:
+        if _FSYNC_POOL is None:
+            _FSYNC_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="oci-fsync")
+    for future in [_FSYNC_POOL.submit(_fsync, p) for p in paths]:
+        future.result()
+
+
 class LayoutStore:
     """One OCI image layout per repository under ``root``; safe across processes (the index
-    is replaced atomically under a lock, blobs appear by rename once complete)."""
+    is replaced atomically under a lock, blobs appear by rename once complete).
 
-    def __init__(self, root: Path) -> None:
+    ``fsync``: blobs and the index are durable before they become visible, so a power loss
+    never leaves a tag pointing at a missing blob (the release service's setting
+    ``FORGE_OCI_LAYOUT_FSYNC``); without it a process crash is still safe."""
+
+    def __init__(self, root: Path, fsync: bool = False) -> None:
         self.root = root.resolve()
+        self.fsync = fsync
 
-    def push(self, repository: str, tag: str, blobs: list[BlobFile], manifest: bytes, media_type: str) -> Reference:
+    def push(
+        self,
+        repository: str,
+        tag: str,
+        blobs: Sequence[Blob],
+        manifest: bytes,
+        media_type: str,
+        artifact_type: str | None = None,
+    ) -> Reference:
         layout = self.root / repository
         target = layout / "blobs" / "sha256"
         target.mkdir(parents=True, exist_ok=True)
-        marker = layout / "oci-layout"
-        if not marker.exists():
-            marker.write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-        for blob in blobs:
-            dest = target / blob.digest.removeprefix("sha256:")
-            if not dest.exists():
-                _copy_verified(_file_chunks(blob.path), blob.digest, dest)
         digest = _manifest_digest(manifest)
-        dest = target / digest.removeprefix("sha256:")
-        if not dest.exists():
-            _copy_verified(iter([manifest]), digest, dest)
-        with _locked(layout / ".index.lock"):
-            index_path = layout / "index.json"
-            index: dict[str, Any] = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}
-            if index_path.exists():
-                index = json.loads(index_path.read_bytes())
-            entries = [m for m in index.get("manifests", []) if (m.get("annotations") or {}).get(REF_NAME) != tag]
-            entries.append(
-                {"mediaType": media_type, "digest": digest, "size": len(manifest), "annotations": {REF_NAME: tag}}
-            )
-            index["manifests"] = entries
-            fd, tmp = tempfile.mkstemp(dir=layout, prefix=".index.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(json.dumps(index, separators=(",", ":")).encode())
-            os.replace(tmp, index_path)
+        entry: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": len(manifest)}
+        entry["annotations"] = {REF_NAME: tag}
+        if artifact_type:
+            entry["artifactType"] = artifact_type
+        staged: list[tuple[Path, Path]] = []
+        try:
+            marker = layout / "oci-layout"
+            if not marker.exists():
+                staged.append((_stage(iter([b'{"imageLayoutVersion":"1.0.0"}']), None, marker), marker))
+            contents = [(b.digest, b.chunks()) for b in blobs] + [(digest, iter([manifest]))]
+            for blob_digest, chunks in contents:
+                dest = target / blob_digest.removeprefix("sha256:")
+                if not dest.exists() and all(d != dest for _, d in staged):
+                    staged.append((_stage(chunks, blob_digest, dest), dest))
+            with _locked(layout / ".index.lock"):
+                self._commit(layout, staged, tag, entry)
+        finally:
+            for tmp, _ in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
         return Reference("layout", str(layout), "", tag, digest)
+
+    def _commit(self, layout: Path, staged: list[tuple[Path, Path]], tag: str, entry: dict[str, Any]) -> None:
+        """Under the layout's lock: the staged files into place, then the index naming ``tag``,
+        replaced last and atomically."""
+        index_path = layout / "index.json"
+        index: dict[str, Any] = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}
+        if index_path.exists():
+            index = json.loads(index_path.read_bytes())
+        entries = [m for m in index.get("manifests", []) if (m.get("annotations") or {}).get(REF_NAME) != tag]
+        index["manifests"] = [*entries, entry]
+        index_tmp = _stage(iter([json.dumps(index, separators=(",", ":")).encode()]), None, index_path)
+        staged.append((index_tmp, index_path))
+        if self.fsync:
+            _fsync_files([tmp for tmp, _ in staged])
+        for tmp, dest in staged[:-1]:
+            os.replace(tmp, dest)
+        if self.fsync and len(staged) > 1:
+            _fsync(layout / "blobs" / "sha256")
+        os.replace(index_tmp, index_path)
+        if self.fsync:
+            _fsync(layout)
 
     @staticmethod
     def _layout(ref: Reference) -> Path:
@@ -266,8 +391,24 @@ def _is_loopback(host: str) -> bool:
     return name in ("localhost", "127.0.0.1", "[::1]")
 
 
+def _timeout_adapter(timeout: float) -> Any:
+    """An HTTP adapter giving every request ``timeout`` unless it names its own (oras sets none).
+    requests comes with oras; both are imported only where a registry is used."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    class _TimeoutAdapter(HTTPAdapter):
+        def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+            if kwargs.get("timeout") is None:
+                kwargs["timeout"] = timeout
+            return super().send(request, **kwargs)
+
+    return _TimeoutAdapter()
+
+
 class RegistryStore:
-    """``registry`` is ``host[:port][/namespace]``; loopback registries are spoken to over HTTP."""
+    """``registry`` is ``host[:port][/namespace]``; loopback registries are spoken to over HTTP.
+    One oras client per thread (pushes run in worker threads, several at once)."""
 
     def __init__(
         self, registry: str, insecure: bool = False, username: str = "", password: str = "", timeout: float = 60.0
@@ -278,10 +419,11 @@ class RegistryStore:
         self.username = username
         self.password = password
         self.timeout = timeout
-        self._client: Any = None
+        self._local = threading.local()
 
     def _oras(self) -> Any:
-        if self._client is None:
+        client = getattr(self._local, "client", None)
+        if client is None:
             import oras.provider
 
             class _Registry(oras.provider.Registry):  # type: ignore[misc]
@@ -289,10 +431,13 @@ class RegistryStore:
                 do_request = oras.provider.Registry.do_request.__wrapped__
 
             client = _Registry(hostname=self.host, insecure=self.insecure)
+            adapter = _timeout_adapter(self.timeout)
+            client.session.mount("http://", adapter)
+            client.session.mount("https://", adapter)
             if self.username:
                 client.auth.set_basic_auth(self.username, self.password)
-            self._client = client
-        return self._client
+            self._local.client = client
+        return client
 
     def _container(self, repository: str, tag: str | None = None, *, full: bool = False) -> Any:
         import oras.container
@@ -305,7 +450,7 @@ class RegistryStore:
         if resp.status_code not in ok:
             raise OciError(f"the registry {self.host} refused {what}: HTTP {resp.status_code} {resp.text[:300]}")
 
-    def _upload(self, client: Any, container: Any, blob: BlobFile) -> None:
+    def _upload(self, client: Any, container: Any, blob: Blob) -> None:
         head = client.do_request(f"{client.prefix}://{container.get_blob_url(blob.digest)}", "HEAD")
         if head.status_code == 200:
             return
@@ -317,12 +462,21 @@ class RegistryStore:
         import oras.utils
 
         url = oras.utils.append_url_params(location, {"digest": blob.digest})
-        with blob.path.open("rb") as fh:
+        with blob.open() as fh:
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(blob.size)}
             resp = client.session.put(url, data=fh, headers={**client.headers, **headers}, timeout=self.timeout)
         self._check(resp, f"blob {blob.digest}", (201,))
 
-    def push(self, repository: str, tag: str, blobs: list[BlobFile], manifest: bytes, media_type: str) -> Reference:
+    def push(
+        self,
+        repository: str,
+        tag: str,
+        blobs: Sequence[Blob],
+        manifest: bytes,
+        media_type: str,
+        artifact_type: str | None = None,
+    ) -> Reference:
+        """``artifact_type`` is the manifest's own field here (registries index it from there)."""
         client = self._oras()
         container = self._container(repository, tag)
         try:

@@ -24,7 +24,7 @@ __all__ = [
     "MAX_LIMIT",
     "QUERY_CHARACTERS",
     "ReleaseHit",
-    "ReleasePage",
+    "ReleaseSearchResults",
     "page_limit",
     "query_text",
     "release_cursor",
@@ -81,7 +81,7 @@ class ReleaseHit(msgspec.Struct, kw_only=True, tag_field="type", tag="release"):
     url: str
 
 
-class ReleasePage(msgspec.Struct, kw_only=True):
+class ReleaseSearchResults(msgspec.Struct, kw_only=True):
     """One page of releases matching a search, newest first (GET /v1/releases/search)."""
 
     example: ClassVar[dict[str, Any]] = {

@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import structlog
 import uvicorn
@@ -40,10 +40,13 @@ def serve(
     try:
         settings = load(settings_cls)
     except SettingsError as exc:
-        print(f"forge-{service}: {exc}", file=sys.stderr)  # noqa: T201 - before logging exists
-        raise SystemExit(2) from None
+        _invalid(service, exc)
     configure_logging(service, settings.log_level, settings.log_format)
-    app = create_app(settings)
+    try:
+        # create_app may read more settings (the pipeline's dispatcher and job settings).
+        app = create_app(settings)
+    except SettingsError as exc:
+        _invalid(service, exc)
     if command == "migrate":
         _migrate(service, app)
         return
@@ -60,6 +63,11 @@ def serve(
     }
     options.update(uvicorn_options)
     uvicorn.run(app, **options)
+
+
+def _invalid(service: str, exc: SettingsError) -> NoReturn:
+    print(f"forge-{service}: {exc}", file=sys.stderr)  # noqa: T201 - before logging exists
+    raise SystemExit(2) from None
 
 
 def _migrate(service: str, app: Any) -> None:

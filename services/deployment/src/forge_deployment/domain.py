@@ -13,20 +13,28 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from forge_common.errors import AuthorizationFailed, InvalidRequest
-from forge_common.events import isoformat
+from forge_common.events import DeploymentCompleted, DeploymentCreated, DeploymentFailed, isoformat
 
 __all__ = [
     "APPROVAL_REQUIRED_ENVIRONMENTS",
     "ENVIRONMENTS",
+    "Activated",
+    "ActiveDeployment",
     "ApprovalVerdict",
+    "Deployment",
+    "FailedDeployment",
+    "Landed",
     "NewDeployment",
     "PendingDeployment",
     "PinnedArtifact",
     "Release",
     "Resolution",
     "Target",
+    "activate",
     "app_name",
     "commit_message",
+    "committed",
+    "fail",
     "gitops_path",
     "legacy_gitops_path",
     "pointer_deployment_id",
@@ -311,6 +319,42 @@ def commit_message(d: NewDeployment) -> str:
 
 
 @dataclass(frozen=True)
+class Deployment:
+    """A stored deployment, as the current-deployment and history endpoints show it."""
+
+    id: str
+    release_id: str
+    release_number: int
+    repository: str
+    project: str
+    environment: str
+    status: Status
+    deployed_at: dt.datetime
+    deployed_by: str
+    gitops_commit_sha: str | None
+    reconciled_at: dt.datetime | None
+    approval_id: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Landed:
+    """What recording a deployment's commit returns: what its ``deployment.created`` names."""
+
+    release_id: str
+    environment: str
+    deployed_by: str
+
+
+@dataclass(frozen=True)
+class Activated:
+    environment: str
+    deployed_at: dt.datetime
+    committed_at: dt.datetime | None
+    reconciled_at: dt.datetime
+
+
+@dataclass(frozen=True)
 class PendingDeployment:
     id: str
     # None while the commit is being pushed, or forever if the process died right after the
@@ -350,3 +394,58 @@ def resolve(
         elif p.id in landed_ids:
             result.overtaken.append(p.id)
     return result
+
+
+# --- transitions: each returns the new state and the event recorded with it ----------------
+
+
+@dataclass(frozen=True)
+class FailedDeployment:
+    id: str
+    environment: str
+    error: str
+
+
+@dataclass(frozen=True)
+class ActiveDeployment:
+    id: str
+    environment: str
+    reconciliation_seconds: float
+
+
+def committed(
+    deployment_id: str, release_id: str, environment: str, deployed_by: str, sha: str
+) -> tuple[PendingDeployment, DeploymentCreated]:
+    """The pointer landed as commit ``sha`` (pushed by the service, or recovered from the GitOps
+    history by the reconciler): still pending until the target applies it."""
+    event = DeploymentCreated(
+        deployment_id=deployment_id,
+        release_id=release_id,
+        environment=environment,
+        deployed_by=deployed_by,
+        gitops_commit_sha=sha,
+    )
+    return PendingDeployment(deployment_id, sha), event
+
+
+def fail(deployment_id: str, environment: str, message: str) -> tuple[FailedDeployment, DeploymentFailed]:
+    """A pending deployment that was not reconciled in time."""
+    event = DeploymentFailed(
+        deployment_id=deployment_id, environment=environment, status="failed", error_message=message
+    )
+    return FailedDeployment(deployment_id, environment, message), event
+
+
+def activate(
+    deployment_id: str, environment: str, started: dt.datetime, reconciled_at: dt.datetime
+) -> tuple[ActiveDeployment, DeploymentCompleted]:
+    """The target applied the deployment's revision; ``started`` is when its commit landed (or,
+    unknown, when it was requested)."""
+    seconds = max(0.0, (reconciled_at - started).total_seconds())
+    event = DeploymentCompleted(
+        deployment_id=deployment_id,
+        environment=environment,
+        status="active",
+        reconciliation_duration_seconds=round(seconds),
+    )
+    return ActiveDeployment(deployment_id, environment, seconds), event

@@ -19,14 +19,22 @@ from forge_common import metrics
 from forge_common.auth import JwksCache, LocalKeySet, TokenVerifier
 from forge_common.errors import NotFound
 from forge_common.http import EXCEPTION_HANDLERS, ObservabilityMiddleware
-from forge_common.openapi import response
+from forge_common.openapi import body_operation, errors, response
 from forge_common.tracing import configure_tracing, flush_tracing
 
 from .apidocs import contract_handlers
 from .console import browser_run_redirect, console_handlers
 from .proxy import Proxy
 from .settings import Settings
-from .token_exchange import GRANT_TYPE, TokenExchange, WorkloadKey, load_trusted_issuers
+from .token_exchange import (
+    GRANT_TYPE,
+    IssuerConfig,
+    TokenExchange,
+    TokenExchangeRequest,
+    TokenExchangeResponse,
+    WorkloadKey,
+    load_trusted_issuers,
+)
 from .versioning import API_VERSIONS
 
 __all__ = ["META_PATH", "TOKEN_PATH", "GatewayApp", "GatewayMeta", "create_app"]
@@ -79,18 +87,8 @@ async def _redirect(send: Any, location: str) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def create_app(settings: Settings) -> GatewayApp:
-    configure_tracing("gateway", settings.otel_exporter)
-    jwks = JwksCache(settings.jwks_url)
-    jwks.min_refresh_interval = settings.jwks_refresh_interval
-    issuers = load_trusted_issuers(settings.trusted_issuers)
-    key = WorkloadKey(settings.workload_signing_key, in_use=bool(issuers))
-    exchange = TokenExchange(
-        issuers, key, settings.token_issuer, settings.oidc_audience, settings.workload_token_lifetime
-    )
-    # The gateway accepts the tokens it issues with its own key in hand (no fetch from itself).
-    workload = {settings.token_issuer: LocalKeySet({key.kid: key.pyjwk()})}
-    proxy = Proxy(settings, TokenVerifier(settings.oidc_issuer, settings.oidc_audience, jwks, also_trusted=workload))
+def _health_routes(proxy: Proxy) -> list[Any]:
+    """``/healthz``, ``/readyz`` and ``/metrics``: the gateway answers them like every service."""
 
     @get("/healthz", sync_to_thread=False, summary="Liveness")
     def healthz() -> dict[str, str]:
@@ -110,6 +108,19 @@ def create_app(settings: Settings) -> GatewayApp:
         }
         return Response(body, status_code=200 if ready else 503)
 
+    @get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response[bytes]:
+        return Response(await metrics.collect(), media_type=metrics.CONTENT_TYPE_LATEST)
+
+    return [healthz, readyz, metrics_endpoint]
+
+
+def _identity_routes(
+    settings: Settings, issuers: list[IssuerConfig], key: WorkloadKey, exchange: TokenExchange
+) -> list[Any]:
+    """Where clients log in (``/v1/meta``), and the gateway as the issuer of workload tokens:
+    the RFC 8693 exchange, its JWKS and its OpenID configuration."""
+
     @get(
         META_PATH,
         sync_to_thread=False,
@@ -122,9 +133,34 @@ def create_app(settings: Settings) -> GatewayApp:
     @post(
         TOKEN_PATH,
         status_code=200,
+        operation_id="exchangeToken",
         summary="RFC 8693 token exchange: a trusted CI job's OIDC token for a Forge token (docs/api.md)",
-        # Form-encoded, OAuth-shaped: documented in docs/api.md, outside the JSON contract.
-        include_in_schema=False,
+        description="No bearer token: the subject token is the credential. Every error is the platform's "
+        "envelope; `details.oauth_error` carries the RFC 6749 error code (`invalid_request`, "
+        "`unsupported_grant_type`, `invalid_grant`).",
+        # The handler parses the form itself (each field once, 64 KiB at most); the document
+        # names its fields.
+        operation_class=body_operation(
+            TokenExchangeRequest,
+            "the token exchange form (RFC 8693 section 2.1)",
+            media_type="application/x-www-form-urlencoded",
+        ),
+        responses={
+            200: response(TokenExchangeResponse, "a Forge access token for the subject token's repository"),
+            **errors(
+                {
+                    400: "not form-encoded, a parameter repeated or missing, or a `grant_type` or "
+                    "`subject_token_type` other than the token exchange's (`details.oauth_error`)",
+                    401: "the subject token is no JWT, expired, not for this platform's audience, from an "
+                    "issuer not trusted, or signed with a key its issuer does not publish",
+                    403: "no rule of the issuer grants a role to this token, or its repository claim "
+                    "names no repository",
+                    404: "workload identity is not configured on this platform (`FORGE_TRUSTED_ISSUERS`)",
+                    503: "the trusted issuer's key set could not be fetched; retry later",
+                }
+            ),
+        },
+        opt={"public": True},
     )
     async def token(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         """Form-encoded ``grant_type``, ``subject_token``, ``subject_token_type``; answers
@@ -149,9 +185,22 @@ def create_app(settings: Settings) -> GatewayApp:
             "id_token_signing_alg_values_supported": [key.algorithm],
         }
 
-    @get("/metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response[bytes]:
-        return Response(await metrics.collect(), media_type=metrics.CONTENT_TYPE_LATEST)
+    return [meta, token, workload_jwks, workload_discovery]
+
+
+def create_app(settings: Settings) -> GatewayApp:
+    exporter = configure_tracing("gateway", settings.otel_exporter)
+    jwks = JwksCache(settings.jwks_url)
+    jwks.min_refresh_interval = settings.jwks_refresh_interval
+    issuers = load_trusted_issuers(settings.trusted_issuers)
+    key = WorkloadKey(settings.workload_signing_key, in_use=bool(issuers))
+    exchange = TokenExchange(
+        issuers, key, settings.token_issuer, settings.oidc_audience, settings.workload_token_lifetime
+    )
+    # The gateway accepts the tokens it issues with its own key in hand (no fetch from itself).
+    workload = {settings.token_issuer: LocalKeySet({key.kid: key.pyjwk()})}
+    verifier = TokenVerifier(settings.oidc_issuer, settings.oidc_audience, jwks, also_trusted=workload)
+    proxy = Proxy(settings, verifier, sdk_spans=exporter != "none")
 
     async def start(_: Litestar) -> None:
         await proxy.start()
@@ -162,13 +211,8 @@ def create_app(settings: Settings) -> GatewayApp:
 
     rest = Litestar(
         route_handlers=[
-            healthz,
-            readyz,
-            meta,
-            token,
-            workload_jwks,
-            workload_discovery,
-            metrics_endpoint,
+            *_health_routes(proxy),
+            *_identity_routes(settings, issuers, key, exchange),
             *contract_handlers(),
             *console_handlers(settings),
         ],

@@ -33,7 +33,7 @@ from forge_common.errors import (
     RequestTimeout,
     ServiceUnavailable,
 )
-from forge_common.tracing import exporter_name, extract, inject
+from forge_common.tracing import extract, inject
 
 from . import response_limit
 from .accesslog import AccessLog
@@ -154,22 +154,18 @@ class _BodyStream:
         self.chunked = chunked
         self.limit = limit
         self.received = 0
-        self.exceeded = False
-        self.client_gone = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         more = True
         while more:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                self.client_gone = True
                 raise _ClientGone
             chunk: bytes = message.get("body", b"")
             more = message.get("more_body", False)
             if chunk:
                 self.received += len(chunk)
                 if self.received > self.limit:
-                    self.exceeded = True
                     raise _BodyTooLarge
                 yield chunk
 
@@ -197,10 +193,80 @@ class _Metrics:
         hist.observe(elapsed)
 
 
+class _Incoming:
+    """What the gateway reads from the client's request head. The upstream request head is
+    built as bytes straight from the client's (already validated) header bytes: no decoding
+    and re-encoding per header; ``lines`` are the headers copied as they are."""
+
+    __slots__ = (
+        "authorizations",
+        "chunked",
+        "content_length",
+        "forwarded_for",
+        "host",
+        "lines",
+        "request_id",
+        "traceparent",
+        "tracestate",
+    )
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.authorizations: list[str] = []
+        self.content_length: bytes | None = None
+        self.forwarded_for: bytes | None = None
+        self.host: bytes | None = None
+        self.traceparent: str | None = None
+        self.tracestate: str | None = None
+        self.chunked = False
+        self.lines: list[bytes] = []
+        request_id = connection = None
+        for name, value in headers:
+            if name not in _REQUEST_SPECIAL:
+                if name == b"authorization":
+                    self.authorizations.append(value.decode("latin-1"))
+                self.lines.append(name + b": " + value + _CRLF)
+            elif name == b"content-length":
+                self.content_length = value
+            elif name == b"x-request-id":
+                request_id = value.decode("latin-1")
+            elif name == b"traceparent":
+                self.traceparent = value.decode("latin-1")
+            elif name == b"tracestate":
+                self.tracestate = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                self.forwarded_for = value
+            elif name == b"host":
+                self.host = value
+            elif name == b"transfer-encoding":
+                self.chunked = b"chunked" in value.lower()
+            elif name == b"connection":
+                connection = value
+        if connection is not None:
+            # Headers named in Connection are hop-by-hop for this one hop.
+            named = {token.strip().lower() for token in connection.split(b",")}
+            self.lines = [line for line in self.lines if line.partition(b":")[0] not in named]
+        if not request_id or len(request_id) > 200:
+            # Not a secret, just unique: no getrandom() syscall per request as uuid4() makes.
+            request_id = f"{random.getrandbits(128):032x}"
+        self.request_id: str = request_id
+
+
+class _Exchange:
+    """One request's outcome so far, read when it ends (limits released, metrics, access log)."""
+
+    __slots__ = ("decision", "principal", "status", "stream_open")
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.principal: Principal | None = None
+        self.decision: Decision | None = None
+        self.stream_open = False
+
+
 class Proxy:
     """The ASGI callable for every ``/v1`` HTTP request."""
 
-    def __init__(self, settings: Settings, verifier: TokenVerifier) -> None:
+    def __init__(self, settings: Settings, verifier: TokenVerifier, sdk_spans: bool = False) -> None:
         self.settings = settings
         self.verifier = verifier
         self.limiter = SlidingWindowLimiter(settings.rate_limit, settings.rate_limit_window)
@@ -219,9 +285,9 @@ class Proxy:
         self.access_log = AccessLog(
             settings.access_log and settings.log_level.lower() in ("debug", "info"), settings.log_format
         )
-        # Real SDK spans only when they are exported; otherwise the W3C rules are applied by hand
-        # (cheaper per request) and the trace still continues upstream.
-        self.sdk_spans = exporter_name(settings.otel_exporter) != "none"
+        # Real SDK spans only when they are exported (create_app knows); otherwise the W3C rules
+        # are applied by hand (cheaper per request) and the trace still continues upstream.
+        self.sdk_spans = sdk_spans
         self._metrics = _Metrics()
         self._in_flight: dict[str, int] = {}  # per user (token sub)
         self._streams: dict[str, int] = {}  # open streams per user
@@ -291,175 +357,132 @@ class Proxy:
         started = time.perf_counter()
         method: str = scope["method"]
         path: str = scope["path"]
-
-        authorizations: list[str] = []
-        content_length = connection = request_id = None
-        forwarded_for = traceparent = tracestate = host = None
-        chunked = False
-        # The upstream request head is built as bytes straight from the client's (already
-        # validated) header bytes: no decoding and re-encoding per header.
-        lines: list[bytes] = []
-        for name, value in scope["headers"]:
-            if name not in _REQUEST_SPECIAL:
-                if name == b"authorization":
-                    authorizations.append(value.decode("latin-1"))
-                lines.append(name + b": " + value + _CRLF)
-            elif name == b"content-length":
-                content_length = value
-            elif name == b"x-request-id":
-                request_id = value.decode("latin-1")
-            elif name == b"traceparent":
-                traceparent = value.decode("latin-1")
-            elif name == b"tracestate":
-                tracestate = value.decode("latin-1")
-            elif name == b"x-forwarded-for":
-                forwarded_for = value
-            elif name == b"host":
-                host = value
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection":
-                connection = value
-        if connection is not None:
-            # Headers named in Connection are hop-by-hop for this one hop.
-            named = {token.strip().lower() for token in connection.split(b",")}
-            lines = [line for line in lines if line.partition(b":")[0] not in named]
-        if not request_id or len(request_id) > 200:
-            # Not a secret, just unique: no getrandom() syscall per request as uuid4() makes.
-            request_id = f"{random.getrandbits(128):032x}"
-        rid = request_id.encode("latin-1")
-
+        incoming = _Incoming(scope["headers"])
+        rid = incoming.request_id.encode("latin-1")
         version, _, rest = path[1:].partition("/")
         segment = rest.partition("/")[0]
         routes = self.routes.get(version)
         upstream = routes.get(segment) if routes is not None else None
         route = f"/{version}/{segment}" if upstream is not None else "unmatched"
+        span, trace_headers, trace_id = self._trace(method, route, incoming)
+        x = _Exchange()
+        reader = _ClientReader(receive, self.settings.client_idle_timeout, self.settings.client_body_timeout)
+        stream = response_limit.is_stream_request(method, path, scope.get("query_string", b""))
+        try:
+            if path != WEBHOOK_PATH:
+                await self._authorize(x, incoming.authorizations)
+            if upstream is None:
+                raise NotFound("no API route matches this path", {"path": path})
+            if stream and x.principal is not None:
+                self.open_stream(x.principal.subject)
+                x.stream_open = True
+            data = await self._request_body(reader, method, incoming)
+            head = _upstream_head(scope, method, path, upstream, incoming, rid, trace_headers)
+            extra = x.decision.headers() if x.decision is not None else []
+            extra.append((b"x-request-id", rid))
+            extra.extend(self.deprecations.headers(method, path))
+            x.status = await self._forward(upstream, method, head, data, send, extra, path, receive if stream else None)
+        except _ClientGone:
+            x.status = 499  # the client went away before its body arrived; nothing to answer
+        except _ClientTooSlow:
+            error = reader.error()
+            x.status = error.status
+            await _send_error(send, error, rid, x.decision)
+        except ForgeError as exc:
+            x.status = exc.status
+            await _send_error(send, exc, rid, x.decision)
+        finally:
+            self._release(x)
+            elapsed = time.perf_counter() - started
+            self._metrics.observe(method, route, x.status, elapsed)
+            if span is not None:
+                span.set_attribute("http.response.status_code", x.status)
+                span.end()
+            self.access_log.request(
+                method=method,
+                path=path,
+                status=x.status,
+                duration_ms=round(elapsed * 1000, 3),
+                upstream=upstream.name if upstream is not None else None,
+                user=x.principal.identity if x.principal is not None else None,
+                request_id=incoming.request_id,
+                trace_id=trace_id,
+            )
 
-        span: trace.Span | None = None
+    def _trace(self, method: str, route: str, incoming: _Incoming) -> tuple[trace.Span | None, dict[str, str], str]:
+        """The gateway's span (an SDK span when exported, else the W3C rules by hand), the trace
+        headers for the upstream, and the trace id for the access log."""
         if self.sdk_spans:
             carrier: dict[str, str] = {}
-            if traceparent:
-                carrier["traceparent"] = traceparent
-                if tracestate:
-                    carrier["tracestate"] = tracestate
+            if incoming.traceparent:
+                carrier["traceparent"] = incoming.traceparent
+                if incoming.tracestate:
+                    carrier["tracestate"] = incoming.tracestate
             span = _tracer.start_span(
                 f"{method} {route}", context=extract(carrier) if carrier else None, kind=SpanKind.SERVER
             )
             trace_headers: dict[str, str] = {}
             inject(trace_headers, trace.set_span_in_context(span))
-            trace_id = format(span.get_span_context().trace_id, "032x")
-        else:
-            trace_id, upstream_traceparent, continued = child_traceparent(traceparent)
-            trace_headers = {"traceparent": upstream_traceparent}
-            if continued and tracestate:
-                trace_headers["tracestate"] = tracestate
-        status = 500
-        principal: Principal | None = None
-        decision: Decision | None = None
-        reader = _ClientReader(receive, self.settings.client_idle_timeout, self.settings.client_body_timeout)
-        stream = response_limit.is_stream_request(method, path, scope.get("query_string", b""))
-        stream_open = False
-        try:
-            if path != WEBHOOK_PATH:
-                # Two Authorization headers: this gateway and the service behind it might each act
-                # on a different one, so neither does.
-                principal = await self.verifier.verify_headers(authorizations)
-                decision = self.admit(principal)
-                if not decision.allowed:
-                    raise RateLimited(
-                        f"rate limit of {decision.limit} requests per {self.settings.rate_limit_window:g} seconds exceeded",
-                        {"limit": decision.limit, "retry_after": decision.retry_after},
-                        {"Retry-After": str(decision.retry_after)},
-                    )
-            if upstream is None:
-                raise NotFound("no API route matches this path", {"path": path})
-            if stream and principal is not None:
-                self.open_stream(principal.subject)
-                stream_open = True
+            return span, trace_headers, format(span.get_span_context().trace_id, "032x")
+        trace_id, upstream_traceparent, continued = child_traceparent(incoming.traceparent)
+        trace_headers = {"traceparent": upstream_traceparent}
+        if continued and incoming.tracestate:
+            trace_headers["tracestate"] = incoming.tracestate
+        return None, trace_headers, trace_id
 
-            data: bytes | _BodyStream | None = None
-            if content_length is not None:
-                try:
-                    size = int(content_length)
-                except ValueError:
-                    raise InvalidRequest("Content-Length is not a number", {"field": "Content-Length"}) from None
-                if size > self.max_body:
-                    raise _too_large(self.max_body, close=size > 4 * self.max_body)
-                if 0 < size <= _BUFFER_BELOW:
-                    data = await _read_body(reader)
-                    if data is None:
-                        status = 499  # the client went away; nothing to answer
-                        return
-                    lines.append(b"content-length: " + content_length + _CRLF)
-                elif size > _BUFFER_BELOW:
-                    data = _BodyStream(reader, self.max_body)
-                    lines.append(b"content-length: " + content_length + _CRLF)
-                elif method in ("POST", "PUT", "PATCH"):
-                    lines.append(b"content-length: 0\r\n")
-            elif chunked:
-                data = _BodyStream(reader, self.max_body, chunked=True)
-                lines.append(b"transfer-encoding: chunked\r\n")
-            elif method in ("POST", "PUT", "PATCH"):
-                lines.append(b"content-length: 0\r\n")
-
-            client = scope.get("client")
-            client_ip = client[0].encode("latin-1") if client else b""
-            lines.append(b"x-request-id: " + rid + _CRLF)
-            if client_ip:
-                xff = forwarded_for + b", " + client_ip if forwarded_for else client_ip
-                lines.append(b"x-forwarded-for: " + xff + _CRLF)
-            if host is not None:
-                lines.append(b"x-forwarded-host: " + host + _CRLF)
-            lines.append(b"x-forwarded-proto: " + scope.get("scheme", "http").encode("latin-1") + _CRLF)
-            for name_s, value_s in trace_headers.items():
-                lines.append(f"{name_s}: {value_s}\r\n".encode("latin-1"))
-
-            raw_path = scope.get("raw_path") or path.encode("utf-8")
-            query = scope.get("query_string")
-            target = upstream.prefix + raw_path + (b"?" + query if query else b"")
-            head = b"".join(
-                [
-                    method.encode("latin-1"),
-                    b" ",
-                    target,
-                    b" HTTP/1.1\r\nhost: ",
-                    upstream.host_header,
-                    _CRLF,
-                    *lines,
-                    _CRLF,
-                ]
+    async def _authorize(self, x: _Exchange, authorizations: list[str]) -> None:
+        """Who is asking (401 otherwise), then the per-user limits (429). Two Authorization
+        headers: this gateway and the service behind it might each act on a different one, so
+        neither does."""
+        x.principal = await self.verifier.verify_headers(authorizations)
+        x.decision = decision = self.admit(x.principal)
+        if not decision.allowed:
+            raise RateLimited(
+                f"rate limit of {decision.limit} requests per {self.settings.rate_limit_window:g} seconds exceeded",
+                {"limit": decision.limit, "retry_after": decision.retry_after},
+                {"Retry-After": str(decision.retry_after)},
             )
-            extra = decision.headers() if decision is not None else []
-            extra.append((b"x-request-id", rid))
-            extra.extend(self.deprecations.headers(method, path))
-            status = await self._forward(upstream, method, head, data, send, extra, path, receive if stream else None)
-        except _ClientTooSlow:
-            error = reader.error()
-            status = error.status
-            await _send_error(send, error, rid, decision)
-        except ForgeError as exc:
-            status = exc.status
-            await _send_error(send, exc, rid, decision)
-        finally:
-            if stream_open and principal is not None:
-                self.close_stream(principal.subject)
-            if decision is not None and decision.allowed and principal is not None:
-                self.leave(principal.subject)
-            elapsed = time.perf_counter() - started
-            self._metrics.observe(method, route, status, elapsed)
-            if span is not None:
-                span.set_attribute("http.response.status_code", status)
-                span.end()
-            self.access_log.request(
-                method=method,
-                path=path,
-                status=status,
-                duration_ms=round(elapsed * 1000, 3),
-                upstream=upstream.name if upstream is not None else None,
-                user=principal.identity if principal is not None else None,
-                request_id=request_id,
-                trace_id=trace_id,
-            )
+
+    def _release(self, x: _Exchange) -> None:
+        """Give back what :meth:`_authorize` and the stream cap counted for this request."""
+        if x.principal is None:
+            return
+        if x.stream_open:
+            self.close_stream(x.principal.subject)
+        if x.decision is not None and x.decision.allowed:
+            self.leave(x.principal.subject)
+
+    async def _request_body(
+        self, reader: _ClientReader, method: str, incoming: _Incoming
+    ) -> bytes | _BodyStream | None:
+        """The body to forward, framed for the upstream (a framing header added to
+        ``incoming.lines``): small declared bodies read whole (``bytes``), large or chunked ones
+        streamed while counted (:class:`_BodyStream`), ``None`` without a body; _ClientGone when
+        the client left first. Over the limit is a 413 before anything is read."""
+        lines = incoming.lines
+        content_length = incoming.content_length
+        if content_length is not None:
+            try:
+                size = int(content_length)
+            except ValueError:
+                raise InvalidRequest("Content-Length is not a number", {"field": "Content-Length"}) from None
+            if size > self.max_body:
+                raise _too_large(self.max_body, close=size > 4 * self.max_body)
+            if 0 < size <= _BUFFER_BELOW:
+                data = await _read_body(reader)
+                if data is None:
+                    raise _ClientGone
+                lines.append(b"content-length: " + content_length + _CRLF)
+                return data
+            if size > _BUFFER_BELOW:
+                lines.append(b"content-length: " + content_length + _CRLF)
+                return _BodyStream(reader, self.max_body)
+        elif incoming.chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+            return _BodyStream(reader, self.max_body, chunked=True)
+        if method in ("POST", "PUT", "PATCH"):
+            lines.append(b"content-length: 0\r\n")
+        return None
 
     async def _forward(
         self,
@@ -472,34 +495,23 @@ class Proxy:
         path: str = "",
         stream_receive: Any = None,
     ) -> int:
-        """``stream_receive``: the client's ``receive`` when this request opens a stream."""
-        timeout = self.settings.upstream_timeout
-        retry = method in _IDEMPOTENT and not isinstance(data, _BodyStream)
-        fresh = False
+        """Send the request on a pooled connection and relay the answer; the status relayed.
+        ``stream_receive``: the client's ``receive`` when this request opens a stream."""
         streaming = isinstance(data, _BodyStream)
+        retry = method in _IDEMPOTENT and not streaming
+        fresh = False
         while True:
-            try:
-                conn = await upstream.acquire(fresh=fresh, streaming=streaming)
-            except UpstreamBusy as exc:
-                raise ServiceUnavailable(
-                    f"the {upstream.name} service is busy: {exc}; retry in a second",
-                    {"service": upstream.name, "retry_after": 1},
-                    {"Retry-After": "1"},
-                ) from None
-            except TimeoutError:
-                raise GatewayTimeout(
-                    f"the {upstream.name} service did not accept a connection in time", {"service": upstream.name}
-                ) from None
-            except UpstreamUnavailable as exc:
-                raise _bad_gateway(upstream, exc) from None
+            conn = await self._acquire(upstream, fresh=fresh, streaming=streaming)
             try:
                 conn.begin(head_only=method == "HEAD")
                 if isinstance(data, _BodyStream):
-                    await self._send_streamed(conn, head, data, timeout)
+                    await self._send_streamed(conn, head, data, self.settings.upstream_timeout)
                 else:
                     conn.write(head + data if data else head)
-                await conn.response_head(timeout)
-                return await self._relay(conn, send, extra, timeout, upstream.name, path, stream_receive)
+                await conn.response_head(self.settings.upstream_timeout)
+                return await self._relay(
+                    conn, send, extra, self.settings.upstream_timeout, upstream.name, path, stream_receive
+                )
             except UpstreamUnavailable as exc:
                 conn.abort()
                 if exc.stale and retry:
@@ -509,29 +521,46 @@ class Proxy:
                     fresh = True
                     continue
                 raise _bad_gateway(upstream, exc) from None
-            except UpstreamProtocolError as exc:
+            except (UpstreamProtocolError, TimeoutError, _BodyTooLarge, _ClientGone) as exc:
                 conn.abort()
-                raise _bad_gateway(upstream, exc, "sent an invalid answer") from None
-            except TimeoutError:
-                conn.abort()
-                raise GatewayTimeout(
-                    f"the {upstream.name} service did not answer within {timeout:g} seconds",
-                    {"service": upstream.name},
-                ) from None
-            except _BodyTooLarge:
-                conn.abort()
-                raise _too_large(self.max_body) from None
-            except _ClientGone:
-                conn.abort()
-                return 499
-            except _ClientTooSlow:
-                conn.abort()
-                raise
+                return self._failed(upstream, exc)
             except BaseException:
                 conn.abort()
                 raise
             finally:
                 upstream.release(conn)
+
+    @staticmethod
+    async def _acquire(upstream: Upstream, *, fresh: bool, streaming: bool) -> Connection:
+        """A connection to ``upstream``, or the 503/504/502 that says why there is none."""
+        try:
+            return await upstream.acquire(fresh=fresh, streaming=streaming)
+        except UpstreamBusy as exc:
+            raise ServiceUnavailable(
+                f"the {upstream.name} service is busy: {exc}; retry in a second",
+                {"service": upstream.name, "retry_after": 1},
+                {"Retry-After": "1"},
+            ) from None
+        except TimeoutError:
+            raise GatewayTimeout(
+                f"the {upstream.name} service did not accept a connection in time", {"service": upstream.name}
+            ) from None
+        except UpstreamUnavailable as exc:
+            raise _bad_gateway(upstream, exc) from None
+
+    def _failed(self, upstream: Upstream, exc: Exception) -> int:
+        """A forward that failed after its connection was aborted: the error to answer with, or
+        499 when the client itself went away."""
+        if isinstance(exc, _ClientGone):
+            return 499
+        if isinstance(exc, _BodyTooLarge):
+            raise _too_large(self.max_body) from None
+        if isinstance(exc, TimeoutError):
+            raise GatewayTimeout(
+                f"the {upstream.name} service did not answer within {self.settings.upstream_timeout:g} seconds",
+                {"service": upstream.name},
+            ) from None
+        raise _bad_gateway(upstream, exc, "sent an invalid answer") from None
 
     @staticmethod
     async def _send_streamed(conn: Connection, head: bytes, data: _BodyStream, timeout: float) -> None:
@@ -554,22 +583,9 @@ class Proxy:
         path: str = "",
         stream_receive: Any = None,
     ) -> int:
-        out: list[tuple[bytes, bytes]] = []
-        length: int | None = None
-        content_type: bytes | None = None
-        for name, value in conn.headers:
-            lname = name.lower()
-            if lname in _RESPONSE_DROP:
-                continue
-            if lname == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    raise UpstreamProtocolError("invalid Content-Length") from None
-            elif lname == b"content-type":
-                content_type = value
-            out.append((lname, value))
-        out.extend(extra)
+        """The upstream's answer to the client: whole when small (or a HEAD), else in chunks;
+        over the response limit a 502 (declared length) or a cut connection (discovered late)."""
+        out, length, content_type = _response_headers(conn, extra)
         status = conn.status
         limit = None if response_limit.is_stream(path, content_type) else self.settings.max_response_bytes
         if limit is not None and length is not None and length > limit and not conn.head_only:
@@ -581,35 +597,64 @@ class Proxy:
             await send({"type": "http.response.body", "body": body})
             return status
         await send({"type": "http.response.start", "status": status, "headers": out})
-        relayed = 0
-        watcher = None
         if stream_receive is not None:
-            # A stream runs until the service ends it or the client leaves: watch for the latter
-            # (uvicorn drops writes to a gone client silently), and allow long quiet spells.
+            # A stream runs until the service ends it or the client leaves: allow long quiet spells.
             timeout = self.settings.stream_idle_timeout
-            watcher = asyncio.create_task(_abort_on_disconnect(stream_receive, conn))
-        try:
-            async for chunk in conn.body(timeout):
-                relayed += len(chunk)
-                if limit is not None and relayed > limit:
-                    # Headers are out (unknown length): cutting the connection is the only way
-                    # left to tell the client this answer is incomplete.
-                    conn.abort()
-                    log.warning("gateway.response_too_large", status=status, limit=limit, service=service)
-                    return 502
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (UpstreamError, TimeoutError) as exc:
-            # Headers are out: the client learns of the failure from the cut connection (uvicorn
-            # closes it because the response was never completed).
-            conn.abort()
-            if watcher is None or not watcher.done():
-                log.warning("gateway.upstream_stream_broken", status=status, error=type(exc).__name__)
-            return status
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-        await send({"type": "http.response.body", "body": b""})
+        return await _relay_chunks(conn, send, status, limit, timeout, service, stream_receive)
+
+
+def _response_headers(
+    conn: Connection, extra: list[tuple[bytes, bytes]]
+) -> tuple[list[tuple[bytes, bytes]], int | None, bytes | None]:
+    """The upstream's headers to copy back (plus ``extra``), its Content-Length and Content-Type."""
+    out: list[tuple[bytes, bytes]] = []
+    length: int | None = None
+    content_type: bytes | None = None
+    for name, value in conn.headers:
+        lname = name.lower()
+        if lname in _RESPONSE_DROP:
+            continue
+        if lname == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                raise UpstreamProtocolError("invalid Content-Length") from None
+        elif lname == b"content-type":
+            content_type = value
+        out.append((lname, value))
+    out.extend(extra)
+    return out, length, content_type
+
+
+async def _relay_chunks(
+    conn: Connection, send: Any, status: int, limit: int | None, timeout: float, service: str, stream_receive: Any
+) -> int:
+    """The body as it arrives, after the response head went out. ``stream_receive``: watch for
+    the client leaving (uvicorn drops writes to a gone client silently)."""
+    relayed = 0
+    watcher = asyncio.create_task(_abort_on_disconnect(stream_receive, conn)) if stream_receive is not None else None
+    try:
+        async for chunk in conn.body(timeout):
+            relayed += len(chunk)
+            if limit is not None and relayed > limit:
+                # Headers are out (unknown length): cutting the connection is the only way left
+                # to tell the client this answer is incomplete.
+                conn.abort()
+                log.warning("gateway.response_too_large", status=status, limit=limit, service=service)
+                return 502
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (UpstreamError, TimeoutError) as exc:
+        # Headers are out: the client learns of the failure from the cut connection (uvicorn
+        # closes it because the response was never completed).
+        conn.abort()
+        if watcher is None or not watcher.done():
+            log.warning("gateway.upstream_stream_broken", status=status, error=type(exc).__name__)
         return status
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+    await send({"type": "http.response.body", "body": b""})
+    return status
 
 
 async def _abort_on_disconnect(receive: Any, conn: Connection) -> None:
@@ -619,6 +664,38 @@ async def _abort_on_disconnect(receive: Any, conn: Connection) -> None:
         if message["type"] == "http.disconnect":
             conn.abort()
             return
+
+
+def _upstream_head(
+    scope: dict[str, Any],
+    method: str,
+    path: str,
+    upstream: Upstream,
+    incoming: _Incoming,
+    rid: bytes,
+    trace_headers: dict[str, str],
+) -> bytes:
+    """The request head for the upstream: the client's headers as they came, the body's framing
+    (already in ``incoming.lines``), then the ones the gateway sets itself."""
+    lines = incoming.lines
+    client = scope.get("client")
+    client_ip = client[0].encode("latin-1") if client else b""
+    lines.append(b"x-request-id: " + rid + _CRLF)
+    if client_ip:
+        forwarded_for = incoming.forwarded_for
+        xff = forwarded_for + b", " + client_ip if forwarded_for else client_ip
+        lines.append(b"x-forwarded-for: " + xff + _CRLF)
+    if incoming.host is not None:
+        lines.append(b"x-forwarded-host: " + incoming.host + _CRLF)
+    lines.append(b"x-forwarded-proto: " + scope.get("scheme", "http").encode("latin-1") + _CRLF)
+    for name, value in trace_headers.items():
+        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+    raw_path = scope.get("raw_path") or path.encode("utf-8")
+    query = scope.get("query_string")
+    target = upstream.prefix + raw_path + (b"?" + query if query else b"")
+    return b"".join(
+        [method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\nhost: ", upstream.host_header, _CRLF, *lines, _CRLF]
+    )
 
 
 def _bad_gateway(upstream: Upstream, exc: Exception, what: str = "is unavailable") -> BadGateway:

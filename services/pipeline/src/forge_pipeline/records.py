@@ -82,6 +82,8 @@ class TaskInPhase(Task, kw_only=True):
     """A task with its phase's status (what a report needs to know to start the phase)."""
 
     phase_status: PhaseStatus
+    # When the task's job was first published: the earliest a worker's reported time may be.
+    dispatched_at: dt.datetime | None = None
 
 
 class Step(msgspec.Struct, kw_only=True):

@@ -3,7 +3,7 @@ error text, merged with the release service's releases.
 
 Logs are indexed when a step's log is final: the worker uploads the whole log to S3, then
 reports the step finished; the report's route (api.py) calls :func:`index_step_logs` after the
-report's commit. The first ``FORGE_SEARCH_LOG_INDEX_BYTES`` of the log (1 MiB by default) are
+report's commit (steps reported without a ``logs_s3_key`` have no log and are skipped). The first ``FORGE_SEARCH_LOG_INDEX_BYTES`` of the log (1 MiB by default) are
 split into lines and copied into ``pipeline.log_lines``, one row per line with a generated
 ``tsvector`` behind a GIN index; a re-report replaces the step's lines. Lines longer than
 ``LINE_CHARACTERS`` are cut. Full text with the ``simple`` configuration: words as written, no
@@ -29,7 +29,7 @@ from forge_common.client import ServiceClient
 from forge_common.db import Pool
 from forge_common.errors import BadGateway, GatewayTimeout, InvalidRequest, unavailable
 from forge_common.events import isoformat
-from forge_common.search import ReleaseHit, ReleasePage, page_limit, query_text, release_cursor
+from forge_common.search import ReleaseHit, ReleaseSearchResults, page_limit, query_text, release_cursor
 
 from . import domain, live
 
@@ -390,7 +390,7 @@ class SearchResults(msgspec.Struct, kw_only=True):
 
     example: ClassVar[dict[str, Any]] = {
         "results": [
-            {**ReleasePage.example["results"][0], "created_at": "2025-10-05T12:09:00Z"},
+            {**ReleaseSearchResults.example["results"][0], "created_at": "2025-10-05T12:09:00Z"},
             {
                 "type": "run",
                 "id": "0b5f2a4e-8c1d-4e7a-9f3b-2d6c8e1a4b7f",
@@ -433,7 +433,7 @@ class ReleaseSearch:
             raise unavailable("the release service", resp.error_code() or "")
         if resp.status == 200:
             try:
-                return msgspec.convert(resp.body, ReleasePage).results
+                return msgspec.convert(resp.body, ReleaseSearchResults).results
             except msgspec.ValidationError:
                 pass
         raise BadGateway(

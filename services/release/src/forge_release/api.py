@@ -29,7 +29,7 @@ from forge_common.http import decode_body, parse_page
 from forge_common.openapi import PathForm, body_operation, errors, path_forms, response
 from forge_common.paths import raw_path_segments
 from forge_common.runtime import Runtime
-from forge_common.search import ReleasePage
+from forge_common.search import ReleaseSearchResults
 
 from .schemas import (
     AliasCreate,
@@ -38,17 +38,18 @@ from .schemas import (
     ReleaseCreate,
     ReleaseCreated,
     ReleaseList,
+    release_page,
 )
-from .search import search_releases
 from .service import CreateRelease, ReleaseService
 
 __all__ = ["ROUTES"]
 
 _PREFIX = "/v1/releases/"
+SERVICE_KEY = "release_service"
 
 
 def _service(runtime: Runtime) -> ReleaseService:
-    svc: ReleaseService = runtime.extras["releases"]
+    svc: ReleaseService = runtime.extras[SERVICE_KEY]
     return svc
 
 
@@ -98,11 +99,11 @@ _REST = Annotated[
         **errors({409: "a release of this commit exists already, or its number is taken"}),
     },
 )
-async def create_release(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> dict[str, Any]:
+async def create_release(request: Request[Any, Any, Any], principal: Principal, runtime: Runtime) -> ReleaseCreated:
     """Create a release (spec: Create Release; optional ``trigger``, contract #2)."""
     data = decode_body(await request.body(), ReleaseCreate)
     require_repository(principal, data.repository)
-    return await _service(runtime).create(
+    created = await _service(runtime).create(
         CreateRelease(
             repository=data.repository,
             project=data.project,
@@ -120,6 +121,7 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
             on_behalf_of_id=data.trigger.triggered_by_id if data.trigger else None,
         )
     )
+    return ReleaseCreated.of(created)
 
 
 @get(
@@ -128,7 +130,7 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
     summary="Releases by commit prefix, branch, tag, alias or author, newest first (docs/api-search.md)",
     description="`q` required (<= 200 characters); `repository` narrows; `limit` 1..100 (default 20); "
     "`cursor`: the previous page's next_cursor.",
-    responses={200: response(ReleasePage, "one page of matching releases")},
+    responses={200: response(ReleaseSearchResults, "one page of matching releases")},
 )
 async def search(
     runtime: Runtime,
@@ -137,9 +139,10 @@ async def search(
     repository: str | None = None,
     limit: str | None = None,
     cursor: str | None = None,
-) -> ReleasePage:
+) -> ReleaseSearchResults:
     # A repository-bound token (forge_repository claim) searches its own repository only.
-    return await search_releases(runtime.pool, q, repository_filter(principal, repository), limit, cursor)
+    page = await _service(runtime).search(q, repository_filter(principal, repository), limit, cursor)
+    return release_page(page)
 
 
 @get(
@@ -176,7 +179,7 @@ async def read_releases(
     limit: str | None = None,
     offset: str | None = None,
     cursor: str | None = None,
-) -> dict[str, Any]:
+) -> Release | ReleaseList:
     """Get a release by UUID, list a project's releases, or get one by ``{release-id}``."""
     parts = _segments(request)
     svc = _service(runtime)
@@ -188,15 +191,15 @@ async def read_releases(
                 "resource not found: use /v1/releases/{release_uuid} or /v1/releases/{repo}/{project}[/{release-id}]"
             ) from None
         found = await svc.get_by_id(release_id)
-        require_repository(principal, str(found["repository"]))
-        return found
+        require_repository(principal, found.repository)
+        return Release.of(found)
     repo, rest_parts = _split_repo(parts)
     require_repository(principal, repo)
     if len(rest_parts) == 1:
         page = parse_page(limit, offset)
-        return await svc.list_releases(repo, rest_parts[0], page.limit, page.offset, cursor)
+        return ReleaseList.of(await svc.list_releases(repo, rest_parts[0], page.limit, page.offset, cursor))
     if len(rest_parts) == 2:
-        return await svc.get(repo, rest_parts[0], rest_parts[1])
+        return Release.of(await svc.get(repo, rest_parts[0], rest_parts[1]))
     raise NotFound("resource not found")
 
 
@@ -224,7 +227,7 @@ async def read_releases(
 )
 async def add_alias(
     request: Request[Any, Any, Any], runtime: Runtime, rest: _REST, principal: Principal
-) -> Response[dict[str, Any]]:
+) -> Response[AliasResult]:
     """Add a ``tag``, ``branch`` or ``custom`` alias to a release."""
     parts = _segments(request)
     repo, rest_parts = _split_repo(parts)
@@ -232,8 +235,8 @@ async def add_alias(
     if len(rest_parts) != 3 or rest_parts[2] != "aliases":
         raise NotFound("resource not found: POST /v1/releases/{repo}/{project}/{release-id}/aliases")
     data = decode_body(await request.body(), AliasCreate)
-    status, body = await _service(runtime).add_alias(repo, rest_parts[0], rest_parts[1], data.alias, data.alias_type)
-    return Response(body, status_code=status)
+    change = await _service(runtime).add_alias(repo, rest_parts[0], rest_parts[1], data.alias, data.alias_type)
+    return Response(AliasResult.of(change), status_code=200 if change.action == "noop" else 201)
 
 
 @delete(

@@ -5,11 +5,12 @@ from forge_common.http import AppSpec, build_app
 from forge_common.repositories import RepositoryAllowList
 from forge_common.runtime import Runtime
 
-from .api import ROUTES
+from .api import ROUTES, SERVICE_KEY
 from .oci import make_publisher
 from .runs import PipelineRuns, SkipRunCheck
 from .service import ReleaseService
 from .settings import Settings
+from .store import UnitOfWork
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -19,8 +20,8 @@ def create_app(settings: Settings) -> Litestar:
             if settings.verify_pipeline_runs
             else SkipRunCheck()
         )
-        runtime.extras["releases"] = ReleaseService(
-            runtime.pool, make_publisher(settings), runs, RepositoryAllowList(settings.repositories)
+        runtime.extras[SERVICE_KEY] = ReleaseService(
+            UnitOfWork(runtime.pool), make_publisher(settings), runs, RepositoryAllowList(settings.repositories)
         )
         # Commit statuses of created releases, from the GitHub outbox (forge_common.github).
         sender = runtime.extras["github_sender"] = GitHubSender(
@@ -32,7 +33,7 @@ def create_app(settings: Settings) -> Litestar:
         sender = runtime.extras.get("github_sender")
         if isinstance(sender, GitHubSender):
             await sender.stop()
-        svc = runtime.extras.get("releases")
+        svc = runtime.extras.get(SERVICE_KEY)
         if isinstance(svc, ReleaseService):
             await svc.publisher.close()
             await svc.runs.close()

@@ -1,7 +1,10 @@
 """Pure rules of releases: what is valid, how identifiers resolve, how aliases may change.
 
 Nothing here does I/O. Every rule violation is a :class:`ForgeError` carrying the offending
-field in ``details.field`` so a client can point at it.
+field in ``details.field`` so a client can point at it. The changes a release goes through are
+functions returning the new state and, where something is published, the event:
+:func:`create` (numbered, aliased, ``release.created``), :func:`set_alias` and
+:func:`remove_alias` (no event).
 """
 
 from __future__ import annotations
@@ -9,25 +12,43 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 from urllib.parse import urlsplit
 
+import msgspec
+
 from forge_common.errors import Conflict, InvalidRequest, NotFound
+from forge_common.events import ReleaseCreated
 
 __all__ = [
     "MAX_ARTIFACTS",
     "AliasAction",
+    "AliasChange",
+    "AliasRef",
     "AliasRow",
     "Artifact",
     "ArtifactFields",
+    "CreatedRelease",
     "Identifier",
     "NewRelease",
+    "ProjectCounter",
+    "Release",
+    "ReleaseKey",
+    "ReleasePage",
+    "ReleaseSummary",
+    "SearchHit",
+    "SearchPage",
+    "SearchQuery",
     "Trigger",
     "classify_identifier",
+    "create",
     "creation_aliases",
     "decide_alias",
     "decide_alias_removal",
+    "remove_alias",
+    "set_alias",
     "subject_id",
     "validate_alias_name",
     "validate_commit_sha",
@@ -176,8 +197,7 @@ ArtifactFields = tuple[str, str, str, str, str | None, int | None]
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
-@dataclass(frozen=True)
-class Artifact:
+class Artifact(msgspec.Struct, frozen=True):
     name: str
     type: ArtifactType
     tracking_oci_uri: str
@@ -241,8 +261,7 @@ def validate_stable_id(value: str, field_name: str = "trigger.triggered_by_id") 
     return value
 
 
-@dataclass(frozen=True)
-class Trigger:
+class Trigger(msgspec.Struct, frozen=True):
     trigger_type: TriggerType
     triggered_by: str
     branch: str | None = None
@@ -362,8 +381,7 @@ def classify_identifier(raw: str) -> Identifier:
 # --- aliases ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AliasRow:
+class AliasRow(msgspec.Struct, frozen=True):
     alias: str
     alias_type: AliasType
     release_id: str
@@ -428,3 +446,201 @@ def creation_aliases(trigger: Trigger, release_number: int) -> list[tuple[str, A
     if trigger.trigger_type == "branch_push" and trigger.branch and _alias_ok(trigger.branch):
         aliases.append((trigger.branch, "branch"))
     return aliases
+
+
+# --- records read from the store -------------------------------------------------------------
+# msgspec Structs, like Artifact, Trigger and AliasRow above: every GET builds several per
+# release, and a Struct is built several times faster than a frozen dataclass.
+
+
+class AliasRef(msgspec.Struct, frozen=True):
+    alias: str
+    alias_type: AliasType
+
+
+class Release(msgspec.Struct, frozen=True):
+    """A stored release, as Get Release shows it."""
+
+    id: str
+    repository: str
+    project: str
+    commit_sha: str
+    release_number: int
+    pipeline_run_id: str | None
+    oci_uri: str
+    oci_digest: str
+    created_at: dt.datetime
+    created_by: str
+    created_by_id: str | None
+    trigger: Trigger
+    artifacts: tuple[Artifact, ...]
+    aliases: tuple[AliasRef, ...]
+
+
+class ReleaseKey(msgspec.Struct, frozen=True):
+    """What identifies a stored release to a client that asked for another one."""
+
+    id: str
+    release_number: int
+
+
+class ReleaseSummary(msgspec.Struct, frozen=True):
+    id: str
+    commit_sha: str
+    release_number: int
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ReleasePage:
+    """A page of a project's releases, newest first; ``next_cursor`` continues it."""
+
+    releases: tuple[ReleaseSummary, ...]
+    total: int
+    limit: int
+    offset: int
+    next_cursor: str | None
+
+
+class SearchHit(msgspec.Struct, frozen=True):
+    release: ReleaseSummary
+    repository: str
+    project: str
+    created_by: str
+    branch: str | None
+    tag: str | None
+    aliases: tuple[str, ...]
+    matched: tuple[str, ...]  # which of commit, branch, tag, alias, author matched
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """One page of search hits, newest first; ``next_cursor`` continues it."""
+
+    hits: tuple[SearchHit, ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """A validated release search; ``prefix`` is a commit-SHA ``LIKE`` pattern or None, and
+    ``at``/``after`` continue below the previous page's last (created_at, id)."""
+
+    q: str
+    prefix: str | None
+    repository: str | None
+    at: dt.datetime | None
+    after: str | None
+    limit: int
+
+
+@dataclass(frozen=True)
+class ProjectCounter:
+    """The project's next release number and its names as first given (names are
+    case-insensitive; a release uses the first spelling)."""
+
+    number: int
+    repository: str
+    project: str
+
+
+# --- creating a release ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreatedRelease:
+    """A release numbered and aliased, about to be stored (``oci_digest`` once its OCI content
+    is built)."""
+
+    release: NewRelease
+    number: int
+    oci_uri: str
+    aliases: tuple[tuple[str, AliasType], ...]
+    # Branch aliases not given because another kind of alias holds the name.
+    skipped: tuple[AliasRow, ...] = ()
+    oci_digest: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.release.id
+
+
+def create(
+    release: NewRelease,
+    counter: ProjectCounter,
+    existing: ReleaseKey | None,
+    held: Mapping[str, AliasRow],
+    oci_uri: str,
+) -> tuple[CreatedRelease, ReleaseCreated]:
+    """Number the release and decide its aliases (:func:`creation_aliases`); ``existing`` is
+    the release of the same commit, ``held`` who holds the alias names already.
+
+    A second release of a commit is a 409 naming the first; a tag already held is a 409 (tags
+    never move); a branch alias held by an older release moves here; a branch name held by
+    another kind of alias is skipped.
+    """
+    release = replace(release, repository=counter.repository, project=counter.project)
+    if existing is not None:
+        raise Conflict(
+            f"a release of {release.repository}/{release.project} at commit {release.commit_sha} already exists",
+            {"existing_id": existing.id, "release_number": existing.release_number},
+        )
+    aliases: list[tuple[str, AliasType]] = []
+    skipped: list[AliasRow] = []
+    for alias, alias_type in creation_aliases(release.trigger, counter.number):
+        holder = held.get(alias)
+        if holder is None or (alias_type == "branch" and holder.alias_type == "branch"):
+            aliases.append((alias, alias_type))  # a branch's newest release is this one
+        elif alias_type == "tag":
+            raise Conflict(
+                f"tag {alias!r} already names release {holder.release_number} of {release.repository}/{release.project}; "
+                "tags never move",
+                # Not "existing_id": that names the release of the same commit (a duplicate).
+                {
+                    "alias": alias,
+                    "alias_type": "tag",
+                    "release_id": holder.release_id,
+                    "release_number": holder.release_number,
+                },
+            )
+        else:
+            skipped.append(holder)
+    event = ReleaseCreated(
+        release_id=release.id,
+        repository=release.repository,
+        project=release.project,
+        commit_sha=release.commit_sha,
+        release_number=counter.number,
+        trigger_type=release.trigger.trigger_type,
+    )
+    return CreatedRelease(release, counter.number, oci_uri, tuple(aliases), tuple(skipped)), event
+
+
+# --- changing aliases by hand ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    alias: str
+    alias_type: str
+    release_id: str
+    release_number: int
+    action: AliasAction
+    moved_from: str | None = None
+
+
+def set_alias(held: AliasRow | None, target: ReleaseKey, alias: str, alias_type: str) -> AliasChange:
+    """``alias`` of ``alias_type`` on ``target``: created, moved here (a branch alias moving
+    forward) or already there; otherwise a 409 (:func:`decide_alias`)."""
+    validate_alias_name(alias)
+    action = decide_alias(held, target.id, target.release_number, alias_type)
+    moved_from = held.release_id if action == "move" and held is not None else None
+    return AliasChange(alias, alias_type, target.id, target.release_number, action, moved_from)
+
+
+def remove_alias(held: AliasRow | None, target: ReleaseKey, alias: str) -> AliasRow:
+    """The alias to delete: a ``branch`` or ``custom`` alias of ``target`` (404 if it has none
+    of that name, 409 for the permanent numeric and tag aliases)."""
+    decide_alias_removal(held, target.id, alias)
+    assert held is not None
+    return held

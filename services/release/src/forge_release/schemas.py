@@ -1,4 +1,5 @@
-"""The HTTP contract of the release service (request bodies; responses are built in service.py).
+"""The HTTP contract of the release service: request bodies, and the responses, built from the
+domain's records (``X.of(record)``).
 
 Enumerations are plain ``str`` here so that the domain can answer a bad value with the list of
 allowed ones; unknown fields are ignored.
@@ -6,9 +7,17 @@ allowed ones; unknown fields are ignored.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
+
+from forge_common.events import isoformat
+from forge_common.search import ReleaseHit, ReleaseSearchResults
+
+if TYPE_CHECKING:
+    from .domain import AliasChange, Artifact, CreatedRelease, ReleasePage, SearchPage
+    from .domain import Release as ReleaseRecord
+    from .domain import ReleaseSummary as ReleaseSummaryRecord
 
 __all__ = [
     "AliasCreate",
@@ -23,6 +32,7 @@ __all__ = [
     "ReleaseSummary",
     "TriggerIn",
     "TriggerOut",
+    "release_page",
 ]
 
 
@@ -83,7 +93,7 @@ class AliasCreate(msgspec.Struct, kw_only=True):
     alias_type: str
 
 
-# --- responses (documentation of the contract; the service builds the same shapes) ---------
+# --- responses ------------------------------------------------------------------------------
 
 
 class ReleaseCreated(msgspec.Struct, kw_only=True):
@@ -103,6 +113,17 @@ class ReleaseCreated(msgspec.Struct, kw_only=True):
     canonical_id: str
     created_at: str
 
+    @classmethod
+    def of(cls, created: CreatedRelease) -> ReleaseCreated:
+        return cls(
+            id=created.id,
+            release_number=created.number,
+            oci_uri=created.oci_uri,
+            oci_digest=created.oci_digest,
+            canonical_id=created.release.canonical_id,
+            created_at=isoformat(created.release.created_at),
+        )
+
 
 class ArtifactOut(msgspec.Struct, kw_only=True):
     name: str
@@ -111,6 +132,17 @@ class ArtifactOut(msgspec.Struct, kw_only=True):
     primary_published_uri: str
     digest: str | None
     size: int | None
+
+    @classmethod
+    def of(cls, a: Artifact) -> ArtifactOut:
+        return cls(
+            name=a.name,
+            type=a.type,
+            tracking_oci_uri=a.tracking_oci_uri,
+            primary_published_uri=a.primary_published_uri,
+            digest=a.digest,
+            size=a.size,
+        )
 
 
 class AliasOut(msgspec.Struct, kw_only=True):
@@ -169,6 +201,30 @@ class Release(msgspec.Struct, kw_only=True):
     aliases: list[AliasOut]
     trigger: TriggerOut
 
+    @classmethod
+    def of(cls, r: ReleaseRecord) -> Release:
+        """The Get Release shape of the spec (plus ``pipeline_run_id``, ``trigger.tag`` and the
+        stable identities ``created_by_id`` and ``triggered_by_id``, of ``created_by`` and
+        ``trigger.triggered_by``)."""
+        t = r.trigger
+        return cls(
+            id=r.id,
+            repository=r.repository,
+            project=r.project,
+            commit_sha=r.commit_sha,
+            release_number=r.release_number,
+            oci_uri=r.oci_uri,
+            oci_digest=r.oci_digest,
+            created_at=isoformat(r.created_at),
+            created_by=r.created_by,
+            created_by_id=r.created_by_id,
+            triggered_by_id=t.triggered_by_id,
+            pipeline_run_id=r.pipeline_run_id,
+            artifacts=[ArtifactOut.of(a) for a in r.artifacts],
+            aliases=[AliasOut(alias=a.alias, alias_type=a.alias_type) for a in r.aliases],
+            trigger=TriggerOut(trigger_type=t.trigger_type, branch=t.branch, tag=t.tag, triggered_by=t.triggered_by),
+        )
+
 
 class AliasResult(msgspec.Struct, kw_only=True):
     example: ClassVar[dict[str, Any]] = {
@@ -185,12 +241,28 @@ class AliasResult(msgspec.Struct, kw_only=True):
     release_number: int
     moved_from: str | None
 
+    @classmethod
+    def of(cls, change: AliasChange) -> AliasResult:
+        return cls(
+            alias=change.alias,
+            alias_type=change.alias_type,
+            release_id=change.release_id,
+            release_number=change.release_number,
+            moved_from=change.moved_from,
+        )
+
 
 class ReleaseSummary(msgspec.Struct, kw_only=True):
     id: str
     commit_sha: str
     release_number: int
     created_at: str
+
+    @classmethod
+    def of(cls, r: ReleaseSummaryRecord) -> ReleaseSummary:
+        return cls(
+            id=r.id, commit_sha=r.commit_sha, release_number=r.release_number, created_at=isoformat(r.created_at)
+        )
 
 
 class ReleaseList(msgspec.Struct, kw_only=True):
@@ -217,3 +289,38 @@ class ReleaseList(msgspec.Struct, kw_only=True):
     offset: int
     # Pass as ``?cursor=`` for the next page; null on the last one.
     next_cursor: str | None
+
+    @classmethod
+    def of(cls, page: ReleasePage) -> ReleaseList:
+        return cls(
+            releases=[ReleaseSummary.of(r) for r in page.releases],
+            total=page.total,
+            limit=page.limit,
+            offset=page.offset,
+            next_cursor=page.next_cursor,
+        )
+
+
+def release_page(page: SearchPage) -> ReleaseSearchResults:
+    """``GET /v1/releases/search``'s answer: the hits as forge_common.search describes them
+    (the pipeline service's ``GET /v1/search`` merges the same records with its runs)."""
+    return ReleaseSearchResults(
+        results=[
+            ReleaseHit(
+                id=hit.release.id,
+                repository=hit.repository,
+                project=hit.project,
+                commit_sha=hit.release.commit_sha,
+                release_number=hit.release.release_number,
+                created_by=hit.created_by,
+                branch=hit.branch,
+                tag=hit.tag,
+                aliases=list(hit.aliases),
+                created_at=isoformat(hit.release.created_at),
+                matched=list(hit.matched),
+                url=f"/v1/releases/{hit.release.id}",
+            )
+            for hit in page.hits
+        ],
+        next_cursor=page.next_cursor,
+    )

@@ -43,7 +43,6 @@ _ARTIFACT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 ARTIFACT_TYPES = ("container", "binary", "archive")
 # The phase in which artifacts are built; no repository phase may take its name.
 ARTIFACTS_PHASE = "artifacts"
-PUBLISH_SCHEMES = ("oci://", "s3://", "github-release")
 
 
 class ConfigError(Exception):

@@ -53,7 +53,7 @@ from .git import GitCache
 from .release import ReleaseJobRunner
 from .reporter import InfraError
 
-__all__ = ["CancelledRuns", "JobHandler"]
+__all__ = ["AnyReply", "CancelledRuns", "JobHandler", "Runners"]
 
 log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer("forge.worker")
@@ -77,6 +77,38 @@ class CancelledRuns:
 
     def __contains__(self, run_id: str) -> bool:
         return run_id in self._runs
+
+
+class Runners:
+    """What runs a job's payload, whoever delivered it: a JetStream delivery (:class:`JobHandler`)
+    or the single-job command of the Argo executor (``forge_worker.single``)."""
+
+    def __init__(
+        self,
+        git: GitCache,
+        ci: CiJobRunner,
+        releases: ReleaseJobRunner,
+        artifacts: ArtifactJobRunner | None,
+        cancelled: CancelledRuns,
+    ) -> None:
+        self.git = git
+        self.ci = ci
+        self.releases = releases
+        self.artifacts = artifacts
+        self.cancelled = cancelled
+
+    async def run(self, job_type: JobType, payload: Any, ref: JobRef, deliveries: int) -> AnyReply:
+        if ref.run_id in self.cancelled:
+            return JobReply[None](status="cancelled", error="the run was cancelled")
+        if job_type == "ci":
+            return await self.ci.run(msgspec.convert(payload, CiJob), deliveries)
+        if job_type == "discovery":
+            return await run_discovery(self.git, msgspec.convert(payload, DiscoveryJob))
+        if job_type == "release":
+            return await self.releases.run(msgspec.convert(payload, ReleaseJob))
+        if job_type == "artifact" and self.artifacts is not None:
+            return await self.artifacts.run(msgspec.convert(payload, ArtifactJob))
+        return JobReply[None](status="failed", error=f"this worker cannot run {job_type} jobs")
 
 
 class JobHandler:
@@ -163,17 +195,8 @@ class JobHandler:
             self._deliveries.pop(seq, None)
 
     async def _run(self, job_type: JobType, payload: Any, ref: JobRef, deliveries: int) -> AnyReply:
-        if ref.run_id in self.cancelled:
-            return JobReply[None](status="cancelled", error="the run was cancelled")
-        if job_type == "ci":
-            return await self.ci.run(msgspec.convert(payload, CiJob), deliveries)
-        if job_type == "discovery":
-            return await run_discovery(self.git, msgspec.convert(payload, DiscoveryJob))
-        if job_type == "release":
-            return await self.releases.run(msgspec.convert(payload, ReleaseJob))
-        if job_type == "artifact" and self.artifacts is not None:
-            return await self.artifacts.run(msgspec.convert(payload, ArtifactJob))
-        return JobReply[None](status="failed", error=f"this worker cannot run {job_type} jobs")
+        runners = Runners(self.git, self.ci, self.releases, self.artifacts, self.cancelled)
+        return await runners.run(job_type, payload, ref, deliveries)
 
     def _done(self, job_type: JobType, ref: JobRef, reply: AnyReply, deliveries: int, started: float) -> None:
         elapsed = time.perf_counter() - started

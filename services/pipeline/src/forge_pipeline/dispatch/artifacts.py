@@ -59,12 +59,21 @@ async def _build_all(driver: RunDriver, run: DispatchRun, todo: dict[str, Artifa
     deadlines = TaskDeadlines()
     for artifact in todo.values():
         first = dispatched[artifact.task_id]
-        deadlines.add(artifact.id, _timeout(driver, artifact) + REPLY_GRACE, first.dispatched_at, first.now)
+        grace = REPLY_GRACE + driver.queue.deadline_grace("artifact")
+        deadlines.add(artifact.id, _timeout(driver, artifact), first.dispatched_at, first.now, grace=grace)
     attempts = {artifact_id: jobs.new_attempt() for artifact_id in todo}
     replies = {artifact_id: driver.waiter(artifact_id, attempts[artifact_id]) for artifact_id in todo}
-    await asyncio.gather(
-        *(driver.queue.publish("artifact", _job(run, a, attempts[a.id]), f"artifact:{a.id}") for a in todo.values())
+    # On Argo the workflow's deadline leaves the worker's own account of a timeout time to arrive.
+    answering = await asyncio.gather(
+        *(
+            driver.queue.dispatch(
+                "artifact", _job(run, a, attempts[a.id]), f"artifact:{a.id}", _timeout(driver, a) + REPLY_GRACE
+            )
+            for a in todo.values()
+        )
     )
+    for artifact_id, attempt in zip(todo, answering, strict=True):
+        driver.waiter(artifact_id, attempt)
     log.info("dispatcher.artifacts_dispatched", run_id=driver.run_id, artifacts=len(todo))
     outcomes: dict[str, _Outcome] = {}
     pending = dict(replies)
@@ -79,8 +88,7 @@ async def _build_all(driver: RunDriver, run: DispatchRun, todo: dict[str, Artifa
         for artifact_id in deadlines.overdue(list(pending)):
             del pending[artifact_id]
             artifact = todo[artifact_id]
-            subject = jobs.job_subject(driver.runtime.names, "artifact", driver.run_id, artifact_id)
-            await driver.queue.purge_subject(subject)
+            await driver.queue.withdraw("artifact", driver.run_id, artifact_id)
             why = f"timed out after {format_seconds(_timeout(driver, artifact))}"
             outcomes[artifact_id] = _Outcome(status="failed", error=why)
         if not done and pending:
