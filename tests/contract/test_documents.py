@@ -139,6 +139,8 @@ def test_every_error_is_the_envelope_and_every_operation_is_secured(openapi: dic
             assert {"400", "413"} <= set(operation["responses"]), (method, path)
     assert public == {
         ("post", "/v1/webhooks/github"),
+        # RFC 8693 token exchange: the caller presents a CI job's OIDC token, not ours.
+        ("post", "/v1/auth/token"),
         ("get", "/v1/meta"),
         ("get", "/healthz"),
         ("get", "/readyz"),
