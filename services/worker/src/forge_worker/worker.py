@@ -41,6 +41,7 @@ from .handling import CancelledRuns, JobHandler, Runners
 from .publish import Destinations
 from .release import ReleaseJobRunner
 from .reporter import Reporter
+from .republish import PublishJobRunner
 from .sandbox import Limits, Sandbox, sweep_stale
 from .settings import Settings
 from .steps import ProcessTable, StepRunner
@@ -67,7 +68,7 @@ class Worker:
                 *url_credentials(settings.database_url),
             ]
         )
-        self.git = GitCache(cache, settings.git_url_template, redact=self.redact)
+        self.git = GitCache(cache, settings.git_url_template, redact=self.redact, timeout=settings.git_timeout)
         self.table = ProcessTable(cache / "running")
         self.credentials = ClientCredentials(
             settings.oidc_issuer, settings.worker_client_id, settings.worker_client_secret
@@ -122,7 +123,15 @@ class Worker:
         self._loops.append(asyncio.create_task(self._sweep_periodically()))
         self.table.reap_orphans()
         ci = await self._ci()
-        return Runners(self.git, ci, self._release(), self._artifacts(ci), self.cancelled)
+        artifacts = self._artifacts(ci)
+        publisher = PublishJobRunner(
+            artifacts.destinations,
+            Path(settings.git_cache_dir) / "artifact-publish",
+            settings.oci_insecure,
+            settings.oci_username,
+            settings.oci_password,
+        )
+        return Runners(self.git, ci, self._release(), artifacts, self.cancelled, publisher)
 
     async def start(self) -> None:
         """Raises :class:`SandboxUnavailable` (before connecting anywhere) when steps cannot be
@@ -148,6 +157,7 @@ class Worker:
             runners.releases,
             runners.artifacts,
             redact=self.redact,
+            publisher=runners.publisher,
         )
         await nc.subscribe(self.names.subject("pipeline.cancel.*"), cb=self._on_cancel)
         if self.settings.worker_http_port:
@@ -179,6 +189,8 @@ class Worker:
             self.settings.log_flush_interval,
             self.settings.log_max_bytes,
             self.sandbox,
+            upload_retry_for=self.settings.log_upload_retry_for,
+            part_size=self.settings.log_part_bytes,
         )
         defaults = Limits(
             memory=self.settings.step_memory_bytes,

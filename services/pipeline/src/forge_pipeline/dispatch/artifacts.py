@@ -48,7 +48,7 @@ async def run_artifacts(driver: RunDriver, run: DispatchRun, phase: PhasePlan) -
     todo = {a.id: a for a in artifacts if a.status not in FINISHED}
     if todo:
         outcomes = await _build_all(driver, run, todo)
-        await _record(driver, todo, outcomes)
+        await _record(driver, todo, outcomes, run.tag)
     await _finish_tasks(driver, phase)
 
 
@@ -139,8 +139,12 @@ def _job(run: DispatchRun, artifact: ArtifactRow, attempt: str) -> jobs.Artifact
     )
 
 
-async def _record(driver: RunDriver, todo: dict[str, ArtifactRow], outcomes: dict[str, _Outcome]) -> None:
-    """Each artifact's outcome and its step's, in one transaction."""
+async def _record(
+    driver: RunDriver, todo: dict[str, ArtifactRow], outcomes: dict[str, _Outcome], tag: str | None
+) -> None:
+    """Each artifact's outcome and its step's, in one transaction. An artifact built for a tag
+    (its job carried ``tag``) that declares ``github-release`` was attached to that tag's
+    release by the job: recorded as done, so ``publications.py`` does not publish it again."""
     async with driver.pool.connection() as conn, conn.transaction():
         if await store.lock_run(conn, driver.run_id) is None:
             return
@@ -157,6 +161,12 @@ async def _record(driver: RunDriver, todo: dict[str, ArtifactRow], outcomes: dic
                 published_uris=result.published_uris,
                 error=outcome.error,
             )
+            declared = todo[artifact_id].publish
+            if built and tag and "github-release" in declared:
+                # Every destination before it succeeded, so the URIs follow the declared order.
+                index = declared.index("github-release")
+                uri = result.published_uris[index] if index < len(result.published_uris) else None
+                await execution_store.record_build_publication(conn, artifact_id, driver.run_id, tag, uri)
             if states.get(artifact_id) in FINISHED:
                 continue
             status: WorkStatus = "success" if built else "failed"

@@ -1,4 +1,5 @@
-"""The dispatcher: drives each run it leased through discovery, its phase groups and release.
+"""The dispatcher: drives each run it leased through discovery, its phase groups, publications
+for tags pushed after the build, and release.
 
 One asyncio task per driven run. Progress is the database, so a replica that takes a run over
 continues where the previous one stopped (see ``groups.py``).
@@ -31,6 +32,7 @@ from .discovery import discover
 from .driver import RunDriver, RunEnded
 from .groups import run_groups
 from .leases import LeaseKeeper
+from .publications import publish_for_tags
 from .queue import JobQueue
 from .releases import release
 from .settings import DispatcherSettings
@@ -180,4 +182,6 @@ async def _drive_run(driver: RunDriver) -> None:
             if run.discovered_at is None:
                 await discover(driver, run)
             await run_groups(driver, run)
+        # Before the release: a tag's release then lists the GitHub asset among the URIs.
+        await publish_for_tags(driver)
         await release(driver)
