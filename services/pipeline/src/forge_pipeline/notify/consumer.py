@@ -88,9 +88,12 @@ class EventFanOut:
     async def start(self) -> None:
         """Create (or keep) the durable consumer; a NATS refusal here stops the start-up, as it
         should: webhooks would silently not be sent."""
-        await self.js.add_consumer(self.names.events_stream, consumer_config(self.names))
-        sub = await self.js.pull_subscribe_bind(durable=self.names.durable(CONSUMER), stream=self.names.events_stream)
+        sub = await self._bind()
         self._task = asyncio.create_task(self._run(sub), name="pipeline.webhook-fan-out")
+
+    async def _bind(self) -> JetStreamContext.PullSubscription:
+        await self.js.add_consumer(self.names.events_stream, consumer_config(self.names))
+        return await self.js.pull_subscribe_bind(durable=self.names.durable(CONSUMER), stream=self.names.events_stream)
 
     async def stop(self) -> None:
         """Finish the batch under way (its transaction and acks), then stop."""
@@ -107,11 +110,24 @@ class EventFanOut:
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - NATS reconnecting; the client retries
+            except Exception as exc:  # noqa: BLE001 - NATS away, or the consumer lost with its stream
                 log.warning("webhooks.fetch_failed", error=str(exc))
                 await asyncio.sleep(1.0)
+                sub = await self._rebind(sub)
                 continue
             await self._handle(msgs)
+
+    async def _rebind(self, sub: JetStreamContext.PullSubscription) -> JetStreamContext.PullSubscription:
+        """The consumer again (a NATS server that lost its store comes back without it); the old
+        subscription while NATS cannot be asked."""
+        try:
+            fresh = await self._bind()
+        except Exception as exc:  # noqa: BLE001 - retried after the next failed fetch
+            log.warning("webhooks.rebind_failed", error=str(exc))
+            return sub
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        return fresh
 
     async def _handle(self, msgs: list[Msg]) -> None:
         try:
