@@ -25,7 +25,7 @@ import httpx
 import jsonschema
 import pytest
 
-from forge_dev.stack import Process
+from forge_dev.stack import Process, free_port
 from forge_dev.testing import Platform, read_events, wait_for_event
 from forge_gateway.contract import ASYNCAPI_PATH, OPENAPI_PATH
 
@@ -41,10 +41,28 @@ CHECKS = (
 
 
 @pytest.fixture(scope="module")
-def contract_gateway(platform: Platform) -> Iterator[Process]:
+def contract_gateway(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """A gateway of its own in front of the session's services, with a rate limit a fuzzer does
-    not exhaust (the limit itself is tested in tests/gateway)."""
-    proc = platform.start_process("gateway", {"FORGE_RATE_LIMIT": "10000000", "FORGE_USER_MAX_CONCURRENT": "1024"})
+    not exhaust (the limit itself is tested in tests/gateway), and workload identity on, so that
+    ``POST /v1/auth/token`` judges what the fuzzer sends instead of answering 404: its issuer's
+    key set is unreachable (a token naming that issuer gets the documented 503; the exchange
+    itself is tested in tests/integrations)."""
+    issuers = tmp_path_factory.mktemp("contract-issuers") / "trusted-issuers.toml"
+    issuers.write_text(
+        f"""
+[[issuers]]
+issuer = "https://token.actions.githubusercontent.com"
+jwks_url = "http://127.0.0.1:{free_port()}/.well-known/jwks"
+audience = "forge"
+[[issuers.rules]]
+claims = {{ repository = "contract/*" }}
+role = "developer"
+"""
+    )
+    proc = platform.start_process(
+        "gateway",
+        {"FORGE_RATE_LIMIT": "10000000", "FORGE_USER_MAX_CONCURRENT": "1024", "FORGE_TRUSTED_ISSUERS": str(issuers)},
+    )
     yield proc
     proc.stop()
 

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import msgspec
 import psycopg
 import pytest
 
@@ -246,6 +247,33 @@ class Cell:
 
     async def events(self, event_type: str, run_id: str) -> list[dict[str, Any]]:
         return await read_events(self.events_view, event_type, lambda e: e["data"].get("run_id") == run_id)  # type: ignore[arg-type]
+
+    async def wait_completed(self, run_ids: list[str], timeout: float) -> set[str]:
+        """Until ``pipeline.run.completed`` (success or failure) reached the event stream for
+        every run of ``run_ids``; returns the runs that did not complete within ``timeout``."""
+        import nats
+        from nats.js.api import DeliverPolicy
+
+        from forge_common.nats import Names
+
+        names = Names(self.prefix)
+        left = set(run_ids)
+        nc = await nats.connect(self.platform.nats_url)
+        try:
+            sub = await nc.jetstream().subscribe(
+                names.event_subject("pipeline.run.completed"),
+                stream=names.events_stream,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL,
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    while left:
+                        msg = await sub.next_msg(timeout=None)
+                        left.discard(msgspec.json.decode(msg.data)["data"].get("run_id"))
+            return left
+        finally:
+            await nc.close()
 
     async def wait_event(self, event_type: str, run_id: str, timeout: float = 10.0) -> dict[str, Any]:
         return await wait_for_event(

@@ -91,11 +91,26 @@ async def test_successful_run_rolls_up_and_completes_once(
     assert set(p0) == {"id", "name", "group_number", "status", "started_at", "completed_at", "tasks"}
     assert (p0["id"], p0["group_number"], p0["status"], p0["started_at"]) == (test_phase.id, 1, "pending", None)
     t0 = p0["tasks"][0]
-    assert set(t0) == {"id", "project_name", "status", "steps"}
+    # Beyond the spec: tasks and steps carry their times too (null until they start).
+    assert set(t0) == {"id", "project_name", "status", "started_at", "completed_at", "steps"}
     assert (t0["id"], t0["project_name"], t0["status"]) == (api_task.id, "api", "pending")
     assert t0["steps"] == [
-        {"id": unit.id, "name": "unit", "status": "pending", "exit_code": None},
-        {"id": api_task.steps[1].id, "name": "lint", "status": "pending", "exit_code": None},
+        {
+            "id": unit.id,
+            "name": "unit",
+            "status": "pending",
+            "exit_code": None,
+            "started_at": None,
+            "completed_at": None,
+        },
+        {
+            "id": api_task.steps[1].id,
+            "name": "lint",
+            "status": "pending",
+            "exit_code": None,
+            "started_at": None,
+            "completed_at": None,
+        },
     ]
 
     # A step starting starts its task, phase and run.
@@ -125,7 +140,7 @@ async def test_successful_run_rolls_up_and_completes_once(
     assert resp.json()["logs_s3_key"] == log_key
     assert ISO.match(resp.json()["completed_at"])
     step = (await get(client, platform, run_id))["phases"][0]["tasks"][0]["steps"][0]
-    assert set(step) == {"id", "name", "status", "exit_code", "logs_url"}
+    assert set(step) == {"id", "name", "status", "exit_code", "started_at", "completed_at", "logs_url"}
     assert step["status"] == "success"
     assert step["exit_code"] == 0
     async with httpx.AsyncClient() as raw:

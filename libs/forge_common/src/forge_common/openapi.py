@@ -142,9 +142,15 @@ def _example_of(struct: Any) -> Any:
 
 
 def body_operation(
-    struct: type[msgspec.Struct], description: str, example: Any = None, required: bool = True
+    struct: type[msgspec.Struct],
+    description: str,
+    example: Any = None,
+    required: bool = True,
+    media_type: str = "application/json",
 ) -> type[Operation]:
-    """An ``operation_class`` documenting ``struct`` as the JSON request body.
+    """An ``operation_class`` documenting ``struct`` as the request body, JSON unless
+    ``media_type`` says otherwise (``application/x-www-form-urlencoded``: the Struct's fields
+    are the form's fields).
 
     The example (``example`` or the Struct's ``example``) is added by :func:`service_document`:
     Litestar's rendering drops ``null`` values inside examples.
@@ -160,7 +166,7 @@ def body_operation(
     class _WithBody(Operation):
         def __post_init__(self) -> None:
             self.request_body = RequestBody(
-                content={"application/json": OpenAPIMediaType(schema=schema)},
+                content={media_type: OpenAPIMediaType(schema=schema)},
                 description=description,
                 required=required,
             )
@@ -194,10 +200,10 @@ def _add_examples(handler: Any, operation: dict[str, Any]) -> None:
     for answer in operation.get("responses", {}).values():
         for media in answer.get("content", {}).values():
             media.pop("examples", None)
-    body = operation.get("requestBody", {}).get("content", {}).get("application/json")
     sample = getattr(handler.operation_class, "example", None)
-    if body is not None and sample is not None:
-        body["example"] = sample
+    for body in operation.get("requestBody", {}).get("content", {}).values():
+        if sample is not None:
+            body["example"] = sample
     for status, spec in (handler.responses or {}).items():
         sample = _example_of(spec.data_container)
         media = operation.get("responses", {}).get(str(status), {}).get("content", {}).get("application/json")

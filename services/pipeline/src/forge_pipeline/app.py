@@ -11,7 +11,7 @@ from forge_common.runtime import Runtime
 from . import notify, webhooks
 from .api import ROUTES, SERVICE_KEY
 from .cancel import CancelNotifier
-from .dispatch import Dispatcher, DispatcherSettings, apply_log_lifecycle
+from .dispatch import ArgoSettings, Dispatcher, DispatcherSettings, apply_log_lifecycle
 from .live import HUB_KEY, ChangeHub
 from .presign import Presigner
 from .retention import RunRetention
@@ -34,12 +34,15 @@ def create_app(
     settings: Settings,
     dispatcher_settings: DispatcherSettings | None = None,
     job_settings: JobSettings | None = None,
+    argo_settings: ArgoSettings | None = None,
 ) -> Litestar:
-    """Every setting is passed in (``__main__`` reads ``FORGE_*``, ``FORGE_DISPATCHER_*`` and
-    ``FORGE_JOB_*``); nothing here or below reads the environment. Absent dispatcher or job
-    settings are their defaults (the OpenAPI contract builds the app that way)."""
+    """Every setting is passed in (``__main__`` reads ``FORGE_*``, ``FORGE_DISPATCHER_*``,
+    ``FORGE_JOB_*`` and ``FORGE_EXECUTOR`` / ``FORGE_ARGO_*``); nothing here or below reads the
+    environment. Absent dispatcher, job or executor settings are their defaults (the OpenAPI
+    contract builds the app that way: jobs on the NATS workers)."""
     dispatcher_settings = dispatcher_settings or DispatcherSettings()
     job_settings = job_settings or JobSettings()
+    argo_settings = argo_settings or ArgoSettings()
     presigner = Presigner(
         settings.s3_public_url or settings.s3_url or None,
         settings.s3_bucket,
@@ -87,7 +90,7 @@ def create_app(
         await apply_log_lifecycle(runtime)
         if not settings.dispatcher_enabled:
             return
-        dispatcher = Dispatcher(runtime, dispatcher_settings, job_settings)
+        dispatcher = Dispatcher(runtime, dispatcher_settings, job_settings, argo_settings)
         await dispatcher.start()
         runtime.extras[DISPATCHER_KEY] = dispatcher
 

@@ -320,6 +320,10 @@ class StepReport(msgspec.Struct, frozen=True, kw_only=True):
     status: WorkStatus
     exit_code: int | None = None
     logs_s3_key: str | None = None
+    # The worker's clock: when the step really started / ended (the store keeps them within
+    # [the task's first dispatch, the report's arrival]); None: the report's arrival.
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
 
 
 class TaskReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -354,6 +358,8 @@ class StepWrite(msgspec.Struct, frozen=True, kw_only=True):
     status: WorkStatus
     exit_code: int | None
     logs_s3_key: str | None
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
 
 
 class ReportWrites(msgspec.Struct, kw_only=True):
@@ -368,6 +374,10 @@ class ReportWrites(msgspec.Struct, kw_only=True):
     # The task finished: its steps that never ran are skipped, its phase is read to roll up.
     task_finished: bool = False
     skip_pending_steps: bool = False
+    # The worker's times the task's (and its phase's, its run's) start and the task's end are
+    # taken from: the earliest start of a step started by this report, the latest end reported.
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
 
 
 def _refuse_start(snapshot: Snapshot, what: str) -> None:
@@ -400,6 +410,8 @@ def apply_report(snapshot: Snapshot, report: TaskReport) -> ReportWrites:
     steps = dict(snapshot.steps)
     writes: list[StepWrite] = []
     started = False
+    first_start: dt.datetime | None = None
+    last_end: dt.datetime | None = None
     for step in report.steps:
         current = steps.get(step.id)
         if current is None:
@@ -409,16 +421,27 @@ def apply_report(snapshot: Snapshot, report: TaskReport) -> ReportWrites:
         change = _step_change(snapshot, report, step, current)
         writes.append(
             StepWrite(
-                change=change, id=step.id, status=step.status, exit_code=step.exit_code, logs_s3_key=step.logs_s3_key
+                change=change,
+                id=step.id,
+                status=step.status,
+                exit_code=step.exit_code,
+                logs_s3_key=step.logs_s3_key,
+                started_at=step.started_at,
+                completed_at=step.completed_at,
             )
         )
-        started = started or change == "start_and_update" or (change == "update" and step.status == "running")
+        starts = change == "start_and_update" or (change == "update" and step.status == "running")
+        if starts and step.started_at is not None:
+            first_start = min(first_start or step.started_at, step.started_at)
+        if step.completed_at is not None:
+            last_end = max(last_end or step.completed_at, step.completed_at)
+        started = started or starts
         steps[step.id] = step.status
     task_status: WorkStatus = snapshot.task.status
     start_task = started and task_status == "pending"
     if start_task:
         task_status = "running"
-    out = ReportWrites(steps=writes, start_task=start_task)
+    out = ReportWrites(steps=writes, start_task=start_task, started_at=first_start, completed_at=last_end)
     if report.status is not None:
         if report.status == "running":
             _refuse_start(snapshot, f"task {report.task_id}")

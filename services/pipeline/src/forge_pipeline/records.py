@@ -82,6 +82,8 @@ class TaskInPhase(Task, kw_only=True):
     """A task with its phase's status (what a report needs to know to start the phase)."""
 
     phase_status: PhaseStatus
+    # When the task's job was first published: the earliest a worker's reported time may be.
+    dispatched_at: dt.datetime | None = None
 
 
 class Step(msgspec.Struct, kw_only=True):
@@ -176,3 +178,19 @@ class ArtifactRow(msgspec.Struct, kw_only=True):
     tracking_oci_uri: str | None
     published_uris: list[str]
     error: str | None
+
+
+class Publication(msgspec.Struct, kw_only=True):
+    """A publication of a built artifact for a tag (``pipeline.artifact_publications``), as its
+    job needs it: the artifact's identity, digest and tracking reference, and the dispatch
+    attempt id the job carries."""
+
+    id: str
+    artifact_id: str
+    tag: str
+    attempt: str
+    project: str
+    name: str
+    artifact_type: Literal["container", "binary", "archive"]
+    digest: str
+    tracking_oci_uri: str

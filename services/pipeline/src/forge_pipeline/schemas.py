@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -112,6 +112,10 @@ class RunList(msgspec.Struct, kw_only=True):
     next_cursor: str | None = None
 
 
+# A worker's clock reading: an RFC 3339 timestamp with its UTC offset.
+WorkerTime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+
+
 class TaskStatusUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     example: ClassVar[dict[str, Any]] = {"status": "failed", "error": "step test exited with 1"}
 
@@ -129,6 +133,10 @@ class StepStatusUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     status: ReportedStatus
     exit_code: int | None = None
     logs_s3_key: str | None = None
+    # When the step really started and ended on the worker (RFC 3339 with offset); kept within
+    # [the task's first dispatch, the report's arrival]. Absent: the report's arrival.
+    started_at: WorkerTime | None = None
+    completed_at: WorkerTime | None = None
 
 
 class StepReportBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -136,13 +144,23 @@ class StepReportBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     status: ReportedStatus
     exit_code: int | None = None
     logs_s3_key: str | None = None
+    started_at: WorkerTime | None = None
+    completed_at: WorkerTime | None = None
 
 
 class TaskReportBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``PUT /v1/tasks/{id}/report``: steps' statuses in order, then the task's, one transaction."""
 
     example: ClassVar[dict[str, Any]] = {
-        "steps": [{"id": "6f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b", "status": "success", "exit_code": 0}],
+        "steps": [
+            {
+                "id": "6f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b",
+                "status": "success",
+                "exit_code": 0,
+                "started_at": "2025-10-05T12:00:06.120Z",
+                "completed_at": "2025-10-05T12:00:07.325Z",
+            }
+        ],
         "status": "success",
     }
 
@@ -234,6 +252,9 @@ class StepView(msgspec.Struct, kw_only=True):
     name: str
     status: str
     exit_code: int | None
+    # Beyond the spec: when the step's process started and ended on its worker (null before).
+    started_at: str | None = None
+    completed_at: str | None = None
     # Present only once the step has a log: a presigned S3 GET URL.
     logs_url: str | msgspec.UnsetType = msgspec.UNSET
 
@@ -242,6 +263,9 @@ class TaskView(msgspec.Struct, kw_only=True):
     id: str
     project_name: str
     status: str
+    # Beyond the spec: from its first step's start to its last step's end, on its worker.
+    started_at: str | None = None
+    completed_at: str | None = None
     steps: list[StepView]
 
 
@@ -287,19 +311,23 @@ class RunDetail(msgspec.Struct, kw_only=True):
                 "name": "test",
                 "group_number": 1,
                 "status": "success",
-                "started_at": "2025-10-05T12:00:05Z",
-                "completed_at": "2025-10-05T12:01:55Z",
+                "started_at": "2025-10-05T12:00:05.204Z",
+                "completed_at": "2025-10-05T12:01:54.873Z",
                 "tasks": [
                     {
                         "id": "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e",
                         "project_name": "api",
                         "status": "success",
+                        "started_at": "2025-10-05T12:00:05.204Z",
+                        "completed_at": "2025-10-05T12:01:54.873Z",
                         "steps": [
                             {
                                 "id": "6f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b",
                                 "name": "unit",
                                 "status": "success",
                                 "exit_code": 0,
+                                "started_at": "2025-10-05T12:00:05.204Z",
+                                "completed_at": "2025-10-05T12:01:54.873Z",
                                 "logs_url": "https://s3.example.com/forge/pipeline-runs/0b9c7f5e-3d2a-4c1b-9e8f-6a5b4c3d2e1f/logs/test/api/unit.log",
                             }
                         ],

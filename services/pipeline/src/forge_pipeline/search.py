@@ -3,7 +3,7 @@ error text.
 
 Logs are indexed when a step's log is final: the worker uploads the whole log to S3, then
 reports the step finished; the report's route (api.py) calls :func:`index_step_logs` after the
-report's commit. The first ``FORGE_SEARCH_LOG_INDEX_BYTES`` of the log (1 MiB by default) are
+report's commit (steps reported without a ``logs_s3_key`` have no log and are skipped). The first ``FORGE_SEARCH_LOG_INDEX_BYTES`` of the log (1 MiB by default) are
 split into lines and copied into ``pipeline.log_lines``, one row per line with a generated
 ``tsvector`` behind a GIN index; a re-report replaces the step's lines. Lines longer than
 ``LINE_CHARACTERS`` are cut. Full text with the ``simple`` configuration: words as written, no

@@ -35,7 +35,7 @@ from forge_common import batch
 from forge_common.auth import Principal, require_repository
 from forge_common.batch import BatchResult
 from forge_common.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
-from forge_common.events import PipelineRunCreated, isoformat
+from forge_common.events import PipelineRunCreated, isoformat, isoformat_or_none
 from forge_common.jobs import PlannedArtifact
 from forge_common.repositories import RepositoryAllowList
 
@@ -474,8 +474,15 @@ async def run_tree_json(
 
     # Plain tuples in, Structs out: this loop runs 1,000 times for the largest trees.
     steps_by_task: dict[str, list[tuple[int, StepView]]] = {}
-    for task_id, position, sid, name, status, exit_code, logs_key in step_rows:
-        step = StepView(id=sid, name=name, status=status, exit_code=exit_code)
+    for task_id, position, sid, name, status, exit_code, logs_key, started, completed in step_rows:
+        step = StepView(
+            id=sid,
+            name=name,
+            status=status,
+            exit_code=exit_code,
+            started_at=isoformat_or_none(started),
+            completed_at=isoformat_or_none(completed),
+        )
         if logs_key and signer is not None:
             step.logs_url = signer.url(logs_key)
         bucket = steps_by_task.get(task_id)
@@ -485,9 +492,16 @@ async def run_tree_json(
             bucket.append((position, step))
 
     tasks_by_phase: dict[str, list[TaskView]] = {}
-    for tid, phase_id, project, status in task_rows:
+    for tid, phase_id, project, status, started, completed in task_rows:
         ordered = sorted(steps_by_task.get(tid, ()), key=_first)
-        task = TaskView(id=tid, project_name=project, status=status, steps=[s for _, s in ordered])
+        task = TaskView(
+            id=tid,
+            project_name=project,
+            status=status,
+            started_at=isoformat_or_none(started),
+            completed_at=isoformat_or_none(completed),
+            steps=[s for _, s in ordered],
+        )
         tasks_by_phase.setdefault(phase_id, []).append(task)
 
     encoded = _encoder.encode(_run_detail(run, phase_rows, tasks_by_phase, artifact_rows))
@@ -628,12 +642,13 @@ class PipelineService:
             task = await mark_task(conn, task_id, status, error, internal=False)
         return TaskStatusView.of(task)
 
-    async def step_status(
-        self, step_id: str, status: WorkStatus, exit_code: int | None, logs_s3_key: str | None
-    ) -> StepStatusView:
+    async def step_status(self, report: StepReport) -> StepStatusView:
         async with self.uow.begin() as conn:
-            step = await mark_step(conn, step_id, status, exit_code, logs_s3_key, internal=False)
-        return StepStatusView.of(step)
+            task_id = await store.task_of_step(conn, report.id)
+            if task_id is None:
+                raise NotFound(f"step {report.id} not found", {"id": report.id})
+            _, steps = await report_task(conn, TaskReport(task_id=task_id, steps=(report,), internal=False))
+        return StepStatusView.of(steps[0])
 
     async def report(self, report: TaskReport) -> TaskReportResult:
         async with self.uow.begin() as conn:

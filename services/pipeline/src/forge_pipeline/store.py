@@ -300,6 +300,39 @@ async def set_run_tag(conn: Conn, run_id: str, tag: str) -> None:
     )
 
 
+async def plan_tag_publications(conn: Conn, run_id: str, retry_tag: str | None = None) -> int:
+    """For a successful run: one ``pending`` publication per built artifact that declares
+    ``github-release`` and per tag pushed onto the run's commit (``pipeline.tag_pushes``) that it
+    was not published to yet; the number added. Idempotent (a redelivered tag push adds none);
+    a run not (yet) successful gets none: the dispatcher plans again when it succeeds.
+
+    ``retry_tag``: a new push of that tag, whose failed publications are tried again (the
+    successful ones never are)."""
+    if retry_tag is not None:
+        await conn.execute(
+            """UPDATE pipeline.artifact_publications SET status = 'pending', error = NULL, completed_at = NULL
+               WHERE run_id = %s AND tag = %s AND status = 'failed'""",
+            (run_id, retry_tag),
+        )
+    cur = await conn.execute(
+        """
+        INSERT INTO pipeline.artifact_publications (id, run_id, artifact_id, tag)
+        SELECT gen_random_uuid(), a.run_id, a.id, t.tag
+        FROM pipeline.artifacts a
+        JOIN pipeline.runs r ON r.id = a.run_id AND r.status = 'success'
+        JOIN pipeline.steps s ON s.id = a.id AND s.status = 'success'
+        JOIN pipeline.tag_pushes t ON t.run_id = a.run_id
+        WHERE a.run_id = %s AND a.publish ? 'github-release' AND a.digest IS NOT NULL
+          AND a.tracking_oci_uri IS NOT NULL
+        ORDER BY a.project, a.name, t.created_at
+        ON CONFLICT (artifact_id, destination, tag) DO NOTHING
+        RETURNING id
+        """,
+        (run_id,),
+    )
+    return len(await cur.fetchall())
+
+
 async def close_open_work(conn: Conn, run_id: str) -> None:
     """Pending phases/tasks/steps become ``skipped``; running ones stop (``cancelled`` tasks and
     steps, ``skipped`` phases, since a phase has no cancelled state)."""
@@ -411,12 +444,13 @@ SELECT p.id::text, p.name, p.group_number, p.status::text, p.started_at, p.compl
 FROM pipeline.phases p WHERE p.run_id = %s ORDER BY p.group_number, p.name
 """
 _TREE_TASKS = """
-SELECT t.id::text, t.phase_id::text, t.project_name, t.status::text
+SELECT t.id::text, t.phase_id::text, t.project_name, t.status::text, t.started_at, t.completed_at
 FROM pipeline.tasks t WHERE t.run_id = %s ORDER BY t.project_name
 """
 # Unordered: sorting 1,000 rows by (task, position) costs Postgres more than Python.
 _TREE_STEPS = """
-SELECT s.task_id::text, s.position, s.id::text, s.name, s.status::text, s.exit_code, s.logs_s3_key
+SELECT s.task_id::text, s.position, s.id::text, s.name, s.status::text, s.exit_code, s.logs_s3_key,
+       s.started_at, s.completed_at
 FROM pipeline.steps s WHERE s.run_id = %s
 """
 
@@ -432,8 +466,8 @@ WHERE a.run_id = %s ORDER BY a.project, a.name
 
 # The tree's rows stay plain tuples (no per-row object) for the thousand-step case.
 PhaseTuple = tuple[str, str, int, str, dt.datetime | None, dt.datetime | None]
-TaskTuple = tuple[str, str, str, str]
-StepTuple = tuple[str, int, str, str, str, int | None, str | None]
+TaskTuple = tuple[str, str, str, str, dt.datetime | None, dt.datetime | None]
+StepTuple = tuple[str, int, str, str, str, int | None, str | None, dt.datetime | None, dt.datetime | None]
 ArtifactTuple = tuple[str, str, str, str, str | None, int | None, str | None, list[str], str | None]
 
 
@@ -660,14 +694,19 @@ async def task_of_step(conn: Conn, step_id: str) -> str | None:
 
 
 async def finish_phase(conn: Conn, phase_id: str, status: str) -> tuple[str, float]:
-    """Finish a phase; returns its name and how long it ran (seconds)."""
+    """Finish a phase; returns its name and how long it ran (seconds). A phase runs from its
+    earliest task start to its latest task end (the workers' times, see ``_SQL_UPDATE_STEP``);
+    a phase without a task that ran starts and ends now."""
     cur = conn.cursor(row_factory=tuple_row)
     await cur.execute(
-        """UPDATE pipeline.phases SET status = %s::pipeline.phase_status,
-               started_at = coalesce(started_at, now()), completed_at = now()
-           WHERE id = %s
-           RETURNING name, extract(epoch FROM completed_at - started_at)::float8""",
-        (status, phase_id),
+        """UPDATE pipeline.phases AS p SET status = %(status)s::pipeline.phase_status,
+               started_at = coalesce(least(p.started_at, w.first), now()),
+               completed_at = greatest(coalesce(least(p.started_at, w.first), now()), coalesce(w.last, now()))
+           FROM (SELECT min(started_at) AS first, max(completed_at) AS last
+                 FROM pipeline.tasks WHERE phase_id = %(id)s) AS w
+           WHERE p.id = %(id)s
+           RETURNING p.name, extract(epoch FROM p.completed_at - p.started_at)::float8""",
+        {"status": status, "id": phase_id},
     )
     row = await cur.fetchone()
     return (str(row[0]), float(row[1])) if row is not None else ("", 0.0)
@@ -689,19 +728,28 @@ UPDATE pipeline.runs AS r SET tree_version = r.tree_version + 1
 FROM pipeline.tasks t WHERE t.id = %s AND r.id = t.run_id RETURNING {_RUN_COLUMNS}
 """
 _SQL_TASK_IN_PHASE = f"""
-SELECT {_TASK_COLUMNS}, p.status::text AS phase_status
+SELECT {_TASK_COLUMNS}, p.status::text AS phase_status, t.dispatched_at
 FROM pipeline.tasks t JOIN pipeline.phases p ON p.id = t.phase_id WHERE t.id = %s
 """
 _SQL_STEPS_OF_TASK = "SELECT s.id::text, s.status::text FROM pipeline.steps s WHERE s.task_id = %s"
 
-# ``started``: a step going from pending straight to its outcome also gets its start time.
+# Times reported by a worker are its clock's, trusted within a bound: never before the task's
+# first dispatch (``floor``), never after the report arrived (``now()``, the transaction's
+# start); a time not reported is the report's arrival. ``{ts}`` names the parameter.
+_WORKER_TIME = "least(now(), greatest(%(floor)s::timestamptz, coalesce(%({ts})s::timestamptz, now())))"
+_STARTED = _WORKER_TIME.format(ts="started_at")
+_COMPLETED = _WORKER_TIME.format(ts="completed_at")
+
+# ``started``: a step going from pending straight to its outcome also gets its start time. Its
+# end is never before its start.
 _SQL_UPDATE_STEP = f"""
 UPDATE pipeline.steps AS s SET status = %(status)s::pipeline.step_status,
     exit_code = coalesce(%(exit_code)s, s.exit_code),
     logs_s3_key = coalesce(%(logs)s, s.logs_s3_key),
-    started_at = CASE WHEN %(status)s = 'running' OR %(started)s THEN coalesce(s.started_at, now())
+    started_at = CASE WHEN %(status)s = 'running' OR %(started)s THEN coalesce(s.started_at, {_STARTED})
                       ELSE s.started_at END,
-    completed_at = CASE WHEN %(status)s IN ('success', 'failed', 'cancelled') THEN now() ELSE s.completed_at END
+    completed_at = CASE WHEN %(status)s IN ('success', 'failed', 'cancelled')
+                        THEN greatest({_COMPLETED}, coalesce(s.started_at, {_STARTED})) ELSE s.completed_at END
 WHERE s.id = %(id)s
 RETURNING {_STEP_COLUMNS}
 """
@@ -711,19 +759,22 @@ UPDATE pipeline.steps AS s SET exit_code = coalesce(%(exit_code)s, s.exit_code),
 WHERE s.id = %(id)s RETURNING {_STEP_COLUMNS}
 """
 _SQL_GET_STEP = f"SELECT {_STEP_COLUMNS} FROM pipeline.steps s WHERE s.id = %(id)s"
-_SQL_START_TASK = """
-UPDATE pipeline.tasks SET status = 'running', started_at = coalesce(started_at, now())
-WHERE id = %s AND status = 'pending'
+# A task runs from its first step's start to its last step's end (the checkout before its
+# first step is not counted); a phase's start is corrected to its earliest task's when it ends.
+_SQL_START_TASK = f"""
+UPDATE pipeline.tasks SET status = 'running', started_at = coalesce(started_at, {_STARTED})
+WHERE id = %(id)s AND status = 'pending'
 """
-_SQL_START_PHASE = """
-UPDATE pipeline.phases SET status = 'running', started_at = coalesce(started_at, now())
-WHERE id = %s AND status = 'pending'
+_SQL_START_PHASE = f"""
+UPDATE pipeline.phases SET status = 'running', started_at = coalesce(started_at, {_STARTED})
+WHERE id = %(phase_id)s AND status = 'pending'
 """
 _SQL_UPDATE_TASK = f"""
 UPDATE pipeline.tasks AS t SET status = %(status)s::pipeline.task_status,
     error = coalesce(%(error)s, t.error),
-    started_at = CASE WHEN %(status)s = 'running' THEN coalesce(t.started_at, now()) ELSE t.started_at END,
-    completed_at = CASE WHEN %(status)s IN ('success', 'failed', 'cancelled') THEN now() ELSE t.completed_at END
+    started_at = CASE WHEN %(status)s = 'running' THEN coalesce(t.started_at, {_STARTED}) ELSE t.started_at END,
+    completed_at = CASE WHEN %(status)s IN ('success', 'failed', 'cancelled')
+                        THEN greatest({_COMPLETED}, coalesce(t.started_at, {_STARTED})) ELSE t.completed_at END
 WHERE t.id = %(id)s
 RETURNING {_TASK_COLUMNS}
 """
@@ -759,19 +810,20 @@ async def write_report(
     report had a task status), the reported steps in order, and the task's phase when the task
     finished (read after the writes, for the roll-up)."""
     task_id = snapshot.task.id
+    floor = snapshot.task.dispatched_at
+    times = {"floor": floor, "started_at": writes.started_at, "completed_at": writes.completed_at}
     async with conn.pipeline():
-        step_curs = [await _send_step_write(conn, write) for write in writes.steps]
+        step_curs = [await _send_step_write(conn, write, floor) for write in writes.steps]
         if writes.start_task:
-            await conn.execute(_SQL_START_TASK, (task_id,))
+            await conn.execute(_SQL_START_TASK, {"id": task_id, **times})
         if writes.start_phase:
-            await conn.execute(_SQL_START_PHASE, (snapshot.task.phase_id,))
+            await conn.execute(_SQL_START_PHASE, {"phase_id": snapshot.task.phase_id, **times})
         if writes.start_run:
             await set_run_running(conn, snapshot.run.id)
         task_cur = None
         if writes.task == "update":
-            task_cur = await _send(
-                conn, Task, _SQL_UPDATE_TASK, {"id": task_id, "status": writes.task_status, "error": error}
-            )
+            params = {"id": task_id, "status": writes.task_status, "error": error, **times}
+            task_cur = await _send(conn, Task, _SQL_UPDATE_TASK, params)
         elif writes.task == "read":
             task_cur = await _send(conn, Task, _SQL_GET_TASK, {"id": task_id})
         phase_cur = None
@@ -785,13 +837,14 @@ async def write_report(
     return task, steps, phase
 
 
-async def _send_step_write(conn: Conn, write: StepWrite) -> psycopg.AsyncCursor[Step]:
+async def _send_step_write(conn: Conn, write: StepWrite, floor: dt.datetime | None) -> psycopg.AsyncCursor[Step]:
     params = {"id": write.id, "status": write.status, "exit_code": write.exit_code, "logs": write.logs_s3_key}
     if write.change == "read":
         return await _send(conn, Step, _SQL_GET_STEP, params)
     if write.change == "details":
         return await _send(conn, Step, _SQL_STEP_DETAILS, params)
-    return await _send(conn, Step, _SQL_UPDATE_STEP, params | {"started": write.change == "start_and_update"})
+    times = {"floor": floor, "started_at": write.started_at, "completed_at": write.completed_at}
+    return await _send(conn, Step, _SQL_UPDATE_STEP, params | times | {"started": write.change == "start_and_update"})
 
 
 async def _fetch_one(cur: psycopg.AsyncCursor[R]) -> R:

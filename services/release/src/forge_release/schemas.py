@@ -14,10 +14,9 @@ import msgspec
 from forge_common.events import isoformat
 
 if TYPE_CHECKING:
-    from .domain import AliasChange, Artifact, CreatedRelease, ReleasePage, SearchHit
+    from .domain import AliasChange, Artifact, CreatedRelease, ReleasePage, SearchHit, SearchPage
     from .domain import Release as ReleaseRecord
     from .domain import ReleaseSummary as ReleaseSummaryRecord
-    from .service import SearchPage
 
 __all__ = [
     "AliasCreate",

@@ -44,7 +44,7 @@ from .domain import (
     Release,
     ReleaseKey,
     ReleasePage,
-    SearchHit,
+    SearchPage,
     SearchQuery,
 )
 from .github import release_status
@@ -52,7 +52,7 @@ from .oci import Publisher, build_artifact
 from .runs import RunChecker, SkipRunCheck
 from .store import PgReleases, UnitOfWork
 
-__all__ = ["CreateRelease", "ReleaseService", "SearchPage"]
+__all__ = ["CreateRelease", "ReleaseService"]
 
 log = structlog.get_logger(__name__)
 
@@ -83,12 +83,6 @@ class CreateRelease:
     on_behalf_of: str | None = None  # trigger.triggered_by as sent
     subject: str = ""  # the caller's token subject: created_by's stable identity
     on_behalf_of_id: str | None = None  # trigger.triggered_by_id as sent (with on_behalf_of)
-
-
-@dataclass(frozen=True)
-class SearchPage:
-    hits: list[SearchHit]
-    next_cursor: str | None
 
 
 class _ProjectLocks:
@@ -306,7 +300,7 @@ class ReleaseService:
         if len(hits) > size:
             last = hits[size - 1].release
             next_cursor = cursor.encode(scope, [last.created_at.isoformat(), last.id])
-        return SearchPage(hits[:size], next_cursor)
+        return SearchPage(tuple(hits[:size]), next_cursor)
 
     # --- aliases -------------------------------------------------------------------------------
 

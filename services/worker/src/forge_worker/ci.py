@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -85,7 +86,7 @@ class CiJobRunner:
         try:
             return await self._run_steps(job, done, workspace, cwd, self._env(job))
         finally:
-            await asyncio.to_thread(workspace.remove)
+            await workspace.release()
 
     async def _resume(self, job: CiJob) -> dict[str, StepState] | CiReply:
         """A redelivery: a previous attempt may have finished some steps (or the whole task)."""
@@ -170,7 +171,10 @@ class CiJobRunner:
             return await self._cannot_run(job, step, key)
         cancel = asyncio.Event()
         t0 = time.perf_counter()
-        running = asyncio.create_task(self.reporter.running_after(step.id, self.running_report_delay, cancel))
+        started_at = dt.datetime.now(dt.UTC)
+        running = asyncio.create_task(
+            self.reporter.running_after(step.id, self.running_report_delay, cancel, started_at)
+        )
         limits = self.limits(step)
         outcome = await self.runner.run(
             run_id=job.run_id,
@@ -193,7 +197,7 @@ class CiJobRunner:
         logs = key if outcome.has_log else None
         if outcome.cancelled:
             with contextlib.suppress(Exception):
-                await self.reporter.step(step.id, "failed", outcome.exit_code, logs)
+                await self.reporter.step(step.id, "failed", outcome.exit_code, logs, started_at, outcome.ended_at)
             raise _Cancelled
         result = StepResult(
             id=step.id,
@@ -206,7 +210,14 @@ class CiJobRunner:
             result.error = _limit_error(step.name, outcome.limit, limits)
         elif outcome.exit_code != 0:
             result.error = f"step {step.name} failed with exit code {outcome.exit_code}"
-        report = StepReport(id=step.id, status=result.status, exit_code=outcome.exit_code, logs_s3_key=logs)
+        report = StepReport(
+            id=step.id,
+            status=result.status,
+            exit_code=outcome.exit_code,
+            logs_s3_key=logs,
+            started_at=started_at,
+            completed_at=outcome.ended_at,
+        )
         task_status = "failed" if result.status == "failed" else ("success" if last else None)
         reported = await self.reporter.outcome(job.task_id, report, task_status, result.error)
         log.debug(

@@ -4,6 +4,7 @@ service-account token, and the run's state a redelivered job resumes from."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any, Literal
 
 import msgspec
@@ -36,12 +37,15 @@ FINAL_TASK_STATUSES = ("success", "failed", "skipped", "cancelled")
 
 
 class StepReport(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One step's entry in ``PUT /v1/tasks/{id}/report``."""
+    """One step's entry in ``PUT /v1/tasks/{id}/report``; the times are this worker's clock
+    (the service keeps them within [the task's first dispatch, the report's arrival])."""
 
     id: str
     status: ReportedStatus
     exit_code: int | None = None
     logs_s3_key: str | None = None
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
 
 
 class _TaskStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -53,6 +57,8 @@ class _StepStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: str
     exit_code: int | None = None
     logs_s3_key: str | None = None
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
 
 
 class _TaskReport(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -151,9 +157,21 @@ class Reporter:
         await self._status("tasks", task_id, _TaskStatus(status=status, error=text))
 
     async def step(
-        self, step_id: str, status: str, exit_code: int | None = None, logs_s3_key: str | None = None
+        self,
+        step_id: str,
+        status: str,
+        exit_code: int | None = None,
+        logs_s3_key: str | None = None,
+        started_at: dt.datetime | None = None,
+        completed_at: dt.datetime | None = None,
     ) -> None:
-        body = _StepStatus(status=status, exit_code=exit_code, logs_s3_key=logs_s3_key or None)
+        body = _StepStatus(
+            status=status,
+            exit_code=exit_code,
+            logs_s3_key=logs_s3_key or None,
+            started_at=started_at,
+            completed_at=completed_at,
+        )
         await self._status("steps", step_id, body)
 
     async def report(
@@ -182,14 +200,17 @@ class Reporter:
         except Conflict as exc:
             log.info("worker.task_final_conflict", task_id=task_id, current=exc.current)
 
-    async def running_after(self, step_id: str, delay: float, cancel: asyncio.Event) -> bool:
-        """Report the step ``running`` once it has run for ``delay`` (quick steps skip this call:
-        their final report carries both transitions). False when the service refuses (the run
-        was cancelled or the step already finished elsewhere): ``cancel`` stops the step."""
+    async def running_after(
+        self, step_id: str, delay: float, cancel: asyncio.Event, started_at: dt.datetime | None = None
+    ) -> bool:
+        """Report the step ``running`` (since ``started_at``) once it has run for ``delay``
+        (quick steps skip this call: their final report carries both transitions). False when
+        the service refuses (the run was cancelled or the step already finished elsewhere):
+        ``cancel`` stops the step."""
         if delay > 0:
             await asyncio.sleep(delay)
         try:
-            await self.step(step_id, "running")
+            await self.step(step_id, "running", started_at=started_at)
         except Conflict:
             cancel.set()
             return False

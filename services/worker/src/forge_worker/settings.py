@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from forge_common.jobs import JOB_TYPES
 from forge_common.settings import CommonSettings, parse_size
 
 
@@ -31,7 +32,7 @@ class Settings(CommonSettings, kw_only=True):
     worker_client_id: str = "forge-worker"
     worker_client_secret: str = "forge-worker-secret"  # noqa: S105 - the dev issuer's client
     # Which job types this worker pulls, and how many jobs of each it runs at once.
-    worker_types: str = "discovery,ci,artifact,release"
+    worker_types: str = "discovery,ci,artifact,release,publish"
     worker_concurrency: int = 8
     # A running step's log is uploaded this often while it runs; the final upload is complete.
     log_flush_interval: float = 2.0
@@ -59,6 +60,14 @@ class Settings(CommonSettings, kw_only=True):
     step_user: str = "nobody"
     # Where each job's copy of the checkout lives (default: <temp dir>/forge-steps-<uid>).
     step_work_dir: str = ""
+    # How a job's writable checkout is made: auto (an overlay over the shared checkout when the
+    # worker runs as root and the kernel mounts one, else a copy), overlay, or copy.
+    step_workspace: str = "auto"
+    # task: the steps of a task share one sandbox, set up once (bubblewrap; what a step leaves
+    # running is killed when it ends); step: every step gets a new sandbox.
+    step_sandbox_scope: str = "task"
+    # How often the worker removes job directories no live worker holds (also at start).
+    step_sweep_interval: float = 600.0
     # Extra directories a step sees read-only (colon-separated), e.g. /opt:/nix.
     step_readonly_paths: str = ""
     # Directories steps share read-write (colon-separated), e.g. a dependency cache. Every step
@@ -100,11 +109,17 @@ class Settings(CommonSettings, kw_only=True):
             problems.append("FORGE_GIT_URL_TEMPLATE must contain {repository}")
         if not self.callback_url:
             problems.append("FORGE_STATUS_URL, FORGE_PIPELINE_URL or FORGE_GATEWAY_URL is required")
-        bad = [t for t in self.job_types() if t not in ("discovery", "ci", "artifact", "release")]
+        bad = [t for t in self.job_types() if t not in JOB_TYPES]
         if bad or not self.job_types():
-            problems.append("FORGE_WORKER_TYPES must list discovery, ci, artifact and/or release")
+            problems.append("FORGE_WORKER_TYPES must list discovery, ci, artifact, release and/or publish")
         if self.release_retry_for <= 0:
             problems.append("FORGE_RELEASE_RETRY_FOR must be a positive duration such as 10m")
+        if self.step_workspace not in ("auto", "overlay", "copy"):
+            problems.append('FORGE_STEP_WORKSPACE must be "auto", "overlay" or "copy"')
+        if self.step_sandbox_scope not in ("task", "step"):
+            problems.append('FORGE_STEP_SANDBOX_SCOPE must be "task" or "step"')
+        if self.step_sweep_interval <= 0:
+            problems.append("FORGE_STEP_SWEEP_INTERVAL must be a positive duration")
         if self.step_sandbox not in ("auto", "bwrap", "unshare", "none"):
             problems.append('FORGE_STEP_SANDBOX must be "auto", "bwrap", "unshare" or "none"')
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import shutil
 import signal
@@ -41,6 +42,8 @@ class StepOutcome(msgspec.Struct, kw_only=True):
     # "timeout", "memory" or "processes": the limit that ended the step
     limit: str | None = None
     duration: float = 0.0
+    # The wall-clock time the step's process ended (before its log's final upload).
+    ended_at: dt.datetime | None = None
     log_bytes: int = 0
     upload_ms: float = 0.0
     has_log: bool = True
@@ -270,6 +273,7 @@ class StepRunner:
         finally:
             flusher.cancel()
             STEPS_RUNNING.dec()
+        ended_at = dt.datetime.now(dt.UTC)
         uploaded = time.monotonic()
         # A step that printed nothing has no log object (and so no logs_url): one S3 write
         # (client and server CPU) less per silent step.
@@ -285,4 +289,5 @@ class StepRunner:
             log_bytes=len(buf),
             upload_ms=(time.monotonic() - uploaded) * 1000,
             has_log=has_log,
+            ended_at=ended_at,
         )

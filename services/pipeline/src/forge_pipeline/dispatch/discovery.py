@@ -30,7 +30,7 @@ async def discover(driver: RunDriver, run: DispatchRun) -> None:
         await store.set_run_running(conn, run_id)
     raw = await _ask(driver, run, timeout)
     if raw is None:
-        await driver.queue.purge_subject(jobs.job_subject(driver.runtime.names, "discovery", run_id))
+        await driver.queue.drop(run_id)
         await driver.fail(f"discovery timed out after {format_seconds(timeout)}", "discovery")
         raise RunEnded from None
     try:

@@ -78,6 +78,7 @@ class RunDriver:
                 await self._inbox.unsubscribe()
         for waiter in self.waiters.values():
             waiter.cancel()
+        self.queue.forget(self.run_id)
 
     async def _on_reply(self, msg: Msg) -> None:
         """Accept a reply only for a job this driver waits for, naming that job and its
@@ -104,6 +105,7 @@ class RunDriver:
                 _reject("mismatch", self.run_id, job_id)
                 return
             if not waiter.done():
+                self.queue.answered(self.run_id, job_id)
                 waiter.set_result(msgspec.json.encode(value) if stored else msg.data)
 
     def waiter(self, job_id: str, attempt: str) -> asyncio.Future[bytes]:
