@@ -54,6 +54,9 @@ class Settings(CommonSettings, kw_only=True):
     # Attempts in flight per process, and how often due deliveries are looked for without a wake-up.
     webhook_concurrency: int = 16
     webhook_poll_interval: float = 1.0
+    # Succeeded and failed deliveries are deleted this long after their event. At least the
+    # event stream's 7 days: a consumer replaying the stream then finds every row it made.
+    webhook_delivery_retention: float = 30 * 24 * 3600.0
     # False: this process serves the subscription API but neither fans events out nor sends.
     webhook_delivery_enabled: bool = True
 
@@ -91,6 +94,8 @@ class Settings(CommonSettings, kw_only=True):
             problems.append("FORGE_WEBHOOK_RETRY_FOR and FORGE_WEBHOOK_DISABLE_AFTER must be positive durations")
         if not (1 <= self.webhook_concurrency <= 1000):
             problems.append("FORGE_WEBHOOK_CONCURRENCY must be between 1 and 1000")
+        if self.webhook_delivery_retention < 7 * 24 * 3600:
+            problems.append("FORGE_WEBHOOK_DELIVERY_RETENTION must be at least 7 days (the event stream's age)")
         if not (0.01 <= self.webhook_poll_interval <= 60):
             problems.append("FORGE_WEBHOOK_POLL_INTERVAL must be between 10ms and 60s")
         return problems
