@@ -373,6 +373,42 @@ def _webhook_commands(sub: Any, leaf: Any) -> None:
     hooks = sub.add_parser("webhooks", help="outgoing webhook subscriptions and their deliveries").add_subparsers(
         dest="webhooks_command", required=True
     )
+    _webhook_create(hooks, leaf)
+    p = leaf(hooks, "list", help="subscriptions, newest first")
+    p.add_argument("--repository", help="only those filtered on this repository")
+    p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
+    p.add_argument("--cursor", help="the next_cursor of the previous page")
+    p.set_defaults(
+        func=lambda a: call(a, "GET", _HOOKS, params={"repository": a.repository, "limit": a.limit, "cursor": a.cursor})
+    )
+    p = leaf(hooks, "get", help="one subscription (never its secret)")
+    p.add_argument("subscription_id")
+    p.set_defaults(func=lambda a: call(a, "GET", f"{_HOOKS}/{_seg(a.subscription_id)}"))
+    _webhook_update(hooks, leaf)
+    p = leaf(hooks, "delete", help="delete a subscription and its deliveries")
+    p.add_argument("subscription_id")
+    p.set_defaults(func=lambda a: call(a, "DELETE", f"{_HOOKS}/{_seg(a.subscription_id)}"))
+    p = leaf(hooks, "deliveries", help="a subscription's deliveries, newest first: status, attempts, last answer")
+    p.add_argument("subscription_id")
+    p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
+    p.add_argument("--cursor", help="the next_cursor of the previous page")
+    p.set_defaults(
+        func=lambda a: call(
+            a,
+            "GET",
+            f"{_HOOKS}/{_seg(a.subscription_id)}/deliveries",
+            params={"limit": a.limit, "cursor": a.cursor},
+        )
+    )
+    p = leaf(hooks, "redeliver", help="send a delivery again now (same webhook-id, fresh signature)")
+    p.add_argument("subscription_id")
+    p.add_argument("delivery_id")
+    p.set_defaults(
+        func=lambda a: call(a, "POST", f"{_HOOKS}/{_seg(a.subscription_id)}/deliveries/{_seg(a.delivery_id)}/redeliver")
+    )
+
+
+def _webhook_create(hooks: Any, leaf: Any) -> None:
     p = leaf(hooks, "create", help="send events to a URL; prints the signing secret (shown this once)")
     p.add_argument("--url", required=True, help="the http(s) URL to POST each event to")
     p.add_argument(
@@ -399,16 +435,9 @@ def _webhook_commands(sub: Any, leaf: Any) -> None:
             },
         )
     )
-    p = leaf(hooks, "list", help="subscriptions, newest first")
-    p.add_argument("--repository", help="only those filtered on this repository")
-    p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
-    p.add_argument("--cursor", help="the next_cursor of the previous page")
-    p.set_defaults(
-        func=lambda a: call(a, "GET", _HOOKS, params={"repository": a.repository, "limit": a.limit, "cursor": a.cursor})
-    )
-    p = leaf(hooks, "get", help="one subscription (never its secret)")
-    p.add_argument("subscription_id")
-    p.set_defaults(func=lambda a: call(a, "GET", f"{_HOOKS}/{_seg(a.subscription_id)}"))
+
+
+def _webhook_update(hooks: Any, leaf: Any) -> None:
     p = leaf(hooks, "update", help="change a subscription; --enable also re-enables a disabled one")
     p.add_argument("subscription_id")
     p.add_argument("--url")
@@ -419,27 +448,6 @@ def _webhook_commands(sub: Any, leaf: Any) -> None:
     state.add_argument("--enable", dest="active", action="store_const", const=True)
     state.add_argument("--disable", dest="active", action="store_const", const=False)
     p.set_defaults(func=_update_webhook)
-    p = leaf(hooks, "delete", help="delete a subscription and its deliveries")
-    p.add_argument("subscription_id")
-    p.set_defaults(func=lambda a: call(a, "DELETE", f"{_HOOKS}/{_seg(a.subscription_id)}"))
-    p = leaf(hooks, "deliveries", help="a subscription's deliveries, newest first: status, attempts, last answer")
-    p.add_argument("subscription_id")
-    p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
-    p.add_argument("--cursor", help="the next_cursor of the previous page")
-    p.set_defaults(
-        func=lambda a: call(
-            a,
-            "GET",
-            f"{_HOOKS}/{_seg(a.subscription_id)}/deliveries",
-            params={"limit": a.limit, "cursor": a.cursor},
-        )
-    )
-    p = leaf(hooks, "redeliver", help="send a delivery again now (same webhook-id, fresh signature)")
-    p.add_argument("subscription_id")
-    p.add_argument("delivery_id")
-    p.set_defaults(
-        func=lambda a: call(a, "POST", f"{_HOOKS}/{_seg(a.subscription_id)}/deliveries/{_seg(a.delivery_id)}/redeliver")
-    )
 
 
 def _update_webhook(args: argparse.Namespace) -> Any:
