@@ -4,8 +4,8 @@
 
 Needs Debian's ``docker-registry`` (started on loopback, storage in a temporary directory); the
 ``oras`` CLI is measured when it is on PATH (else the report says it was not: it is a Go program
-that neither Debian bookworm nor PyPI ships; ``bench/build-oras.sh`` builds it with Debian's Go
-from source checkouts), and Debian's ``skopeo`` (the Go
+that neither Debian bookworm nor PyPI ships; see docs/performance.md for how it was measured),
+and Debian's ``skopeo`` (the Go
 containers/image library) when installed, copying the same content from an OCI layout. Each
 round pushes to a fresh repository, so no blob is already there. Measured:
 
@@ -155,7 +155,7 @@ def main() -> None:
         for label in ("forge (registry)", "forge (registry, upload only)"):
             print(f"{label} at {100 * reference / statistics.median(results[label]):.0f}% of oras push's throughput")
     else:
-        print("oras CLI: not on PATH (not measured; bench/build-oras.sh builds it)")
+        print("oras CLI: not on PATH (not measured; see docs/performance.md)")
 
 
 if __name__ == "__main__":

@@ -242,10 +242,13 @@ def _profile(platform: Platform) -> None:
 
 
 async def sandbox_cost(kinds: list[str], steps: int = 200) -> None:
-    """One ``true`` step, spawn to exit, in each sandbox: wall time and CPU (ours + children's)."""
-
+    """One ``true`` step, spawn to exit, in each sandbox (bubblewrap: a sandbox per step and
+    one per task): wall time and CPU (ours + children's); then a task's workspace (overlay and
+    copy) from creation to removal. The worker's pidfd child watcher, as in the worker."""
     from forge_worker.sandbox import Limits
+    from forge_worker.worker import _use_pidfd_child_watcher
 
+    _use_pidfd_child_watcher()
     work = Path(tempfile.mkdtemp(prefix="forge-bench-sandbox-"))
     os.chmod(work, 0o711)  # noqa: S103 - the step user passes through to its workspace
     source = work / "checkout"
@@ -254,10 +257,13 @@ async def sandbox_cost(kinds: list[str], steps: int = 200) -> None:
         (source / f"p{project}" / ".forge" / "project.toml").write_text("x\n")
         (source / f"p{project}" / "README").write_text("bench\n")
     limits = Limits(memory=1 << 30, processes=256, timeout=30.0)
+    print(f"  load average {os.getloadavg()[0]:.1f} at the start")
     try:
         await _sandbox_kinds(kinds, work, source, limits, steps)
+        await _workspace_kinds(work, source)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print(f"  load average {os.getloadavg()[0]:.1f} at the end")
 
 
 async def _sandbox_kinds(kinds: list[str], work: Path, source: Path, limits: Any, steps: int) -> None:
@@ -265,40 +271,60 @@ async def _sandbox_kinds(kinds: list[str], work: Path, source: Path, limits: Any
 
     from forge_worker.sandbox import Sandbox, SandboxUnavailable, Workspace, run_sandboxed
 
-    for kind in kinds:
+    variants = [(kind, scope) for kind in kinds for scope in (("task", "step") if kind == "bwrap" else ("step",))]
+    for kind, scope in variants:
         try:
-            sandbox = await Sandbox.create(kind, work_dir=work / "steps")
+            sandbox = await Sandbox.create(kind, work_dir=work / "steps", scope=scope)
         except SandboxUnavailable as exc:
             print(f"  sandbox {kind}: unavailable ({exc})")
             continue
-        workspace = await Workspace.copy_of(source, sandbox.work_dir, sandbox.user)
+        workspace = await Workspace.for_sandbox(sandbox, source)
         sink: list[bytes] = []
         env = {"CI": "true"}
         for _ in range(20):  # warm-up
             await run_sandboxed(sandbox, ["true"], workspace, ".", env, limits, sink.append)
         walls = []
-        cpu_before = _own_cpu(resource)
+        # A task sandbox's steps are its runner's children, reaped by it: its CPU counts them.
+        shared = [task.keep for task in workspace.task_sandboxes.values()]
+        inside = [pid for keep in shared for pid in keep]
+        cpu_before = _own_cpu(resource) + sum(_cpu(pid) for pid in inside)
         for _ in range(steps):
             started = time.perf_counter()
             outcome = await run_sandboxed(sandbox, ["true"], workspace, ".", env, limits, sink.append)
             walls.append((time.perf_counter() - started) * 1000)
             assert outcome.exit_code == 0, b"".join(sink)
-        cpu = (_own_cpu(resource) - cpu_before) / steps * 1000
-        workspace.remove()
-        if sandbox.kind != "none":
-            cpu_before = _own_cpu(resource)
-            copy_started = time.perf_counter()
-            for _ in range(20):
-                copied = await Workspace.copy_of(source, sandbox.work_dir, sandbox.user)
-                copied.remove()
-            print(
-                f"  per task: the checkout's copy ({PROJECTS} projects) "
-                f"{(time.perf_counter() - copy_started) / 20 * 1000:.1f} ms wall, "
-                f"{(_own_cpu(resource) - cpu_before) / 20 * 1000:.1f} ms CPU (copy, chown, removal)"
-            )
+        assert [task.keep for task in workspace.task_sandboxes.values()] == shared, "the task sandbox was replaced"
+        cpu = (_own_cpu(resource) + sum(_cpu(pid) for pid in inside) - cpu_before) / steps * 1000
+        await workspace.release()
+        label = f"{sandbox.kind}, a sandbox per {scope}" if sandbox.kind == "bwrap" else sandbox.kind
         print(
-            f"  sandbox {sandbox.kind} ({sandbox.tool}): per step median {statistics.median(walls):.1f} ms wall, "
+            f"  sandbox {label}: per step median {statistics.median(walls):.1f} ms wall, "
             f"p90 {sorted(walls)[int(steps * 0.9)]:.1f} ms, {cpu:.1f} ms CPU (worker + sandbox + true)"
+        )
+
+
+async def _workspace_kinds(work: Path, source: Path) -> None:
+    """A task's workspace over the bench repository's checkout, made and removed (20 times)."""
+    import resource
+
+    from forge_worker.sandbox import Sandbox, SandboxUnavailable, Workspace
+
+    for kind in ("overlay", "copy"):
+        try:
+            sandbox = await Sandbox.create("auto", work_dir=work / "steps", workspace=kind)
+        except SandboxUnavailable as exc:
+            print(f"  workspace {kind}: unavailable ({exc})")
+            continue
+        cpu_before = _own_cpu(resource)
+        walls = []
+        for _ in range(20):
+            started = time.perf_counter()
+            workspace = await Workspace.for_sandbox(sandbox, source)
+            await workspace.release()
+            walls.append((time.perf_counter() - started) * 1000)
+        print(
+            f"  per task: the workspace ({kind}, {PROJECTS} projects) median {statistics.median(walls):.1f} ms wall, "
+            f"{(_own_cpu(resource) - cpu_before) / 20 * 1000:.1f} ms CPU (made and removed)"
         )
 
 

@@ -79,6 +79,8 @@ def all_on(chart: str) -> dict[str, Any]:
         ]
     if chart == "forge-worker":
         service["keda"] = {"enabled": True}
+    if chart == "forge-pipeline":
+        service["executor"] = "argo"
     if chart != "forge":
         return service
     values: dict[str, Any] = {
@@ -303,6 +305,22 @@ SERVICE_VALUES: dict[str, Any] = {
         ),
     },
     "existingSecret": STR,
+    # forge-pipeline: how jobs run (docs/argo.md)
+    "executor": {"enum": ["nats", "argo"]},
+    "argo": obj(
+        {
+            "serverUrl": {"type": "string", "pattern": "^https?://"},
+            "namespace": STR,
+            "verifyTls": BOOL,
+            "image": STR,
+            "command": {"type": "string", "minLength": 1},
+            "envSecret": STR,
+            "pollInterval": STR,
+            "deadlineGrace": STR,
+            "rbac": obj({"create": BOOL}, ("create",)),
+        },
+        ("serverUrl", "command", "rbac"),
+    ),
     "extraEnv": LIST,
     "probes": obj({"enabled": BOOL, "startup": PROBE, "liveness": PROBE, "readiness": PROBE}),
     "metrics": obj({"enabled": BOOL, "path": STR}),

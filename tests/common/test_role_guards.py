@@ -112,6 +112,7 @@ def test_permission_table() -> None:
         p.RELEASES_CREATE,
         p.RELEASES_ALIAS,
         p.DEPLOYMENTS_CREATE,
+        p.WEBHOOKS_MANAGE,
     }
     assert permissions_for(["admin"], False) == set(p) - {p.INTERNAL_STATUS}
     assert permissions_for(["worker"], True) == {p.READ, p.INTERNAL_STATUS, p.RELEASES_CREATE}

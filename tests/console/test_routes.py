@@ -23,7 +23,18 @@ def _asset_urls(shell: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/runs", f"/runs/{uuid.uuid4()}", "/releases", "/environments", "/approvals", "/login"]
+    "path",
+    [
+        "/",
+        "/runs",
+        f"/runs/{uuid.uuid4()}",
+        "/releases",
+        "/environments",
+        "/approvals",
+        "/webhooks",
+        f"/webhooks/{uuid.uuid4()}",
+        "/login",
+    ],
 )
 async def test_every_page_loads_the_shell_with_a_strict_policy(client: httpx.AsyncClient, path: str) -> None:
     resp = await client.get(path)

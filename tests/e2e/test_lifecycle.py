@@ -152,9 +152,15 @@ def lane(platform: Platform, tmp_path: Path) -> Iterator[Lane]:
 
 
 async def _deliver_push(
-    client: httpx.AsyncClient, repository: str, sha: str, ref: str = "refs/heads/main", base_ref: str | None = None
+    client: httpx.AsyncClient,
+    repository: str,
+    sha: str,
+    ref: str = "refs/heads/main",
+    base_ref: str | None = None,
+    delivery_id: str | None = None,
 ) -> httpx.Response:
-    """GitHub's signed ``push`` delivery of ``sha`` to ``ref`` (a tag push carries ``base_ref``)."""
+    """GitHub's signed ``push`` delivery of ``sha`` to ``ref`` (a tag push carries ``base_ref``);
+    ``delivery_id`` repeats an earlier delivery, as GitHub's "Redeliver" does."""
     owner, name = repository.split("/")
     payload: dict[str, Any] = {
         "ref": ref,
@@ -175,7 +181,7 @@ async def _deliver_push(
     headers = {
         "Content-Type": "application/json",
         "X-GitHub-Event": "push",
-        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-GitHub-Delivery": delivery_id or str(uuid.uuid4()),
         "X-Hub-Signature-256": signature,
     }
     return await client.post("/v1/webhooks/github", content=raw, headers=headers)

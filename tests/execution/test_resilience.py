@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -14,8 +18,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from forge_common import jobs
 from forge_common.nats import Names
-from forge_dev.stack import free_port
+from forge_dev.stack import Process, free_port, wait_http
 from forge_dev.testing import Platform
+from forge_worker.sandbox import sweep_stale
 
 from .conftest import Cell, steps_of
 
@@ -253,3 +258,65 @@ async def test_job_never_acknowledged_is_dead_lettered_by_the_dispatcher(
         assert "not acknowledged after 3 deliveries" in msg.headers[jobs.HDR_DEAD_REASON]
     finally:
         await nc.close()
+
+
+def _job_dirs(work: Path) -> set[str]:
+    return {p.name for p in work.iterdir() if p.is_dir() and p.name.startswith("job-")} if work.exists() else set()
+
+
+def _start_ready_worker(cell: Cell, work: Path) -> Process:
+    """A worker on ``work``, once it serves /healthz: its start-up sweep is behind it."""
+    port = free_port()
+    proc = cell.start_worker({"FORGE_STEP_WORK_DIR": str(work), "FORGE_WORKER_HTTP_PORT": str(port)})
+    wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc.popen, proc.name)
+    return proc
+
+
+async def test_a_killed_workers_workspace_is_removed_by_the_next_worker_a_live_one_is_kept(
+    crash_cell: Cell, client: httpx.AsyncClient
+) -> None:
+    """Workers sharing a step work directory: one starting while another runs a job keeps that
+    job's workspace; once that worker is killed mid-job, the next worker to start removes it."""
+    cell = crash_cell
+    shared_parent = Path(tempfile.mkdtemp(prefix="forge-exec-steps-"))
+    os.chmod(shared_parent, 0o711)  # noqa: S103 - the step user passes through to its workspace
+    work = shared_parent / "steps"
+    started = cell.shared / "started"
+    try:
+        first = _start_ready_worker(cell, work)
+        repo = cell.repo()
+        sha = repo.commit(
+            {
+                ".forge/repo.toml": REPO_TOML,
+                "app/.forge/project.toml": f"""
+name = "app"
+[[phases.test.steps]]
+name = "long"
+run = "echo built > output.txt; echo $$ >> {started}; sleep 600"
+""",
+            }
+        )
+        run_id = await cell.create_run(client, repo, sha)
+        await cell.wait_run(
+            client, run_id, until=lambda r: steps_of(r).get(("test", "app", "long"), {}).get("status") == "running"
+        )
+        deadline = time.monotonic() + 10
+        while not started.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        live = _job_dirs(work)
+        assert len(live) == 1, live
+
+        _start_ready_worker(cell, work)  # sweeps at start, while the first worker's job runs
+        assert live <= _job_dirs(work), "a live job's workspace was removed"
+
+        first.kill()  # SIGKILL: its workspace stays behind
+        assert live <= _job_dirs(work)
+        _start_ready_worker(cell, work)
+        assert not live & _job_dirs(work), "the killed worker's workspace is still there"
+        assert not [p for p in work.iterdir() if p.name.startswith(tuple(live))]  # nor its lock file
+        await client.delete(f"{cell.url}/v1/runs/{run_id}", headers=cell.headers("developer"))
+    finally:
+        for proc in cell.workers:
+            proc.stop(timeout=5)
+        sweep_stale(work)  # what the stopped workers left (their overlays unmounted)
+        shutil.rmtree(shared_parent, ignore_errors=True)

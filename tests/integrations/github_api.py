@@ -9,7 +9,8 @@ It also keeps Releases, as api.github.com and uploads.github.com do for ``github
 artifacts: ``GET /repos/{owner}/{repo}/releases/tags/{tag}`` (404 when there is none), ``POST
 /repos/{owner}/{repo}/releases`` (201 with an ``upload_url`` template; 422 ``already_exists`` for a
 tag that has one) and ``POST {upload_url}?name=...`` with the asset's raw bytes (201 with its
-``browser_download_url``; 422 for a name the release already has). ``fail_uploads`` makes the
+``browser_download_url``; 422 ``already_exists`` for a name the release already has). A release
+lists its ``assets`` (``name``, ``size``, ``browser_download_url``), as GitHub's does. ``fail_uploads`` makes the
 next uploads answer 502; a repository in ``refuse_releases`` gets 403 when creating a release,
 as for a token without ``contents: write``. Every release call is recorded, refused ones too.
 """
@@ -42,6 +43,8 @@ class FakeGitHub:
     assets: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
     fail_uploads: int = 0
     refuse_releases: set[str] = field(default_factory=set)
+    # The next lookups list no assets (a replica lagging behind an upload).
+    assets_hidden: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
 
@@ -122,10 +125,26 @@ class FakeGitHub:
         if not self._authorized(request):
             return web.json_response({"message": "Bad credentials"}, status=401)
         repository = f"{request.match_info['owner']}/{request.match_info['repo']}"
-        release = self.releases.get((repository, request.match_info["tag"]))
+        tag = request.match_info["tag"]
+        release = self.releases.get((repository, tag))
         status = 404 if release is None else 200
-        self._release_call(request, "release_lookup", status, tag=request.match_info["tag"])
-        return web.json_response(release or {"message": "Not Found"}, status=status)
+        self._release_call(request, "release_lookup", status, tag=tag)
+        if release is None:
+            return web.json_response({"message": "Not Found"}, status=404)
+        return web.json_response({**release, "assets": self._assets_of(repository, tag)}, status=200)
+
+    def _assets_of(self, repository: str, tag: str) -> list[Call]:
+        if self.assets_hidden > 0:
+            self.assets_hidden -= 1
+            return []
+        return [
+            {"name": name, "size": len(data), "browser_download_url": self._download_url(repository, tag, name)}
+            for (repo, t, name), data in self.assets.items()
+            if (repo, t) == (repository, tag)
+        ]
+
+    def _download_url(self, repository: str, tag: str, name: str) -> str:
+        return f"{self.url}/{repository}/releases/download/{tag}/{name}"
 
     async def _create_release(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -150,7 +169,7 @@ class FakeGitHub:
         }
         self.releases[(repository, tag)] = release
         self._release_call(request, "release_create", 201, tag=tag)
-        return web.json_response(release, status=201)
+        return web.json_response({**release, "assets": []}, status=201)
 
     async def _upload_asset(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -177,7 +196,7 @@ class FakeGitHub:
             return web.json_response({"message": "Validation Failed", "errors": [error]}, status=422)
         self.assets[(repository, tags[0], name)] = data
         self._release_call(request, "asset_upload", 201, tag=tags[0], name=name, size=len(data))
-        url = f"{self.url}/{repository}/releases/download/{tags[0]}/{name}"
+        url = self._download_url(repository, tags[0], name)
         return web.json_response({"id": len(self.assets), "name": name, "browser_download_url": url}, status=201)
 
     async def wait_for(self, select: Callable[[Call], bool], count: int, timeout: float = 30.0) -> list[Call]:

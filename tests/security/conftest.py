@@ -57,6 +57,35 @@ def security_cell(platform: Platform) -> Iterator[Cell]:
         cell.close()
 
 
+@pytest.fixture(scope="session")
+def step_scope_cell(platform: Platform) -> Iterator[Cell]:
+    """Like ``security_cell`` with the other choices: a new sandbox for every step
+    (FORGE_STEP_SANDBOX_SCOPE=step) and a copy of the checkout per task (FORGE_STEP_WORKSPACE=copy,
+    what workers not running as root get)."""
+    problem = _sandbox_problem()
+    if problem is not None:
+        pytest.skip(f"no step sandbox on this machine: {problem}")
+    cell = Cell(platform, "secstep")
+    cell.env["FORGE_REPOSITORIES"] = f"exec-{cell.tag}/*"
+    cell.env["FORGE_STEP_SANDBOX_SCOPE"] = "step"
+    cell.env["FORGE_STEP_WORKSPACE"] = "copy"
+    try:
+        cell.start_pipeline()
+        cell.start_worker()
+        cell.wait_workers(1)
+        yield cell
+    finally:
+        cell.close()
+
+
+@pytest.fixture(params=["task", "step"])
+def scoped_cell(request: pytest.FixtureRequest) -> Cell:
+    """Both ways of sandboxing steps: one sandbox per task (the default; an overlay workspace
+    when the tests run as root), one per step (with a copy of the checkout)."""
+    cell: Cell = request.getfixturevalue("security_cell" if request.param == "task" else "step_scope_cell")
+    return cell
+
+
 async def fetch_log(http: httpx.AsyncClient, step: dict[str, object]) -> str:
     url = step.get("logs_url")
     assert isinstance(url, str), f"step {step.get('name')} has no log"

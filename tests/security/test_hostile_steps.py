@@ -110,11 +110,11 @@ async def test_probes_find_nothing_of_the_worker_and_a_normal_step_beside_them_s
 
 
 async def test_limits_kill_the_whole_step_and_the_log_names_the_limit(
-    security_cell: Cell, client: httpx.AsyncClient
+    scoped_cell: Cell, client: httpx.AsyncClient
 ) -> None:
     """Each limit in a run of its own (a failed task skips the tasks not started yet), each run
-    with a normal step first in the same task."""
-    cell = security_cell
+    with a normal step first in the same task (in the same task sandbox, with the default scope)."""
+    cell = scoped_cell
     marker = f"600.{uuid.uuid4().int % 10**9:09d}"
     allocate = "python3 -c \"import time; x = b'a' * (400 << 20); time.sleep(30)\""
     connect = "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)\""
@@ -157,15 +157,21 @@ async def test_the_run_error_names_the_limit(security_cell: Cell, client: httpx.
     assert "used more than its memory limit of 48 MiB" in run["error"], run["error"]
 
 
-async def test_a_step_cannot_read_another_tasks_workspace(security_cell: Cell, client: httpx.AsyncClient) -> None:
-    """Two tasks of one commit: each has its own copy; what one writes the other never sees."""
+async def test_a_step_cannot_read_another_tasks_workspace(scoped_cell: Cell, client: httpx.AsyncClient) -> None:
+    """Two tasks of one commit: each has its own view of the checkout; what one writes (new
+    files, or changes to the checkout's own) the other never sees."""
     run = await _run(
-        security_cell,
+        scoped_cell,
         client,
         {
-            "writer": _project("writer", "echo secret-of-writer > ../writer-file; echo mine > mine.txt; sleep 1"),
+            "writer": _project(
+                "writer",
+                "echo secret-of-writer > ../writer-file; echo mine > mine.txt; echo tampered >> ../reader/README;"
+                " mv ../reader ../moved; sleep 1",
+            ),
             "reader": _project(
-                "reader", "sleep 0.5; ls -la /workspace; cat ../writer-file ../writer/mine.txt || echo nothing there"
+                "reader",
+                "sleep 0.5; ls -la /workspace; cat README; cat ../writer-file ../writer/mine.txt || echo nothing there",
             ),
         },
     )
@@ -175,6 +181,8 @@ async def test_a_step_cannot_read_another_tasks_workspace(security_cell: Cell, c
     log = await fetch_log(client, steps["reader"])
     assert "secret-of-writer" not in log
     assert "mine\n" not in log
+    assert "tampered" not in log
+    assert ".git" not in log  # the checkout's .git file (pointing into the git cache) is not there
 
 
 async def test_a_step_gets_its_own_env_and_cannot_override_the_platforms(
@@ -198,3 +206,34 @@ async def test_a_step_gets_its_own_env_and_cannot_override_the_platforms(
         failed["error"] or ""
     ), failed["error"]
     assert failed["phases"] == []
+
+
+async def test_a_tasks_steps_share_its_sandbox_but_nothing_a_step_left_running(
+    scoped_cell: Cell, client: httpx.AsyncClient
+) -> None:
+    """With one sandbox per task, a step sees the /tmp its task's previous step wrote (never
+    another task's); with either scope, what a step leaves running (even in a session of its
+    own) is gone before the next step starts."""
+    cell = scoped_cell
+    marker = f"700.{uuid.uuid4().int % 10**9:09d}"
+    writer = (
+        _step("write", "echo from-first-step > /tmp/note")
+        + _step("look", "cat /tmp/note 2>/dev/null || echo no-note; (setsid sleep " + marker + " &); echo left-running")
+        + _step("after", "ps -eo args | grep -c '^sleep " + marker + "' || true")
+    )
+    run = await _run(
+        cell,
+        client,
+        {
+            "writer": f'name = "writer"\n{writer}',
+            "other": _project("other", "sleep 0.5; cat /tmp/note || echo no-note-here"),
+        },
+    )
+    assert run["status"] == "success", run
+    steps = {key[1:]: step for key, step in steps_of(run).items()}
+    look = await fetch_log(client, steps[("writer", "look")])
+    expected = "from-first-step" if cell.env.get("FORGE_STEP_SANDBOX_SCOPE", "task") == "task" else "no-note"
+    assert expected in look.splitlines()[0], look
+    assert (await fetch_log(client, steps[("writer", "after")])).strip() == "0"
+    assert "no-note-here" in await fetch_log(client, steps[("other", "other")])
+    assert pids_running(marker) == []

@@ -41,6 +41,8 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecurePlatform]
         "FORGE_GIT_URL_TEMPLATE": repos.as_uri() + "/{repository}.git",
         "FORGE_LOG_FLUSH_INTERVAL": "0.3s",
         "FORGE_STEP_KILL_GRACE": "0.5s",
+        # Outgoing webhooks to a receiver on loopback (test_nats_auth's webhook test).
+        "FORGE_WEBHOOK_ALLOW_PRIVATE": "true",
     }
     try:
         with session_platform(env=env, workers=1, secure_nats=True) as platform:

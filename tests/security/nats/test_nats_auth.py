@@ -234,3 +234,51 @@ async def test_the_event_feed_works_on_the_authenticated_bus(secure: SecurePlatf
                 assert msgspec.json.decode(line[5:].strip())["data"]["run_id"] == run_id
                 break
     assert secure.refused_forge_processes() == []
+
+
+async def test_outgoing_webhooks_work_on_the_authenticated_bus(secure: SecurePlatform) -> None:
+    """The pipeline identity may create and read its durable PIPELINE_WEBHOOKS consumer: a run's
+    event reaches a subscribed receiver, and NATS refused no Forge process anything."""
+    from aiohttp import web
+
+    from forge_dev.stack import free_port
+
+    platform = secure.platform
+    repository = f"acme/hooks-{uuid.uuid4().hex[:6]}"
+    arrived: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def receive(request: web.Request) -> web.Response:
+        await arrived.put(await request.read())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            created = await client.post(
+                f"{platform.gateway_url}/v1/webhook-subscriptions",
+                json={
+                    "url": f"http://127.0.0.1:{port}/hook",
+                    "event_types": ["pipeline.run.created"],
+                    "repository": repository,
+                },
+                headers=platform.headers("admin@forge.local", "admin"),
+            )
+            assert created.status_code == 201, created.text
+        run_id = await _create_run(secure, repository)
+        body = await asyncio.wait_for(arrived.get(), 30)
+        assert msgspec.json.decode(body)["data"]["run_id"] == run_id
+    finally:
+        await runner.cleanup()
+    names = Names(platform.nats_prefix)
+    nc = await nats.connect(platform.nats_url)
+    try:
+        info = await nc.jetstream().consumer_info(names.events_stream, names.durable("PIPELINE_WEBHOOKS"))
+        assert info.config.durable_name == names.durable("PIPELINE_WEBHOOKS")
+    finally:
+        await nc.close()
+    assert secure.refused_forge_processes() == []

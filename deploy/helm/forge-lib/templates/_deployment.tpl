@@ -34,6 +34,11 @@ spec:
         {{- end }}
     spec:
       {{- include "forge.podCommon" . | trim | nindent 6 }}
+      {{- $argo := eq (.Values.executor | default "nats") "argo" }}
+      {{- if and $argo (not .Values.serviceAccountName) .Values.argo.rbac.create }}
+      # The Argo executor: this ServiceAccount may submit, read and stop workflows (argo-rbac.yaml).
+      serviceAccountName: {{ include "forge.fullname" . }}
+      {{- end }}
       terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
       {{- if .Values.topologySpread.enabled }}
       # Replicas spread over zones and nodes: losing one takes out at most one replica each.
@@ -97,9 +102,24 @@ spec:
               mountPath: {{ .mountPath }}
               readOnly: true
             {{- end }}
+            {{- if $argo }}
+            - name: argo-token
+              mountPath: /var/run/secrets/forge/argo
+              readOnly: true
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir: {}
+        {{- if $argo }}
+        # The Argo server (--auth-mode=client) takes the pod's ServiceAccount token, rotated by
+        # the kubelet (FORGE_ARGO_TOKEN_FILE is re-read for every request).
+        - name: argo-token
+          projected:
+            sources:
+              - serviceAccountToken:
+                  path: token
+                  expirationSeconds: 3600
+        {{- end }}
         {{- range (.Values.fileVolumes | default list) }}
         - name: {{ .name }}
           {{- if .secret }}

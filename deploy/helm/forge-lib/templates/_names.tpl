@@ -68,6 +68,25 @@ shared addresses); a per-service exception goes in the chart's extraEnv, which w
 {{- $_ := set $config "FORGE_HOST" "0.0.0.0" -}}
 {{- $_ := set $config "FORGE_PORT" (toString .Values.service.port) -}}
 {{- end -}}
+{{- if eq (.Values.executor | default "nats") "argo" -}}
+{{/* The Argo executor (pipeline only, docs/argo.md). */}}
+{{- $argo := .Values.argo -}}
+{{- $_ := set $config "FORGE_EXECUTOR" "argo" -}}
+{{- $_ := set $config "FORGE_ARGO_SERVER_URL" $argo.serverUrl -}}
+{{- $_ := set $config "FORGE_ARGO_NAMESPACE" ($argo.namespace | default .Release.Namespace) -}}
+{{- $_ := set $config "FORGE_ARGO_VERIFY_TLS" (toString $argo.verifyTls) -}}
+{{- $shared := $global.image | default dict -}}
+{{- $worker := printf "%s/forge-worker:%s" ($shared.registry | default .Values.image.registry) (.Values.image.tag | default $shared.tag | default .Chart.AppVersion) -}}
+{{- $_ := set $config "FORGE_ARGO_IMAGE" ($argo.image | default $worker) -}}
+{{- $_ := set $config "FORGE_ARGO_COMMAND" $argo.command -}}
+{{- $_ := set $config "FORGE_ARGO_ENV_SECRET" $argo.envSecret -}}
+{{- $_ := set $config "FORGE_ARGO_POLL_INTERVAL" $argo.pollInterval -}}
+{{- $_ := set $config "FORGE_ARGO_DEADLINE_GRACE" $argo.deadlineGrace -}}
+{{- $_ := set $config "FORGE_ARGO_TOKEN_FILE" "/var/run/secrets/forge/argo/token" -}}
+{{- if $argo.rbac.create -}}
+{{- $_ := set $config "FORGE_ARGO_SERVICE_ACCOUNT" (printf "%s-jobs" (include "forge.fullname" .)) -}}
+{{- end -}}
+{{- end -}}
 {{- if (.Values.migration | default dict).enabled -}}
 {{/* The migration Job migrates before the pods roll: replicas must not race at start. */}}
 {{- $_ := set $config "FORGE_MIGRATE_ON_START" "false" -}}

@@ -1,4 +1,4 @@
-"""The API commands: runs, releases, deployments, approvals, search."""
+"""The API commands: runs, releases, deployments, approvals, search, webhooks."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def add_api_commands(sub: Any, leaf: Any) -> None:
     _deployment_commands(sub, leaf)
     _approval_commands(sub, leaf)
     _search_commands(sub, leaf)
+    _webhook_commands(sub, leaf)
 
 
 def _runs_commands(sub: Any, leaf: Any) -> None:
@@ -319,57 +320,140 @@ def _create_release(args: argparse.Namespace) -> Any:
     return call(args, "POST", "/v1/releases", body)
 
 
+_SEARCH_KINDS = ("all", "runs", "releases", "logs")
+
+
 def _search_commands(sub: Any, leaf: Any) -> None:
-    """``forge search logs|runs``: GET /v1/search/logs and GET /v1/search (docs/api-search.md)."""
-    search = sub.add_parser("search", help="search step logs and runs").add_subparsers(
-        dest="search_command", required=True
+    """``forge search [all|runs|releases|logs] QUERY...`` (docs/api-search.md)."""
+    p = leaf(
+        sub,
+        "search",
+        help="find runs and releases (by commit prefix, branch, tag, alias, author or error text) or log lines",
+        usage="forge search [all|runs|releases|logs] QUERY... [options]",
+        description="forge search QUERY finds runs and releases, newest first (GET /v1/search); a first word"
+        " runs, releases or logs keeps one kind (logs: lines of finished steps' logs, GET /v1/search/logs);"
+        " all QUERY searches both kinds for a query that is itself one of those words.",
     )
-    p = leaf(search, "logs", help="lines of finished steps' logs holding the words, newest first")
-    p.add_argument("words", nargs="+", help='words (all on the line), "a phrase", -word to exclude, or')
-    p.add_argument("--repository", help="only this repository's logs (owner/name)")
-    p.add_argument("--since", help="only logs of steps finished since this RFC 3339 time")
+    p.add_argument(
+        "words",
+        nargs="+",
+        metavar="QUERY",
+        help="[all|runs|releases|logs] then the query (logs: words, a phrase, -word)",
+    )
+    p.add_argument("--repository", help="only this repository (owner/name)")
+    p.add_argument("--since", help="logs only: steps finished since this RFC 3339 time")
     p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
     p.add_argument("--cursor", help="the next_cursor of the previous page")
+    p.set_defaults(func=_search)
+
+
+def _search(args: argparse.Namespace) -> Any:
+    words = list(args.words)
+    kind = words.pop(0) if len(words) > 1 and words[0] in _SEARCH_KINDS else "all"
+    page = {"repository": args.repository, "limit": args.limit, "cursor": args.cursor}
+    if kind == "logs":
+        return call(args, "GET", "/v1/search/logs", params={"q": " ".join(words), "since": args.since, **page})
+    if args.since is not None:
+        raise UsageError("--since applies to forge search logs only")
+    if len(words) != 1:
+        raise UsageError("runs and releases are found by one query (a commit prefix, branch, tag, alias, author)")
+    search_type = None if kind == "all" else kind
+    return call(args, "GET", "/v1/search", params={"q": words[0], "type": search_type, **page})
+
+
+_HOOKS = "/v1/webhook-subscriptions"
+
+
+def _webhook_commands(sub: Any, leaf: Any) -> None:
+    hooks = sub.add_parser("webhooks", help="outgoing webhook subscriptions and their deliveries").add_subparsers(
+        dest="webhooks_command", required=True
+    )
+    p = leaf(hooks, "create", help="send events to a URL; prints the signing secret (shown this once)")
+    p.add_argument("--url", required=True, help="the http(s) URL to POST each event to")
+    p.add_argument(
+        "--event-type",
+        dest="event_types",
+        action="append",
+        required=True,
+        help="an event type or glob (pipeline.run.*, *); repeat for more",
+    )
+    p.add_argument("--repository", help="only this repository's events (required for developers)")
+    p.add_argument("--environment", choices=ENVIRONMENTS, help="only events of this environment")
+    p.add_argument("--inactive", action="store_true", help="create it switched off")
     p.set_defaults(
         func=lambda a: call(
             a,
-            "GET",
-            "/v1/search/logs",
-            params={
-                "q": " ".join(a.words),
+            "POST",
+            _HOOKS,
+            {
+                "url": a.url,
+                "event_types": a.event_types,
                 "repository": a.repository,
-                "since": a.since,
-                "limit": a.limit,
-                "cursor": a.cursor,
+                "environment": a.environment,
+                "active": not a.inactive,
             },
         )
     )
-    p = leaf(search, "runs", help="runs by commit prefix, branch, tag, author or error text, newest first")
-    p.add_argument("query")
-    p.add_argument("--repository", help="only this repository's runs (owner/name)")
+    p = leaf(hooks, "list", help="subscriptions, newest first")
+    p.add_argument("--repository", help="only those filtered on this repository")
+    p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
+    p.add_argument("--cursor", help="the next_cursor of the previous page")
+    p.set_defaults(
+        func=lambda a: call(a, "GET", _HOOKS, params={"repository": a.repository, "limit": a.limit, "cursor": a.cursor})
+    )
+    p = leaf(hooks, "get", help="one subscription (never its secret)")
+    p.add_argument("subscription_id")
+    p.set_defaults(func=lambda a: call(a, "GET", f"{_HOOKS}/{_seg(a.subscription_id)}"))
+    p = leaf(hooks, "update", help="change a subscription; --enable also re-enables a disabled one")
+    p.add_argument("subscription_id")
+    p.add_argument("--url")
+    p.add_argument("--event-type", dest="event_types", action="append", help="replaces the event types; repeat")
+    p.add_argument("--repository", help="filter on this repository; '' removes the filter (admins)")
+    p.add_argument("--environment", choices=[*ENVIRONMENTS, ""], help="filter on this environment; '' removes it")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--enable", dest="active", action="store_const", const=True)
+    state.add_argument("--disable", dest="active", action="store_const", const=False)
+    p.set_defaults(func=_update_webhook)
+    p = leaf(hooks, "delete", help="delete a subscription and its deliveries")
+    p.add_argument("subscription_id")
+    p.set_defaults(func=lambda a: call(a, "DELETE", f"{_HOOKS}/{_seg(a.subscription_id)}"))
+    p = leaf(hooks, "deliveries", help="a subscription's deliveries, newest first: status, attempts, last answer")
+    p.add_argument("subscription_id")
     p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
     p.add_argument("--cursor", help="the next_cursor of the previous page")
     p.set_defaults(
         func=lambda a: call(
             a,
             "GET",
-            "/v1/search",
-            params={"q": a.query, "repository": a.repository, "limit": a.limit, "cursor": a.cursor},
+            f"{_HOOKS}/{_seg(a.subscription_id)}/deliveries",
+            params={"limit": a.limit, "cursor": a.cursor},
         )
     )
-    p = leaf(search, "releases", help="releases by commit prefix, branch, tag, alias or author, newest first")
-    p.add_argument("query")
-    p.add_argument("--repository", help="only this repository's releases (owner/name)")
-    p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
-    p.add_argument("--cursor", help="the next_cursor of the previous page")
+    p = leaf(hooks, "redeliver", help="send a delivery again now (same webhook-id, fresh signature)")
+    p.add_argument("subscription_id")
+    p.add_argument("delivery_id")
     p.set_defaults(
-        func=lambda a: call(
-            a,
-            "GET",
-            "/v1/releases/search",
-            params={"q": a.query, "repository": a.repository, "limit": a.limit, "cursor": a.cursor},
-        )
+        func=lambda a: call(a, "POST", f"{_HOOKS}/{_seg(a.subscription_id)}/deliveries/{_seg(a.delivery_id)}/redeliver")
     )
+
+
+def _update_webhook(args: argparse.Namespace) -> Any:
+    body: dict[str, Any] = {}
+    if args.url is not None:
+        body["url"] = args.url
+    if args.event_types:
+        body["event_types"] = args.event_types
+    for name in ("repository", "environment"):
+        value = getattr(args, name)
+        if value is not None:
+            body[name] = value or None  # '' clears the filter
+    if args.active is not None:
+        body["active"] = args.active
+    if not body:
+        raise UsageError(
+            "nothing to change: give --url, --event-type, --repository, --environment, --enable or --disable"
+        )
+    return call(args, "PATCH", f"{_HOOKS}/{_seg(args.subscription_id)}", body)
 
 
 def _batch(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:

@@ -23,6 +23,14 @@ def render(result: Any, output: str | None) -> None:
         _table(result)
 
 
+# Lists whose items have more fields than a terminal shows: the columns that matter (json/yaml
+# output has every field).
+_COLUMNS = {
+    "subscriptions": ["id", "url", "event_types", "repository", "environment", "active", "disabled_reason"],
+    "deliveries": ["id", "event_type", "status", "attempt", "response_status", "duration_ms", "next_retry_at"],
+}
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -56,8 +64,8 @@ def _table(result: Any) -> None:
     page = _items(result)
     if page is not None:
         name, items = page
-        columns: list[str] = []
-        for item in items:
+        columns: list[str] = list(_COLUMNS.get(name, []))
+        for item in [] if columns else items:
             columns += [k for k, v in item.items() if not isinstance(v, dict | list) and k not in columns]
         table = Table(box=box.SIMPLE_HEAD, show_edge=False)
         for column in columns:

@@ -57,6 +57,9 @@ class Permission(enum.Enum):
     DEPLOYMENTS_CREATE = "deployments:create"
     APPROVALS_WRITE = "approvals:write"  # create and revoke approvals
     INTERNAL_STATUS = "internal:status"  # worker status callbacks
+    # Outgoing webhook subscriptions; developers only those scoped to a repository (the
+    # pipeline service's notify package checks the scope).
+    WEBHOOKS_MANAGE = "webhooks:manage"
 
 
 _USER_ROLES: dict[str, frozenset[Permission]] = {
@@ -68,6 +71,7 @@ _USER_ROLES: dict[str, frozenset[Permission]] = {
             Permission.RELEASES_CREATE,
             Permission.RELEASES_ALIAS,
             Permission.DEPLOYMENTS_CREATE,
+            Permission.WEBHOOKS_MANAGE,
         }
     ),
     "approver": frozenset({Permission.READ, Permission.APPROVALS_WRITE}),

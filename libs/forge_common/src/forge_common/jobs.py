@@ -3,9 +3,10 @@
 The dispatcher (pipeline service) and the workers agree on everything here:
 
 * one work-queue stream ``PIPELINE_JOBS`` (file storage, max age 1h) holding the job subjects
-  ``pipeline.discovery.{run}``, ``pipeline.tasks.{run}.{task}``, ``pipeline.artifacts.{run}.{id}``
-  and ``pipeline.releases.{run}``;
-* one durable pull consumer per worker type (``discovery``, ``ci``, ``artifact``, ``release``),
+  ``pipeline.discovery.{run}``, ``pipeline.tasks.{run}.{task}``, ``pipeline.artifacts.{run}.{id}``,
+  ``pipeline.releases.{run}`` and ``pipeline.publish.{run}.{id}``;
+* one durable pull consumer per worker type (``discovery``, ``ci``, ``artifact``, ``release``,
+  ``publish``),
   explicit ack, ack wait ``FORGE_JOB_ACK_WAIT`` (30 s; workers heartbeat a running job with
   in-progress acks, so a live job is never redelivered and a killed worker's job comes back
   within the ack wait), max deliver 3;
@@ -44,6 +45,14 @@ from .nats import Names, ensure_stream
 from .tracing import inject
 
 __all__ = [
+    "ARGO_DELIVERY_ENV",
+    "ARGO_INLINE_LIMIT",
+    "ARGO_JOB_ENV",
+    "ARGO_JOB_TYPE_ENV",
+    "ARGO_REPLY_FILE",
+    "ARGO_REPLY_FILE_ENV",
+    "ARGO_REPLY_PARAMETER",
+    "ARGO_TRACE_ENV",
     "DEAD_LETTERS",
     "DEAD_LETTER_STREAM",
     "HDR_DEAD_REASON",
@@ -71,6 +80,8 @@ __all__ = [
     "PlannedPhase",
     "PlannedStep",
     "PlannedTask",
+    "PublishJob",
+    "PublishResult",
     "ReleaseArtifact",
     "ReleaseCreated",
     "ReleaseJob",
@@ -100,8 +111,8 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-JobType = Literal["discovery", "ci", "artifact", "release"]
-JOB_TYPES: tuple[JobType, ...] = ("discovery", "ci", "artifact", "release")
+JobType = Literal["discovery", "ci", "artifact", "release", "publish"]
+JOB_TYPES: tuple[JobType, ...] = ("discovery", "ci", "artifact", "release", "publish")
 JOBS_STREAM = "PIPELINE_JOBS"
 DEAD_LETTER_STREAM = "PIPELINE_DEAD_LETTERS"
 
@@ -111,6 +122,7 @@ _ROOTS: dict[JobType, str] = {
     "ci": "pipeline.tasks",
     "artifact": "pipeline.artifacts",
     "release": "pipeline.releases",
+    "publish": "pipeline.publish",
 }
 
 HDR_REPLY_TO = "Forge-Reply-To"
@@ -138,6 +150,7 @@ class JobSettings(msgspec.Struct, kw_only=True):
     job_timeout_ci: float = 1800.0
     job_timeout_artifact: float = 1200.0
     job_timeout_release: float = 900.0
+    job_timeout_publish: float = 600.0
     job_max_deliver: int = 3
     job_max_age: float = 3600.0
     # How long a delivered job may go without an ack or an in-progress heartbeat (workers send
@@ -162,6 +175,27 @@ class JobSettings(msgspec.Struct, kw_only=True):
         if self.job_max_deliver < 1:
             problems.append("FORGE_JOB_MAX_DELIVER must be >= 1")
         return problems
+
+
+# --- the Argo executor ---------------------------------------------------------------------------
+# With FORGE_EXECUTOR=argo a CI, artifact or release job is one Argo Workflow whose pod runs
+# ``forge-worker run-job`` (forge_worker.single). The job reaches the pod in ARGO_JOB_ENV (base64
+# of its JSON: no ``{{`` for Argo's template engine to trip on), the job type in
+# ARGO_JOB_TYPE_ENV, the delivery number (Argo's ``{{retries}}`` + 1) in ARGO_DELIVERY_ENV. The
+# pod writes its reply (the same JobReply a worker publishes) to the file named by
+# ARGO_REPLY_FILE_ENV, which the workflow exports as its output parameter ARGO_REPLY_PARAMETER.
+# Job and reply stay under ARGO_INLINE_LIMIT, larger ones travel through S3 as result
+# references (forge_common.results): Kubernetes keeps them in a pod's environment, its
+# annotations and the workflow's status, objects of bounded size.
+ARGO_INLINE_LIMIT = 64 * 1024
+ARGO_JOB_ENV = "FORGE_JOB"
+ARGO_JOB_TYPE_ENV = "FORGE_JOB_TYPE"
+ARGO_DELIVERY_ENV = "FORGE_JOB_DELIVERY"
+ARGO_REPLY_FILE_ENV = "FORGE_JOB_REPLY_FILE"
+ARGO_REPLY_FILE = "/tmp/forge-job/reply.json"  # noqa: S108 - a path inside the job's own pod
+ARGO_REPLY_PARAMETER = "forge-reply"
+# The dispatcher's trace context (JSON of traceparent/tracestate): the pod's spans continue it.
+ARGO_TRACE_ENV = "FORGE_JOB_TRACE"
 
 
 # --- jobs ---------------------------------------------------------------------------------------
@@ -245,6 +279,29 @@ class ArtifactJob(msgspec.Struct, kw_only=True):
     path: str
     publish: list[str] = msgspec.field(default_factory=list)
     timeout_seconds: int | None = None
+
+
+class PublishJob(msgspec.Struct, kw_only=True):
+    """``pipeline.publish.{run}.{publication}``: publish an artifact a run already built to a
+    destination it was not published to at build time: today ``github-release`` for a tag pushed
+    onto the run's commit after the artifact job ran. Nothing is rebuilt: the worker pulls the
+    tracking artifact by ``digest`` from ``tracking_oci_uri`` (verifying every digest).
+
+    ``job_id`` is the publication's id; the asset is ``{project}-{file name}`` on the Release of
+    ``tag``, and publishing it twice is a no-op (GitHub keeps one asset per name)."""
+
+    job_id: str
+    attempt: str = ""
+    run_id: str
+    repository: str
+    commit_sha: str
+    project: str
+    name: str
+    type: ArtifactType
+    digest: str
+    tracking_oci_uri: str
+    tag: str
+    destination: Literal["github-release"] = "github-release"
 
 
 class ReleaseTrigger(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -393,6 +450,12 @@ class ArtifactResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     tracking_oci_uri: str = ""
     published_uris: list[str] = msgspec.field(default_factory=list)
     logs_s3_key: str | None = None
+
+
+class PublishResult(msgspec.Struct, kw_only=True):
+    """Where a :class:`PublishJob` put the artifact (the release asset's download URL)."""
+
+    uri: str
 
 
 class ReleaseCreated(msgspec.Struct, kw_only=True, omit_defaults=True):

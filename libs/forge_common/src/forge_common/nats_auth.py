@@ -10,7 +10,8 @@ identity       may
 =============  ===========================================================================
 pipeline       publish jobs (``pipeline.>``), events, dead-letter replies; manage the job,
                dead-letter and events streams; read job replies (``_INBOX.forge.>``) and,
-               for ``GET /v1/events``, FORGE_EVENTS through its own ordered consumers
+               for ``GET /v1/events``, FORGE_EVENTS through its own ordered consumers;
+               for outgoing webhooks, FORGE_EVENTS through the durable PIPELINE_WEBHOOKS
 worker         consume jobs (fetch, ack/nak/in-progress heartbeats), publish replies to job
                inboxes and dead letters; hear cancellations. Nothing else: no events, no jobs
 release,       publish events (``events.>``) and keep the events stream
@@ -154,6 +155,10 @@ def permissions(identity: str, prefix: str = "") -> dict[str, Any] | None:
             f"$JS.API.CONSUMER.INFO.{events}.*",
             f"$JS.API.CONSUMER.DELETE.{events}.*",
             f"$JS.FC.{events}.>",
+            # Outgoing webhooks: the durable pull consumer PIPELINE_WEBHOOKS (forge_pipeline.notify)
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{events}.*",
+            f"$JS.API.CONSUMER.MSG.NEXT.{events}.*",
+            f"$JS.ACK.{events}.>",
             *_stream_api(jobs, manage=True),
             *_stream_api(dead, manage=True),
         ]

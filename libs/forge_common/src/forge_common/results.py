@@ -23,9 +23,14 @@ def result_key(run_id: str, job_type: str, job_id: str) -> str:
     return f"pipeline-runs/{run_id}/results/{job_type}/{job_id}.json"
 
 
-async def encode_result(s3: S3, run_id: str, job_type: str, job_id: str, result: Any) -> bytes:
+async def encode_result(
+    s3: S3, run_id: str, job_type: str, job_id: str, result: Any, limit: int = INLINE_LIMIT
+) -> bytes:
+    """``result`` as JSON when it is under ``limit`` bytes, else stored in S3 and a reference
+    to it (the Argo executor uses a lower limit: a workflow's parameters live in Kubernetes
+    objects, see ``forge_common.jobs.ARGO_INLINE_LIMIT``)."""
     body = msgspec.json.encode(result)
-    if len(body) < INLINE_LIMIT:
+    if len(body) < limit:
         return body
     key = result_key(run_id, job_type, job_id)
     async with s3.client() as client:

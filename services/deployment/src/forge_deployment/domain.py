@@ -18,9 +18,12 @@ from forge_common.events import DeploymentCompleted, DeploymentCreated, Deployme
 __all__ = [
     "APPROVAL_REQUIRED_ENVIRONMENTS",
     "ENVIRONMENTS",
+    "Activated",
     "ActiveDeployment",
     "ApprovalVerdict",
+    "Deployment",
     "FailedDeployment",
+    "Landed",
     "NewDeployment",
     "PendingDeployment",
     "PinnedArtifact",
@@ -313,6 +316,42 @@ def commit_message(d: NewDeployment) -> str:
     if d.approval_id:
         lines.append(f"Forge-Approval-Id: {d.approval_id}")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A stored deployment, as the current-deployment and history endpoints show it."""
+
+    id: str
+    release_id: str
+    release_number: int
+    repository: str
+    project: str
+    environment: str
+    status: Status
+    deployed_at: dt.datetime
+    deployed_by: str
+    gitops_commit_sha: str | None
+    reconciled_at: dt.datetime | None
+    approval_id: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Landed:
+    """What recording a deployment's commit returns: what its ``deployment.created`` names."""
+
+    release_id: str
+    environment: str
+    deployed_by: str
+
+
+@dataclass(frozen=True)
+class Activated:
+    environment: str
+    deployed_at: dt.datetime
+    committed_at: dt.datetime | None
+    reconciled_at: dt.datetime
 
 
 @dataclass(frozen=True)

@@ -139,19 +139,18 @@ class Reconciler:
         cutoff = utcnow() - dt.timedelta(seconds=self.timeout)
         expired: set[str] = set()
         async with unit_of_work(self.pool) as store:
-            for row in await store.expire_pending(cutoff):
-                target = Target(row["environment"], row["repository"], row["project"])
+            for deployment_id, target in await store.expire_pending(cutoff):
                 message = f"not reconciled within {_duration(self.timeout)}"
                 if seen := self._observed.get(target.key):
                     message += f"; last seen: {seen}"
-                failed, event = domain.fail(str(row["id"]), row["environment"], message)
+                failed, event = domain.fail(deployment_id, target.environment, message)
                 await store.set_error(failed.id, failed.error)
                 await store.report_to_github(github.status(failed.id, target, "failure", message))
                 await store.record(event)
                 RECONCILED.labels("failed").inc()
-                on_commit(store.conn, DEPLOYMENTS.labels(row["environment"], "failed").inc)
+                on_commit(store.conn, DEPLOYMENTS.labels(failed.environment, "failed").inc)
                 expired.add(target.key)
-                log.warning("deployment.failed", deployment_id=str(row["id"]), target=target.key, error=message)
+                log.warning("deployment.failed", deployment_id=failed.id, target=target.key, error=message)
         for key in expired:
             self._observed.pop(key, None)
 
@@ -215,24 +214,27 @@ class Reconciler:
         sha = await self.gitops.last_change(revision, domain.gitops_path(target))
         if sha is None:
             return p
-        row = await store.record_commit(p.id, sha)
-        if row is None:  # recorded meanwhile, with its event
+        landed = await store.record_commit(p.id, sha)
+        if landed is None:  # recorded meanwhile, with its event
             return domain.PendingDeployment(p.id, sha)
-        recovered, event = domain.committed(p.id, str(row["release_id"]), row["environment"], row["deployed_by"], sha)
+        recovered, event = domain.committed(p.id, landed.release_id, landed.environment, landed.deployed_by, sha)
         await store.record(event)
         log.warning("deployment.commit_recovered", deployment_id=p.id, gitops_commit_sha=sha, target=target.key)
         return recovered
 
     async def _activate(self, store: DeploymentStore, deployment_id: str, target: Target) -> None:
-        row, superseded = await store.activate(deployment_id, target)
-        if row is None:
+        activated, superseded = await store.activate(deployment_id, target)
+        if activated is None:
             return
         await store.report_to_github(
             github.status(deployment_id, target, "success", "active"),
             *(github.status(d, target, "inactive", f"superseded by deployment {deployment_id}") for d in superseded),
         )
         active, event = domain.activate(
-            deployment_id, row["environment"], row["committed_at"] or row["deployed_at"], row["reconciled_at"]
+            deployment_id,
+            activated.environment,
+            activated.committed_at or activated.deployed_at,
+            activated.reconciled_at,
         )
         await store.record(event)
         RECONCILED.labels("active").inc()

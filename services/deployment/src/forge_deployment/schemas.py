@@ -13,6 +13,8 @@ import msgspec
 
 from forge_common.events import isoformat, isoformat_or_none
 
+from .domain import Deployment
+
 __all__ = [
     "CurrentDeployment",
     "DeploymentAccepted",
@@ -108,20 +110,20 @@ class CurrentDeployment(msgspec.Struct, kw_only=True):
     approval_id: str | None
 
     @classmethod
-    def of(cls, row: dict[str, Any]) -> CurrentDeployment:
+    def of(cls, d: Deployment) -> CurrentDeployment:
         return cls(
-            deployment_id=str(row["id"]),
-            release_id=str(row["release_id"]),
-            release_number=row["release_number"],
-            environment=row["environment"],
-            status=row["status"],
-            deployed_at=isoformat(row["deployed_at"]),
-            deployed_by=row["deployed_by"],
-            gitops_commit_sha=row["gitops_commit_sha"] or "",
-            repository=row["repository"],
-            project=row["project"],
-            reconciled_at=isoformat_or_none(row["reconciled_at"]),
-            approval_id=str(row["approval_id"]) if row["approval_id"] else None,
+            deployment_id=d.id,
+            release_id=d.release_id,
+            release_number=d.release_number,
+            environment=d.environment,
+            status=d.status,
+            deployed_at=isoformat(d.deployed_at),
+            deployed_by=d.deployed_by,
+            gitops_commit_sha=d.gitops_commit_sha or "",
+            repository=d.repository,
+            project=d.project,
+            reconciled_at=isoformat_or_none(d.reconciled_at),
+            approval_id=d.approval_id or None,
         )
 
 
@@ -137,17 +139,17 @@ class HistoryEntry(msgspec.Struct, kw_only=True):
     error: str | None
 
     @classmethod
-    def of(cls, row: dict[str, Any]) -> HistoryEntry:
+    def of(cls, d: Deployment) -> HistoryEntry:
         return cls(
-            id=str(row["id"]),
-            release_number=row["release_number"],
-            status=row["status"],
-            deployed_at=isoformat(row["deployed_at"]),
-            deployed_by=row["deployed_by"],
-            release_id=str(row["release_id"]),
-            gitops_commit_sha=row["gitops_commit_sha"],
-            reconciled_at=isoformat_or_none(row["reconciled_at"]),
-            error=row["error"],
+            id=d.id,
+            release_number=d.release_number,
+            status=d.status,
+            deployed_at=isoformat(d.deployed_at),
+            deployed_by=d.deployed_by,
+            release_id=d.release_id,
+            gitops_commit_sha=d.gitops_commit_sha,
+            reconciled_at=isoformat_or_none(d.reconciled_at),
+            error=d.error,
         )
 
 

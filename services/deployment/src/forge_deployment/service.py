@@ -133,7 +133,7 @@ class DeploymentService:
             log.error("deployment.gitops_commit_failed", deployment_id=d.id, error=str(exc))
             async with unit_of_work(self.pool) as store:
                 reason = f"GitOps commit failed: {exc}"
-                if await store.mark_failed(d.id, reason) is not None:
+                if await store.mark_failed(d.id, reason):
                     await store.report_to_github(github.status(d.id, d.target, "failure", reason))
             if isinstance(exc, GitTimeout):
                 raise GatewayTimeout(
@@ -161,13 +161,13 @@ class DeploymentService:
 
     async def current(self, target: Target) -> CurrentDeployment:
         async with unit_of_work(self.pool) as store:
-            row = await store.current(target)
-        if row is None:
+            deployment = await store.current(target)
+        if deployment is None:
             raise NotFound(
                 f"nothing is deployed to {target.environment} for {target.repository} {target.project}",
                 {"environment": target.environment, "repository": target.repository, "project": target.project},
             )
-        return CurrentDeployment.of(row)
+        return CurrentDeployment.of(deployment)
 
     async def history(
         self, target: Target, limit: int, offset: int, page_cursor: str | None = None
@@ -191,7 +191,7 @@ class DeploymentService:
             rows, total = await store.history(target, limit + 1, offset, before)
         more = len(rows) > limit
         rows = rows[:limit]
-        next_cursor = cursor.encode(scope, [rows[-1]["deployed_at"].isoformat(), str(rows[-1]["id"])]) if more else None
+        next_cursor = cursor.encode(scope, [rows[-1].deployed_at.isoformat(), rows[-1].id]) if more else None
         return DeploymentHistory(
             deployments=[HistoryEntry.of(r) for r in rows],
             total=total,

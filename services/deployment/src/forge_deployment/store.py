@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import psycopg
 from psycopg.rows import DictRow
@@ -20,7 +19,7 @@ from forge_common.db import Pool
 from forge_common.events import EventData
 from forge_common.outbox import add_event
 
-from .domain import NewDeployment, PendingDeployment, Target
+from .domain import Activated, Deployment, Landed, NewDeployment, PendingDeployment, Target
 
 __all__ = ["DeploymentStore", "unit_of_work"]
 
@@ -28,7 +27,29 @@ SCHEMA = "deployment"
 # pg_advisory_xact_lock key serializing "count pending, then insert" across replicas.
 _PENDING_LIMIT_LOCK = 0x6465706C6F79  # "deploy"
 
-Row = dict[str, Any]
+_DEPLOYMENT = (
+    "id::text AS id, release_id::text AS release_id, release_number, repository, project, environment, "
+    "status::text AS status, deployed_at, deployed_by, gitops_commit_sha, reconciled_at, "
+    "approval_id::text AS approval_id, error"
+)
+
+
+def _deployment(row: DictRow) -> Deployment:
+    return Deployment(
+        id=row["id"],
+        release_id=row["release_id"],
+        release_number=int(row["release_number"]),
+        repository=row["repository"],
+        project=row["project"],
+        environment=row["environment"],
+        status=row["status"],
+        deployed_at=row["deployed_at"],
+        deployed_by=row["deployed_by"],
+        gitops_commit_sha=row["gitops_commit_sha"],
+        reconciled_at=row["reconciled_at"],
+        approval_id=row["approval_id"],
+        error=row["error"],
+    )
 
 
 class DeploymentStore:
@@ -82,31 +103,34 @@ class DeploymentStore:
         )
         return None
 
-    async def record_commit(self, deployment_id: str, sha: str) -> Row | None:
+    async def record_commit(self, deployment_id: str, sha: str) -> Landed | None:
         """Record the landed commit once; None when it was recorded already (by the reconciler)."""
         cur = await self.conn.execute(
             "UPDATE deployment.deployments SET gitops_commit_sha = %s, committed_at = now() "
             "WHERE id = %s AND gitops_commit_sha IS NULL "
-            "RETURNING id, release_id, environment, deployed_by, committed_at",
+            "RETURNING release_id::text AS release_id, environment, deployed_by",
             (sha, deployment_id),
         )
-        return await cur.fetchone()
+        row = await cur.fetchone()
+        return Landed(row["release_id"], row["environment"], row["deployed_by"]) if row else None
 
-    async def mark_failed(self, deployment_id: str, error: str) -> Row | None:
+    async def mark_failed(self, deployment_id: str, error: str) -> bool:
+        """Fail a pending deployment; False when it is not pending (any more)."""
         cur = await self.conn.execute(
             "UPDATE deployment.deployments SET status = 'failed', error = %s "
-            "WHERE id = %s AND status = 'pending' RETURNING id, environment, repository, project",
+            "WHERE id = %s AND status = 'pending' RETURNING id",
             (error, deployment_id),
         )
-        return await cur.fetchone()
+        return await cur.fetchone() is not None
 
-    async def current(self, target: Target) -> Row | None:
+    async def current(self, target: Target) -> Deployment | None:
         cur = await self.conn.execute(
-            "SELECT * FROM deployment.deployments "
+            f"SELECT {_DEPLOYMENT} FROM deployment.deployments "
             "WHERE environment = %s AND repository_key = lower(%s) AND project_key = lower(%s) AND status = 'active'",
             (target.environment, target.repository, target.project),
         )
-        return await cur.fetchone()
+        row = await cur.fetchone()
+        return _deployment(row) if row else None
 
     async def active_projects(self, environment: str, repository: str, limit: int) -> list[str]:
         """The projects of a repository with an active deployment in the environment (by name),
@@ -121,7 +145,7 @@ class DeploymentStore:
 
     async def history(
         self, target: Target, limit: int, offset: int, before: tuple[dt.datetime, str] | None = None
-    ) -> tuple[list[Row], int]:
+    ) -> tuple[list[Deployment], int]:
         """One page, newest first, and the total; ``before``: keyset continuation (a cursor)."""
         args = (target.environment, target.repository, target.project)
         after_at, after_id = before if before is not None else (None, None)
@@ -132,22 +156,17 @@ class DeploymentStore:
         row = await cur.fetchone()
         total = int(row["n"]) if row else 0
         cur = await self.conn.execute(
-            "SELECT id, release_id, release_number, status, deployed_at, deployed_by, gitops_commit_sha, "
-            "reconciled_at, error FROM deployment.deployments "
+            f"SELECT {_DEPLOYMENT} FROM deployment.deployments "
             "WHERE environment = %s AND repository_key = lower(%s) AND project_key = lower(%s) "
             "AND (%s::timestamptz IS NULL OR (deployed_at, id) < (%s::timestamptz, %s::uuid)) "
             "ORDER BY deployed_at DESC, id DESC LIMIT %s OFFSET %s",
             (*args, after_at, after_at, after_id, limit, offset),
         )
-        return list(await cur.fetchall()), total
-
-    async def get(self, deployment_id: str) -> Row | None:
-        cur = await self.conn.execute("SELECT * FROM deployment.deployments WHERE id = %s", (deployment_id,))
-        return await cur.fetchone()
+        return [_deployment(row) for row in await cur.fetchall()], total
 
     # --- reconciler -------------------------------------------------------------------------
 
-    async def expire_pending(self, older_than: dt.datetime, limit: int = 500) -> list[Row]:
+    async def expire_pending(self, older_than: dt.datetime, limit: int = 500) -> list[tuple[str, Target]]:
         """Fail pending deployments created before ``older_than`` (skipping rows others hold)."""
         cur = await self.conn.execute(
             """
@@ -156,11 +175,11 @@ class DeploymentStore:
                 SELECT id FROM deployment.deployments
                 WHERE status = 'pending' AND deployed_at < %s
                 ORDER BY deployed_at LIMIT %s FOR UPDATE SKIP LOCKED)
-            RETURNING d.id, d.environment, d.repository, d.project, d.deployed_at
+            RETURNING d.id::text AS id, d.environment, d.repository, d.project
             """,
             ("not reconciled in time", older_than, limit),
         )
-        return list(await cur.fetchall())
+        return [(r["id"], Target(r["environment"], r["repository"], r["project"])) for r in await cur.fetchall()]
 
     async def set_error(self, deployment_id: str, error: str) -> None:
         await self.conn.execute("UPDATE deployment.deployments SET error = %s WHERE id = %s", (error, deployment_id))
@@ -193,7 +212,7 @@ class DeploymentStore:
         )
         return [PendingDeployment(str(r["id"]), r["gitops_commit_sha"]) for r in await cur.fetchall()]
 
-    async def activate(self, deployment_id: str, target: Target) -> tuple[Row | None, list[str]]:
+    async def activate(self, deployment_id: str, target: Target) -> tuple[Activated | None, list[str]]:
         """Make ``deployment_id`` the active one; the previous active becomes superseded."""
         cur = await self.conn.execute(
             "UPDATE deployment.deployments SET status = 'superseded', superseded_at = now(), superseded_by = %s "
@@ -205,10 +224,13 @@ class DeploymentStore:
         cur = await self.conn.execute(
             "UPDATE deployment.deployments SET status = 'active', reconciled_at = now(), error = NULL "
             "WHERE id = %s AND status = 'pending' "
-            "RETURNING id, environment, deployed_at, committed_at, reconciled_at",
+            "RETURNING environment, deployed_at, committed_at, reconciled_at",
             (deployment_id,),
         )
-        return await cur.fetchone(), superseded
+        row = await cur.fetchone()
+        if row is None:
+            return None, superseded
+        return Activated(row["environment"], row["deployed_at"], row["committed_at"], row["reconciled_at"]), superseded
 
     async def overtake(self, deployment_ids: list[str], by: str | None) -> list[str]:
         """Pending deployments overwritten in GitOps before they were applied: superseded."""

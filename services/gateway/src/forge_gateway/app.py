@@ -19,14 +19,22 @@ from forge_common import metrics
 from forge_common.auth import JwksCache, LocalKeySet, TokenVerifier
 from forge_common.errors import NotFound
 from forge_common.http import EXCEPTION_HANDLERS, ObservabilityMiddleware
-from forge_common.openapi import response
+from forge_common.openapi import body_operation, errors, response
 from forge_common.tracing import configure_tracing, flush_tracing
 
 from .apidocs import contract_handlers
 from .console import browser_run_redirect, console_handlers
 from .proxy import Proxy
 from .settings import Settings
-from .token_exchange import GRANT_TYPE, IssuerConfig, TokenExchange, WorkloadKey, load_trusted_issuers
+from .token_exchange import (
+    GRANT_TYPE,
+    IssuerConfig,
+    TokenExchange,
+    TokenExchangeRequest,
+    TokenExchangeResponse,
+    WorkloadKey,
+    load_trusted_issuers,
+)
 from .versioning import API_VERSIONS
 
 __all__ = ["META_PATH", "TOKEN_PATH", "GatewayApp", "GatewayMeta", "create_app"]
@@ -125,9 +133,34 @@ def _identity_routes(
     @post(
         TOKEN_PATH,
         status_code=200,
+        operation_id="exchangeToken",
         summary="RFC 8693 token exchange: a trusted CI job's OIDC token for a Forge token (docs/api.md)",
-        # Form-encoded, OAuth-shaped: documented in docs/api.md, outside the JSON contract.
-        include_in_schema=False,
+        description="No bearer token: the subject token is the credential. Every error is the platform's "
+        "envelope; `details.oauth_error` carries the RFC 6749 error code (`invalid_request`, "
+        "`unsupported_grant_type`, `invalid_grant`).",
+        # The handler parses the form itself (each field once, 64 KiB at most); the document
+        # names its fields.
+        operation_class=body_operation(
+            TokenExchangeRequest,
+            "the token exchange form (RFC 8693 section 2.1)",
+            media_type="application/x-www-form-urlencoded",
+        ),
+        responses={
+            200: response(TokenExchangeResponse, "a Forge access token for the subject token's repository"),
+            **errors(
+                {
+                    400: "not form-encoded, a parameter repeated or missing, or a `grant_type` or "
+                    "`subject_token_type` other than the token exchange's (`details.oauth_error`)",
+                    401: "the subject token is no JWT, expired, not for this platform's audience, from an "
+                    "issuer not trusted, or signed with a key its issuer does not publish",
+                    403: "no rule of the issuer grants a role to this token, or its repository claim "
+                    "names no repository",
+                    404: "workload identity is not configured on this platform (`FORGE_TRUSTED_ISSUERS`)",
+                    503: "the trusted issuer's key set could not be fetched; retry later",
+                }
+            ),
+        },
+        opt={"public": True},
     )
     async def token(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         """Form-encoded ``grant_type``, ``subject_token``, ``subject_token_type``; answers

@@ -70,6 +70,11 @@ _TAGS = [
     {"name": "deployment", "description": "Deployments of releases to dev, staging and production through GitOps"},
     {"name": "approval", "description": "Approvals of releases for environments (production needs one)"},
     {"name": "gateway", "description": "What the gateway answers itself: discovery, health"},
+    {
+        "name": "auth",
+        "description": "Workload identity: a CI job's OIDC token exchanged for a short-lived Forge token "
+        "(RFC 8693, answered by the gateway)",
+    },
     {"name": "internal", "description": "For workers and services (service-account tokens); users get 403"},
 ]
 
@@ -166,7 +171,7 @@ def _gateway_document() -> dict[str, Any]:
     """What the gateway answers itself (its Litestar app): its ``/v1`` operations and health.
     ``/v1/meta`` and health need no token; any other needs the bearer token unless its handler
     says ``opt={"public": True}``."""
-    from .app import META_PATH, create_app
+    from .app import META_PATH, TOKEN_PATH, create_app
     from .settings import Settings
 
     document = service_document(_quietly(create_app, Settings()).rest)
@@ -175,7 +180,7 @@ def _gateway_document() -> dict[str, Any]:
         if not path.startswith(_API_PREFIX) and path not in _HEALTH:
             continue
         for operation in item.values():
-            operation["tags"] = ["gateway"]
+            operation["tags"] = ["auth"] if path == TOKEN_PATH else ["gateway"]
             if path == META_PATH or path in _HEALTH:
                 operation["security"] = []
             if operation.get("deprecated") is False:

@@ -36,7 +36,7 @@ import tomllib
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import parse_qs
 
 import jwt
@@ -55,6 +55,8 @@ __all__ = [
     "IssuerConfig",
     "Rule",
     "TokenExchange",
+    "TokenExchangeRequest",
+    "TokenExchangeResponse",
     "WorkloadKey",
     "load_trusted_issuers",
 ]
@@ -73,6 +75,48 @@ _REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 # A subject token with a key id its issuer's key set lacks makes us fetch the set again, at most
 # this often per issuer: unknown kids cannot make the gateway hammer an identity provider.
 _MIN_REFRESH_SECONDS = 5.0
+
+
+class TokenExchangeRequest(msgspec.Struct, kw_only=True):
+    """The RFC 8693 token exchange form (application/x-www-form-urlencoded); each field once."""
+
+    example: ClassVar[dict[str, str]] = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJyZXBvc2l0b3J5IjoiYWNtZS9hcHAifQ.c2ln",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+    }
+
+    grant_type: Annotated[
+        Literal["urn:ietf:params:oauth:grant-type:token-exchange"],
+        msgspec.Meta(description="always `urn:ietf:params:oauth:grant-type:token-exchange`"),
+    ]
+    subject_token: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            description="the workload's OIDC token (a JWT) from a trusted issuer (`FORGE_TRUSTED_ISSUERS`)",
+        ),
+    ]
+    subject_token_type: Annotated[
+        Literal["urn:ietf:params:oauth:token-type:jwt"],
+        msgspec.Meta(description="always `urn:ietf:params:oauth:token-type:jwt`"),
+    ]
+
+
+class TokenExchangeResponse(msgspec.Struct, kw_only=True):
+    """The RFC 8693 answer: a Forge access token bound to one repository (claim forge_repository)."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "access_token": "eyJhbGciOiJSUzI1NiIsImtpZCI6ImZvcmdlIn0.eyJmb3JnZV9yZXBvc2l0b3J5IjoiYWNtZS9hcHAifQ.c2ln",
+        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "token_type": "Bearer",
+        "expires_in": 900,
+    }
+
+    access_token: Annotated[str, msgspec.Meta(description="use as `Authorization: Bearer <access_token>`")]
+    issued_token_type: Literal["urn:ietf:params:oauth:token-type:access_token"]
+    token_type: Literal["Bearer"]
+    expires_in: Annotated[int, msgspec.Meta(ge=1, le=900, description="seconds the token lives (at most 900)")]
 
 
 class Rule(msgspec.Struct):

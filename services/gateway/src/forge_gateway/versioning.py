@@ -24,6 +24,7 @@ API_VERSIONS: dict[str, dict[str, str]] = {
         "tasks": "pipeline",
         "steps": "pipeline",
         "webhooks": "pipeline",
+        "webhook-subscriptions": "pipeline",  # outgoing webhooks (docs/webhooks.md)
         "events": "pipeline",  # GET /v1/events: the platform's event stream, served by the pipeline service
         "search": "pipeline",  # GET /v1/search, /v1/search/logs: runs and step logs (docs/api-search.md)
         "releases": "release",

@@ -2,16 +2,17 @@
 
 from litestar import Litestar
 
+from forge_common.client import ServiceClient
 from forge_common.github import GitHubSender
 from forge_common.http import AppSpec, build_app
 from forge_common.jobs import JobSettings
 from forge_common.repositories import RepositoryAllowList
 from forge_common.runtime import Runtime
 
-from . import webhooks
+from . import notify, search, webhooks
 from .api import ROUTES, SERVICE_KEY
 from .cancel import CancelNotifier
-from .dispatch import Dispatcher, DispatcherSettings, apply_log_lifecycle
+from .dispatch import ArgoSettings, Dispatcher, DispatcherSettings, apply_log_lifecycle
 from .live import HUB_KEY, ChangeHub
 from .presign import Presigner
 from .retention import RunRetention
@@ -19,10 +20,13 @@ from .service import PipelineService
 from .settings import Settings
 from .store import UnitOfWork
 
-DESCRIPTION = "Pipeline runs, their phases, tasks and steps; GitHub webhooks and commit statuses."
+DESCRIPTION = (
+    "Pipeline runs, their phases, tasks and steps; GitHub webhooks and commit statuses; outgoing webhook subscriptions."
+)
 DISPATCHER_KEY = "dispatcher"
 _SENDER_KEY = "pipeline.commit_statuses"
 _RETENTION_KEY = "pipeline.retention"
+_WEBHOOKS_KEY = "pipeline.outgoing_webhooks"
 
 
 # Over 60 lines on purpose: the one place the service is put together; its start and stop hooks
@@ -31,12 +35,15 @@ def create_app(
     settings: Settings,
     dispatcher_settings: DispatcherSettings | None = None,
     job_settings: JobSettings | None = None,
+    argo_settings: ArgoSettings | None = None,
 ) -> Litestar:
-    """Every setting is passed in (``__main__`` reads ``FORGE_*``, ``FORGE_DISPATCHER_*`` and
-    ``FORGE_JOB_*``); nothing here or below reads the environment. Absent dispatcher or job
-    settings are their defaults (the OpenAPI contract builds the app that way)."""
+    """Every setting is passed in (``__main__`` reads ``FORGE_*``, ``FORGE_DISPATCHER_*``,
+    ``FORGE_JOB_*`` and ``FORGE_EXECUTOR`` / ``FORGE_ARGO_*``); nothing here or below reads the
+    environment. Absent dispatcher, job or executor settings are their defaults (the OpenAPI
+    contract builds the app that way: jobs on the NATS workers)."""
     dispatcher_settings = dispatcher_settings or DispatcherSettings()
     job_settings = job_settings or JobSettings()
+    argo_settings = argo_settings or ArgoSettings()
     presigner = Presigner(
         settings.s3_public_url or settings.s3_url or None,
         settings.s3_bucket,
@@ -76,16 +83,27 @@ def create_app(
         retention.start()
         hub = runtime.extras[HUB_KEY] = ChangeHub(settings.database_url)
         hub.start()
+        client = ServiceClient(settings.release_url, "release", timeout=settings.release_timeout)
+        runtime.extras[search.RELEASES_KEY] = search.ReleaseSearch(client)
+        outgoing = runtime.extras[_WEBHOOKS_KEY] = notify.Webhooks(runtime, settings)
+        runtime.extras[notify.SERVICE_KEY] = outgoing.service
+        await outgoing.start()
 
     async def start_dispatcher(runtime: Runtime) -> None:
         await apply_log_lifecycle(runtime)
         if not settings.dispatcher_enabled:
             return
-        dispatcher = Dispatcher(runtime, dispatcher_settings, job_settings)
+        dispatcher = Dispatcher(runtime, dispatcher_settings, job_settings, argo_settings)
         await dispatcher.start()
         runtime.extras[DISPATCHER_KEY] = dispatcher
 
     async def stop(runtime: Runtime) -> None:
+        releases = runtime.extras.pop(search.RELEASES_KEY, None)
+        if isinstance(releases, search.ReleaseSearch):
+            await releases.close()
+        outgoing = runtime.extras.pop(_WEBHOOKS_KEY, None)
+        if isinstance(outgoing, notify.Webhooks):
+            await outgoing.stop()
         hub = runtime.extras.pop(HUB_KEY, None)
         if isinstance(hub, ChangeHub):
             await hub.stop()
@@ -103,7 +121,7 @@ def create_app(
         AppSpec(
             service="pipeline",
             settings=settings,
-            routes=ROUTES,
+            routes=[*ROUTES, *notify.ROUTES],
             schema="pipeline",
             migrations="forge_pipeline.migrations",
             on_startup=[start, start_dispatcher],

@@ -9,14 +9,17 @@ from __future__ import annotations
 from psycopg.rows import kwargs_row
 from psycopg.types.json import Jsonb
 
-from .records import ArtifactRow, Dispatched, DispatchRun, LeaseState, TaskState
+from .records import ArtifactRow, Dispatched, DispatchRun, LeaseState, Publication, TaskState
 from .store import Conn
 
 __all__ = [
     "claim_runs",
+    "dispatch_publications",
+    "finish_publication",
     "mark_dispatched",
     "mark_release_evaluated",
     "record_artifact",
+    "record_build_publication",
     "renew_leases",
     "run_artifacts",
     "run_for_dispatch",
@@ -24,8 +27,9 @@ __all__ = [
 
 
 async def claim_runs(conn: Conn, owner: str, ttl: float, limit: int, exclude: list[str]) -> list[str]:
-    """Lease up to ``limit`` runs nobody drives: active runs with no or an expired lease, and
-    successful runs whose release triggers were not evaluated yet. ``SKIP LOCKED`` lets several
+    """Lease up to ``limit`` runs nobody drives: active runs with no or an expired lease,
+    successful runs whose release triggers were not evaluated yet, and successful runs with an
+    artifact publication still to make (a tag pushed after the build). ``SKIP LOCKED`` lets several
     replicas claim at once without blocking or taking the same run."""
     cur = await conn.execute(
         """
@@ -40,6 +44,13 @@ async def claim_runs(conn: Conn, owner: str, ttl: float, limit: int, exclude: li
                AND (lease_expires_at IS NULL OR lease_expires_at < now())
                AND completed_at > now() - interval '1 day'
              ORDER BY completed_at LIMIT %(limit)s)
+            UNION  -- not ALL: a run may be in both of the last two sets
+            -- from the (few) pending publications, by their partial index, to their runs
+            (SELECT DISTINCT r.id, r.created_at
+             FROM pipeline.artifact_publications p JOIN pipeline.runs r ON r.id = p.run_id
+             WHERE p.status = 'pending' AND r.status = 'success'
+               AND (r.lease_expires_at IS NULL OR r.lease_expires_at < now())
+             LIMIT %(limit)s)
         ),
         claimable AS (
             SELECT r.id FROM pipeline.runs r JOIN candidates c ON c.id = r.id
@@ -181,3 +192,65 @@ async def record_artifact(
                error = %s WHERE id = %s""",
         (digest, size, tracking_oci_uri, Jsonb(published_uris), error, artifact_id),
     )
+
+
+async def record_build_publication(conn: Conn, artifact_id: str, run_id: str, tag: str, uri: str | None) -> None:
+    """The tag an artifact job published to itself (a tag run): nothing left to publish for it."""
+    await conn.execute(
+        """INSERT INTO pipeline.artifact_publications (id, run_id, artifact_id, tag, status, by_build, uri, completed_at)
+           VALUES (gen_random_uuid(), %s, %s, %s, 'success', true, %s, now())
+           ON CONFLICT (artifact_id, destination, tag) DO NOTHING""",
+        (run_id, artifact_id, tag, uri),
+    )
+
+
+async def dispatch_publications(conn: Conn, run_id: str) -> list[Publication]:
+    """The run's pending publications, each with a fresh dispatch attempt id (a job of an earlier
+    attempt still answers, but to nobody: publishing twice is harmless, see the worker)."""
+    cur = conn.cursor(row_factory=kwargs_row(Publication))
+    await cur.execute(
+        """
+        UPDATE pipeline.artifact_publications p
+        SET dispatch_attempt = replace(gen_random_uuid()::text, '-', ''), dispatched_at = now()
+        FROM pipeline.artifacts a
+        WHERE p.run_id = %s AND p.status = 'pending' AND a.id = p.artifact_id
+        RETURNING p.id::text AS id, p.artifact_id::text AS artifact_id, p.tag, p.dispatch_attempt AS attempt,
+                  a.project, a.name, a.artifact_type, a.digest, a.tracking_oci_uri
+        """,
+        (run_id,),
+    )
+    return sorted(await cur.fetchall(), key=lambda p: (p.project, p.name, p.tag))
+
+
+async def finish_publication(conn: Conn, publication: Publication, uri: str | None, error: str | None) -> bool:
+    """Record a publication's outcome (once: False when it was no longer pending) and show it on
+    its artifact: the asset's URL joins ``published_uris``, or the error becomes the artifact's
+    ``error`` (its status stays ``success``: it was built). The caller holds the run lock."""
+    cur = await conn.execute(
+        """UPDATE pipeline.artifact_publications
+           SET status = %s, uri = %s, error = %s, completed_at = now()
+           WHERE id = %s AND status = 'pending' RETURNING id""",
+        ("success" if error is None else "failed", uri, error, publication.id),
+    )
+    if await cur.fetchone() is None:
+        return False
+    if error is None:
+        # A retried publication that succeeds clears the error its failure left.
+        await conn.execute(
+            """UPDATE pipeline.artifacts SET
+                   published_uris = CASE WHEN published_uris @> %(uri)s THEN published_uris
+                                         ELSE published_uris || %(uri)s END,
+                   error = CASE WHEN starts_with(error, %(prefix)s) THEN NULL ELSE error END
+               WHERE id = %(id)s""",
+            {"uri": Jsonb([uri]), "prefix": _failure_prefix(publication.tag), "id": publication.artifact_id},
+        )
+    else:
+        await conn.execute(
+            "UPDATE pipeline.artifacts SET error = %s WHERE id = %s",
+            (f"{_failure_prefix(publication.tag)}{error}", publication.artifact_id),
+        )
+    return True
+
+
+def _failure_prefix(tag: str) -> str:
+    return f"github-release of tag {tag}: "

@@ -178,3 +178,19 @@ class ArtifactRow(msgspec.Struct, kw_only=True):
     tracking_oci_uri: str | None
     published_uris: list[str]
     error: str | None
+
+
+class Publication(msgspec.Struct, kw_only=True):
+    """A publication of a built artifact for a tag (``pipeline.artifact_publications``), as its
+    job needs it: the artifact's identity, digest and tracking reference, and the dispatch
+    attempt id the job carries."""
+
+    id: str
+    artifact_id: str
+    tag: str
+    attempt: str
+    project: str
+    name: str
+    artifact_type: Literal["container", "binary", "archive"]
+    digest: str
+    tracking_oci_uri: str

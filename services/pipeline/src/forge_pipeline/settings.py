@@ -35,6 +35,27 @@ class Settings(CommonSettings, kw_only=True):
     # Search (search.py): at most this many bytes of a step's log are indexed, from its start
     # (0 turns log indexing off). Lines past the cap are not found by GET /v1/search/logs.
     search_log_index_bytes: int = 1024 * 1024
+    # The release service, whose search GET /v1/search merges with the runs it finds, and the
+    # upper bound of one call to it (a Go duration).
+    release_url: str = "http://127.0.0.1:8082"
+    release_timeout: float = 5.0
+
+    # Outgoing webhooks (notify/, docs/webhooks.md). Targets in loopback, link-local, private,
+    # unique-local, multicast and unspecified ranges are refused unless allow_private (tests,
+    # on-premises receivers). Each attempt has `timeout` seconds; a failed one is retried after
+    # retry_first (doubling, with jitter, up to retry_longest) for retry_for after the event; a
+    # subscription whose attempts all failed for disable_after is disabled.
+    webhook_allow_private: bool = False
+    webhook_timeout: float = 10.0
+    webhook_retry_first: float = 5.0
+    webhook_retry_longest: float = 3600.0
+    webhook_retry_for: float = 24 * 3600.0
+    webhook_disable_after: float = 3 * 24 * 3600.0
+    # Attempts in flight per process, and how often due deliveries are looked for without a wake-up.
+    webhook_concurrency: int = 16
+    webhook_poll_interval: float = 1.0
+    # False: this process serves the subscription API but neither fans events out nor sends.
+    webhook_delivery_enabled: bool = True
 
     def validate(self) -> list[str]:
         problems = super().validate()
@@ -51,6 +72,25 @@ class Settings(CommonSettings, kw_only=True):
             problems.append("FORGE_MAX_ACTIVE_RUNS_PER_REPOSITORY must be >= 1")
         if not (1 <= self.logs_url_ttl <= 7 * 24 * 3600):
             problems.append("FORGE_LOGS_URL_TTL must be between 1s and 7 days")
+        if not self.release_url.startswith(("http://", "https://")):
+            problems.append("FORGE_RELEASE_URL must be an http:// or https:// URL")
+        if not (0 < self.release_timeout <= 60):
+            problems.append("FORGE_RELEASE_TIMEOUT must be a duration between 0 and 60s")
         if not (0 <= self.search_log_index_bytes <= 64 * 1024 * 1024):
             problems.append("FORGE_SEARCH_LOG_INDEX_BYTES must be between 0 and 67108864 (64 MiB)")
+        problems.extend(self._webhook_problems())
+        return problems
+
+    def _webhook_problems(self) -> list[str]:
+        problems: list[str] = []
+        if not (0.1 <= self.webhook_timeout <= 60):
+            problems.append("FORGE_WEBHOOK_TIMEOUT must be between 100ms and 60s")
+        if not (0 < self.webhook_retry_first <= self.webhook_retry_longest):
+            problems.append("FORGE_WEBHOOK_RETRY_FIRST must be positive and at most FORGE_WEBHOOK_RETRY_LONGEST")
+        if self.webhook_retry_for <= 0 or self.webhook_disable_after <= 0:
+            problems.append("FORGE_WEBHOOK_RETRY_FOR and FORGE_WEBHOOK_DISABLE_AFTER must be positive durations")
+        if not (1 <= self.webhook_concurrency <= 1000):
+            problems.append("FORGE_WEBHOOK_CONCURRENCY must be between 1 and 1000")
+        if not (0.01 <= self.webhook_poll_interval <= 60):
+            problems.append("FORGE_WEBHOOK_POLL_INTERVAL must be between 10ms and 60s")
         return problems

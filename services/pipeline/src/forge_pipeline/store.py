@@ -300,6 +300,39 @@ async def set_run_tag(conn: Conn, run_id: str, tag: str) -> None:
     )
 
 
+async def plan_tag_publications(conn: Conn, run_id: str, retry_tag: str | None = None) -> int:
+    """For a successful run: one ``pending`` publication per built artifact that declares
+    ``github-release`` and per tag pushed onto the run's commit (``pipeline.tag_pushes``) that it
+    was not published to yet; the number added. Idempotent (a redelivered tag push adds none);
+    a run not (yet) successful gets none: the dispatcher plans again when it succeeds.
+
+    ``retry_tag``: a new push of that tag, whose failed publications are tried again (the
+    successful ones never are)."""
+    if retry_tag is not None:
+        await conn.execute(
+            """UPDATE pipeline.artifact_publications SET status = 'pending', error = NULL, completed_at = NULL
+               WHERE run_id = %s AND tag = %s AND status = 'failed'""",
+            (run_id, retry_tag),
+        )
+    cur = await conn.execute(
+        """
+        INSERT INTO pipeline.artifact_publications (id, run_id, artifact_id, tag)
+        SELECT gen_random_uuid(), a.run_id, a.id, t.tag
+        FROM pipeline.artifacts a
+        JOIN pipeline.runs r ON r.id = a.run_id AND r.status = 'success'
+        JOIN pipeline.steps s ON s.id = a.id AND s.status = 'success'
+        JOIN pipeline.tag_pushes t ON t.run_id = a.run_id
+        WHERE a.run_id = %s AND a.publish ? 'github-release' AND a.digest IS NOT NULL
+          AND a.tracking_oci_uri IS NOT NULL
+        ORDER BY a.project, a.name, t.created_at
+        ON CONFLICT (artifact_id, destination, tag) DO NOTHING
+        RETURNING id
+        """,
+        (run_id,),
+    )
+    return len(await cur.fetchall())
+
+
 async def close_open_work(conn: Conn, run_id: str) -> None:
     """Pending phases/tasks/steps become ``skipped``; running ones stop (``cancelled`` tasks and
     steps, ``skipped`` phases, since a phase has no cancelled state)."""

@@ -205,12 +205,15 @@ async def _tag_push(
     conn: Conn, payload: GitHubEvent, repository: str, tag: str, commit_sha: str, actor: str, max_active: int
 ) -> tuple[int, WebhookResult]:
     """A tag push is recorded (release triggers ``{ tag = true }``). When the commit already has
-    a run, the tag is attached to it (a successful run gets its release triggers evaluated
-    again, for the tag); otherwise a run is started for the tagged commit."""
+    a run, the tag is attached to it: a successful run gets its release triggers evaluated
+    again, for the tag, and its built ``github-release`` artifacts planned for the tag's GitHub
+    Release (a running run is planned when it succeeds; see ``dispatch/publications.py``);
+    otherwise a run is started for the tagged commit."""
     existing = await store.run_by_commit(conn, repository, commit_sha)
     if existing is not None:
         await store.set_run_tag(conn, existing.id, tag)
         await store.record_tag_push(conn, repository, tag, commit_sha, actor, existing.id)
+        await store.plan_tag_publications(conn, existing.id, retry_tag=tag)
         return 200, WebhookResult(delivery_id="", status="tag_recorded", run_id=existing.id, tag=tag)
     base_ref = payload.base_ref
     branch = base_ref.removeprefix("refs/heads/") if base_ref and base_ref.startswith("refs/heads/") else tag

@@ -39,6 +39,7 @@ __all__ = [
     "ReleasePage",
     "ReleaseSummary",
     "SearchHit",
+    "SearchPage",
     "SearchQuery",
     "Trigger",
     "classify_identifier",
@@ -510,6 +511,14 @@ class SearchHit(msgspec.Struct, frozen=True):
     tag: str | None
     aliases: tuple[str, ...]
     matched: tuple[str, ...]  # which of commit, branch, tag, alias, author matched
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """One page of search hits, newest first; ``next_cursor`` continues it."""
+
+    hits: tuple[SearchHit, ...]
+    next_cursor: str | None
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from forge_common import cursor
 from forge_common.errors import Conflict, InvalidRequest, NotFound
 from forge_common.events import utcnow
 from forge_common.repositories import RepositoryAllowList
+from forge_common.search import page_limit, query_text, release_scope
 
 from . import domain
 from .domain import (
@@ -44,7 +45,7 @@ from .domain import (
     Release,
     ReleaseKey,
     ReleasePage,
-    SearchHit,
+    SearchPage,
     SearchQuery,
 )
 from .github import release_status
@@ -52,7 +53,7 @@ from .oci import Publisher, build_artifact
 from .runs import RunChecker, SkipRunCheck
 from .store import PgReleases, UnitOfWork
 
-__all__ = ["CreateRelease", "ReleaseService", "SearchPage"]
+__all__ = ["CreateRelease", "ReleaseService"]
 
 log = structlog.get_logger(__name__)
 
@@ -60,9 +61,6 @@ log = structlog.get_logger(__name__)
 RELEASES_CREATED = Counter("forge_releases_created_total", "Releases created")
 
 MAX_CANDIDATES = 10
-_QUERY_CHARACTERS = 200
-_DEFAULT_SEARCH_LIMIT = 20
-_MAX_SEARCH_LIMIT = 100
 
 
 @dataclass(frozen=True)
@@ -83,12 +81,6 @@ class CreateRelease:
     on_behalf_of: str | None = None  # trigger.triggered_by as sent
     subject: str = ""  # the caller's token subject: created_by's stable identity
     on_behalf_of_id: str | None = None  # trigger.triggered_by_id as sent (with on_behalf_of)
-
-
-@dataclass(frozen=True)
-class SearchPage:
-    hits: list[SearchHit]
-    next_cursor: str | None
 
 
 class _ProjectLocks:
@@ -282,15 +274,12 @@ class ReleaseService:
     ) -> SearchPage:
         """``GET /v1/releases/search`` (docs/api-search.md): releases by commit prefix, branch,
         tag, alias or author, newest first, paged by an opaque cursor bound to the query."""
-        if q is None or not q.strip():
-            raise InvalidRequest("query parameter 'q' is required", {"field": "q"})
-        if len(q) > _QUERY_CHARACTERS:
-            raise InvalidRequest(f"q must be at most {_QUERY_CHARACTERS} characters", {"field": "q"})
-        text = q.strip()
+        text = query_text(q)
         if repository is not None:
             domain.validate_repository(repository)
-        size = _search_limit(limit)
-        scope = cursor.fingerprint("search.releases", q=text, repository=(repository or "").lower())
+        size = page_limit(limit)
+        # The pipeline service's GET /v1/search makes cursors of this scope (release_cursor).
+        scope = release_scope(text, repository)
         at: dt.datetime | None = None
         after: str | None = None
         if page_cursor is not None:
@@ -306,7 +295,7 @@ class ReleaseService:
         if len(hits) > size:
             last = hits[size - 1].release
             next_cursor = cursor.encode(scope, [last.created_at.isoformat(), last.id])
-        return SearchPage(hits[:size], next_cursor)
+        return SearchPage(tuple(hits[:size]), next_cursor)
 
     # --- aliases -------------------------------------------------------------------------------
 
@@ -355,11 +344,3 @@ def _sha_prefix(q: str) -> str | None:
     if 4 <= len(lowered) <= 64 and all(c in "0123456789abcdef" for c in lowered):
         return lowered + "%"
     return None
-
-
-def _search_limit(value: str | None) -> int:
-    if value is None:
-        return _DEFAULT_SEARCH_LIMIT
-    if not value.isdigit() or not (1 <= int(value) <= _MAX_SEARCH_LIMIT):
-        raise InvalidRequest(f"limit must be an integer from 1 to {_MAX_SEARCH_LIMIT}", {"field": "limit"})
-    return int(value)

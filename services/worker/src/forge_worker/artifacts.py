@@ -140,7 +140,7 @@ class ArtifactJobRunner:
                 return self._failed(job, f"path {job.path!r}: {exc}", logs)
             return await self._push(job, packaged, logs)
         finally:
-            await asyncio.to_thread(workspace.remove)
+            await workspace.release()
 
     async def _push(self, job: ArtifactJob, packaged: Packaged, logs: str | None) -> ArtifactReply:
         try:

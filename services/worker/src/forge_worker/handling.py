@@ -36,6 +36,8 @@ from forge_common.jobs import (
     JobReply,
     JobSettings,
     JobType,
+    PublishJob,
+    PublishResult,
     ReleaseJob,
     ReleaseResult,
 )
@@ -52,14 +54,20 @@ from .discovery import run_discovery
 from .git import GitCache
 from .release import ReleaseJobRunner
 from .reporter import InfraError
+from .republish import PublishJobRunner
 
-__all__ = ["CancelledRuns", "JobHandler"]
+__all__ = ["AnyReply", "CancelledRuns", "JobHandler", "Runners"]
 
 log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer("forge.worker")
 
 AnyReply = (
-    JobReply[CiResult] | JobReply[DiscoveryResult] | JobReply[ReleaseResult] | JobReply[ArtifactResult] | JobReply[None]
+    JobReply[CiResult]
+    | JobReply[DiscoveryResult]
+    | JobReply[ReleaseResult]
+    | JobReply[ArtifactResult]
+    | JobReply[PublishResult]
+    | JobReply[None]
 )
 
 
@@ -79,6 +87,42 @@ class CancelledRuns:
         return run_id in self._runs
 
 
+class Runners:
+    """What runs a job's payload, whoever delivered it: a JetStream delivery (:class:`JobHandler`)
+    or the single-job command of the Argo executor (``forge_worker.single``)."""
+
+    def __init__(
+        self,
+        git: GitCache,
+        ci: CiJobRunner,
+        releases: ReleaseJobRunner,
+        artifacts: ArtifactJobRunner | None,
+        cancelled: CancelledRuns,
+        publisher: PublishJobRunner | None = None,
+    ) -> None:
+        self.git = git
+        self.ci = ci
+        self.releases = releases
+        self.artifacts = artifacts
+        self.cancelled = cancelled
+        self.publisher = publisher
+
+    async def run(self, job_type: JobType, payload: Any, ref: JobRef, deliveries: int) -> AnyReply:
+        if ref.run_id in self.cancelled:
+            return JobReply[None](status="cancelled", error="the run was cancelled")
+        if job_type == "ci":
+            return await self.ci.run(msgspec.convert(payload, CiJob), deliveries)
+        if job_type == "discovery":
+            return await run_discovery(self.git, msgspec.convert(payload, DiscoveryJob))
+        if job_type == "release":
+            return await self.releases.run(msgspec.convert(payload, ReleaseJob))
+        if job_type == "artifact" and self.artifacts is not None:
+            return await self.artifacts.run(msgspec.convert(payload, ArtifactJob))
+        if job_type == "publish" and self.publisher is not None:
+            return await self.publisher.run(msgspec.convert(payload, PublishJob))
+        return JobReply[None](status="failed", error=f"this worker cannot run {job_type} jobs")
+
+
 class JobHandler:
     def __init__(
         self,
@@ -93,6 +137,7 @@ class JobHandler:
         releases: ReleaseJobRunner,
         artifacts: ArtifactJobRunner | None = None,
         redact: Redactor | None = None,
+        publisher: PublishJobRunner | None = None,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -104,6 +149,7 @@ class JobHandler:
         self.ci = ci
         self.releases = releases
         self.artifacts = artifacts
+        self.publisher = publisher
         # Replies and dead-letter reasons become run errors: no secret of this process in them.
         self.redact = redact or Redactor()
         # Stream sequence -> newest delivery of each job this process is running.
@@ -163,17 +209,8 @@ class JobHandler:
             self._deliveries.pop(seq, None)
 
     async def _run(self, job_type: JobType, payload: Any, ref: JobRef, deliveries: int) -> AnyReply:
-        if ref.run_id in self.cancelled:
-            return JobReply[None](status="cancelled", error="the run was cancelled")
-        if job_type == "ci":
-            return await self.ci.run(msgspec.convert(payload, CiJob), deliveries)
-        if job_type == "discovery":
-            return await run_discovery(self.git, msgspec.convert(payload, DiscoveryJob))
-        if job_type == "release":
-            return await self.releases.run(msgspec.convert(payload, ReleaseJob))
-        if job_type == "artifact" and self.artifacts is not None:
-            return await self.artifacts.run(msgspec.convert(payload, ArtifactJob))
-        return JobReply[None](status="failed", error=f"this worker cannot run {job_type} jobs")
+        runners = Runners(self.git, self.ci, self.releases, self.artifacts, self.cancelled, self.publisher)
+        return await runners.run(job_type, payload, ref, deliveries)
 
     def _done(self, job_type: JobType, ref: JobRef, reply: AnyReply, deliveries: int, started: float) -> None:
         elapsed = time.perf_counter() - started

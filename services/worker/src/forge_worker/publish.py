@@ -6,8 +6,10 @@ unreachable server) a few times with back-off; a refusal (4xx) fails at once wit
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -52,7 +54,8 @@ class Destinations:
                 if not job.tag:
                     log.info("artifact.github_release_skipped", run_id=job.run_id, artifact=job.name)
                     continue
-                uris.append(await self._retried(target, lambda: self._github(job, packaged)))
+                name = f"{job.project}-{packaged.file_name}"
+                uris.append(await self.github_release(job.repository, job.tag, name, packaged.file))
             elif target.startswith("s3://"):
                 uris.append(await self._retried(target, lambda t=target: self._s3(t, job, packaged)))  # type: ignore[misc]
             else:
@@ -98,8 +101,17 @@ class Destinations:
             raise PublishError(f"{target}: S3 refused the upload: {exc}") from None
         return f"s3://{bucket}/{key}"
 
-    async def _github(self, job: ArtifactJob, packaged: Packaged) -> str:
-        """GitHub's REST API: the tag's release (created when missing), then the asset upload."""
+    async def github_release(self, repository: str, tag: str, asset: str, file: Path) -> str:
+        """Attach ``file`` as ``asset`` to the GitHub Release of ``tag`` (retried on 5xx); its
+        download URL. Idempotent: an asset of that name and size already there is the answer."""
+        return await self._retried("github-release", lambda: self._github(repository, tag, asset, file))
+
+    async def _github(self, repository: str, tag: str, name: str, file: Path) -> str:
+        """GitHub's REST API: the tag's release (created when missing), then the asset upload.
+
+        An asset of the same name and size already attached (an earlier delivery of this job, or
+        the upload answered 422 ``already_exists``) counts as done; one of another size is a
+        refusal (someone else's file under that name)."""
         if not self.github_token:
             raise PublishError("github-release: no FORGE_GITHUB_TOKEN configured on the worker")
         headers = {
@@ -107,33 +119,51 @@ class Destinations:
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": "2022-11-28",
         }
-        base = self.github_api_url.rstrip("/")
-        tag = job.tag or ""
+        size = (await asyncio.to_thread(file.stat)).st_size
         try:
             async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=600)) as http:
-                async with http.get(f"{base}/repos/{job.repository}/releases/tags/{quote(tag, safe='')}") as resp:
-                    release = await self._github_json(resp, "find the release", (200, 404))
-                if release is None:
-                    body = {"tag_name": tag, "name": tag}
-                    async with http.post(f"{base}/repos/{job.repository}/releases", json=body) as resp:
-                        release = await self._github_json(resp, "create the release", (201,))
-                assert release is not None
+                release = await self._github_release_of(http, repository, tag, create=True)
+                done = _attached(release, name, size)
+                if done is not None:
+                    return done
                 upload = str(release["upload_url"]).split("{", 1)[0]
-                name = f"{job.project}-{packaged.file_name}"
-                with packaged.file.open("rb") as data:
+                with file.open("rb") as data:
                     async with http.post(
                         f"{upload}?name={quote(name)}",
                         data=data,
-                        headers={
-                            "Content-Type": "application/octet-stream",
-                            "Content-Length": str(packaged.file.stat().st_size),
-                        },
+                        headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
                     ) as resp:
-                        asset = await self._github_json(resp, "upload the asset", (201,))
+                        asset = await self._github_json(resp, "upload the asset", (201, 422))
+                if asset is None:  # 422: the name is taken; ours if the size matches
+                    again = await self._github_release_of(http, repository, tag, create=False)
+                    done = _attached(again, name, size)
+                    if done is None:
+                        raise PublishError(
+                            f"github-release: the release of {tag} already has an asset named {name} of another size"
+                        )
+                    return done
         except aiohttp.ClientError as exc:
             raise _Transient(f"GitHub is unreachable: {exc}") from None
-        assert asset is not None
         return str(asset.get("browser_download_url") or asset.get("url"))
+
+    async def _github_release_of(
+        self, http: aiohttp.ClientSession, repository: str, tag: str, *, create: bool
+    ) -> dict[str, Any]:
+        """The release of ``tag``; created when missing (a concurrent creation, 422, is looked up)."""
+        base = self.github_api_url.rstrip("/")
+        lookup = f"{base}/repos/{repository}/releases/tags/{quote(tag, safe='')}"
+        async with http.get(lookup) as resp:
+            release = await self._github_json(resp, "find the release", (200, 404))
+        if release is None and create:
+            body = {"tag_name": tag, "name": tag}
+            async with http.post(f"{base}/repos/{repository}/releases", json=body) as resp:
+                release = await self._github_json(resp, "create the release", (201, 422))
+            if release is None:  # created by someone else meanwhile
+                async with http.get(lookup) as resp:
+                    release = await self._github_json(resp, "find the release", (200,))
+        if release is None:
+            raise PublishError(f"github-release: the release of {tag} disappeared")
+        return release
 
     @staticmethod
     async def _github_json(resp: aiohttp.ClientResponse, what: str, ok: tuple[int, ...]) -> dict[str, Any] | None:
@@ -143,7 +173,32 @@ class Destinations:
             raise PublishError(
                 f"github-release: GitHub refused to {what}: HTTP {resp.status} {(await resp.text())[:300]}"
             )
-        if resp.status == 404:
+        if resp.status in (404, 422):
+            if resp.status == 422 and not _already_exists(await resp.text()):
+                raise PublishError(f"github-release: GitHub refused to {what}: HTTP 422 {(await resp.text())[:300]}")
             return None
         body = await resp.json()
         return body if isinstance(body, dict) else None
+
+
+def _already_exists(text: str) -> bool:
+    """GitHub's 422 for a name (release tag, asset name) that is taken: ``errors[].code``."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return False
+    errors = body.get("errors") if isinstance(body, dict) else None
+    return isinstance(errors, list) and any(isinstance(e, dict) and e.get("code") == "already_exists" for e in errors)
+
+
+def _attached(release: dict[str, Any], name: str, size: int) -> str | None:
+    """The download URL of the release's asset ``name`` when it has ``size`` bytes."""
+    for asset in release.get("assets") or []:
+        if isinstance(asset, dict) and asset.get("name") == name:
+            if asset.get("size") != size:
+                raise PublishError(
+                    f"github-release: the release already has an asset named {name} of "
+                    f"{asset.get('size')} bytes, not {size}"
+                )
+            return str(asset.get("browser_download_url") or asset.get("url"))
+    return None

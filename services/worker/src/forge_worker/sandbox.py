@@ -4,16 +4,23 @@ behalf) runs in its own user, PID, mount, IPC and UTS namespaces (and network na
 
 Two tools build it, both maintained and found on ordinary Linux machines:
 
-- ``bwrap`` (bubblewrap, what Flatpak uses): preferred; a few milliseconds per step;
+- ``bwrap`` (bubblewrap, what Flatpak uses): preferred;
 - ``unshare`` from util-linux (present on every Linux userland) plus ``mount``, ``pivot_root``
   and ``setpriv`` from the same package: the fallback when bubblewrap is not installed.
 
 What a sandboxed command sees: ``/usr``, ``/etc`` and the ``/bin``/``/lib`` links read-only (plus
 ``FORGE_STEP_READONLY_PATHS``; ``FORGE_STEP_WRITABLE_PATHS`` read-write, e.g. a shared cache), a fresh ``/proc`` of its own PID namespace, a private ``/tmp``
 and ``/dev/shm``, ``$HOME`` (``/home/forge``) on a tmpfs, and ``/workspace``: the job's own
-writable copy of the checkout. The git cache, the data directory, other jobs' workspaces and
-the worker's environment are not there. When the worker runs as root, commands run as
+writable view of the checkout (:class:`Workspace`: an overlay over the shared checkout when the
+worker runs as root, else a copy). The git cache, the data directory, other jobs' workspaces
+and the worker's environment are not there. When the worker runs as root, commands run as
 ``FORGE_STEP_USER`` (``nobody``), never as root.
+
+With bubblewrap the commands of one job share one sandbox by default (:class:`TaskSandbox`,
+``FORGE_STEP_SANDBOX_SCOPE=task``): a new mount namespace costs 15-30 ms of wall time on a
+loaded machine (docs/performance.md), a step in an existing sandbox ~3 ms. What a step leaves
+running is killed when it ends. Job directories are claimed with a lock file
+(:func:`claim_job_dir`) so that :func:`sweep_stale` can remove what a killed worker left.
 
 Limits (:class:`Limits`): ``processes`` is ``RLIMIT_NPROC`` set inside the sandbox's own user
 namespace (the kernel counts it per namespace, so a fork bomb stops there); ``memory`` is the
@@ -26,13 +33,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
+import fcntl
+import inspect
 import os
 import pwd
+import re
+import secrets
+import shlex
 import shutil
 import signal
-import tempfile
+import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,7 +68,10 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 SandboxKind = Literal["bwrap", "unshare", "none"]
-LogSink = Callable[[bytes], None]
+WorkspaceKind = Literal["overlay", "copy"]
+# Takes the command's output as it comes; a sink that returns an awaitable is awaited before the
+# next read (back-pressure: the command waits on its full pipe meanwhile, nothing piles up).
+LogSink = Callable[[bytes], Awaitable[None] | None]
 
 # Everything a step's environment may hold, besides the step's own variables.
 ENVIRONMENT_ALLOW_LIST = (
@@ -174,18 +191,34 @@ def _step_user(name: str) -> tuple[int, int] | None:
 
 
 class Workspace:
-    """A job's writable copy of the checkout, in a directory only the step user can enter.
+    """A job's writable view of the checkout, in a directory only the step user can enter.
 
     ``path`` is mounted at ``/workspace``; ``root`` is the empty directory the unshare backend
-    mounts the sandbox's root on. Both are removed by :meth:`remove`.
+    mounts the sandbox's root on. The job directory ``base`` is claimed with a lock file held
+    while the job runs (:func:`claim_job_dir`), so :func:`sweep_stale` can tell a live job's
+    directory from one a killed worker left behind. All of it goes in :meth:`remove`.
+
+    Two ways to make it (``Sandbox.workspace``): ``overlay`` (a worker running as root): an
+    overlay mount with the shared checkout as its read-only lower layer and an empty upper
+    directory of the job's, a constant cost however large the checkout; ``copy``: ``cp -a``.
     """
 
-    def __init__(self, base: Path, owner: tuple[int, int] | None, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        owner: tuple[int, int] | None,
+        path: Path | None = None,
+        lock_fd: int | None = None,
+    ) -> None:
         self.base = base
         self.path = path or base / "workspace"
         self.root = base / "root"
         self.owner = owner
         self.owned = path is None
+        self.lock_fd = lock_fd
+        self.mounted = False
+        # By network setting: the sandboxes its commands share (FORGE_STEP_SANDBOX_SCOPE=task).
+        self.task_sandboxes: dict[bool, TaskSandbox] = {}
 
     @classmethod
     def shared(cls, checkout: Path) -> Workspace:
@@ -194,16 +227,50 @@ class Workspace:
 
     @classmethod
     async def for_sandbox(cls, sandbox: Sandbox, checkout: Path) -> Workspace:
-        """What a job's commands run in: a private copy of ``checkout``, or without a sandbox
-        the checkout itself (as before sandboxing: no copy)."""
+        """What a job's commands run in: a private view of ``checkout`` (an overlay where the
+        worker may mount one, else a copy), or without a sandbox the checkout itself."""
         if sandbox.kind == "none":
             return cls.shared(checkout)
+        if sandbox.workspace == "overlay":
+            return await asyncio.to_thread(cls.overlay_of, checkout, sandbox.work_dir, sandbox.user)
         return await cls.copy_of(checkout, sandbox.work_dir, sandbox.user)
 
     @classmethod
+    def claimed(cls, parent: Path, owner: tuple[int, int] | None, prefix: str = "job-") -> Workspace:
+        base, lock_fd = claim_job_dir(parent, prefix)
+        return cls(base, owner, lock_fd=lock_fd)
+
+    @classmethod
+    def overlay_of(cls, source: Path, parent: Path, owner: tuple[int, int] | None) -> Workspace:
+        """An overlay of ``source`` (read-only lower layer) and an empty upper directory: what
+        steps write lands in the upper directory, ``source`` never changes. ``source`` is
+        handed to the step user first (once per checkout), so steps may modify its files as
+        they may a copy's; its ``.git`` file (pointing into the git cache) is hidden."""
+        workspace = cls.claimed(parent, owner)
+        try:
+            upper, work = workspace.base / "upper", workspace.base / "overlay-work"
+            for directory in (workspace.root, workspace.path, upper, work):
+                directory.mkdir()
+            if os.path.lexists(source / ".git"):
+                os.mknod(upper / ".git", stat.S_IFCHR, os.makedev(0, 0))  # an overlay whiteout
+            os.chmod(upper, stat.S_IMODE(os.stat(source).st_mode))
+            if owner is not None:
+                _give_tree(source, owner)
+                os.chown(upper, *owner)
+                os.chown(workspace.root, *owner)
+                os.chown(workspace.path, *owner)
+                os.chown(workspace.base, *owner)
+            os.chmod(workspace.base, 0o700)
+            _mount_overlay(source, upper, work, workspace.path)
+            workspace.mounted = True
+        except BaseException:
+            workspace.remove()
+            raise
+        return workspace
+
+    @classmethod
     async def copy_of(cls, source: Path, parent: Path, owner: tuple[int, int] | None) -> Workspace:
-        base = Path(tempfile.mkdtemp(prefix="job-", dir=parent))
-        workspace = cls(base, owner)
+        workspace = cls.claimed(parent, owner)
         try:
             workspace.root.mkdir()
             # cp -a: the tree as it is (modes, links, timestamps); reflinks where the file
@@ -223,17 +290,47 @@ class Workspace:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(workspace.path / ".git")
             if owner is not None:
-                await asyncio.to_thread(_chown_tree, base, owner)
+                await asyncio.to_thread(_chown_tree, workspace.base, owner)
             else:
-                os.chmod(base, 0o700)
+                os.chmod(workspace.base, 0o700)
         except BaseException:
             workspace.remove()
             raise
         return workspace
 
+    async def step_in_task_sandbox(
+        self, sandbox: Sandbox, argv: list[str], cwd: str, env: Mapping[str, str], limits: Limits
+    ) -> _Step | None:
+        """``argv`` started in this workspace's task sandbox for ``limits.network`` (started
+        first if need be); None when it must run in a sandbox of its own."""
+        task = self.task_sandboxes.get(limits.network)
+        if task is None or not task.alive:
+            try:
+                task = await TaskSandbox.start(sandbox, self, limits.network)
+            except OSError as exc:
+                log.warning("sandbox.task_sandbox_unavailable", error=str(exc), detail="one sandbox per step from now")
+                sandbox.scope = "step"
+                return None
+            self.task_sandboxes[limits.network] = task
+        return await task.step(argv, cwd, env, limits)
+
+    async def release(self) -> None:
+        """Stop its task sandboxes, then :meth:`remove` it (in a thread)."""
+        for task in self.task_sandboxes.values():
+            await task.close()
+        self.task_sandboxes.clear()
+        await asyncio.to_thread(self.remove)
+
     def remove(self) -> None:
-        if self.owned:
-            shutil.rmtree(self.base, ignore_errors=True)
+        if not self.owned:
+            return
+        for task in self.task_sandboxes.values():
+            task.kill()
+        if self.mounted:
+            _unmount(self.path)
+            self.mounted = False
+        _remove_job_dir(self.base, self.lock_fd)
+        self.lock_fd = None
 
 
 def _chown_tree(base: Path, owner: tuple[int, int]) -> None:
@@ -243,6 +340,166 @@ def _chown_tree(base: Path, owner: tuple[int, int]) -> None:
     for directory, dirs, files in os.walk(base):
         for name in (*dirs, *files):
             os.chown(os.path.join(directory, name), uid, gid, follow_symlinks=False)
+
+
+def _give_tree(checkout: Path, owner: tuple[int, int]) -> None:
+    """Hand a shared checkout to the step user, once: the overlay checks a step's writes
+    against the lower layer's owners, as a copy's would be. Its top directory last, so that
+    its owner says the whole tree is done (concurrent callers do the same work, harmlessly).
+    Steps never see the checkout itself, only the overlay over it."""
+    uid, gid = owner
+    if os.stat(checkout).st_uid == uid:
+        return
+    for directory, dirs, files in os.walk(checkout):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(directory, name), uid, gid, follow_symlinks=False)
+    os.chown(checkout, uid, gid)
+
+
+# Job directories: claimed with a lock file, swept when no live worker holds the lock.
+
+_JOB_NAME = re.compile(r"(job|probe)-[0-9a-f]{16}")
+
+
+def claim_job_dir(parent: Path, prefix: str) -> tuple[Path, int]:
+    """A new directory ``<parent>/<prefix><random>`` and the open descriptor of its lock
+    file ``<name>.lock``, locked (``flock``) for as long as the job runs. The lock exists before
+    the directory, so a sweeper never finds the directory unlocked while its job is alive;
+    a lock file a sweeper unlinked in between is noticed and a new name taken."""
+    while True:
+        name = f"{prefix}{secrets.token_hex(8)}"
+        lock = parent / f"{name}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _still_linked(lock, fd):
+            break
+        os.close(fd)
+    base = parent / name
+    try:
+        base.mkdir(mode=0o700)
+    except BaseException:
+        _remove_job_dir(base, fd)
+        raise
+    return base, fd
+
+
+def _still_linked(lock: Path, fd: int) -> bool:
+    try:
+        return os.stat(lock).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _remove_job_dir(base: Path, lock_fd: int | None, *, unmount: bool = False) -> None:
+    if unmount:
+        _unmount_below(base)
+    shutil.rmtree(base, ignore_errors=True)
+    if lock_fd is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{base}.lock")
+        os.close(lock_fd)
+
+
+def sweep_stale(work_dir: Path) -> int:
+    """Remove the job directories under ``work_dir`` that no live worker holds (a worker
+    killed mid-job leaves its workspace behind), and their lock files; how many went. Safe
+    with several workers sharing ``work_dir``: a live job's lock is held by its worker until
+    the directory is gone, and the kernel releases it when that worker dies."""
+    removed = 0
+    try:
+        entries = list(os.scandir(work_dir))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        name = entry.name.removesuffix(".lock")
+        if not _JOB_NAME.fullmatch(name):
+            continue  # not a claimed job directory (nor one an older worker made: left alone)
+        if entry.name.endswith(".lock") and os.path.lexists(work_dir / name):
+            continue  # swept with its directory
+        lock = work_dir / f"{name}.lock"
+        try:
+            # Never created here: a directory without its lock file is not ours to judge.
+            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live job
+        if not _still_linked(lock, fd):
+            os.close(fd)
+            continue
+        removed += os.path.isdir(work_dir / name)
+        _remove_job_dir(work_dir / name, fd, unmount=True)
+    return removed
+
+
+# Overlay mounts (a worker running as root): mount(2) and umount2(2) through libc.
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_MS_NOSUID, _MS_NODEV = 0x2, 0x4
+_MNT_DETACH = 0x2
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
+def _overlay_path(path: Path) -> str:
+    # overlayfs splits its options at "," and lower directories at ":"; "\\" escapes both.
+    return str(path).replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def _mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
+    # redirect_dir=on: a step may rename a directory of the checkout, as in a copy.
+    options = (
+        f"lowerdir={_overlay_path(lower)},upperdir={_overlay_path(upper)},workdir={_overlay_path(work)},redirect_dir=on"
+    )
+    if _libc.mount(b"forge-workspace", os.fsencode(target), b"overlay", _MS_NOSUID | _MS_NODEV, options.encode()):
+        error = ctypes.get_errno()
+        raise OSError(error, f"cannot mount the workspace overlay: {os.strerror(error)}")
+
+
+def _unmount(target: Path) -> None:
+    if _libc.umount2(os.fsencode(target), _MNT_DETACH):
+        error = ctypes.get_errno()
+        if error not in (errno.EINVAL, errno.ENOENT):  # not mounted, gone
+            raise OSError(error, f"cannot unmount {target}: {os.strerror(error)}")
+
+
+def _unmount_below(base: Path) -> None:
+    """Detach whatever is mounted at or below ``base`` (a killed worker's overlays)."""
+    prefix = f"{base}/"
+    try:
+        with open("/proc/self/mountinfo", "rb") as fh:
+            # The mount point is the fifth field; space, tab, newline and backslash come octal-escaped.
+            points = [os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m[1], 8)]), line.split()[4])) for line in fh]
+    except OSError:
+        return
+    inside = [p for p in points if p.startswith(prefix) or p == str(base)]
+    for point in sorted(inside, key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            _unmount(Path(point))
+
+
+def overlay_works(work_dir: Path, owner: tuple[int, int] | None) -> str | None:
+    """Why an overlay workspace cannot be made here (None: it can), after a trial mount."""
+    if owner is None or os.geteuid() != 0:
+        return "the worker is not root (overlay mounts need it)"
+    probe = Workspace.claimed(work_dir, None, "probe-")
+    try:
+        source = probe.base / "checkout"
+        source.mkdir()
+        (source / "file").write_text("probe\n")
+        workspace = Workspace.overlay_of(source, work_dir, owner)
+        try:
+            if (workspace.path / "file").read_text() != "probe\n":
+                return "the overlay does not show its lower layer"
+        finally:
+            workspace.remove()
+    except OSError as exc:
+        return str(exc)
+    finally:
+        probe.remove()
+    return None
 
 
 def _check_reachable(work_dir: Path) -> None:
@@ -273,8 +530,13 @@ class Sandbox:
         watch_interval: float = 0.05,
         kill_grace: float = 1.0,
         tool: str = "",
+        workspace: WorkspaceKind = "copy",
+        scope: str = "task",
     ) -> None:
         self.kind = kind
+        self.workspace = workspace
+        # "task": the commands of a workspace share one sandbox (bubblewrap); "step": each its own.
+        self.scope = scope
         self.work_dir = work_dir
         self.user = user
         self.readonly_paths = tuple(p for p in readonly_paths if p.startswith("/") and p != "/")
@@ -294,14 +556,25 @@ class Sandbox:
         writable_paths: tuple[str, ...] = (),
         watch_interval: float = 0.05,
         kill_grace: float = 1.0,
+        workspace: str = "auto",
+        scope: str = "task",
     ) -> Sandbox:
         """The sandbox named by ``FORGE_STEP_SANDBOX`` (``auto``: bwrap, else unshare), after a
-        trial command in it; :class:`SandboxUnavailable` when the kernel or the tools refuse."""
+        trial command in it; :class:`SandboxUnavailable` when the kernel or the tools refuse.
+        ``workspace`` (``FORGE_STEP_WORKSPACE``): ``auto`` (an overlay where a trial mount
+        works, else a copy), ``overlay`` or ``copy``."""
         user = _step_user(user_name)
         if user is not None and setting != "none":
             _check_reachable(work_dir)
         os.makedirs(work_dir, exist_ok=True)
         os.chmod(work_dir, 0o711)  # noqa: S103 - the step user enters its own workspace, lists nothing
+        workspace_kind: WorkspaceKind = "copy"
+        if workspace != "copy" and setting != "none":
+            problem = overlay_works(work_dir, user)
+            if problem is None:
+                workspace_kind = "overlay"
+            elif workspace == "overlay":
+                raise SandboxUnavailable(f"FORGE_STEP_WORKSPACE=overlay: {problem}")
         kinds: list[SandboxKind]
         if setting == "auto":
             kinds = ["bwrap", "unshare"]
@@ -326,6 +599,8 @@ class Sandbox:
                 watch_interval=watch_interval,
                 kill_grace=kill_grace,
                 tool=tool,
+                workspace=workspace_kind,
+                scope=scope,
             )
             problem = await sandbox.probe()
             if problem is None:
@@ -345,20 +620,19 @@ class Sandbox:
         """Run ``true`` in the sandbox (network off, as strict as it gets); the error or None."""
         if self.kind == "none":
             return None
-        base = Path(tempfile.mkdtemp(prefix="probe-", dir=self.work_dir))
-        probe = Workspace(base, self.user)
+        probe = Workspace.claimed(self.work_dir, self.user, "probe-")
         try:
             probe.path.mkdir()
             probe.root.mkdir()
             if self.user is not None:
-                _chown_tree(base, self.user)
+                _chown_tree(probe.base, self.user)
             output = bytearray()
             limits = Limits(memory=1 << 30, processes=64, timeout=30.0, network=False)
             outcome = await run_sandboxed(self, ["true"], probe, ".", {"PATH": _DEFAULT_PATH}, limits, output.extend)
         except OSError as exc:
             return str(exc)
         finally:
-            probe.remove()
+            await probe.release()
         if outcome.exit_code != 0:
             text = output.decode(errors="replace").strip().splitlines()
             return (text[-1] if text else f"exit code {outcome.exit_code}")[:300]
@@ -375,8 +649,21 @@ class Sandbox:
 
     # Over 60 lines on purpose: two command lines (unshare, bubblewrap) spelled out flag by flag,
     # in the order the tools apply them; split, the order would have to be read across functions.
-    def wrap(self, argv: list[str], workspace: Workspace, cwd: str, limits: Limits) -> list[str]:
-        """The command line that runs ``argv`` in the sandbox (``cwd`` relative to the workspace)."""
+    def wrap(
+        self,
+        argv: list[str],
+        workspace: Workspace,
+        cwd: str,
+        limits: Limits,
+        *,
+        nproc: bool = True,
+        binds: tuple[tuple[str, str], ...] = (),
+        as_pid_1: bool = False,
+    ) -> list[str]:
+        """The command line that runs ``argv`` in the sandbox (``cwd`` relative to the workspace).
+
+        ``nproc=False`` leaves ``RLIMIT_NPROC`` to ``argv`` (a task sandbox's runner sets it per
+        step); ``binds`` (bubblewrap only) adds writable directories."""
         if self.kind == "none":
             return argv
         if self.kind == "unshare":
@@ -444,21 +731,26 @@ class Sandbox:
             command += ["--ro-bind-try", path_text, path_text]
         for path_text in self.writable_paths:
             command += ["--bind-try", path_text, path_text]
+        for source, target in binds:
+            command += ["--bind", source, target]
         command += [
             "--bind",
             str(workspace.path),
             WORKSPACE,
             "--chdir",
-            f"{WORKSPACE}/{cwd}".rstrip("/.") if cwd not in ("", ".") else WORKSPACE,
+            inside_path(cwd),
             "--hostname",
             "forge-step",
+            *(["--as-pid-1"] if as_pid_1 else []),
             "--",
-            # RLIMIT_NPROC set inside the namespace: counted for this sandbox alone.
-            "prlimit",
-            f"--nproc={limits.processes}",
-            *argv,
         ]
-        return command
+        # RLIMIT_NPROC set inside the namespace: counted for this sandbox alone.
+        return [*command, "prlimit", f"--nproc={limits.processes}", *argv] if nproc else [*command, *argv]
+
+
+def inside_path(cwd: str) -> str:
+    """Where ``cwd`` (relative to the workspace) is inside the sandbox."""
+    return f"{WORKSPACE}/{cwd}".rstrip("/.") if cwd not in ("", ".") else WORKSPACE
 
 
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -503,8 +795,214 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-# Over 60 lines on purpose: the reader, the limit watch and the timeout/cancel wait are closures
-# over one process; apart they would pass all of it around.
+class _Step:
+    """One running command as :func:`_supervise` sees it: an exit to wait for, its output, the
+    processes whose memory and number count, and how to stop them."""
+
+    def __init__(self, output: asyncio.StreamReader, exited: asyncio.Task[int | None], pgid: int) -> None:
+        self.output = output
+        self.exited = exited
+        self.pgid = pgid  # what a crashed worker's successor kills (steps.ProcessTable)
+
+    def counted(self) -> list[int]:
+        raise NotImplementedError
+
+    def terminate(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    async def gone(self) -> int | None:
+        """After :meth:`kill` (or the exit): until nothing of it is left; its exit code if known."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Its output is read (or given up on)."""
+
+
+class _FreshStep(_Step):
+    """A command in a sandbox of its own: the sandbox goes with the command's first process."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, kind: SandboxKind) -> None:
+        assert proc.stdout is not None
+        super().__init__(proc.stdout, asyncio.create_task(proc.wait()), proc.pid)
+        self.proc = proc
+        self.kind = kind
+
+    def counted(self) -> list[int]:
+        # unshare(1) moves itself into the user namespace it creates (so the kernel counts it);
+        # bwrap's first process stays outside.
+        inside = _descendants(self.proc.pid)
+        return [self.proc.pid, *inside] if self.kind == "unshare" else inside
+
+    def terminate(self) -> None:
+        _kill_group(self.proc.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        _kill_group(self.proc.pid, signal.SIGKILL)
+
+    async def gone(self) -> int | None:
+        # Whatever is left of the group (background jobs, a process ignoring SIGTERM) goes; in a
+        # sandbox its PID namespace went with its first process already.
+        self.kill()
+        return await self.exited
+
+
+def _exit_code(code: int | None, limit: str | None) -> int:
+    code = code if code is not None else -9
+    if code < 0:
+        code = 128 - code
+    if limit == "timeout":
+        return 124
+    if limit is not None and code == 0:
+        return 137
+    return code
+
+
+def _limit_reached(step: _Step, limits: Limits, kind: SandboxKind) -> bytes | None:
+    """The log line naming the limit ``step`` is over, if any."""
+    resident, tasks = _usage(step.counted())
+    if resident > limits.memory:
+        return b"\n[forge: step killed: memory limit of %s exceeded (it used %s)]\n" % (
+            format_bytes(limits.memory).encode(),
+            format_bytes(resident).encode(),
+        )
+    if kind != "none" and tasks >= limits.processes:
+        return b"\n[forge: step killed: process limit of %d reached (processes = %d)]\n" % (
+            limits.processes,
+            limits.processes,
+        )
+    return None
+
+
+async def _deliver(sink: LogSink, data: bytes) -> None:
+    result = sink(data)
+    if inspect.isawaitable(result):
+        await result
+
+
+class _Reader:
+    """Copies a command's output to a sink, timing what is not spent in the sink.
+
+    After the command ended, a background process that escaped its group may still hold the
+    pipe open: reading stops after ``grace`` seconds of reading. Time in the sink does not count
+    (it has its own bound: a log upload waiting for S3 to come back), so nothing the command
+    printed before it ended is dropped because the sink was slow.
+    """
+
+    def __init__(self, stdout: asyncio.StreamReader, sink: LogSink) -> None:
+        self.stdout = stdout
+        self.sink = sink
+        self._sinking_since: float | None = None
+        self._in_sink = 0.0
+
+    async def run(self) -> None:
+        while chunk := await self.stdout.read(65536):
+            await self.feed(chunk)
+
+    async def feed(self, chunk: bytes) -> None:
+        self._sinking_since = time.monotonic()
+        try:
+            await _deliver(self.sink, chunk)
+        finally:
+            self._in_sink += time.monotonic() - self._sinking_since
+            self._sinking_since = None
+
+    def sink_seconds(self) -> float:
+        now = time.monotonic()
+        return self._in_sink + (now - self._sinking_since if self._sinking_since is not None else 0.0)
+
+    async def finish(self, task: asyncio.Task[None], grace: float) -> None:
+        """Wait for ``task`` (running :meth:`run`) until it has read for ``grace`` seconds more."""
+        ended, in_sink = time.monotonic(), self.sink_seconds()
+        while not task.done():
+            await asyncio.wait({task}, timeout=grace / 4)
+            reading = (time.monotonic() - ended) - (self.sink_seconds() - in_sink)
+            if not task.done() and reading >= grace:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return
+        task.result()
+
+
+# Over 60 lines on purpose: the limit watch and the timeout/cancel wait are closures over one
+# step; apart they would pass all of it around.
+async def _supervise(
+    sandbox: Sandbox,
+    step: _Step,
+    limits: Limits,
+    log_sink: LogSink,
+    cancel: asyncio.Event | None,
+) -> tuple[int, str | None, bool]:
+    """Until ``step`` ends (or a limit, its timeout or ``cancel`` ends it): its exit code, the
+    limit that ended it and whether it was cancelled. Its output goes to ``log_sink``, then the
+    ``[forge: ...]`` line saying what stopped it."""
+    stopped: list[bytes] = []
+    output = _Reader(step.output, log_sink)
+
+    async def watch() -> str:
+        """Poll the sandbox's memory and process count; the limit it reached."""
+        while True:
+            await asyncio.sleep(sandbox.watch_interval)
+            line = _limit_reached(step, limits, sandbox.kind)
+            if line is not None:
+                stopped.append(line)
+                return "memory" if b"memory" in line else "processes"
+
+    reader = asyncio.create_task(output.run())
+    watcher = asyncio.create_task(watch())
+    waits: set[asyncio.Future[object]] = {step.exited, watcher}  # type: ignore[arg-type]
+    canceller = asyncio.create_task(cancel.wait()) if cancel is not None else None
+    if canceller is not None:
+        waits.add(canceller)  # type: ignore[arg-type]
+    limit: str | None = None
+    cancelled = False
+    try:
+        done, _ = await asyncio.wait(waits, timeout=limits.timeout, return_when=asyncio.FIRST_COMPLETED)
+        if step.exited not in done:
+            if watcher in done:
+                limit = watcher.result()
+                step.kill()
+            else:
+                if canceller is not None and canceller in done:
+                    cancelled = True
+                    stopped.append(b"\n[forge: step cancelled]\n")
+                else:
+                    limit = "timeout"
+                    stopped.append(
+                        b"\n[forge: step killed: timed out after %ds (its timeout limit)]\n"
+                        % round(limits.timeout or 0)
+                    )
+                step.terminate()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(step.exited), sandbox.kill_grace)
+        code = await step.gone()
+        await output.finish(reader, 2.0)
+    finally:
+        watcher.cancel()
+        if not reader.done():
+            reader.cancel()
+        if canceller is not None:
+            canceller.cancel()
+        if not step.exited.done():
+            step.kill()
+        step.close()
+    for line in stopped:
+        await output.feed(line)
+    return _exit_code(code, limit), limit, cancelled
+
+
+def _as_step_user(sandbox: Sandbox, argv: list[str]) -> list[str]:
+    if sandbox.user is None or sandbox.kind == "none":
+        return argv
+    # setpriv rather than Popen(user=...): that would make Python fork the whole worker
+    # instead of vfork (measured: ~4 ms more per step).
+    uid, gid = sandbox.user
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+
+
 async def run_sandboxed(
     sandbox: Sandbox,
     command: list[str],
@@ -520,118 +1018,230 @@ async def run_sandboxed(
 ) -> SandboxOutcome:
     """Run ``command`` in ``sandbox`` with ``workspace`` at ``/workspace`` (working directory
     ``cwd`` inside it) and exactly ``env``; its output (stdout and stderr) goes to ``log_sink``
-    as it comes, followed by a ``[forge: ...]`` line when a limit or ``cancel`` stopped it.
+    as it comes (awaited when it returns an awaitable), followed by a ``[forge: ...]`` line when
+    a limit or ``cancel`` stopped it.
 
-    The whole sandbox is gone when this returns: background processes included.
+    Nothing of the command is left when this returns: background processes included. With
+    ``FORGE_STEP_SANDBOX_SCOPE=task`` (bubblewrap) the commands of one workspace share its
+    task sandbox (:class:`TaskSandbox`), else each gets a sandbox of its own.
     ``on_start``/``on_end`` get the process group (for crash clean-up records).
     """
     started = time.monotonic()
     clean_env = dict(env)
     clean_env.setdefault("PATH", _DEFAULT_PATH)
     clean_env.setdefault("HOME", HOME if sandbox.kind != "none" else str(workspace.path))
-    if sandbox.kind == "none":
-        log_sink(sandbox.warning())
-        workdir = workspace.path / cwd
-    else:
-        workdir = Path("/")
-    argv = sandbox.wrap(command, workspace, cwd, limits)
-    if sandbox.user is not None and sandbox.kind != "none":
-        # setpriv rather than Popen(user=...): that would make Python fork the whole worker
-        # instead of vfork (measured: ~4 ms more per step).
-        uid, gid = sandbox.user
-        argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=str(workdir),
-        env=clean_env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    pgid = proc.pid
+    step: _Step | None = None
+    if sandbox.scope == "task" and sandbox.kind == "bwrap" and workspace.owned:
+        step = await workspace.step_in_task_sandbox(sandbox, command, cwd, clean_env, limits)
+    if step is None:
+        if sandbox.kind == "none":
+            await _deliver(log_sink, sandbox.warning())
+        proc = await asyncio.create_subprocess_exec(
+            *_as_step_user(sandbox, sandbox.wrap(command, workspace, cwd, limits)),
+            cwd=str(workspace.path / cwd if sandbox.kind == "none" else "/"),
+            env=clean_env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        step = _FreshStep(proc, sandbox.kind)
     if on_start is not None:
-        on_start(pgid)
-    assert proc.stdout is not None
-    stdout = proc.stdout
-    stopped: list[bytes] = []
-
-    async def read() -> None:
-        while chunk := await stdout.read(65536):
-            log_sink(chunk)
-
-    async def watch() -> str:
-        """Poll the sandbox's memory and process count; the limit it reached."""
-        while True:
-            await asyncio.sleep(sandbox.watch_interval)
-            # unshare(1) moves itself into the user namespace it creates (so the kernel counts
-            # it); bwrap's first process stays outside.
-            inside = _descendants(proc.pid)
-            resident, tasks = _usage([proc.pid, *inside] if sandbox.kind == "unshare" else inside)
-            if resident > limits.memory:
-                stopped.append(
-                    b"\n[forge: step killed: memory limit of %s exceeded (it used %s)]\n"
-                    % (format_bytes(limits.memory).encode(), format_bytes(resident).encode())
-                )
-                return "memory"
-            if sandbox.kind != "none" and tasks >= limits.processes:
-                stopped.append(
-                    b"\n[forge: step killed: process limit of %d reached (processes = %d)]\n"
-                    % (limits.processes, limits.processes)
-                )
-                return "processes"
-
-    reader = asyncio.create_task(read())
-    waiter = asyncio.create_task(proc.wait())
-    watcher = asyncio.create_task(watch())
-    waits: set[asyncio.Future[object]] = {waiter, watcher}  # type: ignore[arg-type]
-    canceller = asyncio.create_task(cancel.wait()) if cancel is not None else None
-    if canceller is not None:
-        waits.add(canceller)  # type: ignore[arg-type]
-    limit: str | None = None
-    cancelled = False
+        on_start(step.pgid)
     try:
-        done, _ = await asyncio.wait(waits, timeout=limits.timeout, return_when=asyncio.FIRST_COMPLETED)
-        if waiter not in done:
-            if watcher in done:
-                limit = watcher.result()
-                _kill_group(pgid, signal.SIGKILL)
-            else:
-                if canceller is not None and canceller in done:
-                    cancelled = True
-                    stopped.append(b"\n[forge: step cancelled]\n")
-                else:
-                    limit = "timeout"
-                    stopped.append(
-                        b"\n[forge: step killed: timed out after %ds (its timeout limit)]\n"
-                        % round(limits.timeout or 0)
-                    )
-                _kill_group(pgid, signal.SIGTERM)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(waiter), sandbox.kill_grace)
-        # Whatever is left of the group (background jobs, a process ignoring SIGTERM) goes; in a
-        # sandbox its PID namespace went with its first process already.
-        _kill_group(pgid, signal.SIGKILL)
-        await waiter
-        try:
-            await asyncio.wait_for(reader, 2.0)
-        except TimeoutError:
-            reader.cancel()
+        code, limit, cancelled = await _supervise(sandbox, step, limits, log_sink, cancel)
     finally:
-        watcher.cancel()
-        if canceller is not None:
-            canceller.cancel()
-        if not waiter.done():
-            _kill_group(pgid, signal.SIGKILL)
         if on_end is not None:
-            on_end(pgid)
-    for line in stopped:
-        log_sink(line)
-    code = proc.returncode if proc.returncode is not None else -9
-    if code < 0:
-        code = 128 - code
-    if limit == "timeout":
-        code = 124
-    elif limit is not None and code == 0:
-        code = 137
+            on_end(step.pgid)
     return SandboxOutcome(exit_code=code, limit=limit, cancelled=cancelled, duration=time.monotonic() - started)
+
+
+# A task sandbox: one bubblewrap sandbox for the steps of a task (with one network setting).
+
+PIPES = "/run/forge-steps"
+# The task sandbox's first command (bash, in its PID namespace behind bwrap's init): runs the
+# NUL-terminated snippets the worker writes to its stdin (_step_snippet: every value quoted),
+# one at a time; reports on its stdout, which steps never get.
+_RUNNER = r"""
+exec 2>/dev/null
+printf 'ready\n'
+while IFS= read -r -d '' snippet; do eval "$snippet"; done
+"""
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _step_snippet(fifo: str, argv: list[str], cwd: str, env: Mapping[str, str], processes: int) -> str | None:
+    """What the runner evaluates for one step: a subshell with exactly ``env`` (bash adds
+    ``_``), ``RLIMIT_NPROC``, the working directory and the step's output on ``fifo``, then
+    ``exec`` of the command; None when ``env`` has a name the shell cannot export."""
+    if not all(_IDENTIFIER.fullmatch(name) for name in env):
+        return None
+    q = shlex.quote
+    exports = " ".join(f"{name}={q(value)}" for name, value in env.items())
+    return (
+        f"exec 4>{q(fifo)}\n"
+        "(exec 0</dev/null 1>&4 2>&4 4>&-\n"
+        " export -n PWD OLDPWD SHLVL; unset PATH HOME\n"
+        f" export {exports}\n"
+        f" ulimit -u {processes} || exit 125\n"
+        f" cd -- {q(cwd)} || exit 126\n"
+        f" exec {' '.join(q(a) for a in argv)}) &\n"
+        "exec 4>&-\n"
+        "printf 'started\\n'\n"
+        "wait $!\n"
+        "printf 'exit %d\\n' $?\n"
+    )
+
+
+class TaskSandbox:
+    """The sandbox the steps of one task share (``FORGE_STEP_SANDBOX_SCOPE=task``): set up once
+    (namespaces, mounts, ``/tmp``, ``$HOME``), each step then a child of its runner, with the
+    step's own environment, process limit, working directory and log. What a step leaves
+    running is killed when it ends; a limit, a timeout or a cancel ends the whole sandbox (the
+    next step gets a new one). Steps of one task trust each other as they did sharing the
+    workspace; nothing crosses tasks."""
+
+    def __init__(self, sandbox: Sandbox, proc: asyncio.subprocess.Process, pipes: Path) -> None:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        self.sandbox = sandbox
+        self.proc = proc
+        self.pipes = pipes
+        self.status = proc.stdout
+        self.keep = set(_descendants(proc.pid))  # bwrap's init and the runner
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    @classmethod
+    async def start(cls, sandbox: Sandbox, workspace: Workspace, network: bool) -> TaskSandbox:
+        pipes = workspace.base / ("pipes" if network else "pipes-offline")
+        pipes.mkdir(mode=0o700, exist_ok=True)
+        if sandbox.user is not None:
+            os.chown(pipes, *sandbox.user)
+        limits = Limits(memory=0, processes=0, timeout=None, network=network)
+        argv = sandbox.wrap(
+            ["bash", "--noprofile", "--norc", "-c", _RUNNER],
+            workspace,
+            ".",
+            limits,
+            nproc=False,
+            binds=((str(pipes), PIPES),),
+            as_pid_1=True,
+        )
+        proc = await asyncio.create_subprocess_exec(
+            *_as_step_user(sandbox, argv),
+            cwd="/",
+            env={"PATH": _DEFAULT_PATH, "HOME": HOME},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30.0)
+        except TimeoutError:
+            line = b"no answer in 30s"
+        if line != b"ready\n":
+            _kill_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            raise OSError(f"the task sandbox did not start: {line.decode(errors='replace').strip()[:300]}")
+        return cls(sandbox, proc, pipes)
+
+    async def step(self, argv: list[str], cwd: str, env: Mapping[str, str], limits: Limits) -> _Step | None:
+        """Start ``argv`` in this sandbox; None when it cannot run here (the caller then gives
+        it a sandbox of its own)."""
+        fifo = self.pipes / f"step-{secrets.token_hex(6)}"
+        snippet = _step_snippet(f"{PIPES}/{fifo.name}", argv, inside_path(cwd), env, limits.processes)
+        if snippet is None or not self.alive:
+            return None
+        os.mkfifo(fifo, 0o600)
+        if self.sandbox.user is not None:
+            os.chown(fifo, *self.sandbox.user)
+        # Our own writer keeps the FIFO from reading as ended until the step holds it.
+        read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        write_fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
+        output = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_fd, "rb", 0)
+        )
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(snippet.encode() + b"\0")
+            await self.proc.stdin.drain()
+            # At once, unless an earlier step of the task tampered with its runner.
+            started = await asyncio.wait_for(self.status.readline(), 30.0)
+        except (ConnectionError, OSError, TimeoutError):
+            started = b""
+        finally:
+            os.close(write_fd)
+            os.unlink(fifo)
+        if started != b"started\n":
+            transport.close()
+            await self.close()
+            return None
+        return _TaskStep(self, output, transport)
+
+    def kill(self) -> None:
+        _kill_group(self.proc.pid, signal.SIGKILL)
+
+    async def close(self) -> None:
+        self.kill()
+        await self.proc.wait()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+
+    def leftovers(self) -> list[int]:
+        """Processes in the sandbox besides bwrap's init and the runner (zombies aside)."""
+        found = []
+        for pid in _descendants(self.proc.pid):
+            if pid in self.keep:
+                continue
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as fh:
+                    if fh.read().rsplit(b") ", 1)[1][:1] == b"Z":
+                        continue
+            except (OSError, IndexError):
+                continue
+            found.append(pid)
+        return found
+
+
+class _TaskStep(_Step):
+    def __init__(self, task: TaskSandbox, output: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
+        super().__init__(output, asyncio.create_task(self._exit(task)), task.proc.pid)
+        self.task = task
+        self.transport = transport
+
+    def close(self) -> None:
+        self.transport.close()
+
+    @staticmethod
+    async def _exit(task: TaskSandbox) -> int | None:
+        line = await task.status.readline()
+        if line.startswith(b"exit ") and line[5:].strip().isdigit():
+            return int(line[5:])
+        task.kill()  # the runner is gone or talks nonsense: so is this sandbox
+        return await task.proc.wait()
+
+    def counted(self) -> list[int]:
+        return _descendants(self.task.proc.pid)
+
+    def terminate(self) -> None:
+        for pid in self.task.leftovers():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.task.kill()
+
+    async def gone(self) -> int | None:
+        if not self.exited.done() or self.task.leftovers():
+            # Stopped by a limit, a timeout or a cancel, or it left processes behind: the
+            # whole sandbox goes (its PID namespace with them); the next step gets a new one.
+            self.task.kill()
+            await self.task.proc.wait()
+        return await self.exited

@@ -37,11 +37,12 @@ from . import health
 from .artifacts import ArtifactJobRunner
 from .ci import CiJobRunner
 from .git import GitCache
-from .handling import CancelledRuns, JobHandler
+from .handling import CancelledRuns, JobHandler, Runners
 from .publish import Destinations
 from .release import ReleaseJobRunner
 from .reporter import Reporter
-from .sandbox import Limits, Sandbox
+from .republish import PublishJobRunner
+from .sandbox import Limits, Sandbox, sweep_stale
 from .settings import Settings
 from .steps import ProcessTable, StepRunner
 
@@ -67,7 +68,7 @@ class Worker:
                 *url_credentials(settings.database_url),
             ]
         )
-        self.git = GitCache(cache, settings.git_url_template, redact=self.redact)
+        self.git = GitCache(cache, settings.git_url_template, redact=self.redact, timeout=settings.git_timeout)
         self.table = ProcessTable(cache / "running")
         self.credentials = ClientCredentials(
             settings.oidc_issuer, settings.worker_client_id, settings.worker_client_secret
@@ -89,9 +90,10 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._http: web.AppRunner | None = None
 
-    async def start(self) -> None:
-        """Raises :class:`SandboxUnavailable` (before connecting anywhere) when steps cannot be
-        sandboxed on this machine and FORGE_STEP_SANDBOX is not ``none``."""
+    async def prepare(self) -> Runners:
+        """The sandbox and the job runners, without NATS (the single-job command uses only
+        this). Raises :class:`SandboxUnavailable` when steps cannot be sandboxed on this
+        machine and FORGE_STEP_SANDBOX is not ``none``."""
         _use_pidfd_child_watcher()
         settings = self.settings
         self.sandbox = await Sandbox.create(
@@ -102,12 +104,40 @@ class Worker:
             writable_paths=tuple(p for p in settings.step_writable_paths.split(":") if p),
             watch_interval=settings.step_watch_interval,
             kill_grace=settings.step_kill_grace,
+            workspace=settings.step_workspace,
+            scope=settings.step_sandbox_scope,
         )
         if self.sandbox.kind == "none":
             log.warning("worker.no_sandbox", detail="FORGE_STEP_SANDBOX=none: steps run unsandboxed")
         else:
-            log.info("worker.sandbox", kind=self.sandbox.kind, tool=self.sandbox.tool, user=self.sandbox.user)
+            log.info(
+                "worker.sandbox",
+                kind=self.sandbox.kind,
+                tool=self.sandbox.tool,
+                user=self.sandbox.user,
+                workspace=self.sandbox.workspace,
+                scope=self.sandbox.scope,
+                limits="polling",
+            )
+        self._sweep()
+        self._loops.append(asyncio.create_task(self._sweep_periodically()))
         self.table.reap_orphans()
+        ci = await self._ci()
+        artifacts = self._artifacts(ci)
+        publisher = PublishJobRunner(
+            artifacts.destinations,
+            Path(settings.git_cache_dir) / "artifact-publish",
+            settings.oci_insecure,
+            settings.oci_username,
+            settings.oci_password,
+        )
+        return Runners(self.git, ci, self._release(), artifacts, self.cancelled, publisher)
+
+    async def start(self) -> None:
+        """Raises :class:`SandboxUnavailable` (before connecting anywhere) when steps cannot be
+        sandboxed on this machine and FORGE_STEP_SANDBOX is not ``none``."""
+        runners = await self.prepare()
+        settings = self.settings
         self._nc = nc = await connect(
             settings.nats_url,
             f"forge-worker-{os.getpid()}",
@@ -115,7 +145,6 @@ class Worker:
         )
         js = nc.jetstream(timeout=5.0)
         await self._wait_job_streams(js)
-        ci = await self._ci()
         self.handler = JobHandler(
             nc,
             js,
@@ -124,10 +153,11 @@ class Worker:
             self.job_settings,
             self.cancelled,
             self.git,
-            ci,
-            self._release(),
-            self._artifacts(ci),
+            runners.ci,
+            runners.releases,
+            runners.artifacts,
             redact=self.redact,
+            publisher=runners.publisher,
         )
         await nc.subscribe(self.names.subject("pipeline.cancel.*"), cb=self._on_cancel)
         if self.settings.worker_http_port:
@@ -159,6 +189,8 @@ class Worker:
             self.settings.log_flush_interval,
             self.settings.log_max_bytes,
             self.sandbox,
+            upload_retry_for=self.settings.log_upload_retry_for,
+            part_size=self.settings.log_part_bytes,
         )
         defaults = Limits(
             memory=self.settings.step_memory_bytes,
@@ -227,18 +259,24 @@ class Worker:
         for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.reporter.close()
-        await self.releases.close()
         if self._http is not None:
             await self._http.cleanup()
-        if self._s3_context is not None:
-            await self._s3_context.__aexit__(None, None, None)
+        await self.close()
         if self._nc is not None and not self._nc.is_closed:
             # Every reply and ack is already written; closing beats draining 30 pull requests.
             with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=2)
             with contextlib.suppress(Exception):
                 await self._nc.close()
+
+    async def close(self) -> None:
+        """Close what :meth:`prepare` opened: the reporter's and release client's connections,
+        the S3 client."""
+        await self.reporter.close()
+        await self.releases.close()
+        if self._s3_context is not None:
+            await self._s3_context.__aexit__(None, None, None)
+            self._s3_context = None
 
     async def _drain(self, busy: set[asyncio.Task[None]]) -> None:
         log.info("worker.draining", jobs=len(busy))
@@ -291,6 +329,17 @@ class Worker:
         killed = self.table.cancel_run(run_id)
         if killed:
             log.info("worker.cancel", run_id=run_id, steps=killed)
+
+    def _sweep(self) -> None:
+        """Remove the job directories a killed worker left in the step work directory."""
+        removed = sweep_stale(self.settings.step_work_path)
+        if removed:
+            log.info("worker.stale_workspaces_removed", count=removed)
+
+    async def _sweep_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.step_sweep_interval)
+            await asyncio.to_thread(self._sweep)
 
 
 def _use_pidfd_child_watcher() -> None:

@@ -34,7 +34,18 @@ _CONTENT_TYPES = {
 }
 # Client-side routes: each loads the shell, so deep links (the commit status's details link
 # ``/runs/<id>``) open the right page.
-_PAGES = ("/", "/runs", "/runs/{run_id:str}", "/releases", "/environments", "/approvals", "/login", "/console/callback")
+_PAGES = (
+    "/",
+    "/runs",
+    "/runs/{run_id:str}",
+    "/releases",
+    "/environments",
+    "/approvals",
+    "/webhooks",
+    "/webhooks/{subscription_id:str}",
+    "/login",
+    "/console/callback",
+)
 _RUN_PATH = re.compile(r"^/v1/runs/([0-9a-fA-F-]{36})/?$")
 
 

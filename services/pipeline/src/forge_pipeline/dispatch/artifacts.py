@@ -48,7 +48,7 @@ async def run_artifacts(driver: RunDriver, run: DispatchRun, phase: PhasePlan) -
     todo = {a.id: a for a in artifacts if a.status not in FINISHED}
     if todo:
         outcomes = await _build_all(driver, run, todo)
-        await _record(driver, todo, outcomes)
+        await _record(driver, todo, outcomes, run.tag)
     await _finish_tasks(driver, phase)
 
 
@@ -59,12 +59,21 @@ async def _build_all(driver: RunDriver, run: DispatchRun, todo: dict[str, Artifa
     deadlines = TaskDeadlines()
     for artifact in todo.values():
         first = dispatched[artifact.task_id]
-        deadlines.add(artifact.id, _timeout(driver, artifact) + REPLY_GRACE, first.dispatched_at, first.now)
+        grace = REPLY_GRACE + driver.queue.deadline_grace("artifact")
+        deadlines.add(artifact.id, _timeout(driver, artifact), first.dispatched_at, first.now, grace=grace)
     attempts = {artifact_id: jobs.new_attempt() for artifact_id in todo}
     replies = {artifact_id: driver.waiter(artifact_id, attempts[artifact_id]) for artifact_id in todo}
-    await asyncio.gather(
-        *(driver.queue.publish("artifact", _job(run, a, attempts[a.id]), f"artifact:{a.id}") for a in todo.values())
+    # On Argo the workflow's deadline leaves the worker's own account of a timeout time to arrive.
+    answering = await asyncio.gather(
+        *(
+            driver.queue.dispatch(
+                "artifact", _job(run, a, attempts[a.id]), f"artifact:{a.id}", _timeout(driver, a) + REPLY_GRACE
+            )
+            for a in todo.values()
+        )
     )
+    for artifact_id, attempt in zip(todo, answering, strict=True):
+        driver.waiter(artifact_id, attempt)
     log.info("dispatcher.artifacts_dispatched", run_id=driver.run_id, artifacts=len(todo))
     outcomes: dict[str, _Outcome] = {}
     pending = dict(replies)
@@ -79,7 +88,7 @@ async def _build_all(driver: RunDriver, run: DispatchRun, todo: dict[str, Artifa
         for artifact_id in deadlines.overdue(list(pending)):
             del pending[artifact_id]
             artifact = todo[artifact_id]
-            await driver.queue.drop(driver.run_id, [artifact_id])
+            await driver.queue.withdraw("artifact", driver.run_id, artifact_id)
             why = f"timed out after {format_seconds(_timeout(driver, artifact))}"
             outcomes[artifact_id] = _Outcome(status="failed", error=why)
         if not done and pending:
@@ -130,8 +139,12 @@ def _job(run: DispatchRun, artifact: ArtifactRow, attempt: str) -> jobs.Artifact
     )
 
 
-async def _record(driver: RunDriver, todo: dict[str, ArtifactRow], outcomes: dict[str, _Outcome]) -> None:
-    """Each artifact's outcome and its step's, in one transaction."""
+async def _record(
+    driver: RunDriver, todo: dict[str, ArtifactRow], outcomes: dict[str, _Outcome], tag: str | None
+) -> None:
+    """Each artifact's outcome and its step's, in one transaction. An artifact built for a tag
+    (its job carried ``tag``) that declares ``github-release`` was attached to that tag's
+    release by the job: recorded as done, so ``publications.py`` does not publish it again."""
     async with driver.pool.connection() as conn, conn.transaction():
         if await store.lock_run(conn, driver.run_id) is None:
             return
@@ -148,6 +161,12 @@ async def _record(driver: RunDriver, todo: dict[str, ArtifactRow], outcomes: dic
                 published_uris=result.published_uris,
                 error=outcome.error,
             )
+            declared = todo[artifact_id].publish
+            if built and tag and "github-release" in declared:
+                # Every destination before it succeeded, so the URIs follow the declared order.
+                index = declared.index("github-release")
+                uri = result.published_uris[index] if index < len(result.published_uris) else None
+                await execution_store.record_build_publication(conn, artifact_id, driver.run_id, tag, uri)
             if states.get(artifact_id) in FINISHED:
                 continue
             status: WorkStatus = "success" if built else "failed"

@@ -1,4 +1,5 @@
-"""The dispatcher: drives each run it leased through discovery, its phase groups and release.
+"""The dispatcher: drives each run it leased through discovery, its phase groups, publications
+for tags pushed after the build, and release.
 
 One asyncio task per driven run. Progress is the database, so a replica that takes a run over
 continues where the previous one stopped (see ``groups.py``).
@@ -25,11 +26,13 @@ from forge_common.tracing import extract
 from forge_pipeline import execution_store, service
 from forge_pipeline.metrics import JOBS_PENDING
 
+from .argo import ArgoExecutor, ArgoSettings
 from .dead_letters import DeadLetters
 from .discovery import discover
 from .driver import RunDriver, RunEnded
 from .groups import run_groups
 from .leases import LeaseKeeper
+from .publications import publish_for_tags
 from .queue import JobQueue
 from .releases import release
 from .settings import DispatcherSettings
@@ -42,13 +45,21 @@ _tracer = trace.get_tracer("forge.dispatcher")
 
 
 class Dispatcher:
-    def __init__(self, runtime: Runtime, settings: DispatcherSettings, job_settings: JobSettings) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        settings: DispatcherSettings,
+        job_settings: JobSettings,
+        argo: ArgoSettings | None = None,
+    ) -> None:
         self.runtime = runtime
         self.settings = settings
         self.job_settings = job_settings
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.drivers: dict[str, asyncio.Task[None]] = {}
-        self.queue = JobQueue(runtime)
+        # FORGE_EXECUTOR=argo: CI, artifact and release jobs run as Argo workflows (.argo).
+        self.executor = ArgoExecutor(runtime, argo, job_settings) if argo is not None and argo.enabled else None
+        self.queue = JobQueue(runtime, self.executor)
         self.leases = LeaseKeeper(
             runtime.pool, runtime.settings.database_url, self.owner, settings, self.drivers, self._start_driver
         )
@@ -102,6 +113,8 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 await self.leases.release(list(self.drivers))
         self.drivers.clear()
+        if self.executor is not None:
+            await self.executor.close()
 
     async def claim_once(self) -> list[str]:
         return await self.leases.claim_once()
@@ -136,8 +149,13 @@ class Dispatcher:
         driver = RunDriver(run_id, self.runtime, self.queue, self.owner, self.settings, self.job_settings)
         try:
             await _drive_run(driver)
-        except (asyncio.CancelledError, RunEnded):
+        except asyncio.CancelledError:
             pass
+        except RunEnded:
+            # Cancelled or failed elsewhere (another replica, the API): what still runs of it
+            # on Argo stops (NATS workers hear the cancel message themselves).
+            if self.executor is not None:
+                await self.executor.stop_run(run_id)
         except Exception:
             log.exception("dispatcher.driver_failed", run_id=run_id)
             await asyncio.sleep(self.settings.dispatcher_poll_interval)
@@ -164,4 +182,6 @@ async def _drive_run(driver: RunDriver) -> None:
             if run.discovered_at is None:
                 await discover(driver, run)
             await run_groups(driver, run)
+        # Before the release: a tag's release then lists the GitHub asset among the URIs.
+        await publish_for_tags(driver)
         await release(driver)

@@ -60,12 +60,20 @@ async def _run_group(driver: RunDriver, run: DispatchRun, phases: list[PhasePlan
     if not tasks:
         return
     replies = {task_id: driver.waiter(task_id, attempts[task_id]) for task_id in tasks}
-    await asyncio.gather(
+    dispatched = await asyncio.gather(
         *(
-            driver.queue.publish("ci", _ci_job(driver, run, phase, task, attempts[task_id]), f"ci:{task_id}")
+            driver.queue.dispatch(
+                "ci",
+                _ci_job(driver, run, phase, task, attempts[task_id]),
+                f"ci:{task_id}",
+                deadlines.timeout(task_id),
+            )
             for task_id, (phase, task) in tasks.items()
         )
     )
+    # An Argo workflow a predecessor submitted answers with its own attempt.
+    for task_id, attempt in zip(tasks, dispatched, strict=True):
+        driver.waiter(task_id, attempt)
     await _await_replies(driver, tasks, replies, deadlines)
     await _settle(driver, list(tasks))
 
@@ -85,7 +93,7 @@ async def _start_group(
     for task_id, (phase, _task) in tasks.items():
         timeout = float(phase.timeout_seconds) if phase.timeout_seconds else driver.job_settings.timeout("ci")
         first, db_now = dispatched[task_id].dispatched_at, dispatched[task_id].now
-        deadlines.add(task_id, timeout, first, db_now)
+        deadlines.add(task_id, timeout, first, db_now, grace=driver.queue.deadline_grace("ci"))
     return deadlines, {task_id: row.attempt for task_id, row in dispatched.items()}
 
 
@@ -116,7 +124,7 @@ async def _await_replies(
             errors = []
             for task_id in overdue:
                 errors.append((task_id, deadlines.error(task_id, tasks[task_id][0])))
-                await driver.queue.drop(driver.run_id, [task_id])
+                await driver.queue.withdraw("ci", driver.run_id, task_id)
             await _task_failures(driver, errors, tasks, timed_out=True)
             raise RunEnded
         if not done:

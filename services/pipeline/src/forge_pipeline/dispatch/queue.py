@@ -8,6 +8,9 @@ were never delivered (their runs stayed ``running`` until their timeout). Deleti
 leaves every consumer's position alone on all versions. The queue remembers the sequence of
 every job it published until the job's reply arrives or the run's driver ends; a re-publish with
 the same ``Nats-Msg-Id`` is acknowledged with the original message's sequence.
+
+With ``FORGE_EXECUTOR=argo`` CI, artifact and release jobs go to Argo Workflows instead
+(:mod:`.argo`); their replies come back on the same inboxes, so nothing else changes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from opentelemetry.trace import SpanKind
 from forge_common import jobs
 from forge_common.results import encode_result, resolve_result
 from forge_common.runtime import Runtime
+
+from .argo import ARGO_JOB_TYPES, ArgoExecutor
 
 __all__ = ["Job", "JobQueue", "QueuedJob"]
 
@@ -47,12 +52,45 @@ class QueuedJob:
 
 
 class JobQueue:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, executor: ArgoExecutor | None = None) -> None:
         self.runtime = runtime
         self.names = runtime.names
         self.stream = self.names.stream(jobs.JOBS_STREAM)
         # run id -> job id -> the job, while it may still be queued
         self._queued: dict[str, dict[str, QueuedJob]] = {}
+        self.executor = executor
+
+    def on_argo(self, job_type: jobs.JobType) -> bool:
+        return self.executor is not None and job_type in ARGO_JOB_TYPES
+
+    def deadline_grace(self, job_type: jobs.JobType) -> float:
+        """How much longer than a job's timeout the dispatcher waits for its reply: on Argo,
+        the workflow's own deadline (activeDeadlineSeconds) decides first."""
+        return self.executor.deadline_grace if self.executor is not None and self.on_argo(job_type) else 0.0
+
+    async def dispatch(
+        self,
+        job_type: jobs.JobType,
+        job: jobs.DiscoveryJob | jobs.CiJob | jobs.ArtifactJob | jobs.ReleaseJob,
+        msg_id: str,
+        timeout: float,
+    ) -> str:
+        """Publish the job (or submit its Argo workflow, with ``timeout`` as its deadline); the
+        dispatch attempt its reply will carry (on Argo, a workflow a predecessor submitted keeps
+        its own)."""
+        if self.executor is not None and job_type in ARGO_JOB_TYPES and not isinstance(job, jobs.DiscoveryJob):
+            return await self.executor.submit(job_type, job, timeout)
+        if isinstance(job, jobs.ReleaseJob):
+            raise TypeError("release jobs reach NATS through the outbox")
+        await self.publish(job_type, job, msg_id)
+        return job.attempt
+
+    async def withdraw(self, job_type: jobs.JobType, run_id: str, job_id: str) -> None:
+        """Nobody should run this job any more (its deadline passed): drop it from the queue,
+        or stop its workflow."""
+        await self.drop(run_id, [job_id])
+        if self.executor is not None and self.on_argo(job_type):
+            await self.executor.stop_job(job_type, job_id)
 
     async def publish(self, job_type: jobs.JobType, job: Job, msg_id: str) -> None:
         seq = await self._publish(job_type, job, msg_id)
@@ -107,6 +145,8 @@ class JobQueue:
             if job is not None:
                 with contextlib.suppress(Exception):
                     await self.runtime.js.delete_msg(self.stream, job.seq)
+        if job_ids is None and self.executor is not None:
+            await self.executor.stop_run(run_id)
 
     async def cancel_workers(self, run_id: str) -> None:
         """Tell the workers the run ended (they stop its steps) and drop its queued jobs."""

@@ -74,15 +74,18 @@ async def release(driver: RunDriver) -> None:
     # Listening before the job can be published: the relay sends it as soon as we commit.
     attempt = jobs.new_attempt()
     waiter = driver.waiter(job_id, attempt)
-    projects = await _queue_release(driver, job_id, attempt)
-    if projects is None:
+    queued = await _queue_release(driver, job_id, attempt)
+    if queued is None:
         return
+    projects, attempt = queued
+    # On Argo, a workflow a predecessor submitted for this run answers with its own attempt.
+    driver.waiter(job_id, attempt)
     if driver.runtime.relay is not None:
         driver.runtime.relay.wake()
     log.info("dispatcher.release_queued", run_id=driver.run_id, projects=[p.project for p in projects])
     timeout = driver.job_settings.timeout("release")
     try:
-        raw = await asyncio.wait_for(waiter, timeout)
+        raw = await asyncio.wait_for(waiter, timeout + driver.queue.deadline_grace("release"))
     except TimeoutError:
         log.warning("dispatcher.release_timeout", run_id=driver.run_id)
         await record_release_failure(driver, f"the release job did not answer within {int(timeout)}s", "timeout")
@@ -121,9 +124,13 @@ def _built_artifacts(rows: list[ArtifactRow]) -> dict[str, list[ReleaseArtifact]
     return out
 
 
-async def _queue_release(driver: RunDriver, job_id: str, attempt: str) -> list[ReleaseProject] | None:
-    """Evaluate the triggers and queue the job; the projects, or None when there is nothing to
-    release (or another driver already evaluated this run)."""
+async def _queue_release(driver: RunDriver, job_id: str, attempt: str) -> tuple[list[ReleaseProject], str] | None:
+    """Evaluate the triggers and queue the job; the projects and the job's dispatch attempt, or
+    None when there is nothing to release (or another driver already evaluated this run).
+
+    On Argo the workflow is submitted inside the transaction that records the evaluation: a
+    submission that fails rolls it back (the run is evaluated again later), a commit that fails
+    after it leaves a workflow the next evaluation adopts (its name derives from the run)."""
     run_id = driver.run_id
     names = driver.runtime.names
     async with driver.pool.connection() as conn, conn.transaction():
@@ -150,9 +157,13 @@ async def _queue_release(driver: RunDriver, job_id: str, attempt: str) -> list[R
             projects=projects,
             attempt=attempt,
         )
-        headers = jobs.job_headers(names, "release", run_id, job_id)
-        # Queued with the decision: the relay publishes it (Nats-Msg-Id = job id) even if
-        # this replica dies right after the commit.
-        await add_message(conn, "pipeline", job_id, f"pipeline.releases.{run_id}", msgspec.json.encode(job), headers)
+        if driver.queue.on_argo("release"):
+            attempt = await driver.queue.dispatch("release", job, job_id, driver.job_settings.timeout("release"))
+        else:
+            headers = jobs.job_headers(names, "release", run_id, job_id)
+            # Queued with the decision: the relay publishes it (Nats-Msg-Id = job id) even if
+            # this replica dies right after the commit.
+            body = msgspec.json.encode(job)
+            await add_message(conn, "pipeline", job_id, f"pipeline.releases.{run_id}", body, headers)
         await execution_store.release_lease(conn, driver.owner, run_id)
-    return projects
+    return projects, attempt

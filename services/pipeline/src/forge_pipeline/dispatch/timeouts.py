@@ -21,10 +21,16 @@ class TaskDeadlines:
         self._deadline: dict[str, float] = {}
         self._timeout: dict[str, float] = {}
 
-    def add(self, task_id: str, timeout: float, first_dispatch: dt.datetime, db_now: dt.datetime) -> None:
+    def add(
+        self, task_id: str, timeout: float, first_dispatch: dt.datetime, db_now: dt.datetime, grace: float = 0.0
+    ) -> None:
+        """``grace``: waited beyond ``timeout`` (the executor enforces the timeout itself)."""
         elapsed = max(0.0, (db_now - first_dispatch).total_seconds())
         self._timeout[task_id] = timeout
-        self._deadline[task_id] = time.monotonic() + timeout - elapsed
+        self._deadline[task_id] = time.monotonic() + timeout + grace - elapsed
+
+    def timeout(self, task_id: str) -> float:
+        return self._timeout[task_id]
 
     def wait_time(self, pending: list[str], check_every: float) -> float:
         """How long to wait for replies before looking at the clock or the database again."""

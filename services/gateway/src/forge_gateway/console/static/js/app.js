@@ -8,6 +8,7 @@ import { callbackView, loginView } from './views/login.js';
 import { releasesView } from './views/releases.js';
 import { runView } from './views/run.js';
 import { runsView } from './views/runs.js';
+import { webhookView, webhooksView } from './views/webhooks.js';
 
 const ROUTES = [
   [/^\/$/, null],
@@ -16,6 +17,8 @@ const ROUTES = [
   [/^\/releases\/?$/, releasesView],
   [/^\/environments\/?$/, environmentsView],
   [/^\/approvals\/?$/, approvalsView],
+  [/^\/webhooks\/?$/, webhooksView],
+  [/^\/webhooks\/([^/]+)\/?$/, webhookView],
   [/^\/login\/?$/, loginView],
   [/^\/console\/callback\/?$/, callbackView],
 ];
