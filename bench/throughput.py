@@ -54,6 +54,8 @@ from .pipeline_exec import _children, _cpu
 SINGLE_REPO = 'forge_version = "1"\n[phases.check]\ngroup = 1\n'
 SINGLE_PROJECT = 'name = "app"\n[[phases.check.steps]]\nname = "ok"\nrun = "true"\n'
 CHAIN_PHASES = 100
+# The process --profile records (--profile-process): "pipeline" or "worker" (the first).
+PROFILED = "pipeline"
 WAIT_LOST = 60.0
 
 
@@ -102,6 +104,15 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _own_cpu(pid: int) -> float:
+    """CPU seconds of the process itself (utime + stime, without its reaped children)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _all_pids() -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
@@ -113,7 +124,12 @@ def cpu_by_process(platform: Platform, database: str) -> dict[str, float]:
     for proc in platform.stack.infra.processes:
         role = proc.name.split("-")[0]
         pid = proc.popen.pid
-        roles[role] = roles.get(role, 0.0) + _cpu(pid) + sum(_cpu(c) for c in _children(pid))
+        own = _own_cpu(pid)
+        roles[role] = roles.get(role, 0.0) + own
+        # What a process ran (a worker's git and step sandboxes): reaped and still running.
+        children = _cpu(pid) - own + sum(_cpu(c) for c in _children(pid))
+        if children > 0:
+            roles[f"{role} children"] = roles.get(f"{role} children", 0.0) + children
     pids = _all_pids()
     roles["postgres"] = sum(_cpu(p) for p in pids if database in _cmdline(p) and "postgres" in _cmdline(p))
     port = f"-p {urlsplit(platform.nats_url).port} "
@@ -245,6 +261,9 @@ async def bench(args: argparse.Namespace) -> None:
         "FORGE_GIT_URL_TEMPLATE": (root / "repos").as_uri() + "/{repository}.git",
         "FORGE_LOG_LEVEL": "warning",
         "FORGE_DB_POOL_MAX": "10",
+        # One principal POSTs every run: the gateway's per-principal limit (1,000 a minute by
+        # default) would cap the measurement, not the platform.
+        "FORGE_RATE_LIMIT": "1000000",
     }
     closed = [m for m in modes if m.isdigit()]
     per_rep = args.runs * len(closed) + (32 * args.bursts if "burst" in modes else 0)
@@ -299,7 +318,9 @@ async def _bench_on(
             print(f"repetition {rep}")
             for lanes in closed:
                 profiler = (
-                    _start_profile(platform, args.profile) if lanes == "32" and args.profile and rep == 1 else None
+                    _start_profile(platform, args.profile)
+                    if lanes == closed[-1] and args.profile and rep == args.reps
+                    else None
                 )
                 result = await measure(
                     stack, f"{lanes} flight", database, lambda n=int(lanes): closed_loop(stack, n, args.runs)
@@ -323,7 +344,7 @@ def _start_profile(platform: Platform, seconds: float) -> subprocess.Popen[bytes
     if not Path(spy).exists():
         print("  (py-spy not installed: no profile)")
         return None
-    pid = next(p.popen.pid for p in platform.stack.infra.processes if p.name == "pipeline")
+    pid = next(p.popen.pid for p in platform.stack.infra.processes if p.name == PROFILED)
     out = Path(tempfile.mkdtemp(prefix="forge-bench-profile-")) / "pipeline.txt"
     cmd = [
         spy,
@@ -385,8 +406,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--bursts", type=int, default=20, help="bursts of 32 per repetition")
     parser.add_argument("--modes", default="8,32,burst,chain")
-    parser.add_argument("--profile", type=float, default=0.0, help="py-spy the pipeline service for N s")
-    asyncio.run(bench(parser.parse_args()))
+    parser.add_argument("--profile", type=float, default=0.0, help="py-spy a process for N s (last repetition)")
+    parser.add_argument("--profile-process", default="pipeline", help="pipeline or worker")
+    args = parser.parse_args()
+    global PROFILED
+    PROFILED = args.profile_process
+    asyncio.run(bench(args))
 
 
 if __name__ == "__main__":

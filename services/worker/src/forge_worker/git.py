@@ -1,9 +1,10 @@
-"""The worker's git cache: one bare mirror per repository, one worktree per commit.
+"""The worker's git cache: one bare mirror per repository, one checkout per commit.
 
 A commit already in the mirror costs one ``rev-parse``; otherwise the mirror is fetched (never
-re-cloned). Checkouts are git worktrees shared by every task of that commit on this machine and
-pruned when they have not been used for a while. Worker processes sharing the cache directory
-serialise on a per-repository ``flock``.
+re-cloned). Checkouts are the commit's files (exported through an index file of their own, not
+registered worktrees) shared by every task of that commit on this machine and pruned when they
+have not been used for a while. Worker processes sharing the cache directory serialise on a
+per-repository ``flock``.
 
 Every git command has a deadline (``FORGE_GIT_TIMEOUT``): past it the command and its children
 (``git-remote-http``, ``ssh``) are killed as a process group and the job fails with an error that
@@ -96,9 +97,15 @@ class GitCache:
         return self.root / "mirrors" / f"{self._key(repository)}.git"
 
     async def _git(
-        self, *args: str, cwd: Path | None = None, check: bool = True, doing: str = ""
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        check: bool = True,
+        doing: str = "",
+        index: Path | None = None,
     ) -> tuple[int, str, str]:
-        """Run git; ``doing`` says what for in a timeout's message (default: ``git <command>``)."""
+        """Run git; ``doing`` says what for in a timeout's message (default: ``git <command>``);
+        ``index``: the index file it uses (``GIT_INDEX_FILE``)."""
         proc = await asyncio.create_subprocess_exec(
             "git",
             *_SAFE_OPTIONS,
@@ -106,7 +113,7 @@ class GitCache:
             cwd=str(cwd) if cwd else None,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=self._env,
+            env=self._env if index is None else {**self._env, "GIT_INDEX_FILE": str(index)},
             start_new_session=True,  # its own process group: a timeout kills its helpers too
         )
         try:
@@ -200,12 +207,25 @@ class GitCache:
                 if path.exists():
                     shutil.rmtree(path, ignore_errors=True)
                     await self._git("--git-dir", str(mirror), "worktree", "prune", check=False)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                await self._git("--git-dir", str(mirror), "worktree", "add", "-f", "--detach", str(path), full)
+                path.mkdir(parents=True)
+                await self._export(mirror, full, path)
                 (path / _MARKER).touch()
         self._checkouts[(repository, full)] = path
         await self._maybe_prune(repository)
         return full, path
+
+    async def _export(self, mirror: Path, full: str, path: Path) -> None:
+        """The commit's files at ``path``, through an index file of its own (filters and modes
+        as a checkout applies them). Not a registered ``git worktree``: ``worktree add`` reads
+        every worktree the mirror has, so its cost grew with every commit checked out (a
+        single-step run's worker CPU doubled over ~1,000 commits, docs/performance.md)."""
+        index = path.parent / f".{full}.index"
+        try:
+            work = ("--git-dir", str(mirror), "--work-tree", str(path))
+            await self._git(*work, "read-tree", full, index=index)
+            await self._git(*work, "checkout-index", "--all", "--force", index=index)
+        finally:
+            index.unlink(missing_ok=True)
 
     async def fresh_checkout(self, repository: str, sha: str, dest: Path) -> tuple[str, Path]:
         """A private checkout of ``sha`` at ``dest`` (artifact builds: nothing another job left
