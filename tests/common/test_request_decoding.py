@@ -103,6 +103,10 @@ BAD_BODIES = {
     "string": b'"hello"',
     "trailing-comma": b'{"a": 1,}',
     "truncated": b'{"a": ',
+    # Nested past the interpreter's recursion limit: msgspec raises RecursionError, not a
+    # DecodeError, and this must still be the client's 400.
+    "deep-objects": b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
+    "deep-arrays": b"[" * 10_000 + b"]" * 10_000,
 }
 
 BAD_PAGES = {

@@ -124,6 +124,8 @@ def decode_body(body: bytes, typ: type[T]) -> T:
         raise _invalid_body(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", {"field": _BODY}) from None
+    except RecursionError:
+        raise _too_deep() from None
 
 
 def _check_syntax(body: bytes) -> None:
@@ -131,6 +133,14 @@ def _check_syntax(body: bytes) -> None:
         msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", {"field": _BODY}) from None
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _too_deep() -> InvalidRequest:
+    # msgspec raises RecursionError for arrays or objects nested past the interpreter's
+    # recursion limit (`[[[[…]]]]` a few thousand deep): a hostile body, not a platform fault.
+    return InvalidRequest("request body nests arrays or objects too deeply", {"field": _BODY})
 
 
 def _invalid_body(problem: str) -> InvalidRequest:
