@@ -259,3 +259,13 @@ async def test_a_nul_character_in_a_revocation_reason_is_named(platform: Platfor
         "DELETE", f"/v1/approvals/{uuid.uuid4()}", content=raw, headers=_headers(platform, "approver")
     )
     assert_invalid(resp, "reason")
+
+
+@pytest.mark.parametrize("service", sorted(CREATES))
+async def test_an_unknown_field_is_named(platform: Platform, gateway: httpx.AsyncClient, service: str) -> None:
+    """A misplaced field (`branch` at the top of a release, where it belongs in `trigger`) would
+    otherwise be dropped without a word."""
+    create = CREATES[service]
+    body = {**create.body, "branch_name": "main"}
+    resp = await gateway.post(create.path, json=body, headers=_headers(platform, create.role))
+    assert_invalid(resp, "branch_name")
