@@ -136,7 +136,10 @@ async def _fill(
     sha = ""
     indexed_bytes = 0
     report_seconds = 0.0
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session, s3.client() as client:
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=1.0)) as session,
+        s3.client() as client,
+    ):
         semaphore = asyncio.Semaphore(32)
 
         async def put(key: str, data: bytes) -> None:
@@ -219,6 +222,12 @@ async def _measure(platform: Platform, needle: str, repository: str, sha: str, g
             ("logs: one step's word", "/v1/search/logs", {"q": needle}, 1),
             ("logs: one step's word, repository", "/v1/search/logs", {"q": needle, "repository": repository}, 1),
             ("logs: word in every log, first 20", "/v1/search/logs", {"q": "checksum", "limit": "20"}, 20),
+            (
+                "logs: word in every log, repository, first 20",
+                "/v1/search/logs",
+                {"q": "checksum", "repository": repository, "limit": "20"},
+                20,
+            ),
             ("runs: commit prefix", "/v1/search", {"q": sha[:12]}, 1),
         ]
         for label, path, params, count in cases:

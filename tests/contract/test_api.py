@@ -3,7 +3,8 @@
 * the gateway serves the committed documents and ``/docs`` (no token needed);
 * schemathesis (from PyPI) exercises every operation of the merged document with valid tokens
   (user operations with an admin token, the internal ones with a worker token): no server
-  error, no status, header, content type or body the document does not describe;
+  error, no status, header, content type or body the document does not describe; the
+  Server-Sent Events streams too, bounded by their ``timeout`` parameter (stream_hooks.py);
 * a walk through the platform's main flow validates every real success body against the
   document, and the events it caused against the AsyncAPI document;
 * every method on every documented path is answered with a documented status or an envelope.
@@ -29,9 +30,12 @@ from forge_dev.stack import Process, free_port
 from forge_dev.testing import Platform, read_events, wait_for_event
 from forge_gateway.contract import ASYNCAPI_PATH, OPENAPI_PATH
 
+from .stream_hooks import STREAMS
+
 DOCUMENT: dict[str, Any] = json.loads(OPENAPI_PATH.read_text())
 ASYNCAPI: dict[str, Any] = json.loads(ASYNCAPI_PATH.read_text())
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+HOOKS = Path(__file__).with_name("stream_hooks.py")
 # Each run checks what the document promises; not whether random but valid-looking data is
 # accepted (a random repository is rightly a 404).
 CHECKS = (
@@ -76,17 +80,6 @@ def _operations() -> list[tuple[str, str, dict[str, Any]]]:
     ]
 
 
-def _streams() -> set[tuple[str, str, str]]:
-    """Operations answering with a stream (Server-Sent Events): a request/response fuzzer cannot
-    judge an answer that never ends; their own tests cover them."""
-    return {
-        (path, method, operation["operationId"])
-        for path, method, operation in _operations()
-        for status, answer in operation["responses"].items()
-        if status.startswith("2") and "text/event-stream" in answer.get("content", {})
-    }
-
-
 def _schemathesis(gateway: str, token: str, tmp_path: Path, *selection: str) -> tuple[int, str, ET.Element]:
     junit = tmp_path / f"junit-{uuid.uuid4().hex[:6]}.xml"
     command = [
@@ -116,9 +109,8 @@ def _schemathesis(gateway: str, token: str, tmp_path: Path, *selection: str) -> 
         "--warnings",
         "off",
         *selection,
-        *(option for _, _, operation_id in _streams() for option in ("--exclude-operation-id", operation_id)),
     ]
-    env = {**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""}
+    env = {**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": str(HOOKS)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=1200, env=env, cwd=tmp_path, check=False)
     report = ET.parse(junit).getroot()  # noqa: S314 - the report schemathesis just wrote here
     return done.returncode, done.stdout + done.stderr, report
@@ -166,9 +158,10 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(
     rc, output, internal = _schemathesis(contract_gateway.url, worker, tmp_path, "--include-tag", "internal")
     assert rc == 0, output[-6000:]
     tested = _tested(users) | _tested(internal)
-    streams = {(path, method) for path, method, _ in _streams()}
-    every = {f"{method.upper()} {path}" for path, method, _ in _operations() if (path, method) not in streams}
+    every = {f"{method.upper()} {path}" for path, method, _ in _operations()}
     assert every <= tested, sorted(every - tested)
+    assert STREAMS
+    assert {f"{method.upper()} {path}" for path, method in STREAMS} <= tested
     for report in (users, internal):
         assert int(report.get("failures", "0")) == 0
         assert int(report.get("errors", "0")) == 0
@@ -188,6 +181,32 @@ def _validate(method: str, template: str, response: httpx.Response) -> Any:
     body = response.json()
     jsonschema.Draft202012Validator({**media["schema"], "components": DOCUMENT["components"]}).validate(body)
     return body
+
+
+def _validate_events(template: str, text: str) -> set[str]:
+    """Every event of an SSE body against the document (its fields, the JSON in ``data:`` by the
+    ``contentSchema`` of its event name); the event names seen."""
+    schema = DOCUMENT["paths"][template]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    variants = schema.get("oneOf") or schema["allOf"]
+    names = set()
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = fields[name] + "\n" + value if name in fields else value
+        if "data" not in fields:
+            continue
+        jsonschema.Draft202012Validator({k: v for k, v in schema.items() if k not in ("oneOf", "allOf")}).validate(
+            fields
+        )
+        [variant] = [
+            v for v in variants if v["properties"].get("event", {}).get("const", fields["event"]) == fields["event"]
+        ]
+        content = {**variant["properties"]["data"]["contentSchema"], "components": DOCUMENT["components"]}
+        jsonschema.Draft202012Validator(content).validate(json.loads(fields["data"]))
+        names.add(fields["event"])
+    return names
 
 
 async def test_real_answers_of_every_flow_match_the_document(platform: Platform) -> None:
@@ -216,6 +235,12 @@ async def test_real_answers_of_every_flow_match_the_document(platform: Platform)
             json={"repository": repository, "branch": "main", "commit_sha": sha, "trigger_type": "manual"},
         )
         await call("GET", "/v1/runs/{run_id}", f"/v1/runs/{run['id']}", developer)
+        # Its live status, replayed from its creation, event by event against the document.
+        replay = {**developer, "Last-Event-ID": "0"}
+        events = await client.get(f"/v1/runs/{run['id']}/events", params={"timeout": "2"}, headers=replay)
+        assert events.status_code == 200
+        assert events.headers["content-type"].startswith("text/event-stream")
+        assert {"run"} <= _validate_events("/v1/runs/{run_id}/events", events.text)
         listed = await call("GET", "/v1/runs", "/v1/runs", developer, params={"repository": repository})
         assert [r["id"] for r in listed["runs"]] == [run["id"]]
         await call("DELETE", "/v1/runs/{run_id}", f"/v1/runs/{run['id']}", developer)

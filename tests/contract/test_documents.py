@@ -139,6 +139,8 @@ def test_every_error_is_the_envelope_and_every_operation_is_secured(openapi: dic
             assert {"400", "413"} <= set(operation["responses"]), (method, path)
     assert public == {
         ("post", "/v1/webhooks/github"),
+        # RFC 8693 token exchange: the external identity token in the form body is the credential.
+        ("post", "/v1/auth/token"),
         ("get", "/v1/meta"),
         ("get", "/healthz"),
         ("get", "/readyz"),

@@ -107,6 +107,7 @@ class Cell:
         self.pipelines: list[Process] = []
         self.workers: list[Process] = []
         self.releases: list[Process] = []
+        self.gateways: list[Process] = []
 
     def shared_dir(self, name: str) -> Path:
         """A directory steps can write to."""
@@ -137,6 +138,15 @@ class Cell:
                 )
             )
         return self.releases[0]
+
+    def start_gateway(self, env: dict[str, str] | None = None) -> Process:
+        """A gateway in front of this cell's pipeline instance (the platform's other services
+        behind it): from then on the cell's runs are created and read through it, as a client
+        does (``url``)."""
+        assert self.pipelines, "start a pipeline instance first"
+        proc = self.platform.start_process("gateway", env={"FORGE_PIPELINE_URL": self.pipelines[0].url, **(env or {})})
+        self.gateways.append(proc)
+        return proc
 
     def start_worker(self, env: dict[str, str] | None = None) -> Process:
         assert self.pipelines, "start a pipeline instance first"
@@ -181,6 +191,9 @@ class Cell:
 
     @property
     def url(self) -> str:
+        """Where clients reach the cell's runs: its gateway, else a live pipeline instance."""
+        if self.gateways:
+            return self.gateways[0].url
         alive = [p for p in self.pipelines if p.popen.poll() is None]
         return alive[0].url
 
@@ -189,7 +202,7 @@ class Cell:
             for proc in [*self.pipelines, *self.workers]:
                 if proc.log_path and proc.log_path.exists():
                     print(f"----- {proc.name} -----\n{proc.log_path.read_text(errors='replace')[-20000:]}")
-        for proc in [*self.workers, *self.pipelines, *self.releases]:
+        for proc in [*self.gateways, *self.workers, *self.pipelines, *self.releases]:
             with contextlib.suppress(Exception):
                 proc.stop(timeout=5)
         with contextlib.suppress(Exception):

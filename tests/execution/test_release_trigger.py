@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 
 import httpx
 import psycopg
+import pytest
+
+from forge_dev.stack import Process
 
 from .conftest import Cell
 
 REPO_TOML = "[phases.build]\ngroup = 1\n"
+
+
+@pytest.fixture(scope="module")
+def gateway(cell: Cell) -> Iterator[Process]:
+    """A gateway in front of the shared cell's pipeline instance (its release routes go to the
+    platform's release service, whose database the cell's release service writes)."""
+    proc = cell.platform.start_process("gateway", env={"FORGE_PIPELINE_URL": cell.pipelines[0].url})
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 def project(name: str, release: str) -> str:
@@ -89,8 +104,10 @@ async def test_feature_branch_releases_nothing(cell: Cell, client: httpx.AsyncCl
 
 
 async def test_a_run_for_an_abbreviated_sha_keeps_and_releases_the_full_sha(
-    cell: Cell, client: httpx.AsyncClient
+    cell: Cell, gateway: Process, client: httpx.AsyncClient
 ) -> None:
+    """Through the gateway, as a client: the run made for an abbreviated SHA records the full
+    one once discovery resolved it, and its release is of the full SHA."""
     repo = cell.repo("short")
     sha = repo.commit(
         {
@@ -98,27 +115,32 @@ async def test_a_run_for_an_abbreviated_sha_keeps_and_releases_the_full_sha(
             "api/.forge/project.toml": project("api", '[release]\non = [{ branch = "main" }]\n'),
         }
     )
-    run_id = await cell.create_run(client, repo, sha[:10])
-    run = await cell.wait_run(client, run_id, timeout=60)
+    run_body = {"repository": repo.repository, "branch": "main", "commit_sha": sha[:10], "trigger_type": "push"}
+    created = await client.post(f"{gateway.url}/v1/runs", json=run_body, headers=cell.headers())
+    assert created.status_code == 201, created.text
+    run_id = created.json()["id"]
+    deadline = time.monotonic() + 60
+    while True:
+        run = (await client.get(f"{gateway.url}/v1/runs/{run_id}", headers=cell.headers("viewer"))).json()
+        if run["status"] in ("success", "failed", "cancelled") or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
     assert run["status"] == "success", run
     assert run["commit_sha"] == sha  # resolved by discovery
-    release_url = cell.platform.service_url("release")
     deadline = time.monotonic() + 30
     while True:
         resp = await client.get(
-            f"{release_url}/v1/releases/{repo.repository}/api/{sha}", headers=cell.headers("viewer")
+            f"{gateway.url}/v1/releases/{repo.repository}/api/{sha}", headers=cell.headers("viewer")
         )
         if resp.status_code == 200 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.1)
     assert resp.status_code == 200, resp.text
     assert resp.json()["commit_sha"] == sha
+    assert resp.json()["pipeline_run_id"] == run_id
+    run = (await client.get(f"{gateway.url}/v1/runs/{run_id}", headers=cell.headers("viewer"))).json()
     assert run["release_error"] is None
     # The full SHA now names the same run.
-    again = await client.post(
-        f"{cell.url}/v1/runs",
-        json={"repository": repo.repository, "branch": "main", "commit_sha": sha, "trigger_type": "push"},
-        headers=cell.headers(),
-    )
+    again = await client.post(f"{gateway.url}/v1/runs", json=run_body | {"commit_sha": sha}, headers=cell.headers())
     assert again.status_code == 409, again.text
     assert again.json()["error"]["details"]["existing_id"] == run_id

@@ -1,5 +1,6 @@
-"""A TCP proxy a test can take down and bring back: while down, connections to it are refused
-and the ones it carried are cut, as when a server (or the network to it) goes away."""
+"""Network faults for tests: a TCP proxy a test can take down and bring back (while down,
+connections to it are refused and the ones it carried are cut, as when a server or the network
+to it goes away), and a remote that accepts connections and never answers."""
 
 from __future__ import annotations
 
@@ -52,3 +53,30 @@ class TcpProxy:
             self._writers.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()
+
+
+class StalledRemote:
+    """Accepts every connection, reads what the client sends, and never answers."""
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self._held: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._held.append(writer)
+        self.connected.set()
+        while await reader.read(65536):
+            pass
+
+    async def stop(self) -> None:
+        for writer in self._held:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

@@ -1,7 +1,8 @@
 """Fault: a GitOps remote that accepts connections and never answers.
 
 A deployment instance whose ``FORGE_GITOPS_URL`` is such a remote (a local TCP server speaking
-nothing, as git over HTTP sees a stalled server) shares the platform's database, so its pending
+nothing, as git over HTTP sees a stalled server), behind a gateway of its own, shares the
+platform's database, so its pending
 deployments count against the same limit as everyone's. Its deployments must fail with a clear
 504 naming the remote (credentials redacted) and the operation, within its git timeouts, while
 deployments of other projects through the platform (its local GitOps repository) keep landing.
@@ -20,34 +21,9 @@ import pytest
 
 from forge_dev.testing import Platform, wait_for_event
 
+from .proxy import StalledRemote
+
 DEVELOPER = "stall-dev@acme.io"
-
-
-class StalledRemote:
-    """Accepts every connection, reads what the client sends, and never answers."""
-
-    def __init__(self) -> None:
-        self.connected = asyncio.Event()
-        self._held: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._held.append(writer)
-        self.connected.set()
-        while await reader.read(65536):
-            pass
-
-    async def stop(self) -> None:
-        for writer in self._held:
-            writer.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
 
 @pytest.fixture
@@ -87,12 +63,14 @@ async def test_a_stalled_gitops_remote_fails_its_deployments_and_others_keep_lan
             "FORGE_DB_POOL_MAX": "4",
         },
     )
+    # Clients reach that instance through a gateway of its own, as they would in production.
+    gateway = platform.start_process("gateway", env={"FORGE_DEPLOYMENT_URL": instance.url})
     repository = f"stall{uuid.uuid4().hex[:10]}/shop"
     headers = platform.headers(DEVELOPER, "developer")
     try:
         async with (
             httpx.AsyncClient(base_url=platform.gateway_url, timeout=60.0) as gw,
-            httpx.AsyncClient(base_url=instance.url, timeout=60.0) as stalled,
+            httpx.AsyncClient(base_url=gateway.url, timeout=60.0) as stalled,
         ):
             blocked = [await _release(gw, platform, repository, f"blocked{i}") for i in range(3)]
             others = [await _release(gw, platform, repository, f"other{i}") for i in range(3)]
@@ -137,4 +115,5 @@ async def test_a_stalled_gitops_remote_fails_its_deployments_and_others_keep_lan
                 assert redacted in entry["error"]
                 assert "s3cret" not in entry["error"]
     finally:
+        gateway.stop()
         instance.stop()

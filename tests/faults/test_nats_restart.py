@@ -90,6 +90,7 @@ def nats_cell(platform: Platform, private_nats: PrivateNats) -> Iterator[Cell]:
     cell = Cell(platform, "natsrst", env={"FORGE_NATS_URL": private_nats.url, "FORGE_DB_POOL_MAX": "8"})
     try:
         cell.start_pipeline()
+        cell.start_gateway()  # runs are created and listed through it, as clients do
         cell.start_worker()
         cell.start_worker()
         yield cell

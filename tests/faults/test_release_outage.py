@@ -30,6 +30,9 @@ def release_cell(platform: Platform) -> Iterator[Cell]:
     cell = Cell(platform, "relout")
     try:
         cell.start_pipeline()
+        # Runs and releases are read through a gateway, as a client reads them (its release
+        # routes go to the platform's release service, on the database the cell's one writes).
+        cell.start_gateway()
         yield cell
     finally:
         cell.close()
@@ -42,7 +45,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def _release(client: httpx.AsyncClient, cell: Cell, repository: str, sha: str, timeout: float) -> httpx.Response:
-    url = f"{cell.platform.service_url('release')}/v1/releases/{repository}/api/{sha}"
+    url = f"{cell.url}/v1/releases/{repository}/api/{sha}"
     deadline = time.monotonic() + timeout
     while True:
         resp = await client.get(url, headers=cell.headers("viewer"))

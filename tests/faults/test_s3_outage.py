@@ -3,7 +3,8 @@
 The workers reach S3 through a proxy the test takes down (connections refused, open ones cut)
 and brings back 10 s later. Steps keep running; what they print waits in the worker (at most
 one part per step) and each log is complete once S3 is back: a chatty step, a step that
-prints 12 MiB, and a step that ends during the outage.
+prints 12 MiB, and a step that ends during the outage. The run is created and read, and the
+logs fetched from their ``logs_url``, through a gateway, as a client does.
 """
 
 from __future__ import annotations
@@ -21,13 +22,7 @@ from tests.execution.conftest import Cell, steps_of
 
 from .proxy import TcpProxy
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skip(
-        reason="after main's step sandbox (run_sandboxed with a synchronous log sink) the bounded-memory "
-        "LogObject is not wired into the step runner yet; only the final upload is retried (issue 13, open)"
-    ),
-]
+pytestmark = pytest.mark.slow
 
 REPO_TOML = '[phases.test]\ngroup = 1\ntimeout = "5m"\n'
 LOUD_BYTES = 12 * 1024 * 1024
@@ -47,6 +42,7 @@ def s3_cell(platform: Platform) -> Iterator[Cell]:
     cell = Cell(platform, "s3out")
     try:
         cell.start_pipeline()  # presigns log URLs for the real S3 address
+        cell.start_gateway()  # the run is created and read through it
         yield cell
     finally:
         cell.close()
@@ -64,7 +60,7 @@ async def test_logs_complete_after_a_10s_s3_outage(
     cell = s3_cell
     cell.start_worker(env={"FORGE_S3_URL": s3_proxy.url})
     cell.wait_workers(1)
-    gate = cell.root / "outage-started"
+    gate = cell.shared_dir("s3-outage") / "started"  # steps see the shared directory alone
     repo = cell.repo()
     sha = repo.commit(
         {

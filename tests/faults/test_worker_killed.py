@@ -2,7 +2,8 @@
 
 The job's ack wait is 30 s (``FORGE_JOB_ACK_WAIT``; live workers heartbeat in-progress acks),
 so JetStream hands the job to the other worker within about 30 s of the kill, not after the CI
-job's 30-minute timeout; the step runs again there and the run ends as it should.
+job's 30-minute timeout; the step runs again there and the run ends as it should. The run is
+created and watched through a gateway, as a client does.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def default_cell(platform: Platform) -> Iterator[Cell]:
     cell = Cell(platform, "kill9")
     try:
         cell.start_pipeline()
+        cell.start_gateway()  # the run is created and watched through it
         yield cell
     finally:
         cell.close()

@@ -65,3 +65,18 @@ async def test_bad_filters_are_refused(lane: Lane, client: httpx.AsyncClient) ->
     assert resp.status_code == 400
     assert resp.json()["error"]["details"]["field"] == "Last-Event-ID"
     assert (await client.get(url)).status_code == 401
+
+
+async def test_a_timeout_ends_the_feed(lane: Lane, client: httpx.AsyncClient) -> None:
+    """The feed does not end by itself; ``?timeout=`` ends it cleanly after that many seconds."""
+    async with _feed(client, lane, "timeout=1&types=release.created") as resp:  # type: ignore[attr-defined]
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        reader = SseReader(resp)
+        assert await reader.next_comment() == "subscribed"
+        assert await reader.next() is None  # the stream ended
+    assert reader.comments[-1] == "timeout"
+    for value in ("0", "86401", "forever"):
+        refused = await client.get(f"{lane.gateway_url}/v1/events?timeout={value}", headers=lane.headers("viewer"))
+        assert refused.status_code == 400, (value, refused.text)
+        assert refused.json()["error"]["details"]["field"] == "timeout"

@@ -142,3 +142,31 @@ async def test_refusals_are_envelopes(lane: Lane, client: httpx.AsyncClient) -> 
     )
     assert wrong_id.status_code == 400
     assert wrong_id.json()["error"]["details"]["field"] == "Last-Event-ID"
+
+
+async def test_a_timeout_ends_the_stream_and_last_event_id_goes_on(lane: Lane, client: httpx.AsyncClient) -> None:
+    """``?timeout=`` bounds a watch (as Kubernetes' timeoutSeconds): the stream ends cleanly while
+    the run is still going, and a reconnect with ``Last-Event-ID`` continues where it ended."""
+    gate = f"t-{uuid.uuid4().hex[:6]}"
+    repository, sha = lane.push(project_files({"wait": lane.wait_for(gate)}))
+    run_id = await lane.create_run(client, repository, sha)
+    url = f"{lane.gateway_url}/v1/runs/{run_id}/events"
+    async with client.stream("GET", url, params={"timeout": "1"}, headers=lane.headers("viewer")) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        reader = SseReader(resp)
+        first = await reader.rest()
+    assert first[0].event == "run"
+    assert reader.comments[-1] == "timeout"
+    assert _statuses(first, "run")[run_id][-1] not in ("success", "failed", "cancelled")
+
+    lane.signal(gate)
+    async with await _open(client, lane, run_id, first[-1].id) as resp:
+        rest = await SseReader(resp).rest()
+    assert _statuses(rest, "run")[run_id][-1] == "success"
+    assert all(int(e.id) > int(first[-1].id) for e in rest)
+
+    for value in ("0", "-1", "1.5", "86401", "soon"):
+        refused = await client.get(url, params={"timeout": value}, headers=lane.headers("viewer"))
+        assert refused.status_code == 400, (value, refused.text)
+        assert refused.json()["error"]["details"]["field"] == "timeout"

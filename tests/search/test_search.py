@@ -1,7 +1,9 @@
-"""``GET /v1/search/logs`` and ``GET /v1/search`` through the gateway (docs/api-search.md)."""
+"""``GET /v1/search/logs`` and ``GET /v1/search`` (runs and releases) through the gateway
+(docs/api-search.md)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -9,7 +11,10 @@ import uuid
 from typing import Any
 
 import httpx
+import psycopg
 from live.conftest import DEVELOPER, Lane, project_files
+
+from forge_dev.stack import free_port
 
 from .conftest import finished_run
 
@@ -103,6 +108,48 @@ async def test_log_results_page_by_cursor(lane: Lane, client: httpx.AsyncClient)
     assert other.json()["error"]["details"]["field"] == "cursor"
 
 
+async def test_pages_are_the_same_whatever_plan_serves_them(lane: Lane, client: httpx.AsyncClient) -> None:
+    """A word on every other line (read from the top of the order index), one on every 150th (a
+    longer walk), one on three lines (the word index): paged by cursor, each gives exactly its
+    lines, newest first, then by step and line, with ties of indexed_at between steps."""
+    tag = uuid.uuid4().hex[:8]
+    common, sparse, rare = f"alpha{tag}", f"beta{tag}", f"gamma{tag}"
+    repository, sha = lane.push(project_files({"a": "echo a", "b": "echo b", "c": "echo c"}))
+    run = await finished_run(client, lane, repository, sha)
+    steps = [_step(run, name)["id"] for name in ("a", "b", "c")]
+    at = [
+        dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(2029, 1, 1, tzinfo=dt.UTC),
+    ]
+    rows = []
+    for step_id, indexed_at in zip(steps, at, strict=True):
+        for number in range(1000, 1600):
+            words = ["noise", common if number % 2 == 0 else "", sparse if number % 150 == 0 else ""]
+            if number in (1001, 1503) and step_id != steps[1]:
+                words.append(rare)
+            rows.append((step_id, run["id"], repository, number, " ".join(words), indexed_at))
+    async with await psycopg.AsyncConnection.connect(lane.env["FORGE_DATABASE_URL"]) as conn:
+        copy_sql = "COPY pipeline.log_lines (step_id, run_id, repository, line_number, line, indexed_at) FROM STDIN"
+        async with conn.cursor().copy(copy_sql) as copy:
+            for row in rows:
+                await copy.write_row(row)
+    newest_first = sorted(rows, key=lambda r: (-r[5].timestamp(), r[0], r[3]))
+
+    for word, limit in ((common, "50"), (sparse, "7"), (rare, "7")):
+        expected = [(r[0], r[3]) for r in newest_first if word in r[4].split()]
+        for extra in ({}, {"repository": repository}):
+            seen: list[tuple[str, int]] = []
+            params = {"q": word, "limit": limit, **extra}
+            while True:
+                body = (await _logs(client, lane, **params)).json()
+                seen += [(hit["step_id"], hit["line_number"]) for hit in body["results"]]
+                if body["next_cursor"] is None or len(seen) > len(expected):
+                    break
+                params["cursor"] = body["next_cursor"]
+            assert seen == expected, (word, extra)
+
+
 async def test_bad_queries_are_refused(lane: Lane, client: httpx.AsyncClient) -> None:
     cases = [
         ({}, "q"),
@@ -165,6 +212,75 @@ async def test_runs_found_by_commit_prefix_branch_author_and_error(lane: Lane, c
     assert second.json()["results"][0]["created_at"] <= body["results"][0]["created_at"]
 
 
+async def _release(client: httpx.AsyncClient, lane: Lane, repository: str, sha: str) -> dict[str, Any]:
+    body = {"repository": repository, "project": "api", "commit_sha": sha}
+    created = await client.post(f"{lane.gateway_url}/v1/releases", json=body, headers=lane.headers("developer"))
+    assert created.status_code == 201, created.text
+    return dict(created.json())
+
+
+async def test_runs_and_releases_in_one_list(lane: Lane, client: httpx.AsyncClient) -> None:
+    repository, sha = lane.push(project_files({"ok": "echo fine"}))
+    run = await finished_run(client, lane, repository, sha)
+    release = await _release(client, lane, repository, sha)
+
+    async def page(headers: dict[str, str] | None = None, **params: str) -> httpx.Response:
+        return await client.get(
+            f"{lane.gateway_url}/v1/search", params={"q": sha[:12], **params}, headers=headers or lane.headers("viewer")
+        )
+
+    both = (await page()).json()
+    assert [(hit["type"], hit["id"], hit["matched"]) for hit in both["results"]] == [
+        ("release", release["id"], ["commit"]),
+        ("run", run["id"], ["commit"]),
+    ]
+    assert both["results"][0]["release_number"] == release["release_number"]
+    assert both["results"][1]["status"] == "success"
+    assert both["next_cursor"] is None
+
+    # One a page, newest first, across the two kinds.
+    first = (await page(limit="1")).json()
+    assert [hit["id"] for hit in first["results"]] == [release["id"]]
+    second = (await page(limit="1", cursor=first["next_cursor"])).json()
+    assert [hit["id"] for hit in second["results"]] == [run["id"]]
+    assert second["next_cursor"] is None
+    # A cursor belongs to its query: another type is a 400.
+    other = await page(limit="1", type="runs", cursor=first["next_cursor"])
+    assert other.status_code == 400
+    assert other.json()["error"]["details"]["field"] == "cursor"
+
+    assert [hit["type"] for hit in (await page(type="runs")).json()["results"]] == ["run"]
+    assert [hit["type"] for hit in (await page(type="releases")).json()["results"]] == ["release"]
+
+    # A token bound to one repository finds that repository's runs and releases only.
+    def bound(to: str) -> dict[str, str]:
+        token = lane.platform.keys.sign(DEVELOPER, ["viewer"], extra={"forge_repository": to})
+        return {"Authorization": f"Bearer {token}"}
+
+    assert len((await page(bound(repository))).json()["results"]) == 2
+    assert (await page(bound(f"{repository}-other"))).json()["results"] == []
+    refused = await page(bound(f"{repository}-other"), repository=repository)
+    assert refused.status_code == 403
+
+
+async def test_search_without_the_release_service_is_a_503(lane: Lane, client: httpx.AsyncClient) -> None:
+    """Runs alone still answer; the merged list waits for the release service (no half lists)."""
+    pipeline = lane.platform.start_process(
+        "pipeline",
+        env={**lane.env, "FORGE_DISPATCHER_ENABLED": "false", "FORGE_RELEASE_URL": f"http://127.0.0.1:{free_port()}"},
+    )
+    try:
+        url = f"{pipeline.url}/v1/search"
+        down = await client.get(url, params={"q": "main"}, headers=lane.headers("viewer"))
+        assert down.status_code == 503, down.text
+        assert down.json()["error"]["details"]["dependency"] == "the release service"
+        assert down.headers["retry-after"]
+        runs = await client.get(url, params={"q": "main", "type": "runs"}, headers=lane.headers("viewer"))
+        assert runs.status_code == 200, runs.text
+    finally:
+        pipeline.stop()
+
+
 def _forge(lane: Lane, *args: str) -> subprocess.CompletedProcess[str]:
     token = lane.platform.token(DEVELOPER, "viewer")
     return subprocess.run(
@@ -190,6 +306,15 @@ async def test_forge_search_from_the_command_line(lane: Lane, client: httpx.Asyn
     runs = _forge(lane, "search", "runs", sha[:12])
     assert runs.returncode == 0, runs.stderr
     assert [r["id"] for r in json.loads(runs.stdout)["results"]] == [run["id"]]
+
+    release = await _release(client, lane, repository, sha)
+    both = _forge(lane, "search", sha[:12])
+    assert both.returncode == 0, both.stderr
+    found = [(r["type"], r["id"]) for r in json.loads(both.stdout)["results"]]
+    assert found == [("release", release["id"]), ("run", run["id"])]
+    releases = _forge(lane, "search", "releases", sha[:12], "--repository", repository)
+    assert [r["id"] for r in json.loads(releases.stdout)["results"]] == [release["id"]]
+    assert _forge(lane, "search", "runs", sha[:12], "--since", "2026-01-01T00:00:00Z").returncode == 2
 
     bad = _forge(lane, "search", "logs", word, "--limit", "500")
     assert bad.returncode == 1

@@ -18,6 +18,7 @@ from .conftest import ADMIN, Instance, Receiver, deliveries, subscribe
 async def test_the_webhooks_page_lists_deliveries_and_redelivers(
     client: httpx.AsyncClient, hooks: Instance, receiver: Receiver, tmp_path: Path
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -38,7 +39,8 @@ async def test_the_webhooks_page_lists_deliveries_and_redelivers(
 
     def browse() -> None:
         with start_browser(tmp_path / "profile") as driver:
-            wait = WebDriverWait(driver, 30, poll_frequency=0.1)
+            # The page redraws its table after a click: an element read mid-redraw is stale.
+            wait = WebDriverWait(driver, 30, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException])
             driver.get(f"{hooks.url}/login")
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#token-input"))[0].send_keys(token)
             driver.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import nats
 import psycopg
 from standardwebhooks.webhooks import Webhook
 
@@ -305,3 +306,24 @@ async def test_redirects_are_not_followed(client: httpx.AsyncClient, hooks: Inst
     (delivery,) = await _settled(client, hooks, sub["id"], 1)
     assert (delivery["status"], delivery["attempt"]) == ("succeeded", 3)
     assert receiver.at(elsewhere) == []
+
+
+async def test_a_lost_consumer_is_created_again(client: httpx.AsyncClient, hooks: Instance, receiver: Receiver) -> None:
+    """A NATS server that comes back without its store has no PIPELINE_WEBHOOKS: the service
+    creates it again, and the events published meanwhile are still sent (once)."""
+    from forge_common.nats import Names
+
+    repository = _repo()
+    url = receiver.path()
+    sub = await subscribe(client, hooks, {"url": url, "event_types": ["*"], "repository": repository})
+    names = Names(hooks.prefix)
+    nc = await nats.connect(hooks.platform.nats_url)
+    try:
+        await nc.jetstream().delete_consumer(names.events_stream, names.durable("PIPELINE_WEBHOOKS"))
+    finally:
+        await nc.close()
+    event = await hooks.publish(_completed(repository))
+    (got,) = await receiver.wait(url, 1)
+    assert got.headers["webhook-id"] == event["event_id"]
+    (delivery,) = await _settled(client, hooks, sub["id"], 1)
+    assert delivery["status"] == "succeeded"

@@ -320,57 +320,45 @@ def _create_release(args: argparse.Namespace) -> Any:
     return call(args, "POST", "/v1/releases", body)
 
 
+_SEARCH_KINDS = ("all", "runs", "releases", "logs")
+
+
 def _search_commands(sub: Any, leaf: Any) -> None:
-    """``forge search logs|runs``: GET /v1/search/logs and GET /v1/search (docs/api-search.md)."""
-    search = sub.add_parser("search", help="search step logs and runs").add_subparsers(
-        dest="search_command", required=True
+    """``forge search [all|runs|releases|logs] QUERY...`` (docs/api-search.md)."""
+    p = leaf(
+        sub,
+        "search",
+        help="find runs and releases (by commit prefix, branch, tag, alias, author or error text) or log lines",
+        usage="forge search [all|runs|releases|logs] QUERY... [options]",
+        description="forge search QUERY finds runs and releases, newest first (GET /v1/search); a first word"
+        " runs, releases or logs keeps one kind (logs: lines of finished steps' logs, GET /v1/search/logs);"
+        " all QUERY searches both kinds for a query that is itself one of those words.",
     )
-    p = leaf(search, "logs", help="lines of finished steps' logs holding the words, newest first")
-    p.add_argument("words", nargs="+", help='words (all on the line), "a phrase", -word to exclude, or')
-    p.add_argument("--repository", help="only this repository's logs (owner/name)")
-    p.add_argument("--since", help="only logs of steps finished since this RFC 3339 time")
+    p.add_argument(
+        "words",
+        nargs="+",
+        metavar="QUERY",
+        help="[all|runs|releases|logs] then the query (logs: words, a phrase, -word)",
+    )
+    p.add_argument("--repository", help="only this repository (owner/name)")
+    p.add_argument("--since", help="logs only: steps finished since this RFC 3339 time")
     p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
     p.add_argument("--cursor", help="the next_cursor of the previous page")
-    p.set_defaults(
-        func=lambda a: call(
-            a,
-            "GET",
-            "/v1/search/logs",
-            params={
-                "q": " ".join(a.words),
-                "repository": a.repository,
-                "since": a.since,
-                "limit": a.limit,
-                "cursor": a.cursor,
-            },
-        )
-    )
-    p = leaf(search, "runs", help="runs by commit prefix, branch, tag, author or error text, newest first")
-    p.add_argument("query")
-    p.add_argument("--repository", help="only this repository's runs (owner/name)")
-    p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
-    p.add_argument("--cursor", help="the next_cursor of the previous page")
-    p.set_defaults(
-        func=lambda a: call(
-            a,
-            "GET",
-            "/v1/search",
-            params={"q": a.query, "repository": a.repository, "limit": a.limit, "cursor": a.cursor},
-        )
-    )
-    p = leaf(search, "releases", help="releases by commit prefix, branch, tag, alias or author, newest first")
-    p.add_argument("query")
-    p.add_argument("--repository", help="only this repository's releases (owner/name)")
-    p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
-    p.add_argument("--cursor", help="the next_cursor of the previous page")
-    p.set_defaults(
-        func=lambda a: call(
-            a,
-            "GET",
-            "/v1/releases/search",
-            params={"q": a.query, "repository": a.repository, "limit": a.limit, "cursor": a.cursor},
-        )
-    )
+    p.set_defaults(func=_search)
+
+
+def _search(args: argparse.Namespace) -> Any:
+    words = list(args.words)
+    kind = words.pop(0) if len(words) > 1 and words[0] in _SEARCH_KINDS else "all"
+    page = {"repository": args.repository, "limit": args.limit, "cursor": args.cursor}
+    if kind == "logs":
+        return call(args, "GET", "/v1/search/logs", params={"q": " ".join(words), "since": args.since, **page})
+    if args.since is not None:
+        raise UsageError("--since applies to forge search logs only")
+    if len(words) != 1:
+        raise UsageError("runs and releases are found by one query (a commit prefix, branch, tag, alias, author)")
+    search_type = None if kind == "all" else kind
+    return call(args, "GET", "/v1/search", params={"q": words[0], "type": search_type, **page})
 
 
 _HOOKS = "/v1/webhook-subscriptions"

@@ -13,6 +13,9 @@ it cannot see and turns a service's app into the document the gateway merges
   splits the raw path itself so that ``owner%2Fname`` and ``owner/name`` both work) declares the
   concrete paths it serves; :func:`service_document` documents those instead of the catch-all.
 * :class:`ErrorEnvelope`: the spec's error envelope as a Struct, the schema of every error.
+* :func:`event_stream`: a ``text/event-stream`` answer described event by event (Open API 3.1
+  has ``schema`` describe one event: its ``id``, ``event`` and ``data`` fields, the JSON in
+  ``data`` by ``contentMediaType``/``contentSchema``), which schemathesis checks event by event.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "PathForm",
     "body_operation",
     "errors",
+    "event_stream",
     "internal",
     "path_forms",
     "response",
@@ -52,6 +56,8 @@ __all__ = [
 
 _PATHS_KEY = "openapi_paths"
 _INTERNAL_KEY = "openapi_internal"
+_EVENTS_KEY = "openapi_events"
+_EVENT_STREAM = "text/event-stream"
 _METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 _TYPED_PARAM = re.compile(r"\{([^{}:]+):[^{}]+\}")
 _PARAM = re.compile(r"\{([^{}]+)\}")
@@ -237,6 +243,41 @@ def path_forms(*forms: PathForm) -> dict[str, Any]:
     return {_PATHS_KEY: forms}
 
 
+def event_stream(*events: tuple[str | None, Any]) -> dict[str, Any]:
+    """Route ``opt`` entry: the events of its ``text/event-stream`` answer, as ``(event name,
+    type of the JSON in data)`` pairs (a name of ``None``: any ``event:``; a type that is a
+    tuple: any of those types)."""
+    return {_EVENTS_KEY: events}
+
+
+def _event_schema(events: tuple[tuple[str | None, Any], ...], components: dict[str, Any]) -> dict[str, Any]:
+    """One Server-Sent Event: a numeric ``id``, the ``event`` name, the JSON of ``data``."""
+    variants = []
+    for name, data in events:
+        kinds = list(data) if isinstance(data, tuple) else [data]
+        refs, defs = schema_components(kinds)
+        for key, schema in defs.items():
+            components.setdefault(key, schema)
+        content = refs[0] if len(refs) == 1 else {"anyOf": refs}
+        variant: dict[str, Any] = {
+            "properties": {"data": {"contentMediaType": "application/json", "contentSchema": content}}
+        }
+        if name is not None:
+            variant["properties"]["event"] = {"const": name}
+        variants.append(variant)
+    return {
+        "type": "object",
+        "description": "one event: `id:`, `event:` and `data:` lines (comments, `: heartbeat`, are not events)",
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]+$"},
+            "event": {"type": "string"},
+            "data": {"type": "string"},
+        },
+        "required": ["id", "event", "data"],
+        **({"oneOf": variants} if len(variants) > 1 else {"allOf": variants}),
+    }
+
+
 def internal() -> dict[str, Any]:
     """Route ``opt`` entry: the operation is for workers and services, not for users."""
     return {_INTERNAL_KEY: True}
@@ -251,19 +292,21 @@ _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
 
 
 def _tidy_parameters(operation: dict[str, Any]) -> None:
-    """Query parameters: the documented schema of the shared ones; an optional ``str | None``
-    is just an optional string (a query string cannot carry a JSON null)."""
+    """Query and header parameters: the documented schema of the shared ones; an optional
+    ``str | None`` is just an optional string (a query string or a header cannot carry a JSON
+    null), with what the parameter's ``schema_extra`` says (a ``type``, bounds, a pattern)."""
     for parameter in operation.get("parameters", []):
-        if parameter.get("in") != "query":
+        if parameter.get("in") not in ("query", "header"):
             continue
         schema = parameter.get("schema", {})
         options = schema.get("oneOf") or schema.get("anyOf")
-        if parameter["name"] in _QUERY_SCHEMAS:
+        if parameter["in"] == "query" and parameter["name"] in _QUERY_SCHEMAS:
             parameter["schema"] = dict(_QUERY_SCHEMAS[parameter["name"]])
         elif options:
             rest = [o for o in options if o.get("type") != "null"]
             if len(rest) == 1:
-                parameter["schema"] = rest[0]
+                extra = {k: v for k, v in schema.items() if k not in ("oneOf", "anyOf", "description")}
+                parameter["schema"] = {**rest[0], **extra}
         for key in ("deprecated", "allowEmptyValue", "allowReserved"):
             if parameter.get(key) is False:
                 del parameter[key]
@@ -342,6 +385,11 @@ def service_document(app: Litestar) -> dict[str, Any]:
                     operation["security"] = []
                 if handler.opt.get(_INTERNAL_KEY):
                     operation[_INTERNAL_KEY] = True
+                if handler.opt.get(_EVENTS_KEY):
+                    for answer in operation.get("responses", {}).values():
+                        media = answer.get("content", {}).get(_EVENT_STREAM)
+                        if media is not None:
+                            media["schema"] = _event_schema(handler.opt[_EVENTS_KEY], components)
                 for form in handler.opt.get(_PATHS_KEY, ()):
                     replaced.setdefault(form.path, {})[method] = _form_operation(method, operation, form, components)
                 if handler.opt.get(_PATHS_KEY):

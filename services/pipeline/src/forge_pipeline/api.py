@@ -8,16 +8,16 @@ import msgspec
 from litestar import Request, Response, delete, get, post, put
 from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
-from litestar.params import HeaderParameter
+from litestar.params import HeaderParameter, Parameter
 from litestar.response import Stream
 
 from forge_common import event_feed, sse
 from forge_common.auth import Permission, Principal, repository_filter, require_repository
 from forge_common.batch import MAX_BATCH_ITEMS, BatchResult
 from forge_common.errors import InvalidRequest, NotFound
-from forge_common.events import isoformat
+from forge_common.events import Envelope, isoformat
 from forge_common.http import decode_body
-from forge_common.openapi import body_operation, errors, internal, response
+from forge_common.openapi import body_operation, errors, event_stream, internal, response
 from forge_common.runtime import Runtime
 
 from . import domain, live, search, store, webhooks
@@ -166,21 +166,78 @@ class _RunRepository(msgspec.Struct):
 
 # --- live status, events and logs (live.py; docs/api-live.md) -------------------------------------
 
-_SSE_RESPONSES = {
-    200: ResponseSpec(
-        data_container=str,
-        media_type=sse.CONTENT_TYPE,
-        description="Server-Sent Events; each event's data is one JSON document",
-        generate_examples=False,
-    ),
-    **{code: spec for code, spec in _doc(200, None, "", 400, 401, 403, 404).items() if code != 200},
-}
+_RUN_EVENTS_FORMAT = """\
+Server-Sent Events (`text/event-stream`, UTF-8). Each event is a few lines and a blank line:
+
+    id: 4711
+    event: step
+    data: {"id":"…","task_id":"…","name":"unit","position":0,"status":"running",
+    data:  "started_at":"2026-12-01T09:12:03.120391Z","completed_at":null,"exit_code":null}
+
+* `id:` the change's position in the run (increasing integers); send it back as `Last-Event-ID`
+  to resume right after it;
+* `event:` `run`, `phase`, `task` or `step`; `data:` one JSON document: `id`, `status`,
+  `started_at`, `completed_at`, and for a phase `name`, `group`, for a task `phase_id`,
+  `project_name`, for a step `task_id`, `name`, `position`, `exit_code`;
+* the first event (without `Last-Event-ID`) is `event: run` with the whole tree, as
+  `GET /v1/runs/{run_id}` returns it;
+* lines starting with `:` are comments: `: heartbeat` after 15 s without an event, `: timeout`
+  just before the end a `timeout` parameter asked for.
+
+The stream ends after the run's final `run` event (`success`, `failed`, `cancelled`)."""
+
+_PLATFORM_EVENTS_FORMAT = """\
+Server-Sent Events (`text/event-stream`, UTF-8). Each event is a few lines and a blank line:
+
+    id: 90211
+    event: pipeline.run.completed
+    data: {"event_id":"…","event_type":"pipeline.run.completed","timestamp":"…","data":{…}}
+
+* `id:` the event's sequence number in the platform's event stream; send it back as
+  `Last-Event-ID` to resume right after it;
+* `event:` the event type; `data:` the event envelope exactly as published (its schemas: the
+  AsyncAPI document at `/schema/asyncapi.json`);
+* lines starting with `:` are comments: `: subscribed` first (from then on nothing published is
+  missed), `: heartbeat` after 15 s without an event, `: timeout` just before the end a `timeout`
+  parameter asked for.
+
+The stream does not end by itself (only with `timeout`)."""
 
 
-# Request headers, declared so that they appear in the OpenAPI document.
-_LastEventId = Annotated[
+def _sse_responses(description: str) -> dict[int, ResponseSpec]:
+    return {
+        200: ResponseSpec(
+            data_container=str, media_type=sse.CONTENT_TYPE, description=description, generate_examples=False
+        ),
+        **{code: spec for code, spec in _doc(200, None, "", 400, 401, 403, 404).items() if code != 200},
+    }
+
+
+# Parameters declared so that they appear in the OpenAPI document, read and judged by sse.py.
+_RunLastEventId = Annotated[
     str | None,
-    HeaderParameter(name="Last-Event-ID", description="resume after this event id (0: the run's whole history)"),
+    HeaderParameter(
+        name="Last-Event-ID",
+        description="resume right after the event with this `id:` (no tree first); 0 replays the run's whole history",
+        schema_extra={"pattern": "^[0-9]+$"},
+    ),
+]
+_PlatformLastEventId = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Last-Event-ID",
+        description="resume right after the event with this `id:` (a sequence number; events are kept 7 days);"
+        " without it the stream starts with what is published from now on",
+        schema_extra={"pattern": "^[0-9]+$"},
+    ),
+]
+_StreamTimeout = Annotated[
+    str | None,
+    Parameter(
+        description="end the stream after this many seconds (as Kubernetes watches' `timeoutSeconds`);"
+        " reconnect with `Last-Event-ID` to go on. Without it the stream lasts as long as it has events to send",
+        schema_extra=sse.TIMEOUT_SCHEMA,
+    ),
 ]
 _Range = Annotated[
     str | None, HeaderParameter(name="Range", description="one byte range: bytes=START-[END] or bytes=-N")
@@ -200,50 +257,76 @@ def _hub(runtime: Runtime) -> live.ChangeHub:
 
 @get(
     "/v1/runs/{run_id:str}/events",
-    opt={"permission": Permission.READ},
+    opt={
+        "permission": Permission.READ,
+        # The first run event is the tree; later ones are changes.
+        **event_stream(
+            ("run", (RunDetail, live.RunChange)),
+            ("phase", live.PhaseChange),
+            ("task", live.TaskChange),
+            ("step", live.StepChange),
+        ),
+    },
     summary="Live status of a run (Server-Sent Events)",
     description=(
         "A first `run` event with the whole tree (as GET /v1/runs/{id}), then one event per status change"
         " of the run, a phase, a task or a step (`event:` run, phase, task or step). Every event has an `id:`;"
-        " reconnect with `Last-Event-ID` to resume after it without loss. Ends after the run's final status."
-        " A comment heartbeat is sent at least every 15 seconds."
+        " reconnect with `Last-Event-ID` to resume after it without loss. Ends after the run's final status,"
+        " or after `timeout` seconds. A comment heartbeat is sent at least every 15 seconds."
+        " Refusals (a bad id or parameter, an unknown run) are JSON error envelopes before the stream starts."
     ),
-    responses=_SSE_RESPONSES,
+    responses=_sse_responses(_RUN_EVENTS_FORMAT),
 )
-async def run_events(run_id: str, runtime: Runtime, principal: Principal, last_event_id: _LastEventId = None) -> Stream:
+async def run_events(
+    run_id: str,
+    runtime: Runtime,
+    principal: Principal,
+    last_event_id: _RunLastEventId = None,
+    timeout: _StreamTimeout = None,
+) -> Stream:
     rid = domain.parse_uuid(run_id, "run")
     after = sse.last_event_id(last_event_id)
+    seconds = sse.stream_timeout(timeout)
     if await live.run_state(runtime.pool, rid) is None:
         raise NotFound(f"pipeline run {rid} not found", {"id": rid})
     await _require_run_repository(runtime, principal, rid)
     service = _service(runtime)
     stream = live.run_events(runtime.pool, _hub(runtime), rid, after, service.tree_in)
-    return sse.response(stream, _settings(runtime).stream_heartbeat)
+    return sse.response(stream, _settings(runtime).stream_heartbeat, timeout=seconds)
 
 
 @get(
     "/v1/events",
-    opt={"permission": Permission.READ},
+    opt={"permission": Permission.READ, **event_stream((None, Envelope))},
     summary="The platform's events as they are published (Server-Sent Events)",
     description=(
         "Each event is the envelope published on NATS (`event:` its type, `id:` its stream sequence)."
         " `types` is a comma-separated list of event types; `repository` (owner/name) keeps the events"
         " about one repository. `Last-Event-ID` resumes after that sequence (events are kept 7 days)."
+        " Does not end by itself: `timeout` bounds it. Refusals (an unknown type, a malformed repository)"
+        " are JSON error envelopes before the stream starts."
     ),
-    responses=_SSE_RESPONSES,
+    responses=_sse_responses(_PLATFORM_EVENTS_FORMAT),
 )
 async def platform_events(
     runtime: Runtime,
     principal: Principal,
-    types: str | None = None,
-    repository: str | None = None,
-    last_event_id: _LastEventId = None,
+    types: Annotated[
+        str | None,
+        Parameter(description="comma-separated event types (pipeline.run.completed,release.created); default all"),
+    ] = None,
+    repository: Annotated[
+        str | None, Parameter(description="only events whose `data.repository` is this owner/name")
+    ] = None,
+    last_event_id: _PlatformLastEventId = None,
+    timeout: _StreamTimeout = None,
 ) -> Stream:
     # A repository-bound (workload) token follows its own repository's events only.
     event_filter = event_feed.parse_filter(types, repository_filter(principal, repository))
     after = sse.last_event_id(last_event_id)
+    seconds = sse.stream_timeout(timeout)
     stream = await event_feed.feed(runtime.js, runtime.names, event_filter, after)
-    return sse.response(stream, _settings(runtime).stream_heartbeat)
+    return sse.response(stream, _settings(runtime).stream_heartbeat, timeout=seconds)
 
 
 async def _require_run_repository(runtime: Runtime, principal: Principal, run_id: str) -> None:
@@ -517,10 +600,15 @@ async def search_logs(
 @get(
     "/v1/search",
     opt={"permission": Permission.READ},
-    summary="Runs by commit prefix, branch, tag, author or error text, newest first",
-    responses=_doc(200, search.RunResults, "one page of matching runs", 400, 401, 403),
+    summary="Runs and releases by commit prefix, branch, tag, alias, author or error text, newest first",
+    description=(
+        "`type` (`runs` or `releases`) keeps one kind; without it both, merged newest first, each result"
+        " with `type` `run` or `release`. Releases come from the release service (a 503 while it is down)."
+        " Page with ?cursor=next_cursor and the same q, type and repository."
+    ),
+    responses=_doc(200, search.SearchResults, "one page of matching runs and releases", 400, 401, 403, 503),
 )
-async def search_runs(
+async def search_runs_and_releases(
     runtime: Runtime,
     principal: Principal,
     q: str | None = None,
@@ -529,8 +617,11 @@ async def search_runs(
     limit: str | None = None,
     cursor: str | None = None,
 ) -> Response[bytes]:
-    query = search.parse_run_query(q, type, repository_filter(principal, repository), limit, cursor)
-    return _json(200, await search.search_runs(runtime.pool, query))
+    # A repository-bound token searches its own repository only (and the release service, which
+    # gets the same token, checks it again).
+    query = search.parse_search(q, type, repository_filter(principal, repository), limit, cursor)
+    releases: search.ReleaseSearch = runtime.extras[search.RELEASES_KEY]
+    return _json(200, await search.search(runtime.pool, releases, query, principal.token))
 
 
 ROUTES: list[Any] = [
@@ -547,5 +638,5 @@ ROUTES: list[Any] = [
     report_task,
     github_webhook,
     search_logs,
-    search_runs,
+    search_runs_and_releases,
 ]

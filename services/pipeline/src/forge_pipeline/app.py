@@ -2,13 +2,14 @@
 
 from litestar import Litestar
 
+from forge_common.client import ServiceClient
 from forge_common.github import GitHubSender
 from forge_common.http import AppSpec, build_app
 from forge_common.jobs import JobSettings
 from forge_common.repositories import RepositoryAllowList
 from forge_common.runtime import Runtime
 
-from . import notify, webhooks
+from . import notify, search, webhooks
 from .api import ROUTES, SERVICE_KEY
 from .cancel import CancelNotifier
 from .dispatch import ArgoSettings, Dispatcher, DispatcherSettings, apply_log_lifecycle
@@ -82,6 +83,8 @@ def create_app(
         retention.start()
         hub = runtime.extras[HUB_KEY] = ChangeHub(settings.database_url)
         hub.start()
+        client = ServiceClient(settings.release_url, "release", timeout=settings.release_timeout)
+        runtime.extras[search.RELEASES_KEY] = search.ReleaseSearch(client)
         outgoing = runtime.extras[_WEBHOOKS_KEY] = notify.Webhooks(runtime, settings)
         runtime.extras[notify.SERVICE_KEY] = outgoing.service
         await outgoing.start()
@@ -95,6 +98,9 @@ def create_app(
         runtime.extras[DISPATCHER_KEY] = dispatcher
 
     async def stop(runtime: Runtime) -> None:
+        releases = runtime.extras.pop(search.RELEASES_KEY, None)
+        if isinstance(releases, search.ReleaseSearch):
+            await releases.close()
         outgoing = runtime.extras.pop(_WEBHOOKS_KEY, None)
         if isinstance(outgoing, notify.Webhooks):
             await outgoing.stop()

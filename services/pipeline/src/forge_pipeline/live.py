@@ -26,7 +26,21 @@ from forge_common import sse
 from forge_common.db import Pool
 from forge_common.errors import ForgeError, InvalidRequest, NotFound
 
-__all__ = ["HUB_KEY", "ChangeHub", "LogRange", "StepLog", "log_key", "parse_range", "run_events", "step_log"]
+__all__ = [
+    "CHANGES",
+    "HUB_KEY",
+    "ChangeHub",
+    "LogRange",
+    "PhaseChange",
+    "RunChange",
+    "StepChange",
+    "StepLog",
+    "TaskChange",
+    "log_key",
+    "parse_range",
+    "run_events",
+    "step_log",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +111,43 @@ async def _wait(wake: asyncio.Event, timeout: float) -> None:
 
 
 # --- GET /v1/runs/{id}/events --------------------------------------------------------------------
+
+
+class RunChange(msgspec.Struct, kw_only=True):
+    """The data of a ``run`` event after the first (a status change of the run)."""
+
+    id: str
+    status: str
+    started_at: str | None
+    completed_at: str | None
+
+
+class PhaseChange(RunChange, kw_only=True):
+    """The data of a ``phase`` event."""
+
+    name: str
+    group: int
+
+
+class TaskChange(RunChange, kw_only=True):
+    """The data of a ``task`` event."""
+
+    phase_id: str
+    project_name: str
+
+
+class StepChange(RunChange, kw_only=True):
+    """The data of a ``step`` event."""
+
+    task_id: str
+    name: str
+    position: int
+    exit_code: int | None
+
+
+# What migration 0010's trigger writes into run_changes.data, by kind (documented, not decoded:
+# the stream relays the rows as they are).
+CHANGES = {"run": RunChange, "phase": PhaseChange, "task": TaskChange, "step": StepChange}
 
 _SQL_CHANGES = """
 SELECT seq, kind, data::text FROM pipeline.run_changes

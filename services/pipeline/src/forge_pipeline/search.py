@@ -1,5 +1,5 @@
-"""Search (docs/api-search.md): step logs by word, runs by commit prefix, branch, tag, author or
-error text.
+"""Search (docs/api-search.md): step logs by word; runs by commit prefix, branch, tag, author or
+error text, merged with the release service's releases.
 
 Logs are indexed when a step's log is final: the worker uploads the whole log to S3, then
 reports the step finished; the report's route (api.py) calls :func:`index_step_logs` after the
@@ -14,18 +14,22 @@ Both lists page by an opaque cursor (forge_common.cursor) bound to the query and
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from typing import Any, ClassVar
 
 import msgspec
 import structlog
+from psycopg import sql
 from psycopg.rows import tuple_row
 
 from forge_common import cursor
+from forge_common.client import ServiceClient
 from forge_common.db import Pool
-from forge_common.errors import InvalidRequest
+from forge_common.errors import BadGateway, GatewayTimeout, InvalidRequest, unavailable
 from forge_common.events import isoformat
+from forge_common.search import ReleaseHit, ReleaseSearchResults, page_limit, query_text, release_cursor
 
 from . import domain, live
 
@@ -33,21 +37,20 @@ __all__ = [
     "LINE_CHARACTERS",
     "LogHit",
     "LogSearch",
+    "ReleaseSearch",
     "RunHit",
-    "RunSearch",
+    "Search",
+    "SearchResults",
     "index_step_logs",
     "parse_log_query",
-    "parse_run_query",
+    "parse_search",
+    "search",
     "search_logs",
-    "search_runs",
 ]
 
 log = structlog.get_logger("forge_pipeline.search")
 
 LINE_CHARACTERS = 2000
-QUERY_CHARACTERS = 200
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
 # Step states whose log is final: the worker has uploaded it whole before reporting them.
 FINAL_STEP = frozenset({"success", "failed", "cancelled"})
 
@@ -114,22 +117,6 @@ async def _store_lines(pool: Pool, step_id: str, run_id: str, repository: str, l
 # --- queries ---------------------------------------------------------------------------------------
 
 
-def _query_text(q: str | None) -> str:
-    if q is None or not q.strip():
-        raise InvalidRequest("query parameter 'q' is required", {"field": "q"})
-    if len(q) > QUERY_CHARACTERS:
-        raise InvalidRequest(f"q must be at most {QUERY_CHARACTERS} characters", {"field": "q"})
-    return q.strip()
-
-
-def _limit(value: str | None) -> int:
-    if value is None:
-        return DEFAULT_LIMIT
-    if not value.isdigit() or not (1 <= int(value) <= MAX_LIMIT):
-        raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", {"field": "limit", "value": value[:20]})
-    return int(value)
-
-
 class LogSearch(msgspec.Struct, frozen=True):
     q: str
     repository: str | None
@@ -145,11 +132,11 @@ class LogSearch(msgspec.Struct, frozen=True):
 def parse_log_query(
     q: str | None, repository: str | None, since: str | None, limit: str | None, after: str | None
 ) -> LogSearch:
-    text = _query_text(q)
+    text = query_text(q)
     if repository is not None:
         domain.validate_repository(repository)
     since_at = domain.parse_timestamp(since, "since") if since is not None else None
-    query = LogSearch(q=text, repository=repository, since=since_at, limit=_limit(limit))
+    query = LogSearch(q=text, repository=repository, since=since_at, limit=page_limit(limit))
     if after is None:
         return query
     key = cursor.decode(after, query.scope())
@@ -201,39 +188,117 @@ class LogResults(msgspec.Struct, kw_only=True):
     next_cursor: str | None = None
 
 
-# Newest first, then by step and line; the keyset mixes directions, so it is spelt out.
-_SQL_SEARCH_LOGS = """
-SELECT l.indexed_at, l.step_id::text, l.line_number, l.run_id::text, l.repository, l.line,
+# Two plans for one page, newest first, then by step and line (docs/performance.md, "Search"):
+#
+# 1. the newest ``probe`` lines that pass the filters, read from the top of an index in the
+#    result order (migration 0130), checked for the words: when at least a page (plus one) of
+#    them match, the page is exactly those, whatever the word. A word on 20% of lines needs ~100
+#    lines read, where sorting its every match took hundreds of ms. When some matched but not a
+#    page, a second, longer probe sized by the density seen (at most _MAX_PROBE lines);
+# 2. otherwise the word is rare among recent lines: every match from the GIN index (0080),
+#    sorted. MATERIALIZED keeps the planner from walking the order index for a word it wrongly
+#    believes common (a rare word has no statistics), which took 126 ms for one match.
+# A rare word pays for one probe of 1,000 lines (~0.4 ms) before its GIN query.
+#
+# Each statement has one plan whatever the words (the forms of the filters below see to it), so
+# they are prepared like any other (planning both cost more than running them for a rare word);
+# the limits are literals, planned with their values. The keyset mixes directions, so it is
+# spelt out; ``indexed_at <= at`` lets the index walk start at the cursor.
+_PROBE_LINES = 1000
+_PROBE_PER_RESULT = 50
+_MAX_PROBE = 20000
+
+_SQL_RECENT_MATCHES = """
+SELECT l.indexed_at, l.step_id, l.line_number, l.run_id, l.repository, l.line
+FROM (SELECT indexed_at, step_id, line_number, run_id, repository, line, words
+      FROM pipeline.log_lines l WHERE {filters}
+      ORDER BY {repository}indexed_at DESC, step_id, line_number LIMIT {probe}) l
+WHERE l.words @@ websearch_to_tsquery('simple', %(q)s)
+ORDER BY l.indexed_at DESC, l.step_id, l.line_number
+LIMIT {limit}
+"""
+_SQL_ALL_MATCHES = """
+WITH matches AS MATERIALIZED (
+    SELECT indexed_at, step_id, line_number, run_id, repository, line FROM pipeline.log_lines l
+    WHERE l.words @@ websearch_to_tsquery('simple', %(q)s) AND {filters}
+)
+SELECT * FROM matches ORDER BY indexed_at DESC, step_id, line_number LIMIT {limit}
+"""
+# The page's lines with the names of their steps (at most a page of rows to join).
+_SQL_PAGE = """
+WITH page AS MATERIALIZED ({matches})
+SELECT page.indexed_at, page.step_id::text, page.line_number, page.run_id::text, page.repository, page.line,
        p.name, t.project_name, s.name
-FROM pipeline.log_lines l
-JOIN pipeline.steps s ON s.id = l.step_id
+FROM page
+JOIN pipeline.steps s ON s.id = page.step_id
 JOIN pipeline.tasks t ON t.id = s.task_id
 JOIN pipeline.phases p ON p.id = t.phase_id
-WHERE l.words @@ websearch_to_tsquery('simple', %(q)s)
-  AND (%(repository)s::text IS NULL OR l.repository = %(repository)s)
-  AND (%(since)s::timestamptz IS NULL OR l.indexed_at >= %(since)s)
-  AND (%(at)s::timestamptz IS NULL OR l.indexed_at < %(at)s
-       OR (l.indexed_at = %(at)s AND (l.step_id, l.line_number) > (%(step)s::uuid, %(line)s::integer)))
-ORDER BY l.indexed_at DESC, l.step_id, l.line_number
-LIMIT %(limit)s
+ORDER BY page.indexed_at DESC, page.step_id, page.line_number
 """
+# In the walk, a repository is a range of one value, ordered by first: with ``=`` the planner drops
+# the constant from the order and may walk the all-repositories index, filtering, from the newest
+# line down to an old repository's lines (328 ms p50 for the bench's oldest repository); a range
+# keeps the order only the repository's own index gives without sorting.
+# In the word-index plan, the repository is compared as an expression no index holds: else the
+# planner, thinking a word it has no statistics for is on 2,000 lines, ANDs the word index with
+# the repository's 40,000 entries of the order index (25 ms, where the word alone takes 0.1 ms).
+_REPOSITORY = {
+    "walk": "l.repository >= %(repository)s AND l.repository <= %(repository)s",
+    "words": "(l.repository || '') = %(repository)s",
+}
+_FILTERS = {
+    "repository": "",  # by plan: _REPOSITORY
+    "since": "l.indexed_at >= %(since)s",
+    "at": "l.indexed_at <= %(at)s AND (l.indexed_at < %(at)s"
+    " OR (l.step_id, l.line_number) > (%(step)s::uuid, %(line)s::integer))",
+}
+
+
+def _log_statement(template: str, params: dict[str, Any]) -> sql.Composed:
+    """``template`` with the conditions of the filters given (absent ones leave no trace, so
+    that the planner sees exactly the filters that apply)."""
+    walk = template is _SQL_RECENT_MATCHES
+    conditions = [
+        sql.SQL(condition or _REPOSITORY["walk" if walk else "words"])
+        for name, condition in _FILTERS.items()
+        if params[name] is not None
+    ]
+    filters = sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("TRUE")
+    fields = {"filters": filters, "limit": sql.Literal(params["limit"])}
+    if walk:
+        fields["repository"] = sql.SQL("repository, " if params["repository"] is not None else "")
+        fields["probe"] = sql.Literal(params["probe"])
+    return sql.SQL(_SQL_PAGE).format(matches=sql.SQL(template).format(**fields))
 
 
 async def search_logs(pool: Pool, query: LogSearch) -> LogResults:
     at, step, line = query.after if query.after is not None else (None, None, None)
-    params = {
+    wanted = query.limit + 1
+    probe = max(_PROBE_LINES, _PROBE_PER_RESULT * wanted)
+    params: dict[str, Any] = {
         "q": query.q,
         "repository": query.repository,
         "since": query.since,
         "at": at,
         "step": step,
         "line": line,
-        "limit": query.limit + 1,
+        "limit": wanted,
+        "probe": probe,
     }
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=tuple_row)
-        await cur.execute(_SQL_SEARCH_LOGS, params)
+        await cur.execute(_log_statement(_SQL_RECENT_MATCHES, params), params)
         rows = await cur.fetchall()
+        if 0 < len(rows) < wanted:
+            # Twice the lines the density seen says a page needs.
+            longer = -(-2 * probe * wanted // len(rows))
+            if longer <= _MAX_PROBE:
+                longer_params = {**params, "probe": longer}
+                await cur.execute(_log_statement(_SQL_RECENT_MATCHES, longer_params), longer_params, prepare=False)
+                rows = await cur.fetchall()
+        if len(rows) < wanted:
+            await cur.execute(_log_statement(_SQL_ALL_MATCHES, params), params)
+            rows = await cur.fetchall()
     hits = [
         LogHit(
             run_id=run_id,
@@ -257,33 +322,42 @@ async def search_logs(pool: Pool, query: LogSearch) -> LogResults:
     return LogResults(results=hits, next_cursor=next_cursor)
 
 
-# --- GET /v1/search: runs --------------------------------------------------------------------------
+# --- GET /v1/search: runs and releases ------------------------------------------------------------
+#
+# Runs come from this service's database, releases from the release service's search (its
+# GET /v1/releases/search, called with the caller's token, so that its own permission and
+# repository checks apply). Both are newest first by (created_at, id); a page asks each for the
+# ``limit + 1`` items after the position of the previous page's last item and keeps the newest
+# ``limit`` of the two lists merged: the cursor is that position (forge_common.search).
 
-SEARCH_TYPES = ("runs",)
+SEARCH_TYPES = ("runs", "releases")
+RELEASES_KEY = "pipeline.release_search"
 
 
-class RunSearch(msgspec.Struct, frozen=True):
+class Search(msgspec.Struct, frozen=True):
     q: str
+    types: tuple[str, ...]  # of SEARCH_TYPES
     repository: str | None
     limit: int
     after: tuple[dt.datetime, str] | None = None
 
     def scope(self) -> str:
-        return cursor.fingerprint("search.runs", q=self.q, repository=self.repository or "")
+        return cursor.fingerprint("search", q=self.q, repository=self.repository or "", types=",".join(self.types))
 
 
-def parse_run_query(
+def parse_search(
     q: str | None, search_type: str | None, repository: str | None, limit: str | None, after: str | None
-) -> RunSearch:
-    text = _query_text(q)
+) -> Search:
+    text = query_text(q)
     if search_type is not None and search_type not in SEARCH_TYPES:
         raise InvalidRequest(
-            f"type must be one of {', '.join(SEARCH_TYPES)} (releases: GET /v1/releases/search)",
+            f"type must be one of {', '.join(SEARCH_TYPES)} (or absent: both)",
             {"field": "type", "value": search_type[:50]},
         )
     if repository is not None:
         domain.validate_repository(repository)
-    query = RunSearch(q=text, repository=repository, limit=_limit(limit))
+    types = (search_type,) if search_type is not None else SEARCH_TYPES
+    query = Search(q=text, types=types, repository=repository, limit=page_limit(limit))
     if after is None:
         return query
     key = cursor.decode(after, query.scope())
@@ -294,8 +368,9 @@ def parse_run_query(
     return msgspec.structs.replace(query, after=position)
 
 
-class RunHit(msgspec.Struct, kw_only=True):
-    type: str
+class RunHit(msgspec.Struct, kw_only=True, tag_field="type", tag="run"):
+    """A run found by a search (``type``: ``run``)."""
+
     id: str
     repository: str
     branch: str
@@ -310,11 +385,12 @@ class RunHit(msgspec.Struct, kw_only=True):
     url: str
 
 
-class RunResults(msgspec.Struct, kw_only=True):
-    """One page of matching runs, newest first."""
+class SearchResults(msgspec.Struct, kw_only=True):
+    """One page of matching runs and releases, newest first; ``type`` tells which each is."""
 
     example: ClassVar[dict[str, Any]] = {
         "results": [
+            {**ReleaseSearchResults.example["results"][0], "created_at": "2025-10-05T12:09:00Z"},
             {
                 "type": "run",
                 "id": "0b5f2a4e-8c1d-4e7a-9f3b-2d6c8e1a4b7f",
@@ -322,18 +398,51 @@ class RunResults(msgspec.Struct, kw_only=True):
                 "branch": "main",
                 "commit_sha": "4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
                 "tag": None,
-                "status": "failed",
+                "status": "success",
                 "triggered_by": "dev@acme.io",
-                "error": "task api of phase test failed",
+                "error": None,
                 "created_at": "2025-10-05T12:03:00Z",
                 "matched": ["commit"],
                 "url": "/v1/runs/0b5f2a4e-8c1d-4e7a-9f3b-2d6c8e1a4b7f",
-            }
+            },
         ],
-        "next_cursor": None,
+        "next_cursor": "WzEsImFiYyIsWyIyMDI1Il1d",
     }
-    results: list[RunHit]
+    results: list[RunHit | ReleaseHit]
     next_cursor: str | None = None
+
+
+class ReleaseSearch:
+    """The release service's ``GET /v1/releases/search``, for the releases of a merged page."""
+
+    def __init__(self, client: ServiceClient) -> None:
+        self.client = client
+
+    async def after(self, query: Search, token: str) -> list[ReleaseHit]:
+        """The ``limit + 1`` newest matching releases after the query's position."""
+        params = {"q": query.q, "limit": str(query.limit + 1)}
+        if query.repository is not None:
+            params["repository"] = query.repository
+        if query.after is not None:
+            params["cursor"] = release_cursor(query.q, query.repository, *query.after)
+        try:
+            resp = await self.client.get("/v1/releases/search", token=token, params=params)
+        except (BadGateway, GatewayTimeout) as exc:
+            raise unavailable("the release service", exc.message) from exc
+        if resp.status == 503:
+            raise unavailable("the release service", resp.error_code() or "")
+        if resp.status == 200:
+            try:
+                return msgspec.convert(resp.body, ReleaseSearchResults).results
+            except msgspec.ValidationError:
+                pass
+        raise BadGateway(
+            "the release service did not answer the search",
+            {"upstream_status": resp.status, "upstream_error": resp.error_code()},
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
 
 
 # Each arm is backed by an index of 0080_search.sql; the planner ORs their bitmaps.
@@ -361,7 +470,8 @@ def _commit_prefix(q: str) -> str | None:
     return None
 
 
-async def search_runs(pool: Pool, query: RunSearch) -> RunResults:
+async def _runs_after(pool: Pool, query: Search) -> list[RunHit]:
+    """The ``limit + 1`` newest matching runs after the query's position."""
     at, run_id = query.after if query.after is not None else (None, None)
     params = {
         "q": query.q,
@@ -375,9 +485,8 @@ async def search_runs(pool: Pool, query: RunSearch) -> RunResults:
         cur = conn.cursor(row_factory=tuple_row)
         await cur.execute(_SQL_SEARCH_RUNS, params)
         rows = await cur.fetchall()
-    hits = [
+    return [
         RunHit(
-            type="run",
             id=row[1],
             repository=row[2],
             branch=row[3],
@@ -390,10 +499,27 @@ async def search_runs(pool: Pool, query: RunSearch) -> RunResults:
             matched=[name for name, hit in zip(_MATCHES, row[9:14], strict=True) if hit],
             url=f"/v1/runs/{row[1]}",
         )
-        for row in rows[: query.limit]
+        for row in rows
     ]
+
+
+def _position(hit: RunHit | ReleaseHit) -> tuple[dt.datetime, str]:
+    return dt.datetime.fromisoformat(hit.created_at), hit.id
+
+
+async def search(pool: Pool, releases: ReleaseSearch, query: Search, token: str) -> SearchResults:
+    """One page of runs and releases, the two sources asked at once."""
+
+    async def no_hits() -> list[Any]:
+        return []
+
+    runs, found = await asyncio.gather(
+        _runs_after(pool, query) if "runs" in query.types else no_hits(),
+        releases.after(query, token) if "releases" in query.types else no_hits(),
+    )
+    merged: list[RunHit | ReleaseHit] = sorted([*runs, *found], key=_position, reverse=True)
     next_cursor = None
-    if len(rows) > query.limit:
-        last = rows[query.limit - 1]
-        next_cursor = cursor.encode(query.scope(), [last[0].isoformat(), last[1]])
-    return RunResults(results=hits, next_cursor=next_cursor)
+    if len(merged) > query.limit:
+        at, last_id = _position(merged[query.limit - 1])
+        next_cursor = cursor.encode(query.scope(), [at.isoformat(), last_id])
+    return SearchResults(results=merged[: query.limit], next_cursor=next_cursor)

@@ -35,6 +35,10 @@ class Settings(CommonSettings, kw_only=True):
     # Search (search.py): at most this many bytes of a step's log are indexed, from its start
     # (0 turns log indexing off). Lines past the cap are not found by GET /v1/search/logs.
     search_log_index_bytes: int = 1024 * 1024
+    # The release service, whose search GET /v1/search merges with the runs it finds, and the
+    # upper bound of one call to it (a Go duration).
+    release_url: str = "http://127.0.0.1:8082"
+    release_timeout: float = 5.0
 
     # Outgoing webhooks (notify/, docs/webhooks.md). Targets in loopback, link-local, private,
     # unique-local, multicast and unspecified ranges are refused unless allow_private (tests,
@@ -50,6 +54,9 @@ class Settings(CommonSettings, kw_only=True):
     # Attempts in flight per process, and how often due deliveries are looked for without a wake-up.
     webhook_concurrency: int = 16
     webhook_poll_interval: float = 1.0
+    # Succeeded and failed deliveries are deleted this long after their event. At least the
+    # event stream's 7 days: a consumer replaying the stream then finds every row it made.
+    webhook_delivery_retention: float = 30 * 24 * 3600.0
     # False: this process serves the subscription API but neither fans events out nor sends.
     webhook_delivery_enabled: bool = True
 
@@ -68,6 +75,10 @@ class Settings(CommonSettings, kw_only=True):
             problems.append("FORGE_MAX_ACTIVE_RUNS_PER_REPOSITORY must be >= 1")
         if not (1 <= self.logs_url_ttl <= 7 * 24 * 3600):
             problems.append("FORGE_LOGS_URL_TTL must be between 1s and 7 days")
+        if not self.release_url.startswith(("http://", "https://")):
+            problems.append("FORGE_RELEASE_URL must be an http:// or https:// URL")
+        if not (0 < self.release_timeout <= 60):
+            problems.append("FORGE_RELEASE_TIMEOUT must be a duration between 0 and 60s")
         if not (0 <= self.search_log_index_bytes <= 64 * 1024 * 1024):
             problems.append("FORGE_SEARCH_LOG_INDEX_BYTES must be between 0 and 67108864 (64 MiB)")
         problems.extend(self._webhook_problems())
@@ -83,6 +94,8 @@ class Settings(CommonSettings, kw_only=True):
             problems.append("FORGE_WEBHOOK_RETRY_FOR and FORGE_WEBHOOK_DISABLE_AFTER must be positive durations")
         if not (1 <= self.webhook_concurrency <= 1000):
             problems.append("FORGE_WEBHOOK_CONCURRENCY must be between 1 and 1000")
+        if self.webhook_delivery_retention < 7 * 24 * 3600:
+            problems.append("FORGE_WEBHOOK_DELIVERY_RETENTION must be at least 7 days (the event stream's age)")
         if not (0.01 <= self.webhook_poll_interval <= 60):
             problems.append("FORGE_WEBHOOK_POLL_INTERVAL must be between 10ms and 60s")
         return problems

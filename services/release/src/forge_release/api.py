@@ -29,6 +29,7 @@ from forge_common.http import decode_body, parse_page
 from forge_common.openapi import PathForm, body_operation, errors, path_forms, response
 from forge_common.paths import raw_path_segments
 from forge_common.runtime import Runtime
+from forge_common.search import ReleaseSearchResults
 
 from .schemas import (
     AliasCreate,
@@ -37,7 +38,7 @@ from .schemas import (
     ReleaseCreate,
     ReleaseCreated,
     ReleaseList,
-    ReleaseSearchResults,
+    release_page,
 )
 from .service import CreateRelease, ReleaseService
 
@@ -141,7 +142,7 @@ async def search(
 ) -> ReleaseSearchResults:
     # A repository-bound token (forge_repository claim) searches its own repository only.
     page = await _service(runtime).search(q, repository_filter(principal, repository), limit, cursor)
-    return ReleaseSearchResults.of(page)
+    return release_page(page)
 
 
 @get(

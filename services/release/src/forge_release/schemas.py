@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import msgspec
 
 from forge_common.events import isoformat
+from forge_common.search import ReleaseHit, ReleaseSearchResults
 
 if TYPE_CHECKING:
-    from .domain import AliasChange, Artifact, CreatedRelease, ReleasePage, SearchHit, SearchPage
+    from .domain import AliasChange, Artifact, CreatedRelease, ReleasePage, SearchPage
     from .domain import Release as ReleaseRecord
     from .domain import ReleaseSummary as ReleaseSummaryRecord
 
@@ -27,12 +28,11 @@ __all__ = [
     "Release",
     "ReleaseCreate",
     "ReleaseCreated",
-    "ReleaseHit",
     "ReleaseList",
-    "ReleaseSearchResults",
     "ReleaseSummary",
     "TriggerIn",
     "TriggerOut",
+    "release_page",
 ]
 
 
@@ -301,68 +301,26 @@ class ReleaseList(msgspec.Struct, kw_only=True):
         )
 
 
-class ReleaseHit(msgspec.Struct, kw_only=True):
-    type: str
-    id: str
-    repository: str
-    project: str
-    commit_sha: str
-    release_number: int
-    created_by: str
-    branch: str | None
-    tag: str | None
-    aliases: list[str]
-    created_at: str
-    # Which of commit, branch, tag, alias, author matched.
-    matched: list[str]
-    url: str
-
-    @classmethod
-    def of(cls, hit: SearchHit) -> ReleaseHit:
-        r = hit.release
-        return cls(
-            type="release",
-            id=r.id,
-            repository=hit.repository,
-            project=hit.project,
-            commit_sha=r.commit_sha,
-            release_number=r.release_number,
-            created_by=hit.created_by,
-            branch=hit.branch,
-            tag=hit.tag,
-            aliases=list(hit.aliases),
-            created_at=isoformat(r.created_at),
-            matched=list(hit.matched),
-            url=f"/v1/releases/{r.id}",
-        )
-
-
-class ReleaseSearchResults(msgspec.Struct, kw_only=True):
-    """One page of releases matching a search, newest first (GET /v1/releases/search)."""
-
-    example: ClassVar[dict[str, Any]] = {
-        "results": [
-            {
-                "type": "release",
-                "id": "7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
-                "repository": "acme/shop",
-                "project": "api",
-                "commit_sha": "4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e",
-                "release_number": 42,
-                "created_by": "dev@acme.io",
-                "branch": None,
-                "tag": "v1.4.0",
-                "aliases": ["42", "v1.4.0"],
-                "created_at": "2025-10-05T12:03:00Z",
-                "matched": ["alias", "tag"],
-                "url": "/v1/releases/7c6b5a4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d",
-            }
+def release_page(page: SearchPage) -> ReleaseSearchResults:
+    """``GET /v1/releases/search``'s answer: the hits as forge_common.search describes them
+    (the pipeline service's ``GET /v1/search`` merges the same records with its runs)."""
+    return ReleaseSearchResults(
+        results=[
+            ReleaseHit(
+                id=hit.release.id,
+                repository=hit.repository,
+                project=hit.project,
+                commit_sha=hit.release.commit_sha,
+                release_number=hit.release.release_number,
+                created_by=hit.created_by,
+                branch=hit.branch,
+                tag=hit.tag,
+                aliases=list(hit.aliases),
+                created_at=isoformat(hit.release.created_at),
+                matched=list(hit.matched),
+                url=f"/v1/releases/{hit.release.id}",
+            )
+            for hit in page.hits
         ],
-        "next_cursor": None,
-    }
-    results: list[ReleaseHit]
-    next_cursor: str | None = None
-
-    @classmethod
-    def of(cls, page: SearchPage) -> ReleaseSearchResults:
-        return cls(results=[ReleaseHit.of(h) for h in page.hits], next_cursor=page.next_cursor)
+        next_cursor=page.next_cursor,
+    )

@@ -34,6 +34,7 @@ from forge_common import cursor
 from forge_common.errors import Conflict, InvalidRequest, NotFound
 from forge_common.events import utcnow
 from forge_common.repositories import RepositoryAllowList
+from forge_common.search import page_limit, query_text, release_scope
 
 from . import domain
 from .domain import (
@@ -60,9 +61,6 @@ log = structlog.get_logger(__name__)
 RELEASES_CREATED = Counter("forge_releases_created_total", "Releases created")
 
 MAX_CANDIDATES = 10
-_QUERY_CHARACTERS = 200
-_DEFAULT_SEARCH_LIMIT = 20
-_MAX_SEARCH_LIMIT = 100
 
 
 @dataclass(frozen=True)
@@ -276,15 +274,12 @@ class ReleaseService:
     ) -> SearchPage:
         """``GET /v1/releases/search`` (docs/api-search.md): releases by commit prefix, branch,
         tag, alias or author, newest first, paged by an opaque cursor bound to the query."""
-        if q is None or not q.strip():
-            raise InvalidRequest("query parameter 'q' is required", {"field": "q"})
-        if len(q) > _QUERY_CHARACTERS:
-            raise InvalidRequest(f"q must be at most {_QUERY_CHARACTERS} characters", {"field": "q"})
-        text = q.strip()
+        text = query_text(q)
         if repository is not None:
             domain.validate_repository(repository)
-        size = _search_limit(limit)
-        scope = cursor.fingerprint("search.releases", q=text, repository=(repository or "").lower())
+        size = page_limit(limit)
+        # The pipeline service's GET /v1/search makes cursors of this scope (release_cursor).
+        scope = release_scope(text, repository)
         at: dt.datetime | None = None
         after: str | None = None
         if page_cursor is not None:
@@ -349,11 +344,3 @@ def _sha_prefix(q: str) -> str | None:
     if 4 <= len(lowered) <= 64 and all(c in "0123456789abcdef" for c in lowered):
         return lowered + "%"
     return None
-
-
-def _search_limit(value: str | None) -> int:
-    if value is None:
-        return _DEFAULT_SEARCH_LIMIT
-    if not value.isdigit() or not (1 <= int(value) <= _MAX_SEARCH_LIMIT):
-        raise InvalidRequest(f"limit must be an integer from 1 to {_MAX_SEARCH_LIMIT}", {"field": "limit"})
-    return int(value)

@@ -176,18 +176,23 @@ class CiJobRunner:
             self.reporter.running_after(step.id, self.running_report_delay, cancel, started_at)
         )
         limits = self.limits(step)
-        outcome = await self.runner.run(
-            run_id=job.run_id,
-            argv=argv,
-            workspace=workspace,
-            cwd=cwd,
-            # The step's own variables first: the platform's (FORGE_*, PATH, ...) always win,
-            # though discovery already refuses those names.
-            env={**step.env, **env, "FORGE_STEP": step.name},
-            limits=limits,
-            key=key,
-            cancel=cancel,
-        )
+        try:
+            outcome = await self.runner.run(
+                run_id=job.run_id,
+                argv=argv,
+                workspace=workspace,
+                cwd=cwd,
+                # The step's own variables first: the platform's (FORGE_*, PATH, ...) always win,
+                # though discovery already refuses those names.
+                env={**step.env, **env, "FORGE_STEP": step.name},
+                limits=limits,
+                key=key,
+                cancel=cancel,
+            )
+        except BaseException:
+            # LogUploadFailed (S3 unreachable for FORGE_LOG_UPLOAD_RETRY_FOR): the job is retried.
+            running.cancel()
+            raise
         t1 = time.perf_counter()
         if not running.done():
             running.cancel()

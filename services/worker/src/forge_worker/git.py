@@ -4,6 +4,11 @@ A commit already in the mirror costs one ``rev-parse``; otherwise the mirror is 
 re-cloned). Checkouts are git worktrees shared by every task of that commit on this machine and
 pruned when they have not been used for a while. Worker processes sharing the cache directory
 serialise on a per-repository ``flock``.
+
+Every git command has a deadline (``FORGE_GIT_TIMEOUT``): past it the command and its children
+(``git-remote-http``, ``ssh``) are killed as a process group and the job fails with an error that
+names the operation and the remote, so a stalled remote never holds the repository's lock (and
+with it every job of that repository on this machine) while heartbeats keep the job alive.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -56,10 +62,12 @@ class GitCache:
         url_template: str,
         max_idle_checkouts: float = 6 * 3600.0,
         redact: Redactor | None = None,
+        timeout: float = 600.0,
     ) -> None:
         self.root = cache_dir
         self.url_template = url_template
         self.max_idle = max_idle_checkouts
+        self.timeout = timeout
         self._locks: dict[str, asyncio.Lock] = {}
         self._known: dict[tuple[str, str], str] = {}  # (repository, sha) -> full sha
         self._checkouts: dict[tuple[str, str], Path] = {}
@@ -87,7 +95,10 @@ class GitCache:
     def mirror_path(self, repository: str) -> Path:
         return self.root / "mirrors" / f"{self._key(repository)}.git"
 
-    async def _git(self, *args: str, cwd: Path | None = None, check: bool = True) -> tuple[int, str, str]:
+    async def _git(
+        self, *args: str, cwd: Path | None = None, check: bool = True, doing: str = ""
+    ) -> tuple[int, str, str]:
+        """Run git; ``doing`` says what for in a timeout's message (default: ``git <command>``)."""
         proc = await asyncio.create_subprocess_exec(
             "git",
             *_SAFE_OPTIONS,
@@ -96,8 +107,18 @@ class GitCache:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self._env,
+            start_new_session=True,  # its own process group: a timeout kills its helpers too
         )
-        out, err = await proc.communicate()
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except BaseException as exc:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            if isinstance(exc, TimeoutError):
+                what = doing or f"git {_command(args)}"
+                raise GitError(self.redact(f"{what} timed out after {self.timeout:g}s (FORGE_GIT_TIMEOUT)")) from None
+            raise
         code = proc.returncode or 0
         if check and code != 0:
             raise GitError(self.redact(f"git {args[0]} failed: {err.decode(errors='replace').strip()[:500]}"))
@@ -158,6 +179,7 @@ class GitCache:
             "origin",
             "+refs/heads/*:refs/heads/*",
             check=False,
+            doing=f"fetching {repository} from {self.display_url(repository)}",
         )
         if code != 0:
             raise GitError(
@@ -222,3 +244,11 @@ class GitCache:
                     removed = True
         if removed:
             await self._git("--git-dir", str(self.mirror_path(repository)), "worktree", "prune", check=False)
+
+
+def _command(args: tuple[str, ...]) -> str:
+    """The git subcommand in ``args`` (after ``--git-dir <path>`` and ``-c <setting>``)."""
+    rest = list(args)
+    while rest and rest[0] in ("--git-dir", "-c", "-C"):
+        rest = rest[2:]
+    return rest[0] if rest else "command"

@@ -24,7 +24,13 @@ import asyncio
 from typing import Any
 
 import structlog
-from tenacity import AsyncRetrying, retry_if_not_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_not_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 __all__ = ["MIN_PART", "LogLost", "LogObject"]
 
@@ -60,6 +66,7 @@ class LogObject:
         self.total = 0  # bytes written so far
         self._small = bytearray()  # the object's content while it is under MIN_PART
         self._pending = bytearray()  # written, not in S3 yet (after the object and open parts)
+        self._part: bytes | None = None  # the next part of the open upload, taken from the buffers
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._in_parts = 0  # bytes in the open upload's parts (the copied object included)
@@ -69,7 +76,7 @@ class LogObject:
     @property
     def buffered(self) -> int:
         """Bytes held in memory (the bound the tests check)."""
-        return len(self._small) + len(self._pending)
+        return len(self._small) + len(self._pending) + len(self._part or b"")
 
     @property
     def dirty(self) -> bool:
@@ -84,7 +91,7 @@ class LogObject:
         self._pending.extend(data)
         self.total += len(data)
         self.peak_buffered = max(self.peak_buffered, self.buffered)
-        if len(self._small) + len(self._pending) >= self.part_size:
+        if self.buffered >= self.part_size:
             async with self._lock:
                 await self._retrying(self._spill)
 
@@ -103,45 +110,66 @@ class LogObject:
             retry=retry_if_not_exception_type(LogLost),
             wait=wait_exponential_jitter(multiplier=0.2, max=self.retry_max_wait),
             stop=stop_after_delay(self.retry_for),
+            before_sleep=self._log_retry,
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    log.info("steps.log_upload_retry", key=self.key, attempt=attempt.retry_state.attempt_number)
                 await operation()
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "steps.log_upload_retry",
+            key=self.key,
+            attempt=state.attempt_number,
+            error=f"{type(error).__name__}: {error}" if error is not None else None,
+        )
 
     # --- the two S3 moves ------------------------------------------------------------------------
 
     async def _spill(self) -> None:
         """Send whole parts of what is buffered into the open upload (opening it if needed)."""
         await self._open()
-        while len(self._small) + len(self._pending) >= self.part_size:
-            chunk = bytes(self._small) + bytes(self._pending[: self.part_size - len(self._small)])
-            await self._upload_part(chunk)
-            del self._pending[: len(chunk) - len(self._small)]
-            self._small.clear()
+        while self._part is not None or len(self._small) + len(self._pending) >= self.part_size:
+            if self._part is None:
+                self._part = self._take(self.part_size)
+            await self._upload_part(self._part)
+            self._part = None
 
     async def _publish(self) -> None:
         if (
             self._upload_id is None
+            and self._part is None
             and self.size + len(self._pending) < MIN_PART + self.part_size
             and self.size < MIN_PART
         ):
             # Small: rewrite the whole object from memory.
-            content = bytes(self._small) + bytes(self._pending)
+            written = len(self._pending)
+            with memoryview(self._pending) as view:
+                content = b"".join((self._small, view))
             await self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=content, ContentType=_CONTENT_TYPE)
-            del self._pending[: len(content) - len(self._small)]
+            del self._pending[:written]  # (more may have been written meanwhile)
             self.size = len(content)
             self._small = bytearray(content) if len(content) < MIN_PART else bytearray()
             return
         await self._open()
-        tail = bytes(self._small) + bytes(self._pending)
-        if tail:
-            await self._upload_part(tail)
-            del self._pending[: len(tail) - len(self._small)]
-            self._small.clear()
+        if self._part is None and (self._small or self._pending):
+            self._part = self._take(len(self._small) + len(self._pending))
+        if self._part is not None:
+            await self._upload_part(self._part)
+            self._part = None
         await self._complete()
+
+    def _take(self, size: int) -> bytes:
+        """The next ``size`` bytes of the upload's parts (the small object's content first), out of
+        the buffers: one copy, held as the part until S3 has it (retries send it again)."""
+        count = min(size - len(self._small), len(self._pending))
+        with memoryview(self._pending) as view, view[:count] as head:
+            part = b"".join((self._small, head))
+        del self._pending[:count]
+        self._small = bytearray()
+        return part
 
     async def _open(self) -> None:
         if self._upload_id is not None:

@@ -4,16 +4,23 @@ behalf) runs in its own user, PID, mount, IPC and UTS namespaces (and network na
 
 Two tools build it, both maintained and found on ordinary Linux machines:
 
-- ``bwrap`` (bubblewrap, what Flatpak uses): preferred; a few milliseconds per step;
+- ``bwrap`` (bubblewrap, what Flatpak uses): preferred;
 - ``unshare`` from util-linux (present on every Linux userland) plus ``mount``, ``pivot_root``
   and ``setpriv`` from the same package: the fallback when bubblewrap is not installed.
 
 What a sandboxed command sees: ``/usr``, ``/etc`` and the ``/bin``/``/lib`` links read-only (plus
 ``FORGE_STEP_READONLY_PATHS``; ``FORGE_STEP_WRITABLE_PATHS`` read-write, e.g. a shared cache), a fresh ``/proc`` of its own PID namespace, a private ``/tmp``
 and ``/dev/shm``, ``$HOME`` (``/home/forge``) on a tmpfs, and ``/workspace``: the job's own
-writable copy of the checkout. The git cache, the data directory, other jobs' workspaces and
-the worker's environment are not there. When the worker runs as root, commands run as
+writable view of the checkout (:class:`Workspace`: an overlay over the shared checkout when the
+worker runs as root, else a copy). The git cache, the data directory, other jobs' workspaces
+and the worker's environment are not there. When the worker runs as root, commands run as
 ``FORGE_STEP_USER`` (``nobody``), never as root.
+
+With bubblewrap the commands of one job share one sandbox by default (:class:`TaskSandbox`,
+``FORGE_STEP_SANDBOX_SCOPE=task``): a new mount namespace costs 15-30 ms of wall time on a
+loaded machine (docs/performance.md), a step in an existing sandbox ~3 ms. What a step leaves
+running is killed when it ends. Job directories are claimed with a lock file
+(:func:`claim_job_dir`) so that :func:`sweep_stale` can remove what a killed worker left.
 
 Limits (:class:`Limits`): ``processes`` is ``RLIMIT_NPROC`` set inside the sandbox's own user
 namespace (the kernel counts it per namespace, so a fork bomb stops there); ``memory`` is the
@@ -29,6 +36,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import inspect
 import os
 import pwd
 import re
@@ -38,7 +46,7 @@ import shutil
 import signal
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -61,7 +69,9 @@ log = structlog.get_logger(__name__)
 
 SandboxKind = Literal["bwrap", "unshare", "none"]
 WorkspaceKind = Literal["overlay", "copy"]
-LogSink = Callable[[bytes], None]
+# Takes the command's output as it comes; a sink that returns an awaitable is awaited before the
+# next read (back-pressure: the command waits on its full pipe meanwhile, nothing piles up).
+LogSink = Callable[[bytes], Awaitable[None] | None]
 
 # Everything a step's environment may hold, besides the step's own variables.
 ENVIRONMENT_ALLOW_LIST = (
@@ -807,6 +817,9 @@ class _Step:
         """After :meth:`kill` (or the exit): until nothing of it is left; its exit code if known."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Its output is read (or given up on)."""
+
 
 class _FreshStep(_Step):
     """A command in a sandbox of its own: the sandbox goes with the command's first process."""
@@ -863,8 +876,59 @@ def _limit_reached(step: _Step, limits: Limits, kind: SandboxKind) -> bytes | No
     return None
 
 
-# Over 60 lines on purpose: the reader, the limit watch and the timeout/cancel wait are closures
-# over one step; apart they would pass all of it around.
+async def _deliver(sink: LogSink, data: bytes) -> None:
+    result = sink(data)
+    if inspect.isawaitable(result):
+        await result
+
+
+class _Reader:
+    """Copies a command's output to a sink, timing what is not spent in the sink.
+
+    After the command ended, a background process that escaped its group may still hold the
+    pipe open: reading stops after ``grace`` seconds of reading. Time in the sink does not count
+    (it has its own bound: a log upload waiting for S3 to come back), so nothing the command
+    printed before it ended is dropped because the sink was slow.
+    """
+
+    def __init__(self, stdout: asyncio.StreamReader, sink: LogSink) -> None:
+        self.stdout = stdout
+        self.sink = sink
+        self._sinking_since: float | None = None
+        self._in_sink = 0.0
+
+    async def run(self) -> None:
+        while chunk := await self.stdout.read(65536):
+            await self.feed(chunk)
+
+    async def feed(self, chunk: bytes) -> None:
+        self._sinking_since = time.monotonic()
+        try:
+            await _deliver(self.sink, chunk)
+        finally:
+            self._in_sink += time.monotonic() - self._sinking_since
+            self._sinking_since = None
+
+    def sink_seconds(self) -> float:
+        now = time.monotonic()
+        return self._in_sink + (now - self._sinking_since if self._sinking_since is not None else 0.0)
+
+    async def finish(self, task: asyncio.Task[None], grace: float) -> None:
+        """Wait for ``task`` (running :meth:`run`) until it has read for ``grace`` seconds more."""
+        ended, in_sink = time.monotonic(), self.sink_seconds()
+        while not task.done():
+            await asyncio.wait({task}, timeout=grace / 4)
+            reading = (time.monotonic() - ended) - (self.sink_seconds() - in_sink)
+            if not task.done() and reading >= grace:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return
+        task.result()
+
+
+# Over 60 lines on purpose: the limit watch and the timeout/cancel wait are closures over one
+# step; apart they would pass all of it around.
 async def _supervise(
     sandbox: Sandbox,
     step: _Step,
@@ -876,10 +940,7 @@ async def _supervise(
     limit that ended it and whether it was cancelled. Its output goes to ``log_sink``, then the
     ``[forge: ...]`` line saying what stopped it."""
     stopped: list[bytes] = []
-
-    async def read() -> None:
-        while chunk := await step.output.read(65536):
-            log_sink(chunk)
+    output = _Reader(step.output, log_sink)
 
     async def watch() -> str:
         """Poll the sandbox's memory and process count; the limit it reached."""
@@ -890,7 +951,7 @@ async def _supervise(
                 stopped.append(line)
                 return "memory" if b"memory" in line else "processes"
 
-    reader = asyncio.create_task(read())
+    reader = asyncio.create_task(output.run())
     watcher = asyncio.create_task(watch())
     waits: set[asyncio.Future[object]] = {step.exited, watcher}  # type: ignore[arg-type]
     canceller = asyncio.create_task(cancel.wait()) if cancel is not None else None
@@ -918,18 +979,18 @@ async def _supervise(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(step.exited), sandbox.kill_grace)
         code = await step.gone()
-        try:
-            await asyncio.wait_for(reader, 2.0)
-        except TimeoutError:
-            reader.cancel()
+        await output.finish(reader, 2.0)
     finally:
         watcher.cancel()
+        if not reader.done():
+            reader.cancel()
         if canceller is not None:
             canceller.cancel()
         if not step.exited.done():
             step.kill()
+        step.close()
     for line in stopped:
-        log_sink(line)
+        await output.feed(line)
     return _exit_code(code, limit), limit, cancelled
 
 
@@ -957,7 +1018,8 @@ async def run_sandboxed(
 ) -> SandboxOutcome:
     """Run ``command`` in ``sandbox`` with ``workspace`` at ``/workspace`` (working directory
     ``cwd`` inside it) and exactly ``env``; its output (stdout and stderr) goes to ``log_sink``
-    as it comes, followed by a ``[forge: ...]`` line when a limit or ``cancel`` stopped it.
+    as it comes (awaited when it returns an awaitable), followed by a ``[forge: ...]`` line when
+    a limit or ``cancel`` stopped it.
 
     Nothing of the command is left when this returns: background processes included. With
     ``FORGE_STEP_SANDBOX_SCOPE=task`` (bubblewrap) the commands of one workspace share its
@@ -973,7 +1035,7 @@ async def run_sandboxed(
         step = await workspace.step_in_task_sandbox(sandbox, command, cwd, clean_env, limits)
     if step is None:
         if sandbox.kind == "none":
-            log_sink(sandbox.warning())
+            await _deliver(log_sink, sandbox.warning())
         proc = await asyncio.create_subprocess_exec(
             *_as_step_user(sandbox, sandbox.wrap(command, workspace, cwd, limits)),
             cwd=str(workspace.path / cwd if sandbox.kind == "none" else "/"),
@@ -1103,21 +1165,25 @@ class TaskSandbox:
         write_fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
         output = asyncio.StreamReader()
         loop = asyncio.get_running_loop()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_fd, "rb", 0))
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_fd, "rb", 0)
+        )
         try:
             assert self.proc.stdin is not None
             self.proc.stdin.write(snippet.encode() + b"\0")
             await self.proc.stdin.drain()
-            started = await self.status.readline()
-        except (ConnectionError, OSError):
+            # At once, unless an earlier step of the task tampered with its runner.
+            started = await asyncio.wait_for(self.status.readline(), 30.0)
+        except (ConnectionError, OSError, TimeoutError):
             started = b""
         finally:
             os.close(write_fd)
             os.unlink(fifo)
-        step = _TaskStep(self, output)
         if started != b"started\n":
-            step.kill()
-        return step
+            transport.close()
+            await self.close()
+            return None
+        return _TaskStep(self, output, transport)
 
     def kill(self) -> None:
         _kill_group(self.proc.pid, signal.SIGKILL)
@@ -1145,9 +1211,13 @@ class TaskSandbox:
 
 
 class _TaskStep(_Step):
-    def __init__(self, task: TaskSandbox, output: asyncio.StreamReader) -> None:
+    def __init__(self, task: TaskSandbox, output: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
         super().__init__(output, asyncio.create_task(self._exit(task)), task.proc.pid)
         self.task = task
+        self.transport = transport
+
+    def close(self) -> None:
+        self.transport.close()
 
     @staticmethod
     async def _exit(task: TaskSandbox) -> int | None:

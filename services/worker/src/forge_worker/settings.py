@@ -17,6 +17,9 @@ class Settings(CommonSettings, kw_only=True):
     # serves local repositories.
     git_url_template: str = "https://github.com/{repository}.git"
     git_cache_dir: str = "/var/cache/forge/git"
+    # Deadline of every git command (a fetch from the repository's remote above all): past it the
+    # command is killed and the job fails naming the operation and the remote.
+    git_timeout: float = 600.0
     # Status callbacks go here (the pipeline service, or the gateway); default: pipeline_url,
     # else gateway_url.
     status_url: str = ""
@@ -37,6 +40,12 @@ class Settings(CommonSettings, kw_only=True):
     # A running step's log is uploaded this often while it runs; the final upload is complete.
     log_flush_interval: float = 2.0
     log_max_bytes: int = 256 * 1024 * 1024
+    # A step's log goes to S3 in parts of this size as the step prints (at least 5MiB, S3's
+    # smallest multipart part); the worker holds at most about one part of it in memory.
+    log_part_size: str = "8MiB"
+    # How long a step's log upload keeps retrying an unreachable S3 (exponential back-off) before
+    # the job is given back for another delivery; meanwhile the step waits on its full pipe.
+    log_upload_retry_for: float = 300.0
     # SIGTERM grace for a cancelled or timed-out step before SIGKILL of its process group.
     step_kill_grace: float = 1.0
     # Artifact builds (issue 14). The platform registry for tracking artifacts: empty = the
@@ -97,6 +106,10 @@ class Settings(CommonSettings, kw_only=True):
         return parse_size(self.step_memory)
 
     @property
+    def log_part_bytes(self) -> int:
+        return parse_size(self.log_part_size)
+
+    @property
     def step_work_path(self) -> Path:
         return Path(self.step_work_dir or os.path.join(tempfile.gettempdir(), f"forge-steps-{os.getuid()}"))
 
@@ -112,6 +125,15 @@ class Settings(CommonSettings, kw_only=True):
         bad = [t for t in self.job_types() if t not in JOB_TYPES]
         if bad or not self.job_types():
             problems.append("FORGE_WORKER_TYPES must list discovery, ci, artifact, release and/or publish")
+        try:
+            if parse_size(self.log_part_size) < 5 << 20:
+                problems.append("FORGE_LOG_PART_SIZE must be at least 5MiB (S3's smallest multipart part)")
+        except ValueError as exc:
+            problems.append(f"FORGE_LOG_PART_SIZE: {exc}")
+        if self.git_timeout <= 0:
+            problems.append("FORGE_GIT_TIMEOUT must be a positive duration such as 10m")
+        if self.log_upload_retry_for <= 0:
+            problems.append("FORGE_LOG_UPLOAD_RETRY_FOR must be a positive duration such as 5m")
         if self.release_retry_for <= 0:
             problems.append("FORGE_RELEASE_RETRY_FOR must be a positive duration such as 10m")
         if self.step_workspace not in ("auto", "overlay", "copy"):

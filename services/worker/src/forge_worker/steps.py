@@ -1,8 +1,10 @@
 """Running one step: ``bash -e`` in the step sandbox (``sandbox``), its output streamed to S3.
 
-The log object at ``pipeline-runs/{run}/logs/{phase}/{project}/{step}.log`` is rewritten every
-``flush_interval`` while the step runs (so it is visible and growing) and once more at the end,
-when it holds the whole output. Timeouts, limits and cancellation end the whole sandbox (see
+The log object at ``pipeline-runs/{run}/logs/{phase}/{project}/{step}.log`` is written as the
+step prints (``logs.LogObject``: parts go to S3 as they fill, the worker holds about one part),
+brought up to date every ``flush_interval`` while the step runs (so it is visible and growing)
+and complete at the end; writes S3 refuses are retried with back-off, so a log completes once
+S3 is back. Timeouts, limits and cancellation end the whole sandbox (see
 ``sandbox.run_sandboxed``); it also ends with the step's first process, so a step never leaves
 background processes behind.
 """
@@ -26,7 +28,7 @@ from .health import STEPS_RUNNING
 from .logs import LogObject
 from .sandbox import Limits, Sandbox, Workspace, run_sandboxed
 
-__all__ = ["ProcessTable", "StepOutcome", "StepRunner", "log_key"]
+__all__ = ["LogUploadFailed", "ProcessTable", "StepOutcome", "StepRunner", "log_key"]
 
 log = structlog.get_logger(__name__)
 
@@ -181,9 +183,76 @@ def _alive(pid: int) -> bool:
         return False
 
 
-class StepRunner:
-    UPLOAD_RETRY_FOR = 300.0
+class LogUploadFailed(Exception):
+    """A step's log could not be written to S3 within ``FORGE_LOG_UPLOAD_RETRY_FOR``: an
+    infrastructure failure (the job is given back and runs again), not the step's."""
 
+
+class _StepLog:
+    """What the sandbox prints, on its way into the step's :class:`LogObject`: capped at
+    ``max_bytes`` (the limit notes still go in), written as it comes (``write`` waits while S3
+    takes a full part, so the step waits on its pipe: memory stays bounded), flushed every
+    ``flush_interval`` so the object grows while the step runs. After a write S3 refused for
+    ``retry_for`` the log is broken: the rest is drained and dropped, the step still ends."""
+
+    def __init__(self, output: LogObject, key: str, max_bytes: int, flush_interval: float) -> None:
+        self.output = output
+        self.key = key
+        self.max_bytes = max_bytes
+        self.flush_interval = flush_interval
+        self.truncated = False
+        self.error: str | None = None
+
+    async def sink(self, chunk: bytes) -> None:
+        if self.error is not None:
+            return  # keep draining the pipe so the step is not blocked
+        if self.output.total + len(chunk) > self.max_bytes:
+            if not self.truncated:
+                self.truncated = True
+                await self._write(b"\n[forge: log truncated at %d bytes]\n" % self.max_bytes)
+            if not chunk.startswith(b"\n[forge: "):
+                return
+        await self._write(chunk)
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            await self.output.write(data)
+        except Exception as exc:  # noqa: BLE001 - the step runs on; the job is retried at its end
+            self.error = str(exc) or type(exc).__name__
+            log.error("steps.log_upload_failed", key=self.key, error=self.error)
+
+    async def flush_periodically(self, stop: asyncio.Event) -> None:
+        """Flush every ``flush_interval`` (spaced out for large logs) until ``stop`` is set.
+        Never cancelled mid-flush: a multipart upload completed in S3 but not recorded here
+        would be written to again."""
+        last = time.monotonic()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.flush_interval)
+            if stop.is_set():
+                return
+            if self.error is not None or not self.output.flush_due(time.monotonic() - last, self.flush_interval):
+                continue
+            last = time.monotonic()
+            try:
+                await self.output.flush()
+            except Exception as exc:  # noqa: BLE001 - the final flush retries until S3 is back
+                log.warning("steps.log_flush_failed", key=self.key, error=str(exc))
+
+    async def finish(self) -> None:
+        """Make the object hold everything written (retried); :class:`LogUploadFailed` if not."""
+        if self.error is None:
+            try:
+                await self.output.flush(retry=True)
+            except Exception as exc:  # noqa: BLE001 - reported as LogUploadFailed below
+                self.error = str(exc) or type(exc).__name__
+        if self.error is not None:
+            with contextlib.suppress(Exception):
+                await self.output.abort()
+            raise LogUploadFailed(f"the log of this step could not be written to S3 ({self.key}): {self.error}")
+
+
+class StepRunner:
     def __init__(
         self,
         s3: Any,
@@ -192,6 +261,9 @@ class StepRunner:
         flush_interval: float,
         max_bytes: int,
         sandbox: Sandbox,
+        *,
+        upload_retry_for: float = 300.0,
+        part_size: int = 8 * 1024 * 1024,
     ) -> None:
         self.s3 = s3  # a long-lived aiobotocore client
         self.bucket = bucket
@@ -199,6 +271,8 @@ class StepRunner:
         self.flush_interval = flush_interval
         self.max_bytes = max_bytes
         self.sandbox = sandbox
+        self.upload_retry_for = upload_retry_for
+        self.part_size = part_size
 
     @staticmethod
     def argv(action: str, command: str) -> list[str] | None:
@@ -209,15 +283,15 @@ class StepRunner:
             return None
         return [earthly, *command.split()]
 
-    async def upload(self, key: str, body: bytes, *, retry: bool = True) -> None:
-        """Write a log object; ``retry``: keep retrying an unreachable S3 with back-off for
-        ``UPLOAD_RETRY_FOR`` (the step's final upload), so a log completes once S3 is back."""
-        log_object = LogObject(self.s3, self.bucket, key, retry_for=self.UPLOAD_RETRY_FOR)
-        await log_object.write(body)
-        await log_object.flush(retry=retry)
+    def log_object(self, key: str) -> LogObject:
+        return LogObject(self.s3, self.bucket, key, part_size=self.part_size, retry_for=self.upload_retry_for)
 
-    # Over 60 lines on purpose: the log sink and the periodic flush are closures over one step's
-    # log buffer and its state; apart they would pass both around.
+    async def upload(self, key: str, body: bytes) -> None:
+        """A whole (small) log at once, retried like a step's (``FORGE_LOG_UPLOAD_RETRY_FOR``)."""
+        log_object = self.log_object(key)
+        await log_object.write(body)
+        await log_object.flush(retry=True)
+
     async def run(
         self,
         *,
@@ -230,32 +304,11 @@ class StepRunner:
         key: str,
         cancel: asyncio.Event,
     ) -> StepOutcome:
-        """Run one step in the sandbox, its log growing in S3 while it runs."""
-        buf = bytearray()
-        state = {"dirty": False, "truncated": False, "uploaded": False}
-
-        def sink(chunk: bytes) -> None:
-            if len(buf) + len(chunk) > self.max_bytes:
-                if not state["truncated"]:
-                    buf.extend(b"\n[forge: log truncated at %d bytes]\n" % self.max_bytes)
-                    state["truncated"] = True
-                if not chunk.startswith(b"\n[forge: "):
-                    return
-            buf.extend(chunk)
-            state["dirty"] = True
-
-        async def flush_periodically() -> None:
-            while True:
-                await asyncio.sleep(self.flush_interval)
-                if state["dirty"]:
-                    state["dirty"] = False
-                    try:
-                        await self.upload(key, bytes(buf), retry=False)
-                        state["uploaded"] = True
-                    except Exception as exc:  # noqa: BLE001 - the final upload still happens
-                        log.warning("steps.log_flush_failed", key=key, error=str(exc))
-
-        flusher = asyncio.create_task(flush_periodically())
+        """Run one step in the sandbox, its log written to S3 as it prints (bounded memory) and
+        growing there while it runs; :class:`LogUploadFailed` when S3 stays unreachable."""
+        step_log = _StepLog(self.log_object(key), key, self.max_bytes, self.flush_interval)
+        stop_flushing = asyncio.Event()
+        flusher = asyncio.create_task(step_log.flush_periodically(stop_flushing))
         STEPS_RUNNING.inc()
         try:
             outcome = await run_sandboxed(
@@ -265,28 +318,32 @@ class StepRunner:
                 cwd,
                 env,
                 limits,
-                sink,
+                step_log.sink,
                 cancel=cancel,
                 on_start=lambda pgid: self.table.add(run_id, pgid, cancel),
                 on_end=lambda pgid: self.table.remove(run_id, pgid),
             )
-        finally:
+        except BaseException:
             flusher.cancel()
+            raise
+        finally:
             STEPS_RUNNING.dec()
         ended_at = dt.datetime.now(dt.UTC)
+        stop_flushing.set()
+        await flusher  # a flush under way ends first (bounded by the S3 client's timeouts)
         uploaded = time.monotonic()
         # A step that printed nothing has no log object (and so no logs_url): one S3 write
         # (client and server CPU) less per silent step.
-        has_log = bool(buf) or state["uploaded"]
-        if has_log:
-            await self.upload(key, bytes(buf))
+        has_log = step_log.output.total > 0
+        if has_log or step_log.error is not None:
+            await step_log.finish()
         return StepOutcome(
             exit_code=outcome.exit_code,
             timed_out=outcome.timed_out,
             cancelled=outcome.cancelled,
             limit=outcome.limit,
             duration=outcome.duration,
-            log_bytes=len(buf),
+            log_bytes=step_log.output.total,
             upload_ms=(time.monotonic() - uploaded) * 1000,
             has_log=has_log,
             ended_at=ended_at,

@@ -68,7 +68,7 @@ class Worker:
                 *url_credentials(settings.database_url),
             ]
         )
-        self.git = GitCache(cache, settings.git_url_template, redact=self.redact)
+        self.git = GitCache(cache, settings.git_url_template, redact=self.redact, timeout=settings.git_timeout)
         self.table = ProcessTable(cache / "running")
         self.credentials = ClientCredentials(
             settings.oidc_issuer, settings.worker_client_id, settings.worker_client_secret
@@ -189,6 +189,8 @@ class Worker:
             self.settings.log_flush_interval,
             self.settings.log_max_bytes,
             self.sandbox,
+            upload_retry_for=self.settings.log_upload_retry_for,
+            part_size=self.settings.log_part_bytes,
         )
         defaults = Limits(
             memory=self.settings.step_memory_bytes,

@@ -33,6 +33,7 @@ class Webhooks:
                 allow_private=settings.webhook_allow_private,
                 concurrency=settings.webhook_concurrency,
                 poll_interval=settings.webhook_poll_interval,
+                retention=settings.webhook_delivery_retention,
             ),
         )
         self.fan_out = EventFanOut(

@@ -21,6 +21,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from forge_common.db import Pool
 from forge_common.nats import Names
@@ -36,6 +37,7 @@ log = structlog.get_logger(__name__)
 CONSUMER = "PIPELINE_WEBHOOKS"
 _BATCH = 100
 _ACK_WAIT = 30.0
+_CHECK_AFTER_IDLE_FETCHES = 5  # empty one-second fetches
 
 
 def consumer_config(names: Names) -> ConsumerConfig:
@@ -88,9 +90,12 @@ class EventFanOut:
     async def start(self) -> None:
         """Create (or keep) the durable consumer; a NATS refusal here stops the start-up, as it
         should: webhooks would silently not be sent."""
-        await self.js.add_consumer(self.names.events_stream, consumer_config(self.names))
-        sub = await self.js.pull_subscribe_bind(durable=self.names.durable(CONSUMER), stream=self.names.events_stream)
+        sub = await self._bind()
         self._task = asyncio.create_task(self._run(sub), name="pipeline.webhook-fan-out")
+
+    async def _bind(self) -> JetStreamContext.PullSubscription:
+        await self.js.add_consumer(self.names.events_stream, consumer_config(self.names))
+        return await self.js.pull_subscribe_bind(durable=self.names.durable(CONSUMER), stream=self.names.events_stream)
 
     async def stop(self) -> None:
         """Finish the batch under way (its transaction and acks), then stop."""
@@ -100,18 +105,46 @@ class EventFanOut:
                 await asyncio.wait_for(self._task, 10)
 
     async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+        idle = 0
         while not self._stopping.is_set():
             try:
                 msgs = await sub.fetch(_BATCH, timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):
+                # A deleted consumer looks like a quiet one to a pull (the server answers 409,
+                # which the client reports as a timeout): ask now and then whether it exists.
+                idle += 1
+                if idle % _CHECK_AFTER_IDLE_FETCHES == 0 and not await self._exists():
+                    sub = await self._rebind(sub)
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - NATS reconnecting; the client retries
+            except Exception as exc:  # noqa: BLE001 - NATS away, or the consumer lost with its stream
                 log.warning("webhooks.fetch_failed", error=str(exc))
                 await asyncio.sleep(1.0)
+                sub = await self._rebind(sub)
                 continue
             await self._handle(msgs)
+
+    async def _exists(self) -> bool:
+        try:
+            await self.js.consumer_info(self.names.events_stream, self.names.durable(CONSUMER))
+        except NotFoundError:
+            return False
+        except Exception:  # noqa: BLE001 - NATS away: the fetches will say so
+            return True
+        return True
+
+    async def _rebind(self, sub: JetStreamContext.PullSubscription) -> JetStreamContext.PullSubscription:
+        """The consumer again (a NATS server that lost its store comes back without it); the old
+        subscription while NATS cannot be asked."""
+        try:
+            fresh = await self._bind()
+        except Exception as exc:  # noqa: BLE001 - retried after the next failed fetch
+            log.warning("webhooks.rebind_failed", error=str(exc))
+            return sub
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        return fresh
 
     async def _handle(self, msgs: list[Msg]) -> None:
         try:

@@ -60,6 +60,8 @@ class SenderSettings:
     allow_private: bool
     concurrency: int
     poll_interval: float
+    # Finished deliveries older than this are deleted (hourly, by each replica).
+    retention: float = 30 * 24 * 3600.0
 
 
 def sign_headers(secret: str, msg_id: str, body: bytes, now: float | None = None) -> dict[str, str]:
@@ -85,6 +87,7 @@ class DeliveryLoop:
         self._inflight: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self._next_purge = 0.0
 
     def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -118,6 +121,7 @@ class DeliveryLoop:
                 free = self.settings.concurrency - len(self._inflight)
                 if free > 0:
                     claimed = await self._claim(free)
+                await self._purge_now_and_then()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may be briefly unavailable
@@ -131,6 +135,15 @@ class DeliveryLoop:
                 await asyncio.wait(waits, timeout=self.settings.poll_interval, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiter.cancel()
+
+    async def _purge_now_and_then(self) -> None:
+        if time.monotonic() < self._next_purge:
+            return
+        self._next_purge = time.monotonic() + 3600
+        async with self.pool.connection() as conn, conn.transaction():
+            deleted = await store.purge_finished(conn, self.settings.retention)
+        if deleted:
+            log.info("webhooks.deliveries_purged", deleted=deleted)
 
     async def _claim(self, free: int) -> int:
         lease = self.settings.timeout + 30

@@ -30,6 +30,7 @@ __all__ = [
     "insert_subscription",
     "list_deliveries",
     "list_subscriptions",
+    "purge_finished",
     "record_failure",
     "record_success",
     "redeliver",
@@ -336,3 +337,16 @@ async def redeliver(conn: Conn, subscription_id: str, delivery_id: str) -> Deliv
             WHERE id = %s AND subscription_id = %s RETURNING {_DELIVERY}""",
         (delivery_id, subscription_id),
     )
+
+
+async def purge_finished(conn: Conn, older_than: float, limit: int = 1000) -> int:
+    """Delete up to ``limit`` succeeded or failed deliveries created more than ``older_than``
+    seconds ago (pending ones are kept whatever their age)."""
+    cur = await conn.execute(
+        """DELETE FROM pipeline.subscription_deliveries WHERE id IN (
+               SELECT id FROM pipeline.subscription_deliveries
+               WHERE status <> 'pending' AND created_at < now() - make_interval(secs => %s)
+               LIMIT %s FOR UPDATE SKIP LOCKED)""",
+        (older_than, limit),
+    )
+    return cur.rowcount
