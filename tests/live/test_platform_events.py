@@ -54,6 +54,9 @@ async def test_bad_filters_are_refused(lane: Lane, client: httpx.AsyncClient) ->
         ("types=pipeline.run.exploded", "types"),
         ("types=", "types"),
         ("repository=not-a-repository", "repository"),
+        ("repository=../etc", "repository"),
+        ("repository=acme/..", "repository"),
+        ("repository=-acme/shop", "repository"),
     ):
         resp = await client.get(f"{url}?{query}", headers=lane.headers("viewer"))
         assert resp.status_code == 400, (query, resp.text)

@@ -244,6 +244,11 @@ async def test_malformed_webhooks_are_400(client: httpx.AsyncClient) -> None:
     bad_repo = push_payload("x/y", "refs/heads/main", sha40())
     bad_repo["repository"]["full_name"] = "no-slash"
     assert_error(await deliver(client, "push", bad_repo), 400, "invalid_request")
+    # Nested past the interpreter's recursion limit (msgspec's RecursionError): still a 400.
+    deep = b'{"unknown":' * 10_000 + b"1" + b"}" * 10_000
+    for event in ("push", "issues"):  # read as a push, and only checked to be an object
+        signed = {**headers, "X-GitHub-Event": event, "X-Hub-Signature-256": sign(WEBHOOK_SECRET, deep)}
+        assert_error(await client.post("/v1/webhooks/github", content=deep, headers=signed), 400, "invalid_request")
 
 
 async def test_commit_statuses_follow_the_run(

@@ -302,3 +302,40 @@ env = {{ BIG = "{"x" * 4097}", NUL = "a\\u0000b" }}
         f"{field}[3].env.BIG: must be at most 4096 bytes without NUL characters",
         f"{field}[3].env.NUL: must be at most 4096 bytes without NUL characters",
     ]
+
+
+def test_configuration_linked_out_of_the_repository_is_refused(tmp_path: Path) -> None:
+    """A tracked symbolic link must not make the worker read its own files as configuration."""
+    outside = tmp_path / "worker-host"
+    (outside / ".forge").mkdir(parents=True)
+    (outside / "secret.toml").write_text('[phases.leak]\ngroup = "s3cr3t"\n')
+    (outside / ".forge" / "project.toml").write_text('name = "s3cr3t"\n')
+    (outside / ".forge" / "repo.toml").write_text(REPO)
+    root = tmp_path / "checkout"
+    step = '[[phases.test.steps]]\nname = "unit"\nrun = "true"\n'
+    files = _tree(root, {".forge/repo.toml": REPO, "inside/.forge/project.toml": step})
+    (root / "api" / ".forge").mkdir(parents=True)
+    (root / "api" / ".forge" / "project.toml").symlink_to(outside / "secret.toml")
+    (root / "dir").symlink_to(outside)  # a linked directory on the file's way
+    with pytest.raises(ConfigError) as info:
+        discover(root, [*files, "api/.forge/project.toml", "dir/.forge/project.toml"])
+    problems = info.value.problems
+    assert problems == [
+        f"{d}/.forge/project.toml: leads out of the repository (a symbolic link); it must be a file in the repository"
+        for d in ("api", "dir")
+    ]
+    assert not any("s3cr3t" in p for p in problems)
+
+    # The repository's own file linked out of it, likewise.
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / ".forge").symlink_to(outside / ".forge")
+    with pytest.raises(ConfigError) as info:
+        discover(evil, [".forge/repo.toml"])
+    assert info.value.problems[0].startswith(".forge/repo.toml: leads out of the repository")
+
+    # A link that stays inside the checkout is an ordinary file.
+    (root / "same" / ".forge").mkdir(parents=True)
+    (root / "same" / ".forge" / "project.toml").symlink_to(root / "inside" / ".forge" / "project.toml")
+    plan = discover(root, [*files, "same/.forge/project.toml"])
+    assert sorted(t.project_name for p in plan.phases for t in p.tasks) == ["inside", "same"]

@@ -29,7 +29,10 @@ __all__ = ["EventFilter", "feed", "parse_filter"]
 
 log = structlog.get_logger(__name__)
 
-_REPOSITORY = re.compile(r"^[A-Za-z0-9._-]{1,100}/[A-Za-z0-9._-]{1,100}$")
+# GitHub's rules, as the runs API judges `repository` (owner: letters, digits, single inner
+# hyphens; name: letters, digits, `.`, `_`, `-`, never `.` or `..`): a filter that can match no
+# event is the client's mistake, not an empty stream.
+_REPOSITORY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}/(?!\.\.?$)[A-Za-z0-9._-]{1,100}$")
 
 
 class _Probe(msgspec.Struct):

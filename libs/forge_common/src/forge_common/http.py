@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 import msgspec
 import nats.errors
@@ -35,7 +36,7 @@ from litestar.exceptions import (
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -116,7 +117,7 @@ def decode_body(body: bytes, typ: type[T]) -> T:
     if not body.strip():
         raise InvalidRequest("request body must be a JSON object", {"field": _BODY})
     try:
-        return msgspec.json.decode(body, type=typ)
+        value = msgspec.json.decode(body, type=typ)
     except msgspec.ValidationError as exc:
         # msgspec stops at the first wrong value, before reading the rest: `{"a": 1,}` into a
         # Struct that forbids unknown fields fails on `a`, yet the client's mistake is the syntax.
@@ -124,6 +125,27 @@ def decode_body(body: bytes, typ: type[T]) -> T:
         raise _invalid_body(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", {"field": _BODY}) from None
+    except RecursionError:
+        raise _too_deep() from None
+    if b"\\u0000" in body.lower():
+        _refuse_nul(msgspec.json.decode(body), "")
+    return value
+
+
+def _refuse_nul(value: object, path: str) -> None:
+    """400 naming the first string (or key) holding ``\\u0000``: valid JSON, but no text column
+    of Postgres can hold it, so it would otherwise fail deep in a store as a 500."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            field = path.lstrip(".") or _BODY
+            raise InvalidRequest(f"`{field}` must not contain the NUL character (\\u0000)", {"field": field})
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_nul(key, path)
+            _refuse_nul(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_nul(item, f"{path}[{index}]")
 
 
 def _check_syntax(body: bytes) -> None:
@@ -131,6 +153,14 @@ def _check_syntax(body: bytes) -> None:
         msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", {"field": _BODY}) from None
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _too_deep() -> InvalidRequest:
+    # msgspec raises RecursionError for arrays or objects nested past the interpreter's
+    # recursion limit (`[[[[…]]]]` a few thousand deep): a hostile body, not a platform fault.
+    return InvalidRequest("request body nests arrays or objects too deeply", {"field": _BODY})
 
 
 def _invalid_body(problem: str) -> InvalidRequest:
@@ -361,6 +391,44 @@ class ObservabilityMiddleware:
             otel_context.detach(token)
 
 
+class RejectNul:
+    """400 for a request whose path or query holds a NUL character (``%00``).
+
+    No identifier, filter or search term of the API may hold one, and Postgres text cannot: let
+    through, it fails in psycopg deep inside a handler as a 500. ``details.field`` names the
+    query parameter, or ``path``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":  # type: ignore[comparison-overlap]
+            field = _nul_field(scope["path"], scope.get("query_string", b""))
+            if field is not None:
+                body = error_body(
+                    "invalid_request", f"`{field}` must not contain the NUL character (%00)", {"field": field}
+                )
+                start: HTTPResponseStartEvent = {
+                    "type": "http.response.start",
+                    "status": 400,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+                }
+                await send(start)
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+                return
+        await self.app(scope, receive, send)
+
+
+def _nul_field(path: str, query: bytes) -> str | None:
+    if "\x00" in path:
+        return "path"
+    if b"%00" in query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in name or "\x00" in value:
+                return name.replace("\x00", "") or "query"
+    return None
+
+
 class AppSpec:
     def __init__(
         self,
@@ -422,5 +490,5 @@ def build_app(spec: AppSpec) -> Litestar:
         debug=False,
     )
     app.state.runtime = runtime
-    app.asgi_handler = ObservabilityMiddleware(app.asgi_handler, spec.service)
+    app.asgi_handler = ObservabilityMiddleware(RejectNul(app.asgi_handler), spec.service)
     return app

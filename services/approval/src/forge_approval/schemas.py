@@ -13,7 +13,7 @@ from .domain import Approval, CheckResult
 __all__ = ["ApprovalBatch", "ApprovalCheck", "ApprovalCreate", "ApprovalCreated", "ApprovalRevoke", "ApprovalView"]
 
 
-class ApprovalCreate(msgspec.Struct, kw_only=True):
+class ApprovalCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Body of ``POST /v1/approvals``; ``expires_at`` (ISO-8601) asks for an earlier expiry."""
 
     example: ClassVar[dict[str, Any]] = {
@@ -44,7 +44,7 @@ class ApprovalBatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     expires_at: str | None = None
 
 
-class ApprovalRevoke(msgspec.Struct, kw_only=True):
+class ApprovalRevoke(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Optional body of ``DELETE /v1/approvals/{approval_id}``."""
 
     example: ClassVar[dict[str, Any]] = {"reason": "rollback planned instead"}

@@ -28,7 +28,7 @@ Environment = Literal["dev", "staging", "production"]
 Status = Literal["pending", "active", "superseded", "failed"]
 
 
-class DeploymentCreate(msgspec.Struct, kw_only=True):
+class DeploymentCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Body of ``POST /v1/deployments``; ``approval_id`` is required for production."""
 
     example: ClassVar[dict[str, Any]] = {

@@ -115,6 +115,8 @@ def _decode(event: str, body: bytes) -> GitHubEvent:
         raise InvalidRequest(f"webhook payload is not a valid {event} event: {exc}") from None
     except msgspec.DecodeError:
         raise InvalidRequest("webhook payload is not valid JSON") from None
+    except RecursionError:
+        raise InvalidRequest("webhook payload nests arrays or objects too deeply") from None
 
 
 class WebhookHandler:

@@ -62,7 +62,7 @@ class TriggerIn(msgspec.Struct, kw_only=True):
     triggered_by_id: str | None = None
 
 
-class ReleaseCreate(msgspec.Struct, kw_only=True):
+class ReleaseCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     example: ClassVar[dict[str, Any]] = {
         "pipeline_run_id": "0b9c7f5e-3d2a-4c1b-9e8f-6a5b4c3d2e1f",
         "repository": "mycompany/myrepo",
@@ -86,7 +86,7 @@ class ReleaseCreate(msgspec.Struct, kw_only=True):
     trigger: TriggerIn | None = None
 
 
-class AliasCreate(msgspec.Struct, kw_only=True):
+class AliasCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     example: ClassVar[dict[str, Any]] = {"alias": "v1.2.3", "alias_type": "tag"}
 
     alias: str

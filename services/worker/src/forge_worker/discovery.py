@@ -65,6 +65,14 @@ def _load(root: Path, stem: str, problems: _Problems) -> tuple[str, dict[str, An
     """Load ``stem``.toml (or ``stem``.cue with the cue CLI); None when neither exists."""
     toml_path = root / f"{stem}.toml"
     cue_path = root / f"{stem}.cue"
+    for path in (toml_path, cue_path):
+        if not _inside(root, path):
+            # A tracked symbolic link (the file's, or a directory's on its way) leading out of the
+            # checkout would make the worker read its own files as configuration, and echo
+            # their values in the problems below.
+            rel = f"{stem}{path.suffix}"
+            problems.add(rel, "", "leads out of the repository (a symbolic link); it must be a file in the repository")
+            return rel, {}
     if toml_path.is_file():
         rel = f"{stem}.toml"
         try:
@@ -97,6 +105,17 @@ def _load(root: Path, stem: str, problems: _Problems) -> tuple[str, dict[str, An
             return rel, {}
         return rel, value
     return None
+
+
+def _inside(root: Path, path: Path) -> bool:
+    """Whether ``path``, with every symbolic link on it followed, is in ``root`` (or is absent)."""
+    if not path.exists() and not path.is_symlink():
+        return True
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def _duration(value: Any, file: str, field: str, problems: _Problems) -> int | None:

@@ -34,7 +34,12 @@ def check_literal(target: Target, allow_private: bool) -> None:
     if target.literal is not None and not allow_private:
         kind = refused_address(target.literal)
         if kind is not None:
-            raise RefusedTarget(f"{target.literal} is a {kind} address; webhooks are not sent to internal addresses")
+            raise RefusedTarget(f"{target.literal} is {_a(kind)} address; webhooks are not sent to internal addresses")
+
+
+def _a(kind: str) -> str:
+    """``a loopback``, ``a unique-local``, but ``an unspecified``."""
+    return f"an {kind}" if kind == "unspecified" else f"a {kind}"
 
 
 class GuardedResolver(ThreadedResolver):
@@ -52,7 +57,7 @@ class GuardedResolver(ThreadedResolver):
                 kind = refused_address(ipaddress.ip_address(address))
                 if kind is not None:
                     raise RefusedTarget(
-                        f"{host} resolves to {address}, a {kind} address; webhooks are not sent to internal addresses"
+                        f"{host} resolves to {address}, {_a(kind)} address; webhooks are not sent to internal addresses"
                     )
         return found
 
