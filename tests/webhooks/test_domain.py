@@ -162,6 +162,9 @@ async def test_the_send_time_resolver_refuses_internal_addresses() -> None:
         await relaxed.close()
     with pytest.raises(RefusedTarget, match=r"169\.254\.169\.254 is a link-local address"):
         check_literal(parse_target("http://169.254.169.254/latest"), allow_private=False)
-    check_literal(parse_target("http://169.254.169.254/latest"), allow_private=True)
+    # Link-local (cloud instance metadata) stays refused even where private targets are allowed.
+    with pytest.raises(RefusedTarget, match=r"169\.254\.169\.254 is a link-local address"):
+        check_literal(parse_target("http://169.254.169.254/latest"), allow_private=True)
+    check_literal(parse_target("http://10.0.0.7/hook"), allow_private=True)
     with pytest.raises(RefusedTarget, match=r"^0\.0\.0\.0 is an unspecified address"):
         check_literal(parse_target("http://0.0.0.0:8080/"), allow_private=False)

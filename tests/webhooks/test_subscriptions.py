@@ -54,6 +54,17 @@ async def test_internal_targets_are_refused(platform: Platform, url: str) -> Non
     assert "address" in error["message"]
 
 
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "http://[fe80::1]/hook"])
+async def test_link_local_targets_are_refused_even_where_private_ones_are_allowed(
+    client: httpx.AsyncClient, hooks: Instance, url: str
+) -> None:
+    """The hooks instance runs with FORGE_WEBHOOK_ALLOW_PRIVATE=true (its receivers are on
+    127.0.0.1); the cloud metadata service's range is still no place for a webhook."""
+    r = await client.post(f"{hooks.url}{BASE}", json={"url": url, "event_types": ["*"]}, headers=hooks.headers())
+    error = _error(r, 400, "url")
+    assert "link-local address" in error["message"]
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

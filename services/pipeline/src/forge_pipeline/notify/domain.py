@@ -189,6 +189,16 @@ def refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> s
 _UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
 
 
+def judge_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool) -> str | None:
+    """:func:`refused_address`, except that ``allow_private`` lets loopback and private ranges
+    through. Link-local addresses stay refused whatever the setting: they hold the cloud
+    providers' instance metadata services (169.254.169.254), never a webhook receiver."""
+    kind = refused_address(address)
+    if allow_private and kind != "link-local":
+        return None
+    return kind
+
+
 def matches(subscription: Subscription, event: EventProbe, event_at: dt.datetime | None) -> bool:
     """Does ``event`` go to ``subscription``? Events from before the subscription existed do not
     (a consumer catching up after an outage must not send a new subscription old news)."""

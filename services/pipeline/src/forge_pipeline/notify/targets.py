@@ -2,7 +2,8 @@
 
 A target's host is resolved and every address it resolves to is judged by
 :func:`domain.refused_address` (loopback, link-local, private, unique-local, multicast,
-unspecified, reserved are refused unless ``FORGE_WEBHOOK_ALLOW_PRIVATE=true``). It is judged
+unspecified, reserved are refused unless ``FORGE_WEBHOOK_ALLOW_PRIVATE=true``; link-local, where
+cloud instance metadata lives, is refused even then: :func:`domain.judge_address`). It is judged
 twice: when the subscription is created or its URL changed (a 400 naming ``url``), and when each
 attempt connects. The second check is what defeats DNS rebinding: :class:`GuardedResolver` is
 the resolver of the sender's aiohttp connector, so the addresses it checked are the very
@@ -20,7 +21,7 @@ from aiohttp.resolver import ThreadedResolver
 
 from forge_common.errors import InvalidRequest
 
-from .domain import Target, refused_address
+from .domain import Target, judge_address
 
 __all__ = ["GuardedResolver", "RefusedTarget", "check_literal", "check_target"]
 
@@ -31,8 +32,8 @@ class RefusedTarget(OSError):
 
 def check_literal(target: Target, allow_private: bool) -> None:
     """Refuse a URL whose host is a literal address (aiohttp connects to those unresolved)."""
-    if target.literal is not None and not allow_private:
-        kind = refused_address(target.literal)
+    if target.literal is not None:
+        kind = judge_address(target.literal, allow_private)
         if kind is not None:
             raise RefusedTarget(f"{target.literal} is {_a(kind)} address; webhooks are not sent to internal addresses")
 
@@ -51,25 +52,23 @@ class GuardedResolver(ThreadedResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         found = await super().resolve(host, port, family)
-        if not self.allow_private:
-            for result in found:
-                address = result["host"].split("%", 1)[0]
-                kind = refused_address(ipaddress.ip_address(address))
-                if kind is not None:
-                    raise RefusedTarget(
-                        f"{host} resolves to {address}, {_a(kind)} address; webhooks are not sent to internal addresses"
-                    )
+        for result in found:
+            address = result["host"].split("%", 1)[0]
+            kind = judge_address(ipaddress.ip_address(address), self.allow_private)
+            if kind is not None:
+                raise RefusedTarget(
+                    f"{host} resolves to {address}, {_a(kind)} address; webhooks are not sent to internal addresses"
+                )
         return found
 
 
 async def check_target(target: Target, allow_private: bool, timeout: float = 5.0) -> None:
     """At subscription time: 400 (``details.field = "url"``) for a host that does not resolve
-    or resolves to an internal address."""
-    if allow_private:
-        return
+    or resolves to an internal address. With ``allow_private`` only a literal link-local address
+    is refused here (names are judged when each attempt connects)."""
     try:
         check_literal(target, allow_private)
-        if target.literal is None:
+        if target.literal is None and not allow_private:
             resolver = GuardedResolver(allow_private)
             try:
                 await asyncio.wait_for(resolver.resolve(target.host, target.port, socket.AF_UNSPEC), timeout)
