@@ -175,7 +175,8 @@ async def test_bad_queries_are_refused(lane: Lane, client: httpx.AsyncClient) ->
 
 async def test_runs_found_by_commit_prefix_branch_author_and_error(lane: Lane, client: httpx.AsyncClient) -> None:
     branch = f"feature/search-{uuid.uuid4().hex[:8]}"
-    repository, sha = lane.push(project_files({"ok": "echo fine"}), branch=branch)
+    # A tree of its own (see test_runs_and_releases_in_one_list): the commit is this test's alone.
+    repository, sha = lane.push(project_files({"ok": f"echo fine {uuid.uuid4().hex[:8]}"}), branch=branch)
     passed = await finished_run(client, lane, repository, sha, branch)
     broken, broken_sha = lane.push(project_files({"boom": "echo broken; exit 3"}))
     failed = await finished_run(client, lane, broken, broken_sha)
@@ -220,7 +221,9 @@ async def _release(client: httpx.AsyncClient, lane: Lane, repository: str, sha: 
 
 
 async def test_runs_and_releases_in_one_list(lane: Lane, client: httpx.AsyncClient) -> None:
-    repository, sha = lane.push(project_files({"ok": "echo fine"}))
+    # A tree of its own: the same files committed in the same second in another test's repository
+    # would be the same commit, and a commit prefix search finds every repository's runs of it.
+    repository, sha = lane.push(project_files({"ok": f"echo fine {uuid.uuid4().hex[:8]}"}))
     run = await finished_run(client, lane, repository, sha)
     release = await _release(client, lane, repository, sha)
 
