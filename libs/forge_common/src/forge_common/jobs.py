@@ -434,9 +434,12 @@ class StepResult(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class CiResult(msgspec.Struct, kw_only=True):
-    """The steps that ran (or had run on an earlier delivery), in order."""
+    """The steps that ran (or had run on an earlier delivery), in order. ``reported``: the
+    worker's report of the task's outcome was accepted by the pipeline service before this
+    reply, so the dispatcher need not check the task's status (it does when False)."""
 
     steps: list[StepResult] = msgspec.field(default_factory=list)
+    reported: bool = False
 
 
 class ArtifactResult(msgspec.Struct, kw_only=True, omit_defaults=True):

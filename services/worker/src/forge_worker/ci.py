@@ -57,7 +57,9 @@ class CiJobRunner:
         self.running_report_delay = running_report_delay
         self.is_cancelled = is_cancelled
 
-    async def run(self, job: CiJob, deliveries: int) -> CiReply:
+    async def run(self, job: CiJob, deliveries: int, later: contextlib.AsyncExitStack | None = None) -> CiReply:
+        """Run the job's steps; ``later``: where the workspace's teardown goes, so that the reply
+        is sent first (the next group of the run is dispatched meanwhile), else before returning."""
         done: dict[str, StepState] = {}
         if deliveries > 1:
             resumed = await self._resume(job)
@@ -83,6 +85,9 @@ class CiJobRunner:
             workspace = await Workspace.for_sandbox(sandbox, checkout)
         except OSError as exc:
             raise InfraError(f"cannot prepare the task's workspace: {exc}") from exc
+        if later is not None:
+            later.push_async_callback(workspace.release)
+            return await self._run_steps(job, done, workspace, cwd, self._env(job))
         try:
             return await self._run_steps(job, done, workspace, cwd, self._env(job))
         finally:
@@ -146,8 +151,8 @@ class CiJobRunner:
                 status, error = "failed", result.error
                 break
         if not task_reported:
-            await self.reporter.finish_task(job.task_id, status, error)
-        return CiReply(status=status, error=error, result=CiResult(steps=results))
+            task_reported = await self.reporter.finish_task(job.task_id, status, error)
+        return CiReply(status=status, error=error, result=CiResult(steps=results, reported=task_reported))
 
     def limits(self, step: StepJob) -> Limits:
         """The step's limits: its own from project.toml, else the worker's defaults."""

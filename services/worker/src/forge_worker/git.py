@@ -34,6 +34,8 @@ __all__ = ["GitCache", "GitError"]
 log = structlog.get_logger(__name__)
 _MARKER = ".forge-checkout-complete"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# A full object name (SHA-1 or SHA-256): used as it is, without a ``rev-parse`` first.
+_FULL_SHA = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
 # Every git command the worker runs: no repository hooks (a hook planted in a mirror would run
 # inside the worker), no fsmonitor program, no ext:: or fd:: transport (they run commands), no
 # replace refs. Steps cannot write the cache anyway (it is not in their sandbox); this holds
@@ -195,37 +197,53 @@ class GitCache:
         log.info("git.fetched", repository=repository, duration_ms=round((time.monotonic() - started) * 1000, 1))
 
     async def checkout(self, repository: str, sha: str) -> tuple[str, Path]:
-        """A worktree of ``sha`` (full sha, path); reused by every task of that commit."""
-        full = await self.resolve(repository, sha)
+        """The commit's files (full sha, path); shared by every task of that commit. A full SHA
+        is exported without resolving it first (one git command less per job); only when the
+        export does not find it is the mirror fetched."""
+        full = sha.lower() if _FULL_SHA.fullmatch(sha) else await self.resolve(repository, sha)
         known = self._checkouts.get((repository, full))
         if known is not None and (known / _MARKER).exists():
             return full, known
         path = self.root / "checkouts" / self._key(repository) / full
-        mirror = self.mirror_path(repository)
-        async with self._locked(repository):
-            if not (path / _MARKER).exists():
-                if path.exists():
-                    shutil.rmtree(path, ignore_errors=True)
-                    await self._git("--git-dir", str(mirror), "worktree", "prune", check=False)
-                path.mkdir(parents=True)
-                await self._export(mirror, full, path)
-                (path / _MARKER).touch()
+        if not (path / _MARKER).exists():
+            async with self._locked(repository):
+                if not (path / _MARKER).exists():
+                    await self._export_fetching(repository, full, path)
+        self._known[(repository, full)] = full
         self._checkouts[(repository, full)] = path
         await self._maybe_prune(repository)
         return full, path
 
-    async def _export(self, mirror: Path, full: str, path: Path) -> None:
+    async def _export_fetching(self, repository: str, full: str, path: Path) -> None:
+        """Export ``full`` to ``path`` (under the repository's lock); a commit the mirror does
+        not have yet is fetched first."""
+        mirror = self.mirror_path(repository)
+        _empty_dir(path)
+        if not await self._export(mirror, full, path, check=False):
+            # Not in the mirror yet (or not a commit): fetch, then it must be there.
+            await self._fetch(repository, mirror)
+            if await self._resolve(mirror, full) != full:
+                raise GitError(f"commit {full} not found in {repository} ({self.display_url(repository)})")
+            _empty_dir(path)
+            await self._export(mirror, full, path)
+        (path / _MARKER).touch()
+
+    async def _export(self, mirror: Path, full: str, path: Path, check: bool = True) -> bool:
         """The commit's files at ``path``, through an index file of its own (filters and modes
-        as a checkout applies them). Not a registered ``git worktree``: ``worktree add`` reads
-        every worktree the mirror has, so its cost grew with every commit checked out (a
-        single-step run's worker CPU doubled over ~1,000 commits, docs/performance.md)."""
+        as a checkout applies them); False (with ``check=False``) when the mirror has no such
+        commit. Not a registered ``git worktree``: ``worktree add`` reads every worktree the
+        mirror has, so its cost grew with every commit checked out (a single-step run's worker
+        CPU doubled over ~1,000 commits, docs/performance.md)."""
         index = path.parent / f".{full}.index"
         try:
             work = ("--git-dir", str(mirror), "--work-tree", str(path))
-            await self._git(*work, "read-tree", full, index=index)
+            code, _, _ = await self._git(*work, "read-tree", f"{full}^{{commit}}", index=index, check=check)
+            if code != 0:
+                return False
             await self._git(*work, "checkout-index", "--all", "--force", index=index)
         finally:
             index.unlink(missing_ok=True)
+        return True
 
     async def fresh_checkout(self, repository: str, sha: str, dest: Path) -> tuple[str, Path]:
         """A private checkout of ``sha`` at ``dest`` (artifact builds: nothing another job left
@@ -264,6 +282,13 @@ class GitCache:
                     removed = True
         if removed:
             await self._git("--git-dir", str(self.mirror_path(repository)), "worktree", "prune", check=False)
+
+
+def _empty_dir(path: Path) -> None:
+    """``path`` as a new empty directory (what an interrupted export left there removed)."""
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
 
 
 def _command(args: tuple[str, ...]) -> str:

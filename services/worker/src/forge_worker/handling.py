@@ -107,11 +107,19 @@ class Runners:
         self.cancelled = cancelled
         self.publisher = publisher
 
-    async def run(self, job_type: JobType, payload: Any, ref: JobRef, deliveries: int) -> AnyReply:
+    async def run(
+        self,
+        job_type: JobType,
+        payload: Any,
+        ref: JobRef,
+        deliveries: int,
+        later: contextlib.AsyncExitStack | None = None,
+    ) -> AnyReply:
+        """The job's reply; clean-up that can wait until it is sent goes on ``later``."""
         if ref.run_id in self.cancelled:
             return JobReply[None](status="cancelled", error="the run was cancelled")
         if job_type == "ci":
-            return await self.ci.run(msgspec.convert(payload, CiJob), deliveries)
+            return await self.ci.run(msgspec.convert(payload, CiJob), deliveries, later)
         if job_type == "discovery":
             return await run_discovery(self.git, msgspec.convert(payload, DiscoveryJob))
         if job_type == "release":
@@ -182,21 +190,24 @@ class JobHandler:
         beat = asyncio.create_task(self._heartbeat(seq, job_type))
         ref = JobRef()
         try:
-            payload = await resolve_result(self.s3, msg.data)
-            ref = msgspec.convert(payload, JobRef)
-            span.set_attribute("forge.run_id", ref.run_id)
-            reply = await self._run(job_type, payload, ref, deliveries)
-            if reply.error:
-                reply.error = self.redact(reply.error)
-            # The dispatcher accepts only a reply naming the job and its dispatch attempt.
-            reply.job_id, reply.attempt = ref.job_id or None, ref.attempt or None
-            if reply.status != "success":
-                span.set_status(Status(StatusCode.ERROR, reply.error or reply.status))
-            reply_to = headers.get(jobs.HDR_REPLY_TO, "")
-            if reply_to:
-                body = await encode_result(self.s3, ref.run_id, job_type, ref.job_id or ref.run_id, reply)
-                await jobs.publish_reply(self.nc, reply_to, body)
-            await self._deliveries[seq].ack()
+            # The task's workspace and sandbox are torn down after the reply and the ack (the
+            # outcome was reported already): the dispatcher moves on meanwhile.
+            async with contextlib.AsyncExitStack() as later:
+                payload = await resolve_result(self.s3, msg.data)
+                ref = msgspec.convert(payload, JobRef)
+                span.set_attribute("forge.run_id", ref.run_id)
+                reply = await self._run(job_type, payload, ref, deliveries, later)
+                if reply.error:
+                    reply.error = self.redact(reply.error)
+                # The dispatcher accepts only a reply naming the job and its dispatch attempt.
+                reply.job_id, reply.attempt = ref.job_id or None, ref.attempt or None
+                if reply.status != "success":
+                    span.set_status(Status(StatusCode.ERROR, reply.error or reply.status))
+                reply_to = headers.get(jobs.HDR_REPLY_TO, "")
+                if reply_to:
+                    body = await encode_result(self.s3, ref.run_id, job_type, ref.job_id or ref.run_id, reply)
+                    await jobs.publish_reply(self.nc, reply_to, body)
+                await self._deliveries[seq].ack()
             self._done(job_type, ref, reply, deliveries, started)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
@@ -208,9 +219,11 @@ class JobHandler:
             beat.cancel()
             self._deliveries.pop(seq, None)
 
-    async def _run(self, job_type: JobType, payload: Any, ref: JobRef, deliveries: int) -> AnyReply:
+    async def _run(
+        self, job_type: JobType, payload: Any, ref: JobRef, deliveries: int, later: contextlib.AsyncExitStack
+    ) -> AnyReply:
         runners = Runners(self.git, self.ci, self.releases, self.artifacts, self.cancelled, self.publisher)
-        return await runners.run(job_type, payload, ref, deliveries)
+        return await runners.run(job_type, payload, ref, deliveries, later)
 
     def _done(self, job_type: JobType, ref: JobRef, reply: AnyReply, deliveries: int, started: float) -> None:
         elapsed = time.perf_counter() - started

@@ -191,14 +191,17 @@ class Reporter:
 
     # --- what a CI job reports, conflicts tolerated -----------------------------------------------
 
-    async def finish_task(self, task_id: str, status: str, error: str | None) -> None:
+    async def finish_task(self, task_id: str, status: str, error: str | None) -> bool:
         """The task's outcome when no step report carried it (it failed before its first step,
-        or every step had already run): ``running`` first, as a worker reports it."""
+        or every step had already run): ``running`` first, as a worker reports it. False when
+        the service refused it (the task was finished elsewhere)."""
         try:
             await self.task(task_id, "running")
             await self.task(task_id, status, error)
         except Conflict as exc:
             log.info("worker.task_final_conflict", task_id=task_id, current=exc.current)
+            return False
+        return True
 
     async def running_after(
         self, step_id: str, delay: float, cancel: asyncio.Event, started_at: dt.datetime | None = None
