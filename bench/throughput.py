@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.throughput [--runs 600] [--reps 3] [--workers 2] [--bursts 20]
                                          [--modes 8,32,burst,chain] [--profile SECONDS]
+                                         [--env NAME=VALUE ...]
 
 Starts a test platform (FORGE_TEST_* servers when set, else embedded ones) with 2 workers and
 ``FORGE_GIT_URL_TEMPLATE`` pointing at a local repository whose commits are made beforehand
@@ -264,6 +265,7 @@ async def bench(args: argparse.Namespace) -> None:
         # One principal POSTs every run: the gateway's per-principal limit (1,000 a minute by
         # default) would cap the measurement, not the platform.
         "FORGE_RATE_LIMIT": "1000000",
+        **dict(kv.split("=", 1) for kv in args.env),
     }
     closed = [m for m in modes if m.isdigit()]
     per_rep = args.runs * len(closed) + (32 * args.bursts if "burst" in modes else 0)
@@ -408,6 +410,9 @@ def main() -> None:
     parser.add_argument("--modes", default="8,32,burst,chain")
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy a process for N s (last repetition)")
     parser.add_argument("--profile-process", default="pipeline", help="pipeline or worker")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="a setting for every service (repeatable)"
+    )
     args = parser.parse_args()
     global PROFILED
     PROFILED = args.profile_process

@@ -23,7 +23,9 @@ __all__ = ["discover"]
 log = structlog.get_logger(__name__)
 
 
-async def discover(driver: RunDriver, run: DispatchRun) -> None:
+async def discover(driver: RunDriver, run: DispatchRun) -> list[PhasePlan]:
+    """Ask a worker for the run's plan and store it; the stored plan (ids assigned), which the
+    groups then run without reading it back."""
     run_id = driver.run_id
     timeout = driver.job_settings.timeout("discovery")
     async with driver.pool.connection() as conn, conn.transaction():
@@ -44,7 +46,7 @@ async def discover(driver: RunDriver, run: DispatchRun) -> None:
     if reply.result is None:
         await driver.fail("discovery returned an unusable plan: no plan in its reply", "discovery")
         raise RunEnded
-    await _store_plan(driver, reply.result)
+    return await _store_plan(driver, reply.result)
 
 
 async def _ask(driver: RunDriver, run: DispatchRun, timeout: float) -> bytes | None:
@@ -85,11 +87,11 @@ async def _ask(driver: RunDriver, run: DispatchRun, timeout: float) -> bytes | N
                 waiter.cancel()
 
 
-async def _store_plan(driver: RunDriver, plan: jobs.DiscoveryResult) -> None:
+async def _store_plan(driver: RunDriver, plan: jobs.DiscoveryResult) -> list[PhasePlan]:
     try:
         phases = msgspec.convert(msgspec.to_builtins(plan.phases), list[PhasePlan])
         async with driver.pool.connection() as conn, conn.transaction():
-            await service.store_discovery(
+            stored = await service.store_discovery(
                 conn,
                 driver.run_id,
                 phases,
@@ -105,4 +107,5 @@ async def _store_plan(driver: RunDriver, plan: jobs.DiscoveryResult) -> None:
         # A plan the service refuses would fail the same way on every retry.
         await driver.fail(f"discovery returned an unusable plan: {exc}", "discovery")
         raise RunEnded from exc
-    log.info("dispatcher.discovered", run_id=driver.run_id, phases=len(phases))
+    log.info("dispatcher.discovered", run_id=driver.run_id, phases=len(stored))
+    return stored

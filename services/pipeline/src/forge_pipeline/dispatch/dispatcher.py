@@ -34,7 +34,7 @@ from .groups import run_groups
 from .leases import LeaseKeeper
 from .publications import publish_for_tags
 from .queue import JobQueue
-from .releases import release
+from .releases import await_release, release
 from .settings import DispatcherSettings
 from .watchdog import Watchdog
 
@@ -179,9 +179,11 @@ async def _drive_run(driver: RunDriver) -> None:
         attributes={"forge.run_id": run.id, "forge.repository": run.repository},
     ):
         if run.status in ("pending", "running"):
-            if run.discovered_at is None:
-                await discover(driver, run)
-            await run_groups(driver, run)
+            plan = await discover(driver, run) if run.discovered_at is None else None
+            completed = await run_groups(driver, run, plan)
+            if completed.release_evaluated:
+                await await_release(driver, completed.release)
+                return
         # Before the release: a tag's release then lists the GitHub asset among the URIs.
         await publish_for_tags(driver)
         await release(driver)

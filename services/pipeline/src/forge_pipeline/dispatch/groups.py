@@ -10,6 +10,7 @@ publish got through) and their original deadline.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import msgspec
 import structlog
@@ -21,9 +22,10 @@ from forge_pipeline.records import DispatchRun
 
 from .artifacts import run_artifacts
 from .driver import RunDriver, RunEnded
+from .releases import QueuedRelease, queue_release
 from .timeouts import TaskDeadlines
 
-__all__ = ["run_groups"]
+__all__ = ["Completed", "run_groups"]
 
 log = structlog.get_logger(__name__)
 
@@ -31,9 +33,22 @@ log = structlog.get_logger(__name__)
 GroupTasks = dict[str, tuple[PhasePlan, TaskPlan]]
 
 
-async def run_groups(driver: RunDriver, run: DispatchRun) -> None:
-    async with driver.pool.connection() as conn:
-        plan = await service.load_plan(conn, driver.run_id)
+@dataclass(frozen=True)
+class Completed:
+    """How the groups ended: ``release_evaluated`` when the run's release triggers were
+    evaluated in the transaction that completed it (a run without artifacts: no tag
+    publication can come first), with the release job then queued, if any."""
+
+    release_evaluated: bool = False
+    release: QueuedRelease | None = None
+
+
+async def run_groups(driver: RunDriver, run: DispatchRun, plan: list[PhasePlan] | None = None) -> Completed:
+    """Run the groups of ``plan`` (the stored plan discovery just returned, else read here)
+    still to do, then complete the run."""
+    if plan is None:
+        async with driver.pool.connection() as conn:
+            plan = await service.load_plan(conn, driver.run_id)
     groups: dict[int, list[PhasePlan]] = {}
     for phase in plan:
         groups.setdefault(phase.group_number, []).append(phase)
@@ -48,10 +63,17 @@ async def run_groups(driver: RunDriver, run: DispatchRun) -> None:
             await run_artifacts(driver, run, phases[0])
             continue
         await _run_group(driver, run, phases)
+    # Without artifacts there is nothing to attach to a tag's release first: the release is
+    # evaluated (and its job queued) with the completion, one transaction for both. On Argo
+    # the release workflow is submitted by its own transaction (a failed submission must not
+    # undo the completion).
+    fold = ARTIFACTS_PHASE not in (p.name for p in plan) and not driver.queue.on_argo("release")
     async with driver.pool.connection() as conn, conn.transaction():
         completed = await service.complete_run(conn, driver.run_id)
+        queued = await queue_release(driver, conn) if completed and fold else None
     if completed:
         log.info("dispatcher.completed", run_id=driver.run_id)
+    return Completed(release_evaluated=completed and fold, release=queued)
 
 
 async def _run_group(driver: RunDriver, run: DispatchRun, phases: list[PhasePlan]) -> None:
@@ -74,8 +96,8 @@ async def _run_group(driver: RunDriver, run: DispatchRun, phases: list[PhasePlan
     # An Argo workflow a predecessor submitted answers with its own attempt.
     for task_id, attempt in zip(tasks, dispatched, strict=True):
         driver.waiter(task_id, attempt)
-    await _await_replies(driver, tasks, replies, deadlines)
-    await _settle(driver, list(tasks))
+    recorded = await _await_replies(driver, tasks, replies, deadlines)
+    await _settle(driver, [task_id for task_id in tasks if task_id not in recorded])
 
 
 async def _start_group(
@@ -99,8 +121,10 @@ async def _start_group(
 
 async def _await_replies(
     driver: RunDriver, tasks: GroupTasks, replies: dict[str, asyncio.Future[bytes]], deadlines: TaskDeadlines
-) -> None:
-    """Until every task replied success; a failure or a timeout fails the run (RunEnded)."""
+) -> set[str]:
+    """Until every task replied success; a failure or a timeout fails the run (RunEnded).
+    The tasks whose worker says their outcome is recorded already (``CiResult.reported``)."""
+    recorded: set[str] = set()
     pending = dict(replies)
     check_every = driver.settings.dispatcher_check_interval
     while pending:
@@ -114,6 +138,8 @@ async def _await_replies(
             reply = await driver.queue.read_reply(fut.result(), jobs.CiResult)
             if reply.status != "success":
                 failed.append((task_id, reply.error or f"task {reply.status}"))
+            elif reply.result is not None and reply.result.reported:
+                recorded.add(task_id)
         if failed:
             await _task_failures(driver, failed, tasks)
             raise RunEnded
@@ -129,12 +155,15 @@ async def _await_replies(
             raise RunEnded
         if not done:
             await _reconcile(driver, pending)
+    return recorded
 
 
 async def _settle(driver: RunDriver, task_ids: list[str]) -> None:
     """Every task of the group answered success. One whose report did not land (the worker
     replied but its status call was refused or lost) is recorded from the reply, so the
     roll-up finishes its phase before the next group starts."""
+    if not task_ids:
+        return
     async with driver.pool.connection() as conn:
         states = await execution_store.task_states(conn, task_ids)
     missing = [t for t, s in states.items() if s.status not in FINISHED]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import uuid
+from dataclasses import dataclass
 
 import msgspec
 import structlog
@@ -28,10 +29,11 @@ from forge_common.jobs import (
 from forge_common.outbox import add_message
 from forge_pipeline import execution_store, store
 from forge_pipeline.records import ArtifactRow
+from forge_pipeline.store import Conn
 
 from .driver import RunDriver
 
-__all__ = ["evaluate_release_triggers", "release"]
+__all__ = ["QueuedRelease", "await_release", "evaluate_release_triggers", "queue_release", "release"]
 
 log = structlog.get_logger(__name__)
 
@@ -68,18 +70,45 @@ def evaluate_release_triggers(
     return out
 
 
+@dataclass(frozen=True)
+class QueuedRelease:
+    """A release job queued (or submitted) with the evaluation of its run's triggers."""
+
+    waiter: asyncio.Future[bytes]
+    projects: list[ReleaseProject]
+    attempt: str
+
+
 async def release(driver: RunDriver) -> None:
     """Queue the release job of a successful run (at most once per run) and wait for its reply."""
+    async with driver.pool.connection() as conn, conn.transaction():
+        queued = await queue_release(driver, conn)
+    await await_release(driver, queued)
+
+
+async def queue_release(driver: RunDriver, conn: Conn) -> QueuedRelease | None:
+    """Evaluate the triggers of the (successful) run in the caller's transaction and queue the
+    release job; None when there is nothing to release or it was evaluated before. Also ends
+    the run's lease when no release follows (the driver is done with the run)."""
     job_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"forge:release:{driver.run_id}"))
     # Listening before the job can be published: the relay sends it as soon as we commit.
     attempt = jobs.new_attempt()
     waiter = driver.waiter(job_id, attempt)
-    queued = await _queue_release(driver, job_id, attempt)
+    queued = await _queue_release(driver, conn, job_id, attempt)
+    if queued is None:
+        return None
+    projects, attempt = queued
+    return QueuedRelease(waiter=waiter, projects=projects, attempt=attempt)
+
+
+async def await_release(driver: RunDriver, queued: QueuedRelease | None) -> None:
+    """Wait for the reply of the release job ``queue_release`` queued (committed since)."""
     if queued is None:
         return
-    projects, attempt = queued
+    job_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"forge:release:{driver.run_id}"))
+    waiter, projects = queued.waiter, queued.projects
     # On Argo, a workflow a predecessor submitted for this run answers with its own attempt.
-    driver.waiter(job_id, attempt)
+    driver.waiter(job_id, queued.attempt)
     if driver.runtime.relay is not None:
         driver.runtime.relay.wake()
     log.info("dispatcher.release_queued", run_id=driver.run_id, projects=[p.project for p in projects])
@@ -124,7 +153,9 @@ def _built_artifacts(rows: list[ArtifactRow]) -> dict[str, list[ReleaseArtifact]
     return out
 
 
-async def _queue_release(driver: RunDriver, job_id: str, attempt: str) -> tuple[list[ReleaseProject], str] | None:
+async def _queue_release(
+    driver: RunDriver, conn: Conn, job_id: str, attempt: str
+) -> tuple[list[ReleaseProject], str] | None:
     """Evaluate the triggers and queue the job; the projects and the job's dispatch attempt, or
     None when there is nothing to release (or another driver already evaluated this run).
 
@@ -133,37 +164,36 @@ async def _queue_release(driver: RunDriver, job_id: str, attempt: str) -> tuple[
     after it leaves a workflow the next evaluation adopts (its name derives from the run)."""
     run_id = driver.run_id
     names = driver.runtime.names
-    async with driver.pool.connection() as conn, conn.transaction():
-        fresh = await execution_store.run_for_dispatch(conn, run_id)
-        if fresh is None or fresh.status != "success" or fresh.release_evaluated_at is not None:
-            return None
-        if not await execution_store.mark_release_evaluated(conn, run_id):
-            return None
-        projects = evaluate_release_triggers(fresh.release_triggers, fresh.branch, fresh.tag)
-        built = _built_artifacts(await execution_store.run_artifacts(conn, run_id)) if projects else {}
-        for project in projects:
-            # The release service records the run's author (not the worker) as the trigger.
-            project.trigger.triggered_by = fresh.triggered_by
-            project.artifacts = built.get(project.project, [])
-            project.trigger.triggered_by_id = fresh.triggered_by_id
-        if not projects:
-            await execution_store.release_lease(conn, driver.owner, run_id)
-            return None
-        job = ReleaseJob(
-            job_id=job_id,
-            run_id=run_id,
-            repository=fresh.repository,
-            commit_sha=fresh.commit_sha,
-            projects=projects,
-            attempt=attempt,
-        )
-        if driver.queue.on_argo("release"):
-            attempt = await driver.queue.dispatch("release", job, job_id, driver.job_settings.timeout("release"))
-        else:
-            headers = jobs.job_headers(names, "release", run_id, job_id)
-            # Queued with the decision: the relay publishes it (Nats-Msg-Id = job id) even if
-            # this replica dies right after the commit.
-            body = msgspec.json.encode(job)
-            await add_message(conn, "pipeline", job_id, f"pipeline.releases.{run_id}", body, headers)
+    fresh = await execution_store.run_for_dispatch(conn, run_id)
+    if fresh is None or fresh.status != "success" or fresh.release_evaluated_at is not None:
+        return None
+    if not await execution_store.mark_release_evaluated(conn, run_id):
+        return None
+    projects = evaluate_release_triggers(fresh.release_triggers, fresh.branch, fresh.tag)
+    built = _built_artifacts(await execution_store.run_artifacts(conn, run_id)) if projects else {}
+    for project in projects:
+        # The release service records the run's author (not the worker) as the trigger.
+        project.trigger.triggered_by = fresh.triggered_by
+        project.artifacts = built.get(project.project, [])
+        project.trigger.triggered_by_id = fresh.triggered_by_id
+    if not projects:
         await execution_store.release_lease(conn, driver.owner, run_id)
+        return None
+    job = ReleaseJob(
+        job_id=job_id,
+        run_id=run_id,
+        repository=fresh.repository,
+        commit_sha=fresh.commit_sha,
+        projects=projects,
+        attempt=attempt,
+    )
+    if driver.queue.on_argo("release"):
+        attempt = await driver.queue.dispatch("release", job, job_id, driver.job_settings.timeout("release"))
+    else:
+        headers = jobs.job_headers(names, "release", run_id, job_id)
+        # Queued with the decision: the relay publishes it (Nats-Msg-Id = job id) even if
+        # this replica dies right after the commit.
+        body = msgspec.json.encode(job)
+        await add_message(conn, "pipeline", job_id, f"pipeline.releases.{run_id}", body, headers)
+    await execution_store.release_lease(conn, driver.owner, run_id)
     return projects, attempt
