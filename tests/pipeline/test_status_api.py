@@ -342,6 +342,63 @@ async def test_cancel_running_run_stops_its_work(
     assert await read_events(platform, "pipeline.run.completed", lambda e: e["data"]["run_id"] == run["id"]) == []
 
 
+@pytest.mark.parametrize("tasks", [1, 70], ids=["one statement", "COPY"])
+async def test_a_stored_tree_reads_back_as_discovered(
+    client: httpx.AsyncClient, platform: Platform, db: psycopg.AsyncConnection[Any], tasks: int
+) -> None:
+    """Small trees are stored in one statement, large ones with COPY: both keep every field."""
+    phases = [
+        PhasePlan(
+            name="build",
+            group_number=1,
+            timeout_seconds=900,
+            tasks=[
+                TaskPlan(
+                    project_name=f"p{t:02d}",
+                    project_path=f"services/p{t:02d}",
+                    steps=[
+                        StepPlan(name="plain", command="make"),
+                        StepPlan(
+                            name="limited",
+                            action="earthly",
+                            command="+test",
+                            timeout_seconds=60,
+                            memory_bytes=2**33,
+                            processes=64,
+                            network=False,
+                            env={"GREETING": 'hé "quoted"', "EMPTY": ""},
+                        ),
+                    ],
+                )
+                for t in range(tasks)
+            ],
+        ),
+        PhasePlan(name="empty", group_number=2),
+    ]
+    run, stored = await new_run(client, platform, db, phases)
+    async with db.transaction():
+        loaded = await service.load_plan(db, run["id"])
+    assert [(p.name, p.group_number, p.timeout_seconds, p.id) for p in loaded] == [
+        ("build", 1, 900, stored[0].id),
+        ("empty", 2, None, stored[1].id),
+    ]
+    assert len(loaded[0].tasks) == tasks
+    task = loaded[0].tasks[-1]
+    assert (task.project_name, task.project_path) == (f"p{tasks - 1:02d}", f"services/p{tasks - 1:02d}")
+    plain, limited = task.steps
+    assert (plain.name, plain.action, plain.command, plain.position, plain.network, plain.env) == (
+        "plain",
+        "shell",
+        "make",
+        0,
+        True,
+        {},
+    )
+    assert (limited.action, limited.command, limited.timeout_seconds, limited.position) == ("earthly", "+test", 60, 1)
+    assert (limited.memory_bytes, limited.processes, limited.network) == (2**33, 64, False)
+    assert limited.env == {"GREETING": 'hé "quoted"', "EMPTY": ""}
+
+
 async def test_store_discovery_is_idempotent_and_validated(
     client: httpx.AsyncClient, platform: Platform, db: psycopg.AsyncConnection[Any]
 ) -> None:

@@ -221,25 +221,31 @@ class GitCache:
         _empty_dir(path)
         if not await self._export(mirror, full, path, check=False):
             # Not in the mirror yet (or not a commit): fetch, then it must be there.
-            await self._fetch(repository, mirror)
             if await self._resolve(mirror, full) != full:
-                raise GitError(f"commit {full} not found in {repository} ({self.display_url(repository)})")
+                await self._fetch(repository, mirror)
+                if await self._resolve(mirror, full) != full:
+                    raise GitError(f"commit {full} not found in {repository} ({self.display_url(repository)})")
             _empty_dir(path)
             await self._export(mirror, full, path)
         (path / _MARKER).touch()
 
     async def _export(self, mirror: Path, full: str, path: Path, check: bool = True) -> bool:
-        """The commit's files at ``path``, through an index file of its own (filters and modes
-        as a checkout applies them); False (with ``check=False``) when the mirror has no such
-        commit. Not a registered ``git worktree``: ``worktree add`` reads every worktree the
-        mirror has, so its cost grew with every commit checked out (a single-step run's worker
-        CPU doubled over ~1,000 commits, docs/performance.md)."""
+        """The commit's files at ``path`` (filters and modes as a checkout applies them), through
+        an index file of its own: one ``git checkout <commit> -- .``, or with ``check`` (the
+        commit is known to be there: also an empty tree, which that pathspec does not match)
+        ``read-tree`` then ``checkout-index``. False (without ``check``) when the mirror has no
+        such commit. Not a registered ``git worktree``: ``worktree add`` reads every worktree
+        the mirror has, so its cost grew with every commit checked out (a single-step run's
+        worker CPU doubled over ~1,000 commits, docs/performance.md)."""
         index = path.parent / f".{full}.index"
+        work = ("--git-dir", str(mirror), "--work-tree", str(path))
         try:
-            work = ("--git-dir", str(mirror), "--work-tree", str(path))
-            code, _, _ = await self._git(*work, "read-tree", f"{full}^{{commit}}", index=index, check=check)
-            if code != 0:
-                return False
+            if not check:
+                code, _, _ = await self._git(
+                    *work, "checkout", "-q", "-f", f"{full}^{{commit}}", "--", ".", index=index, check=False
+                )
+                return code == 0
+            await self._git(*work, "read-tree", f"{full}^{{commit}}", index=index)
             await self._git(*work, "checkout-index", "--all", "--force", index=index)
         finally:
             index.unlink(missing_ok=True)
