@@ -68,12 +68,13 @@ async def run_groups(driver: RunDriver, run: DispatchRun, plan: list[PhasePlan] 
     # the release workflow is submitted by its own transaction (a failed submission must not
     # undo the completion).
     fold = ARTIFACTS_PHASE not in (p.name for p in plan) and not driver.queue.on_argo("release")
+    # (The run is usually complete already: the roll-up of its last task's report did it.)
     async with driver.pool.connection() as conn, conn.transaction():
         completed = await service.complete_run(conn, driver.run_id)
-        queued = await queue_release(driver, conn) if completed and fold else None
+        queued = await queue_release(driver, conn) if fold else None
     if completed:
         log.info("dispatcher.completed", run_id=driver.run_id)
-    return Completed(release_evaluated=completed and fold, release=queued)
+    return Completed(release_evaluated=fold, release=queued)
 
 
 async def _run_group(driver: RunDriver, run: DispatchRun, phases: list[PhasePlan]) -> None:
