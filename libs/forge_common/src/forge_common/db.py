@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import select
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -162,7 +163,23 @@ POOL_WAIT_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 3
 
 
+async def check_pooled(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's check before it hands a connection out: one that a Postgres restart cut is
+    replaced instead of failing the request that drew it. An idle connection has nothing to
+    read; a server that went away has closed the socket (or said why first), which makes it
+    readable. So the round trip of the library's check (an empty query) is paid only then,
+    not on every checkout, which cost a round trip per transaction (issue 11)."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        await AsyncConnectionPool.check_connection(conn)
+
+
 async def create_pool(database_url: str, min_size: int, max_size: int, name: str) -> Pool:
+    """The service's pool. Connections are in autocommit mode: a read outside ``transaction()``
+    is one statement (no implicit ``BEGIN`` sent first and ``ROLLBACK`` when the pool takes it
+    back); every change is made inside ``conn.transaction()``, which sends ``BEGIN``/``COMMIT``."""
     pool: Pool = AsyncConnectionPool(
         database_url,
         connection_class=Connection,
@@ -170,11 +187,9 @@ async def create_pool(database_url: str, min_size: int, max_size: int, name: str
         max_size=max_size,
         name=name,
         open=False,
-        # A connection is checked before it is handed out, so one that a Postgres restart cut is
-        # replaced instead of failing the request that drew it.
-        check=AsyncConnectionPool.check_connection,
+        check=check_pooled,
         timeout=POOL_WAIT_TIMEOUT,
-        kwargs={"row_factory": dict_row, "autocommit": False, "connect_timeout": CONNECT_TIMEOUT},
+        kwargs={"row_factory": dict_row, "autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
     )
     await pool.open(wait=True, timeout=30)
     return pool

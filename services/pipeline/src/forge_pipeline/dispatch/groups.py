@@ -68,10 +68,15 @@ async def run_groups(driver: RunDriver, run: DispatchRun, plan: list[PhasePlan] 
     # the release workflow is submitted by its own transaction (a failed submission must not
     # undo the completion).
     fold = ARTIFACTS_PHASE not in (p.name for p in plan) and not driver.queue.on_argo("release")
-    # (The run is usually complete already: the roll-up of its last task's report did it.)
+    # The run is usually complete already (the roll-up of its last task's report did it): then
+    # it is only read here, neither locked nor its tree version bumped.
     async with driver.pool.connection() as conn, conn.transaction():
-        completed = await service.complete_run(conn, driver.run_id)
-        queued = await queue_release(driver, conn) if fold else None
+        fresh = await execution_store.run_for_dispatch(conn, driver.run_id)
+        completed = False
+        if fresh is not None and fresh.status in ("pending", "running"):
+            completed = await service.complete_run(conn, driver.run_id)
+            fresh = None  # read again by queue_release
+        queued = await queue_release(driver, conn, fresh) if fold else None
     if completed:
         log.info("dispatcher.completed", run_id=driver.run_id)
     return Completed(release_evaluated=fold, release=queued)

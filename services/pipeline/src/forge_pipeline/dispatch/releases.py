@@ -28,7 +28,7 @@ from forge_common.jobs import (
 )
 from forge_common.outbox import add_message
 from forge_pipeline import execution_store, store
-from forge_pipeline.records import ArtifactRow
+from forge_pipeline.records import ArtifactRow, DispatchRun
 from forge_pipeline.store import Conn
 
 from .driver import RunDriver
@@ -86,15 +86,16 @@ async def release(driver: RunDriver) -> None:
     await await_release(driver, queued)
 
 
-async def queue_release(driver: RunDriver, conn: Conn) -> QueuedRelease | None:
+async def queue_release(driver: RunDriver, conn: Conn, fresh: DispatchRun | None = None) -> QueuedRelease | None:
     """Evaluate the triggers of the (successful) run in the caller's transaction and queue the
     release job; None when there is nothing to release or it was evaluated before. Also ends
-    the run's lease when no release follows (the driver is done with the run)."""
+    the run's lease when no release follows (the driver is done with the run). ``fresh``: the
+    run as this transaction read it already."""
     job_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"forge:release:{driver.run_id}"))
     # Listening before the job can be published: the relay sends it as soon as we commit.
     attempt = jobs.new_attempt()
     waiter = driver.waiter(job_id, attempt)
-    queued = await _queue_release(driver, conn, job_id, attempt)
+    queued = await _queue_release(driver, conn, job_id, attempt, fresh)
     if queued is None:
         return None
     projects, attempt = queued
@@ -154,7 +155,7 @@ def _built_artifacts(rows: list[ArtifactRow]) -> dict[str, list[ReleaseArtifact]
 
 
 async def _queue_release(
-    driver: RunDriver, conn: Conn, job_id: str, attempt: str
+    driver: RunDriver, conn: Conn, job_id: str, attempt: str, fresh: DispatchRun | None
 ) -> tuple[list[ReleaseProject], str] | None:
     """Evaluate the triggers and queue the job; the projects and the job's dispatch attempt, or
     None when there is nothing to release (or another driver already evaluated this run).
@@ -164,7 +165,7 @@ async def _queue_release(
     after it leaves a workflow the next evaluation adopts (its name derives from the run)."""
     run_id = driver.run_id
     names = driver.runtime.names
-    fresh = await execution_store.run_for_dispatch(conn, run_id)
+    fresh = fresh or await execution_store.run_for_dispatch(conn, run_id)
     if fresh is None or fresh.status != "success" or fresh.release_evaluated_at is not None:
         return None
     if not await execution_store.mark_release_evaluated(conn, run_id):
