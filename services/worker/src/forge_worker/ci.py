@@ -86,7 +86,7 @@ class CiJobRunner:
         except OSError as exc:
             raise InfraError(f"cannot prepare the task's workspace: {exc}") from exc
         if later is not None:
-            later.push_async_callback(workspace.release)
+            later.push_async_callback(_release_after_reply, workspace, job.task_id)
             return await self._run_steps(job, done, workspace, cwd, self._env(job))
         try:
             return await self._run_steps(job, done, workspace, cwd, self._env(job))
@@ -244,6 +244,15 @@ class CiJobRunner:
         report = StepReport(id=step.id, status="failed", exit_code=127, logs_s3_key=key)
         reported = await self.reporter.outcome(job.task_id, report, "failed", message)
         return StepResult(id=step.id, name=step.name, status="failed", exit_code=127, error=message), reported
+
+
+async def _release_after_reply(workspace: Workspace, task_id: str) -> None:
+    """Tear the task's workspace down once its reply is out: the job is done whatever happens
+    here; what cannot be removed now is swept later (``sandbox.sweep_stale``)."""
+    try:
+        await workspace.release()
+    except OSError as exc:
+        log.warning("worker.workspace_release_failed", task_id=task_id, error=str(exc))
 
 
 def _limit_error(step: str, limit: str, limits: Limits) -> str:
