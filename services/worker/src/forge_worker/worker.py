@@ -42,7 +42,7 @@ from .publish import Destinations
 from .release import ReleaseJobRunner
 from .reporter import Reporter
 from .republish import PublishJobRunner
-from .sandbox import Limits, Sandbox, sweep_stale
+from .sandbox import Limits, Sandbox, WarmPool, sweep_stale
 from .settings import Settings
 from .steps import ProcessTable, StepRunner
 
@@ -137,6 +137,7 @@ class Worker:
         """Raises :class:`SandboxUnavailable` (before connecting anywhere) when steps cannot be
         sandboxed on this machine and FORGE_STEP_SANDBOX is not ``none``."""
         runners = await self.prepare()
+        self._warm_up()
         settings = self.settings
         self._nc = nc = await connect(
             settings.nats_url,
@@ -166,6 +167,16 @@ class Worker:
             )
         await self._start_pulling(js)
         log.info("worker.started", types=self.settings.job_types(), concurrency=self.settings.worker_concurrency)
+
+    def _warm_up(self) -> None:
+        """Keep ``FORGE_STEP_WARM_SANDBOXES`` task sandboxes started ahead of their tasks (where
+        tasks have one: bubblewrap, task scope). Not in :meth:`prepare`: the single-job command
+        runs one task, whose sandbox nothing could start earlier."""
+        assert self.sandbox is not None
+        size = self.settings.step_warm_sandboxes
+        if size > 0 and WarmPool.fits(self.sandbox):
+            self.sandbox.warm = WarmPool(self.sandbox, size)
+            self.sandbox.warm.refill()
 
     async def _wait_job_streams(self, js: JetStreamContext) -> None:
         """Until the job streams exist. On an authenticated NATS only the pipeline service may
@@ -270,8 +281,11 @@ class Worker:
                 await self._nc.close()
 
     async def close(self) -> None:
-        """Close what :meth:`prepare` opened: the reporter's and release client's connections,
-        the S3 client."""
+        """Close what :meth:`prepare` and :meth:`start` opened: the warm sandboxes, the
+        reporter's and release client's connections, the S3 client."""
+        if self.sandbox is not None and self.sandbox.warm is not None:
+            warm, self.sandbox.warm = self.sandbox.warm, None
+            await warm.close()
         await self.reporter.close()
         await self.releases.close()
         if self._s3_context is not None:
