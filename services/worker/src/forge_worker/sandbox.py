@@ -220,6 +220,8 @@ class Workspace:
         self.mounted = False
         # ``path`` bound on itself (a warm workspace, :meth:`warmed`): unmounted after the overlay.
         self.bound = False
+        # Called when its first step ends (a warm workspace's pool refills then: WarmPool.take).
+        self.after_first_step: Callable[[], None] | None = None
         # By network setting: the sandboxes its commands share (FORGE_STEP_SANDBOX_SCOPE=task).
         self.task_sandboxes: dict[bool, TaskSandbox] = {}
 
@@ -375,7 +377,15 @@ class Workspace:
                 sandbox.scope = "step"
                 return None
             self.task_sandboxes[limits.network] = task
-        return await task.step(argv, cwd, env, limits)
+        step = await task.step(argv, cwd, env, limits)
+        if step is not None and self.after_first_step is not None:
+            step.exited.add_done_callback(lambda _: self._first_step_ended())
+        return step
+
+    def _first_step_ended(self) -> None:
+        callback, self.after_first_step = self.after_first_step, None
+        if callback is not None:
+            callback()
 
     async def release(self) -> None:
         """Stop its task sandboxes, then :meth:`remove` it (in a thread)."""
@@ -1354,6 +1364,8 @@ class _TaskStep(_Step):
 
 # After a warm-up failed, the next attempt waits this long (and for a task to take from the pool).
 _WARM_RETRY = 30.0
+# After a take, the refill starts when the task's first step ends, at the latest this much later.
+_REFILL_DELAY = 0.05
 # At the worker's stop, how long a warm-up under way may take to finish before it is cancelled.
 _WARM_CLOSE_WAIT = 5.0
 
@@ -1409,7 +1421,6 @@ class WarmPool:
             return None
         while self.ready:
             workspace = self.ready.pop(0)
-            self.refill()
             if not workspace.warm_alive():
                 log.warning("sandbox.warm_sandbox_gone", detail="discarded; the task starts one on demand")
                 await workspace.release()
@@ -1419,10 +1430,23 @@ class WarmPool:
             except OSError as exc:
                 log.warning("sandbox.warm_fill_failed", error=str(exc), detail="the task starts one on demand")
                 await workspace.release()
-                return None
+                break
+            self._refill_after(workspace)
             return workspace
         self.refill()
         return None
+
+    def _refill_after(self, workspace: Workspace) -> None:
+        """Refill once ``workspace``'s first step has ended, or ``_REFILL_DELAY`` after the take
+        if that is sooner: a bubblewrap starting beside a quick first step slows it by ~0.5 ms
+        (a third of a ``true`` step), beside a long one it costs nothing worth waiting for."""
+        timer = asyncio.get_running_loop().call_later(_REFILL_DELAY, self.refill)
+
+        def stepped() -> None:
+            timer.cancel()
+            self.refill()
+
+        workspace.after_first_step = stepped
 
     async def close(self) -> None:
         """Stop warming and remove every warm sandbox and its directory (the worker stops)."""
