@@ -19,8 +19,10 @@ and the worker's environment are not there. When the worker runs as root, comman
 With bubblewrap the commands of one job share one sandbox by default (:class:`TaskSandbox`,
 ``FORGE_STEP_SANDBOX_SCOPE=task``): a new mount namespace costs 15-30 ms of wall time on a
 loaded machine (docs/performance.md), a step in an existing sandbox ~3 ms. What a step leaves
-running is killed when it ends. Job directories are claimed with a lock file
-(:func:`claim_job_dir`) so that :func:`sweep_stale` can remove what a killed worker left.
+running is killed when it ends. A worker keeps ``FORGE_STEP_WARM_SANDBOXES`` task sandboxes
+started ahead of their tasks (:class:`WarmPool`), so that a task's first step does not wait for
+one either. Job directories are claimed with a lock file (:func:`claim_job_dir`) so that
+:func:`sweep_stale` can remove what a killed worker left.
 
 Limits (:class:`Limits`): ``processes`` is ``RLIMIT_NPROC`` set inside the sandbox's own user
 namespace (the kernel counts it per namespace, so a fork bomb stops there); ``memory`` is the
@@ -1423,7 +1425,7 @@ class WarmPool:
             workspace = self.ready.pop(0)
             if not workspace.warm_alive():
                 log.warning("sandbox.warm_sandbox_gone", detail="discarded; the task starts one on demand")
-                await workspace.release()
+                workspace.remove()  # its sandbox is gone: an unmount and an empty directory
                 continue
             try:
                 await workspace.fill(checkout)
@@ -1431,6 +1433,9 @@ class WarmPool:
                 log.warning("sandbox.warm_fill_failed", error=str(exc), detail="the task starts one on demand")
                 await workspace.release()
                 break
+            except BaseException:
+                workspace.remove()  # the job was cancelled while its checkout was copied in
+                raise
             self._refill_after(workspace)
             return workspace
         self.refill()

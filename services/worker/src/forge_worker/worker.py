@@ -137,7 +137,6 @@ class Worker:
         """Raises :class:`SandboxUnavailable` (before connecting anywhere) when steps cannot be
         sandboxed on this machine and FORGE_STEP_SANDBOX is not ``none``."""
         runners = await self.prepare()
-        self._warm_up()
         settings = self.settings
         self._nc = nc = await connect(
             settings.nats_url,
@@ -165,6 +164,7 @@ class Worker:
             self._http = await health.start_health_server(
                 self.settings.host, self.settings.worker_http_port, lambda: nc.is_connected
             )
+        self._warm_up()
         await self._start_pulling(js)
         log.info("worker.started", types=self.settings.job_types(), concurrency=self.settings.worker_concurrency)
 
