@@ -19,8 +19,10 @@ and the worker's environment are not there. When the worker runs as root, comman
 With bubblewrap the commands of one job share one sandbox by default (:class:`TaskSandbox`,
 ``FORGE_STEP_SANDBOX_SCOPE=task``): a new mount namespace costs 15-30 ms of wall time on a
 loaded machine (docs/performance.md), a step in an existing sandbox ~3 ms. What a step leaves
-running is killed when it ends. Job directories are claimed with a lock file
-(:func:`claim_job_dir`) so that :func:`sweep_stale` can remove what a killed worker left.
+running is killed when it ends. A worker keeps ``FORGE_STEP_WARM_SANDBOXES`` task sandboxes
+started ahead of their tasks (:class:`WarmPool`), so that a task's first step does not wait for
+one either. Job directories are claimed with a lock file (:func:`claim_job_dir`) so that
+:func:`sweep_stale` can remove what a killed worker left.
 
 Limits (:class:`Limits`): ``processes`` is ``RLIMIT_NPROC`` set inside the sandbox's own user
 namespace (the kernel counts it per namespace, so a fork bomb stops there); ``memory`` is the
@@ -60,6 +62,7 @@ __all__ = [
     "Sandbox",
     "SandboxOutcome",
     "SandboxUnavailable",
+    "WarmPool",
     "Workspace",
     "format_bytes",
     "run_sandboxed",
@@ -217,6 +220,10 @@ class Workspace:
         self.owned = path is None
         self.lock_fd = lock_fd
         self.mounted = False
+        # ``path`` bound on itself (a warm workspace, :meth:`warmed`): unmounted after the overlay.
+        self.bound = False
+        # Called when its first step ends (a warm workspace's pool refills then: WarmPool.take).
+        self.after_first_step: Callable[[], None] | None = None
         # By network setting: the sandboxes its commands share (FORGE_STEP_SANDBOX_SCOPE=task).
         self.task_sandboxes: dict[bool, TaskSandbox] = {}
 
@@ -231,6 +238,10 @@ class Workspace:
         worker may mount one, else a copy), or without a sandbox the checkout itself."""
         if sandbox.kind == "none":
             return cls.shared(checkout)
+        if sandbox.warm is not None:
+            warm = await sandbox.warm.take(checkout)
+            if warm is not None:
+                return warm
         if sandbox.workspace == "overlay":
             return await asyncio.to_thread(cls.overlay_of, checkout, sandbox.work_dir, sandbox.user)
         return await cls.copy_of(checkout, sandbox.work_dir, sandbox.user)
@@ -246,57 +257,113 @@ class Workspace:
         steps write lands in the upper directory, ``source`` never changes. ``source`` is
         handed to the step user first (once per checkout), so steps may modify its files as
         they may a copy's; its ``.git`` file (pointing into the git cache) is hidden."""
-        workspace = cls.claimed(parent, owner)
+        workspace = cls._empty(parent, owner, overlay=True)
         try:
-            upper, work = workspace.base / "upper", workspace.base / "overlay-work"
-            for directory in (workspace.root, workspace.path, upper, work):
-                directory.mkdir()
-            if os.path.lexists(source / ".git"):
-                os.mknod(upper / ".git", stat.S_IFCHR, os.makedev(0, 0))  # an overlay whiteout
-            os.chmod(upper, stat.S_IMODE(os.stat(source).st_mode))
-            if owner is not None:
-                _give_tree(source, owner)
-                os.chown(upper, *owner)
-                os.chown(workspace.root, *owner)
-                os.chown(workspace.path, *owner)
-                os.chown(workspace.base, *owner)
-            os.chmod(workspace.base, 0o700)
-            _mount_overlay(source, upper, work, workspace.path)
-            workspace.mounted = True
+            workspace._mount_checkout(source)
         except BaseException:
             workspace.remove()
             raise
         return workspace
 
     @classmethod
-    async def copy_of(cls, source: Path, parent: Path, owner: tuple[int, int] | None) -> Workspace:
+    def _empty(cls, parent: Path, owner: tuple[int, int] | None, *, overlay: bool, bind: bool = False) -> Workspace:
+        """A claimed job directory with an empty ``path`` (and an overlay's upper and work
+        directories), the step user's; ``bind``: ``path`` made a shared mount of its own."""
         workspace = cls.claimed(parent, owner)
         try:
-            workspace.root.mkdir()
-            # cp -a: the tree as it is (modes, links, timestamps); reflinks where the file
-            # system has them. The checkout's .git file points into the git cache: left out.
-            proc = await asyncio.create_subprocess_exec(
-                "cp",
-                "-a",
-                "--reflink=auto",
-                f"{source}/.",
-                str(workspace.path),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            _, err = await proc.communicate()
-            if proc.returncode != 0:
-                raise OSError(f"cannot copy the checkout: {err.decode(errors='replace').strip()[:300]}")
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(workspace.path / ".git")
+            upper, work = workspace.base / "upper", workspace.base / "overlay-work"
+            for directory in (workspace.root, workspace.path, *((upper, work) if overlay else ())):
+                directory.mkdir()
             if owner is not None:
-                await asyncio.to_thread(_chown_tree, workspace.base, owner)
-            else:
-                os.chmod(workspace.base, 0o700)
+                for directory in (workspace.root, workspace.path, *((upper,) if overlay else ()), workspace.base):
+                    os.chown(directory, *owner)
+            os.chmod(workspace.base, 0o700)
+            if bind:
+                _bind_shared(workspace.path)
+                workspace.bound = True
         except BaseException:
             workspace.remove()
             raise
         return workspace
+
+    def _mount_checkout(self, source: Path) -> None:
+        """The overlay of ``source`` and the empty upper directory, mounted on ``path``."""
+        upper, work = self.base / "upper", self.base / "overlay-work"
+        if os.path.lexists(source / ".git"):
+            os.mknod(upper / ".git", stat.S_IFCHR, os.makedev(0, 0))  # an overlay whiteout
+        os.chmod(upper, stat.S_IMODE(os.stat(source).st_mode))
+        if self.owner is not None:
+            _give_tree(source, self.owner)
+        _mount_overlay(source, upper, work, self.path)
+        self.mounted = True
+
+    @classmethod
+    async def copy_of(cls, source: Path, parent: Path, owner: tuple[int, int] | None) -> Workspace:
+        workspace = cls.claimed(parent, owner)
+        try:
+            workspace.root.mkdir()
+            await workspace._copy_checkout(source)
+        except BaseException:
+            workspace.remove()
+            raise
+        return workspace
+
+    async def _copy_checkout(self, source: Path) -> None:
+        """``source`` copied to ``path`` (made, or into it when it exists), the step user's."""
+        # cp -a: the tree as it is (modes, links, timestamps); reflinks where the file
+        # system has them. The checkout's .git file points into the git cache: left out.
+        proc = await asyncio.create_subprocess_exec(
+            "cp",
+            "-a",
+            "--reflink=auto",
+            f"{source}/.",
+            str(self.path),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise OSError(f"cannot copy the checkout: {err.decode(errors='replace').strip()[:300]}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path / ".git")
+        if self.owner is not None:
+            await asyncio.to_thread(_chown_tree, self.base, self.owner)
+        else:
+            os.chmod(self.base, 0o700)
+
+    @classmethod
+    async def warmed(cls, sandbox: Sandbox) -> Workspace:
+        """An empty workspace whose task sandbox (network on) is already started, for
+        :class:`WarmPool`; :meth:`fill` puts the checkout in it when its task comes. For an
+        overlay, ``path`` is first bound on itself and marked shared: bubblewrap makes the
+        sandbox's mounts slaves of the host's, so the overlay mounted on ``path`` later, on the
+        host, appears at the sandbox's ``/workspace``. A copy needs nothing of the kind: it is
+        written into the very directory the sandbox has."""
+        overlay = sandbox.workspace == "overlay"
+        workspace = await asyncio.to_thread(cls._empty, sandbox.work_dir, sandbox.user, overlay=overlay, bind=overlay)
+        try:
+            workspace.task_sandboxes[True] = await TaskSandbox.start(sandbox, workspace, True)
+        except BaseException:
+            workspace.remove()  # not in a thread: this may be a cancel, which must not wait
+            raise
+        return workspace
+
+    async def fill(self, source: Path) -> None:
+        """Put ``source`` (the task's checkout) in this warm workspace: the overlay mounted on
+        ``path``, else a copy. The mount is a few system calls, made on the event loop (a
+        thread hop costs more on a busy machine) unless the checkout is still to be handed to
+        the step user (a walk of the whole tree)."""
+        if not self.bound:
+            await self._copy_checkout(source)
+        elif self.owner is None or os.stat(source).st_uid == self.owner[0]:
+            self._mount_checkout(source)
+        else:
+            await asyncio.to_thread(self._mount_checkout, source)
+
+    def warm_alive(self) -> bool:
+        """Its warm task sandbox still runs (not even a zombie the event loop has yet to reap)."""
+        task = self.task_sandboxes.get(True)
+        return task is not None and task.alive and _running(task.proc.pid)
 
     async def step_in_task_sandbox(
         self, sandbox: Sandbox, argv: list[str], cwd: str, env: Mapping[str, str], limits: Limits
@@ -312,7 +379,15 @@ class Workspace:
                 sandbox.scope = "step"
                 return None
             self.task_sandboxes[limits.network] = task
-        return await task.step(argv, cwd, env, limits)
+        step = await task.step(argv, cwd, env, limits)
+        if step is not None and self.after_first_step is not None:
+            step.exited.add_done_callback(lambda _: self._first_step_ended())
+        return step
+
+    def _first_step_ended(self) -> None:
+        callback, self.after_first_step = self.after_first_step, None
+        if callback is not None:
+            callback()
 
     async def release(self) -> None:
         """Stop its task sandboxes, then :meth:`remove` it (in a thread)."""
@@ -329,6 +404,9 @@ class Workspace:
         if self.mounted:
             _unmount(self.path)
             self.mounted = False
+        if self.bound:
+            _unmount(self.path)
+            self.bound = False
         _remove_job_dir(self.base, self.lock_fd)
         self.lock_fd = None
 
@@ -438,7 +516,7 @@ def sweep_stale(work_dir: Path) -> int:
 # Overlay mounts (a worker running as root): mount(2) and umount2(2) through libc.
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_MS_NOSUID, _MS_NODEV = 0x2, 0x4
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_SHARED = 0x2, 0x4, 0x1000, 1 << 20
 _MNT_DETACH = 0x2
 _OCTAL = re.compile(rb"\\([0-7]{3})")
 
@@ -456,6 +534,19 @@ def _mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
     if _libc.mount(b"forge-workspace", os.fsencode(target), b"overlay", _MS_NOSUID | _MS_NODEV, options.encode()):
         error = ctypes.get_errno()
         raise OSError(error, f"cannot mount the workspace overlay: {os.strerror(error)}")
+
+
+def _bind_shared(path: Path) -> None:
+    """``path`` bound on itself and made a shared mount (``mount --bind P P; mount --make-shared
+    P``): what is mounted on it later propagates to the sandboxes that have it (as slaves)."""
+    target = os.fsencode(path)
+    if _libc.mount(target, target, None, _MS_BIND, None):
+        error = ctypes.get_errno()
+        raise OSError(error, f"cannot bind {path} on itself: {os.strerror(error)}")
+    if _libc.mount(None, target, None, _MS_SHARED, None):
+        error = ctypes.get_errno()
+        _unmount(path)
+        raise OSError(error, f"cannot make {path} a shared mount: {os.strerror(error)}")
 
 
 def _unmount(target: Path) -> None:
@@ -575,6 +666,8 @@ class Sandbox:
         self.watch_interval = watch_interval
         self.kill_grace = kill_grace
         self.tool = tool or kind
+        # Task sandboxes started ahead of their tasks (FORGE_STEP_WARM_SANDBOXES), when the worker keeps some.
+        self.warm: WarmPool | None = None
 
     @classmethod
     async def create(
@@ -798,6 +891,15 @@ def _usage(pids: list[int]) -> tuple[int, int]:
         except (OSError, ValueError, IndexError):
             continue
     return resident, tasks
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b") ", 1)[1][:1] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
@@ -1154,6 +1256,9 @@ class TaskSandbox:
             line = await asyncio.wait_for(proc.stdout.readline(), 30.0)
         except TimeoutError:
             line = b"no answer in 30s"
+        except BaseException:
+            _kill_group(proc.pid, signal.SIGKILL)  # cancelled (a warm-up at the worker's stop)
+            raise
         if line != b"ready\n":
             _kill_group(proc.pid, signal.SIGKILL)
             await proc.wait()
@@ -1255,3 +1360,110 @@ class _TaskStep(_Step):
             self.task.kill()
             await self.task.proc.wait()
         return await self.exited
+
+
+# Warm task sandboxes (FORGE_STEP_WARM_SANDBOXES): started while the worker waits for work.
+
+# After a warm-up failed, the next attempt waits this long (and for a task to take from the pool).
+_WARM_RETRY = 30.0
+# After a take, the refill starts when the task's first step ends, at the latest this much later.
+_REFILL_DELAY = 0.05
+# At the worker's stop, how long a warm-up under way may take to finish before it is cancelled.
+_WARM_CLOSE_WAIT = 5.0
+
+
+class WarmPool:
+    """Task sandboxes started before their tasks arrive, so that a task's first step does not
+    wait for bubblewrap's set-up (3.5-5 ms of wall time on an idle machine, 15-30 ms loaded).
+
+    Each is an empty workspace (:meth:`Workspace.warmed`) whose sandbox already has ``path`` at
+    ``/workspace``; :meth:`take` puts the task's checkout there (:meth:`Workspace.fill`) and
+    hands it to that one task, which releases it as any other: a warm sandbox is never used by
+    a second task, so tasks still share nothing (fresh ``/tmp`` and ``$HOME`` each). Only
+    bubblewrap task sandboxes with the network on (the default) are kept warm; the rest start on
+    demand. The pool refills in the background after every take. Nothing here may fail a job:
+    a warm-up that fails is logged and the tasks start their sandboxes on demand meanwhile."""
+
+    def __init__(self, sandbox: Sandbox, size: int) -> None:
+        self.sandbox = sandbox
+        self.size = size
+        self.ready: list[Workspace] = []
+        self.closed = False
+        self._filling: asyncio.Task[None] | None = None
+        self._retry_at = 0.0
+
+    @staticmethod
+    def fits(sandbox: Sandbox) -> bool:
+        """Whether ``sandbox``'s tasks can use warm sandboxes: bubblewrap, one sandbox per task."""
+        return sandbox.kind == "bwrap" and sandbox.scope == "task"
+
+    def refill(self) -> None:
+        """Warm sandboxes up to ``size``, in the background (one warm-up at a time)."""
+        if self.closed or (self._filling is not None and not self._filling.done()):
+            return
+        if time.monotonic() < self._retry_at:
+            return
+        self._filling = asyncio.create_task(self._fill())
+
+    async def _fill(self) -> None:
+        while not self.closed and len(self.ready) < self.size and self.fits(self.sandbox):
+            try:
+                workspace = await Workspace.warmed(self.sandbox)
+            except Exception as exc:  # noqa: BLE001 - never a job's failure: tasks start theirs on demand
+                log.warning("sandbox.warm_up_failed", error=str(exc), detail="tasks start their sandboxes on demand")
+                self._retry_at = time.monotonic() + _WARM_RETRY
+                return
+            self.ready.append(workspace)
+
+    async def take(self, checkout: Path) -> Workspace | None:
+        """A warm workspace showing ``checkout``, for one task; None when none is ready (or the
+        one taken could not be used: the task then starts its sandbox on demand, as without
+        a pool). A warm sandbox that exited meanwhile is discarded."""
+        if self.closed or not self.fits(self.sandbox):
+            return None
+        while self.ready:
+            workspace = self.ready.pop(0)
+            if not workspace.warm_alive():
+                log.warning("sandbox.warm_sandbox_gone", detail="discarded; the task starts one on demand")
+                workspace.remove()  # its sandbox is gone: an unmount and an empty directory
+                continue
+            try:
+                await workspace.fill(checkout)
+            except OSError as exc:
+                log.warning("sandbox.warm_fill_failed", error=str(exc), detail="the task starts one on demand")
+                await workspace.release()
+                break
+            except BaseException:
+                workspace.remove()  # the job was cancelled while its checkout was copied in
+                raise
+            self._refill_after(workspace)
+            return workspace
+        self.refill()
+        return None
+
+    def _refill_after(self, workspace: Workspace) -> None:
+        """Refill once ``workspace``'s first step has ended, or ``_REFILL_DELAY`` after the take
+        if that is sooner: a bubblewrap starting beside a quick first step slows it by ~0.5 ms
+        (a third of a ``true`` step), beside a long one it costs nothing worth waiting for."""
+        timer = asyncio.get_running_loop().call_later(_REFILL_DELAY, self.refill)
+
+        def stepped() -> None:
+            timer.cancel()
+            self.refill()
+
+        workspace.after_first_step = stepped
+
+    async def close(self) -> None:
+        """Stop warming and remove every warm sandbox and its directory (the worker stops)."""
+        self.closed = True
+        if self._filling is not None:
+            # The warm-up under way finishes (into ``ready``, removed below): cancelled in its
+            # thread, it would leave its directory. Only a sandbox slow to answer is cancelled.
+            done, _ = await asyncio.wait({self._filling}, timeout=_WARM_CLOSE_WAIT)
+            if not done:
+                self._filling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._filling
+        ready, self.ready = self.ready, []
+        for workspace in ready:
+            await workspace.release()

@@ -75,6 +75,9 @@ class Settings(CommonSettings, kw_only=True):
     # task: the steps of a task share one sandbox, set up once (bubblewrap; what a step leaves
     # running is killed when it ends); step: every step gets a new sandbox.
     step_sandbox_scope: str = "task"
+    # Task sandboxes kept started ahead of their tasks (bubblewrap, task scope, network on), so a
+    # task's first step does not wait for one; each costs an idle bwrap and bash (0: none).
+    step_warm_sandboxes: int = 1
     # How often the worker removes job directories no live worker holds (also at start).
     step_sweep_interval: float = 600.0
     # Extra directories a step sees read-only (colon-separated), e.g. /opt:/nix.
@@ -140,6 +143,8 @@ class Settings(CommonSettings, kw_only=True):
             problems.append('FORGE_STEP_WORKSPACE must be "auto", "overlay" or "copy"')
         if self.step_sandbox_scope not in ("task", "step"):
             problems.append('FORGE_STEP_SANDBOX_SCOPE must be "task" or "step"')
+        if self.step_warm_sandboxes < 0:
+            problems.append("FORGE_STEP_WARM_SANDBOXES must be >= 0")
         if self.step_sweep_interval <= 0:
             problems.append("FORGE_STEP_SWEEP_INTERVAL must be a positive duration")
         if self.step_sandbox not in ("auto", "bwrap", "unshare", "none"):

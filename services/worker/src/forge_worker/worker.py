@@ -42,7 +42,7 @@ from .publish import Destinations
 from .release import ReleaseJobRunner
 from .reporter import Reporter
 from .republish import PublishJobRunner
-from .sandbox import Limits, Sandbox, sweep_stale
+from .sandbox import Limits, Sandbox, WarmPool, sweep_stale
 from .settings import Settings
 from .steps import ProcessTable, StepRunner
 
@@ -164,8 +164,19 @@ class Worker:
             self._http = await health.start_health_server(
                 self.settings.host, self.settings.worker_http_port, lambda: nc.is_connected
             )
+        self._warm_up()
         await self._start_pulling(js)
         log.info("worker.started", types=self.settings.job_types(), concurrency=self.settings.worker_concurrency)
+
+    def _warm_up(self) -> None:
+        """Keep ``FORGE_STEP_WARM_SANDBOXES`` task sandboxes started ahead of their tasks (where
+        tasks have one: bubblewrap, task scope). Not in :meth:`prepare`: the single-job command
+        runs one task, whose sandbox nothing could start earlier."""
+        assert self.sandbox is not None
+        size = self.settings.step_warm_sandboxes
+        if size > 0 and WarmPool.fits(self.sandbox):
+            self.sandbox.warm = WarmPool(self.sandbox, size)
+            self.sandbox.warm.refill()
 
     async def _wait_job_streams(self, js: JetStreamContext) -> None:
         """Until the job streams exist. On an authenticated NATS only the pipeline service may
@@ -270,8 +281,11 @@ class Worker:
                 await self._nc.close()
 
     async def close(self) -> None:
-        """Close what :meth:`prepare` opened: the reporter's and release client's connections,
-        the S3 client."""
+        """Close what :meth:`prepare` and :meth:`start` opened: the warm sandboxes, the
+        reporter's and release client's connections, the S3 client."""
+        if self.sandbox is not None and self.sandbox.warm is not None:
+            warm, self.sandbox.warm = self.sandbox.warm, None
+            await warm.close()
         await self.reporter.close()
         await self.releases.close()
         if self._s3_context is not None:
