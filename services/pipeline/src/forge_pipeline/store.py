@@ -97,17 +97,21 @@ async def lock_repository(conn: Conn, repository: str) -> None:
 
 
 # The run of a commit, whichever of the two SHAs is abbreviated: a stored SHA that is the given
-# one or a prefix of it (a run not yet discovered), or one that extends it (an index range scan
-# over the "C"-collated full SHAs). Repository names compare case-insensitively. The matches
-# are found first (runs_repository_commit_key, a handful of rows), then ordered: with a plain
-# ORDER BY ... LIMIT 1 the planner walks the repository's runs by creation time instead and
-# filters every one (8.6 ms and 20,000 buffers for a repository of 20,000 runs, against
-# 0.07 ms; docs/performance.md), so every POST got slower as a repository's history grew.
+# one or a prefix of it (a run not yet discovered), or one that extends it (over the "C"-collated
+# SHAs). Repository names compare case-insensitively. Every such SHA lies between the given
+# one's 7-character prefix and the given one followed by "g": that range is the index condition
+# on runs_repository_commit_key (a few rows), which holds in a generic plan too (psycopg
+# prepares a statement run often, and a plan made while the table was small stays); the exact
+# test filters the range. The matches are found first, then ordered: with a plain ORDER BY ...
+# LIMIT 1 the planner walked the repository's runs by creation time and filtered every one
+# (8.6 ms and 20,000 buffers in a repository of 20,000 runs, against 0.07 ms), so POSTs slowed
+# down, under the repository's creation lock, as its history grew (issue 11).
 _SQL_RUN_OF_COMMIT = f"""
 WITH matches AS MATERIALIZED (
     SELECT r.id FROM pipeline.runs r
     WHERE r.repository_key = lower(%(repository)s)
-      AND (r.commit_sha = ANY(%(prefixes)s) OR (r.commit_sha >= %(sha)s AND r.commit_sha < %(sha)s || 'g'))
+      AND r.commit_sha >= %(lowest)s AND r.commit_sha < %(sha)s || 'g'
+      AND (r.commit_sha = ANY(%(prefixes)s) OR r.commit_sha >= %(sha)s)
 )
 SELECT {_RUN_COLUMNS} FROM pipeline.runs r JOIN matches m ON m.id = r.id
 ORDER BY r.created_at LIMIT 1
@@ -116,7 +120,7 @@ ORDER BY r.created_at LIMIT 1
 
 def _commit_params(repository: str, commit_sha: str) -> dict[str, object]:
     prefixes = [commit_sha[:n] for n in range(7, len(commit_sha) + 1)]
-    return {"repository": repository, "sha": commit_sha, "prefixes": prefixes}
+    return {"repository": repository, "sha": commit_sha, "prefixes": prefixes, "lowest": prefixes[0]}
 
 
 async def creation_checks(
