@@ -13,7 +13,8 @@ commits is not measured). Each run has one phase, one project, one step (``true`
   its next run when ``pipeline.run.completed`` of its run reaches ``FORGE_EVENTS``;
 * burst: 32 clients POST at once, the next burst when all 32 completed;
 * serial chain: one run of 100 phases in 100 groups, one step each: ms per hop = POST to
-  completion / 100.
+  completion / 100, and where a hop went (medians of the recorded times: step end -> next
+  task dispatched, dispatched -> step start, the step).
 
 Per configuration and repetition: runs/min (completed runs / wall time from the first POST to
 the last completion), latency (POST to completion event) p50/p95/p99/max, failures (a POST that
@@ -29,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +47,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 import nats
+import psycopg
 from nats.js.api import DeliverPolicy
 
 from bench.common import percentile
@@ -153,6 +157,7 @@ class Stack:
         self.shas: Iterator[str] = iter(shas)
         self.headers = platform.headers("bench@forge.local", "developer")
         self.completions: dict[str, asyncio.Future[str]] = {}
+        self.last_run_id = ""
 
     def on_completed(self, run_id: str, status: str) -> None:
         fut = self.completions.setdefault(run_id, asyncio.get_running_loop().create_future())
@@ -177,6 +182,7 @@ class Stack:
             print(f"  POST /v1/runs failed: {exc!r}")
             return None
         self.completions.setdefault(run_id, asyncio.get_running_loop().create_future())
+        self.last_run_id = run_id
         return run_id
 
     async def one(self, sha: str | None = None, repository: str | None = None) -> tuple[float, str]:
@@ -338,7 +344,34 @@ async def _bench_on(
                     f"    chain: {seconds / CHAIN_PHASES * 1000:.2f} ms/hop ({CHAIN_PHASES} groups in {seconds:.2f} s, {status})  load {loadavg()}",
                     flush=True,
                 )
+                print(f"           {await hop_breakdown(platform, stack.last_run_id)}", flush=True)
     await nc.close()
+
+
+async def hop_breakdown(platform: Platform, run_id: str) -> str:
+    """Where a chain's hop went, medians over its hops from the recorded times: from a step's
+    end (the worker's clock) to the next task's dispatch (the database's: report, reply, the
+    next group's dispatch transaction), from that dispatch to the next step's start (JetStream,
+    the worker's fetch, checkout, workspace), and the step itself (``true`` in its sandbox)."""
+    async with await psycopg.AsyncConnection.connect(platform.database_url) as conn:
+        cur = await conn.execute(
+            """SELECT t.dispatched_at, s.started_at, s.completed_at FROM pipeline.tasks t
+               JOIN pipeline.phases p ON p.id = t.phase_id JOIN pipeline.steps s ON s.task_id = t.id
+               WHERE t.run_id = %s ORDER BY p.group_number""",
+            (run_id,),
+        )
+        rows = await cur.fetchall()
+    if len(rows) < 2:
+        return "no hops recorded"
+
+    def ms(a: Any, b: Any) -> float:
+        return float((b - a).total_seconds() * 1000)
+
+    hops = list(itertools.pairwise(rows))
+    handover = statistics.median(ms(prev[2], cur[0]) for prev, cur in hops)
+    start = statistics.median(ms(cur[0], cur[1]) for _, cur in hops)
+    step = statistics.median(ms(cur[1], cur[2]) for _, cur in hops)
+    return f"per hop (medians): step end -> next dispatched {handover:.2f}, dispatched -> step start {start:.2f}, step {step:.2f} ms"
 
 
 def _start_profile(platform: Platform, seconds: float) -> subprocess.Popen[bytes] | None:
