@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from forge_dev.stack import Process
 from forge_dev.testing import Platform
 from forge_worker.sandbox import Sandbox, SandboxUnavailable, sweep_stale
 from tests.execution.conftest import steps_of
@@ -242,15 +243,20 @@ async def test_a_warm_sandbox_that_died_is_discarded_and_the_task_starts_one(
     await _until(_count(work, 2, besides=killed), "the pool refilled")
 
 
+async def _idle_worker(cell: Cell, work: Path, warm: int) -> tuple[Process, list[Warm]]:
+    """A worker of its own that pulls release jobs only (it takes none of the cell's tasks),
+    once its ``warm`` sandboxes are up in ``work``: the worker and those sandboxes."""
+    worker = cell.start_worker(
+        {"FORGE_STEP_WORK_DIR": str(work), "FORGE_STEP_WARM_SANDBOXES": str(warm), "FORGE_WORKER_TYPES": "release"}
+    )
+    return worker, await _until(_count(work, warm), f"{warm} warm sandboxes")
+
+
 async def test_a_stopped_worker_leaves_no_sandbox_mount_or_directory(warm_cell: tuple[Cell, Path]) -> None:
-    """A worker of its own (it pulls release jobs only, so it takes none of the cell's tasks)."""
     cell, _ = warm_cell
     work = _steps_dir()
     try:
-        worker = cell.start_worker(
-            {"FORGE_STEP_WORK_DIR": str(work), "FORGE_STEP_WARM_SANDBOXES": "3", "FORGE_WORKER_TYPES": "release"}
-        )
-        warm = await _until(_count(work, 3), "three warm sandboxes")
+        worker, warm = await _idle_worker(cell, work, 3)
         if os.geteuid() == 0:
             assert sorted(_mounts(work)) == sorted(w.workspace for w in warm)
         worker.stop(timeout=20)
@@ -269,10 +275,7 @@ async def test_what_a_killed_worker_left_warm_is_swept(warm_cell: tuple[Cell, Pa
     cell, _ = warm_cell
     work = _steps_dir()
     try:
-        worker = cell.start_worker(
-            {"FORGE_STEP_WORK_DIR": str(work), "FORGE_STEP_WARM_SANDBOXES": "2", "FORGE_WORKER_TYPES": "release"}
-        )
-        warm = await _until(_count(work, 2), "two warm sandboxes")
+        worker, warm = await _idle_worker(cell, work, 2)
         worker.kill()
         await _until(lambda: not [w for w in warm if _alive(w.pid)], "the sandboxes died with their worker")
         assert len([p for p in work.iterdir() if p.is_dir()]) == 2
