@@ -171,8 +171,9 @@ async def check_pooled(conn: psycopg.AsyncConnection[Any]) -> None:
     not on every checkout, which cost a round trip per transaction (issue 11)."""
     if conn.closed or conn.broken:
         raise psycopg.OperationalError("the connection is closed")
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
+    poller = select.poll()  # not select(): a busy service's descriptors may pass FD_SETSIZE
+    poller.register(conn.fileno(), select.POLLIN | select.POLLPRI)
+    if poller.poll(0):
         await AsyncConnectionPool.check_connection(conn)
 
 
