@@ -243,6 +243,34 @@ async def test_a_warm_sandbox_that_died_is_discarded_and_the_task_starts_one(
     await _until(_count(work, 2, besides=killed), "the pool refilled")
 
 
+async def test_a_task_without_network_leaves_the_warm_sandboxes_alone(
+    warm_cell: tuple[Cell, Path], client: httpx.AsyncClient
+) -> None:
+    """Warm sandboxes have the network on: a task whose steps all run without it starts its
+    own and leaves the warm ones for the tasks that can use them."""
+    cell, work = warm_cell
+    warm = await _until(_count(work, 2), "two warm sandboxes")
+    repo = cell.repo()
+    project = (
+        'name = "offline"\n[[phases.test.steps]]\nname = "offline"\nnetwork = false\n'
+        f"run = {QUOTES}{NAMESPACE}cat README; cat /sys/class/net/*/operstate | sort | uniq -c{QUOTES}\n"
+    )
+    files: dict[str, str | None] = {
+        ".forge/repo.toml": REPO_TOML,
+        "offline/.forge/project.toml": project,
+        "offline/README": "readme of offline\n",
+    }
+    run = await cell.wait_run(client, await cell.create_run(client, repo, repo.commit(files)), timeout=90)
+    (step,) = steps_of(run).values()
+    log = await fetch_log(client, step)
+    assert run["status"] == "success", (run, log)
+    assert "readme of offline" in log
+    assert log.splitlines()[0] not in {w.namespace for w in warm}
+    # Once its own sandbox is gone, the same two warm ones are still waiting.
+    left = await _until(_count(work, 2), "the task's own sandbox gone")
+    assert sorted(w.pid for w in left) == sorted(w.pid for w in warm)
+
+
 async def _idle_worker(cell: Cell, work: Path, warm: int) -> tuple[Process, list[Warm]]:
     """A worker of its own that pulls release jobs only (it takes none of the cell's tasks),
     once its ``warm`` sandboxes are up in ``work``: the worker and those sandboxes."""

@@ -82,7 +82,7 @@ class CiJobRunner:
         # The task's own writable copy: its steps share it, nothing else sees it.
         sandbox = self.runner.sandbox
         try:
-            workspace = await Workspace.for_sandbox(sandbox, checkout)
+            workspace = await Workspace.for_sandbox(sandbox, checkout, warm=any(s.network for s in job.steps))
         except OSError as exc:
             raise InfraError(f"cannot prepare the task's workspace: {exc}") from exc
         if later is not None:

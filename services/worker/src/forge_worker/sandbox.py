@@ -233,15 +233,17 @@ class Workspace:
         return cls(checkout, None, path=checkout)
 
     @classmethod
-    async def for_sandbox(cls, sandbox: Sandbox, checkout: Path) -> Workspace:
+    async def for_sandbox(cls, sandbox: Sandbox, checkout: Path, warm: bool = True) -> Workspace:
         """What a job's commands run in: a private view of ``checkout`` (an overlay where the
-        worker may mount one, else a copy), or without a sandbox the checkout itself."""
+        worker may mount one, else a copy), or without a sandbox the checkout itself. ``warm``:
+        whether a warm sandbox may be taken (they have the network on: a job whose commands all
+        run without it would leave one idle)."""
         if sandbox.kind == "none":
             return cls.shared(checkout)
-        if sandbox.warm is not None:
-            warm = await sandbox.warm.take(checkout)
-            if warm is not None:
-                return warm
+        if sandbox.warm is not None and warm:
+            taken = await sandbox.warm.take(checkout)
+            if taken is not None:
+                return taken
         if sandbox.workspace == "overlay":
             return await asyncio.to_thread(cls.overlay_of, checkout, sandbox.work_dir, sandbox.user)
         return await cls.copy_of(checkout, sandbox.work_dir, sandbox.user)
