@@ -17,7 +17,7 @@ import structlog
 
 from forge_common import jobs
 from forge_pipeline import execution_store, service, store
-from forge_pipeline.domain import ARTIFACTS_PHASE, FINISHED, PhasePlan, TaskPlan
+from forge_pipeline.domain import ACTIVE_RUN_STATUSES, ARTIFACTS_PHASE, FINISHED, PhasePlan, TaskPlan
 from forge_pipeline.records import DispatchRun
 
 from .artifacts import run_artifacts
@@ -68,12 +68,13 @@ async def run_groups(driver: RunDriver, run: DispatchRun, plan: list[PhasePlan] 
     # the release workflow is submitted by its own transaction (a failed submission must not
     # undo the completion).
     fold = ARTIFACTS_PHASE not in (p.name for p in plan) and not driver.queue.on_argo("release")
-    # The run is usually complete already (the roll-up of its last task's report did it): then
-    # it is only read here, neither locked nor its tree version bumped.
+    # The run is usually complete already (the roll-up of its last task's report did it): when
+    # the release follows, the run it reads tells, and a complete run is neither locked nor its
+    # tree version bumped.
     async with driver.pool.connection() as conn, conn.transaction():
-        fresh = await execution_store.run_for_dispatch(conn, driver.run_id)
+        fresh = await execution_store.run_for_dispatch(conn, driver.run_id) if fold else None
         completed = False
-        if fresh is not None and fresh.status in ("pending", "running"):
+        if fresh is None or fresh.status in ACTIVE_RUN_STATUSES:
             completed = await service.complete_run(conn, driver.run_id)
             fresh = None  # read again by queue_release
         queued = await queue_release(driver, conn, fresh) if fold else None

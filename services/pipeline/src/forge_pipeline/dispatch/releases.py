@@ -74,6 +74,7 @@ def evaluate_release_triggers(
 class QueuedRelease:
     """A release job queued (or submitted) with the evaluation of its run's triggers."""
 
+    job_id: str
     waiter: asyncio.Future[bytes]
     projects: list[ReleaseProject]
     attempt: str
@@ -99,17 +100,16 @@ async def queue_release(driver: RunDriver, conn: Conn, fresh: DispatchRun | None
     if queued is None:
         return None
     projects, attempt = queued
-    return QueuedRelease(waiter=waiter, projects=projects, attempt=attempt)
+    return QueuedRelease(job_id=job_id, waiter=waiter, projects=projects, attempt=attempt)
 
 
 async def await_release(driver: RunDriver, queued: QueuedRelease | None) -> None:
     """Wait for the reply of the release job ``queue_release`` queued (committed since)."""
     if queued is None:
         return
-    job_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"forge:release:{driver.run_id}"))
     waiter, projects = queued.waiter, queued.projects
     # On Argo, a workflow a predecessor submitted for this run answers with its own attempt.
-    driver.waiter(job_id, queued.attempt)
+    driver.waiter(queued.job_id, queued.attempt)
     if driver.runtime.relay is not None:
         driver.runtime.relay.wake()
     log.info("dispatcher.release_queued", run_id=driver.run_id, projects=[p.project for p in projects])
