@@ -1313,18 +1313,7 @@ class TaskSandbox:
 
     def leftovers(self) -> list[int]:
         """Processes in the sandbox besides bwrap's init and the runner (zombies aside)."""
-        found = []
-        for pid in _descendants(self.proc.pid):
-            if pid in self.keep:
-                continue
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as fh:
-                    if fh.read().rsplit(b") ", 1)[1][:1] == b"Z":
-                        continue
-            except (OSError, IndexError):
-                continue
-            found.append(pid)
-        return found
+        return [pid for pid in _descendants(self.proc.pid) if pid not in self.keep and _running(pid)]
 
 
 class _TaskStep(_Step):
