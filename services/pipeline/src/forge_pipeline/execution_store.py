@@ -25,14 +25,22 @@ __all__ = [
     "run_for_dispatch",
 ]
 
+# What a run's driver reads of it (records.DispatchRun).
+_DISPATCH_COLUMNS = """r.id::text AS id, r.repository, r.branch, r.commit_sha, r.tag, r.triggered_by,
+    r.triggered_by_id, r.status::text AS status, r.lease_owner, r.discovered_at, r.release_triggers,
+    r.release_evaluated_at, r.trace_context"""
 
-async def claim_runs(conn: Conn, owner: str, ttl: float, limit: int, exclude: list[str]) -> list[str]:
+
+async def claim_runs(conn: Conn, owner: str, ttl: float, limit: int, exclude: list[str]) -> list[DispatchRun]:
     """Lease up to ``limit`` runs nobody drives: active runs with no or an expired lease,
     successful runs whose release triggers were not evaluated yet, and successful runs with an
     artifact publication still to make (a tag pushed after the build). ``SKIP LOCKED`` lets several
-    replicas claim at once without blocking or taking the same run."""
-    cur = await conn.execute(
-        """
+    replicas claim at once without blocking or taking the same run. A pending run becomes
+    ``running`` as it is claimed (its driver starts discovery at once), and each claimed run is
+    returned as its driver needs it, so neither takes a transaction or a read of its own."""
+    cur = conn.cursor(row_factory=kwargs_row(DispatchRun))
+    await cur.execute(
+        f"""
         WITH candidates AS (
             (SELECT id, created_at FROM pipeline.runs
              WHERE status IN ('pending', 'running')
@@ -58,14 +66,16 @@ async def claim_runs(conn: Conn, owner: str, ttl: float, limit: int, exclude: li
             ORDER BY c.created_at LIMIT %(limit)s
             FOR UPDATE OF r SKIP LOCKED
         )
-        UPDATE pipeline.runs r SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(ttl)s)
+        UPDATE pipeline.runs r SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(ttl)s),
+            status = CASE WHEN r.status = 'pending' THEN 'running' ELSE r.status END,
+            updated_at = CASE WHEN r.status = 'pending' THEN now() ELSE r.updated_at END
         FROM claimable WHERE r.id = claimable.id
           AND (r.lease_expires_at IS NULL OR r.lease_expires_at < now())
-        RETURNING r.id::text AS id
+        RETURNING {_DISPATCH_COLUMNS}
         """,
         {"owner": owner, "ttl": ttl, "limit": limit, "exclude": exclude},
     )
-    return [str(r["id"]) for r in await cur.fetchall()]
+    return await cur.fetchall()
 
 
 async def renew_leases(conn: Conn, owner: str, ttl: float, run_ids: list[str]) -> dict[str, LeaseState]:
@@ -98,11 +108,9 @@ async def release_lease(conn: Conn, owner: str, run_id: str) -> None:
 async def run_for_dispatch(conn: Conn, run_id: str) -> DispatchRun | None:
     cur = conn.cursor(row_factory=kwargs_row(DispatchRun))
     await cur.execute(
-        """
-        SELECT id::text AS id, repository, branch, commit_sha, tag, triggered_by, triggered_by_id,
-               status::text AS status, lease_owner,
-               discovered_at, release_triggers, release_evaluated_at, trace_context
-        FROM pipeline.runs WHERE id = %s
+        f"""
+        SELECT {_DISPATCH_COLUMNS}
+        FROM pipeline.runs r WHERE r.id = %s
         """,
         (run_id,),
     )

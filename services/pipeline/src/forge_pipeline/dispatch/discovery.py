@@ -28,8 +28,9 @@ async def discover(driver: RunDriver, run: DispatchRun) -> list[PhasePlan]:
     groups then run without reading it back."""
     run_id = driver.run_id
     timeout = driver.job_settings.timeout("discovery")
-    async with driver.pool.connection() as conn, conn.transaction():
-        await store.set_run_running(conn, run_id)
+    if run.status == "pending":  # claimed runs are running already (execution_store.claim_runs)
+        async with driver.pool.connection() as conn, conn.transaction():
+            await store.set_run_running(conn, run_id)
     raw = await _ask(driver, run, timeout)
     if raw is None:
         await driver.queue.drop(run_id)

@@ -23,8 +23,9 @@ from forge_common import jobs, metrics
 from forge_common.jobs import JobSettings
 from forge_common.runtime import Runtime
 from forge_common.tracing import extract
-from forge_pipeline import execution_store, service
+from forge_pipeline import service
 from forge_pipeline.metrics import JOBS_PENDING
+from forge_pipeline.records import DispatchRun
 
 from .argo import ArgoExecutor, ArgoSettings
 from .dead_letters import DeadLetters
@@ -135,20 +136,21 @@ class Dispatcher:
             task.cancel()
         await self.queue.cancel_workers(run_id)
 
-    def _start_driver(self, run_id: str) -> None:
-        task = asyncio.create_task(self._drive(run_id), name=f"run-{run_id}")
-        self.drivers[run_id] = task
-        task.add_done_callback(functools.partial(self._driver_done, run_id))
+    def _start_driver(self, run: DispatchRun) -> None:
+        task = asyncio.create_task(self._drive(run), name=f"run-{run.id}")
+        self.drivers[run.id] = task
+        task.add_done_callback(functools.partial(self._driver_done, run.id))
 
     def _driver_done(self, run_id: str, task: asyncio.Task[None]) -> None:
         if self.drivers.get(run_id) is task:
             del self.drivers[run_id]
         self.leases.wake.set()
 
-    async def _drive(self, run_id: str) -> None:
+    async def _drive(self, run: DispatchRun) -> None:
+        run_id = run.id
         driver = RunDriver(run_id, self.runtime, self.queue, self.owner, self.settings, self.job_settings)
         try:
-            await _drive_run(driver)
+            await _drive_run(driver, run)
         except asyncio.CancelledError:
             pass
         except RunEnded:
@@ -165,12 +167,9 @@ class Dispatcher:
             await driver.close()
 
 
-async def _drive_run(driver: RunDriver) -> None:
+async def _drive_run(driver: RunDriver, run: DispatchRun) -> None:
+    """Drive ``run`` as its claim returned it (leased to this replica just now)."""
     await driver.open_inbox()
-    async with driver.pool.connection() as conn:
-        run = await execution_store.run_for_dispatch(conn, driver.run_id)
-    if run is None:
-        return
     # The span continues the trace of the request that created the run (stored with it), so
     # jobs, worker spans, reports and events of the run share that request's trace id.
     with _tracer.start_as_current_span(

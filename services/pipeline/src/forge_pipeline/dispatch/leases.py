@@ -18,6 +18,7 @@ import structlog
 
 from forge_common.db import Pool
 from forge_pipeline import execution_store
+from forge_pipeline.records import DispatchRun
 
 from .settings import DispatcherSettings
 
@@ -34,7 +35,7 @@ class LeaseKeeper:
         owner: str,
         settings: DispatcherSettings,
         drivers: dict[str, asyncio.Task[None]],
-        start_driver: Callable[[str], None],
+        start_driver: Callable[[DispatchRun], None],
     ) -> None:
         self.pool = pool
         self.database_url = database_url
@@ -66,9 +67,9 @@ class LeaseKeeper:
             claimed = await execution_store.claim_runs(
                 conn, self.owner, self.settings.dispatcher_lease_ttl, room, list(self.drivers)
             )
-        for run_id in claimed:
-            self.start_driver(run_id)
-        return claimed
+        for run in claimed:
+            self.start_driver(run)
+        return [run.id for run in claimed]
 
     async def listen(self) -> None:
         """Wake the claim loop when a run is created (its event lands in the outbox)."""
