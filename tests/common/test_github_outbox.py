@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from forge_common.db import create_pool
-from forge_common.github import OUTBOX_DDL, GitHubConfig, GitHubRequest, GitHubSender, enqueue
+from forge_common.github import OUTBOX_DDL, REPORTING, GitHubConfig, GitHubRequest, GitHubSender, enqueue
 from forge_dev.stack import free_port
 from forge_dev.testing import Platform
 
@@ -130,3 +130,19 @@ async def _due(pool: Any, schema: str) -> bool:
 def test_save_as_names_start_with_github() -> None:
     with pytest.raises(ValueError, match="github:"):
         GitHubRequest("k", "/x", {}, save_as="deployment:1")
+
+
+async def test_nothing_is_queued_when_the_service_does_not_report(platform: Platform, schema: str) -> None:
+    """A service without a token (its pool's context says it does not report) writes no rows:
+    the table does not grow by the rows of every run, to be skipped and purged later."""
+    request = GitHubRequest("run:x", "/repos/acme/app/statuses/abc", {"state": "pending"})
+    for reporting, rows in ((False, 0), (True, 1)):
+        pool = await create_pool(platform.database_url, 1, 1, "gh-test", context={REPORTING: reporting})
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                await enqueue(conn, schema, request)
+                cur = await conn.execute(f'SELECT count(*) AS n FROM "{schema}".github_outbox')
+                assert (await cur.fetchone())["n"] == rows
+                await conn.execute(f'DELETE FROM "{schema}".github_outbox')
+        finally:
+            await pool.close()

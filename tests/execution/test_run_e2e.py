@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import httpx
+import psycopg
 
 from .conftest import Cell, steps_of
 
@@ -118,6 +119,11 @@ async def test_good_then_bad_commit(cell: Cell, client: httpx.AsyncClient) -> No
     assert all(s["status"] == "skipped" for k, s in steps.items() if k[0] == "build")
     failed = await cell.wait_event("pipeline.run.failed", run_id)
     assert failed["data"]["failed_phase"] == "test"
+    # No FORGE_GITHUB_TOKEN here: GitHub reporting is off, and the runs' commit statuses are
+    # not written to the GitHub outbox at all (rows nobody would send).
+    async with await psycopg.AsyncConnection.connect(cell.database_url) as conn:
+        cur = await conn.execute("SELECT count(*) FROM pipeline.github_outbox")
+        assert await cur.fetchone() == (0,)
     assert "web" in failed["data"]["error_message"]
     assert "exit code 3" in failed["data"]["error_message"]
     assert len(await cell.events("pipeline.run.failed", run_id)) == 1

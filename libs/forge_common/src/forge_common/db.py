@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import select
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -26,7 +26,16 @@ import structlog
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["Connection", "MigrationError", "Pool", "create_pool", "migrate", "migration_files", "on_commit"]
+__all__ = [
+    "Connection",
+    "MigrationError",
+    "Pool",
+    "connection_context",
+    "create_pool",
+    "migrate",
+    "migration_files",
+    "on_commit",
+]
 
 log = structlog.get_logger(__name__)
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -154,6 +163,13 @@ def on_commit(conn: Any, callback: Callable[[], None]) -> None:
         callback()
 
 
+def connection_context(conn: Any) -> Mapping[str, Any]:
+    """What the pool ``conn`` came from says about its service (``create_pool(context=...)``),
+    e.g. whether it reports to GitHub; empty for a connection not from a Forge pool."""
+    context: Mapping[str, Any] = getattr(conn, "__dict__", {}).get("_forge_context", {})
+    return context
+
+
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
 
 
@@ -177,10 +193,18 @@ async def check_pooled(conn: psycopg.AsyncConnection[Any]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
-async def create_pool(database_url: str, min_size: int, max_size: int, name: str) -> Pool:
+async def create_pool(
+    database_url: str, min_size: int, max_size: int, name: str, *, context: Mapping[str, Any] | None = None
+) -> Pool:
     """The service's pool. Connections are in autocommit mode: a read outside ``transaction()``
     is one statement (no implicit ``BEGIN`` sent first and ``ROLLBACK`` when the pool takes it
-    back); every change is made inside ``conn.transaction()``, which sends ``BEGIN``/``COMMIT``."""
+    back); every change is made inside ``conn.transaction()``, which sends ``BEGIN``/``COMMIT``.
+    ``context``: what code handed one of its connections may ask (:func:`connection_context`)."""
+    shared = dict(context or {})
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        conn.__dict__["_forge_context"] = shared
+
     pool: Pool = AsyncConnectionPool(
         database_url,
         connection_class=Connection,
@@ -189,6 +213,7 @@ async def create_pool(database_url: str, min_size: int, max_size: int, name: str
         name=name,
         open=False,
         check=check_pooled,
+        configure=configure,
         timeout=POOL_WAIT_TIMEOUT,
         kwargs={"row_factory": dict_row, "autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
     )

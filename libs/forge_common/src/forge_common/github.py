@@ -17,8 +17,9 @@ table; the DDL is :data:`OUTBOX_DDL`). :class:`GitHubSender` then posts due rows
   ``GitHubConfig.values`` adds more such names, e.g. the pipeline's status context);
 - replicas share the work through ``FOR UPDATE SKIP LOCKED`` and a short lease on claimed rows.
 
-Without a token the sender marks due rows skipped (one log line at start-up): GitHub reporting
-is off, nothing piles up.
+Without a token GitHub reporting is off (one log line at start-up): :func:`enqueue` on a
+connection of the service's pool writes nothing (the pool's context says so, :data:`REPORTING`),
+and the sender marks any row still due (written while a token was set) skipped.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ import psycopg
 import structlog
 from prometheus_client import Counter
 
-from .db import Pool
+from .db import Pool, connection_context
 
-__all__ = ["OUTBOX_DDL", "GitHubConfig", "GitHubRequest", "GitHubSender", "backoff_seconds", "enqueue"]
+__all__ = ["OUTBOX_DDL", "REPORTING", "GitHubConfig", "GitHubRequest", "GitHubSender", "backoff_seconds", "enqueue"]
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +73,10 @@ CREATE TABLE github_values (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 """
+
+# The key of a pool's context (forge_common.db.create_pool) saying whether the service reports
+# to GitHub (it has a token); a connection without it (not from a Forge pool) does.
+REPORTING = "github_reporting"
 
 _BATCH = 20
 _LEASE_SECONDS = 60.0
@@ -117,7 +122,10 @@ def backoff_seconds(attempts: int) -> float:
 
 
 async def enqueue(conn: psycopg.AsyncConnection[Any], schema: str, request: GitHubRequest) -> None:
-    """Queue ``request``; it is sent once (and only if) the caller's transaction commits."""
+    """Queue ``request``; it is sent once (and only if) the caller's transaction commits. Nothing
+    is written when the service does not report to GitHub (no token): rows nobody would send."""
+    if connection_context(conn).get(REPORTING) is False:
+        return
     await conn.execute(
         f'INSERT INTO "{schema}".github_outbox (ordering_key, method, path, body, save_as) VALUES (%s, %s, %s, %s, %s)',
         (request.ordering_key, request.method, request.path, json.dumps(dict(request.body)), request.save_as),

@@ -8,6 +8,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from . import github
 from .auth import JwksCache, TokenVerifier
 from .db import Pool, create_pool, migrate
 from .nats import Names, connect, ensure_stream, events_stream_config
@@ -61,7 +62,13 @@ class Runtime:
         if self.schema and self.migrations:
             if s.migrate_on_start:
                 await migrate(s.database_url, self.schema, self.migrations)
-            self._pool = await create_pool(s.database_url, s.db_pool_min, s.db_pool_max, self.service)
+            self._pool = await create_pool(
+                s.database_url,
+                s.db_pool_min,
+                s.db_pool_max,
+                self.service,
+                context={github.REPORTING: bool(s.github_token)},
+            )
         self._nc = await connect(
             s.nats_url,
             f"forge-{self.service}",
