@@ -148,12 +148,17 @@ async def run_status(conn: Conn, run_id: str) -> str | None:
     return str(row["status"]) if row else None
 
 
-async def mark_release_evaluated(conn: Conn, run_id: str) -> bool:
-    """True for the one caller that evaluates this run's release triggers."""
+async def mark_release_evaluated(conn: Conn, run_id: str, owner: str) -> bool:
+    """True for the one caller that evaluates this run's release triggers; ``owner``'s lease on
+    the run ends with it (what is left, the release job, is queued in the same transaction): one
+    write of the row, whose lease column and the partial index of unevaluated runs both change."""
     cur = await conn.execute(
-        "UPDATE pipeline.runs SET release_evaluated_at = now() WHERE id = %s AND release_evaluated_at IS NULL"
-        " RETURNING id",
-        (run_id,),
+        """UPDATE pipeline.runs SET release_evaluated_at = now(),
+               lease_owner = CASE WHEN lease_owner = %(owner)s THEN NULL ELSE lease_owner END,
+               lease_expires_at = CASE WHEN lease_owner = %(owner)s THEN NULL ELSE lease_expires_at END
+           WHERE id = %(id)s AND release_evaluated_at IS NULL
+           RETURNING id""",
+        {"id": run_id, "owner": owner},
     )
     return await cur.fetchone() is not None
 

@@ -89,9 +89,9 @@ async def release(driver: RunDriver) -> None:
 
 async def queue_release(driver: RunDriver, conn: Conn, fresh: DispatchRun | None = None) -> QueuedRelease | None:
     """Evaluate the triggers of the (successful) run in the caller's transaction and queue the
-    release job; None when there is nothing to release or it was evaluated before. Also ends
-    the run's lease when no release follows (the driver is done with the run). ``fresh``: the
-    run as this transaction read it already."""
+    release job; None when there is nothing to release or it was evaluated before. The
+    evaluation also ends the run's lease (with the job queued in the same transaction, nothing of
+    the run is left to claim). ``fresh``: the run as this transaction read it already."""
     job_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"forge:release:{driver.run_id}"))
     # Listening before the job can be published: the relay sends it as soon as we commit.
     attempt = jobs.new_attempt()
@@ -168,7 +168,8 @@ async def _queue_release(
     fresh = fresh or await execution_store.run_for_dispatch(conn, run_id)
     if fresh is None or fresh.status != "success" or fresh.release_evaluated_at is not None:
         return None
-    if not await execution_store.mark_release_evaluated(conn, run_id):
+    # The lease ends here too: if the transaction commits, nothing of the run is left to drive.
+    if not await execution_store.mark_release_evaluated(conn, run_id, driver.owner):
         return None
     projects = evaluate_release_triggers(fresh.release_triggers, fresh.branch, fresh.tag)
     built = _built_artifacts(await execution_store.run_artifacts(conn, run_id)) if projects else {}
@@ -178,7 +179,6 @@ async def _queue_release(
         project.artifacts = built.get(project.project, [])
         project.trigger.triggered_by_id = fresh.triggered_by_id
     if not projects:
-        await execution_store.release_lease(conn, driver.owner, run_id)
         return None
     job = ReleaseJob(
         job_id=job_id,
@@ -196,5 +196,4 @@ async def _queue_release(
         # this replica dies right after the commit.
         body = msgspec.json.encode(job)
         await add_message(conn, "pipeline", job_id, f"pipeline.releases.{run_id}", body, headers)
-    await execution_store.release_lease(conn, driver.owner, run_id)
     return projects, attempt
