@@ -2,12 +2,13 @@
 
     .venv/bin/python -m bench.throughput [--runs 600] [--reps 3] [--workers 2] [--bursts 20]
                                          [--modes 8,32,burst,chain] [--profile SECONDS]
-                                         [--env NAME=VALUE ...]
+                                         [--env NAME=VALUE ...] [--step COMMAND]
 
 Starts a test platform (FORGE_TEST_* servers when set, else embedded ones) with 2 workers and
 ``FORGE_GIT_URL_TEMPLATE`` pointing at a local repository whose commits are made beforehand
 (one ``git fast-import``: runs are unique per commit, so every run is a new commit, and making
-commits is not measured). Each run has one phase, one project, one step (``true``).
+commits is not measured). Each run has one phase, one project, one step (``true``, or ``--step``:
+e.g. ``--step 'echo built'`` for steps that print, whose logs are uploaded and indexed).
 
 * closed loop, 8 and 32 in flight: each lane POSTs ``/v1/runs`` through the gateway and starts
   its next run when ``pipeline.run.completed`` of its run reaches ``FORGE_EVENTS``;
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import os
 import shutil
 import statistics
@@ -57,7 +59,12 @@ from forge_dev.testing import Platform, session_platform
 from .pipeline_exec import _children, _cpu
 
 SINGLE_REPO = 'forge_version = "1"\n[phases.check]\ngroup = 1\n'
-SINGLE_PROJECT = 'name = "app"\n[[phases.check.steps]]\nname = "ok"\nrun = "true"\n'
+
+
+def single_project(command: str) -> str:
+    return f'name = "app"\n[[phases.check.steps]]\nname = "ok"\nrun = {json.dumps(command)}\n'
+
+
 CHAIN_PHASES = 100
 # The process --profile records (--profile-process): "pipeline" or "worker" (the first).
 PROFILED = "pipeline"
@@ -93,9 +100,10 @@ def make_repo(root: Path, repository: str, files: dict[str, str], commits: int) 
     return _git("rev-list", "--reverse", "main", cwd=bare).split()
 
 
-def chain_files() -> dict[str, str]:
+def chain_files(command: str) -> dict[str, str]:
     repo = ['forge_version = "1"'] + [f"[phases.p{i:03d}]\ngroup = {i + 1}" for i in range(CHAIN_PHASES)]
-    steps = "".join(f'[[phases.p{i:03d}.steps]]\nname = "s"\nrun = "true"\n' for i in range(CHAIN_PHASES))
+    run = json.dumps(command)  # a TOML basic string
+    steps = "".join(f'[[phases.p{i:03d}.steps]]\nname = "s"\nrun = {run}\n' for i in range(CHAIN_PHASES))
     return {".forge/repo.toml": "\n".join(repo) + "\n", "app/.forge/project.toml": f'name = "app"\n{steps}'}
 
 
@@ -277,9 +285,11 @@ async def bench(args: argparse.Namespace) -> None:
     per_rep = args.runs * len(closed) + (32 * args.bursts if "burst" in modes else 0)
     repository = f"bench/tp-{uuid.uuid4().hex[:6]}"
     chain_repository = f"bench/chain-{uuid.uuid4().hex[:6]}"
-    files = {".forge/repo.toml": SINGLE_REPO, "app/.forge/project.toml": SINGLE_PROJECT}
+    files = {".forge/repo.toml": SINGLE_REPO, "app/.forge/project.toml": single_project(args.step)}
     shas = make_repo(root / "repos", repository, files, per_rep * args.reps + 60)
-    chain_shas = make_repo(root / "repos", chain_repository, chain_files(), args.reps + 1) if "chain" in modes else []
+    chain_shas = (
+        make_repo(root / "repos", chain_repository, chain_files(args.step), args.reps + 1) if "chain" in modes else []
+    )
     print(f"{len(shas)} commits made; machine: {os.cpu_count()} CPUs, load {loadavg()}")
     try:
         with session_platform(env=env, workers=args.workers) as platform:
@@ -443,6 +453,9 @@ def main() -> None:
     parser.add_argument("--modes", default="8,32,burst,chain")
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy a process for N s (last repetition)")
     parser.add_argument("--profile-process", default="pipeline", help="pipeline or worker")
+    parser.add_argument(
+        "--step", default="true", help="every step's command (default true: prints nothing, so has no log)"
+    )
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="a setting for every service (repeatable)"
     )

@@ -59,6 +59,7 @@ class Runtime:
 
     async def start(self) -> None:
         s = self.settings
+        await self.s3.open()
         if self.schema and self.migrations:
             if s.migrate_on_start:
                 await migrate(s.database_url, self.schema, self.migrations)
@@ -99,6 +100,7 @@ class Runtime:
                 await self._nc.close()
         if self._pool is not None:
             await self._pool.close()
+        await self.s3.close()
 
     async def readiness(self) -> dict[str, str]:
         checks: dict[str, str] = {}

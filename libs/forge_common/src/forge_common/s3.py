@@ -1,4 +1,11 @@
-"""S3 access through aioboto3, pointed at any S3-compatible endpoint."""
+"""S3 access through aioboto3, pointed at any S3-compatible endpoint.
+
+A service's runtime opens one long-lived client (:meth:`S3.open`) that :meth:`S3.client` then
+lends out: making a client loads botocore's service model and a connection pool, tens of
+milliseconds of CPU, which a request reading one object must not pay (issue 11: the log of every
+step that printed something was indexed through a new client). Without :meth:`S3.open` (tools,
+tests) each :meth:`S3.client` is a client of its own, closed on leaving.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +31,8 @@ class S3:
     ) -> None:
         self.endpoint_url = endpoint_url or None
         self.bucket = bucket
+        self._shared: Any = None
+        self._shared_context: AbstractAsyncContextManager[Any] | None = None
         self._session = aioboto3.Session(
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
@@ -36,6 +45,9 @@ class S3:
             retries={"max_attempts": 5, "mode": "standard"},
             connect_timeout=5,
             read_timeout=60,
+            # The shared client's connections (botocore's default is 10): log follows, reads and
+            # indexing of one busy service at once.
+            max_pool_connections=50,
         )
 
     @classmethod
@@ -50,10 +62,26 @@ class S3:
         )
 
     def client(self) -> AbstractAsyncContextManager[Any]:
+        """A client for an ``async with`` block: the shared one when open (left open on leaving;
+        aiobotocore clients serve concurrent calls), else a new one."""
+        if self._shared is not None:
+            return contextlib.nullcontext(self._shared)
         client: AbstractAsyncContextManager[Any] = self._session.client(
             "s3", endpoint_url=self.endpoint_url, config=self._config
         )
         return client
+
+    async def open(self) -> None:
+        """Make the shared client (no request is sent: an unreachable S3 does not stop a start)."""
+        if self._shared is None:
+            context = self._session.client("s3", endpoint_url=self.endpoint_url, config=self._config)
+            self._shared = await context.__aenter__()
+            self._shared_context = context
+
+    async def close(self) -> None:
+        context, self._shared, self._shared_context = self._shared_context, None, None
+        if context is not None:
+            await context.__aexit__(None, None, None)
 
     async def ensure_bucket(self) -> None:
         async with self.client() as s3:
