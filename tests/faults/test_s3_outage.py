@@ -1,4 +1,5 @@
-"""Fault: S3 unreachable for 10 s while steps run and write their logs.
+"""Fault: S3 unreachable for 10 s while steps run and write their logs; and S3 unreachable for
+the pipeline service when it should index a finished step's log for search.
 
 The workers reach S3 through a proxy the test takes down (connections refused, open ones cut)
 and brings back 10 s later. Steps keep running; what they print waits in the worker (at most
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
 import httpx
+import psycopg
 import pytest
 
 from forge_dev.testing import Platform
@@ -108,3 +111,52 @@ run = "while [ ! -e {gate} ]; do sleep 0.1; done; echo done during the outage"
     assert hashlib.sha256(loud).hexdigest() == hashlib.sha256(expected).hexdigest()
     short = (await client.get(steps[("test", "short", "quick")]["logs_url"])).text
     assert short == "done during the outage\n"
+
+
+async def test_search_indexes_the_logs_of_an_s3_outage_once_it_is_back(
+    platform: Platform, s3_proxy: TcpProxy, client: httpx.AsyncClient
+) -> None:
+    """The pipeline service cannot read S3 when a step's report comes: the report is not held
+    up, and the log becomes searchable once S3 is back (the indexer's queue keeps it)."""
+    cell = Cell(platform, "s3idx", env={"FORGE_S3_URL": s3_proxy.url})
+    try:
+        # In a thread: the proxy runs on this event loop, and the service reads S3 as it starts.
+        await asyncio.to_thread(cell.start_pipeline)
+        cell.start_gateway()
+        cell.start_worker(env={"FORGE_S3_URL": platform.s3_url})
+        cell.wait_workers(1)
+        word = f"okapi{uuid.uuid4().hex[:10]}"
+        repo = cell.repo()
+        sha = repo.commit(
+            {
+                ".forge/repo.toml": REPO_TOML,
+                "app/.forge/project.toml": f'name = "app"\n[[phases.test.steps]]\nname = "say"\nrun = "echo {word}"\n',
+            }
+        )
+        await s3_proxy.down()
+        run_id = await cell.create_run(client, repo, sha)
+        run = await cell.wait_run(client, run_id, timeout=60)
+        assert run["status"] == "success", run
+        step_id = steps_of(run)[("test", "app", "say")]["id"]
+        search = f"{cell.url}/v1/search/logs"
+        headers = cell.headers("viewer")
+        async with await psycopg.AsyncConnection.connect(cell.database_url, autocommit=True) as conn:
+            # The indexer tried, could not read the log, and keeps it queued for later.
+            while True:
+                cur = await conn.execute("SELECT attempts FROM pipeline.log_index_queue WHERE step_id = %s", (step_id,))
+                row = await cur.fetchone()
+                assert row is not None, "the step left the queue while S3 was unreachable"
+                if row[0] >= 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await client.get(search, params={"q": word}, headers=headers)).json()["results"] == []
+            await s3_proxy.up()
+            deadline = asyncio.get_running_loop().time() + 60
+            while not (results := (await client.get(search, params={"q": word}, headers=headers)).json()["results"]):
+                assert asyncio.get_running_loop().time() < deadline, "the log was not indexed after S3 came back"
+                await asyncio.sleep(0.2)
+            cur = await conn.execute("SELECT count(*) FROM pipeline.log_index_queue WHERE step_id = %s", (step_id,))
+            assert await cur.fetchone() == (0,)
+        assert [(r["step_id"], r["line"]) for r in results] == [(step_id, word)]
+    finally:
+        cell.close()

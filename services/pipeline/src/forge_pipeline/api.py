@@ -483,7 +483,7 @@ async def update_step_status(request: Request[Any, Any, Any], step_id: str, runt
         completed_at=body.completed_at,
     )
     view = await _service(runtime).step_status(report)
-    await _index_logs(runtime, [view])
+    _index_logs(runtime, [view])
     return _json(200, view)
 
 
@@ -557,17 +557,18 @@ async def report_task(request: Request[Any, Any, Any], task_id: str, runtime: Ru
     body = decode_body(await request.body(), TaskReportBody)
     _validate_report(body)
     result = await _service(runtime).report(_report_command(tid, body))
-    await _index_logs(runtime, result.steps)
+    _index_logs(runtime, result.steps)
     return _json(200, result)
 
 
-async def _index_logs(runtime: Runtime, steps: list[StepStatusView]) -> None:
-    """Index the logs of the reported steps that finished (after the commit: search.py). A step
-    without a log (it printed nothing: the worker reports no ``logs_s3_key``) has nothing to
-    index: no S3 client, no read (most of the service's CPU per quick step before)."""
-    final = [step.id for step in steps if step.status in search.FINAL_STEP and step.logs_s3_key]
-    if final:
-        await search.index_step_logs(runtime.pool, runtime.s3, final, _settings(runtime).search_log_index_bytes)
+def _index_logs(runtime: Runtime, steps: list[StepStatusView]) -> None:
+    """Wake the log indexer when the report finished a step with a log (its transaction queued
+    the step: search.py). A step without a log (it printed nothing: the worker reports no
+    ``logs_s3_key``) has nothing to index. The worker's report does not wait for the indexing."""
+    if any(step.status in search.FINAL_STEP and step.logs_s3_key for step in steps):
+        indexer = runtime.extras.get(search.INDEXER_KEY)
+        if isinstance(indexer, search.LogIndexer):
+            indexer.wake()
 
 
 # --- search (search.py; docs/api-search.md) --------------------------------------------------------

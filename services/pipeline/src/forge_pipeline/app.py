@@ -81,6 +81,11 @@ def create_app(
             settings.run_retention_batch,
         )
         retention.start()
+        # Search: logs of finished steps, indexed in the background (search.LogIndexer).
+        indexer = runtime.extras[search.INDEXER_KEY] = search.LogIndexer(
+            runtime.pool, runtime.s3, settings.search_log_index_bytes
+        )
+        indexer.start()
         hub = runtime.extras[HUB_KEY] = ChangeHub(settings.database_url)
         hub.start()
         client = ServiceClient(settings.release_url, "release", timeout=settings.release_timeout)
@@ -113,6 +118,9 @@ def create_app(
         retention = runtime.extras.pop(_RETENTION_KEY, None)
         if isinstance(retention, RunRetention):
             await retention.stop()
+        indexer = runtime.extras.pop(search.INDEXER_KEY, None)
+        if isinstance(indexer, search.LogIndexer):
+            await indexer.stop()
         sender = runtime.extras.pop(_SENDER_KEY, None)
         if isinstance(sender, GitHubSender):
             await sender.stop()

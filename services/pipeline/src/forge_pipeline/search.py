@@ -2,9 +2,12 @@
 error text, merged with the release service's releases.
 
 Logs are indexed when a step's log is final: the worker uploads the whole log to S3, then
-reports the step finished; the report's route (api.py) calls :func:`index_step_logs` after the
-report's commit (steps reported without a ``logs_s3_key`` have no log and are skipped). The first ``FORGE_SEARCH_LOG_INDEX_BYTES`` of the log (1 MiB by default) are
-split into lines and copied into ``pipeline.log_lines``, one row per line with a generated
+reports the step finished; the report's transaction queues the step in
+``pipeline.log_index_queue`` (a trigger, migration 0170; steps reported without a
+``logs_s3_key`` have no log and are not queued), and :class:`LogIndexer`, woken by the report,
+indexes it in the background: the worker's report does not wait for it, and a crash or an S3
+outage only delays it (retries with backoff). The first ``FORGE_SEARCH_LOG_INDEX_BYTES`` of the
+log (1 MiB by default) are split into lines and copied into ``pipeline.log_lines``, one row per line with a generated
 ``tsvector`` behind a GIN index; a re-report replaces the step's lines. Lines longer than
 ``LINE_CHARACTERS`` are cut. Full text with the ``simple`` configuration: words as written, no
 stemming and no stop words.
@@ -15,6 +18,7 @@ Both lists page by an opaque cursor (forge_common.cursor) bound to the query and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import uuid
 from typing import Any, ClassVar
@@ -34,14 +38,15 @@ from forge_common.search import ReleaseHit, ReleaseSearchResults, page_limit, qu
 from . import domain, live
 
 __all__ = [
+    "INDEXER_KEY",
     "LINE_CHARACTERS",
     "LogHit",
+    "LogIndexer",
     "LogSearch",
     "ReleaseSearch",
     "RunHit",
     "Search",
     "SearchResults",
-    "index_step_logs",
     "parse_log_query",
     "parse_search",
     "search",
@@ -57,14 +62,27 @@ FINAL_STEP = frozenset({"success", "failed", "cancelled"})
 
 # --- indexing --------------------------------------------------------------------------------------
 
-_SQL_STEPS_TO_INDEX = """
-SELECT s.id::text, s.run_id::text, r.repository, s.logs_s3_key, p.name, t.project_name, s.name
-FROM pipeline.steps s
+# Claim due rows for a lease (another replica skips them until it ends), with what indexing reads.
+_SQL_CLAIM = """
+WITH due AS (
+    SELECT step_id FROM pipeline.log_index_queue WHERE next_attempt_at <= now()
+    ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pipeline.log_index_queue q SET attempts = q.attempts + 1,
+        next_attempt_at = now() + make_interval(secs => least(%(lease)s * 2 ^ q.attempts, %(max_backoff)s))
+    FROM due WHERE q.step_id = due.step_id
+    RETURNING q.step_id, q.attempts
+)
+SELECT c.step_id::text, c.attempts, s.run_id::text, r.repository, s.logs_s3_key, p.name, t.project_name, s.name
+FROM claimed c
+JOIN pipeline.steps s ON s.id = c.step_id
 JOIN pipeline.tasks t ON t.id = s.task_id
 JOIN pipeline.phases p ON p.id = t.phase_id
 JOIN pipeline.runs r ON r.id = s.run_id
-WHERE s.id = ANY(%s::uuid[]) AND s.status::text = ANY(%s::text[])
 """
+# This claim still holds: not re-reported meanwhile (the trigger reset attempts: index it again),
+# nor taken by another replica after the lease ran out. Deleting it also locks it until commit.
+_SQL_DONE = "DELETE FROM pipeline.log_index_queue WHERE step_id = %s AND attempts = %s RETURNING step_id"
 
 
 def split_lines(data: bytes, truncated: bool) -> list[str]:
@@ -76,42 +94,97 @@ def split_lines(data: bytes, truncated: bool) -> list[str]:
     return [line.rstrip("\r")[:LINE_CHARACTERS].replace("\x00", "") for line in lines]
 
 
-async def index_step_logs(pool: Pool, s3: Any, step_ids: list[str], max_bytes: int) -> int:
-    """Index the logs of those of ``step_ids`` that are final; the number of lines indexed.
+INDEXER_KEY = "pipeline.log_indexer"
+# A claim's lease (doubling with every attempt, up to the cap): the wait before another try after
+# a failure, or before another replica takes over a claim whose indexer died.
+_LEASE = 10.0
+_MAX_BACKOFF = 300.0
 
-    Called after the report's commit. A failure (S3 or database) is logged, not raised: the
-    report has been applied, and the step's log stays readable, only not searchable.
-    """
-    if not step_ids or max_bytes <= 0:
-        return 0
-    try:
-        async with pool.connection() as conn:
+
+class LogIndexer:
+    """Indexes the queued logs of finished steps (``pipeline.log_index_queue``) in the
+    background: woken by a report that queued one (:meth:`wake`), else every ``poll`` seconds
+    (other replicas' reports, retries). A log S3 cannot give now is retried with backoff (10 s
+    doubling to 5 min); a log that no longer exists is indexed as empty."""
+
+    def __init__(self, pool: Pool, s3: Any, max_bytes: int, poll: float = 5.0, batch: int = 20) -> None:
+        self.pool = pool
+        self.s3 = s3
+        self.max_bytes = max_bytes
+        self.poll = poll
+        self.batch = batch
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="log-indexer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                busy = await self.tick() == self.batch
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the database may be briefly unavailable
+                log.warning("log_index_loop_error", error=str(exc))
+                busy = False
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll)
+
+    async def tick(self) -> int:
+        """Index one batch of due logs; how many were claimed."""
+        async with self.pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=tuple_row)
-            await cur.execute(_SQL_STEPS_TO_INDEX, (step_ids, list(FINAL_STEP)))
-            steps = await cur.fetchall()
-        total = 0
-        async with s3.client() as client:
-            for step_id, run_id, repository, stored, phase, project, name in steps:
-                key = stored or live.log_key(run_id, phase, project, name)
-                got = await live.read_object(client, s3.bucket, key, f"bytes=0-{max_bytes - 1}")
-                lines = split_lines(got[0], got[1] > len(got[0])) if got is not None else []
-                total += await _store_lines(pool, step_id, run_id, repository, lines)
-        return total
-    except Exception:
-        log.warning("log_index_failed", steps=step_ids[:10], exc_info=True)
-        return 0
-
-
-async def _store_lines(pool: Pool, step_id: str, run_id: str, repository: str, lines: list[str]) -> int:
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute("DELETE FROM pipeline.log_lines WHERE step_id = %s", (step_id,))
-        if not lines:
+            await cur.execute(_SQL_CLAIM, {"limit": self.batch, "lease": _LEASE, "max_backoff": _MAX_BACKOFF})
+            claimed = await cur.fetchall()
+        if not claimed:
             return 0
-        copy_sql = "COPY pipeline.log_lines (step_id, run_id, repository, line_number, line) FROM STDIN"
-        async with conn.cursor().copy(copy_sql) as copy:
-            for number, line in enumerate(lines, start=1):
-                await copy.write_row((step_id, run_id, repository, number, line))
-    return len(lines)
+        async with self.s3.client() as client:
+            for step_id, attempts, run_id, repository, stored, phase, project, name in claimed:
+                key = stored or live.log_key(run_id, phase, project, name)
+                try:
+                    lines = await self._lines(client, key)
+                except Exception as exc:  # noqa: BLE001 - S3 unavailable: retried after the backoff
+                    log.warning("log_index_failed", step_id=step_id, attempts=attempts, error=str(exc))
+                    continue
+                await _store_lines(self.pool, step_id, run_id, repository, lines, attempts)
+        return len(claimed)
+
+    async def _lines(self, client: Any, key: str) -> list[str]:
+        if self.max_bytes <= 0:  # FORGE_SEARCH_LOG_INDEX_BYTES=0: logs are not indexed
+            return []
+        try:
+            got = await live.read_object(client, self.s3.bucket, key, f"bytes=0-{self.max_bytes - 1}")
+        except live.RangeNotSatisfiable:  # an empty log
+            return []
+        return split_lines(got[0], got[1] > len(got[0])) if got is not None else []
+
+
+async def _store_lines(pool: Pool, step_id: str, run_id: str, repository: str, lines: list[str], attempts: int) -> None:
+    """The step's lines replace those it had, and its queue row goes, in one transaction; nothing
+    when the claim no longer holds (whoever holds it now indexes the step)."""
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(_SQL_DONE, (step_id, attempts))
+        if await cur.fetchone() is None:
+            return
+        await conn.execute("DELETE FROM pipeline.log_lines WHERE step_id = %s", (step_id,))
+        if lines:
+            copy_sql = "COPY pipeline.log_lines (step_id, run_id, repository, line_number, line) FROM STDIN"
+            async with conn.cursor().copy(copy_sql) as copy:
+                for number, line in enumerate(lines, start=1):
+                    await copy.write_row((step_id, run_id, repository, number, line))
 
 
 # --- queries ---------------------------------------------------------------------------------------
