@@ -47,11 +47,12 @@ def create_release(platform: Platform, http: httpx.AsyncClient, api_url: Callabl
 
     async def create(creator: str | None = None, *roles: str) -> dict[str, Any]:
         creator = creator or unique_user("dev")
+        repository = f"acme/approvals-{uuid.uuid4().hex[:8]}"
         resp = await http.post(
             f"{api_url('release')}/v1/releases",
             headers=platform.headers(creator, *(roles or ("developer",))),
             json={
-                "repository": f"acme/approvals-{uuid.uuid4().hex[:8]}",
+                "repository": repository,
                 "project": "api",
                 "commit_sha": uuid.uuid4().hex + uuid.uuid4().hex[:8],
                 "artifacts": [],
@@ -59,7 +60,7 @@ def create_release(platform: Platform, http: httpx.AsyncClient, api_url: Callabl
         )
         assert resp.status_code == 201, resp.text
         body: dict[str, Any] = resp.json()
-        body["created_by"] = creator
+        body |= {"created_by": creator, "repository": repository, "project": "api"}
         return body
 
     return create

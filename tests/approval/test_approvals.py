@@ -120,6 +120,8 @@ async def test_an_approver_approves_a_release(
         "environment": "production",
         "approver": approver,
         "expires_at": created["expires_at"],
+        "repository": release["repository"],
+        "project": "api",
     }
     assert event["event_type"] == "approval.created"
     assert event["timestamp"].endswith("Z")
@@ -382,6 +384,8 @@ async def test_revocation_is_immediately_visible_to_the_check(
         "environment": "production",
         "revoked_by": revoker,
         "reason": "incident INC-7",
+        "repository": release["repository"],
+        "project": "api",
     }
 
     by_id = await approvals.http.get(

@@ -57,6 +57,29 @@ async def test_runs_cancel_by_branch_dry_run_then_for_real(
     assert usage.stderr.startswith("forge: ")
 
 
+async def test_runs_cancel_of_one_run_says_what_it_did(
+    gw: httpx.AsyncClient, platform: Platform, batch_gateway: Process
+) -> None:
+    token = platform.token(DEVELOPER, "developer")
+    first, second = await _run(gw, platform, _repo()), await _run(gw, platform, _repo())
+
+    said = forge(batch_gateway, token, "runs", "cancel", first, "-o", "table")
+    assert (said.returncode, said.stdout, said.stderr) == (0, f"cancelled run {first}\n", "")
+    viewer = platform.headers(DEVELOPER, "viewer")
+    assert (await gw.get(f"/v1/runs/{first}", headers=viewer)).json()["status"] == "cancelled"
+
+    # -o json (the default when piped), for scripts: which run, and the status it has now.
+    as_json = forge(batch_gateway, token, "runs", "cancel", second, "-o", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == {"id": second, "status": "cancelled"}
+    assert (await gw.get(f"/v1/runs/{second}", headers=viewer)).json()["status"] == "cancelled"
+
+    # A refusal keeps the one-line error on stderr, whatever the format.
+    again = forge(batch_gateway, token, "runs", "cancel", first, "-o", "table")
+    assert (again.returncode, again.stdout) == (1, "")
+    assert again.stderr.startswith("forge: 409 resource_conflict: "), again.stderr
+
+
 async def test_approvals_batch_and_promote_report_each_item(
     gw: httpx.AsyncClient, platform: Platform, batch_gateway: Process
 ) -> None:

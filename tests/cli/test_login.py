@@ -212,11 +212,53 @@ def test_login_with_token_from_stdin_then_logout(user: Forge, platform: Platform
     assert "--with-token" in empty.stderr
 
 
+def test_login_with_token_stores_only_a_token_the_gateway_accepts(user: Forge, platform: Platform) -> None:
+    def refused(res: Result, code: int, start: str) -> None:
+        assert res.code == code, res
+        assert res.stdout == ""
+        assert res.stderr.startswith(start), res
+        assert res.stderr.rstrip().endswith("nothing stored"), res
+        assert "Traceback" not in res.stderr
+
+    # Not a token at all: refused before anything is sent, and no config file is created.
+    refused(user("login", "--with-token", stdin="hunter2\n"), 1, "forge: standard input does not hold a token")
+    refused(user("login", "--with-token", stdin="a.b.c"), 1, "forge: standard input does not hold a token")
+    # A token, but one the gateway refuses (expired): its 401, exit status 4 as for a refused login.
+    expired = platform.token("stdin.user@acme.io", "viewer", expires_in=-120)
+    refused(
+        user("login", "--with-token", stdin=expired),
+        4,
+        "forge: the gateway refused the token: 401 authentication_failed: ",
+    )
+    # A good token for a gateway that does not answer: not stored unchecked.
+    token = platform.token("stdin.user@acme.io", "viewer")
+    nowhere = Forge(user.home, "http://127.0.0.1:9")
+    refused(nowhere("login", "--with-token", stdin=token), 1, "forge: cannot reach http://127.0.0.1:9")
+    assert not user.config_file.exists()
+
+    # `forge dev token` gives a token the gateway accepts: stored.
+    dev = user("dev", "token", "--sub", "dev.user@acme.io", "--role", "developer", "--data-dir", str(platform.data_dir))
+    assert dev.code == 0, dev
+    stored = user("login", "--with-token", stdin=dev.stdout)
+    assert stored.code == 0, stored
+    assert (stored.json["user"], stored.json["roles"]) == ("dev.user@acme.io", ["developer"])
+    before = user.config_file.read_bytes()
+
+    # A refused login leaves the saved login as it was, byte for byte.
+    refused(user("login", "--with-token", stdin=expired), 4, "forge: the gateway refused the token: ")
+    refused(user("login", "--with-token", stdin="not-a-token"), 1, "forge: standard input does not hold a token")
+    assert user.config_file.read_bytes() == before
+    assert user("runs", "list", "--repository", _repo()).code == 0
+
+
 def test_contexts_list_and_use(user: Forge, platform: Platform) -> None:
     token = platform.token("ctx.user@acme.io", "viewer")
     assert user("login", "--with-token", "--context", "local", stdin=token).code == 0
-    other = Forge(user.home, "http://127.0.0.1:9")
-    assert other("login", "--with-token", "--context", "elsewhere", stdin=token).code == 0
+    # A second gateway's context, the current one, as a login there left it (it is down now).
+    config = user.config()
+    config["contexts"]["elsewhere"] = {**config["contexts"]["local"], "api": "http://127.0.0.1:9"}
+    config["current_context"] = "elsewhere"
+    user.write_config(config)
 
     listed = user("context", "list", api=False).json["contexts"]
     assert [(c["name"], c["current"], c["api"]) for c in listed] == [

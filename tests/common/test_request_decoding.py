@@ -269,3 +269,55 @@ async def test_an_unknown_field_is_named(platform: Platform, gateway: httpx.Asyn
     body = {**create.body, "branch_name": "main"}
     resp = await gateway.post(create.path, json=body, headers=_headers(platform, create.role))
     assert_invalid(resp, "branch_name")
+
+
+# Every list endpoint refuses a query parameter it does not take (forge_common.http.strict_query):
+# a misspelt filter or page parameter would otherwise be dropped and the list answered unfiltered.
+MISSPELT_QUERIES = {
+    "runs": ("/v1/runs?repository=acme-{tag}/repo&brnach=main", "brnach", "viewer"),
+    "releases": ("/v1/releases/acme-{tag}/repo/svc?limt=5", "limt", "viewer"),
+    "deployment-history": ("/v1/deployments/dev/acme-{tag}/repo/svc/history?page=2", "page", "viewer"),
+    "search": ("/v1/search?q=main&repo=acme-{tag}/repo", "repo", "viewer"),
+    "release-search": ("/v1/releases/search?q=main&limit=5&curser=abc", "curser", "viewer"),
+    "log-search": ("/v1/search/logs?q=error&after=2026-01-01T00:00:00Z", "after", "viewer"),
+    "webhook-subscriptions": ("/v1/webhook-subscriptions?repo=acme-{tag}/repo", "repo", "admin"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISSPELT_QUERIES))
+async def test_an_unknown_query_parameter_of_a_list_is_named(
+    platform: Platform, gateway: httpx.AsyncClient, case: str
+) -> None:
+    url, name, role = MISSPELT_QUERIES[case]
+    resp = await gateway.get(url.format(tag=_tag()), headers=_headers(platform, role))
+    assert_invalid(resp, name, only_field=False)
+    error = resp.json()["error"]
+    assert f"`{name}`" in error["message"]
+    # What the endpoint does take, so the client can correct the spelling.
+    assert "limit" in error["details"]["allowed"]
+    assert name not in error["details"]["allowed"]
+
+
+async def test_a_misspelt_filter_does_not_answer_the_unfiltered_list(
+    platform: Platform, gateway: httpx.AsyncClient
+) -> None:
+    repository = f"acme-{_tag()}/repo"
+    created = await gateway.post(
+        "/v1/runs",
+        json={
+            "repository": repository,
+            "branch": "main",
+            "commit_sha": secrets.token_hex(20),
+            "trigger_type": "manual",
+        },
+        headers=_headers(platform, "developer"),
+    )
+    assert created.status_code == 201, created.text
+    viewer = _headers(platform, "viewer")
+    filtered = await gateway.get(f"/v1/runs?repository={repository}&branch=develop", headers=viewer)
+    assert filtered.status_code == 200, filtered.text
+    assert filtered.json()["runs"] == []
+    # Before: 200 with the main branch's run, as if no branch had been asked for.
+    misspelt = await gateway.get(f"/v1/runs?repository={repository}&brnach=develop", headers=viewer)
+    assert_invalid(misspelt, "brnach", only_field=False)
+    assert "branch" in misspelt.json()["error"]["details"]["allowed"]

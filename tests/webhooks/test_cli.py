@@ -78,7 +78,8 @@ async def test_the_whole_life_of_a_subscription_from_the_command_line(hooks: Ins
     refused = forge(hooks, "webhooks", "update", sid, "--repository", "")
     assert refused.returncode != 0
     assert "admin" in refused.stderr
-    ok(forge(hooks, "webhooks", "delete", sid))
+    deleted = forge(hooks, "webhooks", "delete", sid, "-o", "table")
+    assert (deleted.returncode, deleted.stdout) == (0, f"deleted webhook subscription {sid}\n"), deleted.stderr
     gone = forge(hooks, "webhooks", "get", sid)
     assert gone.returncode != 0
     assert "not found" in gone.stderr

@@ -224,6 +224,8 @@ async def test_event_type_repository_and_environment_filters(
             environment=environment,
             deployed_by="someone",
             gitops_commit_sha="c" * 40,
+            repository=other,
+            project="api",
         )
 
     ignored = [

@@ -13,7 +13,13 @@ from forge_common.errors import AuthorizationFailed, Conflict, InvalidRequest
 
 NOW = dt.datetime(2026, 11, 25, 19, 0, 0, tzinfo=dt.UTC)
 TTL = dt.timedelta(hours=24)
-RELEASE = ReleaseFacts(release_id=str(uuid.uuid4()), created_by="dev@example.com", triggered_by="pusher@example.com")
+RELEASE = ReleaseFacts(
+    release_id=str(uuid.uuid4()),
+    created_by="dev@example.com",
+    repository="acme/shop",
+    project="api",
+    triggered_by="pusher@example.com",
+)
 
 
 def approve(**overrides: object) -> Approval:
@@ -49,6 +55,7 @@ def test_new_approval_defaults_to_ttl_and_records_the_event() -> None:
     assert event.environment == "production"
     assert event.approver == "boss@example.com"
     assert event.expires_at == "2026-11-26T19:00:00Z"
+    assert (event.repository, event.project) == ("acme/shop", "api")
 
 
 def test_an_earlier_expiry_may_be_requested() -> None:
@@ -79,7 +86,9 @@ def test_the_release_creator_or_trigger_may_not_approve(creator: str) -> None:
 
 
 def test_a_release_without_a_trigger_user_is_approvable_by_others() -> None:
-    release = ReleaseFacts(release_id=RELEASE.release_id, created_by="dev@example.com", triggered_by=None)
+    release = ReleaseFacts(
+        release_id=RELEASE.release_id, created_by="dev@example.com", repository="acme/shop", project="api"
+    )
     assert approve(release=release).approver == "boss@example.com"
 
 
@@ -181,6 +190,8 @@ def test_ids_must_be_uuids(text: str | None) -> None:
 STABLE = ReleaseFacts(
     release_id=RELEASE.release_id,
     created_by="dev@example.com",
+    repository="acme/shop",
+    project="api",
     triggered_by="octocat",
     created_by_id="sub:worker-1",
     triggered_by_id="github:583231",

@@ -215,6 +215,7 @@ async def test_argocd_path_activates_when_synced_and_healthy_adopts_orphans_and_
         )
         assert adopted["data"]["gitops_commit_sha"] == orphan_sha
         assert adopted["data"]["release_id"] == orphan["id"]
+        assert (adopted["data"]["repository"], adopted["data"]["project"]) == (repository, "orphan")
         await wait_for_event(
             platform, "deployment.completed", lambda e: e["data"]["deployment_id"] == orphan_id, timeout=30
         )
@@ -230,6 +231,7 @@ async def test_argocd_path_activates_when_synced_and_healthy_adopts_orphans_and_
         )
         assert failed["data"]["status"] == "failed"
         assert failed["data"]["environment"] == "staging"
+        assert (failed["data"]["repository"], failed["data"]["project"]) == (repository, "worker")
         assert "not reconciled within 8s" in failed["data"]["error_message"]
         assert "Degraded" in failed["data"]["error_message"]
         page = (await direct.get(f"/v1/deployments/staging/{repository}/worker/history", headers=headers)).json()

@@ -54,9 +54,12 @@ async def test_deploying_release_1_then_2_supersedes_1_and_commits_both_pointers
         "environment": "dev",
         "deployed_by": DEVELOPER,
         "gitops_commit_sha": d1["gitops_commit_sha"],
+        "repository": repository,
+        "project": "api",
     }
     completed = await _wait_completed(platform, d1["id"])
     assert completed["data"]["environment"] == "dev"
+    assert (completed["data"]["repository"], completed["data"]["project"]) == (repository, "api")
     assert completed["data"]["status"] == "active"
     assert isinstance(completed["data"]["reconciliation_duration_seconds"], int)
     assert completed["data"]["reconciliation_duration_seconds"] >= 0

@@ -160,7 +160,7 @@ def test_resolve_does_nothing_without_an_applied_pointer() -> None:
 
 def test_committed_keeps_the_deployment_pending_with_its_commit_and_says_so() -> None:
     d = _deployment()
-    state, event = domain.committed(d.id, d.release.id, d.environment, d.deployed_by, "c" * 40)
+    state, event = domain.committed(d.id, d.release.id, d.environment, d.deployed_by, "c" * 40, "acme/shop", "api")
     assert state == PendingDeployment(d.id, "c" * 40)
     assert (event.deployment_id, event.release_id, event.environment, event.deployed_by, event.gitops_commit_sha) == (
         d.id,
@@ -169,12 +169,14 @@ def test_committed_keeps_the_deployment_pending_with_its_commit_and_says_so() ->
         d.deployed_by,
         "c" * 40,
     )
+    assert (event.repository, event.project) == ("acme/shop", "api")
 
 
 def test_fail_carries_the_message_in_state_and_event() -> None:
-    state, event = domain.fail("d1", "staging", "not reconciled within 10m")
+    state, event = domain.fail("d1", "staging", "not reconciled within 10m", "acme/shop", "api")
     assert (state.id, state.environment, state.error) == ("d1", "staging", "not reconciled within 10m")
     assert (event.deployment_id, event.status, event.error_message) == ("d1", "failed", "not reconciled within 10m")
+    assert (event.repository, event.project) == ("acme/shop", "api")
 
 
 @pytest.mark.parametrize(
@@ -189,7 +191,7 @@ def test_fail_carries_the_message_in_state_and_event() -> None:
 def test_activate_measures_reconciliation_from_the_commit(
     started: dt.datetime, reconciled: dt.datetime, seconds: int
 ) -> None:
-    state, event = domain.activate("d1", "dev", started, reconciled)
+    state, event = domain.activate("d1", "dev", started, reconciled, "acme/shop", "api")
     assert state.environment == "dev"
     assert round(state.reconciliation_seconds) == seconds
     assert (event.deployment_id, event.status, event.reconciliation_duration_seconds) == ("d1", "active", seconds)

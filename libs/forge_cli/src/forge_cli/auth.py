@@ -202,9 +202,25 @@ def login_with_browser(
     _apply_tokens(ctx, answer)
 
 
-def login_with_token(ctx: Context, token: str) -> None:
+# Any authenticated operation proves a token: the gateway authenticates every request before it
+# routes it, so this read of a run that cannot exist answers 401 to a token it refuses and 404 to
+# one it accepts (403 to a token without a role, 429 past the rate limit: accepted too), and it
+# reads one row by its key.
+_CHECK_PATH = "/v1/runs/00000000-0000-0000-0000-000000000000"
+_NOT_STORED = "nothing stored"
+
+
+def login_with_token(ctx: Context, token: str, timeout: float) -> None:
+    """Stores ``token`` in ``ctx`` once it is a token (a JWT) and the context's gateway accepts
+    it; raises, leaving ``ctx`` as it was, otherwise."""
     if not token or any(c.isspace() for c in token):
         raise CliError("--with-token reads one token from standard input, and it was empty or not one token")
+    if not _is_jwt(token):
+        raise CliError(
+            "standard input does not hold a token: an access token is a JWT (three base64url parts "
+            f"separated by dots), as the identity provider or `forge dev token` gives it; {_NOT_STORED}"
+        )
+    _check_with_gateway(ctx.api, token, timeout)
     ctx.forget_tokens()
     ctx.token_endpoint = ctx.revocation_endpoint = None
     ctx.access_token = token
@@ -212,6 +228,52 @@ def login_with_token(ctx: Context, token: str) -> None:
     ctx.expires_at = float(claims["exp"]) if isinstance(claims.get("exp"), int | float) else None
     ctx.user = claims.get("email") or claims.get("preferred_username") or claims.get("sub")
     ctx.roles = list((claims.get("realm_access") or {}).get("roles", []))
+
+
+def _is_jwt(token: str) -> bool:
+    import jwt
+
+    try:
+        jwt.get_unverified_header(token)
+        jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return False
+    return True
+
+
+def _check_with_gateway(api: str, token: str, timeout: float) -> None:
+    """Raises unless the gateway at ``api`` authenticates ``token`` (see :data:`_CHECK_PATH`)."""
+    try:
+        status, content = request(
+            "GET", api.rstrip("/") + _CHECK_PATH, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+        )
+    except CliError as exc:  # unreachable, or no answer in time: same class, same exit status
+        raise type(exc)(f"{exc}; the token could not be checked, {_NOT_STORED}") from None
+    if 200 <= status < 300 or (status in (403, 404, 429) and _is_envelope(content)):
+        return  # authenticated; what the token may do is another matter
+    answer = _one_line(status, content, api)
+    if status == 401:
+        raise AuthError(f"the gateway refused the token: {answer}; {_NOT_STORED}")
+    if status >= 500:
+        raise ApiError(f"the gateway could not check the token: {answer}; {_NOT_STORED}", status)
+    raise ApiError(f"{api} did not answer as a Forge gateway: {answer}; {_NOT_STORED}", status)
+
+
+def _is_envelope(content: bytes) -> bool:
+    """Is this Forge's error envelope (not some other server's 404 page)?"""
+    try:
+        return isinstance(json.loads(content)["error"]["code"], str)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _one_line(status: int, content: bytes, api: str) -> str:
+    """An answer as every command reports a refusal: ``<status> <code>: <message> {details}``."""
+    try:
+        json_answer(status, content, api)
+    except ApiError as exc:
+        return str(exc)
+    return str(status)
 
 
 def logout(ctx: Context, timeout: float) -> None:

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from . import live
 from .http import EXIT_FAILED, EXIT_OK, UsageError
-from .output import render
+from .output import Done, render
 from .session import call
 
 __all__ = ["ENVIRONMENTS", "add_api_commands"]
@@ -387,7 +387,14 @@ def _webhook_commands(sub: Any, leaf: Any) -> None:
     _webhook_update(hooks, leaf)
     p = leaf(hooks, "delete", help="delete a subscription and its deliveries")
     p.add_argument("subscription_id")
-    p.set_defaults(func=lambda a: call(a, "DELETE", f"{_HOOKS}/{_seg(a.subscription_id)}"))
+    p.set_defaults(
+        func=lambda a: call(
+            a,
+            "DELETE",
+            f"{_HOOKS}/{_seg(a.subscription_id)}",
+            done=Done(f"deleted webhook subscription {a.subscription_id}", {"id": a.subscription_id, "deleted": True}),
+        )
+    )
     p = leaf(hooks, "deliveries", help="a subscription's deliveries, newest first: status, attempts, last answer")
     p.add_argument("subscription_id")
     p.add_argument("--limit", type=int, help="page size (default 20, at most 100)")
@@ -483,7 +490,9 @@ def _cancel_runs(args: argparse.Namespace) -> Any:
     if filtered == bool(args.run_ids):
         raise UsageError("give RUN_ID(s) or --repository, not both and not neither")
     if len(args.run_ids) == 1 and not args.dry_run:
-        return call(args, "DELETE", f"/v1/runs/{_seg(args.run_ids[0])}")
+        run_id = args.run_ids[0]
+        done = Done(f"cancelled run {run_id}", {"id": run_id, "status": "cancelled"})
+        return call(args, "DELETE", f"/v1/runs/{_seg(run_id)}", done=done)
     body: dict[str, Any] = {"dry_run": args.dry_run}
     if filtered:
         body |= {"repository": args.repository, "branch": args.branch, "status": args.status}

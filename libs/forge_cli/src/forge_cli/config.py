@@ -39,7 +39,7 @@ class Context:
     token_endpoint: str | None = None
     revocation_endpoint: str | None = None
     access_token: str | None = None
-    expires_at: float | None = None  # None: unknown (a token given with --with-token that is no JWT)
+    expires_at: float | None = None  # None: unknown (a token given with --with-token without `exp`)
     refresh_token: str | None = None
     refresh_expires_at: float | None = None
     user: str | None = None

@@ -108,7 +108,8 @@ def _origin(url: str) -> str:
 
 
 def json_answer(status: int, content: bytes, where: str) -> Any:
-    """The JSON document of a successful answer; ApiError in the platform's one-line form otherwise."""
+    """The JSON document of a successful answer (None when it has none: 204); ApiError in the
+    platform's one-line form otherwise."""
     text = content.decode("utf-8", "replace")
     if status >= 400:
         try:
@@ -119,7 +120,7 @@ def json_answer(status: int, content: bytes, where: str) -> Any:
             message = f"{status}: {text[:500]}"
         raise ApiError(message, status)
     if not content:
-        return {"status": status}
+        return None
     try:
         return json.loads(content)
     except ValueError:

@@ -75,7 +75,7 @@ def _login(args: argparse.Namespace) -> Any:
     ctx = config.contexts.get(name) or Context(api=args.api)
     ctx.api = args.api
     if args.with_token:
-        login_with_token(ctx, sys.stdin.read().strip())
+        login_with_token(ctx, sys.stdin.read().strip(), args.timeout)
     else:
         login_with_browser(
             ctx,

@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FORMATS", "render"]
+__all__ = ["FORMATS", "Done", "render"]
 
 FORMATS = ("table", "json", "yaml")
 
 
+@dataclass(frozen=True)
+class Done:
+    """The result of a command whose answer has no document (204 No Content: a cancel, a
+    delete): a sentence on a terminal (``-o table``), ``document`` for ``-o json|yaml``."""
+
+    message: str
+    document: dict[str, Any]
+
+
 def render(result: Any, output: str | None) -> None:
     fmt = output or ("table" if sys.stdout.isatty() else "json")
+    if isinstance(result, Done):
+        if fmt == "table":
+            print(result.message)
+            return
+        result = result.document
     if fmt == "json":
         print(json.dumps(result, indent=2))
     elif fmt == "yaml":

@@ -13,6 +13,7 @@ from typing import Any
 
 from .config import Config, Context
 from .http import CliError, json_answer, request
+from .output import Done
 
 __all__ = ["DEFAULT_API", "call", "resolve_api", "resolve_context", "token"]
 
@@ -65,10 +66,20 @@ def _token(args: argparse.Namespace) -> str:
 
 
 def call(
-    args: argparse.Namespace, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    body: Any = None,
+    params: dict[str, Any] | None = None,
+    done: Done | None = None,
 ) -> Any:
+    """The answer's JSON document; for an answer without one (204), ``done``: what the command
+    did, said by the command that knows it (``cancelled run <id>``)."""
     headers = {"Authorization": f"Bearer {_token(args)}"}
     status, content = request(
         method, args.api.rstrip("/") + path, json_body=body, params=params, headers=headers, timeout=args.timeout
     )
-    return json_answer(status, content, args.api)
+    answer = json_answer(status, content, args.api)
+    if answer is None:
+        return done or Done(f"{method} {path}: done", {})
+    return answer

@@ -60,18 +60,24 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
         "environment": "production",
         "deployed_by": "alice@company.com",
         "gitops_commit_sha": "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d",
+        "repository": "mycompany/myrepo",
+        "project": "api",
     },
     "deployment.completed": {
         "deployment_id": "3d4e5f6a-7b8c-4d9e-8f0a-1b2c3d4e5f6a",
         "environment": "production",
         "status": "active",
         "reconciliation_duration_seconds": 45,
+        "repository": "mycompany/myrepo",
+        "project": "api",
     },
     "deployment.failed": {
         "deployment_id": "3d4e5f6a-7b8c-4d9e-8f0a-1b2c3d4e5f6a",
         "environment": "production",
         "status": "failed",
         "error_message": "not reconciled within 600 s",
+        "repository": "mycompany/myrepo",
+        "project": "api",
     },
     "approval.created": {
         "approval_id": "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b",
@@ -79,6 +85,8 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
         "environment": "production",
         "approver": "bob@company.com",
         "expires_at": "2025-10-06T12:05:00Z",
+        "repository": "mycompany/myrepo",
+        "project": "api",
     },
     "approval.revoked": {
         "approval_id": "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b",
@@ -86,6 +94,8 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
         "environment": "production",
         "revoked_by": "bob@company.com",
         "reason": "rollback planned instead",
+        "repository": "mycompany/myrepo",
+        "project": "api",
     },
 }
 

@@ -87,6 +87,11 @@ class ReleaseCreated(EventData):
     trigger_type: Literal["branch_push", "tag", "manual"]
 
 
+# Deployment and approval events name the release's repository and project after the spec's
+# fields, as pipeline and release events do: a subscriber filtering on `data.repository`
+# (GET /v1/events?repository=, webhook subscriptions) sees them.
+
+
 class DeploymentCreated(EventData):
     event_type: ClassVar[str] = "deployment.created"
     deployment_id: str
@@ -94,6 +99,8 @@ class DeploymentCreated(EventData):
     environment: str
     deployed_by: str
     gitops_commit_sha: str
+    repository: str
+    project: str
 
 
 class DeploymentCompleted(EventData):
@@ -102,6 +109,8 @@ class DeploymentCompleted(EventData):
     environment: str
     status: Literal["active", "failed"]
     reconciliation_duration_seconds: int
+    repository: str
+    project: str
 
 
 class DeploymentFailed(EventData):
@@ -112,6 +121,8 @@ class DeploymentFailed(EventData):
     environment: str
     status: Literal["failed"]
     error_message: str
+    repository: str
+    project: str
 
 
 class ApprovalCreated(EventData):
@@ -121,15 +132,24 @@ class ApprovalCreated(EventData):
     environment: str
     approver: str
     expires_at: str
+    repository: str
+    project: str
 
 
 class ApprovalRevoked(EventData):
+    """`repository` and `project` are null only for an approval recorded before they were stored."""
+
+    # Such an approval is revocable only until it expires: nulls end one approval TTL after the
+    # approval service's migration 0002.
+
     event_type: ClassVar[str] = "approval.revoked"
     approval_id: str
     release_id: str
     environment: str
     revoked_by: str
     reason: str
+    repository: str | None
+    project: str | None
 
 
 EVENT_TYPES: dict[str, type[EventData]] = {

@@ -6,6 +6,7 @@ tracing, metrics, health endpoints and the runtime lifecycle around a service's 
 :func:`decode_body` and :func:`parse_page` are the one way a route reads a JSON body and
 ``limit``/``offset``: every client mistake becomes the same ``400 invalid_request`` envelope
 whose ``details.field`` names what to fix (``body`` when the body as a whole is wrong).
+:func:`strict_query` makes a route refuse the query parameters it does not declare the same way.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from litestar.exceptions import (
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -59,6 +61,7 @@ __all__ = [
     "parse_page",
     "principal_of",
     "runtime_of",
+    "strict_query",
 ]
 
 log = structlog.get_logger(__name__)
@@ -207,6 +210,46 @@ def _bounded(name: str, raw: str | None, default: int, low: int, high: int) -> i
             {"field": name},
         )
     return value
+
+
+_STRICT_QUERY = "strict_query"
+
+
+def strict_query() -> dict[str, Any]:
+    """Route ``opt`` entry (every list endpoint has it): a query parameter the handler does not
+    declare is a 400 naming it. Ignoring it would answer a misspelt filter (``?brnach=main``)
+    with the unfiltered list, and the client could not tell."""
+    return {_STRICT_QUERY: True}
+
+
+def _declared_queries(app: Litestar) -> dict[int, frozenset[str]]:
+    """The query parameters of each strict route handler (by ``id``): its own and its
+    dependencies', exactly as Litestar resolved them when it built the routes."""
+    declared: dict[int, frozenset[str]] = {}
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler, kwargs_model in route.route_handler_map.values():
+            if handler.opt.get(_STRICT_QUERY):
+                names = {p.field_alias for p in kwargs_model.expected_query_params}
+                declared[id(handler)] = declared.get(id(handler), frozenset()) | names
+    return declared
+
+
+async def query_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """400 for the first query parameter a :func:`strict_query` route does not declare (after
+    authentication: who may not call the route learns nothing about its parameters)."""
+    # ``handler`` is a copy Litestar makes for each guard; the scope holds the routed instance.
+    declared: frozenset[str] | None = connection.app.state.declared_queries.get(id(connection.route_handler))
+    if declared is None:
+        return
+    for name in connection.query_params:
+        if name not in declared:
+            shown = f"`{name[:100]}`" if name else "without a name"
+            raise InvalidRequest(
+                f"unknown query parameter {shown}; this endpoint takes {', '.join(sorted(declared))}",
+                {"field": name[:100], "allowed": sorted(declared)},
+            )
 
 
 def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response[bytes]:
@@ -473,7 +516,7 @@ def build_app(spec: AppSpec) -> Litestar:
             await runtime.stop()
             flush_tracing()
 
-    v1 = Router(path="/", route_handlers=list(spec.routes), guards=[auth_guard])
+    v1 = Router(path="/", route_handlers=list(spec.routes), guards=[auth_guard, query_guard])
     app = Litestar(
         route_handlers=[healthz, readyz, metrics_endpoint, v1],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -490,5 +533,6 @@ def build_app(spec: AppSpec) -> Litestar:
         debug=False,
     )
     app.state.runtime = runtime
+    app.state.declared_queries = _declared_queries(app)
     app.asgi_handler = ObservabilityMiddleware(RejectNul(app.asgi_handler), spec.service)
     return app

@@ -56,6 +56,9 @@ class ReleaseFacts:
 
     release_id: str
     created_by: str
+    # Named by the approval and its events (subscribers filter on ``data.repository``).
+    repository: str
+    project: str
     triggered_by: str | None = None
     created_by_id: str | None = None
     triggered_by_id: str | None = None
@@ -93,6 +96,9 @@ class Approval:
     revoked_by: str | None = None
     revoked_at: dt.datetime | None = None
     revocation_reason: str | None = None
+    # The release's; None on approvals recorded before migration 0002 stored them.
+    repository: str | None = None
+    project: str | None = None
 
     def status_at(self, now: dt.datetime) -> ApprovalStatus:
         """Revoked wins; otherwise an approval is active strictly before ``expires_at``."""
@@ -210,6 +216,8 @@ def new_approval(
         justification=parse_justification(justification),
         approved_at=now,
         expires_at=decide_expiry(now, ttl, requested_expiry),
+        repository=release.repository,
+        project=release.project,
     )
     event = ApprovalCreated(
         approval_id=approval.id,
@@ -217,6 +225,8 @@ def new_approval(
         environment=approval.environment,
         approver=approval.approver,
         expires_at=isoformat(approval.expires_at),
+        repository=release.repository,
+        project=release.project,
     )
     return approval, event
 
@@ -257,6 +267,8 @@ def revoke(approval: Approval, *, by: str, reason: str | None, now: dt.datetime)
         environment=approval.environment,
         revoked_by=by,
         reason=revoked.revocation_reason or "",
+        repository=approval.repository,
+        project=approval.project,
     )
     return revoked, event
 

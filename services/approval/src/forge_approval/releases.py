@@ -1,4 +1,4 @@
-"""The one seam to the release service: does a release exist, and who created it?"""
+"""The one seam to the release service: does a release exist, whose is it, who created it?"""
 
 from __future__ import annotations
 
@@ -44,13 +44,19 @@ class HttpReleases:
             )
         body: dict[str, Any] = resp.body
         trigger = body.get("trigger") if isinstance(body.get("trigger"), dict) else {}
-        created_by = body.get("created_by")
+        created_by, repository, project = body.get("created_by"), body.get("repository"), body.get("project")
         if not isinstance(created_by, str):
             raise BadGateway("the release service sent a release without created_by", {"release_id": release_id})
+        if not isinstance(repository, str) or not isinstance(project, str):
+            raise BadGateway(
+                "the release service sent a release without repository or project", {"release_id": release_id}
+            )
         trigger = trigger if isinstance(trigger, dict) else {}
         return ReleaseFacts(
             release_id=release_id,
             created_by=created_by,
+            repository=repository,
+            project=project,
             triggered_by=_text(trigger.get("triggered_by")),
             created_by_id=_text(body.get("created_by_id")),
             triggered_by_id=_text(body.get("triggered_by_id")),

@@ -21,7 +21,7 @@ SCHEMA = "approval"
 
 _COLUMNS = (
     "id, release_id, environment, approver, justification, approved_at, expires_at, status, "
-    "revoked_by, revoked_at, revocation_reason"
+    "revoked_by, revoked_at, revocation_reason, repository, project"
 )
 
 _SQL_EXPIRE_LAPSED = """
@@ -35,7 +35,7 @@ UPDATE approval.approvals SET status = 'expired'
 _SQL_INSERT = f"""
 INSERT INTO approval.approvals ({_COLUMNS})
 VALUES (%(id)s, %(release_id)s, %(environment)s, %(approver)s, %(justification)s, %(approved_at)s,
-        %(expires_at)s, 'active', NULL, NULL, NULL)
+        %(expires_at)s, 'active', NULL, NULL, NULL, %(repository)s, %(project)s)
 ON CONFLICT (release_id, environment) WHERE status = 'active' DO NOTHING
 RETURNING id
 """
@@ -76,6 +76,8 @@ def _approval(row: dict[str, Any]) -> Approval:
         revoked_by=row["revoked_by"],
         revoked_at=row["revoked_at"].astimezone(dt.UTC) if row["revoked_at"] else None,
         revocation_reason=row["revocation_reason"],
+        repository=row["repository"],
+        project=row["project"],
     )
 
 
@@ -101,6 +103,8 @@ class PgApprovals:
                 "justification": approval.justification,
                 "approved_at": approval.approved_at,
                 "expires_at": approval.expires_at,
+                "repository": approval.repository,
+                "project": approval.project,
             },
         )
         return await cur.fetchone() is not None

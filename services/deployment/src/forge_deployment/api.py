@@ -9,7 +9,7 @@ from litestar import Request, get, post
 from forge_common.auth import Permission, Principal, require_repository
 from forge_common.batch import MAX_BATCH_ITEMS, BatchResult
 from forge_common.errors import InvalidRequest
-from forge_common.http import decode_body, parse_page
+from forge_common.http import decode_body, parse_page, strict_query
 from forge_common.openapi import PathForm, body_operation, errors, path_forms, response
 from forge_common.runtime import Runtime
 
@@ -104,6 +104,9 @@ _PARAMETERS = {
     "/v1/deployments/{path:path}",
     opt={
         "permission": Permission.READ,
+        # The one route of the history list and the current deployment: both refuse a
+        # parameter neither takes.
+        **strict_query(),
         **path_forms(
             PathForm(
                 _TARGET,

@@ -344,6 +344,8 @@ class Landed:
     release_id: str
     environment: str
     deployed_by: str
+    repository: str
+    project: str
 
 
 @dataclass(frozen=True)
@@ -352,6 +354,8 @@ class Activated:
     deployed_at: dt.datetime
     committed_at: dt.datetime | None
     reconciled_at: dt.datetime
+    repository: str
+    project: str
 
 
 @dataclass(frozen=True)
@@ -414,30 +418,45 @@ class ActiveDeployment:
 
 
 def committed(
-    deployment_id: str, release_id: str, environment: str, deployed_by: str, sha: str
+    deployment_id: str, release_id: str, environment: str, deployed_by: str, sha: str, repository: str, project: str
 ) -> tuple[PendingDeployment, DeploymentCreated]:
     """The pointer landed as commit ``sha`` (pushed by the service, or recovered from the GitOps
-    history by the reconciler): still pending until the target applies it."""
+    history by the reconciler): still pending until the target applies it. ``repository`` and
+    ``project`` are the release's (every deployment event names them)."""
     event = DeploymentCreated(
         deployment_id=deployment_id,
         release_id=release_id,
         environment=environment,
         deployed_by=deployed_by,
         gitops_commit_sha=sha,
+        repository=repository,
+        project=project,
     )
     return PendingDeployment(deployment_id, sha), event
 
 
-def fail(deployment_id: str, environment: str, message: str) -> tuple[FailedDeployment, DeploymentFailed]:
+def fail(
+    deployment_id: str, environment: str, message: str, repository: str, project: str
+) -> tuple[FailedDeployment, DeploymentFailed]:
     """A pending deployment that was not reconciled in time."""
     event = DeploymentFailed(
-        deployment_id=deployment_id, environment=environment, status="failed", error_message=message
+        deployment_id=deployment_id,
+        environment=environment,
+        status="failed",
+        error_message=message,
+        repository=repository,
+        project=project,
     )
     return FailedDeployment(deployment_id, environment, message), event
 
 
 def activate(
-    deployment_id: str, environment: str, started: dt.datetime, reconciled_at: dt.datetime
+    deployment_id: str,
+    environment: str,
+    started: dt.datetime,
+    reconciled_at: dt.datetime,
+    repository: str,
+    project: str,
 ) -> tuple[ActiveDeployment, DeploymentCompleted]:
     """The target applied the deployment's revision; ``started`` is when its commit landed (or,
     unknown, when it was requested)."""
@@ -447,5 +466,7 @@ def activate(
         environment=environment,
         status="active",
         reconciliation_duration_seconds=round(seconds),
+        repository=repository,
+        project=project,
     )
     return ActiveDeployment(deployment_id, environment, seconds), event

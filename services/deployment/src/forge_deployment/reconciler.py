@@ -143,7 +143,10 @@ class Reconciler:
                 message = f"not reconciled within {_duration(self.timeout)}"
                 if seen := self._observed.get(target.key):
                     message += f"; last seen: {seen}"
-                failed, event = domain.fail(deployment_id, target.environment, message)
+                # expire_pending's targets are the rows' own names, as the release gave them.
+                failed, event = domain.fail(
+                    deployment_id, target.environment, message, target.repository, target.project
+                )
                 await store.set_error(failed.id, failed.error)
                 await store.report_to_github(github.status(failed.id, target, "failure", message))
                 await store.record(event)
@@ -217,7 +220,9 @@ class Reconciler:
         landed = await store.record_commit(p.id, sha)
         if landed is None:  # recorded meanwhile, with its event
             return domain.PendingDeployment(p.id, sha)
-        recovered, event = domain.committed(p.id, landed.release_id, landed.environment, landed.deployed_by, sha)
+        recovered, event = domain.committed(
+            p.id, landed.release_id, landed.environment, landed.deployed_by, sha, landed.repository, landed.project
+        )
         await store.record(event)
         log.warning("deployment.commit_recovered", deployment_id=p.id, gitops_commit_sha=sha, target=target.key)
         return recovered
@@ -235,6 +240,8 @@ class Reconciler:
             activated.environment,
             activated.committed_at or activated.deployed_at,
             activated.reconciled_at,
+            activated.repository,
+            activated.project,
         )
         await store.record(event)
         RECONCILED.labels("active").inc()

@@ -145,7 +145,8 @@ class DeploymentService:
             ) from exc
         async with unit_of_work(self.pool) as store:
             if await store.record_commit(d.id, sha) is not None:
-                _, event = domain.committed(d.id, d.release.id, d.environment, d.deployed_by, sha)
+                r = d.release
+                _, event = domain.committed(d.id, r.id, d.environment, d.deployed_by, sha, r.repository, r.project)
                 await store.record(event)
         log.info(
             "deployment.created",

@@ -108,11 +108,13 @@ class DeploymentStore:
         cur = await self.conn.execute(
             "UPDATE deployment.deployments SET gitops_commit_sha = %s, committed_at = now() "
             "WHERE id = %s AND gitops_commit_sha IS NULL "
-            "RETURNING release_id::text AS release_id, environment, deployed_by",
+            "RETURNING release_id::text AS release_id, environment, deployed_by, repository, project",
             (sha, deployment_id),
         )
         row = await cur.fetchone()
-        return Landed(row["release_id"], row["environment"], row["deployed_by"]) if row else None
+        if row is None:
+            return None
+        return Landed(row["release_id"], row["environment"], row["deployed_by"], row["repository"], row["project"])
 
     async def mark_failed(self, deployment_id: str, error: str) -> bool:
         """Fail a pending deployment; False when it is not pending (any more)."""
@@ -224,13 +226,21 @@ class DeploymentStore:
         cur = await self.conn.execute(
             "UPDATE deployment.deployments SET status = 'active', reconciled_at = now(), error = NULL "
             "WHERE id = %s AND status = 'pending' "
-            "RETURNING environment, deployed_at, committed_at, reconciled_at",
+            "RETURNING environment, deployed_at, committed_at, reconciled_at, repository, project",
             (deployment_id,),
         )
         row = await cur.fetchone()
         if row is None:
             return None, superseded
-        return Activated(row["environment"], row["deployed_at"], row["committed_at"], row["reconciled_at"]), superseded
+        activated = Activated(
+            row["environment"],
+            row["deployed_at"],
+            row["committed_at"],
+            row["reconciled_at"],
+            row["repository"],
+            row["project"],
+        )
+        return activated, superseded
 
     async def overtake(self, deployment_ids: list[str], by: str | None) -> list[str]:
         """Pending deployments overwritten in GitOps before they were applied: superseded."""

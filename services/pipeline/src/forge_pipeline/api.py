@@ -16,7 +16,7 @@ from forge_common.auth import Permission, Principal, repository_filter, require_
 from forge_common.batch import MAX_BATCH_ITEMS, BatchResult
 from forge_common.errors import InvalidRequest, NotFound
 from forge_common.events import Envelope, isoformat
-from forge_common.http import decode_body
+from forge_common.http import decode_body, strict_query
 from forge_common.openapi import body_operation, errors, event_stream, internal, response
 from forge_common.runtime import Runtime
 
@@ -100,7 +100,7 @@ async def create_run(request: Request[Any, Any, Any], principal: Principal, runt
 
 @get(
     "/v1/runs",
-    opt={"permission": Permission.READ},
+    opt={"permission": Permission.READ, **strict_query()},
     summary="List a repository's runs, newest first",
     description=(
         "Filters combine with AND. Page with limit/offset, or with the opaque cursor: pass a response's"
@@ -576,7 +576,7 @@ def _index_logs(runtime: Runtime, steps: list[StepStatusView]) -> None:
 
 @get(
     "/v1/search/logs",
-    opt={"permission": Permission.READ},
+    opt={"permission": Permission.READ, **strict_query()},
     summary="Full-text search over step logs: matching lines, their numbers and links to the step",
     description=(
         "q: words (websearch syntax: quoted phrases, -word, or). Newest logs first; page with"
@@ -600,7 +600,7 @@ async def search_logs(
 
 @get(
     "/v1/search",
-    opt={"permission": Permission.READ},
+    opt={"permission": Permission.READ, **strict_query()},
     summary="Runs and releases by commit prefix, branch, tag, alias, author or error text, newest first",
     description=(
         "`type` (`runs` or `releases`) keeps one kind; without it both, merged newest first, each result"

@@ -25,7 +25,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from forge_common.auth import Permission, Principal, repository_filter, require_repository
 from forge_common.errors import NotFound
-from forge_common.http import decode_body, parse_page
+from forge_common.http import decode_body, parse_page, strict_query
 from forge_common.openapi import PathForm, body_operation, errors, path_forms, response
 from forge_common.paths import raw_path_segments
 from forge_common.runtime import Runtime
@@ -126,7 +126,7 @@ async def create_release(request: Request[Any, Any, Any], principal: Principal, 
 
 @get(
     "/v1/releases/search",
-    opt={"permission": Permission.READ},
+    opt={"permission": Permission.READ, **strict_query()},
     summary="Releases by commit prefix, branch, tag, alias or author, newest first (docs/api-search.md)",
     description="`q` required (<= 200 characters); `repository` narrows; `limit` 1..100 (default 20); "
     "`cursor`: the previous page's next_cursor.",
@@ -149,6 +149,8 @@ async def search(
     "/v1/releases/{rest:path}",
     opt={
         "permission": Permission.READ,
+        # The one route of a list and two reads: a parameter none of them takes is refused.
+        **strict_query(),
         **path_forms(
             PathForm(
                 "/v1/releases/{release_uuid}",

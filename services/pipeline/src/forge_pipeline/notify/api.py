@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Request, delete, get, patch, post
 
 from forge_common.auth import Permission, Principal
-from forge_common.http import decode_body
+from forge_common.http import decode_body, strict_query
 from forge_common.openapi import body_operation, errors, response
 from forge_common.runtime import Runtime
 
@@ -55,7 +55,7 @@ async def create_subscription(
 
 @get(
     _BASE,
-    opt=_PERMISSION,
+    opt={**_PERMISSION, **strict_query()},
     summary="List webhook subscriptions, newest first",
     description=f"Cursor-paginated (`limit` 1-100, default 20; `next_cursor`); {_SCOPE}.",
     responses={200: response(SubscriptionList, "one page of subscriptions")},
@@ -107,7 +107,7 @@ async def delete_subscription(subscription_id: str, runtime: Runtime, principal:
 
 @get(
     f"{_BASE}/{{subscription_id:str}}/deliveries",
-    opt=_PERMISSION,
+    opt={**_PERMISSION, **strict_query()},
     summary="A subscription's deliveries, newest first",
     description="Status, attempts, the last attempt's response code, body (4 KB) and duration, and the next "
     "retry. Cursor-paginated (`limit` 1-100, default 20).",
