@@ -114,6 +114,18 @@ async def test_a_stalled_gitops_remote_fails_its_deployments_and_others_keep_lan
                 assert entry["status"] == "failed"
                 assert redacted in entry["error"]
                 assert "s3cret" not in entry["error"]
+                # ... and announced, as every failed deployment is, with the recorded error.
+                failed = await wait_for_event(
+                    platform, "deployment.failed", lambda e, d=entry["id"]: e["data"]["deployment_id"] == d
+                )
+                assert failed["data"] == {
+                    "deployment_id": entry["id"],
+                    "environment": "dev",
+                    "status": "failed",
+                    "error_message": entry["error"],
+                    "repository": repository,
+                    "project": f"blocked{i}",
+                }
     finally:
         gateway.stop()
         instance.stop()

@@ -266,3 +266,10 @@ async def test_an_unreachable_gitops_repository_fails_the_deployment_and_frees_i
         assert [d["status"] for d in history["deployments"]] == ["failed", "failed"]
         assert all(d["error"].startswith("GitOps commit failed") for d in history["deployments"])
         assert all(d["gitops_commit_sha"] is None for d in history["deployments"])
+    for d in history["deployments"]:
+        failed = await wait_for_event(
+            platform, "deployment.failed", lambda e, d=d: e["data"]["deployment_id"] == d["id"], timeout=30
+        )
+        assert failed["data"]["error_message"] == d["error"]
+        assert (failed["data"]["repository"], failed["data"]["project"]) == (repository, "api")
+        assert "s3cret" not in failed["data"]["error_message"]

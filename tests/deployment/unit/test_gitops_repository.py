@@ -88,3 +88,28 @@ async def test_unreachable_remote_is_a_git_error_without_credentials(tmp_path: P
         await repo.commit_file("f.yaml", b"1\n", "m\n", Author.of("a"))
     assert "s3cret" not in str(err.value)
     assert redact("https://user:s3cret@host:8443/x.git") == "https://***@host:8443/x.git"
+
+
+async def test_a_refused_push_says_why_in_git_s_and_the_remote_s_words(tmp_path: Path) -> None:
+    remote = tmp_path / "gitops.git"
+    repo = await _open(remote, tmp_path / "w", use_cli=True)
+    first = await repo.commit_file("f.yaml", b"1\n", "one\n", Author.of("a"))
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\n"
+        'echo "gitops policy: pushes are frozen" >&2\n'
+        'echo "ask https://bot:tok3n-secret@git.example/ops" >&2\n'
+        "exit 1\n"
+    )
+    hook.chmod(0o755)
+
+    with pytest.raises(GitError) as err:
+        await repo.commit_file("f.yaml", b"2\n", "two\n", Author.of("a"))
+
+    # Not git's last line of porcelain output ("Done"): the refused ref's status and the hook's reason.
+    message = str(err.value)
+    assert message.startswith(f"pushing to {remote.as_uri()} failed: [remote rejected] (pre-receive hook declined)")
+    assert "gitops policy: pushes are frozen" in message
+    assert "https://***@git.example/ops" in message
+    assert "tok3n-secret" not in message
+    assert _git("--git-dir", str(remote), "rev-parse", "refs/heads/main").strip() == first

@@ -114,7 +114,7 @@ class DeploymentCompleted(EventData):
 
 
 class DeploymentFailed(EventData):
-    """Not in the spec's list; emitted when a deployment does not reconcile in time."""
+    """Not in the spec's list; emitted when a deployment's GitOps commit fails or it does not reconcile in time."""
 
     event_type: ClassVar[str] = "deployment.failed"
     deployment_id: str

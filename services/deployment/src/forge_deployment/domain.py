@@ -438,7 +438,9 @@ def committed(
 def fail(
     deployment_id: str, environment: str, message: str, repository: str, project: str
 ) -> tuple[FailedDeployment, DeploymentFailed]:
-    """A pending deployment that was not reconciled in time."""
+    """A pending deployment that will not become active: its GitOps commit did not land
+    (refused, remote unreachable or timed out), or it was not reconciled in time. Every way a
+    deployment fails goes through here, so subscribers learn of each failure the same way."""
     event = DeploymentFailed(
         deployment_id=deployment_id,
         environment=environment,

@@ -45,6 +45,7 @@ from dulwich.refs import Ref
 from dulwich.repo import Repo
 from prometheus_client import Counter, Histogram
 
+from forge_common.redact import Redactor
 from forge_common.redact import redact_url as redact
 
 __all__ = ["Author", "GitError", "GitOpsRepository", "GitTimeout", "local_path", "redact"]
@@ -298,10 +299,10 @@ class GitOpsRepository:
         )
         if rc == 0:
             return True
-        text = err.decode(errors="replace") + out.decode(errors="replace")
-        if _RACE.search(text):
+        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+        if _RACE.search(stderr + stdout):
             return False
-        raise GitError(f"pushing to {redact(self.url)} failed: {_last_line(text)}")
+        raise GitError(f"pushing to {redact(self.url)} failed: {_push_refusal(stdout, stderr)}")
 
     def _compare_and_swap(self, sha: str, parent: str | None) -> bool:
         with Repo(str(self.store_dir)) as repo:
@@ -465,6 +466,23 @@ def _subcommand(argv: list[str]) -> str:
     while rest and rest[0].startswith("-"):
         rest = rest[2:] if rest[0] in ("--git-dir", "-c") else rest[1:]
     return rest[0] if rest else "?"
+
+
+# What a remote says about a push it refuses (a hook's reason), at most this many lines of it.
+_REMOTE_LINES = 3
+_mask_credentials = Redactor()
+
+
+def _push_refusal(stdout: str, stderr: str) -> str:
+    """Why a push failed, in git's words. ``--porcelain`` output ends with ``Done``, so the last
+    line says nothing: take the refused ref's status (``[remote rejected] (pre-receive hook
+    declined)``) and what the remote printed (``remote: ...``, e.g. the hook's reason)."""
+    refused = [line.split("\t")[-1].strip() for line in stdout.splitlines() if line.startswith("!")]
+    if not refused:
+        return _last_line(stderr + stdout)
+    said = [line.removeprefix("remote:").strip() for line in stderr.splitlines() if line.startswith("remote:")]
+    said = [line for line in said if line][-_REMOTE_LINES:]
+    return _mask_credentials("; ".join([refused[-1], *said]))
 
 
 def _last_line(text: str) -> str:

@@ -130,11 +130,17 @@ class DeploymentService:
                 d.path, domain.release_pointer(d), domain.commit_message(d), Author.of(d.deployed_by)
             )
         except GitError as exc:
+            # Raised only once the commit is given up: a push that lost a race and landed on a
+            # retry returns its sha and is never failed.
             log.error("deployment.gitops_commit_failed", deployment_id=d.id, error=str(exc))
+            r = d.release
+            failed, failure = domain.fail(d.id, d.environment, f"GitOps commit failed: {exc}", r.repository, r.project)
             async with unit_of_work(self.pool) as store:
-                reason = f"GitOps commit failed: {exc}"
-                if await store.mark_failed(d.id, reason):
-                    await store.report_to_github(github.status(d.id, d.target, "failure", reason))
+                # Only a row still pending fails here, so each failure is announced once: when the
+                # reconciler's timeout failed it first, its transaction recorded deployment.failed.
+                if await store.mark_failed(failed.id, failed.error):
+                    await store.report_to_github(github.status(d.id, d.target, "failure", failed.error))
+                    await store.record(failure)
             if isinstance(exc, GitTimeout):
                 raise GatewayTimeout(
                     f"the GitOps repository did not answer in time: {exc}",

@@ -1,0 +1,169 @@
+"""A deployment whose GitOps commit fails is announced: one ``deployment.failed``, recorded with
+the row's failure, reaches a subscriber through the gateway; a push that lost a race and landed
+on a retry is not a failure.
+
+The GitOps repository is a bare repository whose pre-receive hook refuses pushes while a flag
+file exists, the way a protected branch or a freeze refuses them. The service reaches it as a
+remote (``https://gitops.invalid/...``, rewritten to the directory by git's own
+``url.<base>.insteadOf``), so it pushes with the git CLI and the hook runs as on a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from deployment.support import Dedicated, clone, create_release, deploy, git, unique_repository
+from forge_dev.testing import Platform
+
+REMOTE = "https://gitops.invalid/forge/gitops.git"
+FROZEN_HOOK = """#!/bin/sh
+if [ -e "{flag}" ]; then
+  echo "gitops policy: pushes are frozen" >&2
+  exit 1
+fi
+"""
+
+
+def _guarded_repository(tmp_path: Path) -> tuple[Path, Path]:
+    """A bare GitOps repository refusing every push while the returned flag file exists."""
+    bare = tmp_path / "guarded-gitops.git"
+    git("init", "-q", "--bare", "--initial-branch=main", str(bare))
+    flag = tmp_path / "frozen"
+    hook = bare / "hooks" / "pre-receive"
+    hook.write_text(FROZEN_HOOK.format(flag=flag))
+    hook.chmod(0o755)
+    return bare, flag
+
+
+async def _events_until(lines: Any, done: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """The stream's envelopes (``data:`` lines) up to and including the first one ``done`` accepts."""
+    found: list[dict[str, Any]] = []
+    async for line in lines:
+        if line.startswith("data:"):
+            found.append(json.loads(line[len("data:") :]))
+            if done(found[-1]):
+                return found
+    raise AssertionError(f"the stream ended after {[e['event_type'] for e in found]}")
+
+
+async def _push_retries(instance: Dedicated) -> float:
+    async with httpx.AsyncClient(base_url=instance.url, timeout=30.0) as direct:
+        text = (await direct.get("/metrics")).text
+    m = re.search(r"^forge_deployment_gitops_push_retries_total ([0-9.e+]+)$", text, re.MULTILINE)
+    assert m, "forge_deployment_gitops_push_retries_total is not exported"
+    return float(m.group(1))
+
+
+async def test_a_refused_push_fails_the_deployment_with_one_deployment_failed_and_a_retried_push_does_not(
+    platform: Platform,
+    gw: httpx.AsyncClient,
+    dedicated_deployment: Callable[[dict[str, str]], Dedicated],
+    tmp_path: Path,
+) -> None:
+    bare, flag = _guarded_repository(tmp_path)
+    instance = dedicated_deployment(
+        {
+            "FORGE_GITOPS_URL": REMOTE,
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": f"url.{bare.as_uri()}.insteadOf",
+            "GIT_CONFIG_VALUE_0": REMOTE,
+            # Woken by each landed commit; no periodic fetch moves its view of the head meanwhile.
+            "FORGE_RECONCILE_INTERVAL": "10m",
+        }
+    )
+    # Clients reach that instance through a gateway of its own, as they would in production.
+    gateway = platform.start_process("gateway", env={"FORGE_DEPLOYMENT_URL": instance.url})
+    repository = unique_repository()
+    first = await create_release(gw, platform, repository, "api")
+    refused = await create_release(gw, platform, repository, "refused")
+    raced = await create_release(gw, platform, repository, "raced")
+    viewer = platform.headers("depfail-watcher@acme.io", "viewer")
+    try:
+        async with (
+            httpx.AsyncClient(base_url=gateway.url, timeout=60.0) as client,
+            client.stream("GET", f"/v1/events?repository={repository}&timeout=120", headers=viewer) as feed,
+        ):
+            assert feed.status_code == 200
+            lines = feed.aiter_lines()
+            assert await anext(lines) == ": subscribed"
+
+            # A push that lands: active once the reconciler sees it.
+            landed = await deploy(client, platform, first["id"], "dev")
+            assert landed.status_code == 201, landed.text
+            first_id = landed.json()["deployment_id"]
+            async with asyncio.timeout(60):
+                events = await _events_until(
+                    lines,
+                    lambda e: e["event_type"] == "deployment.completed" and e["data"]["deployment_id"] == first_id,
+                )
+
+            # The remote refuses the push: 502, the row failed, and deployment.failed.
+            flag.touch()
+            resp = await deploy(client, platform, refused["id"], "dev")
+            assert resp.status_code == 502, resp.text
+            error = resp.json()["error"]
+            assert error["code"] == "bad_gateway"
+            refused_id = error["details"]["deployment_id"]
+            assert "pre-receive hook declined" in error["details"]["reason"]
+            assert "gitops policy: pushes are frozen" in error["details"]["reason"]
+            flag.unlink()
+
+            # Another writer moves the branch behind the service's back: its next push builds on
+            # the head it last saw, is refused as non-fast-forward, and lands on a retry.
+            operator = clone(bare.as_uri(), tmp_path / "operator")
+            (operator / "README.md").write_text("operated by hand\n")
+            git("add", "-A", cwd=operator)
+            git("-c", "user.name=Ops", "-c", "user.email=ops@acme.io", "commit", "-q", "-m", "ops", cwd=operator)
+            git("push", "-q", "origin", "HEAD:main", cwd=operator)
+            moved = git("rev-parse", "HEAD", cwd=operator).strip()
+            retries = await _push_retries(instance)
+            retried = await deploy(client, platform, raced["id"], "dev")
+            assert retried.status_code == 201, retried.text
+            raced_id, raced_sha = retried.json()["deployment_id"], retried.json()["gitops_commit_sha"]
+            assert await _push_retries(instance) > retries
+            assert git("--git-dir", str(bare), "rev-parse", f"{raced_sha}^").strip() == moved
+
+            # Events are published in the order they were recorded: everything about the refused
+            # deployment came before the raced one's deployment.completed.
+            async with asyncio.timeout(60):
+                events += await _events_until(
+                    lines,
+                    lambda e: e["event_type"] == "deployment.completed" and e["data"]["deployment_id"] == raced_id,
+                )
+
+            history = await client.get(f"/v1/deployments/dev/{repository}/refused/history", headers=viewer)
+            assert history.status_code == 200, history.text
+            [entry] = history.json()["deployments"]
+            assert (entry["id"], entry["status"], entry["gitops_commit_sha"]) == (refused_id, "failed", None)
+    finally:
+        gateway.stop()
+
+    failed = [e for e in events if e["event_type"] == "deployment.failed"]
+    assert len(failed) == 1, [(e["event_type"], e["data"]) for e in events]
+    # The timeout's deployment.failed shape, exactly; the message is the row's error.
+    assert failed[0]["data"] == {
+        "deployment_id": refused_id,
+        "environment": "dev",
+        "status": "failed",
+        "error_message": entry["error"],
+        "repository": repository,
+        "project": "refused",
+    }
+    assert entry["error"].startswith(f"GitOps commit failed: pushing to {REMOTE} failed: [remote rejected]")
+    assert "gitops policy: pushes are frozen" in entry["error"]
+
+    by_deployment = [(e["event_type"], e["data"].get("deployment_id")) for e in events if "deployment_id" in e["data"]]
+    assert by_deployment == [
+        ("deployment.created", first_id),
+        ("deployment.completed", first_id),
+        ("deployment.failed", refused_id),
+        ("deployment.created", raced_id),
+        ("deployment.completed", raced_id),
+    ]
