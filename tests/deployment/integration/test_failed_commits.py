@@ -53,12 +53,19 @@ async def _events_until(lines: Any, done: Callable[[dict[str, Any]], bool]) -> l
     raise AssertionError(f"the stream ended after {[e['event_type'] for e in found]}")
 
 
-async def _push_retries(instance: Dedicated) -> float:
+async def _metric(instance: Dedicated, series: str) -> float:
     async with httpx.AsyncClient(base_url=instance.url, timeout=30.0) as direct:
         text = (await direct.get("/metrics")).text
-    m = re.search(r"^forge_deployment_gitops_push_retries_total ([0-9.e+]+)$", text, re.MULTILINE)
-    assert m, "forge_deployment_gitops_push_retries_total is not exported"
+    m = re.search(rf"^{re.escape(series)} ([0-9.e+]+)$", text, re.MULTILINE)
+    assert m, f"{series} is not exported"
     return float(m.group(1))
+
+
+async def _push_retries(instance: Dedicated) -> float:
+    return await _metric(instance, "forge_deployment_gitops_push_retries_total")
+
+
+FAILED_DEV = 'forge_deployments_total{environment="dev",status="failed"}'
 
 
 async def test_a_refused_push_fails_the_deployment_with_one_deployment_failed_and_a_retried_push_does_not(
@@ -106,8 +113,10 @@ async def test_a_refused_push_fails_the_deployment_with_one_deployment_failed_an
 
             # The remote refuses the push: 502, the row failed, and deployment.failed.
             flag.touch()
+            failed_before = await _metric(instance, FAILED_DEV)
             resp = await deploy(client, platform, refused["id"], "dev")
             assert resp.status_code == 502, resp.text
+            assert await _metric(instance, FAILED_DEV) == failed_before + 1  # counted as the timeout's are
             error = resp.json()["error"]
             assert error["code"] == "bad_gateway"
             refused_id = error["details"]["deployment_id"]

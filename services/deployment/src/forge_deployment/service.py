@@ -14,7 +14,7 @@ import structlog
 from forge_common import batch, cursor
 from forge_common.auth import Principal, require_repository
 from forge_common.batch import BatchResult
-from forge_common.db import Pool
+from forge_common.db import Pool, on_commit
 from forge_common.errors import BadGateway, GatewayTimeout, InvalidRequest, LimitExceeded, NotFound
 from forge_common.events import utcnow
 
@@ -22,6 +22,7 @@ from . import domain, github
 from .clients import ApprovalClient, ReleaseClient
 from .domain import NewDeployment, Target
 from .gitops import Author, GitError, GitOpsRepository, GitTimeout
+from .reconciler import DEPLOYMENTS
 from .schemas import CurrentDeployment, DeploymentAccepted, DeploymentHistory, HistoryEntry
 from .store import unit_of_work
 
@@ -141,6 +142,7 @@ class DeploymentService:
                 if await store.mark_failed(failed.id, failed.error):
                     await store.report_to_github(github.status(d.id, d.target, "failure", failed.error))
                     await store.record(failure)
+                    on_commit(store.conn, DEPLOYMENTS.labels(failed.environment, "failed").inc)
             if isinstance(exc, GitTimeout):
                 raise GatewayTimeout(
                     f"the GitOps repository did not answer in time: {exc}",
