@@ -75,7 +75,7 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
         "deployment_id": "3d4e5f6a-7b8c-4d9e-8f0a-1b2c3d4e5f6a",
         "environment": "production",
         "status": "failed",
-        "error_message": "not reconciled within 600 s",
+        "error_message": "not reconciled within 10m",
         "repository": "mycompany/myrepo",
         "project": "api",
     },
