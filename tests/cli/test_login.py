@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import jwt
 import pytest
 
 from forge_dev.testing import Platform
@@ -249,6 +250,64 @@ def test_login_with_token_stores_only_a_token_the_gateway_accepts(user: Forge, p
     refused(user("login", "--with-token", stdin="not-a-token"), 1, "forge: standard input does not hold a token")
     assert user.config_file.read_bytes() == before
     assert user("runs", "list", "--repository", _repo()).code == 0
+
+
+def test_whoami_prints_who_the_gateway_takes_the_token_for(user: Forge, platform: Platform) -> None:
+    token = platform.keys.sign("who.user@acme.io", ["viewer"], extra={"name": "Wendy Who"})
+    assert user("login", "--with-token", stdin=token).code == 0
+
+    me = user("whoami")  # piped: the API's document, unchanged
+    assert me.code == 0, me
+    expires_at = time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(jwt.decode(token, options={"verify_signature": False})["exp"])
+    )
+    assert me.json == {
+        "subject": "who.user@acme.io",
+        "identity": "who.user@acme.io",
+        "name": "Wendy Who",
+        "email": "who.user@acme.io",
+        "username": "who.user@acme.io",
+        "roles": ["viewer"],
+        "service_account": False,
+        "repository": None,
+        "issuer": platform.issuer_url,
+        "expires_at": expires_at,
+    }
+    assert user("whoami", "-o", "json").json == me.json
+    assert user("-o", "yaml", "whoami").stdout.startswith("subject: who.user@acme.io\n")
+
+    table = user("whoami", "-o", "table")
+    assert table.code == 0, table
+    rows = {
+        line.split(None, 1)[0]: line.split(None, 1)[1].strip() for line in table.stdout.splitlines() if line.strip()
+    }
+    assert rows["subject"] == "who.user@acme.io"
+    assert rows["name"] == "Wendy Who"
+    assert rows["roles"] == '["viewer"]'
+    assert rows["repository"] == "-"
+    assert rows["expires_at"] == expires_at
+
+    # --token wins over the context: a repository-bound token says which repository it is bound to.
+    bound = platform.keys.sign(
+        "repo:acme/app:ref:refs/heads/main", ["developer"], extra={"forge_repository": "acme/app"}
+    )
+    other = user("whoami", "--token", bound)
+    assert other.code == 0, other
+    assert (other.json["subject"], other.json["repository"], other.json["email"]) == (
+        "repo:acme/app:ref:refs/heads/main",
+        "acme/app",
+        None,
+    )
+
+    # Refusals are the usual one line.
+    expired = user("whoami", "--token", platform.token("who.user@acme.io", "viewer", expires_in=-120))
+    assert expired.code == 1, expired
+    assert expired.stdout == ""
+    assert expired.stderr.startswith("forge: 401 authentication_failed: token has expired"), expired
+    assert user("logout").code == 0
+    nobody = user("whoami")
+    assert nobody.code == 1, nobody
+    assert "no token" in nobody.stderr
 
 
 def test_contexts_list_and_use(user: Forge, platform: Platform) -> None:
