@@ -13,13 +13,16 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import jwt
 import pytest
 
+from forge_dev.stack import Process, free_port
 from forge_dev.testing import Platform
 
 from .test_cli import Result
@@ -249,6 +252,127 @@ def test_login_with_token_stores_only_a_token_the_gateway_accepts(user: Forge, p
     refused(user("login", "--with-token", stdin="not-a-token"), 1, "forge: standard input does not hold a token")
     assert user.config_file.read_bytes() == before
     assert user("runs", "list", "--repository", _repo()).code == 0
+
+
+@pytest.fixture
+def services_down(platform: Platform) -> Iterator[Process]:
+    """A gateway of the platform (its issuer, its keys) in front of services that are all down."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {f"FORGE_{name}_URL": dead for name in ("PIPELINE", "RELEASE", "DEPLOYMENT", "APPROVAL")}
+    gateway = platform.start_process("gateway", env)
+    yield gateway
+    gateway.stop()
+
+
+def test_login_with_token_needs_the_gateway_only_not_its_services(
+    tmp_path: Path, platform: Platform, services_down: Process
+) -> None:
+    assert services_down.url is not None
+    user = Forge(tmp_path, services_down.url)
+    # The services are down indeed: a command that needs one fails with the gateway's 502.
+    down = user("runs", "list", "--repository", _repo(), "--token", platform.token("down.user@acme.io", "viewer"))
+    assert down.code == 5, down
+    assert down.stderr.startswith("forge: 502 bad_gateway: "), down
+
+    # A token the gateway refuses is still refused, and nothing is stored.
+    expired = platform.token("down.user@acme.io", "developer", expires_in=-120)
+    refused = user("login", "--with-token", stdin=expired)
+    assert refused.code == 4, refused
+    assert refused.stdout == ""
+    assert refused.stderr.startswith("forge: the gateway refused the token: 401 authentication_failed: "), refused
+    assert refused.stderr.rstrip().endswith("nothing stored"), refused
+    assert not user.config_file.exists()
+
+    # A good one is checked by the gateway alone and stored, with who the gateway says it is.
+    token = platform.keys.sign("down.user@acme.io", ["developer", "viewer"], extra={"name": "Dee Down"})
+    stored = user("login", "--with-token", stdin=token + "\n")
+    assert stored.code == 0, stored
+    assert (stored.json["user"], stored.json["roles"]) == ("down.user@acme.io", ["developer", "viewer"])
+    assert stored.json["api"] == services_down.url
+    assert user.config()["contexts"][stored.json["name"]]["access_token"] == token
+    # ... and `forge whoami` answers with the services still down.
+    me = user("whoami")
+    assert me.code == 0, me
+    assert (me.json["identity"], me.json["name"], me.json["roles"]) == (
+        "down.user@acme.io",
+        "Dee Down",
+        ["developer", "viewer"],
+    )
+
+
+def test_login_with_token_when_the_gateway_cannot_check_it(tmp_path: Path, platform: Platform) -> None:
+    # The identity provider's key set cannot be fetched: the gateway answers 503, not 401 (the
+    # token may be fine), and the CLI stores nothing and exits 5 as for any platform failure.
+    gateway = platform.start_process("gateway", {"FORGE_OIDC_JWKS_URL": f"http://127.0.0.1:{free_port()}/certs"})
+    try:
+        assert gateway.url is not None
+        user = Forge(tmp_path, gateway.url)
+        res = user("login", "--with-token", stdin=platform.token("jwks.user@acme.io", "viewer"))
+        assert res.code == 5, res
+        assert res.stdout == ""
+        assert res.stderr.startswith("forge: the gateway could not check the token: 503 service_unavailable: "), res
+        assert res.stderr.rstrip().endswith("nothing stored"), res
+        assert not user.config_file.exists()
+    finally:
+        gateway.stop()
+
+
+def test_whoami_prints_who_the_gateway_takes_the_token_for(user: Forge, platform: Platform) -> None:
+    token = platform.keys.sign("who.user@acme.io", ["viewer"], extra={"name": "Wendy Who"})
+    assert user("login", "--with-token", stdin=token).code == 0
+
+    me = user("whoami")  # piped: the API's document, unchanged
+    assert me.code == 0, me
+    expires_at = time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(jwt.decode(token, options={"verify_signature": False})["exp"])
+    )
+    assert me.json == {
+        "subject": "who.user@acme.io",
+        "identity": "who.user@acme.io",
+        "name": "Wendy Who",
+        "email": "who.user@acme.io",
+        "username": "who.user@acme.io",
+        "roles": ["viewer"],
+        "service_account": False,
+        "repository": None,
+        "issuer": platform.issuer_url,
+        "expires_at": expires_at,
+    }
+    assert user("whoami", "-o", "json").json == me.json
+    assert user("-o", "yaml", "whoami").stdout.startswith("subject: who.user@acme.io\n")
+
+    table = user("whoami", "-o", "table")
+    assert table.code == 0, table
+    rows = {
+        line.split(None, 1)[0]: line.split(None, 1)[1].strip() for line in table.stdout.splitlines() if line.strip()
+    }
+    assert rows["subject"] == "who.user@acme.io"
+    assert rows["name"] == "Wendy Who"
+    assert rows["roles"] == '["viewer"]'
+    assert rows["repository"] == "-"
+    assert rows["expires_at"] == expires_at
+
+    # --token wins over the context: a repository-bound token says which repository it is bound to.
+    bound = platform.keys.sign(
+        "repo:acme/app:ref:refs/heads/main", ["developer"], extra={"forge_repository": "acme/app"}
+    )
+    other = user("whoami", "--token", bound)
+    assert other.code == 0, other
+    assert (other.json["subject"], other.json["repository"], other.json["email"]) == (
+        "repo:acme/app:ref:refs/heads/main",
+        "acme/app",
+        None,
+    )
+
+    # Refusals are the usual one line.
+    expired = user("whoami", "--token", platform.token("who.user@acme.io", "viewer", expires_in=-120))
+    assert expired.code == 1, expired
+    assert expired.stdout == ""
+    assert expired.stderr.startswith("forge: 401 authentication_failed: token has expired"), expired
+    assert user("logout").code == 0
+    nobody = user("whoami")
+    assert nobody.code == 1, nobody
+    assert "no token" in nobody.stderr
 
 
 def test_contexts_list_and_use(user: Forge, platform: Platform) -> None:

@@ -84,6 +84,7 @@ def test_every_route_of_every_service_is_documented_with_real_paths(openapi: dic
         ("GET", "/v1/approvals/{release_id}/{environment}"),
         ("GET", "/v1/approvals/check"),
         ("GET", "/v1/meta"),
+        ("GET", "/v1/me"),
     }
     assert expected <= documented, sorted(expected - documented)
     # Every service's own routes (what Litestar serves) are in the merged document.

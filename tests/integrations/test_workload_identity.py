@@ -123,6 +123,22 @@ async def test_a_job_token_is_exchanged_and_acts_on_its_own_repository_only(
     )
 
 
+async def test_me_says_which_repository_an_exchanged_token_is_bound_to(
+    gateway: httpx.AsyncClient, github_oidc: LocalIssuer
+) -> None:
+    own = repository()
+    token = await forge_token(gateway, github_oidc.job_token(own))
+    claims = jwt.decode(token, options={"verify_signature": False})
+    resp = await gateway.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200, resp.text
+    me = resp.json()
+    subject = f"repo:{own}:ref:refs/heads/main"
+    assert (me["subject"], me["identity"], me["repository"], me["roles"]) == (subject, subject, own, ["developer"])
+    assert (me["name"], me["email"], me["username"]) == (None, None, None)
+    assert me["service_account"] is False
+    assert me["issuer"] == claims["iss"]  # the gateway's workload issuer, not the realm
+
+
 async def test_rules_decide_the_role(gateway: httpx.AsyncClient, github_oidc: LocalIssuer) -> None:
     own = repository()
     # A tag build matches the second rule: a viewer, who may read but not create runs.

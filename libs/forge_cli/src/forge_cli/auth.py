@@ -202,11 +202,10 @@ def login_with_browser(
     _apply_tokens(ctx, answer)
 
 
-# Any authenticated operation proves a token: the gateway authenticates every request before it
-# routes it, so this read of a run that cannot exist answers 401 to a token it refuses and 404 to
-# one it accepts (403 to a token without a role, 429 past the rate limit: accepted too), and it
-# reads one row by its key.
-_CHECK_PATH = "/v1/runs/00000000-0000-0000-0000-000000000000"
+# The gateway answers who a token is from the token alone, after authenticating it as it does
+# every request: 200 (with who) to a token it accepts, 401 to one it refuses. No service behind
+# the gateway is asked, so a token can be checked while they are down.
+_CHECK_PATH = "/v1/me"
 _NOT_STORED = "nothing stored"
 
 
@@ -220,14 +219,18 @@ def login_with_token(ctx: Context, token: str, timeout: float) -> None:
             "standard input does not hold a token: an access token is a JWT (three base64url parts "
             f"separated by dots), as the identity provider or `forge dev token` gives it; {_NOT_STORED}"
         )
-    _check_with_gateway(ctx.api, token, timeout)
+    caller = _check_with_gateway(ctx.api, token, timeout)
     ctx.forget_tokens()
     ctx.token_endpoint = ctx.revocation_endpoint = None
     ctx.access_token = token
     claims = token_claims(token)
     ctx.expires_at = float(claims["exp"]) if isinstance(claims.get("exp"), int | float) else None
-    ctx.user = claims.get("email") or claims.get("preferred_username") or claims.get("sub")
-    ctx.roles = list((claims.get("realm_access") or {}).get("roles", []))
+    if caller is not None:  # what the gateway verified
+        ctx.user = str(caller["identity"])
+        ctx.roles = [str(role) for role in caller.get("roles") or []]
+    else:
+        ctx.user = claims.get("email") or claims.get("preferred_username") or claims.get("sub")
+        ctx.roles = list((claims.get("realm_access") or {}).get("roles", []))
 
 
 def _is_jwt(token: str) -> bool:
@@ -241,22 +244,41 @@ def _is_jwt(token: str) -> bool:
     return True
 
 
-def _check_with_gateway(api: str, token: str, timeout: float) -> None:
-    """Raises unless the gateway at ``api`` authenticates ``token`` (see :data:`_CHECK_PATH`)."""
+def _check_with_gateway(api: str, token: str, timeout: float) -> dict[str, Any] | None:
+    """Raises unless the gateway at ``api`` authenticates ``token`` (see :data:`_CHECK_PATH`);
+    the gateway's ``GET /v1/me`` answer, or None when it accepted the token without one."""
     try:
         status, content = request(
             "GET", api.rstrip("/") + _CHECK_PATH, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
         )
     except CliError as exc:  # unreachable, or no answer in time: same class, same exit status
         raise type(exc)(f"{exc}; the token could not be checked, {_NOT_STORED}") from None
-    if 200 <= status < 300 or (status in (403, 404, 429) and _is_envelope(content)):
-        return  # authenticated; what the token may do is another matter
+    if status == 200:
+        caller = _caller(content)
+        if caller is not None:
+            return caller
+    elif status in (404, 429) and _is_envelope(content):
+        # Authenticated all the same: a gateway older than /v1/me authenticates a request before
+        # it finds no route for it (404), and only authenticated requests count against the rate
+        # limit (429). Who the token is, its own claims say.
+        return None
     answer = _one_line(status, content, api)
     if status == 401:
         raise AuthError(f"the gateway refused the token: {answer}; {_NOT_STORED}")
     if status >= 500:
         raise ApiError(f"the gateway could not check the token: {answer}; {_NOT_STORED}", status)
     raise ApiError(f"{api} did not answer as a Forge gateway: {answer}; {_NOT_STORED}", status)
+
+
+def _caller(content: bytes) -> dict[str, Any] | None:
+    """A ``GET /v1/me`` answer (not some other server's 200 page), or None."""
+    try:
+        caller = json.loads(content)
+    except ValueError:
+        return None
+    if isinstance(caller, dict) and isinstance(caller.get("identity"), str) and isinstance(caller.get("roles"), list):
+        return caller
+    return None
 
 
 def _is_envelope(content: bytes) -> bool:

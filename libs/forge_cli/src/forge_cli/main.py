@@ -16,7 +16,7 @@ from .commands import add_api_commands
 from .config import Config, Context, context_name_for
 from .http import EXIT_FAILED, CliError
 from .output import FORMATS, render
-from .session import resolve_api, resolve_context
+from .session import call, resolve_api, resolve_context
 
 __all__ = ["build_parser", "main"]
 
@@ -106,6 +106,12 @@ def _logout(args: argparse.Namespace) -> Any:
     return _summary(found[0], found[1], config.current)
 
 
+def _whoami(args: argparse.Namespace) -> Any:
+    """The gateway's word on the token this command sends, not the token's unverified claims
+    (what `forge context list` shows): ``GET /v1/me``, answered without any service."""
+    return call(args, "GET", "/v1/me")
+
+
 def _context_list(args: argparse.Namespace) -> Any:
     config = Config.load()
     return {"contexts": [_summary(n, c, config.current) for n, c in sorted(config.contexts.items())]}
@@ -144,6 +150,12 @@ def _add_account_commands(sub: Any, leaf: Callable[..., argparse.ArgumentParser]
     p.set_defaults(func=_login)
     p = leaf(sub, "logout", help="forget the context's tokens and end its session at the issuer")
     p.set_defaults(func=_logout)
+    p = leaf(
+        sub,
+        "whoami",
+        help="who the gateway takes your token for: subject, name, email, roles, repository, expiry (GET /v1/me)",
+    )
+    p.set_defaults(func=_whoami)
     ctx = sub.add_parser("context", help="saved gateways and their logins").add_subparsers(
         dest="context_command", required=True
     )

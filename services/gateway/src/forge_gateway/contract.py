@@ -48,7 +48,8 @@ The public API of the Forge CI/CD platform, as served by its gateway (`make run`
 platform's Keycloak realm (issuer and audience: `GET /v1/meta`), except where an operation says \
 otherwise. Roles come from `realm_access.roles`: `viewer` may read, `developer` may also create \
 and cancel runs, releases and deployments, `approver` may approve, `admin` may do everything, \
-and `worker` service accounts may call the operations tagged `internal`.
+and `worker` service accounts may call the operations tagged `internal`. `GET /v1/me` says who \
+a token is (subject, names, roles, repository, expiry), answered by the gateway alone.
 
 **Repositories in paths.** `{owner}/{name}` is a repository (`mycompany/myrepo`). It may be \
 sent as two segments, as the paths show, or percent-encoded as one (`mycompany%2Fmyrepo`).
@@ -69,7 +70,7 @@ _TAGS = [
     {"name": "release", "description": "Releases: numbered, immutable snapshots of a project at a commit"},
     {"name": "deployment", "description": "Deployments of releases to dev, staging and production through GitOps"},
     {"name": "approval", "description": "Approvals of releases for environments (production needs one)"},
-    {"name": "gateway", "description": "What the gateway answers itself: discovery, health"},
+    {"name": "gateway", "description": "What the gateway answers itself: discovery, who the caller is, health"},
     {
         "name": "auth",
         "description": "Workload identity: a CI job's OIDC token exchanged for a short-lived Forge token "
@@ -151,7 +152,9 @@ def _applies(kind: str, path: str, operation: dict[str, Any], proxied: bool) -> 
 def _complete(path: str, operation: dict[str, Any], proxied: bool) -> None:
     """The error envelope on every error status, the gateway's statuses, its headers."""
     responses: dict[str, Any] = operation.setdefault("responses", {})
-    limited = proxied and operation.get("security") != []
+    # Every authenticated request is counted against its user's rate limit, proxied or answered
+    # by the gateway itself (GET /v1/me); public ones are not.
+    limited = operation.get("security") != []
     for status, answer in list(responses.items()):
         if int(status) >= 400:
             if status in _STANDARD and answer.get("description") in _GENERIC:
@@ -168,13 +171,20 @@ def _complete(path: str, operation: dict[str, Any], proxied: bool) -> None:
 
 
 def _gateway_document() -> dict[str, Any]:
-    """What the gateway answers itself (its Litestar app): its ``/v1`` operations and health.
+    """What the gateway answers itself: its Litestar app's ``/v1`` operations and health, and the
+    operations its proxy answers (``GET /v1/me``, documented by a handler of their own).
     ``/v1/meta`` and health need no token; any other needs the bearer token unless its handler
     says ``opt={"public": True}``."""
+    from litestar import Litestar
+
     from .app import META_PATH, TOKEN_PATH, create_app
+    from .me import documentation
     from .settings import Settings
 
     document = service_document(_quietly(create_app, Settings()).rest)
+    local = service_document(Litestar(route_handlers=[documentation()]))
+    _merge_schemas(document["components"].setdefault("schemas", {}), local["components"].get("schemas", {}), "gateway")
+    document["paths"].update(local["paths"])
     paths = {}
     for path, item in document["paths"].items():
         if not path.startswith(_API_PREFIX) and path not in _HEALTH:

@@ -3,8 +3,9 @@
 Per request: authenticate the bearer token (cached verification), count it against the user's
 sliding window, pick the upstream by the first path segment, enforce the body limit while
 streaming, forward over a pooled keep-alive connection (:mod:`forge_gateway.upstream`), stream
-the answer back. Every
-answer the gateway makes itself is the platform's error envelope.
+the answer back. A few operations (:data:`LOCAL`: ``GET /v1/me``) the proxy answers itself after
+the same authentication and limits, with the same metrics, access log and trace. Every
+error the gateway makes itself is the platform's error envelope.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import random
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
@@ -27,6 +28,7 @@ from forge_common.errors import (
     ForgeError,
     GatewayTimeout,
     InvalidRequest,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -35,14 +37,14 @@ from forge_common.errors import (
 )
 from forge_common.tracing import extract, inject
 
-from . import response_limit
+from . import me, response_limit
 from .accesslog import AccessLog
 from .ratelimit import Decision, SlidingWindowLimiter
 from .settings import Settings
 from .upstream import Connection, Upstream, UpstreamBusy, UpstreamError, UpstreamProtocolError, UpstreamUnavailable
 from .versioning import API_VERSIONS, load_deprecations
 
-__all__ = ["ROUTES", "WEBHOOK_PATH", "Proxy"]
+__all__ = ["LOCAL", "ROUTES", "WEBHOOK_PATH", "Proxy"]
 
 log = structlog.get_logger("forge_gateway")
 _tracer = trace.get_tracer("forge.gateway")
@@ -51,6 +53,11 @@ _tracer = trace.get_tracer("forge.gateway")
 ROUTES: dict[str, str] = API_VERSIONS["v1"]
 # Authenticated by its HMAC signature in the pipeline service, not by a bearer token.
 WEBHOOK_PATH = "/v1/webhooks/github"
+# Exact paths the gateway answers itself (GET and HEAD), from the authenticated principal alone:
+# the body of the 200. Their metrics route is the path itself.
+LOCAL: dict[str, Callable[[Principal], bytes]] = {me.ME_PATH: me.answer}
+_LOCAL_METHODS = frozenset({"GET", "HEAD"})
+_LOCAL_ALLOW = {"Allow": "GET, HEAD"}
 
 _HOP_BY_HOP = frozenset(
     {
@@ -363,7 +370,13 @@ class Proxy:
         segment = rest.partition("/")[0]
         routes = self.routes.get(version)
         upstream = routes.get(segment) if routes is not None else None
-        route = f"/{version}/{segment}" if upstream is not None else "unmatched"
+        local = LOCAL.get(path) if upstream is None else None
+        if upstream is not None:
+            route, served_by = f"/{version}/{segment}", upstream.name
+        elif local is not None:
+            route, served_by = path, "gateway"
+        else:
+            route, served_by = "unmatched", None
         span, trace_headers, trace_id = self._trace(method, route, incoming)
         x = _Exchange()
         reader = _ClientReader(receive, self.settings.client_idle_timeout, self.settings.client_body_timeout)
@@ -371,6 +384,9 @@ class Proxy:
         try:
             if path != WEBHOOK_PATH:
                 await self._authorize(x, incoming.authorizations)
+            if local is not None:
+                x.status = await self._answer_locally(local, method, path, x, rid, send)
+                return
             if upstream is None:
                 raise NotFound("no API route matches this path", {"path": path})
             if stream and x.principal is not None:
@@ -403,7 +419,7 @@ class Proxy:
                 path=path,
                 status=x.status,
                 duration_ms=round(elapsed * 1000, 3),
-                upstream=upstream.name if upstream is not None else None,
+                upstream=served_by,
                 user=x.principal.identity if x.principal is not None else None,
                 request_id=incoming.request_id,
                 trace_id=trace_id,
@@ -442,6 +458,29 @@ class Proxy:
                 {"limit": decision.limit, "retry_after": decision.retry_after},
                 {"Retry-After": str(decision.retry_after)},
             )
+
+    async def _answer_locally(
+        self, local: Callable[[Principal], bytes], method: str, path: str, x: _Exchange, rid: bytes, send: Any
+    ) -> int:
+        """A :data:`LOCAL` operation, after :meth:`_authorize`: no service is asked, so it answers
+        while every service is down. The body is about the caller's credential: never cached."""
+        if method not in _LOCAL_METHODS:
+            raise MethodNotAllowed("method not allowed on this resource", None, _LOCAL_ALLOW)
+        # Authenticated and admitted by _authorize: no local path is exempt from it.
+        assert x.principal is not None
+        assert x.decision is not None
+        body = local(x.principal)
+        headers = [
+            _JSON,
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"x-request-id", rid),
+            *x.decision.headers(),
+            *self.deprecations.headers(method, path),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        return 200
 
     def _release(self, x: _Exchange) -> None:
         """Give back what :meth:`_authorize` and the stream cap counted for this request."""
