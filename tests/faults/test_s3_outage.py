@@ -150,6 +150,8 @@ async def test_search_indexes_the_logs_of_an_s3_outage_once_it_is_back(
                     break
                 await asyncio.sleep(0.05)
             assert (await client.get(search, params={"q": word}, headers=headers)).json()["results"] == []
+            # What an operator sees (ForgeLogIndexBacklog): the backlog on the service's /metrics.
+            assert await _log_index_pending(client, cell) >= 1
             await s3_proxy.up()
             deadline = asyncio.get_running_loop().time() + 60
             while not (results := (await client.get(search, params={"q": word}, headers=headers)).json()["results"]):
@@ -157,6 +159,13 @@ async def test_search_indexes_the_logs_of_an_s3_outage_once_it_is_back(
                 await asyncio.sleep(0.2)
             cur = await conn.execute("SELECT count(*) FROM pipeline.log_index_queue WHERE step_id = %s", (step_id,))
             assert await cur.fetchone() == (0,)
+        assert await _log_index_pending(client, cell) == 0
         assert [(r["step_id"], r["line"]) for r in results] == [(step_id, word)]
     finally:
         cell.close()
+
+
+async def _log_index_pending(client: httpx.AsyncClient, cell: Cell) -> float:
+    text = (await client.get(f"{cell.pipelines[0].url}/metrics")).text
+    [line] = [line for line in text.splitlines() if line.startswith("forge_pipeline_log_index_pending ")]
+    return float(line.split()[1])

@@ -43,6 +43,13 @@ PHASE_DURATION = Histogram(
 JOBS_PENDING = Gauge(
     "forge_jobs_pending", "Jobs waiting in PIPELINE_JOBS per job type (the consumer's num_pending)", ["job_type"]
 )
+LOG_INDEX_PENDING = Gauge(
+    "forge_pipeline_log_index_pending",
+    "Finished steps whose log is still to be indexed for search (rows of pipeline.log_index_queue)",
+)
+LOG_INDEX_OLDEST = Gauge(
+    "forge_pipeline_log_index_oldest_seconds", "Age of the oldest log still to be indexed for search (0: none)"
+)
 
 # Phase names come from repositories: at most 100 distinct ones per process, then "other".
 phase_label = BoundedLabel(100)

@@ -28,7 +28,7 @@ import structlog
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-from forge_common import cursor
+from forge_common import cursor, metrics
 from forge_common.client import ServiceClient
 from forge_common.db import Pool
 from forge_common.errors import BadGateway, GatewayTimeout, InvalidRequest, unavailable
@@ -36,6 +36,7 @@ from forge_common.events import isoformat
 from forge_common.search import ReleaseHit, ReleaseSearchResults, page_limit, query_text, release_cursor
 
 from . import domain, live
+from .metrics import LOG_INDEX_OLDEST, LOG_INDEX_PENDING
 
 __all__ = [
     "INDEXER_KEY",
@@ -118,8 +119,23 @@ class LogIndexer:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="log-indexer")
+        metrics.add_refresher(self.refresh_backlog)
+
+    async def refresh_backlog(self) -> None:
+        """``forge_pipeline_log_index_pending`` and ``..._oldest_seconds``, read at scrape time: a
+        backlog that grows (S3 unreachable for the service) is the one to alert on."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(queued_at)), 0)::float8 AS oldest"
+                " FROM pipeline.log_index_queue"
+            )
+            row = await cur.fetchone()
+        if row is not None:
+            LOG_INDEX_PENDING.set(row["n"])
+            LOG_INDEX_OLDEST.set(row["oldest"])
 
     async def stop(self) -> None:
+        metrics.remove_refresher(self.refresh_backlog)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
