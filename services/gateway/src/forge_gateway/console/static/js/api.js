@@ -72,3 +72,22 @@ export async function api(path, { method = 'GET', body, signal, params, retried 
   if (resp.status === 204) return null;
   return resp.json();
 }
+
+// GET /v1/me with a token that is not the session's yet: a pasted token is checked before it is
+// kept. Unlike api(), a 401 neither refreshes nor ends the session: the session it would touch
+// is not this token's.
+export async function describeToken(token, { signal } = {}) {
+  let resp;
+  try {
+    resp = await fetch('/v1/me', {
+      headers: { Accept: 'application/json', Authorization: `Bearer ${token}` },
+      signal,
+      cache: 'no-store',
+    });
+  } catch (err) {
+    if (err.name === 'AbortError') throw err;
+    throw new ApiError(0, 'network_error', `The gateway cannot be reached (${err.message})`, {});
+  }
+  if (!resp.ok) throw await errorFrom(resp);
+  return resp.json();
+}

@@ -66,14 +66,16 @@ export function expired(c = claims()) {
   return Boolean(c && typeof c.exp === 'number' && c.exp * 1000 <= Date.now());
 }
 
-// Checks a pasted token's shape before keeping it; the API says whether it is valid.
-export function acceptPastedToken(text) {
-  const token = text.trim().replace(/^Bearer\s+/i, '');
-  const c = claims(token);
-  if (!c) throw new Error('That is not a JWT access token (three base64url parts separated by dots).');
-  if (expired(c)) throw new Error(`That token expired at ${new Date(c.exp * 1000).toISOString()}.`);
-  setToken(token, null);
-  return c;
+// A pasted token as it goes into the Authorization header: "Bearer " and line breaks (a long
+// token wraps when copied from a terminal) removed. Only the gateway says whether it is valid
+// (session.js asks GET /v1/me before keeping it); this only refuses what no header can carry.
+export function pastedToken(text) {
+  const token = text.trim().replace(/^Bearer\s+/i, '').replace(/\s+/g, '');
+  if (!token) throw new Error('Paste an access token first.');
+  if (!/^[\x21-\x7e]+$/.test(token)) {
+    throw new Error('That is not an access token: it has characters no token has (a JWT is three base64url parts separated by dots).');
+  }
+  return token;
 }
 
 async function discover(issuer) {

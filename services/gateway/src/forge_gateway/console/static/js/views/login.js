@@ -1,7 +1,20 @@
-import { acceptPastedToken, finishLogin, startLogin } from '../auth.js';
+import { finishLogin, startLogin } from '../auth.js';
 import { errorBox, field, h } from '../dom.js';
+import { signInWithToken } from '../session.js';
 
-export async function loginView({ main, config, query, returnTo }) {
+// Why a pasted token was not kept. A 401 is the gateway's verdict on the token (its message says
+// which: expired, wrong issuer, bad signature); unreachable or 5xx says nothing about the token.
+function tokenRefusal(err) {
+  if (err?.name === 'ApiError' && (err.status === 0 || err.status >= 500)) {
+    return [
+      errorBox(err, 'Checking this token'),
+      h('p', { class: 'muted' }, 'The gateway could not check the token, so it was not kept: try again when the gateway answers.'),
+    ];
+  }
+  return [errorBox(err, 'Using this token')];
+}
+
+export async function loginView({ main, config, signal, query, returnTo }) {
   const target = returnTo || query.get('next') || '/runs';
   const go = (path) => {
     history.replaceState(null, '', path);
@@ -24,22 +37,39 @@ export async function loginView({ main, config, query, returnTo }) {
     },
   }, 'Log in');
 
-  const tokenInput = h('textarea', { id: 'token-input', rows: 4, spellcheck: 'false', autocomplete: 'off', placeholder: 'eyJhbGciOi…' });
+  const tokenStatus = h('div', { id: 'token-status', 'aria-live': 'polite' });
+  const tokenInput = h('textarea', {
+    id: 'token-input',
+    rows: 4,
+    spellcheck: 'false',
+    autocomplete: 'off',
+    placeholder: 'eyJhbGciOi…',
+    'aria-describedby': 'token-status',
+  });
+  const tokenSubmit = h('button', { type: 'submit' }, 'Use this token');
   const tokenForm = h('form', {
     id: 'token-form',
-    onsubmit: (event) => {
+    onsubmit: async (event) => {
       event.preventDefault();
+      tokenSubmit.disabled = true;
+      tokenInput.removeAttribute('aria-invalid');
+      tokenStatus.replaceChildren(h('p', { class: 'muted' }, 'Checking the token with the gateway…'));
       try {
-        acceptPastedToken(tokenInput.value);
+        await signInWithToken(tokenInput.value, { signal });
         tokenInput.value = '';
         go(target);
       } catch (err) {
-        status.replaceChildren(errorBox(err, 'Using this token'));
+        if (err?.name === 'AbortError') return; // the page was left: the check was cancelled
+        tokenInput.setAttribute('aria-invalid', 'true');
+        tokenStatus.replaceChildren(...tokenRefusal(err));
+      } finally {
+        tokenSubmit.disabled = false;
       }
     },
   },
-  field('Access token', tokenInput, 'A bearer token from your issuer (for example `forge dev token` under make run). It is kept for this tab only.'),
-  h('button', { type: 'submit' }, 'Use this token'));
+  field('Access token', tokenInput, 'A bearer token from your issuer (for example `forge dev token` under make run). The gateway checks it (GET /v1/me) before it is kept, for this tab only.'),
+  tokenStatus,
+  tokenSubmit);
 
   main.append(
     h('h1', {}, 'Log in to Forge'),
