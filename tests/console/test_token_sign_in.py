@@ -1,8 +1,11 @@
 """ "Use an access token" in the browser: the console keeps a pasted token only once the gateway's
-``GET /v1/me`` accepts it."""
+``GET /v1/me`` accepts it, shows who the gateway says is signed in (name, roles, the repository a
+repository-bound token is limited to), and sends the user back to sign in when the gateway stops
+accepting the token."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +19,9 @@ from .test_console import _find, _shown, _wait
 
 # What the browser keeps: nothing in localStorage ever, the token in sessionStorage once accepted.
 _STORAGE = "return [localStorage.length, Object.keys(sessionStorage).sort()];"
+_ME_REQUESTS = (
+    "return performance.getEntriesByType('resource').filter((e) => new URL(e.name).pathname === '/v1/me').length;"
+)
 
 
 def _user() -> str:
@@ -67,6 +73,56 @@ def test_an_expired_or_invalid_token_is_refused_with_the_gateways_message(
     assert browser.execute_script(_STORAGE) == [0, []]
 
 
+def test_a_developer_token_signs_in_and_the_header_says_who_it_is(
+    platform: Platform, browser: Any, screenshots: Callable[[Any, str], Path]
+) -> None:
+    gateway = platform.gateway_url
+    user = _user()
+    token = platform.keys.sign(user, ["developer", "viewer"], extra={"name": "Dana Developer"})
+    # pasted as a header value, wrapped as a terminal copies it: the console takes the token out
+    wrapped = "Bearer " + "\n".join(token[i : i + 80] for i in range(0, len(token), 80))
+    _submit_token(browser, gateway, wrapped)
+
+    _wait(browser, lambda d: d.current_url == f"{gateway}/runs", message="not taken to the runs page")
+    who = _wait(browser, _shown("#who .user", "Dana Developer"), message="the header does not say who")
+    assert f"acts as {user}" in who.get_attribute("title")
+    assert _find(browser, "#who .roles").text == "developer, viewer"
+    assert browser.find_elements("css selector", "#who .repository") == []
+    screenshots(browser, "signed-in")
+    assert browser.execute_script("return sessionStorage.getItem('forge.token');") == token
+    assert browser.execute_script(_STORAGE) == [0, ["forge.token"]]
+    # the check's answer is the header's: one GET /v1/me for the sign-in, none per page
+    _find(browser, "nav a[data-nav=releases]").click()
+    _wait(browser, lambda d: d.current_url.startswith(f"{gateway}/releases"))
+    _wait(browser, _shown("#who .user", "Dana Developer"))
+    assert browser.execute_script(_ME_REQUESTS) == 1
+
+    # a new page load asks once again
+    browser.get(f"{gateway}/environments")
+    _wait(browser, _shown("#who .user", "Dana Developer"))
+    assert browser.execute_script(_ME_REQUESTS) == 1
+
+    # "Log out" forgets the token
+    _find(browser, "#who button").click()
+    _wait(browser, _shown("#token-input"))
+    _wait(browser, _shown("#who a", "Log in"))
+    assert browser.execute_script(_STORAGE) == [0, []]
+
+
+def test_a_repository_bound_token_says_which_repository_it_is_limited_to(
+    platform: Platform, browser: Any, screenshots: Callable[[Any, str], Path]
+) -> None:
+    gateway = platform.gateway_url
+    user = _user()
+    token = platform.keys.sign(user, ["developer"], extra={"forge_repository": "acme/app"})
+    _submit_token(browser, gateway, token)
+    _wait(browser, _shown("#who .repository", "limited to acme/app"), message="the header does not name the repository")
+    assert _find(browser, "#who .user").text == user  # no name claim: the user name
+    assert _find(browser, "#who .roles").text == "developer"
+    assert "null" not in _find(browser, "#who").text  # no empty field of the answer shows
+    screenshots(browser, "signed-in-repository-bound")
+
+
 def test_a_gateway_that_cannot_check_the_token_keeps_nothing(
     platform: Platform, browser: Any, screenshots: Callable[[Any, str], Path]
 ) -> None:
@@ -86,3 +142,35 @@ def test_a_gateway_that_cannot_check_the_token_keeps_nothing(
         screenshots(browser, "token-not-checked")
     finally:
         gateway.stop(timeout=5)
+
+
+def test_a_token_the_gateway_no_longer_accepts_sends_the_user_to_sign_in(
+    platform: Platform, browser: Any, tmp_path: Path
+) -> None:
+    gateway = platform.gateway_url
+    user = _user()
+
+    # a token kept in the tab that the gateway refuses (401 from GET /v1/me): signed out, asked
+    # to sign in on the page asked for, and the sign-in goes back there
+    stranger = IssuerKeys.load_or_create(tmp_path / "stranger.json", platform.issuer_url).sign(user, ["developer"])
+    browser.get(f"{gateway}/login")
+    _wait(browser, _shown("#token-input"))
+    browser.execute_script("sessionStorage.setItem('forge.token', arguments[0]);", stranger)
+    browser.get(f"{gateway}/releases")
+    _wait(browser, _shown("main .warning", "no longer accepts your token"), message="not sent to sign in")
+    assert _find(browser, "#token-input")
+    assert browser.execute_script(_STORAGE) == [0, []]
+    assert _find(browser, "#who a").text == "Log in"
+    _find(browser, "#token-input").send_keys(platform.token(user, "viewer"))
+    _find(browser, "#token-form button[type=submit]").click()
+    _wait(browser, lambda d: d.current_url == f"{gateway}/releases", message="not taken back to the page")
+    _wait(browser, _shown("#who .user", user))
+
+    # a token that expires while signed in: the next page asks for a sign-in and forgets it
+    expires_at = time.time() + 10
+    _submit_token(browser, gateway, platform.token(user, "viewer", expires_in=10))
+    _wait(browser, _shown("#who .user", user))
+    time.sleep(max(0.0, expires_at + 1 - time.time()))
+    _find(browser, "nav a[data-nav=approvals]").click()
+    _wait(browser, _shown("main .warning", "Your token has expired"), message="not sent to sign in")
+    assert browser.execute_script(_STORAGE) == [0, []]
