@@ -65,11 +65,17 @@ def _shown(selector: str, text: str | None = None) -> Callable[[Any], Any]:
     """A wait condition: an element matching ``selector`` (containing ``text``) is on the page."""
 
     def check(driver: Any) -> Any:
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.by import By
 
         for element in driver.find_elements(By.CSS_SELECTOR, selector):
-            if text is None or text in element.text:
-                return element
+            # Redrawn between the lookup and the read (the header once GET /v1/me answers): the
+            # next poll finds its successor.
+            try:
+                if text is None or text in element.text:
+                    return element
+            except StaleElementReferenceException:
+                continue
         return False
 
     return check
