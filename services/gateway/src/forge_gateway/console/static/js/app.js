@@ -110,8 +110,8 @@ async function render() {
   const notice = signInNotice; // said on this page only
   signInNotice = null;
   renderWho();
-  // Asked once per sign-in or page load; each later page reuses the answer.
-  if (getToken()) whoAmI().then(renderWho, renderWho);
+  // Asked once per sign-in or page load; each later page reuses the answer (drawn just above).
+  if (getToken() && !signedInAs()) whoAmI().then(renderWho, renderWho);
   if (!view) {
     main.append(h('h1', {}, 'Page not found'), h('p', {}, h('a', { href: '/runs' }, 'Go to runs')));
     return;
