@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psycopg
 
@@ -210,6 +210,7 @@ class Infra:
             server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
             self._pg = server
             self.admin_database_url = server.get_uri()
+            _raise_connection_limit(server, pgdata)
         with psycopg.connect(self.admin_database_url, autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (cfg.database_name,)).fetchone()
             if not exists:
@@ -292,6 +293,25 @@ class Infra:
             with contextlib.suppress(Exception):
                 self._pg.cleanup()  # type: ignore[attr-defined]
             self._pg = None
+
+
+# Connections the embedded server accepts: a test session runs a few dozen service processes
+# (each with its pool and LISTEN connections) against it; initdb's default is 100.
+EMBEDDED_MAX_CONNECTIONS = 500
+
+
+def _raise_connection_limit(server: Any, pgdata: Path) -> None:
+    """Give a new embedded server ``EMBEDDED_MAX_CONNECTIONS`` (a restart, once per data
+    directory: the setting is kept in ``postgresql.auto.conf``)."""
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        row = conn.execute("SHOW max_connections").fetchone()
+        if row is not None and int(row[0]) >= EMBEDDED_MAX_CONNECTIONS:
+            return
+        conn.execute(f"ALTER SYSTEM SET max_connections = {EMBEDDED_MAX_CONNECTIONS}")
+    from pgserver.postgres_server import pg_ctl  # type: ignore[attr-defined]
+
+    # pg_ctl restart starts the server with the options it was started with (postmaster.opts).
+    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata, user=server.system_user, timeout=60)
 
 
 def _with_database(url: str, database: str) -> str:
