@@ -197,8 +197,10 @@ class Cell:
         alive = [p for p in self.pipelines if p.popen.poll() is None]
         return alive[0].url
 
-    def close(self) -> None:
-        if os.environ.get("FORGE_EXEC_DUMP_LOGS"):
+    def close(self, dump_logs: bool = False) -> None:
+        """Stop everything and drop the cell's database and streams; first print the logs of its
+        pipelines and workers when ``dump_logs`` (a failed test) or ``FORGE_EXEC_DUMP_LOGS``."""
+        if dump_logs or os.environ.get("FORGE_EXEC_DUMP_LOGS"):
             for proc in [*self.pipelines, *self.workers]:
                 if proc.log_path and proc.log_path.exists():
                     print(f"----- {proc.name} -----\n{proc.log_path.read_text(errors='replace')[-20000:]}")

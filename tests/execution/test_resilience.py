@@ -35,14 +35,16 @@ group = 2
 
 
 @pytest.fixture
-def crash_cell(platform: Platform) -> Iterator[Cell]:
+def crash_cell(platform: Platform, request: pytest.FixtureRequest) -> Iterator[Cell]:
     # A short ack wait: a crashed worker's job comes back after 2s (heartbeats keep live ones).
     c = Cell(platform, "crash", env={"FORGE_JOB_ACK_WAIT": "2s", "FORGE_DISPATCHER_CHECK_INTERVAL": "0.5s"})
     try:
         c.start_pipeline()
         yield c
     finally:
-        c.close()
+        # A failed test shows its pipeline's and workers' logs (the cell's directory goes).
+        report = getattr(request.node, "rep_call", None)
+        c.close(dump_logs=report is not None and report.failed)
 
 
 async def test_worker_killed_mid_job_is_redelivered(crash_cell: Cell, client: httpx.AsyncClient) -> None:
