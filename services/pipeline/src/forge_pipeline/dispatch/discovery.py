@@ -12,7 +12,7 @@ import structlog
 from forge_common import jobs
 from forge_common.errors import Conflict, InvalidRequest
 from forge_common.nats import reconnects
-from forge_pipeline import service, store
+from forge_pipeline import service
 from forge_pipeline.domain import PhasePlan
 from forge_pipeline.records import DispatchRun
 
@@ -25,12 +25,10 @@ log = structlog.get_logger(__name__)
 
 async def discover(driver: RunDriver, run: DispatchRun) -> list[PhasePlan]:
     """Ask a worker for the run's plan and store it; the stored plan (ids assigned), which the
-    groups then run without reading it back."""
+    groups then run without reading it back. The run is ``running`` already: its claim made it
+    so (execution_store.claim_runs)."""
     run_id = driver.run_id
     timeout = driver.job_settings.timeout("discovery")
-    if run.status == "pending":  # claimed runs are running already (execution_store.claim_runs)
-        async with driver.pool.connection() as conn, conn.transaction():
-            await store.set_run_running(conn, run_id)
     raw = await _ask(driver, run, timeout)
     if raw is None:
         await driver.queue.drop(run_id)
