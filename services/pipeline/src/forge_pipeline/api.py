@@ -483,7 +483,7 @@ async def update_step_status(request: Request[Any, Any, Any], step_id: str, runt
         completed_at=body.completed_at,
     )
     view = await _service(runtime).step_status(report)
-    _index_logs(runtime, [view])
+    _wake_log_indexer(runtime, [view])
     return _json(200, view)
 
 
@@ -557,11 +557,11 @@ async def report_task(request: Request[Any, Any, Any], task_id: str, runtime: Ru
     body = decode_body(await request.body(), TaskReportBody)
     _validate_report(body)
     result = await _service(runtime).report(_report_command(tid, body))
-    _index_logs(runtime, result.steps)
+    _wake_log_indexer(runtime, result.steps)
     return _json(200, result)
 
 
-def _index_logs(runtime: Runtime, steps: list[StepStatusView]) -> None:
+def _wake_log_indexer(runtime: Runtime, steps: list[StepStatusView]) -> None:
     """Wake the log indexer when the report finished a step with a log (its transaction queued
     the step: search.py). A step without a log (it printed nothing: the worker reports no
     ``logs_s3_key``) has nothing to index. The worker's report does not wait for the indexing."""
