@@ -23,7 +23,7 @@ was refused or a run that did not succeed), lost (no completion within 60 s afte
 CPU per run by process (``/proc``: the platform's processes with their reaped children; the
 Postgres backends of the platform's database; the NATS server, which may serve others too).
 The 1-, 5- and 15-minute load averages are printed with every figure: on a shared machine they
-say how much of the CPU the stack had. ``--profile N`` records the pipeline service with
+say how much of the CPU the stack had. ``--profile N`` records a process (``--profile-process``: pipeline or worker) with
 ``py-spy`` (when installed) for N seconds of the 32-in-flight loop and prints its top frames.
 """
 
@@ -390,7 +390,7 @@ def _start_profile(platform: Platform, seconds: float) -> subprocess.Popen[bytes
         print("  (py-spy not installed: no profile)")
         return None
     pid = next(p.popen.pid for p in platform.stack.infra.processes if p.name == PROFILED)
-    out = Path(tempfile.mkdtemp(prefix="forge-bench-profile-")) / "pipeline.txt"
+    out = Path(tempfile.mkdtemp(prefix="forge-bench-profile-")) / f"{PROFILED}.txt"
     cmd = [
         spy,
         "record",
@@ -412,8 +412,8 @@ def _start_profile(platform: Platform, seconds: float) -> subprocess.Popen[bytes
 
 
 def _finish_profile(proc: subprocess.Popen[bytes] | None, top: int = 25) -> None:
-    """Print where the pipeline service spent its samples: self time by function, and
-    inclusive time of the service's own functions."""
+    """Print where the profiled process spent its samples: self time by function, and
+    inclusive time of Forge's own functions."""
     if proc is None:
         return
     proc.wait()
@@ -436,7 +436,7 @@ def _finish_profile(proc: subprocess.Popen[bytes] | None, top: int = 25) -> None
         for frame in set(frames):
             if "forge_" in frame:
                 inclusive[frame] = inclusive.get(frame, 0) + n
-    print(f"  py-spy, pipeline service, {total} samples: self time")
+    print(f"  py-spy, {PROFILED} process, {total} samples: self time")
     for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
         print(f"    {n / total * 100:5.1f}%  {frame}")
     print("  inclusive, forge code")
