@@ -178,7 +178,7 @@ def _gateway_document() -> dict[str, Any]:
     from litestar import Litestar
 
     from .app import META_PATH, TOKEN_PATH, create_app
-    from .me import documentation
+    from .me import ME_PATH, documentation
     from .settings import Settings
 
     document = service_document(_quietly(create_app, Settings()).rest)
@@ -196,6 +196,8 @@ def _gateway_document() -> dict[str, Any]:
             if operation.get("deprecated") is False:
                 del operation["deprecated"]
             _complete(path, operation, proxied=False)
+            if path == ME_PATH:
+                del operation["responses"]["403"]  # any valid token may call it: no role is checked
         paths[path] = item
     document["paths"] = paths
     return document
