@@ -1,6 +1,7 @@
 """A deployment whose GitOps commit fails is announced: one ``deployment.failed``, recorded with
 the row's failure, reaches a subscriber through the gateway; a push that lost a race and landed
-on a retry is not a failure.
+on a retry is not a failure. A commit that fails inside the service (its clone unusable) fails
+the deployment at once and frees its slot.
 
 The GitOps repository is a bare repository whose pre-receive hook refuses pushes while a flag
 file exists, the way a protected branch or a freeze refuses them. The service reaches it as a
@@ -42,6 +43,17 @@ def _guarded_repository(tmp_path: Path) -> tuple[Path, Path]:
     return bare, flag
 
 
+def _remote_env(repository: Path, **extra: str) -> dict[str, str]:
+    """A dedicated instance's settings reaching ``repository`` as the remote ``REMOTE``."""
+    return {
+        "FORGE_GITOPS_URL": REMOTE,
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": f"url.{repository.as_uri()}.insteadOf",
+        "GIT_CONFIG_VALUE_0": REMOTE,
+        **extra,
+    }
+
+
 async def _events_until(lines: Any, done: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
     """The stream's envelopes (``data:`` lines) up to and including the first one ``done`` accepts."""
     found: list[dict[str, Any]] = []
@@ -75,16 +87,8 @@ async def test_a_refused_push_fails_the_deployment_with_one_deployment_failed_an
     tmp_path: Path,
 ) -> None:
     bare, flag = _guarded_repository(tmp_path)
-    instance = dedicated_deployment(
-        {
-            "FORGE_GITOPS_URL": REMOTE,
-            "GIT_CONFIG_COUNT": "1",
-            "GIT_CONFIG_KEY_0": f"url.{bare.as_uri()}.insteadOf",
-            "GIT_CONFIG_VALUE_0": REMOTE,
-            # Woken by each landed commit; no periodic fetch moves its view of the head meanwhile.
-            "FORGE_RECONCILE_INTERVAL": "10m",
-        }
-    )
+    # Woken by each landed commit; no periodic fetch moves its view of the head meanwhile.
+    instance = dedicated_deployment(_remote_env(bare, FORGE_RECONCILE_INTERVAL="10m"))
     # Clients reach that instance through a gateway of its own, as they would in production.
     gateway = platform.start_process("gateway", env={"FORGE_DEPLOYMENT_URL": instance.url})
     repository = unique_repository()
@@ -176,3 +180,84 @@ async def test_a_refused_push_fails_the_deployment_with_one_deployment_failed_an
         ("deployment.created", raced_id),
         ("deployment.completed", raced_id),
     ]
+
+
+async def test_a_commit_failing_inside_the_service_fails_the_deployment_at_once_and_frees_its_slot(
+    platform: Platform,
+    gw: httpx.AsyncClient,
+    dedicated_deployment: Callable[[dict[str, str]], Dedicated],
+    tmp_path: Path,
+) -> None:
+    bare = tmp_path / "gitops.git"
+    git("init", "-q", "--bare", "--initial-branch=main", str(bare))
+    clone_dir = tmp_path / "clone"
+    # One pending slot: a deployment left pending would refuse the next one with 429.
+    instance = dedicated_deployment(
+        _remote_env(bare, FORGE_GITOPS_WORKDIR=str(clone_dir), FORGE_MAX_PENDING_DEPLOYMENTS="1")
+    )
+    gateway = platform.start_process("gateway", env={"FORGE_DEPLOYMENT_URL": instance.url})
+    repository = unique_repository()
+    release = await create_release(gw, platform, repository, "api")
+    viewer = platform.headers("depfail-watcher@acme.io", "viewer")
+    # The service's clone breaks under it: a file where each object directory must be, so no
+    # object can be written (as an unwritable directory or a full disk would refuse it).
+    blocked = [clone_dir / "objects" / f"{i:02x}" for i in range(256)]
+    for path in blocked:
+        path.write_bytes(b"")
+    try:
+        async with (
+            httpx.AsyncClient(base_url=gateway.url, timeout=60.0) as client,
+            client.stream("GET", f"/v1/events?repository={repository}&timeout=120", headers=viewer) as feed,
+        ):
+            assert feed.status_code == 200
+            lines = feed.aiter_lines()
+            assert await anext(lines) == ": subscribed"
+
+            failed_before = await _metric(instance, FAILED_DEV)
+            resp = await deploy(client, platform, release["id"], "dev")
+            assert resp.status_code == 502, resp.text
+            error = resp.json()["error"]
+            reason = "the deployment service failed locally: Not a directory (ENOTDIR)"
+            assert error == {
+                "code": "bad_gateway",
+                "message": f"the GitOps commit failed: {reason}",
+                "details": {"reason": reason, "deployment_id": error["details"]["deployment_id"]},
+            }
+            failed_id = error["details"]["deployment_id"]
+            assert str(clone_dir) not in resp.text  # the service's paths stay in its log
+            assert await _metric(instance, FAILED_DEV) == failed_before + 1
+
+            history = await client.get(f"/v1/deployments/dev/{repository}/api/history", headers=viewer)
+            assert history.status_code == 200, history.text
+            [entry] = history.json()["deployments"]
+            assert (entry["id"], entry["status"], entry["gitops_commit_sha"]) == (failed_id, "failed", None)
+            assert entry["error"] == f"GitOps commit failed: {reason}"
+
+            # Repaired, the same release deploys to the same target: the failed one holds no slot.
+            for path in blocked:
+                path.unlink()
+            retried = await deploy(client, platform, release["id"], "dev")
+            assert retried.status_code == 201, retried.text
+            retried_id = retried.json()["deployment_id"]
+            async with asyncio.timeout(60):
+                events = await _events_until(
+                    lines,
+                    lambda e: e["event_type"] == "deployment.completed" and e["data"]["deployment_id"] == retried_id,
+                )
+    finally:
+        gateway.stop()
+
+    by_deployment = [(e["event_type"], e["data"].get("deployment_id")) for e in events if "deployment_id" in e["data"]]
+    assert by_deployment == [
+        ("deployment.failed", failed_id),
+        ("deployment.created", retried_id),
+        ("deployment.completed", retried_id),
+    ]
+    [failed] = [e for e in events if e["event_type"] == "deployment.failed"]
+    assert failed["data"]["error_message"] == entry["error"]
+    # The operator gets what the client does not: the exception, with its path and traceback.
+    assert instance.process.log_path is not None
+    logged = instance.process.log_path.read_text(errors="replace")
+    assert "deployment.gitops_commit_failed" in logged
+    assert "NotADirectoryError" in logged
+    assert str(clone_dir / "objects") in logged
