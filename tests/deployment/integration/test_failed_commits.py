@@ -1,12 +1,12 @@
 """A deployment whose GitOps commit fails is announced: one ``deployment.failed``, recorded with
 the row's failure, reaches a subscriber through the gateway; a push that lost a race and landed
-on a retry is not a failure. A commit that fails inside the service (its clone unusable) fails
-the deployment at once and frees its slot.
+on a retry is not a failure, nor is a push the remote took but answered too late. A commit that
+fails inside the service (its clone unusable) fails the deployment at once and frees its slot.
 
-The GitOps repository is a bare repository whose pre-receive hook refuses pushes while a flag
-file exists, the way a protected branch or a freeze refuses them. The service reaches it as a
-remote (``https://gitops.invalid/...``, rewritten to the directory by git's own
-``url.<base>.insteadOf``), so it pushes with the git CLI and the hook runs as on a real server.
+The GitOps repository is a bare repository whose hooks refuse pushes, or hold the pusher, while
+a flag file exists, the way a protected branch, a freeze or a slow server does. The service
+reaches it as a remote (``https://gitops.invalid/...``, rewritten to the directory by git's own
+``url.<base>.insteadOf``), so it pushes with the git CLI and the hooks run as on a real server.
 """
 
 from __future__ import annotations
@@ -41,6 +41,18 @@ def _guarded_repository(tmp_path: Path) -> tuple[Path, Path]:
     hook.write_text(FROZEN_HOOK.format(flag=flag))
     hook.chmod(0o755)
     return bare, flag
+
+
+# Holds the pusher after the branch moved (post-receive), while a flag file exists, until git's
+# process group is killed at FORGE_GITOPS_TIMEOUT; "cut" also takes the fetch path away first.
+SLOW_HOOK = """#!/bin/sh
+if [ -e "{cut}" ]; then
+  rm -f "{link}"
+fi
+if [ -e "{slow}" ] || [ -e "{cut}" ]; then
+  exec sleep 300
+fi
+"""
 
 
 def _remote_env(repository: Path, **extra: str) -> dict[str, str]:
@@ -261,3 +273,90 @@ async def test_a_commit_failing_inside_the_service_fails_the_deployment_at_once_
     assert "deployment.gitops_commit_failed" in logged
     assert "NotADirectoryError" in logged
     assert str(clone_dir / "objects") in logged
+
+
+async def test_a_push_the_remote_took_but_answered_late_commits_the_deployment(
+    platform: Platform,
+    gw: httpx.AsyncClient,
+    dedicated_deployment: Callable[[dict[str, str]], Dedicated],
+    tmp_path: Path,
+) -> None:
+    bare = tmp_path / "gitops.git"
+    git("init", "-q", "--bare", "--initial-branch=main", str(bare))
+    # The service fetches and pushes through a link to the repository ("cut" removes it).
+    link = tmp_path / "gitops-link.git"
+    link.symlink_to(bare)
+    slow, cut = tmp_path / "slow", tmp_path / "cut"
+    hook = bare / "hooks" / "post-receive"
+    hook.write_text(SLOW_HOOK.format(slow=slow, cut=cut, link=link))
+    hook.chmod(0o755)
+    instance = dedicated_deployment(_remote_env(link, FORGE_GITOPS_TIMEOUT="3s", FORGE_GITOPS_COMMIT_TIMEOUT="20s"))
+    gateway = platform.start_process("gateway", env={"FORGE_DEPLOYMENT_URL": instance.url})
+    repository = unique_repository()
+    late = await create_release(gw, platform, repository, "late")
+    unknown = await create_release(gw, platform, repository, "unknown")
+    viewer = platform.headers("depfail-watcher@acme.io", "viewer")
+    try:
+        async with (
+            httpx.AsyncClient(base_url=gateway.url, timeout=60.0) as client,
+            client.stream("GET", f"/v1/events?repository={repository}&timeout=120", headers=viewer) as feed,
+        ):
+            assert feed.status_code == 200
+            lines = feed.aiter_lines()
+            assert await anext(lines) == ": subscribed"
+
+            # The branch moves, the answer does not come: the push is killed at 3s, the remote
+            # is asked, holds the commit, and the deployment is committed like any other.
+            slow.touch()
+            resp = await deploy(client, platform, late["id"], "dev")
+            assert resp.status_code == 201, resp.text
+            late_id, late_sha = resp.json()["deployment_id"], resp.json()["gitops_commit_sha"]
+            assert git("--git-dir", str(bare), "rev-parse", "main").strip() == late_sha
+            async with asyncio.timeout(60):
+                events = await _events_until(
+                    lines,
+                    lambda e: e["event_type"] == "deployment.completed" and e["data"]["deployment_id"] == late_id,
+                )
+            current = await client.get(f"/v1/deployments/dev/{repository}/late", headers=viewer)
+            assert current.status_code == 200, current.text
+            active = current.json()
+            assert (active["deployment_id"], active["status"], active["gitops_commit_sha"]) == (
+                late_id,
+                "active",
+                late_sha,
+            )
+
+            # The same, but the remote cannot be asked afterwards either: failed as a timeout,
+            # saying which commit may have landed (it did).
+            slow.unlink()
+            cut.touch()
+            resp = await deploy(client, platform, unknown["id"], "dev")
+            assert resp.status_code == 504, resp.text
+            error = resp.json()["error"]
+            landed = git("--git-dir", str(bare), "rev-parse", "main").strip()
+            assert landed != late_sha
+            assert error["code"] == "gateway_timeout"
+            assert error["details"]["operation"] == "pushing to"
+            assert error["details"]["unconfirmed_commit"] == landed
+            assert f"commit {landed} may have landed" in error["message"]
+            unknown_id = error["details"]["deployment_id"]
+            async with asyncio.timeout(60):
+                events += await _events_until(
+                    lines,
+                    lambda e: e["event_type"] == "deployment.failed" and e["data"]["deployment_id"] == unknown_id,
+                )
+            history = await client.get(f"/v1/deployments/dev/{repository}/unknown/history", headers=viewer)
+            [entry] = history.json()["deployments"]
+            assert (entry["id"], entry["status"]) == (unknown_id, "failed")
+            assert f"commit {landed} may have landed" in entry["error"]
+    finally:
+        gateway.stop()
+
+    by_deployment = [(e["event_type"], e["data"].get("deployment_id")) for e in events if "deployment_id" in e["data"]]
+    assert by_deployment == [
+        ("deployment.created", late_id),
+        ("deployment.completed", late_id),
+        ("deployment.failed", unknown_id),
+    ]
+    assert instance.process.log_path is not None
+    assert "gitops.push_landed_late" in instance.process.log_path.read_text(errors="replace")

@@ -144,14 +144,14 @@ class DeploymentService:
             )
         except GitError as exc:
             # Raised only once the commit is given up: a push that lost a race and landed on a
-            # retry returns its sha and is never failed.
+            # retry returns its sha and is never failed, nor is a push that timed out but landed.
             log.error("deployment.gitops_commit_failed", deployment_id=d.id, error=str(exc))
             await self._fail(d, f"GitOps commit failed: {exc}")
             if isinstance(exc, GitTimeout):
-                raise GatewayTimeout(
-                    f"the GitOps repository did not answer in time: {exc}",
-                    {"reason": str(exc), "operation": exc.operation, "remote": exc.remote, "deployment_id": d.id},
-                ) from exc
+                details = {"reason": str(exc), "operation": exc.operation, "remote": exc.remote, "deployment_id": d.id}
+                if exc.unconfirmed_commit is not None:
+                    details["unconfirmed_commit"] = exc.unconfirmed_commit
+                raise GatewayTimeout(f"the GitOps repository did not answer in time: {exc}", details) from exc
             raise BadGateway(
                 "the GitOps repository did not accept the commit", {"reason": str(exc), "deployment_id": d.id}
             ) from exc
