@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from forge_deployment.gitops import Author, GitError, GitOpsRepository, redact
+from forge_deployment.gitops import Author, GitError, GitOpsRepository, GitTimeout, redact
 
 
 def _git(*args: str, cwd: Path | None = None) -> str:
@@ -113,3 +113,72 @@ async def test_a_refused_push_says_why_in_git_s_and_the_remote_s_words(tmp_path:
     assert "https://***@git.example/ops" in message
     assert "tok3n-secret" not in message
     assert _git("--git-dir", str(remote), "rev-parse", "refs/heads/main").strip() == first
+
+
+# A remote whose hook never finishes (until git's process group is killed at the deadline).
+HUNG_HOOK = "#!/bin/sh\nexec sleep 300\n"
+
+
+def _hook(remote: Path, name: str, script: str) -> None:
+    hook = remote / "hooks" / name
+    hook.write_text(script)
+    hook.chmod(0o755)
+
+
+async def _slow_remote(tmp_path: Path) -> tuple[Path, GitOpsRepository, str]:
+    """A remote pushed to with the git CLI, one commit on it already; pushes time out after 2s."""
+    remote = tmp_path / "gitops.git"
+    repo = GitOpsRepository(
+        remote.as_uri(), "main", tmp_path / "w", Author("Forge", "forge@forge.invalid"), use_cli=True, timeout=2.0
+    )
+    await repo.open()
+    first = await repo.commit_file("f.yaml", b"1\n", "one\n", Author.of("a"))
+    return remote, repo, first
+
+
+async def test_a_push_that_lands_but_answers_late_is_a_landed_commit(tmp_path: Path) -> None:
+    remote, repo, first = await _slow_remote(tmp_path)
+    # The branch moves, then the remote keeps the pusher waiting (a slow post-receive hook).
+    _hook(remote, "post-receive", HUNG_HOOK)
+
+    sha = await repo.commit_file("f.yaml", b"2\n", "two\n", Author.of("a"))
+
+    assert _git("--git-dir", str(remote), "rev-parse", "refs/heads/main").strip() == sha
+    assert _git("--git-dir", str(remote), "rev-parse", f"{sha}^").strip() == first
+    assert await repo.fetch() == sha
+
+
+async def test_a_push_that_times_out_before_the_branch_moved_is_a_timeout(tmp_path: Path) -> None:
+    remote, repo, first = await _slow_remote(tmp_path)
+    # The remote never decides whether to take the push (a hung pre-receive hook).
+    _hook(remote, "pre-receive", HUNG_HOOK)
+
+    with pytest.raises(GitTimeout) as err:
+        await repo.commit_file("f.yaml", b"2\n", "two\n", Author.of("a"))
+
+    assert err.value.operation == "pushing to"
+    assert err.value.unconfirmed_commit is None
+    assert str(err.value) == (
+        f"pushing to {remote.as_uri()} did not finish within 2s; "
+        "the branch did not hold the commit when the remote was asked afterwards"
+    )
+    assert _git("--git-dir", str(remote), "rev-parse", "refs/heads/main").strip() == first
+
+
+async def test_a_push_that_timed_out_and_a_remote_that_cannot_be_asked_may_have_landed(tmp_path: Path) -> None:
+    remote, repo, _ = await _slow_remote(tmp_path)
+    # Pushes still reach the remote; fetches (the question "did it land?") no longer do.
+    _git("--git-dir", str(tmp_path / "w"), "config", "remote.origin.pushurl", remote.as_uri())
+    _git("--git-dir", str(tmp_path / "w"), "config", "remote.origin.url", (tmp_path / "gone.git").as_uri())
+    _hook(remote, "post-receive", HUNG_HOOK)
+
+    with pytest.raises(GitTimeout) as err:
+        await repo.commit_file("f.yaml", b"2\n", "two\n", Author.of("a"))
+
+    landed = _git("--git-dir", str(remote), "rev-parse", "refs/heads/main").strip()
+    assert err.value.unconfirmed_commit == landed
+    assert err.value.operation == "pushing to"
+    assert str(err.value).startswith(
+        f"pushing to {remote.as_uri()} did not finish within 2s; commit {landed} may have landed: "
+        "asking the remote afterwards failed too (fetching "
+    )

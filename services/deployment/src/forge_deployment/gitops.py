@@ -14,6 +14,13 @@ process group when it passes it; a whole commit, waiting for the lock included, 
 (``commit_timeout``). A stalled remote therefore fails that commit with :class:`GitTimeout`
 (naming the remote, credentials redacted, and the operation) instead of holding the lock.
 
+A push killed at its deadline may still have landed: the remote can move the branch and only
+answer late (a slow ``post-receive`` hook, a slow proxy). So before such a push counts as
+failed the remote is asked, within ``confirm_timeout``, whether the branch now holds the commit
+(points at it or descends from it): if it does, the commit landed and its sha is returned. If
+the remote cannot be asked either, the :class:`GitTimeout` says the commit may have landed
+(``unconfirmed_commit``).
+
 Concurrent writers never lose a commit: within a process an asyncio lock serializes commits;
 across replicas (or humans) a lost race (CAS mismatch, non-fast-forward push) re-reads the head,
 re-applies the file on it and tries again. The sha returned is the commit that landed.
@@ -68,6 +75,8 @@ _RACE = re.compile(
     re.IGNORECASE,
 )
 _MISSING_BRANCH = re.compile(r"couldn't find remote ref|could not find remote ref", re.IGNORECASE)
+# Longest wait for the remote's answer to "did the push that timed out land?" (by default).
+CONFIRM_TIMEOUT = 10.0
 
 
 # What one commit changes: (path, content), None content deleting the path.
@@ -81,13 +90,20 @@ class GitError(Exception):
 
 
 class GitTimeout(GitError):
-    """A git operation (or a whole commit) did not finish within its deadline."""
+    """A git operation (or a whole commit) did not finish within its deadline.
 
-    def __init__(self, operation: str, remote: str, seconds: float) -> None:
-        super().__init__(f"{operation} {remote} did not finish within {_seconds(seconds)}")
+    ``unconfirmed_commit``: a push of that commit timed out and the remote could not be asked
+    afterwards whether it landed, so it may have (``note`` says so in the message)."""
+
+    def __init__(
+        self, operation: str, remote: str, seconds: float, *, note: str = "", unconfirmed_commit: str | None = None
+    ) -> None:
+        message = f"{operation} {remote} did not finish within {_seconds(seconds)}"
+        super().__init__(f"{message}; {note}" if note else message)
         self.operation = operation
         self.remote = remote
         self.seconds = seconds
+        self.unconfirmed_commit = unconfirmed_commit
 
 
 def _seconds(value: float) -> str:
@@ -134,15 +150,19 @@ class GitOpsRepository:
         use_cli: bool = False,
         timeout: float = 30.0,
         commit_timeout: float = 60.0,
+        confirm_timeout: float | None = None,
     ) -> None:
         """``use_cli`` forces the fetch/push path even for a local repository (tests, hooks).
 
         ``timeout`` bounds each git process, ``commit_timeout`` one whole commit (waiting for the
-        lock and lost races included), so the lock is never held longer than that.
+        lock and lost races included); ``confirm_timeout`` (default: ``timeout``, at most 10s)
+        asking the remote whether a push that timed out landed after all. So the lock is never
+        held longer than ``commit_timeout`` + ``confirm_timeout``.
         """
         self.url = url
         self.timeout = timeout
         self.commit_timeout = commit_timeout
+        self.confirm_timeout = min(timeout, CONFIRM_TIMEOUT) if confirm_timeout is None else confirm_timeout
         self.branch = branch
         self.committer = committer
         self.push_attempts = push_attempts
@@ -287,22 +307,58 @@ class GitOpsRepository:
         """Move the branch from ``parent`` to ``sha``; False when another writer moved it first."""
         if self.local is not None:
             return await asyncio.to_thread(self._compare_and_swap, sha, parent)
-        rc, out, err = await self._git(
-            "push",
-            "-q",
-            "--porcelain",
-            "origin",
-            f"{sha}:refs/heads/{self.branch}",
-            check=False,
-            operation="pushing to",
-            deadline=deadline,
-        )
+        try:
+            rc, out, err = await self._git(
+                "push",
+                "-q",
+                "--porcelain",
+                "origin",
+                f"{sha}:refs/heads/{self.branch}",
+                check=False,
+                operation="pushing to",
+                deadline=deadline,
+            )
+        except GitTimeout as timeout:
+            await self._confirm_push(sha, timeout)
+            return True
         if rc == 0:
             return True
         stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
         if _RACE.search(stderr + stdout):
             return False
         raise GitError(f"pushing to {redact(self.url)} failed: {_push_refusal(stdout, stderr)}")
+
+    async def _confirm_push(self, sha: str, timeout: GitTimeout) -> None:
+        """After a push of ``sha`` was killed at its deadline: return if the remote's branch holds
+        ``sha`` now (the push landed, only its answer was late), else raise ``timeout``, saying
+        whether the branch was seen without it or the remote could not be asked."""
+        deadline = time.monotonic() + self.confirm_timeout
+        try:
+            head = await self._fetch(deadline)
+            landed = head == sha
+            if head is not None and not landed:  # someone may have pushed on top of it since
+                rc, _, err = await self._git("merge-base", "--is-ancestor", sha, head, check=False, deadline=deadline)
+                if rc not in (0, 1):
+                    raise GitError(f"git merge-base failed: {_last_line(err.decode(errors='replace'))}")
+                landed = rc == 0
+        except (GitError, OSError) as exc:
+            log.warning("gitops.push_unconfirmed", sha=sha, remote=timeout.remote, error=str(exc))
+            raise GitTimeout(
+                timeout.operation,
+                timeout.remote,
+                timeout.seconds,
+                note=f"commit {sha} may have landed: asking the remote afterwards failed too ({exc})",
+                unconfirmed_commit=sha,
+            ) from None
+        if not landed:
+            log.warning("gitops.push_timed_out", sha=sha, remote=timeout.remote, head=head)
+            raise GitTimeout(
+                timeout.operation,
+                timeout.remote,
+                timeout.seconds,
+                note="the branch did not hold the commit when the remote was asked afterwards",
+            ) from None
+        log.warning("gitops.push_landed_late", sha=sha, remote=timeout.remote, seconds=timeout.seconds)
 
     def _compare_and_swap(self, sha: str, parent: str | None) -> bool:
         with Repo(str(self.store_dir)) as repo:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import functools
 import uuid
 from collections.abc import Callable
@@ -29,6 +30,17 @@ from .store import unit_of_work
 __all__ = ["CreateDeployment", "DeploymentService", "PromoteDeployments"]
 
 log = structlog.get_logger(__name__)
+
+
+def _local_failure(exc: Exception) -> str:
+    """What a client may be told about a commit that failed inside this service: an OSError's
+    reason (``No space left on device (ENOSPC)``) without its paths; for anything else only its
+    type (the log has the rest)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        name = errno.errorcode.get(exc.errno) if exc.errno is not None else None
+        code = f" ({name})" if name else ""
+        return f"the deployment service failed locally: {exc.strerror}{code}"
+    return f"the deployment service failed locally: unexpected {type(exc).__name__}; its log has the details"
 
 
 @dataclass(frozen=True)
@@ -132,24 +144,27 @@ class DeploymentService:
             )
         except GitError as exc:
             # Raised only once the commit is given up: a push that lost a race and landed on a
-            # retry returns its sha and is never failed.
+            # retry returns its sha and is never failed, nor is a push that timed out but landed.
             log.error("deployment.gitops_commit_failed", deployment_id=d.id, error=str(exc))
-            r = d.release
-            failed, failure = domain.fail(d.id, d.environment, f"GitOps commit failed: {exc}", r.repository, r.project)
-            async with unit_of_work(self.pool) as store:
-                # Only a row still pending fails here, so each failure is announced once: when the
-                # reconciler's timeout failed it first, its transaction recorded deployment.failed.
-                if await store.mark_failed(failed.id, failed.error):
-                    await store.report_to_github(github.status(d.id, d.target, "failure", failed.error))
-                    await store.record(failure)
-                    on_commit(store.conn, DEPLOYMENTS.labels(failed.environment, "failed").inc)
+            await self._fail(d, f"GitOps commit failed: {exc}")
             if isinstance(exc, GitTimeout):
-                raise GatewayTimeout(
-                    f"the GitOps repository did not answer in time: {exc}",
-                    {"reason": str(exc), "operation": exc.operation, "remote": exc.remote, "deployment_id": d.id},
-                ) from exc
+                details = {"reason": str(exc), "operation": exc.operation, "remote": exc.remote, "deployment_id": d.id}
+                if exc.unconfirmed_commit is not None:
+                    details["unconfirmed_commit"] = exc.unconfirmed_commit
+                raise GatewayTimeout(f"the GitOps repository did not answer in time: {exc}", details) from exc
             raise BadGateway(
                 "the GitOps repository did not accept the commit", {"reason": str(exc), "deployment_id": d.id}
+            ) from exc
+        except Exception as exc:
+            # Anything else (the disk full, the clone unwritable, a bug) fails the deployment now
+            # too, rather than leaving it pending (holding a slot) until the reconciler's timeout.
+            # Only Exception: a cancellation (shutdown) propagates and leaves the row pending.
+            reason = _local_failure(exc)
+            log.exception("deployment.gitops_commit_failed", deployment_id=d.id, error=reason)
+            await self._fail(d, f"GitOps commit failed: {reason}")
+            raise BadGateway(
+                f"the GitOps commit failed: {reason}",
+                {"reason": reason, "deployment_id": d.id},
             ) from exc
         async with unit_of_work(self.pool) as store:
             if await store.record_commit(d.id, sha) is not None:
@@ -167,6 +182,18 @@ class DeploymentService:
         )
         self.on_committed()
         return DeploymentAccepted(id=d.id, deployment_id=d.id, gitops_commit_sha=sha, status="pending")
+
+    async def _fail(self, d: NewDeployment, error: str) -> None:
+        """Fail the deployment whose commit did not land, announced once."""
+        r = d.release
+        failed, failure = domain.fail(d.id, d.environment, error, r.repository, r.project)
+        async with unit_of_work(self.pool) as store:
+            # Only a row still pending fails here, so each failure is announced once: when the
+            # reconciler's timeout failed it first, its transaction recorded deployment.failed.
+            if await store.mark_failed(failed.id, failed.error):
+                await store.report_to_github(github.status(d.id, d.target, "failure", failed.error))
+                await store.record(failure)
+                on_commit(store.conn, DEPLOYMENTS.labels(failed.environment, "failed").inc)
 
     async def current(self, target: Target) -> CurrentDeployment:
         async with unit_of_work(self.pool) as store:
