@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -88,6 +89,18 @@ async def test_unreachable_remote_is_a_git_error_without_credentials(tmp_path: P
         await repo.commit_file("f.yaml", b"1\n", "m\n", Author.of("a"))
     assert "s3cret" not in str(err.value)
     assert redact("https://user:s3cret@host:8443/x.git") == "https://***@host:8443/x.git"
+
+
+async def test_a_missing_remote_repository_is_named_not_git_s_advice(tmp_path: Path) -> None:
+    remote = tmp_path / "gitops.git"
+    repo = await _open(remote, tmp_path / "w", use_cli=True)
+    await repo.commit_file("f.yaml", b"1\n", "one\n", Author.of("a"))
+    shutil.rmtree(remote)
+    with pytest.raises(GitError) as err:
+        await repo.commit_file("f.yaml", b"2\n", "two\n", Author.of("a"))
+    # git ends with "Please make sure you have the correct access rights / and the repository exists."
+    assert "does not appear to be a git repository" in str(err.value)
+    assert "and the repository exists" not in str(err.value)
 
 
 async def test_a_refused_push_says_why_in_git_s_and_the_remote_s_words(tmp_path: Path) -> None:

@@ -240,7 +240,7 @@ class GitOpsRepository:
                 if _MISSING_BRANCH.search(text):
                     self._head = None
                     return None
-                raise GitError(f"fetching {redact(self.url)} failed: {_last_line(text)}")
+                raise GitError(f"fetching {redact(self.url)} failed: {_git_said(text)}")
         self._head = await asyncio.to_thread(self._read_ref)
         return self._head
 
@@ -339,7 +339,7 @@ class GitOpsRepository:
             if head is not None and not landed:  # someone may have pushed on top of it since
                 rc, _, err = await self._git("merge-base", "--is-ancestor", sha, head, check=False, deadline=deadline)
                 if rc not in (0, 1):
-                    raise GitError(f"git merge-base failed: {_last_line(err.decode(errors='replace'))}")
+                    raise GitError(f"git merge-base failed: {_git_said(err.decode(errors='replace'))}")
                 landed = rc == 0
         except (GitError, OSError) as exc:
             log.warning("gitops.push_unconfirmed", sha=sha, remote=timeout.remote, error=str(exc))
@@ -482,7 +482,7 @@ class GitOpsRepository:
             raise GitTimeout(what, target, limit) from None
         rc = proc.returncode if proc.returncode is not None else -1
         if check and rc != 0:
-            raise GitError(f"git {_subcommand(argv)} failed: {_last_line(err.decode(errors='replace'))}")
+            raise GitError(f"git {_subcommand(argv)} failed: {_git_said(err.decode(errors='replace'))}")
         return rc, out, err
 
 
@@ -535,12 +535,18 @@ def _push_refusal(stdout: str, stderr: str) -> str:
     declined)``) and what the remote printed (``remote: ...``, e.g. the hook's reason)."""
     refused = [line.split("\t")[-1].strip() for line in stdout.splitlines() if line.startswith("!")]
     if not refused:
-        return _last_line(stderr + stdout)
+        return _git_said(stderr + stdout)
     said = [line.removeprefix("remote:").strip() for line in stderr.splitlines() if line.startswith("remote:")]
     said = [line for line in said if line][-_REMOTE_LINES:]
     return _mask_credentials("; ".join([refused[-1], *said]))
 
 
-def _last_line(text: str) -> str:
+def _git_said(text: str) -> str:
+    """The line of git's error output that says what went wrong: its first ``fatal:`` or
+    ``error:`` line (git often ends with advice, e.g. "...and the repository exists."), else its
+    last line."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return redact(lines[-1]) if lines else "no output"
+    if not lines:
+        return "no output"
+    errors = [line for line in lines if line.startswith(("fatal:", "error:"))]
+    return redact(errors[0] if errors else lines[-1])
