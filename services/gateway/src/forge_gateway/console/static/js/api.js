@@ -46,12 +46,15 @@ function authHeaders(extra = {}) {
 
 // Every request of the console with the session's token goes through here (api(), the run's
 // event stream, a step's log): fetch() with the token; on a 401 an issuer login's access token is
-// renewed once with its refresh token and the request sent again with the new one. A 401 that
-// remains ends the session ('forge:unauthorized', app.js) and is thrown as an ApiError; any other
-// answer is returned as it is, and a failed or aborted fetch() throws what fetch() throws.
+// renewed once with its refresh token (or already was, by a request refused before this one) and
+// the request sent again with the new one. A 401 that remains ends the session
+// ('forge:unauthorized', app.js) and is thrown as an ApiError; any other answer is returned as it
+// is, and a failed or aborted fetch() throws what fetch() throws.
 export async function authFetch(url, { headers = {}, ...init } = {}) {
+  const sent = getToken();
   let resp = await fetch(url, { ...init, headers: authHeaders(headers) });
-  if (resp.status === 401 && (await refreshToken())) {
+  const renewed = () => Boolean(getToken()) && getToken() !== sent;
+  if (resp.status === 401 && (renewed() || (await refreshToken()))) {
     resp = await fetch(url, { ...init, headers: authHeaders(headers) });
   }
   if (resp.status === 401) {
