@@ -118,6 +118,10 @@ class Lane:
         self.tag = uuid.uuid4().hex[:8]
         self.root = Path(tempfile.mkdtemp(prefix=f"forge-console-{self.tag}-"))
         self.repos = self.root / "repos"
+        # Steps run sandboxed and see nothing of the host but this directory, read-only
+        # (FORGE_STEP_READONLY_PATHS); outside the 0700 one above, so the step user can reach it.
+        self.signals = Path(tempfile.mkdtemp(prefix=f"forge-console-signals-{self.tag}-"))
+        os.chmod(self.signals, 0o755)  # noqa: S103 - the step user (nobody) reads the signals
         self.database = f"forge_console_{self.tag}"
         self.admin = platform.stack.infra.admin_database_url
         with psycopg.connect(self.admin, autocommit=True) as conn:
@@ -131,6 +135,7 @@ class Lane:
             "FORGE_GIT_URL_TEMPLATE": self.repos.as_uri() + "/{repository}.git",
             "FORGE_GIT_CACHE_DIR": str(self.root / "git-cache"),
             "FORGE_LOG_FLUSH_INTERVAL": "0.3s",
+            "FORGE_STEP_READONLY_PATHS": str(self.signals),
             "FORGE_DB_POOL_MIN": "1",
         }
         self.processes: list[Process] = []
@@ -156,6 +161,13 @@ class Lane:
     def repo(self, repository: str, author: str) -> GitRepo:
         return GitRepo(self.repos, repository, author)
 
+    def wait_for(self, name: str) -> str:
+        """A shell fragment that blocks until the test calls :meth:`signal` with ``name``."""
+        return f"while [ ! -e {self.signals / name} ]; do sleep 0.05; done"
+
+    def signal(self, name: str) -> None:
+        (self.signals / name).touch()
+
     def log_tails(self, chars: int = 4000) -> str:
         parts = []
         for proc in self.processes:
@@ -170,6 +182,7 @@ class Lane:
         with contextlib.suppress(Exception), psycopg.connect(self.admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.signals, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """ "Use an access token" in the browser: the console keeps a pasted token only once the gateway's
 ``GET /v1/me`` accepts it, shows who the gateway says is signed in (name, roles, the repository a
 repository-bound token is limited to), and sends the user back to sign in when the gateway stops
-accepting the token."""
+accepting the token, wherever that shows (a page, a run followed live, a step's log)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
+
 from forge_dev.keys import IssuerKeys
 from forge_dev.stack import free_port
 from forge_dev.testing import Platform
 
-from .test_console import _find, _shown, _wait
+from .conftest import Lane
+from .test_console import _find, _paste_token, _shown, _wait
 
 # What the browser keeps: nothing in localStorage ever, the token in sessionStorage once accepted.
 _STORAGE = "return [localStorage.length, Object.keys(sessionStorage).sort()];"
@@ -174,3 +178,157 @@ def test_a_token_the_gateway_no_longer_accepts_sends_the_user_to_sign_in(
     _find(browser, "nav a[data-nav=approvals]").click()
     _wait(browser, _shown("main .warning", "Your token has expired"), message="not sent to sign in")
     assert browser.execute_script(_STORAGE) == [0, []]
+
+
+# The console's SSE reader (static/js/sse.js) on the URL given; resolves with how it ended.
+_READ_EVENTS = """
+const [url, done] = arguments;
+const app = document.querySelector('script[type=module]').src;
+import(app.replace(/js\\/app\\.js$/, 'js/sse.js'))
+  .then(({ readEventStream }) => readEventStream(url, { onEvent: () => {} }))
+  .then(() => done('read to its end'), (err) => done(`${err.name} ${err.status}: ${err.message}`));
+"""
+
+
+def test_an_event_stream_the_gateway_refuses_sends_the_user_to_sign_in(
+    platform: Platform, browser: Any, tmp_path: Path
+) -> None:
+    gateway = platform.gateway_url
+    user = _user()
+    _submit_token(browser, gateway, platform.token(user, "viewer"))
+    _wait(browser, _shown("#who .user", user))
+    browser.get(f"{gateway}/releases")  # a page that asks nothing by itself once drawn
+    _wait(browser, _shown("#who .user", user))
+
+    # the token the tab holds is no longer accepted: the first request refused is a run's event
+    # stream (as a run page's live view reads it); the session ends there and then
+    stranger = IssuerKeys.load_or_create(tmp_path / "stranger.json", platform.issuer_url).sign(user, ["viewer"])
+    browser.execute_script("sessionStorage.setItem('forge.token', arguments[0]);", stranger)
+    ended = browser.execute_async_script(_READ_EVENTS, f"/v1/runs/{uuid.uuid4()}/events")
+    assert ended.startswith("ApiError 401: "), ended
+    _wait(browser, _shown("main .warning", "no longer accepts your token"), message="not sent to sign in")
+    assert _find(browser, "#token-input")
+    assert browser.current_url == f"{gateway}/releases"
+    assert browser.execute_script(_STORAGE) == [0, []]
+    assert _find(browser, "#who a").text == "Log in"
+
+
+# One phase, one step running ``command``.
+def _project(command: str) -> dict[str, str]:
+    return {
+        ".forge/repo.toml": 'forge_version = "1"\n[phases.test]\ngroup = 1\n',
+        "api/.forge/project.toml": f'name = "api"\n[[phases.test.steps]]\nname = "unit"\naction = "shell"\nrun = """{command}"""\n',
+        "api/app.txt": "v1\n",
+    }
+
+
+def _start_run(platform: Platform, lane: Lane, user: str, command: str) -> tuple[str, str]:
+    """A repository whose one step runs ``command``, and a run of it; ``(gateway, run id)``."""
+    repository = f"acme{lane.tag}/session-end"
+    sha = lane.repo(repository, user).commit(_project(command))
+    gateway = lane.start()
+    resp = httpx.post(
+        f"{gateway}/v1/runs",
+        json={"repository": repository, "branch": "main", "commit_sha": sha, "trigger_type": "push"},
+        headers=platform.headers(user, "developer"),
+        timeout=30,
+    )
+    assert resp.status_code == 201, resp.text
+    return gateway, str(resp.json()["id"])
+
+
+def _until_run(browser: Any, platform: Platform, lane: Lane, gateway: str, run_id: str, check: Any) -> None:
+    """Until ``check(run)`` holds for ``GET /v1/runs/{id}`` (asked with a token of the test's own)."""
+    headers = platform.headers("console-test@acme.io", "viewer")
+    with httpx.Client(base_url=gateway, headers=headers, timeout=10) as client:
+        _wait(
+            browser,
+            lambda _: check(client.get(f"/v1/runs/{run_id}").raise_for_status().json()),
+            timeout=120,
+            message=f"the run did not get there\n{lane.log_tails()}",
+        )
+
+
+def _until_refused(browser: Any, gateway: str, token: str) -> None:
+    """Until the gateway refuses ``token``: an expired token is accepted for the verifier's leeway."""
+    with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {token}"}, timeout=10) as client:
+        _wait(
+            browser,
+            lambda _: client.get("/v1/me").status_code == 401,
+            timeout=60,
+            message="the token is still accepted",
+        )
+
+
+def _steps(run: dict[str, Any]) -> list[dict[str, Any]]:
+    return [step for phase in run["phases"] for task in phase["tasks"] for step in task["steps"]]
+
+
+def _sign_in_again(browser: Any, platform: Platform, user: str, page: str) -> None:
+    """The login form shown on ``page``: a new token takes the user back there."""
+    _find(browser, "#token-input").send_keys(platform.token(user, "developer"))
+    _find(browser, "#token-form button[type=submit]").click()
+    _wait(browser, _shown("#who .user", user), message="the new token was not accepted")
+    assert browser.current_url == page
+
+
+@pytest.mark.slow
+def test_a_token_that_expires_while_a_run_is_watched_sends_the_user_to_sign_in(
+    platform: Platform, lane: Lane, browser: Any
+) -> None:
+    user = _user()
+    gate = f"gate-{uuid.uuid4().hex[:6]}"
+    gateway, run_id = _start_run(platform, lane, user, f"echo waiting; {lane.wait_for(gate)}; echo released")
+    _until_run(browser, platform, lane, gateway, run_id, lambda run: [s["status"] for s in _steps(run)] == ["running"])
+
+    # a token that expires soon, watching the running run live
+    page = f"{gateway}/runs/{run_id}"
+    token = platform.token(user, "developer", expires_in=10)
+    _paste_token(browser, gateway, token, f"/runs/{run_id}")
+    _wait(browser, _shown("#live-note", "Live."), message="the run is not followed live")
+    _wait(browser, _shown('#run-tree .step[data-status="running"]'))
+
+    # the gateway stops accepting it; the run goes on and ends: the page is not left stale, the
+    # user is asked to sign in on it
+    _until_refused(browser, gateway, token)
+    lane.signal(gate)
+    warning = _wait(browser, _shown("main .warning", "no longer accepts your token"), message="not sent to sign in")
+    assert "token has expired" in warning.text
+    assert _find(browser, "#token-input")
+    assert browser.current_url == page
+    assert browser.execute_script(_STORAGE) == [0, []]
+    assert _find(browser, "#who a").text == "Log in"
+
+    # signing in again shows the run as it ended
+    _sign_in_again(browser, platform, user, page)
+    _wait(browser, _shown("main[data-run-status=success]"), message="the run page did not show the finished run")
+
+
+@pytest.mark.slow
+def test_a_token_that_expires_before_a_log_is_opened_sends_the_user_to_sign_in(
+    platform: Platform, lane: Lane, browser: Any
+) -> None:
+    user = _user()
+    gateway, run_id = _start_run(platform, lane, user, "echo hello from the log")
+    _until_run(browser, platform, lane, gateway, run_id, lambda run: run["status"] == "success")
+
+    # the finished run's page, read with a token that expires soon
+    page = f"{gateway}/runs/{run_id}"
+    token = platform.token(user, "developer", expires_in=10)
+    _paste_token(browser, gateway, token, f"/runs/{run_id}")
+    _wait(browser, _shown('#run-tree .step[data-status="success"]'), message="the run page did not load")
+
+    # once the gateway no longer accepts it, opening the step's log asks for a sign-in
+    _until_refused(browser, gateway, token)
+    _find(browser, "#run-tree .step .log-panel summary").click()
+    warning = _wait(browser, _shown("main .warning", "no longer accepts your token"), message="not sent to sign in")
+    assert "token has expired" in warning.text
+    assert browser.find_elements("css selector", "pre.log") == []  # no "The log could not be read"
+    assert browser.current_url == page
+    assert browser.execute_script(_STORAGE) == [0, []]
+    assert _find(browser, "#who a").text == "Log in"
+
+    # signed in again, the log opens
+    _sign_in_again(browser, platform, user, page)
+    _wait(browser, _shown("#run-tree .step .log-panel summary")).click()
+    _wait(browser, _shown("#run-tree pre.log", "hello from the log"), message="the log did not show")

@@ -39,17 +39,38 @@ export function query(params) {
   return text ? `?${text}` : '';
 }
 
-export function authHeaders(extra = {}) {
+function authHeaders(extra = {}) {
   const token = getToken();
   return token ? { ...extra, Authorization: `Bearer ${token}` } : extra;
 }
 
-export async function api(path, { method = 'GET', body, signal, params, retried = false } = {}) {
-  const headers = authHeaders({ Accept: 'application/json' });
+// Every request of the console with the session's token goes through here (api(), the run's
+// event stream, a step's log): fetch() with the token; on a 401 an issuer login's access token is
+// renewed once with its refresh token (or already was, by a request refused before this one) and
+// the request sent again with the new one. A 401 that remains ends the session
+// ('forge:unauthorized', app.js) and is thrown as an ApiError; any other answer is returned as it
+// is, and a failed or aborted fetch() throws what fetch() throws.
+export async function authFetch(url, { headers = {}, ...init } = {}) {
+  const sent = getToken();
+  let resp = await fetch(url, { ...init, headers: authHeaders(headers) });
+  const renewed = () => Boolean(getToken()) && getToken() !== sent;
+  if (resp.status === 401 && (renewed() || (await refreshToken()))) {
+    resp = await fetch(url, { ...init, headers: authHeaders(headers) });
+  }
+  if (resp.status === 401) {
+    const err = await errorFrom(resp);
+    window.dispatchEvent(new CustomEvent('forge:unauthorized', { detail: err }));
+    throw err;
+  }
+  return resp;
+}
+
+export async function api(path, { method = 'GET', body, signal, params } = {}) {
+  const headers = { Accept: 'application/json' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   let resp;
   try {
-    resp = await fetch(`/v1${path}${params ? query(params) : ''}`, {
+    resp = await authFetch(`/v1${path}${params ? query(params) : ''}`, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -57,25 +78,17 @@ export async function api(path, { method = 'GET', body, signal, params, retried 
       cache: 'no-store',
     });
   } catch (err) {
-    if (err.name === 'AbortError') throw err;
+    if (err.name === 'AbortError' || err instanceof ApiError) throw err;
     throw new ApiError(0, 'network_error', `The gateway cannot be reached (${err.message})`, {});
   }
-  // An expired access token from an issuer login is renewed once with its refresh token.
-  if (resp.status === 401 && !retried && (await refreshToken())) {
-    return api(path, { method, body, signal, params, retried: true });
-  }
-  if (!resp.ok) {
-    const err = await errorFrom(resp);
-    if (resp.status === 401) window.dispatchEvent(new CustomEvent('forge:unauthorized', { detail: err }));
-    throw err;
-  }
+  if (!resp.ok) throw await errorFrom(resp);
   if (resp.status === 204) return null;
   return resp.json();
 }
 
 // GET /v1/me with a token that is not the session's yet: a pasted token is checked before it is
-// kept. Unlike api(), a 401 neither refreshes nor ends the session: the session it would touch
-// is not this token's.
+// kept. Unlike authFetch(), a 401 neither refreshes nor ends the session: the session it would
+// touch is not this token's.
 export async function describeToken(token, { signal } = {}) {
   let resp;
   try {

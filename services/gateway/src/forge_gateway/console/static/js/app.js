@@ -144,8 +144,9 @@ document.addEventListener('click', (event) => {
   navigate(url.pathname + url.search);
 });
 window.addEventListener('popstate', render);
-// A 401 from any API call (after the one refresh api() tries), GET /v1/me included: the gateway
-// no longer accepts the token (expired, revoked key, another issuer).
+// A 401 from any request with the session's token (after the one refresh authFetch() tries): API
+// calls, GET /v1/me, the run's event stream, a step's log. The gateway no longer accepts the token
+// (expired, revoked key, another issuer).
 window.addEventListener('forge:unauthorized', (event) => {
   if (!getToken()) return; // several calls of one page refused at once: the first one ends it
   endSession(`The gateway no longer accepts your token (${event.detail?.message || 'HTTP 401'}): log in again.`);

@@ -158,8 +158,18 @@ export async function finishLogin(oidc, params) {
   return pending.returnTo || '/runs';
 }
 
-// One refresh with the refresh token of an issuer login; false when there is none.
-export async function refreshToken() {
+// One refresh with the refresh token of an issuer login; false when there is none. Requests
+// refused together share one: the realm rotates refresh tokens and takes each once
+// (deploy/keycloak/forge-realm.json: revokeRefreshToken), so a second refresh with the same one
+// would fail, and the session would end although the first one renewed it.
+let refreshing = null;
+
+export function refreshToken() {
+  refreshing ??= renew().finally(() => { refreshing = null; });
+  return refreshing;
+}
+
+async function renew() {
   const refresh = sessionStorage.getItem(REFRESH);
   const endpoint = sessionStorage.getItem('forge.tokenEndpoint');
   const clientId = sessionStorage.getItem('forge.clientId');

@@ -1,6 +1,6 @@
 // Server-Sent Events over fetch(): EventSource cannot send an Authorization header, and the token
 // must never go into a URL. The parser follows the WHATWG "event stream interpretation" rules.
-import { errorFrom } from './api.js';
+import { authFetch, errorFrom } from './api.js';
 
 export class SseParser {
   constructor() {
@@ -54,10 +54,11 @@ export class SseParser {
   }
 }
 
-// Reads one SSE response until it ends. Throws ApiError when the server refuses (404 when the
-// endpoint does not exist yet), a TypeError/AbortError when the connection breaks or is aborted.
+// Reads one SSE response (with the session's token, authFetch()) until it ends. Throws ApiError
+// when the server refuses (404 when the endpoint does not exist yet; a 401 once the session has
+// ended), a TypeError/AbortError when the connection breaks or is aborted.
 export async function readEventStream(url, { headers = {}, lastEventId = '', signal, onEvent, onOpen }) {
-  const resp = await fetch(url, {
+  const resp = await authFetch(url, {
     headers: { ...headers, Accept: 'text/event-stream', ...(lastEventId ? { 'Last-Event-ID': lastEventId } : {}) },
     signal,
     cache: 'no-store',

@@ -1,7 +1,7 @@
 // Follows one run: the SSE stream first; polling when the server has no stream (404) or the
 // stream keeps breaking. Each event is applied at once, and a (throttled) fetch of the whole run
 // picks up what events do not carry (log links, phases created by discovery).
-import { api, ApiError, authHeaders } from '../api.js';
+import { api, ApiError } from '../api.js';
 import { pause } from '../dom.js';
 import { readEventStream } from '../sse.js';
 
@@ -54,7 +54,6 @@ export class LiveRun {
     while (!this.signal.aborted && !this.isDone()) {
       try {
         lastEventId = await readEventStream(url, {
-          headers: authHeaders(),
           lastEventId,
           signal: this.signal,
           onOpen: () => this.onMode('live'),

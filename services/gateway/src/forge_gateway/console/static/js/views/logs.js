@@ -1,6 +1,6 @@
 // A step's log: GET /v1/steps/{id}/logs (following while the step runs) where the API has it,
 // else the step's presigned logs_url read directly from the log store.
-import { authHeaders, errorFrom } from '../api.js';
+import { authFetch, errorFrom } from '../api.js';
 import { h, TERMINAL } from '../dom.js';
 
 const MAX_CHARS = 1 << 20;
@@ -50,8 +50,8 @@ async function load(entry, signal) {
 async function fromApi(entry, signal) {
   const { step, pre } = entry;
   const follow = !TERMINAL.has(step.status);
-  const resp = await fetch(`/v1/steps/${encodeURIComponent(step.id)}/logs${follow ? '?follow=true' : ''}`, {
-    headers: authHeaders({ Accept: 'text/plain' }),
+  const resp = await authFetch(`/v1/steps/${encodeURIComponent(step.id)}/logs${follow ? '?follow=true' : ''}`, {
+    headers: { Accept: 'text/plain' },
     signal,
     cache: 'no-store',
   });
