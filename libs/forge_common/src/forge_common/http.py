@@ -514,6 +514,7 @@ def build_app(spec: AppSpec) -> Litestar:
                 except Exception:
                     log.exception("service.shutdown_hook_failed")
             await runtime.stop()
+            log.info("service.stopped")
             flush_tracing()
 
     v1 = Router(path="/", route_handlers=list(spec.routes), guards=[auth_guard, query_guard])

@@ -108,6 +108,9 @@ async def connect(url: str, name: str, **kwargs: Any) -> NATS:
         "disconnected_cb": _disconnected,
         "reconnected_cb": _reconnected,
         "error_cb": _error,
+        # A service's shutdown drains its subscriptions; bounded well inside the 30 s a
+        # Kubernetes pod gets between SIGTERM and SIGKILL (nats-py's default is those 30 s).
+        "drain_timeout": 5,
     }
     options.update(kwargs)
     delay = 0.2

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import msgspec
+import structlog
 from litestar import Litestar, Request, Response, get, post
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
@@ -36,6 +37,8 @@ from .token_exchange import (
     load_trusted_issuers,
 )
 from .versioning import API_VERSIONS
+
+log = structlog.get_logger(__name__)
 
 __all__ = ["META_PATH", "TOKEN_PATH", "GatewayApp", "GatewayMeta", "create_app"]
 
@@ -213,6 +216,7 @@ def create_app(settings: Settings) -> GatewayApp:
 
     async def stop(_: Litestar) -> None:
         await proxy.stop()
+        log.info("service.stopped")
         flush_tracing()
 
     rest = Litestar(

@@ -310,6 +310,7 @@ class Worker:
         await self._stopping.wait()
         log.info("worker.stopping")
         await self.stop()
+        log.info("worker.stopped")
 
     async def _pull(self, job_type: JobType, sub: JetStreamContext.PullSubscription) -> None:
         assert self.handler is not None

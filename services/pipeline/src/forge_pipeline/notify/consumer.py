@@ -106,24 +106,30 @@ class EventFanOut:
 
     async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
         idle = 0
-        while not self._stopping.is_set():
-            try:
-                msgs = await sub.fetch(_BATCH, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                # A deleted consumer looks like a quiet one to a pull (the server answers 409,
-                # which the client reports as a timeout): ask now and then whether it exists.
-                idle += 1
-                if idle % _CHECK_AFTER_IDLE_FETCHES == 0 and not await self._exists():
+        try:
+            while not self._stopping.is_set():
+                try:
+                    msgs = await sub.fetch(_BATCH, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    # A deleted consumer looks like a quiet one to a pull (the server answers 409,
+                    # which the client reports as a timeout): ask now and then whether it exists.
+                    idle += 1
+                    if idle % _CHECK_AFTER_IDLE_FETCHES == 0 and not await self._exists():
+                        sub = await self._rebind(sub)
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - NATS away, or the consumer lost with its stream
+                    log.warning("webhooks.fetch_failed", error=str(exc))
+                    await asyncio.sleep(1.0)
                     sub = await self._rebind(sub)
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - NATS away, or the consumer lost with its stream
-                log.warning("webhooks.fetch_failed", error=str(exc))
-                await asyncio.sleep(1.0)
-                sub = await self._rebind(sub)
-                continue
-            await self._handle(msgs)
+                    continue
+                await self._handle(msgs)
+        finally:
+            # Its inbox would otherwise keep the late answers to the last pulls, which the
+            # connection's drain at shutdown waits for (30 s by default).
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _exists(self) -> bool:
         try:
