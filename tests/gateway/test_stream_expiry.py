@@ -24,6 +24,8 @@ from forge_dev.stack import Process
 from forge_dev.testing import Platform
 
 from .conftest import UPSTREAMS, start_gateway
+from .test_auth import assert_401
+from .tokens import claims, platform_kid
 from .upstreams import Server
 
 # How late after exp the client may see the end: the gateway's timer, a last write, a loaded box.
@@ -247,6 +249,13 @@ async def test_every_streamed_answer_ends_at_expiry_and_none_opens_after_it(
             assert refused.json()["error"]["code"] == "authentication_failed"
             assert refused.json()["error"]["message"] == "token has expired"
             assert refused.headers["www-authenticate"] == 'Bearer realm="forge"'
+        # Every stream has an end: a token without exp is refused, whatever it asks for.
+        payload = claims(platform.issuer_url, user, ("viewer",))
+        del payload["exp"]
+        private_key = platform.keys._data()["private_key"]  # the dev issuer's own key
+        endless = jwt.encode(payload, private_key, algorithm="RS256", headers={"kid": platform_kid(platform)})
+        assert_401(await client.get("/v1/events", headers=_headers(endless)), 'missing the "exp" claim')
+
         # and those refusals held no stream of the user
         fresh = platform.token(user, "viewer")
         async with (
