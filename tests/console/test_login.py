@@ -4,17 +4,20 @@ then the console calls the API with the token it got."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+
 from forge_dev.keys import IssuerKeys
 from forge_dev.testing import Platform
 
-from .conftest import start_browser
+from .conftest import Lane, start_browser
 from .test_console import _find, _shown, _wait
-from .test_token_sign_in import _READ_EVENTS
+from .test_token_sign_in import _READ_EVENTS, _exp, _start_run, _steps, _until_run
 
 USER = "olivia.oidc@acme.io"
 # Requests of this page to the issuer's token endpoint (the code exchange, each refresh).
@@ -96,3 +99,55 @@ def test_a_token_the_gateway_refuses_is_renewed_once_with_the_refresh_token(plat
         assert browser.execute_script("return sessionStorage.getItem('forge.token');") not in (None, refused, renewed)
         assert _find(browser, "#who .user").text == USER
         assert browser.find_elements("css selector", "main .warning") == []
+
+
+@pytest.mark.slow
+def test_an_issuer_login_renews_its_token_when_the_streams_end_with_it_and_goes_on(
+    platform: Platform, lane: Lane, tmp_path: Path
+) -> None:
+    gates = [f"gate-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    command = f"echo hi; {lane.wait_for(gates[0])}; echo bye; {lane.wait_for(gates[1])}"
+    gateway, run_id = _start_run(platform, lane, USER, command)
+    with start_browser(tmp_path / "profile", "--disable-web-security") as browser:
+        _until_run(
+            browser, platform, lane, gateway, run_id, lambda run: [s["status"] for s in _steps(run)] == ["running"]
+        )
+        browser.get(f"{gateway}/releases")
+        _wait(browser, _shown("#login-issuer")).click()
+        _wait(browser, _shown("input[name=username]")).send_keys(USER)
+        _find(browser, "input[name=role][value=developer]").click()
+        _find(browser, "form button[type=submit]").click()
+        _wait(browser, _shown("#who .user", USER), message="the console did not log in")
+
+        # the access token the tab holds expires in a few seconds (the login's refresh token is
+        # kept); the running run is followed live, and its step's log too
+        short = platform.token(USER, "developer", expires_in=6)
+        browser.execute_script("sessionStorage.setItem('forge.token', arguments[0]);", short)
+        page = f"{gateway}/runs/{run_id}"
+        browser.get(page)
+        _wait(browser, _shown("#live-note", "Live."), message="the run is not followed live")
+        _wait(browser, _shown('#run-tree .step[data-status="running"] .log-panel summary')).click()
+        _wait(browser, _shown("#run-tree pre.log", "hi"), message="the log is not followed")
+
+        # at exp the gateway ends both streams; reconnecting renews the token (once, for both)
+        _wait(
+            browser,
+            lambda d: d.execute_script("return sessionStorage.getItem('forge.token');") not in (None, short),
+            message="the token was not renewed",
+        )
+        assert time.time() >= _exp(short)
+        assert browser.execute_script(_TOKEN_REQUESTS) == 1  # one refresh since the run page was loaded
+
+        # and both go on where they stopped: the log shows what the step prints next while it
+        # still runs (nothing twice), the page the run's end
+        lane.signal(gates[0])
+        _wait(browser, _shown("#run-tree pre.log", "bye"), message="the log did not go on")
+        assert _find(browser, "#run-tree pre.log").text == "hi\nbye"
+        assert _find(browser, "#run-tree .step").get_attribute("data-status") == "running"
+        lane.signal(gates[1])
+        _wait(browser, _shown("main[data-run-status=success]"), message="the run page did not go on")
+        assert _find(browser, "#run-tree pre.log").text == "hi\nbye"
+        assert _find(browser, "#live-note").text == "Live."
+        assert _find(browser, "#who .user").text == USER
+        assert browser.find_elements("css selector", "main .warning, main .error") == []
+        assert browser.current_url == page

@@ -12,8 +12,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
+import jwt
 
 from .conftest import Lane, project_files
 
@@ -157,3 +159,92 @@ def test_logs_follow_prints_while_the_step_runs(lane: Lane) -> None:
         assert term.proc.wait(30) == 0, out
     assert "bye" in out
     assert "compiling" not in out
+
+
+# --- streams end when their token expires (the gateway ends them at exp) ---------------------------
+
+
+def _until_step(lane: Lane, run_id: str, status: str) -> None:
+    """Until the run's one step has ``status`` (asked with a token of the test's own)."""
+    deadline = time.monotonic() + 60
+    with httpx.Client(base_url=lane.gateway_url, headers=lane.headers("viewer"), timeout=10) as client:
+        while time.monotonic() < deadline:
+            run = client.get(f"/v1/runs/{run_id}").raise_for_status().json()
+            steps = [s["status"] for p in run["phases"] for t in p["tasks"] for s in t["steps"]]
+            if steps == [status]:
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"the step of run {run_id} never became {status}")
+
+
+def _forge(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "forge_cli", *args]
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or base)
+
+
+def test_a_token_that_expires_while_following_ends_watch_and_logs_with_log_in_again(lane: Lane) -> None:
+    gate = f"gate-{uuid.uuid4().hex[:6]}"
+    run_id = _create_run(lane, {"build": f"echo hi; {lane.wait_for(gate)}"})
+    _until_step(lane, run_id, "running")
+    token = lane.platform.token("short.cli@acme.io", expires_in=3)
+    exp = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+    common = ("--api", lane.gateway_url, "--token", token, "runs")
+    try:
+        watch = _forge(*common, "watch", run_id)
+        logs = _forge(*common, "logs", run_id, "-f")
+        watched, followed = watch.communicate(timeout=60), logs.communicate(timeout=60)
+        ended = time.time()
+    finally:
+        lane.signal(gate)
+    # both stopped once the gateway had ended their streams and refused the token: no loop, a
+    # clear line, exit 4 (the session cannot go on)
+    assert ended < exp + 10, f"still following {ended - exp:.1f} s after the token expired"
+    for name, proc, (out, err) in (("watch", watch, watched), ("logs", logs, followed)):
+        assert proc.returncode == 4, (name, out, err)
+        line = err.strip()
+        assert "\n" not in line, err
+        assert line.startswith("forge: the gateway no longer accepts the token, so the stream cannot go on (401 "), err
+        assert "token has expired" in line
+        assert line.endswith("pass a fresh token (--token or FORGE_TOKEN)"), err
+    assert f"run {run_id} running" in watched[0]
+    assert followed[0] == "==> test/api/build <==\nhi\n"
+
+
+def test_a_session_refreshes_when_the_stream_ends_and_watch_and_logs_go_on(lane: Lane, tmp_path: Path) -> None:
+    from tests.cli.test_login import Forge
+
+    user = Forge(tmp_path, lane.gateway_url)
+    login, _ = user.login("refresh.cli@acme.io", ["viewer"])
+    assert login.code == 0, login
+    name = login.json["name"]
+    gate = f"gate-{uuid.uuid4().hex[:6]}"
+    run_id = _create_run(lane, {"build": f"echo hi; {lane.wait_for(gate)}; echo bye"})
+    _until_step(lane, run_id, "running")
+
+    # the session's access token expires in 2-3 s; the CLI takes it as good until then (it
+    # refreshes 30 s ahead of expires_at)
+    short = lane.platform.token("refresh.cli@acme.io", "viewer", expires_in=3)
+    config = user.config()
+    config["contexts"][name]["access_token"] = short
+    config["contexts"][name]["expires_at"] = float(jwt.decode(short, options={"verify_signature": False})["exp"]) + 30
+    user.write_config(config)
+
+    watch = _forge("--api", lane.gateway_url, "runs", "watch", run_id, env=user.env)
+    logs = _forge("--api", lane.gateway_url, "runs", "logs", run_id, "-f", env=user.env)
+    try:
+        # the streams end at exp; reconnecting, the CLI refreshes the session (once, for both)
+        deadline = time.monotonic() + 30
+        while user.config()["contexts"][name]["access_token"] == short:
+            assert time.monotonic() < deadline, "the session was never refreshed"
+            assert watch.poll() is None, watch.communicate()
+            assert logs.poll() is None, logs.communicate()
+            time.sleep(0.1)
+    finally:
+        lane.signal(gate)
+    watched, followed = watch.communicate(timeout=60), logs.communicate(timeout=60)
+    assert watch.returncode == 0, watched
+    assert logs.returncode == 0, followed
+    assert "build success" in watched[0]
+    # the log, resumed by Range after its stream ended: whole, nothing twice
+    assert followed[0] == "==> test/api/build <==\nhi\nbye\n"

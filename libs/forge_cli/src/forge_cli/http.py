@@ -33,6 +33,7 @@ EXIT_FAILED = 1  # the API refused the request (4xx), or it could not be sent (n
 EXIT_USAGE = 2  # bad arguments (argparse's own convention)
 EXIT_TIMEOUT = 3  # no answer in time
 EXIT_AUTH = 4  # the identity provider refused: login failed, or the session could not be refreshed
+# (also: a followed stream whose token ran out and could not be renewed, live.py)
 EXIT_SERVER = 5  # the platform failed: 5xx, including 503 when a dependency is down
 
 

@@ -3,12 +3,21 @@
 All three read ``GET /v1/runs/{id}/events`` (Server-Sent Events) and reconnect with
 ``Last-Event-ID`` when the connection breaks, so nothing is missed; logs come from
 ``GET /v1/steps/{id}/logs`` (``?follow=true`` while the step runs, resumed with ``Range``).
+
+A stream also ends before its run or step does: the gateway ends every stream when the token
+that opened it expires. So the end of a run's stream means the end of the run only after the
+run's final event, and the end of a followed log the end of the log only once an answer that
+began after the step had finished brought nothing more; otherwise they reconnect at once, with
+a token refreshed where the context can refresh it. A 401 on reconnecting (a ``--token`` or
+``FORGE_TOKEN`` that expired, a session that cannot be refreshed) ends the command: exit 4, log
+in again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -19,7 +28,7 @@ from http.client import HTTPException, HTTPResponse
 from typing import Any
 from urllib.parse import quote
 
-from .http import ApiError, CliError, TimeoutFailure, json_answer
+from .http import ApiError, AuthError, CliError, TimeoutFailure, json_answer
 from .session import call, token
 
 __all__ = ["OUTCOME_EXIT", "follow_logs", "wait", "watch"]
@@ -31,25 +40,46 @@ OUTCOME_EXIT = {"success": 0, "failed": 1, "cancelled": 2}
 # A stream sends a heartbeat at least every 15 s: this much silence means the connection is dead.
 _READ_TIMEOUT = 45.0
 _RECONNECTS = 5
+# A stream that ends this soon without bringing anything counts as a failed connection: a
+# server that keeps ending streams at once must not be asked again forever.
+_QUICK_END = 2.0
 
 
 def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
-def _open(args: argparse.Namespace, path: str, headers: dict[str, str], timeout: float) -> HTTPResponse:
+def _open(
+    args: argparse.Namespace, path: str, headers: dict[str, str], timeout: float, reconnect: bool = False
+) -> HTTPResponse:
+    """The answer to a GET of ``path``; ``reconnect``: a stream that ended is opened again (a
+    401 then says the token ran out while following, AuthError)."""
     url = args.api.rstrip("/") + path
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token(args)}", **headers})  # noqa: S310
     try:
         resp: HTTPResponse = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - the user's gateway
     except urllib.error.HTTPError as exc:
-        json_answer(exc.code, exc.read(), args.api)  # raises the one-line API error
+        try:
+            json_answer(exc.code, exc.read(), args.api)  # raises the one-line API error
+        except ApiError as error:
+            if reconnect and error.status == 401:
+                raise _token_ran_out(args, error) from None
+            raise
         raise
     except TimeoutError:
         raise TimeoutFailure(f"{args.api} did not answer within {timeout:g} s") from None
     except (urllib.error.URLError, OSError) as exc:
         raise ApiError(f"cannot reach {args.api}: {getattr(exc, 'reason', exc)}") from None
     return resp
+
+
+def _token_ran_out(args: argparse.Namespace, error: ApiError) -> AuthError:
+    """The gateway ends a stream when its token expires; this token cannot open the next one."""
+    if args.token or os.environ.get("FORGE_TOKEN"):
+        how = "pass a fresh token (--token or FORGE_TOKEN)"
+    else:
+        how = "log in again (`forge login`)"
+    return AuthError(f"the gateway no longer accepts the token, so the stream cannot go on ({error}): {how}")
 
 
 def _events(resp: HTTPResponse) -> Iterator[tuple[str, str, str]]:
@@ -79,10 +109,12 @@ def _events(resp: HTTPResponse) -> Iterator[tuple[str, str, str]]:
 
 
 def run_events(args: argparse.Namespace, run_id: str, deadline: float | None = None) -> Iterator[tuple[str, Any]]:
-    """``(kind, data)`` of every event of the run's stream, reconnecting after breaks, until the
-    stream ends (the run is final). The first is ``("run", tree)``. TimeoutFailure at ``deadline``."""
+    """``(kind, data)`` of every event of the run's stream, reconnecting after breaks and after
+    ends before the run's final event (the gateway ends a stream when its token expires), until
+    the run is final. The first is ``("run", tree)``. TimeoutFailure at ``deadline``."""
     last: str | None = None
     failures = 0
+    reconnect = False
     while True:
         read_timeout = _READ_TIMEOUT
         if deadline is not None:
@@ -93,19 +125,34 @@ def run_events(args: argparse.Namespace, run_id: str, deadline: float | None = N
         headers = {"Accept": "text/event-stream"}
         if last is not None:
             headers["Last-Event-ID"] = last
+        opened = time.monotonic()
+        received = final = False
         try:
-            with _open(args, f"/v1/runs/{_seg(run_id)}/events", headers, read_timeout) as resp:
+            with _open(args, f"/v1/runs/{_seg(run_id)}/events", headers, read_timeout, reconnect) as resp:
                 for kind, data, event_id in _events(resp):
                     failures = 0
+                    received = True
                     last = event_id or last
-                    yield kind, json.loads(data)
-            return
+                    change = json.loads(data)
+                    final = final or (kind == "run" and change.get("status") in TERMINAL)
+                    yield kind, change
         except (TimeoutError, OSError, HTTPException) as exc:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutFailure(f"run {run_id} did not finish in time") from None
             failures += 1
             if failures > _RECONNECTS:
                 raise ApiError(f"the event stream of run {run_id} keeps breaking: {exc}") from None
+            time.sleep(min(0.5 * failures, 3.0))
+            reconnect = True
+            continue
+        if final:
+            return
+        # Ended before the run did (its token expired at the gateway): go on after the last event.
+        reconnect = True
+        if not received and time.monotonic() - opened < _QUICK_END:
+            failures += 1
+            if failures > _RECONNECTS:
+                raise ApiError(f"the event stream of run {run_id} keeps ending before the run does")
             time.sleep(min(0.5 * failures, 3.0))
 
 
@@ -283,21 +330,29 @@ def _discovered(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _copy_log(args: argparse.Namespace, step_id: str, follow: bool) -> None:
-    """The step's log to stdout; followed until the step ends, resumed by Range after a break."""
+    """The step's log to stdout; followed until the step ends, resumed by Range after a break.
+
+    A followed log's body also ends when the gateway ends the stream (its token expired), which
+    looks the same as its end: it is asked again from the bytes already printed until an answer
+    that began with the step finished (``X-Step-Status``) brings nothing more."""
     offset = 0
     failures = 0
+    reconnect = False
     while True:
         headers = {"Accept": "text/plain"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
         path = f"/v1/steps/{_seg(step_id)}/logs" + ("?follow=true" if follow else "")
+        opened = time.monotonic()
+        received = 0
         try:
-            with _open(args, path, headers, _READ_TIMEOUT if follow else args.timeout) as resp:
+            with _open(args, path, headers, _READ_TIMEOUT if follow else args.timeout, reconnect) as resp:
+                finished = resp.headers.get("X-Step-Status") in STEP_DONE
                 while chunk := resp.read1(65536):
                     offset += len(chunk)
+                    received += len(chunk)
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.buffer.flush()
-            return
         except ApiError as exc:
             if exc.status == 416:  # nothing past what was already printed
                 return
@@ -306,6 +361,16 @@ def _copy_log(args: argparse.Namespace, step_id: str, follow: bool) -> None:
             failures += 1
             if not follow or failures > _RECONNECTS:
                 raise ApiError(f"the log of step {step_id} could not be read") from None
+            time.sleep(min(0.5 * failures, 3.0))
+            reconnect = True
+            continue
+        if not follow or (finished and not received):
+            return
+        reconnect = True
+        if not received and time.monotonic() - opened < _QUICK_END:
+            failures += 1
+            if failures > _RECONNECTS:
+                raise ApiError(f"the log of step {step_id} keeps ending before the step does")
             time.sleep(min(0.5 * failures, 3.0))
 
 

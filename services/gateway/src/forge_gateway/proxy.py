@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind
 from forge_common import metrics
 from forge_common.auth import Principal, TokenVerifier
 from forge_common.errors import (
+    AuthenticationFailed,
     BadGateway,
     ForgeError,
     GatewayTimeout,
@@ -261,13 +262,15 @@ class _Incoming:
 class _Exchange:
     """One request's outcome so far, read when it ends (limits released, metrics, access log)."""
 
-    __slots__ = ("decision", "principal", "status", "stream_open")
+    __slots__ = ("decision", "expired", "principal", "status", "stream_open")
 
     def __init__(self) -> None:
         self.status = 500
         self.principal: Principal | None = None
         self.decision: Decision | None = None
         self.stream_open = False
+        # A stream the gateway ended because the token that opened it expired (_relay_chunks).
+        self.expired = False
 
 
 class Proxy:
@@ -397,7 +400,18 @@ class Proxy:
             extra = x.decision.headers() if x.decision is not None else []
             extra.append((b"x-request-id", rid))
             extra.extend(self.deprecations.headers(method, path))
-            x.status = await self._forward(upstream, method, head, data, send, extra, path, receive if stream else None)
+            x.status = await self._forward(
+                upstream, method, head, data, send, extra, x, path, receive if stream else None
+            )
+            if x.expired:
+                assert x.principal is not None
+                log.info(
+                    "gateway.stream_token_expired",
+                    path=path,
+                    user=x.principal.identity,
+                    request_id=incoming.request_id,
+                    expires_at=x.principal.expires_at,
+                )
         except _ClientGone:
             x.status = 499  # the client went away before its body arrived; nothing to answer
         except _ClientTooSlow:
@@ -531,6 +545,7 @@ class Proxy:
         data: bytes | _BodyStream | None,
         send: Any,
         extra: list[tuple[bytes, bytes]],
+        x: _Exchange,
         path: str = "",
         stream_receive: Any = None,
     ) -> int:
@@ -549,7 +564,7 @@ class Proxy:
                     conn.write(head + data if data else head)
                 await conn.response_head(self.settings.upstream_timeout)
                 return await self._relay(
-                    conn, send, extra, self.settings.upstream_timeout, upstream.name, path, stream_receive
+                    conn, send, extra, self.settings.upstream_timeout, x, upstream.name, path, stream_receive
                 )
             except UpstreamUnavailable as exc:
                 conn.abort()
@@ -618,12 +633,20 @@ class Proxy:
         send: Any,
         extra: list[tuple[bytes, bytes]],
         timeout: float,
+        x: _Exchange,
         service: str = "",
         path: str = "",
         stream_receive: Any = None,
     ) -> int:
         """The upstream's answer to the client: whole when small (or a HEAD), else in chunks;
-        over the response limit a 502 (declared length) or a cut connection (discovered late)."""
+        over the response limit a 502 (declared length) or a cut connection (discovered late).
+
+        A stream (a request :func:`response_limit.is_stream_request` names, or any
+        ``text/event-stream`` answer) lasts until the token that opened it expires: relayed
+        until its ``exp``, then ended cleanly (:func:`_relay_chunks`); a token already past its
+        ``exp`` (still accepted within the verifier's leeway) opens none: 401, so a client that
+        reconnects with it learns at once that it needs a new token, instead of meeting a
+        stream that ends as soon as it starts."""
         out, length, content_type = _response_headers(conn, extra)
         status = conn.status
         limit = None if response_limit.is_stream(path, content_type) else self.settings.max_response_bytes
@@ -635,11 +658,23 @@ class Proxy:
             await send({"type": "http.response.start", "status": status, "headers": out})
             await send({"type": "http.response.body", "body": body})
             return status
+        sse = response_limit.is_event_stream(content_type)
+        ends_at = None
+        if (stream_receive is not None or sse) and x.principal is not None:
+            ends_at = x.principal.expires_at
+            if ends_at <= time.time():
+                conn.abort()
+                raise AuthenticationFailed(
+                    "token has expired", {"expires_at": ends_at, "reason": "a stream ends when its token expires"}
+                )
         await send({"type": "http.response.start", "status": status, "headers": out})
         if stream_receive is not None:
             # A stream runs until the service ends it or the client leaves: allow long quiet spells.
             timeout = self.settings.stream_idle_timeout
-        return await _relay_chunks(conn, send, status, limit, timeout, service, stream_receive)
+        status, x.expired = await _relay_chunks(
+            conn, send, status, limit, timeout, service, stream_receive, ends_at, sse
+        )
+        return status
 
 
 def _response_headers(
@@ -666,34 +701,62 @@ def _response_headers(
 
 
 async def _relay_chunks(
-    conn: Connection, send: Any, status: int, limit: int | None, timeout: float, service: str, stream_receive: Any
-) -> int:
-    """The body as it arrives, after the response head went out. ``stream_receive``: watch for
-    the client leaving (uvicorn drops writes to a gone client silently)."""
+    conn: Connection,
+    send: Any,
+    status: int,
+    limit: int | None,
+    timeout: float,
+    service: str,
+    stream_receive: Any,
+    ends_at: float | None = None,
+    sse: bool = False,
+) -> tuple[int, bool]:
+    """The body as it arrives, after the response head went out; the status relayed, and
+    whether the body was ended at ``ends_at`` (Unix time: the ``exp`` of the stream's token).
+    ``stream_receive``: watch for the client leaving (uvicorn drops writes to a gone client
+    silently).
+
+    At ``ends_at`` the upstream connection is aborted (the service's stream ends) and the body
+    ended cleanly, as the service ends it: an SSE client reconnects with ``Last-Event-ID``, a
+    followed log's with ``Range`` from the bytes it has. An SSE body that stands between two
+    events then gets a last comment, ``: token expired``; one cut inside an event does not (the
+    client drops the incomplete event, and its id was never confirmed: it comes again)."""
     relayed = 0
+    tail = b"\n\n"  # the last bytes relayed: whether an SSE body stands between two events
     watcher = asyncio.create_task(_abort_on_disconnect(stream_receive, conn)) if stream_receive is not None else None
+    loop = asyncio.get_running_loop()
+    expiry = asyncio.timeout_at(None if ends_at is None else loop.time() + (ends_at - time.time()))
     try:
-        async for chunk in conn.body(timeout):
-            relayed += len(chunk)
-            if limit is not None and relayed > limit:
-                # Headers are out (unknown length): cutting the connection is the only way left
-                # to tell the client this answer is incomplete.
-                conn.abort()
-                log.warning("gateway.response_too_large", status=status, limit=limit, service=service)
-                return 502
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        async with expiry:
+            async for chunk in conn.body(timeout):
+                relayed += len(chunk)
+                if limit is not None and relayed > limit:
+                    # Headers are out (unknown length): cutting the connection is the only way left
+                    # to tell the client this answer is incomplete.
+                    conn.abort()
+                    log.warning("gateway.response_too_large", status=status, limit=limit, service=service)
+                    return 502, False
+                if sse:
+                    tail = (tail + chunk)[-4:]
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (UpstreamError, TimeoutError) as exc:
+        conn.abort()
+        if expiry.expired() and (watcher is None or not watcher.done()):
+            # The token's time is up (the client is still there): a clean end, not a cut.
+            between = tail.endswith((b"\n\n", b"\r\r", b"\r\n\r\n"))
+            last = b": token expired\n\n" if sse and between else b""
+            await send({"type": "http.response.body", "body": last})
+            return status, True
         # Headers are out: the client learns of the failure from the cut connection (uvicorn
         # closes it because the response was never completed).
-        conn.abort()
         if watcher is None or not watcher.done():
             log.warning("gateway.upstream_stream_broken", status=status, error=type(exc).__name__)
-        return status
+        return status, False
     finally:
         if watcher is not None:
             watcher.cancel()
     await send({"type": "http.response.body", "body": b""})
-    return status
+    return status, False
 
 
 async def _abort_on_disconnect(receive: Any, conn: Connection) -> None:

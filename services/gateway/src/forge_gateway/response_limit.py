@@ -12,7 +12,7 @@ import re
 
 from forge_common.errors import BadGateway
 
-__all__ = ["is_stream", "is_stream_request", "too_large"]
+__all__ = ["is_event_stream", "is_stream", "is_stream_request", "too_large"]
 
 _STEP_LOGS = re.compile(r"^/v[0-9]+/steps/[^/]+/logs$")
 _EVENT_STREAMS = re.compile(r"^/v[0-9]+/(?:events|runs/[^/]+/events)$")
@@ -29,11 +29,14 @@ def is_stream_request(method: str, path: str, query: bytes) -> bool:
     return _STEP_LOGS.match(path) is not None and _FOLLOW.search(query) is not None
 
 
+def is_event_stream(content_type: bytes | None) -> bool:
+    """Whether an answer of this ``Content-Type`` is Server-Sent Events."""
+    return content_type is not None and content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream"
+
+
 def is_stream(path: str, content_type: bytes | None) -> bool:
     """Whether this answer is exempt from the limit."""
-    if content_type is not None and content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream":
-        return True
-    return _STEP_LOGS.match(path) is not None
+    return is_event_stream(content_type) or _STEP_LOGS.match(path) is not None
 
 
 def too_large(service: str, limit: int) -> BadGateway:

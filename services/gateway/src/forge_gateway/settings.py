@@ -38,7 +38,8 @@ class Settings(CommonSettings, kw_only=True):
     user_max_concurrent: int = 256
     # Streams (GET /v1/runs/{id}/events, /v1/events, /v1/steps/{id}/logs?follow=true) are cut
     # only after this long without a byte from the service (SSE heartbeats come every 15 s), and
-    # one user may hold at most user_max_streams of them open at once (429 beyond).
+    # one user may hold at most user_max_streams of them open at once (429 beyond). Each ends when
+    # the token that opened it expires (proxy.Proxy._relay).
     stream_idle_timeout: float = 600.0
     user_max_streams: int = 20
     max_body_bytes: int = 10 * 1024 * 1024

@@ -184,7 +184,8 @@ Server-Sent Events (`text/event-stream`, UTF-8). Each event is a few lines and a
 * lines starting with `:` are comments: `: heartbeat` after 15 s without an event, `: timeout`
   just before the end a `timeout` parameter asked for.
 
-The stream ends after the run's final `run` event (`success`, `failed`, `cancelled`)."""
+The stream ends after the run's final `run` event (`success`, `failed`, `cancelled`); the gateway
+also ends it when the token that opened it expires: reconnect with a new token and `Last-Event-ID`."""
 
 _PLATFORM_EVENTS_FORMAT = """\
 Server-Sent Events (`text/event-stream`, UTF-8). Each event is a few lines and a blank line:
@@ -201,7 +202,8 @@ Server-Sent Events (`text/event-stream`, UTF-8). Each event is a few lines and a
   missed), `: heartbeat` after 15 s without an event, `: timeout` just before the end a `timeout`
   parameter asked for.
 
-The stream does not end by itself (only with `timeout`)."""
+The stream does not end by itself: only with `timeout`, or at the gateway when the token that
+opened it expires (reconnect with a new token and `Last-Event-ID`)."""
 
 
 def _sse_responses(description: str) -> dict[int, ResponseSpec]:
@@ -272,7 +274,8 @@ def _hub(runtime: Runtime) -> live.ChangeHub:
         "A first `run` event with the whole tree (as GET /v1/runs/{id}), then one event per status change"
         " of the run, a phase, a task or a step (`event:` run, phase, task or step). Every event has an `id:`;"
         " reconnect with `Last-Event-ID` to resume after it without loss. Ends after the run's final status,"
-        " or after `timeout` seconds. A comment heartbeat is sent at least every 15 seconds."
+        " or after `timeout` seconds, or when the token that opened it expires (the gateway ends it)."
+        " A comment heartbeat is sent at least every 15 seconds."
         " Refusals (a bad id or parameter, an unknown run) are JSON error envelopes before the stream starts."
     ),
     responses=_sse_responses(_RUN_EVENTS_FORMAT),
@@ -303,7 +306,8 @@ async def run_events(
         "Each event is the envelope published on NATS (`event:` its type, `id:` its stream sequence)."
         " `types` is a comma-separated list of event types; `repository` (owner/name) keeps the events"
         " about one repository. `Last-Event-ID` resumes after that sequence (events are kept 7 days)."
-        " Does not end by itself: `timeout` bounds it. Refusals (an unknown type, a malformed repository)"
+        " Does not end by itself: `timeout` bounds it, and the gateway ends it when the token that opened it"
+        " expires. Refusals (an unknown type, a malformed repository)"
         " are JSON error envelopes before the stream starts."
     ),
     responses=_sse_responses(_PLATFORM_EVENTS_FORMAT),
@@ -351,6 +355,13 @@ def _follow_flag(value: str | None) -> bool:
     "/v1/steps/{step_id:str}/logs",
     opt={"permission": Permission.READ},
     summary="A step's log (text/plain; Range requests; ?follow=true streams it while the step runs)",
+    description=(
+        "`X-Step-Status` is the step's status when the answer began. With `follow=true` the log streams"
+        " while the step runs and ends once the step has finished and its whole log was sent; the gateway"
+        " also ends it when the token that opened it expires, which looks the same: ask again with"
+        " `Range: bytes=<bytes received>-` until an answer that began with the step finished brings"
+        " nothing more."
+    ),
     responses={
         200: ResponseSpec(data_container=str, media_type="text/plain", description="the log", generate_examples=False),
         206: ResponseSpec(data_container=str, media_type="text/plain", description="the requested range"),

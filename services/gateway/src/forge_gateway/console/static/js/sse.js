@@ -3,12 +3,16 @@
 import { authFetch, errorFrom } from './api.js';
 
 export class SseParser {
-  constructor() {
+  // lastEventId: the id to resume after (Last-Event-ID), taken from the id field when its event
+  // ends (the blank line), as the rules say: the id of an event cut short (a stream that ends in
+  // its middle, as the gateway ends one when its token expires) is not, and that event comes again.
+  constructor(lastEventId = '') {
     this.buffer = '';
     this.started = false;
     this.data = [];
     this.eventType = '';
-    this.lastEventId = '';
+    this.idBuffer = lastEventId;
+    this.lastEventId = lastEventId;
   }
 
   // Feeds decoded text; returns the events completed by it, each {event, data, id}.
@@ -33,6 +37,7 @@ export class SseParser {
 
   line(line) {
     if (line === '') {
+      this.lastEventId = this.idBuffer;
       if (!this.data.length) {
         this.eventType = '';
         return null;
@@ -49,14 +54,17 @@ export class SseParser {
     if (value.startsWith(' ')) value = value.slice(1);
     if (name === 'data') this.data.push(value);
     else if (name === 'event') this.eventType = value;
-    else if (name === 'id' && !value.includes('\0')) this.lastEventId = value;
+    else if (name === 'id' && !value.includes('\0')) this.idBuffer = value;
     return null;
   }
 }
 
-// Reads one SSE response (with the session's token, authFetch()) until it ends. Throws ApiError
-// when the server refuses (404 when the endpoint does not exist yet; a 401 once the session has
-// ended), a TypeError/AbortError when the connection breaks or is aborted.
+// Reads one SSE response (with the session's token, authFetch()) until it ends; resolves with the
+// id to resume after. It also ends before the run does: the gateway ends a stream when the token
+// that opened it expires, and the caller reconnects (authFetch() renews an issuer login's token
+// on the 401 the expired one gets). Throws ApiError when the server refuses (404 when the
+// endpoint does not exist yet; a 401 once the session has ended), a TypeError/AbortError when
+// the connection breaks or is aborted.
 export async function readEventStream(url, { headers = {}, lastEventId = '', signal, onEvent, onOpen }) {
   const resp = await authFetch(url, {
     headers: { ...headers, Accept: 'text/event-stream', ...(lastEventId ? { 'Last-Event-ID': lastEventId } : {}) },
@@ -69,8 +77,7 @@ export async function readEventStream(url, { headers = {}, lastEventId = '', sig
     throw new TypeError(`expected text/event-stream, got ${type || 'no content type'}`);
   }
   onOpen?.();
-  const parser = new SseParser();
-  parser.lastEventId = lastEventId;
+  const parser = new SseParser(lastEventId);
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
   for (;;) {
     const { value, done } = await reader.read();

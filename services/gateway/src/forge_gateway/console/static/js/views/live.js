@@ -8,6 +8,7 @@ import { readEventStream } from '../sse.js';
 const POLL_MS = 2000;
 const REFRESH_MS = 1000;
 const MAX_STREAM_FAILURES = 3;
+const QUICK_END_MS = 2000;
 
 export class LiveRun {
   constructor(runId, { signal, onRun, onPatch, onMode, isDone }) {
@@ -52,15 +53,30 @@ export class LiveRun {
     let lastEventId = '';
     let failures = 0;
     while (!this.signal.aborted && !this.isDone()) {
+      const opened = Date.now();
+      let received = false;
       try {
         lastEventId = await readEventStream(url, {
           lastEventId,
           signal: this.signal,
           onOpen: () => this.onMode('live'),
-          onEvent: (event) => { failures = 0; this.handle(event); },
+          onEvent: (event) => {
+            failures = 0;
+            received = true;
+            lastEventId = event.id || lastEventId;
+            this.handle(event);
+          },
         });
-        // The stream ends after the run's terminal event; the final tree has the log links.
+        // The stream ends after the run's terminal event (the final tree has the log links), or
+        // before it when the gateway ends it because the token expired: then the loop goes on
+        // after the last event, with a renewed token (or a 401 that ends the session).
         await this.refresh();
+        if (!received && Date.now() - opened < QUICK_END_MS && !this.isDone()) {
+          // A stream that ends at once, again and again, is no stream: count it as a break.
+          failures += 1;
+          if (failures >= MAX_STREAM_FAILURES) return this.poll();
+          await pause(500 * failures, this.signal);
+        }
       } catch (err) {
         if (this.signal.aborted) return;
         if (err instanceof ApiError && [404, 405, 501].includes(err.status)) return this.poll();

@@ -1,9 +1,12 @@
 // A step's log: GET /v1/steps/{id}/logs (following while the step runs) where the API has it,
 // else the step's presigned logs_url read directly from the log store.
 import { authFetch, errorFrom } from '../api.js';
-import { h, TERMINAL } from '../dom.js';
+import { h, pause, TERMINAL } from '../dom.js';
 
 const MAX_CHARS = 1 << 20;
+// A followed log that ends this soon with nothing new counts as a failure; so many end the follow.
+const QUICK_END_MS = 2000;
+const MAX_QUICK_ENDS = 3;
 
 export function logPanel(step, { logs, signal, open = false, key }) {
   let entry = logs.get(key);
@@ -47,31 +50,63 @@ async function load(entry, signal) {
 }
 
 // true when the API served the log; false when it has no logs endpoint (the fallback applies).
+// A followed log's body ends when the step has ended, and also when the gateway ends the stream
+// because the token expired: the two look alike, so it is asked again from the bytes already
+// shown (Range) until an answer that began with the step finished (X-Step-Status) brings nothing
+// more. authFetch() renews an issuer login's token on the way, or ends the session (401).
 async function fromApi(entry, signal) {
   const { step, pre } = entry;
   const follow = !TERMINAL.has(step.status);
-  const resp = await authFetch(`/v1/steps/${encodeURIComponent(step.id)}/logs${follow ? '?follow=true' : ''}`, {
-    headers: { Accept: 'text/plain' },
-    signal,
-    cache: 'no-store',
-  });
-  if (resp.status === 404 || resp.status === 405) return false;
-  if (!resp.ok) throw await errorFrom(resp);
-  if (!(resp.headers.get('content-type') || '').startsWith('text/plain')) return false;
+  const url = `/v1/steps/${encodeURIComponent(step.id)}/logs${follow ? '?follow=true' : ''}`;
+  const decoder = new TextDecoder();
   let text = '';
+  let offset = 0;
+  let failures = 0;
   entry.streaming = true;
   try {
-    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
     for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      text += value;
-      show(pre, text);
+      const opened = Date.now();
+      const resp = await authFetch(url, {
+        headers: { Accept: 'text/plain', ...(offset ? { Range: `bytes=${offset}-` } : {}) },
+        signal,
+        cache: 'no-store',
+      });
+      if (!offset && (resp.status === 404 || resp.status === 405)) return false;
+      if (offset && resp.status === 416) break; // nothing past what is shown
+      if (!resp.ok) throw await errorFrom(resp);
+      if (!(resp.headers.get('content-type') || '').startsWith('text/plain')) {
+        if (!offset) return false;
+        throw new Error(`the log answered ${resp.headers.get('content-type') || 'no content type'}`);
+      }
+      const status = resp.headers.get('x-step-status');
+      let received = 0;
+      const reader = resp.body.getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        received += value.byteLength;
+        offset += value.byteLength;
+        text += decoder.decode(value, { stream: true });
+        show(pre, text);
+      }
+      if (!follow) break;
+      if (TERMINAL.has(status) && !received) {
+        entry.loadedStatus = status; // the whole log is shown: no reload when the tree says so
+        break;
+      }
+      if (received) failures = 0;
+      else if (Date.now() - opened < QUICK_END_MS) {
+        failures += 1;
+        if (failures >= MAX_QUICK_ENDS) throw new Error('the log keeps ending before the step does');
+        await pause(500 * failures, signal);
+      }
     }
   } finally {
     entry.streaming = false;
   }
+  text += decoder.decode();
   if (!text) pre.textContent = '(empty log)';
+  else show(pre, text);
   return true;
 }
 
