@@ -108,6 +108,19 @@ def _events(resp: HTTPResponse) -> Iterator[tuple[str, str, str]]:
             event_id = value
 
 
+def _ended_early(opened: float, failures: int, message: str) -> int:
+    """A stream that ended empty before what it follows did: the failures so far, one more (and
+    a pause growing with them) when it ended soon after it opened, so that a stream that keeps
+    ending at once is given up (ApiError ``message``) instead of reopened forever."""
+    if time.monotonic() - opened >= _QUICK_END:
+        return failures
+    failures += 1
+    if failures > _RECONNECTS:
+        raise ApiError(message)
+    time.sleep(min(0.5 * failures, 3.0))
+    return failures
+
+
 def run_events(args: argparse.Namespace, run_id: str, deadline: float | None = None) -> Iterator[tuple[str, Any]]:
     """``(kind, data)`` of every event of the run's stream, reconnecting after breaks and after
     ends before the run's final event (the gateway ends a stream when its token expires), until
@@ -149,11 +162,10 @@ def run_events(args: argparse.Namespace, run_id: str, deadline: float | None = N
             return
         # Ended before the run did (its token expired at the gateway): go on after the last event.
         reconnect = True
-        if not received and time.monotonic() - opened < _QUICK_END:
-            failures += 1
-            if failures > _RECONNECTS:
-                raise ApiError(f"the event stream of run {run_id} keeps ending before the run does")
-            time.sleep(min(0.5 * failures, 3.0))
+        if not received:
+            failures = _ended_early(
+                opened, failures, f"the event stream of run {run_id} keeps ending before the run does"
+            )
 
 
 # --- the tree as the events change it --------------------------------------------------------------
@@ -367,11 +379,8 @@ def _copy_log(args: argparse.Namespace, step_id: str, follow: bool) -> None:
         if not follow or (finished and not received):
             return
         reconnect = True
-        if not received and time.monotonic() - opened < _QUICK_END:
-            failures += 1
-            if failures > _RECONNECTS:
-                raise ApiError(f"the log of step {step_id} keeps ending before the step does")
-            time.sleep(min(0.5 * failures, 3.0))
+        if not received:
+            failures = _ended_early(opened, failures, f"the log of step {step_id} keeps ending before the step does")
 
 
 def follow_logs(args: argparse.Namespace) -> int:
