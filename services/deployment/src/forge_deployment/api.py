@@ -37,6 +37,14 @@ def _service(runtime: Runtime) -> DeploymentService:
                 403: "not a deployer, or production without an active approval for this release",
                 404: "the release (or the approval) does not exist",
                 429: "too many deployments pending (`limit_exceeded`), or the user's rate limit",
+                502: "the GitOps commit did not land: the remote refused the push or could not be reached,"
+                " or committing failed inside the service (`details.reason`); the deployment is recorded"
+                " `failed` (`details.deployment_id`, one `deployment.failed`). Also the gateway's answer when"
+                " the deployment service is unreachable",
+                504: "the GitOps remote did not answer in time (`details.operation`, `details.remote`); the"
+                " deployment is recorded `failed`, and `details.unconfirmed_commit` names the commit when the"
+                " remote could not be asked afterwards whether the push landed. Also the gateway's answer"
+                " when the deployment service does not answer in time",
             }
         ),
     },
