@@ -67,16 +67,21 @@ def _log_in(platform: Platform, browser: Any) -> None:
     assert browser.execute_script("return sessionStorage.getItem('forge.token');") is None
 
 
+def _sign_in(browser: Any, gateway: str) -> None:
+    """Through the dev issuer, as USER with the developer role, from the releases page."""
+    browser.get(f"{gateway}/releases")
+    _wait(browser, _shown("#login-issuer")).click()
+    _wait(browser, _shown("input[name=username]")).send_keys(USER)
+    _find(browser, "input[name=role][value=developer]").click()
+    _find(browser, "form button[type=submit]").click()
+    _wait(browser, _shown("#who .user", USER), message="the console did not log in")
+
+
 def test_a_token_the_gateway_refuses_is_renewed_once_with_the_refresh_token(platform: Platform, tmp_path: Path) -> None:
     gateway = platform.gateway_url
     stranger = IssuerKeys.load_or_create(tmp_path / "stranger.json", platform.issuer_url)
     with start_browser(tmp_path / "profile", "--disable-web-security") as browser:
-        browser.get(f"{gateway}/releases")
-        _wait(browser, _shown("#login-issuer")).click()
-        _wait(browser, _shown("input[name=username]")).send_keys(USER)
-        _find(browser, "input[name=role][value=developer]").click()
-        _find(browser, "form button[type=submit]").click()
-        _wait(browser, _shown("#who .user", USER), message="the console did not log in")
+        _sign_in(browser, gateway)
 
         # the access token the tab holds is no longer accepted; a page load sends two requests
         # with it at once (GET /v1/me, the runs list): one refresh renews it for both
@@ -112,12 +117,7 @@ def test_an_issuer_login_renews_its_token_when_the_streams_end_with_it_and_goes_
         _until_run(
             browser, platform, lane, gateway, run_id, lambda run: [s["status"] for s in _steps(run)] == ["running"]
         )
-        browser.get(f"{gateway}/releases")
-        _wait(browser, _shown("#login-issuer")).click()
-        _wait(browser, _shown("input[name=username]")).send_keys(USER)
-        _find(browser, "input[name=role][value=developer]").click()
-        _find(browser, "form button[type=submit]").click()
-        _wait(browser, _shown("#who .user", USER), message="the console did not log in")
+        _sign_in(browser, gateway)
 
         # the access token the tab holds expires in a few seconds (the login's refresh token is
         # kept); the running run is followed live, and its step's log too
